@@ -1,0 +1,584 @@
+//! Every function and constant a script can use, bound once for every [`Host`].
+//!
+//! Each binding is declared with [`bind!`]: its Rhai name, the phases it is allowed in, its
+//! documentation, and its body. The same declarations feed the engine and `api-docs/`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
+
+use crate::host::{BufferType, Host, LogLevel, MapType, Status};
+use crate::phase::{Phase, Phases};
+
+/// Result of a binding: a script error carries a message the script author can act on.
+pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// What a phase function may return; `PAUSE` stops the stream until a callback resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseAction {
+    Continue,
+    Pause,
+}
+
+/// State of one HTTP stream that outlives a single phase call.
+#[derive(Default)]
+pub(crate) struct StreamState {
+    /// `set_context` / `get_context` values.
+    pub context: Map,
+    /// Callouts in flight, in dispatch order.
+    pub calls: Vec<PendingCall>,
+    /// A local response was sent: the stream is finished for the script.
+    pub local_response_sent: bool,
+    /// The side (request or response) the plugin paused, waiting for callouts to be answered.
+    pub paused: Option<Side>,
+    /// Current length of the buffered request body (kept in step with the script's writes).
+    pub request_body_len: usize,
+    /// Current length of the buffered response body.
+    pub response_body_len: usize,
+}
+
+/// A callout waiting for its answer.
+pub(crate) struct PendingCall {
+    pub id: u32,
+    pub phase: Phase,
+    pub callback: FnPtr,
+}
+
+/// The two directions of a stream, each paused and resumed on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    pub fn of(phase: Phase) -> Side {
+        if phase.is_request() {
+            Side::Request
+        } else {
+            Side::Response
+        }
+    }
+}
+
+/// The answer a running callback may read.
+#[derive(Clone, Copy)]
+pub(crate) struct CallAnswer {
+    pub body_size: usize,
+}
+
+/// What the bindings see while Rhai runs: the phase, and the stream state lent by the driver.
+#[derive(Default)]
+pub(crate) struct Frame {
+    pub phase: Option<Phase>,
+    pub answer: Option<CallAnswer>,
+    pub stream: StreamState,
+}
+
+/// The object every binding closes over.
+pub(crate) struct Api<H> {
+    pub host: H,
+    pub frame: RefCell<Frame>,
+    /// The user's `config`, converted once, shared read-only with every call of `config()`.
+    config: Dynamic,
+}
+
+/// Where a binding may be called.
+#[derive(Debug, Clone, Copy)]
+pub enum Allowed {
+    /// Anywhere, including top-level statements run at configure time.
+    Anywhere,
+    /// While a request is handled, in these phases (and their callbacks).
+    In(Phases),
+    /// Only inside a callout callback.
+    Callback,
+}
+
+/// One line of the API reference.
+#[derive(Debug, Clone)]
+pub struct FnDoc {
+    pub name: &'static str,
+    pub params: &'static [(&'static str, &'static str)],
+    pub returns: &'static str,
+    pub allowed: Allowed,
+    pub doc: &'static str,
+}
+
+/// One constant of the API reference.
+#[derive(Debug, Clone)]
+pub struct ConstDoc {
+    pub name: &'static str,
+    pub doc: &'static str,
+}
+
+fn err<T>(message: String) -> ScriptResult<T> {
+    Err(message.into())
+}
+
+fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
+    err(format!("{function}(): the proxy refused the call ({status:?})"))
+}
+
+impl<H: Host> Api<H> {
+    /// Checks where `function` is called from and returns the phase.
+    fn enter(&self, function: &str, allowed: Allowed) -> ScriptResult<Phase> {
+        let frame = self.frame.borrow();
+        let Some(phase) = frame.phase else {
+            return err(format!(
+                "{function}() can only be called while a request is handled \
+                 (in a phase function or a callout callback)"
+            ));
+        };
+        match allowed {
+            Allowed::Anywhere => Ok(phase),
+            Allowed::In(phases) if phases.contains(phase) => Ok(phase),
+            Allowed::In(phases) => err(format!(
+                "{function}() is not available in {phase}: only in {phases} \
+                 (the proxy gives headers only in their own phase; keep what later phases \
+                 need with set_context)"
+            )),
+            Allowed::Callback if frame.answer.is_some() => Ok(phase),
+            Allowed::Callback => err(format!(
+                "{function}() is only available inside a callout callback"
+            )),
+        }
+    }
+
+    fn get_headers(&self, f: &str, map: MapType) -> ScriptResult<Array> {
+        let pairs = self.host.get_map(map).or_else(|s| refused(f, s))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| pair(k.into(), lossy(&v)))
+            .collect())
+    }
+
+    fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
+        match self.host.get_map_value(map, name).or_else(|s| refused(f, s))? {
+            Some(v) => Ok(lossy(&v).into()),
+            None => Ok(Dynamic::UNIT),
+        }
+    }
+
+    fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
+        let pairs = header_pairs(f, headers)?;
+        let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        self.host.set_map(map, &refs).or_else(|s| refused(f, s))
+    }
+
+    fn body_len(&self, buffer: BufferType) -> usize {
+        let frame = self.frame.borrow();
+        match buffer {
+            BufferType::HttpRequestBody => frame.stream.request_body_len,
+            _ => frame.stream.response_body_len,
+        }
+    }
+
+    fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
+        let len = self.body_len(buffer);
+        let body = self.host.get_buffer(buffer, 0, len).or_else(|s| refused(f, s))?;
+        Ok(body.unwrap_or_default())
+    }
+
+    /// Writes a body the three ways Envoy supports: prepend (0, 0), replace (0, len), append
+    /// (len, 0); then keeps the known length in step.
+    fn write_body(&self, f: &str, buffer: BufferType, edit: BodyEdit, data: &Dynamic) -> ScriptResult<()> {
+        let data = bytes_of(f, data)?;
+        let len = self.body_len(buffer);
+        let (start, size, new_len) = match edit {
+            BodyEdit::Prepend => (0, 0, len + data.len()),
+            BodyEdit::Append => (len, 0, len + data.len()),
+            BodyEdit::Replace => (0, len, data.len()),
+        };
+        self.host.set_buffer(buffer, start, size, &data).or_else(|s| refused(f, s))?;
+        let mut frame = self.frame.borrow_mut();
+        match buffer {
+            BufferType::HttpRequestBody => frame.stream.request_body_len = new_len,
+            _ => frame.stream.response_body_len = new_len,
+        }
+        Ok(())
+    }
+
+    /// Sends a local response, once per stream.
+    pub(crate) fn send_local_response(&self, f: &str, status: i64, headers: &Dynamic, body: &Dynamic) -> ScriptResult<()> {
+        if !(200..=599).contains(&status) {
+            return err(format!("{f}(): status {status} is not in 200..=599"));
+        }
+        if self.frame.borrow().stream.local_response_sent {
+            return err(format!("{f}(): a local response was already sent for this request"));
+        }
+        let pairs = header_pairs(f, headers)?;
+        let body = bytes_of(f, body)?;
+        let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        self.host
+            .send_http_response(status as u32, &refs, &body)
+            .or_else(|s| refused(f, s))?;
+        self.frame.borrow_mut().stream.local_response_sent = true;
+        Ok(())
+    }
+
+    /// Resumes `side` if the plugin paused it; returns whether it did.
+    pub(crate) fn resume(&self, side: Side) -> Result<bool, Status> {
+        let mut frame = self.frame.borrow_mut();
+        if frame.stream.paused != Some(side) || frame.stream.local_response_sent {
+            return Ok(false);
+        }
+        frame.stream.paused = None;
+        drop(frame);
+        match side {
+            Side::Request => self.host.resume_http_request()?,
+            Side::Response => self.host.resume_http_response()?,
+        }
+        Ok(true)
+    }
+
+    fn dispatch(&self, f: &str, cluster: &str, headers: Vec<(String, Vec<u8>)>, body: &[u8], timeout_ms: i64, callback: FnPtr) -> ScriptResult<i64> {
+        let phase = self.enter(f, Allowed::In(Phases::ALL))?;
+        if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
+            return err(format!("{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"));
+        }
+        let values: Vec<String> = headers.iter().map(|(_, v)| lossy(v)).collect();
+        let refs: Vec<(&str, &str)> = headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), v.as_str())).collect();
+        let id = self
+            .host
+            .dispatch_http_call(cluster, &refs, body, Duration::from_millis(timeout_ms as u64))
+            .or_else(|s| {
+                err(format!(
+                    "{f}(): the proxy refused the call to cluster '{cluster}' ({s:?}): \
+                     is the cluster defined, and are :method, :path and :authority set?"
+                ))
+            })?;
+        self.frame.borrow_mut().stream.calls.push(PendingCall { id, phase, callback });
+        Ok(i64::from(id))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BodyEdit {
+    Prepend,
+    Append,
+    Replace,
+}
+
+/// Longest timeout a callout may ask for.
+pub const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
+/// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
+pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn pair(name: Dynamic, value: String) -> Dynamic {
+    let pair: Array = vec![name, value.into()];
+    pair.into()
+}
+
+/// The bytes of a string or blob argument.
+fn bytes_of(f: &str, value: &Dynamic) -> ScriptResult<Vec<u8>> {
+    if let Some(s) = value.read_lock::<ImmutableString>() {
+        return Ok(s.as_bytes().to_vec());
+    }
+    if let Some(b) = value.read_lock::<Blob>() {
+        return Ok(b.clone());
+    }
+    if value.is_unit() {
+        return Ok(Vec::new());
+    }
+    err(format!("{f}(): expected a string or a blob, got {}", value.type_name()))
+}
+
+/// Header pairs from `[[name, value], ...]` or `#{name: value}` (a map value may be an array
+/// of values, one header each).
+fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>)>> {
+    let mut pairs = Vec::new();
+    if headers.is_unit() {
+        return Ok(pairs);
+    }
+    if let Some(array) = headers.read_lock::<Array>() {
+        for item in array.iter() {
+            let bad = || err(format!("{f}(): each header must be a [name, value] pair, got {item}"));
+            let Some(p) = item.read_lock::<Array>() else { return bad() };
+            let [name, value] = p.as_slice() else { return bad() };
+            let Some(name) = name.read_lock::<ImmutableString>() else { return bad() };
+            pairs.push((name.to_string(), bytes_of(f, value)?));
+        }
+        return Ok(pairs);
+    }
+    if let Some(map) = headers.read_lock::<Map>() {
+        for (name, value) in map.iter() {
+            match value.read_lock::<Array>() {
+                Some(values) => {
+                    for v in values.iter() {
+                        pairs.push((name.to_string(), bytes_of(f, v)?));
+                    }
+                }
+                None => pairs.push((name.to_string(), bytes_of(f, value)?)),
+            }
+        }
+        return Ok(pairs);
+    }
+    err(format!("{f}(): headers must be an array of [name, value] pairs or a map, got {}", headers.type_name()))
+}
+
+/// Collects the bindings into an engine (and, when asked, into the API reference).
+pub(crate) struct Registrar<'a, H> {
+    pub engine: &'a mut Engine,
+    pub api: Rc<Api<H>>,
+    pub docs: Option<&'a mut Vec<FnDoc>>,
+}
+
+impl<H> Registrar<'_, H> {
+    fn doc(&mut self, doc: FnDoc) {
+        if let Some(docs) = self.docs.as_deref_mut() {
+            docs.push(doc);
+        }
+    }
+}
+
+/// Declares one binding: registers it and records its documentation.
+macro_rules! bind {
+    ($reg:expr, $name:literal, $allowed:expr, $returns:literal, $doc:literal,
+     |$api:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {{
+        let captured = $reg.api.clone();
+        $reg.engine.register_fn($name, move |$($arg: $ty),*| {
+            let $api = &*captured;
+            if !matches!($allowed, Allowed::Anywhere) || $api.frame.borrow().phase.is_some() {
+                $api.enter($name, $allowed)?;
+            }
+            let result: ScriptResult<_> = $body;
+            result
+        });
+        $reg.doc(FnDoc {
+            name: $name,
+            params: &[$((stringify!($arg), stringify!($ty))),*],
+            returns: $returns,
+            allowed: $allowed,
+            doc: $doc,
+        });
+    }};
+}
+
+/// The constants scripts see.
+pub const CONSTANTS: [ConstDoc; 2] = [
+    ConstDoc { name: "PAUSE", doc: "Return it from a phase function to stop the stream there; a callback must then resume it (or send a local response)." },
+    ConstDoc { name: "CONTINUE", doc: "Return it (or anything but `PAUSE`) from a phase function to let the stream go on." },
+];
+
+impl<H: Host + 'static> Api<H> {
+    pub(crate) fn new(host: H, config: Dynamic) -> Self {
+        Self { host, frame: RefCell::default(), config: config.into_read_only() }
+    }
+}
+
+/// Registers the whole script API on `engine`.
+pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
+    use Allowed::{Anywhere, Callback, In};
+    const RQH: Allowed = In(Phases::REQUEST_HEADERS);
+    const RQB: Allowed = In(Phases::REQUEST_BODY);
+    const RSH: Allowed = In(Phases::RESPONSE_HEADERS);
+    const RSB: Allowed = In(Phases::RESPONSE_BODY);
+    const ALL: Allowed = In(Phases::ALL);
+    use BufferType::{HttpRequestBody as REQ_BODY, HttpResponseBody as RESP_BODY};
+    use MapType::{HttpRequestHeaders as REQ, HttpResponseHeaders as RESP};
+
+    let mut constants = rhai::Module::new();
+    constants.set_var("PAUSE", PhaseAction::Pause);
+    constants.set_var("CONTINUE", PhaseAction::Continue);
+    reg.engine.register_type_with_name::<PhaseAction>("Action");
+    reg.engine.register_global_module(constants.into());
+
+    // Request headers.
+    bind!(reg, "get_request_headers", RQH, "array of [name, value]",
+        "All request headers, in order, duplicates kept. Pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) come first.",
+        |a| a.get_headers("get_request_headers", REQ));
+    bind!(reg, "get_request_header", RQH, "string, or () when absent",
+        "The value of one request header (name case-insensitive); several values come joined by `,`.",
+        |a, name: &str| a.get_header("get_request_header", REQ, name));
+    bind!(reg, "replace_request_headers", RQH, "()",
+        "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings.",
+        |a, headers: Dynamic| a.set_headers("replace_request_headers", REQ, &headers));
+    bind!(reg, "replace_request_header", RQH, "()",
+        "Sets a request header to one value, replacing any it had; adds it when absent.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("replace_request_header", &value)?;
+            a.host.replace_map_value(REQ, name, &v).or_else(|s| refused("replace_request_header", s))
+        });
+    bind!(reg, "add_request_header", RQH, "()",
+        "Adds a request header value, keeping the values it already had.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("add_request_header", &value)?;
+            a.host.add_map_value(REQ, name, &v).or_else(|s| refused("add_request_header", s))
+        });
+    bind!(reg, "remove_request_header", RQH, "()",
+        "Removes every value of a request header; nothing happens when it is absent.",
+        |a, name: &str| a.host.remove_map_value(REQ, name).or_else(|s| refused("remove_request_header", s)));
+
+    // Response headers.
+    bind!(reg, "get_response_headers", RSH, "array of [name, value]",
+        "All response headers, in order, duplicates kept; `:status` comes first.",
+        |a| a.get_headers("get_response_headers", RESP));
+    bind!(reg, "get_response_header", RSH, "string, or () when absent",
+        "The value of one response header (name case-insensitive).",
+        |a, name: &str| a.get_header("get_response_header", RESP, name));
+    bind!(reg, "replace_response_headers", RSH, "()",
+        "Replaces all response headers, like `replace_request_headers`.",
+        |a, headers: Dynamic| a.set_headers("replace_response_headers", RESP, &headers));
+    bind!(reg, "replace_response_header", RSH, "()",
+        "Sets a response header to one value; adds it when absent.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("replace_response_header", &value)?;
+            a.host.replace_map_value(RESP, name, &v).or_else(|s| refused("replace_response_header", s))
+        });
+    bind!(reg, "add_response_header", RSH, "()",
+        "Adds a response header value, keeping the values it already had.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("add_response_header", &value)?;
+            a.host.add_map_value(RESP, name, &v).or_else(|s| refused("add_response_header", s))
+        });
+    bind!(reg, "remove_response_header", RSH, "()",
+        "Removes every value of a response header.",
+        |a, name: &str| a.host.remove_map_value(RESP, name).or_else(|s| refused("remove_response_header", s)));
+
+    // Bodies.
+    bind!(reg, "get_request_body", RQB, "string",
+        "The whole request body as a string (invalid UTF-8 replaced by U+FFFD).",
+        |a| Ok(lossy(&a.get_body("get_request_body", REQ_BODY)?)));
+    bind!(reg, "get_request_body_bytes", RQB, "blob",
+        "The whole request body, byte for byte.",
+        |a| a.get_body("get_request_body_bytes", REQ_BODY));
+    bind!(reg, "append_request_body", RQB, "()",
+        "Adds `data` (string or blob) at the end of the request body.",
+        |a, data: Dynamic| a.write_body("append_request_body", REQ_BODY, BodyEdit::Append, &data));
+    bind!(reg, "prepend_request_body", RQB, "()",
+        "Adds `data` (string or blob) at the start of the request body.",
+        |a, data: Dynamic| a.write_body("prepend_request_body", REQ_BODY, BodyEdit::Prepend, &data));
+    bind!(reg, "replace_request_body", RQB, "()",
+        "Replaces the request body with `data` (string or blob).",
+        |a, data: Dynamic| a.write_body("replace_request_body", REQ_BODY, BodyEdit::Replace, &data));
+    bind!(reg, "get_response_body", RSB, "string",
+        "The whole response body as a string (invalid UTF-8 replaced by U+FFFD).",
+        |a| Ok(lossy(&a.get_body("get_response_body", RESP_BODY)?)));
+    bind!(reg, "get_response_body_bytes", RSB, "blob",
+        "The whole response body, byte for byte.",
+        |a| a.get_body("get_response_body_bytes", RESP_BODY));
+    bind!(reg, "append_response_body", RSB, "()",
+        "Adds `data` (string or blob) at the end of the response body.",
+        |a, data: Dynamic| a.write_body("append_response_body", RESP_BODY, BodyEdit::Append, &data));
+    bind!(reg, "prepend_response_body", RSB, "()",
+        "Adds `data` (string or blob) at the start of the response body.",
+        |a, data: Dynamic| a.write_body("prepend_response_body", RESP_BODY, BodyEdit::Prepend, &data));
+    bind!(reg, "replace_response_body", RSB, "()",
+        "Replaces the response body with `data` (string or blob).",
+        |a, data: Dynamic| a.write_body("replace_response_body", RESP_BODY, BodyEdit::Replace, &data));
+
+    // Local responses and resuming.
+    bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
+        "Answers the client locally with `status`, `headers` (pairs or map) and `body` (string or blob); the request goes no further. Once per request.",
+        |a, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response("send_http_response", status, &headers, &body));
+    bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
+        "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
+        |a| a.resume(Side::Request).or_else(|s| refused("resume_http_request", s)));
+    bind!(reg, "resume_http_response", Callback, "bool: whether the response was paused",
+        "Lets a response paused for callouts go on now (see `resume_http_request`).",
+        |a| a.resume(Side::Response).or_else(|s| refused("resume_http_response", s)));
+
+    // Callouts.
+    bind!(reg, "dispatch_http_call", ALL, "int: the call id",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`. The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body on timeout or reset), and the stream resumes after the last callback. A refused call is an error the script can catch.",
+        |a, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+            let f = "dispatch_http_call";
+            a.dispatch(f, cluster, header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
+        });
+    bind!(reg, "http_get", ALL, "int: the call id",
+        "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        |a, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
+            let h = request_headers("http_get", "GET", cluster, path, &headers)?;
+            a.dispatch("http_get", cluster, h, &[], timeout_ms, callback)
+        });
+    bind!(reg, "http_get", ALL, "int: the call id",
+        "`http_get` with the default timeout (500 ms).",
+        |a, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
+            let h = request_headers("http_get", "GET", cluster, path, &headers)?;
+            a.dispatch("http_get", cluster, h, &[], DEFAULT_CALL_TIMEOUT_MS, callback)
+        });
+    bind!(reg, "http_post", ALL, "int: the call id",
+        "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+            let h = request_headers("http_post", "POST", cluster, path, &headers)?;
+            a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, timeout_ms, callback)
+        });
+    bind!(reg, "http_post", ALL, "int: the call id",
+        "`http_post` with the default timeout (500 ms).",
+        |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
+            let h = request_headers("http_post", "POST", cluster, path, &headers)?;
+            a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, DEFAULT_CALL_TIMEOUT_MS, callback)
+        });
+    bind!(reg, "http_call", ALL, "int: the call id",
+        "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        |a, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+            let h = request_headers("http_call", method, cluster, path, &headers)?;
+            a.dispatch("http_call", cluster, h, &bytes_of("http_call", &body)?, timeout_ms, callback)
+        });
+    bind!(reg, "get_http_call_response_headers", Callback, "array of [name, value]",
+        "Headers of the callout answer being handled (empty when it got none).",
+        |a| a.get_headers("get_http_call_response_headers", MapType::HttpCallResponseHeaders));
+    bind!(reg, "get_http_call_response_trailers", Callback, "array of [name, value]",
+        "Trailers of the callout answer being handled.",
+        |a| a.get_headers("get_http_call_response_trailers", MapType::HttpCallResponseTrailers));
+    bind!(reg, "get_http_call_response_body", Callback, "string",
+        "Body of the callout answer being handled, as a string.",
+        |a| Ok(lossy(&call_body(a)?)));
+    bind!(reg, "get_http_call_response_body_bytes", Callback, "blob",
+        "Body of the callout answer being handled, byte for byte.",
+        |a| call_body(a));
+
+    // Per-request state, configuration, logs, JSON.
+    bind!(reg, "set_context", ALL, "()",
+        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it.",
+        |a, key: &str, value: Dynamic| {
+            a.frame.borrow_mut().stream.context.insert(key.into(), value);
+            Ok(())
+        });
+    bind!(reg, "get_context", ALL, "the value, or () when unset",
+        "The value `set_context` kept under `key` for this request.",
+        |a, key: &str| Ok(a.frame.borrow().stream.context.get(key).cloned().unwrap_or(Dynamic::UNIT)));
+    bind!(reg, "config", Anywhere, "map, array, string, number, bool or ()",
+        "The `config` value of the plugin configuration. Read-only; cheap to call.",
+        |a| Ok(a.config.clone()));
+    for (name, level) in [("log_trace", LogLevel::Trace), ("log_debug", LogLevel::Debug), ("log_info", LogLevel::Info), ("log_warn", LogLevel::Warn), ("log_error", LogLevel::Error)] {
+        let captured = reg.api.clone();
+        reg.engine.register_fn(name, move |message: Dynamic| captured.host.log(level, &message.to_string()));
+    }
+    reg.doc(FnDoc { name: "log_trace / log_debug / log_info / log_warn / log_error", params: &[("message", "any")], returns: "()", allowed: Anywhere,
+        doc: "Writes `message` to the proxy log at that level. `print(x)` logs at info, `debug(x)` at debug." });
+    let captured = reg.api.clone();
+    reg.engine.on_print(move |s| captured.host.log(LogLevel::Info, s));
+    let captured = reg.api.clone();
+    reg.engine.on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
+    bind!(reg, "parse_json", Anywhere, "map, array, string, number, bool or ()",
+        "Parses JSON text; invalid JSON is an error that says where.",
+        |_a, text: &str| serde_json::from_str::<Dynamic>(text).or_else(|e| err(format!("parse_json(): invalid JSON: {e}"))));
+    bind!(reg, "to_json", Anywhere, "string",
+        "Serializes a value (map, array, string, number, bool, ()) as compact JSON.",
+        |_a, value: Dynamic| serde_json::to_string(&value).or_else(|e| err(format!("to_json(): {e}"))));
+}
+
+fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
+    let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
+    let body = a.host.get_buffer(BufferType::HttpCallResponseBody, 0, size).or_else(|s| refused("get_http_call_response_body", s))?;
+    Ok(body.unwrap_or_default())
+}
+
+/// Pseudo-headers for a callout, then the script's own headers (which may override them).
+fn request_headers(f: &str, method: &str, cluster: &str, path: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>)>> {
+    let extra = header_pairs(f, headers)?;
+    let mut pairs: Vec<(String, Vec<u8>)> = [(":method", method), (":path", path), (":authority", cluster)]
+        .into_iter()
+        .filter(|(k, _)| !extra.iter().any(|(n, _)| n == k))
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    pairs.extend(extra);
+    Ok(pairs)
+}

@@ -1,0 +1,268 @@
+//! [`EmulatorHost`]: the [`Host`] trait in memory, behaving like Envoy 1.40.
+//!
+//! Envoy facts it reproduces (each checked in Envoy; the end-to-end tests keep checking):
+//! - header names are lowercased; a value read by name joins duplicates with `,`;
+//! - request headers are there only while the request headers phase runs (or is paused), and
+//!   response headers only during the response headers phase: otherwise reads find nothing
+//!   and writes are refused (BadArgument);
+//! - a body write is a prepend (0, 0), a replace (0, length) or an append (start ≥ length),
+//!   anything else is BadArgument;
+//! - a local response and a resume take effect after the callback returns;
+//! - a callout needs a known cluster and `:method`, `:path`, `:authority`.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, Status};
+
+/// A header map: lowercase names, order and duplicates kept.
+pub type Headers = Vec<(String, Bytes)>;
+
+/// A local response the plugin sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalResponse {
+    pub status: u32,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// A callout the plugin dispatched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callout {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub timeout: Duration,
+}
+
+/// The answer to a callout, as the host hands it to the plugin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CalloutAnswer {
+    pub headers: Headers,
+    pub body: Bytes,
+    pub trailers: Headers,
+}
+
+/// Which header maps Envoy currently gives the filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Window {
+    #[default]
+    None,
+    RequestHeaders,
+    ResponseHeaders,
+}
+
+/// Everything the host knows about the stream being handled.
+#[derive(Debug, Default)]
+pub(crate) struct StreamData {
+    pub request_headers: Headers,
+    pub request_trailers: Headers,
+    pub request_body: Bytes,
+    pub response_headers: Headers,
+    pub response_trailers: Headers,
+    pub response_body: Bytes,
+    pub window: Window,
+    pub local_response: Option<LocalResponse>,
+    pub resume_request: bool,
+    pub resume_response: bool,
+    pub callouts: Vec<Callout>,
+    /// The callout answer being delivered, while its callback runs.
+    pub answer: Option<CalloutAnswer>,
+}
+
+/// One line of the proxy log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct HostState {
+    pub stream: StreamData,
+    pub log: Vec<LogLine>,
+    pub clusters: BTreeSet<String>,
+    pub next_token: u32,
+    /// Every host call the plugin made, in order, for traces.
+    pub calls: Vec<String>,
+}
+
+/// A shared handle on the emulated proxy; the plugin holds one, the emulator another.
+#[derive(Clone, Default)]
+pub struct EmulatorHost(pub(crate) Rc<RefCell<HostState>>);
+
+fn lower(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+fn show(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() > 80 {
+        let cut = (0..=80).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
+    } else {
+        format!("{text:?}")
+    }
+}
+
+impl EmulatorHost {
+    fn trace(&self, call: String) {
+        self.0.borrow_mut().calls.push(call);
+    }
+
+    /// The header map `map` of the current stream, when Envoy would give it now.
+    fn with_map<R>(&self, map: MapType, f: impl FnOnce(&mut Headers) -> R) -> Result<R, Status> {
+        let mut state = self.0.borrow_mut();
+        let s = &mut state.stream;
+        let headers = match map {
+            MapType::HttpRequestHeaders if s.window == Window::RequestHeaders => &mut s.request_headers,
+            MapType::HttpResponseHeaders if s.window == Window::ResponseHeaders => &mut s.response_headers,
+            MapType::HttpRequestTrailers => &mut s.request_trailers,
+            MapType::HttpResponseTrailers => &mut s.response_trailers,
+            MapType::HttpCallResponseHeaders => match &mut s.answer {
+                Some(a) => &mut a.headers,
+                None => return Err(Status::NotFound),
+            },
+            MapType::HttpCallResponseTrailers => match &mut s.answer {
+                Some(a) => &mut a.trailers,
+                None => return Err(Status::NotFound),
+            },
+            _ => return Err(Status::BadArgument),
+        };
+        Ok(f(headers))
+    }
+}
+
+impl Host for EmulatorHost {
+    fn log(&self, level: LogLevel, message: &str) {
+        self.trace(format!("log_{}({message:?})", format!("{level:?}").to_lowercase()));
+        self.0.borrow_mut().log.push(LogLine { level, message: message.to_string() });
+    }
+
+    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
+        // Envoy answers an unavailable header map with an empty one.
+        Ok(self.with_map(map, |h| h.clone()).unwrap_or_default())
+    }
+
+    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
+        self.trace(format!("set_map({map:?}, {} pairs)", pairs.len()));
+        self.with_map(map, |h| {
+            *h = pairs.iter().map(|(k, v)| (lower(k), v.to_vec())).collect();
+        })
+    }
+
+    fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
+        let name = lower(name);
+        self.with_map(map, |h| {
+            let values: Vec<&[u8]> = h.iter().filter(|(k, _)| *k == name).map(|(_, v)| &v[..]).collect();
+            (!values.is_empty()).then(|| values.join(&b","[..]))
+        })
+    }
+
+    fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+        self.trace(format!("replace_header({map:?}, {name:?}, {})", show(value)));
+        let name = lower(name);
+        self.with_map(map, |h| match h.iter().position(|(k, _)| *k == name) {
+            Some(first) => {
+                h[first].1 = value.to_vec();
+                let mut i = 0;
+                h.retain(|(k, _)| {
+                    i += 1;
+                    i - 1 == first || *k != name
+                });
+            }
+            None => h.push((name, value.to_vec())),
+        })
+    }
+
+    fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status> {
+        self.trace(format!("remove_header({map:?}, {name:?})"));
+        let name = lower(name);
+        self.with_map(map, |h| h.retain(|(k, _)| *k != name))
+    }
+
+    fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+        self.trace(format!("add_header({map:?}, {name:?}, {})", show(value)));
+        self.with_map(map, |h| h.push((lower(name), value.to_vec())))
+    }
+
+    fn get_buffer(&self, buffer: BufferType, start: usize, max_size: usize) -> Result<Option<Bytes>, Status> {
+        let state = self.0.borrow();
+        let s = &state.stream;
+        let bytes = match buffer {
+            BufferType::HttpRequestBody => &s.request_body,
+            BufferType::HttpResponseBody => &s.response_body,
+            BufferType::HttpCallResponseBody => match &s.answer {
+                Some(a) => &a.body,
+                None => return Err(Status::NotFound),
+            },
+            _ => return Err(Status::BadArgument),
+        };
+        let start = start.min(bytes.len());
+        let end = start.saturating_add(max_size).min(bytes.len());
+        Ok(bytes.get(start..end).map(<[u8]>::to_vec))
+    }
+
+    fn set_buffer(&self, buffer: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+        self.trace(format!("set_buffer({buffer:?}, start {start}, size {size}, {})", show(data)));
+        let mut state = self.0.borrow_mut();
+        let bytes = match buffer {
+            BufferType::HttpRequestBody => &mut state.stream.request_body,
+            BufferType::HttpResponseBody => &mut state.stream.response_body,
+            _ => return Err(Status::BadArgument),
+        };
+        let len = bytes.len();
+        if start == 0 && size == 0 {
+            bytes.splice(0..0, data.iter().copied());
+        } else if start == 0 && size == len {
+            *bytes = data.to_vec();
+        } else if start >= len {
+            bytes.extend_from_slice(data);
+        } else {
+            return Err(Status::BadArgument);
+        }
+        Ok(())
+    }
+
+    fn send_http_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
+        self.trace(format!("send_http_response({status}, {} headers, {})", headers.len(), show(body)));
+        let mut state = self.0.borrow_mut();
+        let headers = headers.iter().map(|(k, v)| (lower(k), v.to_vec())).collect();
+        state.stream.local_response = Some(LocalResponse { status, headers, body: body.to_vec() });
+        Ok(())
+    }
+
+    fn resume_http_request(&self) -> Result<(), Status> {
+        self.trace("resume_http_request()".into());
+        self.0.borrow_mut().stream.resume_request = true;
+        Ok(())
+    }
+
+    fn resume_http_response(&self) -> Result<(), Status> {
+        self.trace("resume_http_response()".into());
+        self.0.borrow_mut().stream.resume_response = true;
+        Ok(())
+    }
+
+    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Result<u32, Status> {
+        self.trace(format!("dispatch_http_call({cluster:?}, {headers:?}, {}, {} ms)", show(body), timeout.as_millis()));
+        let mut state = self.0.borrow_mut();
+        let has = |name: &str| headers.iter().any(|(k, v)| *k == name && !v.is_empty());
+        if !state.clusters.contains(cluster) || !has(":method") || !has(":path") || !has(":authority") {
+            return Err(Status::BadArgument);
+        }
+        state.next_token += 1;
+        let token = state.next_token;
+        state.stream.callouts.push(Callout {
+            token,
+            cluster: cluster.to_string(),
+            headers: headers.iter().map(|(k, v)| (lower(k), v.as_bytes().to_vec())).collect(),
+            body: body.to_vec(),
+            timeout,
+        });
+        Ok(token)
+    }
+}

@@ -1,0 +1,506 @@
+//! The host emulator: runs a plugin natively, as Envoy would, with no proxy.
+//!
+//! [`Emulator::run`] takes one request through the plugin the way Envoy drives a filter:
+//! headers, body chunks (buffered while a body phase waits for the end), trailers, pauses and
+//! callouts answered by a [`Callouts`] policy, the upstream's response, then the response
+//! phases. [`host::EmulatorHost`] is the in-memory proxy the bindings talk to.
+//!
+//! ```
+//! use proxy_rhai::emulator::{Emulator, Request, Response};
+//! let emulator = Emulator::with_script(
+//!     r#"fn on_request_headers() { add_request_header("hello", "world"); }"#,
+//!     serde_json::json!({}),
+//! ).unwrap();
+//! let outcome = emulator.run(&Request::get("/"), &mut Response::ok("fine"));
+//! assert_eq!(outcome.upstream_header("hello").as_deref(), Some("world"));
+//! assert_eq!(outcome.response.status, 200);
+//! ```
+
+pub mod host;
+
+use std::rc::Rc;
+
+use proxy_wasm::types::Action;
+
+pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine};
+use host::{StreamData, Window};
+
+use crate::host::LogLevel;
+use crate::plugin::Plugin;
+use crate::stream::HttpStream;
+
+/// Envoy's default per-connection buffer limit: a body buffered past it is refused by Envoy
+/// itself (413 for a request, 500 for a response).
+pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
+
+/// A request as the client sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+    /// The body arrives in chunks of at most this many bytes.
+    pub chunk_size: usize,
+}
+
+impl Request {
+    /// A GET of `path` for host `example.com`.
+    pub fn get(path: &str) -> Self {
+        Self::new("GET", path, Vec::new())
+    }
+
+    /// A POST of `body` to `path`.
+    pub fn post(path: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self::new("POST", path, body.into())
+    }
+
+    pub fn new(method: &str, path: &str, body: Vec<u8>) -> Self {
+        Self {
+            method: method.into(),
+            path: path.into(),
+            authority: "example.com".into(),
+            headers: Vec::new(),
+            body,
+            trailers: Vec::new(),
+            chunk_size: 16 << 10,
+        }
+    }
+
+    /// Adds a header (name lowercased, as a proxy sees it).
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    /// The header map as Envoy gives it to filters: pseudo-headers first.
+    fn header_map(&self) -> Headers {
+        let mut map: Headers = vec![
+            (":authority".into(), self.authority.clone().into_bytes()),
+            (":path".into(), self.path.clone().into_bytes()),
+            (":method".into(), self.method.clone().into_bytes()),
+            (":scheme".into(), b"http".to_vec()),
+        ];
+        map.extend(self.headers.iter().cloned());
+        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding") {
+            map.push(("content-length".into(), self.body.len().to_string().into_bytes()));
+        }
+        map
+    }
+}
+
+/// A response as the upstream sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u32,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+    pub chunk_size: usize,
+}
+
+impl Response {
+    /// A 200 with `body`.
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Self::new(200, body)
+    }
+
+    pub fn new(status: u32, body: impl Into<Vec<u8>>) -> Self {
+        Self { status, headers: Vec::new(), body: body.into(), trailers: Vec::new(), chunk_size: 16 << 10 }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    fn header_map(&self) -> Headers {
+        let mut map: Headers = vec![(":status".into(), self.status.to_string().into_bytes())];
+        map.extend(self.headers.iter().cloned());
+        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding") {
+            map.push(("content-length".into(), self.body.len().to_string().into_bytes()));
+        }
+        map
+    }
+}
+
+/// What answers the request the plugin lets through.
+pub trait Upstream {
+    fn respond(&mut self, request: &Forwarded) -> Response;
+}
+
+impl Upstream for Response {
+    fn respond(&mut self, _: &Forwarded) -> Response {
+        self.clone()
+    }
+}
+
+impl<F: FnMut(&Forwarded) -> Response> Upstream for F {
+    fn respond(&mut self, request: &Forwarded) -> Response {
+        self(request)
+    }
+}
+
+/// How a callout is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// An answer with this status, headers and body.
+    Answer { status: u32, headers: Headers, body: Vec<u8> },
+    /// No answer: the call times out (or the target resets); the callback sees status 0.
+    NoAnswer,
+}
+
+/// Decides the answer to each callout.
+pub trait Callouts {
+    fn reply(&mut self, call: &Callout) -> Reply;
+}
+
+/// Every callout times out.
+impl Callouts for () {
+    fn reply(&mut self, _: &Callout) -> Reply {
+        Reply::NoAnswer
+    }
+}
+
+impl<F: FnMut(&Callout) -> Reply> Callouts for F {
+    fn reply(&mut self, call: &Callout) -> Reply {
+        self(call)
+    }
+}
+
+/// The request as it left the proxy for the upstream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Forwarded {
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+}
+
+/// The response as it reached the client.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClientResponse {
+    pub status: u32,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    /// Sent by the plugin (or by the proxy on its behalf), not by the upstream.
+    pub local: bool,
+    /// The stream was reset after the headers went out (a local response or an error too late
+    /// to change the status): the client saw a truncated response.
+    pub reset: bool,
+}
+
+/// Everything one request did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// What reached the upstream; `None` when the request never got there.
+    pub upstream: Option<Forwarded>,
+    /// What reached the client; status 0 when the stream stalled.
+    pub response: ClientResponse,
+    /// Callouts made, in order.
+    pub callouts: Vec<Callout>,
+    /// The proxy log lines the request produced.
+    pub log: Vec<LogLine>,
+    /// Every host call made, in order.
+    pub trace: Vec<String>,
+    /// Set when the stream stopped with nothing left to resume it (a phase returned `PAUSE`
+    /// with no callout pending): Envoy would hold it until a timeout.
+    pub stalled: Option<String>,
+}
+
+impl Outcome {
+    /// A header of the forwarded request (values joined by `,`).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.upstream.as_ref().and_then(|u| header(&u.headers, name))
+    }
+
+    /// A header of the client's response (values joined by `,`).
+    pub fn response_header(&self, name: &str) -> Option<String> {
+        header(&self.response.headers, name)
+    }
+
+    /// Script errors the plugin logged.
+    pub fn script_errors(&self) -> Vec<&str> {
+        self.log
+            .iter()
+            .filter(|l| l.level == LogLevel::Error && l.message.starts_with("script error"))
+            .map(|l| l.message.as_str())
+            .collect()
+    }
+}
+
+fn has(headers: &Headers, name: &str) -> bool {
+    headers.iter().any(|(k, _)| k == name)
+}
+
+/// The values of `name` in `headers`, joined by `,` like Envoy does.
+pub fn header(headers: &Headers, name: &str) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    let values: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// A configured plugin in an emulated Envoy.
+pub struct Emulator {
+    host: EmulatorHost,
+    plugin: Rc<Plugin<EmulatorHost>>,
+    /// Envoy's buffer limit for bodies a filter buffers.
+    pub buffer_limit: usize,
+}
+
+/// Where the stream stands after the plugin handled an event.
+enum Flow {
+    /// Goes on to the next stage.
+    Proceed,
+    /// Finished by a local response.
+    Local,
+    /// Paused with nothing that will resume it.
+    Stalled,
+}
+
+impl Emulator {
+    /// Configures the plugin with a full plugin configuration (JSON text), as Envoy would;
+    /// the error is what the plugin logged when refusing it.
+    pub fn new(configuration: &str) -> Result<Self, String> {
+        let host = EmulatorHost::default();
+        let plugin = Plugin::configure(host.clone(), configuration.as_bytes())?;
+        host.0.borrow_mut().calls.clear();
+        Ok(Self { host, plugin: Rc::new(plugin), buffer_limit: DEFAULT_BUFFER_LIMIT })
+    }
+
+    /// Configures the plugin with `script` and the user's `config`.
+    pub fn with_script(script: &str, config: serde_json::Value) -> Result<Self, String> {
+        Self::new(&serde_json::json!({ "script": script, "config": config }).to_string())
+    }
+
+    /// Declares a cluster callouts may target (Envoy refuses calls to unknown clusters).
+    pub fn add_cluster(&self, name: &str) {
+        self.host.0.borrow_mut().clusters.insert(name.to_string());
+    }
+
+    /// The log lines written at configure time and since.
+    pub fn log(&self) -> Vec<LogLine> {
+        self.host.0.borrow().log.clone()
+    }
+
+    /// Takes `request` through the plugin; every callout times out.
+    pub fn run(&self, request: &Request, upstream: &mut dyn Upstream) -> Outcome {
+        self.run_with(request, upstream, &mut ())
+    }
+
+    /// Takes `request` through the plugin, with `callouts` answering the callouts.
+    pub fn run_with(&self, request: &Request, upstream: &mut dyn Upstream, callouts: &mut dyn Callouts) -> Outcome {
+        let log_start = self.host.0.borrow().log.len();
+        self.host.0.borrow_mut().calls.clear();
+        let mut run = Run { host: &self.host, stream: HttpStream::new(self.plugin.clone()), callouts, buffer_limit: self.buffer_limit, delivered: Vec::new() };
+        let mut outcome = Outcome::default();
+        run.exchange(request, upstream, &mut outcome);
+        let mut state = self.host.0.borrow_mut();
+        outcome.callouts = std::mem::take(&mut state.stream.callouts);
+        outcome.log = state.log[log_start..].to_vec();
+        outcome.trace = std::mem::take(&mut state.calls);
+        state.stream = StreamData::default();
+        outcome
+    }
+}
+
+/// One request in flight.
+struct Run<'a> {
+    host: &'a EmulatorHost,
+    stream: HttpStream<EmulatorHost>,
+    callouts: &'a mut dyn Callouts,
+    buffer_limit: usize,
+    /// Callouts already answered.
+    delivered: Vec<u32>,
+}
+
+impl Run<'_> {
+    fn state(&self) -> std::cell::RefMut<'_, StreamData> {
+        std::cell::RefMut::map(self.host.0.borrow_mut(), |s| &mut s.stream)
+    }
+
+    fn exchange(&mut self, request: &Request, upstream: &mut dyn Upstream, outcome: &mut Outcome) {
+        // Request headers.
+        {
+            let mut s = self.state();
+            s.request_headers = request.header_map();
+            s.request_trailers = request.trailers.clone();
+            s.window = Window::RequestHeaders;
+        }
+        let end = request.body.is_empty() && request.trailers.is_empty();
+        let action = self.stream.on_request_headers(end);
+        match self.settle(action, true) {
+            Flow::Proceed => {}
+            flow => return self.finish(flow, outcome, None),
+        }
+        self.state().window = Window::None;
+        let body = match self.body(&request.body, request.chunk_size, request.trailers.is_empty(), true) {
+            Ok(body) => body,
+            Err(flow) => return self.finish(flow, outcome, None),
+        };
+        if !request.trailers.is_empty() {
+            let action = self.stream.on_request_trailers();
+            match self.settle(action, true) {
+                Flow::Proceed => {}
+                flow => return self.finish(flow, outcome, None),
+            }
+        }
+        let forwarded = {
+            let s = self.state();
+            Forwarded { headers: s.request_headers.clone(), body, trailers: s.request_trailers.clone() }
+        };
+        let response = upstream.respond(&forwarded);
+        outcome.upstream = Some(forwarded);
+
+        // Response headers.
+        {
+            let mut s = self.state();
+            s.response_headers = response.header_map();
+            s.response_trailers = response.trailers.clone();
+            s.window = Window::ResponseHeaders;
+        }
+        let end = response.body.is_empty() && response.trailers.is_empty();
+        let action = self.stream.on_response_headers(end);
+        match self.settle(action, false) {
+            Flow::Proceed => {}
+            flow => return self.finish(flow, outcome, None),
+        }
+        let headers = {
+            let mut s = self.state();
+            s.window = Window::None;
+            s.response_headers.clone()
+        };
+        let status = header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let sent = ClientResponse { status, headers, ..Default::default() };
+        let body = match self.body(&response.body, response.chunk_size, response.trailers.is_empty(), false) {
+            Ok(body) => body,
+            Err(flow) => return self.finish(flow, outcome, Some(sent)),
+        };
+        if !response.trailers.is_empty() {
+            let action = self.stream.on_response_trailers();
+            if let flow @ (Flow::Local | Flow::Stalled) = self.settle(action, false) {
+                return self.finish(flow, outcome, Some(sent));
+            }
+        }
+        outcome.response = ClientResponse { body, ..sent };
+    }
+
+    /// Feeds a body in chunks, buffering while the plugin pauses, and returns what went on.
+    fn body(&mut self, body: &[u8], chunk_size: usize, ends_stream: bool, request: bool) -> Result<Vec<u8>, Flow> {
+        let mut passed = Vec::new();
+        let chunks: Vec<&[u8]> = body.chunks(chunk_size.max(1)).collect();
+        let mut buffering = false;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let end = ends_stream && i + 1 == chunks.len();
+            let size = {
+                let mut s = self.state();
+                let buffer = if request { &mut s.request_body } else { &mut s.response_body };
+                if !buffering {
+                    buffer.clear();
+                }
+                buffer.extend_from_slice(chunk);
+                buffer.len()
+            };
+            let action = if request { self.stream.on_request_body(size, end) } else { self.stream.on_response_body(size, end) };
+            if self.state().local_response.is_some() {
+                return Err(Flow::Local);
+            }
+            match (action, end) {
+                (Action::Continue, _) => buffering = false,
+                (_, false) => {
+                    buffering = true;
+                    let held = {
+                        let s = self.state();
+                        if request { s.request_body.len() } else { s.response_body.len() }
+                    };
+                    if held > self.buffer_limit {
+                        return Err(self.proxy_answers(if request { 413 } else { 500 }));
+                    }
+                    continue;
+                }
+                (_, true) => match self.settle(action, request) {
+                    Flow::Proceed => buffering = false,
+                    flow => return Err(flow),
+                },
+            }
+            let s = self.state();
+            passed.extend_from_slice(if request { &s.request_body } else { &s.response_body });
+        }
+        Ok(passed)
+    }
+
+    /// Envoy's own local reply (buffer limit exceeded).
+    fn proxy_answers(&mut self, status: u32) -> Flow {
+        let body = if status == 413 { "Payload Too Large" } else { "Internal Server Error" };
+        self.state().local_response = Some(LocalResponse { status, headers: Vec::new(), body: body.as_bytes().to_vec() });
+        Flow::Local
+    }
+
+    /// After the plugin returned `action`: apply a local response, or answer callouts until
+    /// the stream resumes.
+    fn settle(&mut self, mut action: Action, request: bool) -> Flow {
+        loop {
+            let next = {
+                let mut s = self.state();
+                if s.local_response.is_some() {
+                    return Flow::Local;
+                }
+                let resumed = if request { &mut s.resume_request } else { &mut s.resume_response };
+                if action == Action::Continue || std::mem::take(resumed) {
+                    return Flow::Proceed;
+                }
+                s.callouts.iter().find(|c| !self.delivered.contains(&c.token)).cloned()
+            };
+            let Some(call) = next else {
+                return Flow::Stalled;
+            };
+            self.deliver(&call);
+            action = Action::Pause;
+        }
+    }
+
+    fn deliver(&mut self, call: &Callout) {
+        let reply = self.callouts.reply(call);
+        let (answer, num_headers, body_size) = match reply {
+            Reply::Answer { status, headers, body } => {
+                let mut map: Headers = vec![(":status".into(), status.to_string().into_bytes())];
+                map.extend(headers);
+                let (n, size) = (map.len(), body.len());
+                (CalloutAnswer { headers: map, body, trailers: Vec::new() }, n, size)
+            }
+            Reply::NoAnswer => (CalloutAnswer::default(), 0, 0),
+        };
+        self.delivered.push(call.token);
+        self.state().answer = Some(answer);
+        self.stream.on_http_call_response(call.token, num_headers, body_size);
+        self.state().answer = None;
+    }
+
+    fn finish(&mut self, flow: Flow, outcome: &mut Outcome, sent: Option<ClientResponse>) {
+        match flow {
+            Flow::Proceed => {}
+            Flow::Stalled => outcome.stalled = Some("the stream is paused and nothing will resume it".into()),
+            Flow::Local => {
+                let local = self.state().local_response.clone().unwrap_or(LocalResponse { status: 0, headers: Vec::new(), body: Vec::new() });
+                outcome.response = match sent {
+                    // Headers already went out: Envoy can only reset the stream.
+                    Some(sent) => ClientResponse { reset: true, ..sent },
+                    None => {
+                        let mut headers = local.headers.clone();
+                        headers.insert(0, (":status".into(), local.status.to_string().into_bytes()));
+                        if !local.body.is_empty() && !has(&headers, "content-type") {
+                            headers.push(("content-type".into(), b"text/plain".to_vec()));
+                        }
+                        headers.push(("content-length".into(), local.body.len().to_string().into_bytes()));
+                        ClientResponse { status: local.status, headers, body: local.body, local: true, reset: false }
+                    }
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The seam between the binding layer and a proxy.
+//!
+//! [`Host`] has one method per proxy-wasm host call the plugin makes. Like the real ABI, every
+//! call acts on the host's *current* stream (the one whose callback is running). The wasm build
+//! implements it with the raw ABI ([`crate::wasm_host`]); the emulator ([`crate::emulator`])
+//! implements it in memory, behaving like Envoy.
+
+use std::time::Duration;
+
+pub use proxy_wasm::types::{Bytes, BufferType, LogLevel, MapType, Status};
+
+/// A proxy as the binding layer sees it. Every method returns the host's status instead of
+/// panicking, so a refusal becomes a script error, never a trap.
+pub trait Host {
+    /// Writes one line to the proxy log.
+    fn log(&self, level: LogLevel, message: &str);
+    /// All pairs of a header (or trailer) map, in order, duplicates kept.
+    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status>;
+    /// Replaces a whole header map.
+    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status>;
+    /// The value of one header; several values of the same name come joined by `,`.
+    fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status>;
+    /// Sets one header, replacing every value it had (adds it when absent).
+    fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status>;
+    /// Removes every value of one header.
+    fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status>;
+    /// Adds one more value to a header.
+    fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status>;
+    /// Up to `max_size` bytes of a buffer from `start`.
+    fn get_buffer(&self, buffer: BufferType, start: usize, max_size: usize)
+        -> Result<Option<Bytes>, Status>;
+    /// Writes `data` over `size` bytes of a buffer at `start`.
+    fn set_buffer(&self, buffer: BufferType, start: usize, size: usize, data: &[u8])
+        -> Result<(), Status>;
+    /// Answers the client locally; takes effect when the current callback returns.
+    fn send_http_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8])
+        -> Result<(), Status>;
+    /// Lets a paused request go on; takes effect when the current callback returns.
+    fn resume_http_request(&self) -> Result<(), Status>;
+    /// Lets a paused response go on; takes effect when the current callback returns.
+    fn resume_http_response(&self) -> Result<(), Status>;
+    /// Sends an HTTP request to a cluster; the answer comes as `on_http_call_response(token)`.
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, Status>;
+}

@@ -1,0 +1,102 @@
+//! The HTTP phases a script can act in, and what each one lets a script touch.
+
+use std::fmt;
+
+/// A phase of one HTTP stream. A callout callback runs in the phase that dispatched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+}
+
+impl Phase {
+    /// Every phase, in stream order.
+    pub const ALL: [Phase; 4] = [
+        Phase::RequestHeaders,
+        Phase::RequestBody,
+        Phase::ResponseHeaders,
+        Phase::ResponseBody,
+    ];
+
+    /// The script function that handles this phase.
+    pub const fn function_name(self) -> &'static str {
+        match self {
+            Phase::RequestHeaders => "on_request_headers",
+            Phase::RequestBody => "on_request_body",
+            Phase::ResponseHeaders => "on_response_headers",
+            Phase::ResponseBody => "on_response_body",
+        }
+    }
+
+    /// Whether this phase belongs to the request (decoding) side.
+    pub const fn is_request(self) -> bool {
+        matches!(self, Phase::RequestHeaders | Phase::RequestBody)
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.function_name())
+    }
+}
+
+/// A set of phases: where a binding is allowed, or which phases a script defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Phases(u8);
+
+impl Phases {
+    pub const NONE: Phases = Phases(0);
+    pub const ALL: Phases = Phases(0b1111);
+    pub const REQUEST_HEADERS: Phases = Phases::of(&[Phase::RequestHeaders]);
+    pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody]);
+    pub const RESPONSE_HEADERS: Phases = Phases::of(&[Phase::ResponseHeaders]);
+    pub const RESPONSE_BODY: Phases = Phases::of(&[Phase::ResponseBody]);
+    pub const BEFORE_RESPONSE_BODY: Phases = Phases::of(&[
+        Phase::RequestHeaders,
+        Phase::RequestBody,
+        Phase::ResponseHeaders,
+    ]);
+
+    pub const fn of(phases: &[Phase]) -> Phases {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < phases.len() {
+            bits |= phases[i].bit();
+            i += 1;
+        }
+        Phases(bits)
+    }
+
+    pub const fn contains(self, phase: Phase) -> bool {
+        self.0 & phase.bit() != 0
+    }
+
+    pub fn insert(&mut self, phase: Phase) {
+        self.0 |= phase.bit();
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The phases in the set, in stream order.
+    pub fn iter(self) -> impl Iterator<Item = Phase> {
+        Phase::ALL.into_iter().filter(move |p| self.contains(*p))
+    }
+}
+
+impl fmt::Display for Phases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Phases::ALL {
+            return f.write_str("every phase");
+        }
+        let names: Vec<&str> = self.iter().map(Phase::function_name).collect();
+        f.write_str(&names.join(", "))
+    }
+}

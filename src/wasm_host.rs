@@ -1,0 +1,259 @@
+//! [`Host`] over the proxy-wasm ABI 0.2.1, for the wasm build.
+//!
+//! The SDK's own `hostcalls` panic on any status they do not expect (a refused body write, a
+//! non-UTF-8 header value), and a panic traps the VM. These wrappers call the ABI directly and
+//! hand every status back. Only `dispatch_http_call` goes through the SDK, whose dispatcher must
+//! learn the call's token to route the answer back to the stream.
+
+use std::ptr::{null, null_mut};
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+
+use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, Status};
+
+/// The proxy the plugin runs in.
+#[derive(Clone, Copy, Default)]
+pub struct WasmHost;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: LogLevel, message_data: *const u8, message_size: usize) -> Status;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+    fn proxy_set_header_map_pairs(map_type: MapType, map_data: *const u8, map_size: usize)
+        -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(map_type: MapType, key_data: *const u8, key_size: usize)
+        -> Status;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> Status;
+    fn proxy_set_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+    fn proxy_continue_stream(stream_type: u32) -> Status;
+}
+
+fn ok(status: Status) -> Result<(), Status> {
+    match status {
+        Status::Ok => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` must be null or point to `size` bytes allocated by the guest allocator.
+unsafe fn take_host_bytes(data: *mut u8, size: usize) -> Option<Bytes> {
+    (!data.is_null()).then(|| Vec::from_raw_parts(data, size, size))
+}
+
+impl Host for WasmHost {
+    fn log(&self, level: LogLevel, message: &str) {
+        // Logging cannot fail in a way the script could act on.
+        let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+    }
+
+    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
+        let (mut data, mut size) = (null_mut(), 0);
+        ok(unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) })?;
+        Ok(unsafe { take_host_bytes(data, size) }
+            .map(|bytes| deserialize_map(&bytes))
+            .unwrap_or_default())
+    }
+
+    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
+        let bytes = serialize_map(pairs.iter().map(|(k, v)| (*k, *v)));
+        ok(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
+    }
+
+    fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
+        let (mut data, mut size) = (null_mut(), 0);
+        match unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+        } {
+            Status::Ok => Ok(unsafe { take_host_bytes(data, size) }.or(Some(Vec::new()))),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+        ok(unsafe {
+            proxy_replace_header_map_value(
+                map,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        })
+    }
+
+    fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status> {
+        ok(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
+    }
+
+    fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+        ok(unsafe {
+            proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+        })
+    }
+
+    fn get_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        max_size: usize,
+    ) -> Result<Option<Bytes>, Status> {
+        let (mut data, mut size) = (null_mut(), 0);
+        match unsafe { proxy_get_buffer_bytes(buffer, start, max_size, &mut data, &mut size) } {
+            Status::Ok => Ok(unsafe { take_host_bytes(data, size) }),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    fn set_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
+        ok(unsafe { proxy_set_buffer_bytes(buffer, start, size, data.as_ptr(), data.len()) })
+    }
+
+    fn send_http_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<(), Status> {
+        let headers = serialize_map(headers.iter().map(|(k, v)| (*k, *v)));
+        ok(unsafe {
+            proxy_send_local_response(
+                status,
+                null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        })
+    }
+
+    fn resume_http_request(&self) -> Result<(), Status> {
+        ok(unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpRequest as u32) })
+    }
+
+    fn resume_http_response(&self) -> Result<(), Status> {
+        ok(unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) })
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, Status> {
+        // The SDK panics on statuses other than Ok, BadArgument and InternalFailure; Envoy
+        // answers a refused call with one of those.
+        let body = (!body.is_empty()).then_some(body);
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+    }
+}
+
+/// Encodes pairs the way the ABI wants them: count, the sizes, then each key and value
+/// followed by a NUL.
+fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Bytes {
+    let pairs_len = pairs.clone().count();
+    let mut bytes = Vec::with_capacity(
+        4 + pairs_len * 8 + pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+    );
+    bytes.extend_from_slice(&(pairs_len as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        bytes.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(v);
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// Decodes the ABI's map encoding; a malformed map yields the pairs read so far.
+fn deserialize_map(bytes: &[u8]) -> Vec<(String, Bytes)> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = read_u32(0) else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 8));
+    let mut data = 4 + count.saturating_mul(8);
+    for i in 0..count {
+        let (Some(k_len), Some(v_len)) = (read_u32(4 + i * 8), read_u32(8 + i * 8)) else {
+            break;
+        };
+        let (Some(key), Some(value)) = (
+            bytes.get(data..data + k_len),
+            bytes.get(data + k_len + 1..data + k_len + 1 + v_len),
+        ) else {
+            break;
+        };
+        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        data += k_len + v_len + 2;
+    }
+    pairs
+}
