@@ -368,7 +368,7 @@ pub const CONSTANTS: [ConstDoc; 2] = [
 
 impl<H: Host + 'static> Api<H> {
     pub(crate) fn new(host: H, config: Dynamic) -> Self {
-        Self { host, frame: RefCell::default(), config: config.into_read_only() }
+        Self { host, frame: RefCell::default(), config: config.into_shared().into_read_only() }
     }
 }
 

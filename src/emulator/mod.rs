@@ -339,14 +339,14 @@ impl Run<'_> {
             flow => return self.finish(flow, outcome, None),
         }
         self.state().window = Window::None;
-        let body = match self.body(&request.body, request.chunk_size, request.trailers.is_empty(), true) {
+        let mut body = match self.body(&request.body, request.chunk_size, request.trailers.is_empty(), true) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, None),
         };
         if !request.trailers.is_empty() {
             let action = self.stream.on_request_trailers();
             match self.settle(action, true) {
-                Flow::Proceed => {}
+                Flow::Proceed => body.extend(self.take_held(true)),
                 flow => return self.finish(flow, outcome, None),
             }
         }
@@ -377,20 +377,28 @@ impl Run<'_> {
         };
         let status = header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let sent = ClientResponse { status, headers, ..Default::default() };
-        let body = match self.body(&response.body, response.chunk_size, response.trailers.is_empty(), false) {
+        let mut body = match self.body(&response.body, response.chunk_size, response.trailers.is_empty(), false) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, Some(sent)),
         };
         if !response.trailers.is_empty() {
             let action = self.stream.on_response_trailers();
-            if let flow @ (Flow::Local | Flow::Stalled) = self.settle(action, false) {
-                return self.finish(flow, outcome, Some(sent));
+            match self.settle(action, false) {
+                Flow::Proceed => body.extend(self.take_held(false)),
+                flow => return self.finish(flow, outcome, Some(sent)),
             }
         }
         outcome.response = ClientResponse { body, ..sent };
     }
 
-    /// Feeds a body in chunks, buffering while the plugin pauses, and returns what went on.
+    /// The body a filter still buffers when trailers let it go.
+    fn take_held(&mut self, request: bool) -> Vec<u8> {
+        let mut s = self.state();
+        std::mem::take(if request { &mut s.request_body } else { &mut s.response_body })
+    }
+
+    /// Feeds a body in chunks, buffering while the plugin pauses, and returns what went on;
+    /// what is still buffered at the end stays in the host's body buffer.
     fn body(&mut self, body: &[u8], chunk_size: usize, ends_stream: bool, request: bool) -> Result<Vec<u8>, Flow> {
         let mut passed = Vec::new();
         let chunks: Vec<&[u8]> = body.chunks(chunk_size.max(1)).collect();
@@ -428,8 +436,7 @@ impl Run<'_> {
                     flow => return Err(flow),
                 },
             }
-            let s = self.state();
-            passed.extend_from_slice(if request { &s.request_body } else { &s.response_body });
+            passed.extend(self.take_held(request));
         }
         Ok(passed)
     }
