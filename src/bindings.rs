@@ -118,7 +118,9 @@ fn err<T>(message: String) -> ScriptResult<T> {
 }
 
 fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
-    err(format!("{function}(): the proxy refused the call ({status:?})"))
+    err(format!(
+        "{function}(): the proxy refused the call ({status:?})"
+    ))
 }
 
 impl<H: Host> Api<H> {
@@ -155,7 +157,11 @@ impl<H: Host> Api<H> {
     }
 
     fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
-        match self.host.get_map_value(map, name).or_else(|s| refused(f, s))? {
+        match self
+            .host
+            .get_map_value(map, name)
+            .or_else(|s| refused(f, s))?
+        {
             Some(v) => Ok(lossy(&v).into()),
             None => Ok(Dynamic::UNIT),
         }
@@ -177,13 +183,22 @@ impl<H: Host> Api<H> {
 
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
         let len = self.body_len(buffer);
-        let body = self.host.get_buffer(buffer, 0, len).or_else(|s| refused(f, s))?;
+        let body = self
+            .host
+            .get_buffer(buffer, 0, len)
+            .or_else(|s| refused(f, s))?;
         Ok(body.unwrap_or_default())
     }
 
     /// Writes a body the three ways Envoy supports: prepend (0, 0), replace (0, len), append
     /// (len, 0); then keeps the known length in step.
-    fn write_body(&self, f: &str, buffer: BufferType, edit: BodyEdit, data: &Dynamic) -> ScriptResult<()> {
+    fn write_body(
+        &self,
+        f: &str,
+        buffer: BufferType,
+        edit: BodyEdit,
+        data: &Dynamic,
+    ) -> ScriptResult<()> {
         let data = bytes_of(f, data)?;
         let len = self.body_len(buffer);
         let (start, size, new_len) = match edit {
@@ -191,7 +206,9 @@ impl<H: Host> Api<H> {
             BodyEdit::Append => (len, 0, len + data.len()),
             BodyEdit::Replace => (0, len, data.len()),
         };
-        self.host.set_buffer(buffer, start, size, &data).or_else(|s| refused(f, s))?;
+        self.host
+            .set_buffer(buffer, start, size, &data)
+            .or_else(|s| refused(f, s))?;
         let mut frame = self.frame.borrow_mut();
         match buffer {
             BufferType::HttpRequestBody => frame.stream.request_body_len = new_len,
@@ -201,12 +218,20 @@ impl<H: Host> Api<H> {
     }
 
     /// Sends a local response, once per stream.
-    pub(crate) fn send_local_response(&self, f: &str, status: i64, headers: &Dynamic, body: &Dynamic) -> ScriptResult<()> {
+    pub(crate) fn send_local_response(
+        &self,
+        f: &str,
+        status: i64,
+        headers: &Dynamic,
+        body: &Dynamic,
+    ) -> ScriptResult<()> {
         if !(200..=599).contains(&status) {
             return err(format!("{f}(): status {status} is not in 200..=599"));
         }
         if self.frame.borrow().stream.local_response_sent {
-            return err(format!("{f}(): a local response was already sent for this request"));
+            return err(format!(
+                "{f}(): a local response was already sent for this request"
+            ));
         }
         let pairs = header_pairs(f, headers)?;
         let body = bytes_of(f, body)?;
@@ -233,23 +258,46 @@ impl<H: Host> Api<H> {
         Ok(true)
     }
 
-    fn dispatch(&self, f: &str, cluster: &str, headers: Vec<(String, Vec<u8>)>, body: &[u8], timeout_ms: i64, callback: FnPtr) -> ScriptResult<i64> {
+    fn dispatch(
+        &self,
+        f: &str,
+        cluster: &str,
+        headers: Vec<(String, Vec<u8>)>,
+        body: &[u8],
+        timeout_ms: i64,
+        callback: FnPtr,
+    ) -> ScriptResult<i64> {
         let phase = self.enter(f, Allowed::In(Phases::ALL))?;
         if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
-            return err(format!("{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"));
+            return err(format!(
+                "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
+            ));
         }
         let values: Vec<String> = headers.iter().map(|(_, v)| lossy(v)).collect();
-        let refs: Vec<(&str, &str)> = headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), v.as_str())).collect();
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .zip(&values)
+            .map(|((k, _), v)| (k.as_str(), v.as_str()))
+            .collect();
         let id = self
             .host
-            .dispatch_http_call(cluster, &refs, body, Duration::from_millis(timeout_ms as u64))
+            .dispatch_http_call(
+                cluster,
+                &refs,
+                body,
+                Duration::from_millis(timeout_ms as u64),
+            )
             .or_else(|s| {
                 err(format!(
                     "{f}(): the proxy refused the call to cluster '{cluster}' ({s:?}): \
                      is the cluster defined, and are :method, :path and :authority set?"
                 ))
             })?;
-        self.frame.borrow_mut().stream.calls.push(PendingCall { id, phase, callback });
+        self.frame.borrow_mut().stream.calls.push(PendingCall {
+            id,
+            phase,
+            callback,
+        });
         Ok(i64::from(id))
     }
 }
@@ -286,7 +334,10 @@ fn bytes_of(f: &str, value: &Dynamic) -> ScriptResult<Vec<u8>> {
     if value.is_unit() {
         return Ok(Vec::new());
     }
-    err(format!("{f}(): expected a string or a blob, got {}", value.type_name()))
+    err(format!(
+        "{f}(): expected a string or a blob, got {}",
+        value.type_name()
+    ))
 }
 
 /// Header pairs from `[[name, value], ...]` or `#{name: value}` (a map value may be an array
@@ -298,10 +349,20 @@ fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>
     }
     if let Some(array) = headers.read_lock::<Array>() {
         for item in array.iter() {
-            let bad = || err(format!("{f}(): each header must be a [name, value] pair, got {item}"));
-            let Some(p) = item.read_lock::<Array>() else { return bad() };
-            let [name, value] = p.as_slice() else { return bad() };
-            let Some(name) = name.read_lock::<ImmutableString>() else { return bad() };
+            let bad = || {
+                err(format!(
+                    "{f}(): each header must be a [name, value] pair, got {item}"
+                ))
+            };
+            let Some(p) = item.read_lock::<Array>() else {
+                return bad();
+            };
+            let [name, value] = p.as_slice() else {
+                return bad();
+            };
+            let Some(name) = name.read_lock::<ImmutableString>() else {
+                return bad();
+            };
             pairs.push((name.to_string(), bytes_of(f, value)?));
         }
         return Ok(pairs);
@@ -319,7 +380,10 @@ fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>
         }
         return Ok(pairs);
     }
-    err(format!("{f}(): headers must be an array of [name, value] pairs or a map, got {}", headers.type_name()))
+    err(format!(
+        "{f}(): headers must be an array of [name, value] pairs or a map, got {}",
+        headers.type_name()
+    ))
 }
 
 /// Collects the bindings into an engine (and, when asked, into the API reference).
@@ -368,7 +432,11 @@ pub const CONSTANTS: [ConstDoc; 2] = [
 
 impl<H: Host + 'static> Api<H> {
     pub(crate) fn new(host: H, config: Dynamic) -> Self {
-        Self { host, frame: RefCell::default(), config: config.into_shared().into_read_only() }
+        Self {
+            host,
+            frame: RefCell::default(),
+            config: config.into_shared().into_read_only(),
+        }
     }
 }
 
@@ -399,79 +467,198 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     bind!(reg, "replace_request_headers", RQH, "()",
         "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings.",
         |a, headers: Dynamic| a.set_headers("replace_request_headers", REQ, &headers));
-    bind!(reg, "replace_request_header", RQH, "()",
+    bind!(
+        reg,
+        "replace_request_header",
+        RQH,
+        "()",
         "Sets a request header to one value, replacing any it had; adds it when absent.",
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_request_header", &value)?;
-            a.host.replace_map_value(REQ, name, &v).or_else(|s| refused("replace_request_header", s))
-        });
-    bind!(reg, "add_request_header", RQH, "()",
+            a.host
+                .replace_map_value(REQ, name, &v)
+                .or_else(|s| refused("replace_request_header", s))
+        }
+    );
+    bind!(
+        reg,
+        "add_request_header",
+        RQH,
+        "()",
         "Adds a request header value, keeping the values it already had.",
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_request_header", &value)?;
-            a.host.add_map_value(REQ, name, &v).or_else(|s| refused("add_request_header", s))
-        });
-    bind!(reg, "remove_request_header", RQH, "()",
+            a.host
+                .add_map_value(REQ, name, &v)
+                .or_else(|s| refused("add_request_header", s))
+        }
+    );
+    bind!(
+        reg,
+        "remove_request_header",
+        RQH,
+        "()",
         "Removes every value of a request header; nothing happens when it is absent.",
-        |a, name: &str| a.host.remove_map_value(REQ, name).or_else(|s| refused("remove_request_header", s)));
+        |a, name: &str| a
+            .host
+            .remove_map_value(REQ, name)
+            .or_else(|s| refused("remove_request_header", s))
+    );
 
     // Response headers.
-    bind!(reg, "get_response_headers", RSH, "array of [name, value]",
+    bind!(
+        reg,
+        "get_response_headers",
+        RSH,
+        "array of [name, value]",
         "All response headers, in order, duplicates kept; `:status` comes first.",
-        |a| a.get_headers("get_response_headers", RESP));
-    bind!(reg, "get_response_header", RSH, "string, or () when absent",
+        |a| a.get_headers("get_response_headers", RESP)
+    );
+    bind!(
+        reg,
+        "get_response_header",
+        RSH,
+        "string, or () when absent",
         "The value of one response header (name case-insensitive).",
-        |a, name: &str| a.get_header("get_response_header", RESP, name));
-    bind!(reg, "replace_response_headers", RSH, "()",
+        |a, name: &str| a.get_header("get_response_header", RESP, name)
+    );
+    bind!(
+        reg,
+        "replace_response_headers",
+        RSH,
+        "()",
         "Replaces all response headers, like `replace_request_headers`.",
-        |a, headers: Dynamic| a.set_headers("replace_response_headers", RESP, &headers));
-    bind!(reg, "replace_response_header", RSH, "()",
+        |a, headers: Dynamic| a.set_headers("replace_response_headers", RESP, &headers)
+    );
+    bind!(
+        reg,
+        "replace_response_header",
+        RSH,
+        "()",
         "Sets a response header to one value; adds it when absent.",
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_response_header", &value)?;
-            a.host.replace_map_value(RESP, name, &v).or_else(|s| refused("replace_response_header", s))
-        });
-    bind!(reg, "add_response_header", RSH, "()",
+            a.host
+                .replace_map_value(RESP, name, &v)
+                .or_else(|s| refused("replace_response_header", s))
+        }
+    );
+    bind!(
+        reg,
+        "add_response_header",
+        RSH,
+        "()",
         "Adds a response header value, keeping the values it already had.",
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_response_header", &value)?;
-            a.host.add_map_value(RESP, name, &v).or_else(|s| refused("add_response_header", s))
-        });
-    bind!(reg, "remove_response_header", RSH, "()",
+            a.host
+                .add_map_value(RESP, name, &v)
+                .or_else(|s| refused("add_response_header", s))
+        }
+    );
+    bind!(
+        reg,
+        "remove_response_header",
+        RSH,
+        "()",
         "Removes every value of a response header.",
-        |a, name: &str| a.host.remove_map_value(RESP, name).or_else(|s| refused("remove_response_header", s)));
+        |a, name: &str| a
+            .host
+            .remove_map_value(RESP, name)
+            .or_else(|s| refused("remove_response_header", s))
+    );
 
     // Bodies.
-    bind!(reg, "get_request_body", RQB, "string",
+    bind!(
+        reg,
+        "get_request_body",
+        RQB,
+        "string",
         "The whole request body as a string (invalid UTF-8 replaced by U+FFFD).",
-        |a| Ok(lossy(&a.get_body("get_request_body", REQ_BODY)?)));
-    bind!(reg, "get_request_body_bytes", RQB, "blob",
+        |a| Ok(lossy(&a.get_body("get_request_body", REQ_BODY)?))
+    );
+    bind!(
+        reg,
+        "get_request_body_bytes",
+        RQB,
+        "blob",
         "The whole request body, byte for byte.",
-        |a| a.get_body("get_request_body_bytes", REQ_BODY));
-    bind!(reg, "append_request_body", RQB, "()",
+        |a| a.get_body("get_request_body_bytes", REQ_BODY)
+    );
+    bind!(
+        reg,
+        "append_request_body",
+        RQB,
+        "()",
         "Adds `data` (string or blob) at the end of the request body.",
-        |a, data: Dynamic| a.write_body("append_request_body", REQ_BODY, BodyEdit::Append, &data));
-    bind!(reg, "prepend_request_body", RQB, "()",
+        |a, data: Dynamic| a.write_body("append_request_body", REQ_BODY, BodyEdit::Append, &data)
+    );
+    bind!(
+        reg,
+        "prepend_request_body",
+        RQB,
+        "()",
         "Adds `data` (string or blob) at the start of the request body.",
-        |a, data: Dynamic| a.write_body("prepend_request_body", REQ_BODY, BodyEdit::Prepend, &data));
-    bind!(reg, "replace_request_body", RQB, "()",
+        |a, data: Dynamic| a.write_body("prepend_request_body", REQ_BODY, BodyEdit::Prepend, &data)
+    );
+    bind!(
+        reg,
+        "replace_request_body",
+        RQB,
+        "()",
         "Replaces the request body with `data` (string or blob).",
-        |a, data: Dynamic| a.write_body("replace_request_body", REQ_BODY, BodyEdit::Replace, &data));
-    bind!(reg, "get_response_body", RSB, "string",
+        |a, data: Dynamic| a.write_body("replace_request_body", REQ_BODY, BodyEdit::Replace, &data)
+    );
+    bind!(
+        reg,
+        "get_response_body",
+        RSB,
+        "string",
         "The whole response body as a string (invalid UTF-8 replaced by U+FFFD).",
-        |a| Ok(lossy(&a.get_body("get_response_body", RESP_BODY)?)));
-    bind!(reg, "get_response_body_bytes", RSB, "blob",
+        |a| Ok(lossy(&a.get_body("get_response_body", RESP_BODY)?))
+    );
+    bind!(
+        reg,
+        "get_response_body_bytes",
+        RSB,
+        "blob",
         "The whole response body, byte for byte.",
-        |a| a.get_body("get_response_body_bytes", RESP_BODY));
-    bind!(reg, "append_response_body", RSB, "()",
+        |a| a.get_body("get_response_body_bytes", RESP_BODY)
+    );
+    bind!(
+        reg,
+        "append_response_body",
+        RSB,
+        "()",
         "Adds `data` (string or blob) at the end of the response body.",
-        |a, data: Dynamic| a.write_body("append_response_body", RESP_BODY, BodyEdit::Append, &data));
-    bind!(reg, "prepend_response_body", RSB, "()",
+        |a, data: Dynamic| a.write_body("append_response_body", RESP_BODY, BodyEdit::Append, &data)
+    );
+    bind!(
+        reg,
+        "prepend_response_body",
+        RSB,
+        "()",
         "Adds `data` (string or blob) at the start of the response body.",
-        |a, data: Dynamic| a.write_body("prepend_response_body", RESP_BODY, BodyEdit::Prepend, &data));
-    bind!(reg, "replace_response_body", RSB, "()",
+        |a, data: Dynamic| a.write_body(
+            "prepend_response_body",
+            RESP_BODY,
+            BodyEdit::Prepend,
+            &data
+        )
+    );
+    bind!(
+        reg,
+        "replace_response_body",
+        RSB,
+        "()",
         "Replaces the response body with `data` (string or blob).",
-        |a, data: Dynamic| a.write_body("replace_response_body", RESP_BODY, BodyEdit::Replace, &data));
+        |a, data: Dynamic| a.write_body(
+            "replace_response_body",
+            RESP_BODY,
+            BodyEdit::Replace,
+            &data
+        )
+    );
 
     // Local responses and resuming.
     bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
@@ -480,9 +667,16 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
         "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
         |a| a.resume(Side::Request).or_else(|s| refused("resume_http_request", s)));
-    bind!(reg, "resume_http_response", Callback, "bool: whether the response was paused",
+    bind!(
+        reg,
+        "resume_http_response",
+        Callback,
+        "bool: whether the response was paused",
         "Lets a response paused for callouts go on now (see `resume_http_request`).",
-        |a| a.resume(Side::Response).or_else(|s| refused("resume_http_response", s)));
+        |a| a
+            .resume(Side::Response)
+            .or_else(|s| refused("resume_http_response", s))
+    );
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
@@ -497,42 +691,92 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             let h = request_headers("http_get", "GET", cluster, path, &headers)?;
             a.dispatch("http_get", cluster, h, &[], timeout_ms, callback)
         });
-    bind!(reg, "http_get", ALL, "int: the call id",
+    bind!(
+        reg,
+        "http_get",
+        ALL,
+        "int: the call id",
         "`http_get` with the default timeout (500 ms).",
         |a, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
             let h = request_headers("http_get", "GET", cluster, path, &headers)?;
-            a.dispatch("http_get", cluster, h, &[], DEFAULT_CALL_TIMEOUT_MS, callback)
-        });
+            a.dispatch(
+                "http_get",
+                cluster,
+                h,
+                &[],
+                DEFAULT_CALL_TIMEOUT_MS,
+                callback,
+            )
+        }
+    );
     bind!(reg, "http_post", ALL, "int: the call id",
         "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let h = request_headers("http_post", "POST", cluster, path, &headers)?;
             a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, timeout_ms, callback)
         });
-    bind!(reg, "http_post", ALL, "int: the call id",
+    bind!(
+        reg,
+        "http_post",
+        ALL,
+        "int: the call id",
         "`http_post` with the default timeout (500 ms).",
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
             let h = request_headers("http_post", "POST", cluster, path, &headers)?;
-            a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, DEFAULT_CALL_TIMEOUT_MS, callback)
-        });
+            a.dispatch(
+                "http_post",
+                cluster,
+                h,
+                &bytes_of("http_post", &body)?,
+                DEFAULT_CALL_TIMEOUT_MS,
+                callback,
+            )
+        }
+    );
     bind!(reg, "http_call", ALL, "int: the call id",
         "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
         |a, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let h = request_headers("http_call", method, cluster, path, &headers)?;
             a.dispatch("http_call", cluster, h, &bytes_of("http_call", &body)?, timeout_ms, callback)
         });
-    bind!(reg, "get_http_call_response_headers", Callback, "array of [name, value]",
+    bind!(
+        reg,
+        "get_http_call_response_headers",
+        Callback,
+        "array of [name, value]",
         "Headers of the callout answer being handled (empty when it got none).",
-        |a| a.get_headers("get_http_call_response_headers", MapType::HttpCallResponseHeaders));
-    bind!(reg, "get_http_call_response_trailers", Callback, "array of [name, value]",
+        |a| a.get_headers(
+            "get_http_call_response_headers",
+            MapType::HttpCallResponseHeaders
+        )
+    );
+    bind!(
+        reg,
+        "get_http_call_response_trailers",
+        Callback,
+        "array of [name, value]",
         "Trailers of the callout answer being handled.",
-        |a| a.get_headers("get_http_call_response_trailers", MapType::HttpCallResponseTrailers));
-    bind!(reg, "get_http_call_response_body", Callback, "string",
+        |a| a.get_headers(
+            "get_http_call_response_trailers",
+            MapType::HttpCallResponseTrailers
+        )
+    );
+    bind!(
+        reg,
+        "get_http_call_response_body",
+        Callback,
+        "string",
         "Body of the callout answer being handled, as a string.",
-        |a| Ok(lossy(&call_body(a)?)));
-    bind!(reg, "get_http_call_response_body_bytes", Callback, "blob",
+        |a| Ok(lossy(&call_body(a)?))
+    );
+    bind!(
+        reg,
+        "get_http_call_response_body_bytes",
+        Callback,
+        "blob",
         "Body of the callout answer being handled, byte for byte.",
-        |a| call_body(a));
+        |a| call_body(a)
+    );
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",
@@ -541,44 +785,96 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             a.frame.borrow_mut().stream.context.insert(key.into(), value);
             Ok(())
         });
-    bind!(reg, "get_context", ALL, "the value, or () when unset",
+    bind!(
+        reg,
+        "get_context",
+        ALL,
+        "the value, or () when unset",
         "The value `set_context` kept under `key` for this request.",
-        |a, key: &str| Ok(a.frame.borrow().stream.context.get(key).cloned().unwrap_or(Dynamic::UNIT)));
-    bind!(reg, "config", Anywhere, "map, array, string, number, bool or ()",
+        |a, key: &str| Ok(a
+            .frame
+            .borrow()
+            .stream
+            .context
+            .get(key)
+            .cloned()
+            .unwrap_or(Dynamic::UNIT))
+    );
+    bind!(
+        reg,
+        "config",
+        Anywhere,
+        "map, array, string, number, bool or ()",
         "The `config` value of the plugin configuration. Read-only; cheap to call.",
-        |a| Ok(a.config.clone()));
-    for (name, level) in [("log_trace", LogLevel::Trace), ("log_debug", LogLevel::Debug), ("log_info", LogLevel::Info), ("log_warn", LogLevel::Warn), ("log_error", LogLevel::Error)] {
+        |a| Ok(a.config.clone())
+    );
+    for (name, level) in [
+        ("log_trace", LogLevel::Trace),
+        ("log_debug", LogLevel::Debug),
+        ("log_info", LogLevel::Info),
+        ("log_warn", LogLevel::Warn),
+        ("log_error", LogLevel::Error),
+    ] {
         let captured = reg.api.clone();
-        reg.engine.register_fn(name, move |message: Dynamic| captured.host.log(level, &message.to_string()));
+        reg.engine.register_fn(name, move |message: Dynamic| {
+            captured.host.log(level, &message.to_string())
+        });
     }
     reg.doc(FnDoc { name: "log_trace / log_debug / log_info / log_warn / log_error", params: &[("message", "any")], returns: "()", allowed: Anywhere,
         doc: "Writes `message` to the proxy log at that level. `print(x)` logs at info, `debug(x)` at debug." });
     let captured = reg.api.clone();
-    reg.engine.on_print(move |s| captured.host.log(LogLevel::Info, s));
+    reg.engine
+        .on_print(move |s| captured.host.log(LogLevel::Info, s));
     let captured = reg.api.clone();
-    reg.engine.on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
-    bind!(reg, "parse_json", Anywhere, "map, array, string, number, bool or ()",
+    reg.engine
+        .on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
+    bind!(
+        reg,
+        "parse_json",
+        Anywhere,
+        "map, array, string, number, bool or ()",
         "Parses JSON text; invalid JSON is an error that says where.",
-        |_a, text: &str| serde_json::from_str::<Dynamic>(text).or_else(|e| err(format!("parse_json(): invalid JSON: {e}"))));
-    bind!(reg, "to_json", Anywhere, "string",
+        |_a, text: &str| serde_json::from_str::<Dynamic>(text)
+            .or_else(|e| err(format!("parse_json(): invalid JSON: {e}")))
+    );
+    bind!(
+        reg,
+        "to_json",
+        Anywhere,
+        "string",
         "Serializes a value (map, array, string, number, bool, ()) as compact JSON.",
-        |_a, value: Dynamic| serde_json::to_string(&value).or_else(|e| err(format!("to_json(): {e}"))));
+        |_a, value: Dynamic| serde_json::to_string(&value)
+            .or_else(|e| err(format!("to_json(): {e}")))
+    );
 }
 
 fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
     let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
-    let body = a.host.get_buffer(BufferType::HttpCallResponseBody, 0, size).or_else(|s| refused("get_http_call_response_body", s))?;
+    let body = a
+        .host
+        .get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .or_else(|s| refused("get_http_call_response_body", s))?;
     Ok(body.unwrap_or_default())
 }
 
 /// Pseudo-headers for a callout, then the script's own headers (which may override them).
-fn request_headers(f: &str, method: &str, cluster: &str, path: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>)>> {
+fn request_headers(
+    f: &str,
+    method: &str,
+    cluster: &str,
+    path: &str,
+    headers: &Dynamic,
+) -> ScriptResult<Vec<(String, Vec<u8>)>> {
     let extra = header_pairs(f, headers)?;
-    let mut pairs: Vec<(String, Vec<u8>)> = [(":method", method), (":path", path), (":authority", cluster)]
-        .into_iter()
-        .filter(|(k, _)| !extra.iter().any(|(n, _)| n == k))
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect();
+    let mut pairs: Vec<(String, Vec<u8>)> = [
+        (":method", method),
+        (":path", path),
+        (":authority", cluster),
+    ]
+    .into_iter()
+    .filter(|(k, _)| !extra.iter().any(|(n, _)| n == k))
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
     pairs.extend(extra);
     Ok(pairs)
 }

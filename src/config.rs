@@ -85,7 +85,9 @@ impl Limits {
     fn check(&self) -> Result<(), String> {
         for ((name, min, max), value) in Self::RANGES.iter().zip(self.values()) {
             if value < *min || value > *max {
-                return Err(format!("limits.{name} = {value} is out of range {min}..={max}"));
+                return Err(format!(
+                    "limits.{name} = {value} is out of range {min}..={max}"
+                ));
             }
         }
         Ok(())

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-pub use proxy_wasm::types::{Bytes, BufferType, LogLevel, MapType, Status};
+pub use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
 
 /// A proxy as the binding layer sees it. Every method returns the host's status instead of
 /// panicking, so a refusal becomes a script error, never a trap.
@@ -27,14 +27,27 @@ pub trait Host {
     /// Adds one more value to a header.
     fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status>;
     /// Up to `max_size` bytes of a buffer from `start`.
-    fn get_buffer(&self, buffer: BufferType, start: usize, max_size: usize)
-        -> Result<Option<Bytes>, Status>;
+    fn get_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        max_size: usize,
+    ) -> Result<Option<Bytes>, Status>;
     /// Writes `data` over `size` bytes of a buffer at `start`.
-    fn set_buffer(&self, buffer: BufferType, start: usize, size: usize, data: &[u8])
-        -> Result<(), Status>;
+    fn set_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status>;
     /// Answers the client locally; takes effect when the current callback returns.
-    fn send_http_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8])
-        -> Result<(), Status>;
+    fn send_http_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<(), Status>;
     /// Lets a paused request go on; takes effect when the current callback returns.
     fn resume_http_request(&self) -> Result<(), Status>;
     /// Lets a paused response go on; takes effect when the current callback returns.

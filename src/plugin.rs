@@ -31,11 +31,21 @@ impl<H: Host + 'static> Plugin<H> {
             .map_err(|e| format!("plugin configuration: config cannot be given to Rhai: {e}"))?;
         let api = Rc::new(Api::new(host, user_config));
         let engine = new_engine(&config.limits, api.clone(), None);
-        let ast = engine
-            .compile(&config.script)
-            .map_err(|e| format!("script does not compile: {} at {}", e.err_type(), position(e.position())))?;
+        let ast = engine.compile(&config.script).map_err(|e| {
+            format!(
+                "script does not compile: {} at {}",
+                e.err_type(),
+                position(e.position())
+            )
+        })?;
         let phases = phases_of(&ast)?;
-        let plugin = Self { engine, ast, api, phases, config };
+        let plugin = Self {
+            engine,
+            ast,
+            api,
+            phases,
+            config,
+        };
         plugin.run_top_level()?;
         Ok(plugin)
     }
@@ -45,7 +55,12 @@ impl<H: Host + 'static> Plugin<H> {
     fn run_top_level(&self) -> Result<(), String> {
         self.engine
             .run_ast_with_scope(&mut Scope::new(), &self.ast)
-            .map_err(|e| format!("script failed while loading: {}", crate::stream::describe_error(&e)))
+            .map_err(|e| {
+                format!(
+                    "script failed while loading: {}",
+                    crate::stream::describe_error(&e)
+                )
+            })
     }
 
     /// The user's configuration, as given.
@@ -62,13 +77,21 @@ impl<H: Host + 'static> Plugin<H> {
 /// The API reference, as the bindings declare it.
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let mut docs = Vec::new();
-    new_engine(&Limits::default(), Rc::new(Api::new(host, Dynamic::UNIT)), Some(&mut docs));
+    new_engine(
+        &Limits::default(),
+        Rc::new(Api::new(host, Dynamic::UNIT)),
+        Some(&mut docs),
+    );
     docs
 }
 
 /// An engine with the sandbox limits and the script API, and nothing else: no module loading,
 /// no `eval`.
-fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<&mut Vec<FnDoc>>) -> Engine {
+fn new_engine<H: Host + 'static>(
+    limits: &Limits,
+    api: Rc<Api<H>>,
+    docs: Option<&mut Vec<FnDoc>>,
+) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits.max_operations)
@@ -82,7 +105,11 @@ fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<
         .set_optimization_level(OptimizationLevel::Simple)
         .disable_symbol("eval")
         .disable_symbol("import");
-    bindings::register(&mut Registrar { engine: &mut engine, api, docs });
+    bindings::register(&mut Registrar {
+        engine: &mut engine,
+        api,
+        docs,
+    });
     engine
 }
 
@@ -93,7 +120,10 @@ fn phases_of(ast: &AST) -> Result<Phases, String> {
     for f in ast.iter_functions() {
         if let Some(phase) = Phase::ALL.into_iter().find(|p| p.function_name() == f.name) {
             if !f.params.is_empty() {
-                return Err(format!("script error: {}() must take no parameters", f.name));
+                return Err(format!(
+                    "script error: {}() must take no parameters",
+                    f.name
+                ));
             }
             phases.insert(phase);
         }

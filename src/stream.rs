@@ -29,12 +29,21 @@ type CallResult = Result<Dynamic, Box<EvalAltResult>>;
 
 impl<H: Host + 'static> HttpStream<H> {
     pub fn new(plugin: Rc<Plugin<H>>) -> Self {
-        Self { plugin, state: StreamState::default(), request_body_seen: None, response_body_seen: None }
+        Self {
+            plugin,
+            state: StreamState::default(),
+            request_body_seen: None,
+            response_body_seen: None,
+        }
     }
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let action = self.run_phase(Phase::RequestHeaders);
-        self.prepare_body(Phase::RequestBody, MapType::HttpRequestHeaders, end_of_stream);
+        self.prepare_body(
+            Phase::RequestBody,
+            MapType::HttpRequestHeaders,
+            end_of_stream,
+        );
         action
     }
 
@@ -56,7 +65,11 @@ impl<H: Host + 'static> HttpStream<H> {
             return Action::Continue;
         }
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(Phase::ResponseBody, MapType::HttpResponseHeaders, end_of_stream);
+        self.prepare_body(
+            Phase::ResponseBody,
+            MapType::HttpResponseHeaders,
+            end_of_stream,
+        );
         action
     }
 
@@ -69,7 +82,9 @@ impl<H: Host + 'static> HttpStream<H> {
 
     pub fn on_response_trailers(&mut self) -> Action {
         match self.response_body_seen {
-            Some(size) if !self.state.local_response_sent => self.on_body(Phase::ResponseBody, size, true),
+            Some(size) if !self.state.local_response_sent => {
+                self.on_body(Phase::ResponseBody, size, true)
+            }
             _ => Action::Continue,
         }
     }
@@ -100,7 +115,8 @@ impl<H: Host + 'static> HttpStream<H> {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| {
-                    let pair: rhai::Array = vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
+                    let pair: rhai::Array =
+                        vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
                     pair.into()
                 })
                 .collect()
@@ -114,7 +130,8 @@ impl<H: Host + 'static> HttpStream<H> {
             .unwrap_or_default();
         let answer = CallAnswer { body_size };
         let result = self.enter(call.phase, Some(answer), |plugin| {
-            call.callback.call::<Dynamic>(&plugin.engine, &plugin.ast, (status, headers, body))
+            call.callback
+                .call::<Dynamic>(&plugin.engine, &plugin.ast, (status, headers, body))
         });
         let side = Side::of(call.phase);
         if let Err(e) = result {
@@ -133,9 +150,13 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let result = self.enter(phase, None, |plugin| {
             let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-            plugin
-                .engine
-                .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &plugin.ast, phase.function_name(), ())
+            plugin.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &plugin.ast,
+                phase.function_name(),
+                (),
+            )
         });
         let returned = match result {
             Ok(value) => value,
@@ -157,7 +178,12 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// Lends the stream state to the bindings for one call into Rhai.
-    fn enter(&mut self, phase: Phase, answer: Option<CallAnswer>, call: impl FnOnce(&Plugin<H>) -> CallResult) -> CallResult {
+    fn enter(
+        &mut self,
+        phase: Phase,
+        answer: Option<CallAnswer>,
+        call: impl FnOnce(&Plugin<H>) -> CallResult,
+    ) -> CallResult {
         let plugin = self.plugin.clone();
         {
             let mut frame = plugin.api.frame.borrow_mut();
@@ -180,11 +206,25 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let max = self.plugin.config.limits.max_body_size;
         if body_size > max {
-            self.log(LogLevel::Warn, &format!("{phase}: body of {body_size} bytes is over limits.max_body_size ({max})"));
+            self.log(
+                LogLevel::Warn,
+                &format!("{phase}: body of {body_size} bytes is over limits.max_body_size ({max})"),
+            );
             let status = if phase.is_request() { 413 } else { 500 };
-            return self.answer_locally(status, if phase.is_request() { "Payload Too Large\n" } else { "Internal Server Error\n" });
+            return self.answer_locally(
+                status,
+                if phase.is_request() {
+                    "Payload Too Large\n"
+                } else {
+                    "Internal Server Error\n"
+                },
+            );
         }
-        let seen = if phase.is_request() { &mut self.request_body_seen } else { &mut self.response_body_seen };
+        let seen = if phase.is_request() {
+            &mut self.request_body_seen
+        } else {
+            &mut self.response_body_seen
+        };
         if !end_of_stream {
             *seen = Some(body_size);
             return Action::Pause;
@@ -201,8 +241,15 @@ impl<H: Host + 'static> HttpStream<H> {
     /// A body phase may change the body's length, and the headers have gone on before it:
     /// drop `content-length` so the message stays well-formed (the proxy frames it anew).
     fn prepare_body(&mut self, body_phase: Phase, headers: MapType, end_of_stream: bool) {
-        if !end_of_stream && self.plugin.phases.contains(body_phase) && !self.state.local_response_sent {
-            let _ = self.plugin.api.host.remove_map_value(headers, "content-length");
+        if !end_of_stream
+            && self.plugin.phases.contains(body_phase)
+            && !self.state.local_response_sent
+        {
+            let _ = self
+                .plugin
+                .api
+                .host
+                .remove_map_value(headers, "content-length");
         }
     }
 
@@ -215,7 +262,10 @@ impl<H: Host + 'static> HttpStream<H> {
         let resumed = api.resume(side);
         self.state = std::mem::take(&mut api.frame.borrow_mut().stream);
         if let Err(status) = resumed {
-            self.log(LogLevel::Warn, &format!("resuming the {side:?} failed: {status:?}"));
+            self.log(
+                LogLevel::Warn,
+                &format!("resuming the {side:?} failed: {status:?}"),
+            );
         }
     }
 
@@ -230,8 +280,18 @@ impl<H: Host + 'static> HttpStream<H> {
             .flatten()
             .map(|id| String::from_utf8_lossy(&id).into_owned())
             .unwrap_or_else(|| "-".into());
-        let place = if in_callback { "callout callback of " } else { "" };
-        self.log(LogLevel::Error, &format!("script error in {place}{phase} (request {request_id}): {}", describe_error(error)));
+        let place = if in_callback {
+            "callout callback of "
+        } else {
+            ""
+        };
+        self.log(
+            LogLevel::Error,
+            &format!(
+                "script error in {place}{phase} (request {request_id}): {}",
+                describe_error(error)
+            ),
+        );
         self.state.calls.clear();
         let policy = &self.plugin.config.error_policy;
         match policy.mode {
@@ -254,8 +314,16 @@ impl<H: Host + 'static> HttpStream<H> {
             self.state.local_response_sent = true;
             self.state.calls.clear();
             let headers: [(&str, &[u8]); 1] = [("content-type", b"text/plain")];
-            if let Err(s) = self.plugin.api.host.send_http_response(status, &headers, body.as_bytes()) {
-                self.log(LogLevel::Warn, &format!("local response {status} refused by the proxy: {s:?}"));
+            if let Err(s) =
+                self.plugin
+                    .api
+                    .host
+                    .send_http_response(status, &headers, body.as_bytes())
+            {
+                self.log(
+                    LogLevel::Warn,
+                    &format!("local response {status} refused by the proxy: {s:?}"),
+                );
             }
         }
         Action::Pause

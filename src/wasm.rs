@@ -35,7 +35,10 @@ impl RootContext for Root {
                 true
             }
             Err(reason) => {
-                WasmHost.log(LogLevel::Error, &format!("proxy-rhai: configuration refused: {reason}"));
+                WasmHost.log(
+                    LogLevel::Error,
+                    &format!("proxy-rhai: configuration refused: {reason}"),
+                );
                 false
             }
         }
@@ -56,7 +59,13 @@ impl RootContext for Root {
 struct Stream(Option<HttpStream<WasmHost>>);
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         if let Some(s) = &mut self.0 {
             s.on_http_call_response(token, num_headers, body_size);
         }
@@ -65,26 +74,38 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_request_headers(end_of_stream))
+        self.0
+            .as_mut()
+            .map_or(Action::Continue, |s| s.on_request_headers(end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_request_body(body_size, end_of_stream))
+        self.0.as_mut().map_or(Action::Continue, |s| {
+            s.on_request_body(body_size, end_of_stream)
+        })
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_request_trailers())
+        self.0
+            .as_mut()
+            .map_or(Action::Continue, |s| s.on_request_trailers())
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_response_headers(end_of_stream))
+        self.0
+            .as_mut()
+            .map_or(Action::Continue, |s| s.on_response_headers(end_of_stream))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_response_body(body_size, end_of_stream))
+        self.0.as_mut().map_or(Action::Continue, |s| {
+            s.on_response_body(body_size, end_of_stream)
+        })
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.0.as_mut().map_or(Action::Continue, |s| s.on_response_trailers())
+        self.0
+            .as_mut()
+            .map_or(Action::Continue, |s| s.on_response_trailers())
     }
 }

@@ -24,8 +24,11 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
-    fn proxy_set_header_map_pairs(map_type: MapType, map_data: *const u8, map_size: usize)
-        -> Status;
+    fn proxy_set_header_map_pairs(
+        map_type: MapType,
+        map_data: *const u8,
+        map_size: usize,
+    ) -> Status;
     fn proxy_get_header_map_value(
         map_type: MapType,
         key_data: *const u8,
@@ -40,8 +43,11 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
-    fn proxy_remove_header_map_value(map_type: MapType, key_data: *const u8, key_size: usize)
-        -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
     fn proxy_add_header_map_value(
         map_type: MapType,
         key_data: *const u8,
@@ -215,7 +221,11 @@ impl Host for WasmHost {
 fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Bytes {
     let pairs_len = pairs.clone().count();
     let mut bytes = Vec::with_capacity(
-        4 + pairs_len * 8 + pairs.clone().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+        4 + pairs_len * 8
+            + pairs
+                .clone()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>(),
     );
     bytes.extend_from_slice(&(pairs_len as u32).to_le_bytes());
     for (k, v) in pairs.clone() {

@@ -9,7 +9,9 @@ fn plugin(script: &str) -> Emulator {
 
 #[test]
 fn request_body_is_seen_whole_once_even_in_many_chunks() {
-    let p = plugin(r#"fn on_request_body() { let b = get_request_body(); log_info(b.len()); replace_request_body(b.to_upper()); }"#);
+    let p = plugin(
+        r#"fn on_request_body() { let b = get_request_body(); log_info(b.len()); replace_request_body(b.to_upper()); }"#,
+    );
     let body: String = "abcdefghij".repeat(40_000); // 400 kB
     let mut request = Request::post("/", body.clone());
     request.chunk_size = 1000;
@@ -21,13 +23,15 @@ fn request_body_is_seen_whole_once_even_in_many_chunks() {
 
 #[test]
 fn append_prepend_replace_and_bytes() {
-    let p = plugin(r#"fn on_request_body() {
+    let p = plugin(
+        r#"fn on_request_body() {
         prepend_request_body("<");
         append_request_body(">");
         append_request_body(blob(1, 33));
         log_info(get_request_body());
         log_info(get_request_body_bytes().len());
-    }"#);
+    }"#,
+    );
     let o = p.run(&Request::post("/", "mid"), &mut Response::ok(""));
     assert_eq!(o.upstream.as_ref().unwrap().body, b"<mid>!");
     assert_eq!(o.log[0].message, "<mid>!");
@@ -36,9 +40,14 @@ fn append_prepend_replace_and_bytes() {
 
 #[test]
 fn rewriting_a_body_drops_the_stale_content_length() {
-    let p = plugin(r#"fn on_request_body() { replace_request_body("much longer than before"); }
-                      fn on_response_body() { replace_response_body("x"); }"#);
-    let o = p.run(&Request::post("/", "short"), &mut Response::ok("a long response body"));
+    let p = plugin(
+        r#"fn on_request_body() { replace_request_body("much longer than before"); }
+                      fn on_response_body() { replace_response_body("x"); }"#,
+    );
+    let o = p.run(
+        &Request::post("/", "short"),
+        &mut Response::ok("a long response body"),
+    );
     let up = o.upstream.as_ref().unwrap();
     assert_eq!(up.body, b"much longer than before");
     assert_eq!(o.upstream_header("content-length"), None);
@@ -56,13 +65,15 @@ fn content_length_stays_when_no_body_phase_is_defined() {
 
 #[test]
 fn response_body_table() {
-    let p = plugin(r#"fn on_response_body() {
+    let p = plugin(
+        r#"fn on_response_body() {
         let b = get_response_body();
         replace_response_body("[" + b + "]");
         prepend_response_body(blob(1, 62));
         append_response_body("<");
         log_info(get_response_body_bytes().len());
-    }"#);
+    }"#,
+    );
     let mut response = Response::ok("upstream");
     response.chunk_size = 3;
     let o = p.run(&Request::get("/"), &mut response);
@@ -72,14 +83,19 @@ fn response_body_table() {
 
 #[test]
 fn binary_bodies_are_exact_as_bytes_and_lossy_as_strings() {
-    let p = plugin(r#"fn on_request_body() {
+    let p = plugin(
+        r#"fn on_request_body() {
         let bytes = get_request_body_bytes();
         log_info(bytes.len());
         log_info(get_request_body());
         bytes.push(0);
         replace_request_body(bytes);
-    }"#);
-    let o = p.run(&Request::post("/", vec![0xff, 0x00, 0x41]), &mut Response::ok(""));
+    }"#,
+    );
+    let o = p.run(
+        &Request::post("/", vec![0xff, 0x00, 0x41]),
+        &mut Response::ok(""),
+    );
     assert_eq!(o.log[0].message, "3");
     assert_eq!(o.log[1].message, "\u{fffd}\u{0}A");
     assert_eq!(o.upstream.unwrap().body, vec![0xff, 0x00, 0x41, 0x00]);
@@ -93,7 +109,9 @@ fn body_phase_does_not_run_without_a_body_and_body_functions_fail_elsewhere() {
 
     let p = plugin(r#"fn on_request_headers() { get_request_body(); }"#);
     let o = p.run(&Request::post("/", "x"), &mut Response::ok(""));
-    assert!(o.script_errors()[0].contains("get_request_body() is not available in on_request_headers: only in on_request_body"));
+    assert!(o.script_errors()[0].contains(
+        "get_request_body() is not available in on_request_headers: only in on_request_body"
+    ));
 }
 
 #[test]
@@ -112,7 +130,10 @@ fn body_over_the_plugin_limit_is_refused() {
     let mut big = Response::ok(vec![b'a'; 5000]);
     big.chunk_size = 500;
     let o = p.run(&Request::get("/"), &mut big);
-    assert!(o.response.reset, "the response headers went out: the stream can only be reset");
+    assert!(
+        o.response.reset,
+        "the response headers went out: the stream can only be reset"
+    );
 }
 
 #[test]

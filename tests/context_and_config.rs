@@ -13,10 +13,21 @@ fn hello_world_from_the_higress_guide() {
     assert_eq!(o.response.body, b"up");
     let on = Emulator::with_script(&script, json!({"mockEnable": true})).unwrap();
     let o = on.run(&Request::get("/get"), &mut Response::ok("up"));
-    assert_eq!((o.response.status, o.response.body.as_slice(), o.response.local), (200, &b"hello world"[..], true));
+    assert_eq!(
+        (
+            o.response.status,
+            o.response.body.as_slice(),
+            o.response.local
+        ),
+        (200, &b"hello world"[..], true)
+    );
     let none = Emulator::with_script(&script, json!(null)).unwrap();
     let o = none.run(&Request::get("/get"), &mut Response::ok("up"));
-    assert_eq!(o.upstream_header("hello").as_deref(), Some("world"), "no config is mockEnable false");
+    assert_eq!(
+        o.upstream_header("hello").as_deref(),
+        Some("world"),
+        "no config is mockEnable false"
+    );
 }
 
 #[test]
@@ -43,7 +54,10 @@ fn context_lives_across_phases_of_one_request_only() {
     )
     .unwrap();
     for id in ["a", "b"] {
-        let o = p.run(&Request::post("/", "x").header("x-id", id), &mut Response::ok(""));
+        let o = p.run(
+            &Request::post("/", "x").header("x-id", id),
+            &mut Response::ok(""),
+        );
         assert_eq!(o.log[0].message, "()", "nothing from the previous request");
         assert_eq!(o.response_header("x-id").as_deref(), Some(id));
         assert_eq!(o.response_header("x-n").as_deref(), Some("2"));
@@ -58,7 +72,11 @@ fn logs_go_to_the_proxy_at_their_level() {
     )
     .unwrap();
     let o = p.run(&Request::get("/"), &mut Response::ok(""));
-    let got: Vec<_> = o.log.iter().map(|l| (l.level, l.message.as_str())).collect();
+    let got: Vec<_> = o
+        .log
+        .iter()
+        .map(|l| (l.level, l.message.as_str()))
+        .collect();
     assert_eq!(
         got,
         [
@@ -86,8 +104,23 @@ fn json_round_trip_and_errors() {
         json!({}),
     )
     .unwrap();
-    let o = p.run(&Request::post("/", r#"{"user":{"name":"al","age":3},"tags":["a"],"ok":true,"n":null,"f":1.5}"#), &mut Response::ok(""));
+    let o = p.run(
+        &Request::post(
+            "/",
+            r#"{"user":{"name":"al","age":3},"tags":["a"],"ok":true,"n":null,"f":1.5}"#,
+        ),
+        &mut Response::ok(""),
+    );
     let body: serde_json::Value = serde_json::from_slice(&o.upstream.unwrap().body).unwrap();
-    assert_eq!(body, json!({"user":{"name":"bob","age":3},"tags":["a","new"],"ok":true,"n":null,"f":1.5}));
-    assert!(o.log[0].message.contains("parse_json(): invalid JSON: key must be a string at line 1 column 2"), "{:?}", o.log);
+    assert_eq!(
+        body,
+        json!({"user":{"name":"bob","age":3},"tags":["a","new"],"ok":true,"n":null,"f":1.5})
+    );
+    assert!(
+        o.log[0]
+            .message
+            .contains("parse_json(): invalid JSON: key must be a string at line 1 column 2"),
+        "{:?}",
+        o.log
+    );
 }

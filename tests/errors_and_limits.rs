@@ -12,21 +12,44 @@ fn refused_configurations_say_why() {
     let refused = |c: &str| Emulator::new(c).err().expect("refused");
     assert!(refused("{not json").contains("not valid"));
     assert!(refused(r#"{"config": {}}"#).contains("no \"script\""));
-    assert!(refused(r#"{"script": "fn on_request_headers() {}", "limit": {}}"#).contains("unknown field `limit`"));
+    assert!(
+        refused(r#"{"script": "fn on_request_headers() {}", "limit": {}}"#)
+            .contains("unknown field `limit`")
+    );
     let e = refused(r#"{"script": "fn on_request_headers() {\n  let x = ;\n}"}"#);
-    assert_eq!(e, "script does not compile: Unexpected ';' at line 2, column 11");
+    assert_eq!(
+        e,
+        "script does not compile: Unexpected ';' at line 2, column 11"
+    );
     assert!(refused(r#"{"script": "fn helper() {}"}"#).contains("defines no phase function"));
-    assert!(refused(r#"{"script": "fn on_request_headers(x) {}"}"#).contains("on_request_headers() must take no parameters"));
-    assert!(refused(r#"{"script": "throw \"at load\"; fn on_request_headers() {}"}"#).contains("script failed while loading: Runtime error: at load"));
-    assert!(refused(r#"{"script": "fn on_request_headers() { eval(\"1\") }"}"#).contains("'eval' is disabled"));
-    assert!(refused(r#"{"script": "import \"x\" as y; fn on_request_headers() { }"}"#).contains("'import' is a reserved keyword"));
-    assert!(refused(r#"{"script": "fn on_request_headers() {}", "limits": {"max_operations": 1}}"#).contains("out of range"));
+    assert!(refused(r#"{"script": "fn on_request_headers(x) {}"}"#)
+        .contains("on_request_headers() must take no parameters"));
+    assert!(
+        refused(r#"{"script": "throw \"at load\"; fn on_request_headers() {}"}"#)
+            .contains("script failed while loading: Runtime error: at load")
+    );
+    assert!(
+        refused(r#"{"script": "fn on_request_headers() { eval(\"1\") }"}"#)
+            .contains("'eval' is disabled")
+    );
+    assert!(
+        refused(r#"{"script": "import \"x\" as y; fn on_request_headers() { }"}"#)
+            .contains("'import' is a reserved keyword")
+    );
+    assert!(refused(
+        r#"{"script": "fn on_request_headers() {}", "limits": {"max_operations": 1}}"#
+    )
+    .contains("out of range"));
 }
 
 #[test]
 fn script_error_fails_closed_by_default_without_leaking_internals() {
-    let p = configure(json!({"script": "fn on_request_headers() { throw \"secret detail\"; }"})).unwrap();
-    let o = p.run(&Request::get("/").header("x-request-id", "rid-1"), &mut Response::ok("up"));
+    let p = configure(json!({"script": "fn on_request_headers() { throw \"secret detail\"; }"}))
+        .unwrap();
+    let o = p.run(
+        &Request::get("/").header("x-request-id", "rid-1"),
+        &mut Response::ok("up"),
+    );
     assert_eq!(o.response.status, 500);
     assert!(o.upstream.is_none());
     assert!(!String::from_utf8_lossy(&o.response.body).contains("secret"));
@@ -36,9 +59,13 @@ fn script_error_fails_closed_by_default_without_leaking_internals() {
 #[test]
 fn error_policy_status_body_and_fail_open() {
     let p = configure(json!({"script": "fn on_request_headers() { throw 1; }",
-        "error_policy": {"status": 503, "body": "try later"}})).unwrap();
+        "error_policy": {"status": 503, "body": "try later"}}))
+    .unwrap();
     let o = p.run(&Request::get("/"), &mut Response::ok("up"));
-    assert_eq!((o.response.status, o.response.body.as_slice()), (503, &b"try later"[..]));
+    assert_eq!(
+        (o.response.status, o.response.body.as_slice()),
+        (503, &b"try later"[..])
+    );
 
     let p = configure(json!({"script": "fn on_request_headers() { add_request_header(\"x-before\", \"1\"); throw 1; }",
         "error_policy": {"mode": "fail_open"}})).unwrap();
@@ -51,17 +78,35 @@ fn error_policy_status_body_and_fail_open() {
 #[test]
 fn runaway_scripts_hit_limits_and_the_next_request_is_served() {
     for (script, expect) in [
-        ("fn on_request_headers() { loop { } }", "Too many operations"),
-        ("fn f(n) { f(n + 1) }\nfn on_request_headers() { f(0) }", "Stack overflow"),
-        ("fn on_request_headers() { let s = \"x\"; loop { s += s; } }", "Length of string too large"),
-        ("fn on_request_headers() { let a = [1]; loop { a += a; } }", "Size of array/BLOB too large"),
-        ("fn on_request_headers() { let b = blob(100000000); }", "Size of array/BLOB too large"),
+        (
+            "fn on_request_headers() { loop { } }",
+            "Too many operations",
+        ),
+        (
+            "fn f(n) { f(n + 1) }\nfn on_request_headers() { f(0) }",
+            "Stack overflow",
+        ),
+        (
+            "fn on_request_headers() { let s = \"x\"; loop { s += s; } }",
+            "Length of string too large",
+        ),
+        (
+            "fn on_request_headers() { let a = [1]; loop { a += a; } }",
+            "Size of array/BLOB too large",
+        ),
+        (
+            "fn on_request_headers() { let b = blob(100000000); }",
+            "Size of array/BLOB too large",
+        ),
     ] {
         let p = configure(json!({"script": format!("{script}\nfn on_response_headers() {{ add_response_header(\"x-ok\", \"1\"); }}")})).unwrap();
         let o = p.run(&Request::get("/"), &mut Response::ok("up"));
         assert_eq!(o.response.status, 500, "{script}");
         let errors = o.script_errors();
-        assert!(errors.len() == 1 && errors[0].contains(expect), "{script}: {errors:?}");
+        assert!(
+            errors.len() == 1 && errors[0].contains(expect),
+            "{script}: {errors:?}"
+        );
     }
 }
 
@@ -69,9 +114,21 @@ fn runaway_scripts_hit_limits_and_the_next_request_is_served() {
 fn operations_limit_is_configurable() {
     let script = "fn on_request_headers() { let n = 0; for i in 0..5000 { n += i; } }";
     let tight = configure(json!({"script": script, "limits": {"max_operations": 1000}})).unwrap();
-    assert_eq!(tight.run(&Request::get("/"), &mut Response::ok("")).response.status, 500);
+    assert_eq!(
+        tight
+            .run(&Request::get("/"), &mut Response::ok(""))
+            .response
+            .status,
+        500
+    );
     let roomy = configure(json!({"script": script, "limits": {"max_operations": 100000}})).unwrap();
-    assert_eq!(roomy.run(&Request::get("/"), &mut Response::ok("")).response.status, 200);
+    assert_eq!(
+        roomy
+            .run(&Request::get("/"), &mut Response::ok(""))
+            .response
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -79,5 +136,9 @@ fn map_size_limit() {
     let p = configure(json!({"script": "fn on_request_headers() { let m = #{}; for i in 0..1000 { m[`k${i}`] = i; } log_info(m.len()); }",
         "limits": {"max_map_size": 100}})).unwrap();
     let o = p.run(&Request::get("/"), &mut Response::ok(""));
-    assert!(o.script_errors()[0].contains("Size of object map too large"), "{:?}", o.log);
+    assert!(
+        o.script_errors()[0].contains("Size of object map too large"),
+        "{:?}",
+        o.log
+    );
 }

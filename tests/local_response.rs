@@ -9,34 +9,54 @@ fn plugin(script: &str) -> Emulator {
 
 #[test]
 fn local_response_from_request_headers_with_pairs_or_map() {
-    let p = plugin(r#"fn on_request_headers() {
+    let p = plugin(
+        r#"fn on_request_headers() {
         if get_request_header(":path") == "/pairs" { send_http_response(403, [["x-why", "no"], ["x-why", "never"]], "denied"); }
         else { send_http_response(401, #{"www-authenticate": "Basic"}, blob(3, 65)); }
     }
-    fn on_response_headers() { log_info("must not run for a local response"); }"#);
+    fn on_response_headers() { log_info("must not run for a local response"); }"#,
+    );
     let o = p.run(&Request::get("/pairs"), &mut Response::ok("upstream"));
     assert!(o.upstream.is_none());
     assert!(o.response.local);
     assert_eq!(o.response.status, 403);
     assert_eq!(o.response_header("x-why").as_deref(), Some("no,never"));
-    assert_eq!(o.response_header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(
+        o.response_header("content-type").as_deref(),
+        Some("text/plain")
+    );
     assert_eq!(o.response.body, b"denied");
     assert!(o.log.is_empty());
 
     let o = p.run(&Request::get("/map"), &mut Response::ok("upstream"));
     assert_eq!(o.response.status, 401);
-    assert_eq!(o.response_header("www-authenticate").as_deref(), Some("Basic"));
+    assert_eq!(
+        o.response_header("www-authenticate").as_deref(),
+        Some("Basic")
+    );
     assert_eq!(o.response.body, b"AAA");
 }
 
 #[test]
 fn local_response_from_request_body_and_response_headers() {
-    let p = plugin(r#"fn on_request_body() { if get_request_body() == "bad" { send_http_response(400, [], "bad body"); } }
-                      fn on_response_headers() { if get_response_header(":status") == "500" { send_http_response(503, [], "upstream broke"); } }"#);
+    let p = plugin(
+        r#"fn on_request_body() { if get_request_body() == "bad" { send_http_response(400, [], "bad body"); } }
+                      fn on_response_headers() { if get_response_header(":status") == "500" { send_http_response(503, [], "upstream broke"); } }"#,
+    );
     let o = p.run(&Request::post("/", "bad"), &mut Response::ok(""));
-    assert_eq!((o.response.status, o.response.body.as_slice(), o.upstream.is_none()), (400, &b"bad body"[..], true));
+    assert_eq!(
+        (
+            o.response.status,
+            o.response.body.as_slice(),
+            o.upstream.is_none()
+        ),
+        (400, &b"bad body"[..], true)
+    );
     let o = p.run(&Request::post("/", "good"), &mut Response::new(500, "oops"));
-    assert_eq!((o.response.status, o.response.body.as_slice()), (503, &b"upstream broke"[..]));
+    assert_eq!(
+        (o.response.status, o.response.body.as_slice()),
+        (503, &b"upstream broke"[..])
+    );
     assert!(o.upstream.is_some());
 }
 
@@ -44,9 +64,13 @@ fn local_response_from_request_body_and_response_headers() {
 fn local_response_is_refused_in_the_response_body_phase_and_twice() {
     let p = plugin(r#"fn on_response_body() { send_http_response(418, [], "teapot"); }"#);
     let o = p.run(&Request::get("/"), &mut Response::ok("x"));
-    assert!(o.script_errors()[0].contains("send_http_response() is not available in on_response_body"));
+    assert!(
+        o.script_errors()[0].contains("send_http_response() is not available in on_response_body")
+    );
 
-    let p = plugin(r#"fn on_request_headers() { send_http_response(403, [], "a"); send_http_response(404, [], "b"); }"#);
+    let p = plugin(
+        r#"fn on_request_headers() { send_http_response(403, [], "a"); send_http_response(404, [], "b"); }"#,
+    );
     let o = p.run(&Request::get("/"), &mut Response::ok("x"));
     assert!(o.script_errors()[0].contains("already sent"), "{:?}", o.log);
     assert_eq!(o.response.status, 403, "the first answer stands");
@@ -61,7 +85,9 @@ fn bad_status_is_a_script_error() {
 
 #[test]
 fn pause_without_anything_pending_stalls_and_other_values_continue() {
-    let p = plugin(r#"fn on_request_headers() { if get_request_header(":path") == "/stop" { return PAUSE; } if get_request_header(":path") == "/c" { return CONTINUE; } 42 }"#);
+    let p = plugin(
+        r#"fn on_request_headers() { if get_request_header(":path") == "/stop" { return PAUSE; } if get_request_header(":path") == "/c" { return CONTINUE; } 42 }"#,
+    );
     let o = p.run(&Request::get("/stop"), &mut Response::ok("x"));
     assert!(o.stalled.is_some());
     assert!(o.upstream.is_none());
@@ -76,5 +102,9 @@ fn pause_without_anything_pending_stalls_and_other_values_continue() {
 fn undefined_phases_never_enter_the_script() {
     let p = plugin(r#"fn on_response_headers() { add_response_header("x", "1"); }"#);
     let o = p.run(&Request::post("/", "body"), &mut Response::ok("resp"));
-    assert_eq!(o.trace, ["add_header(HttpResponseHeaders, \"x\", \"1\")"], "no host call but the script's own");
+    assert_eq!(
+        o.trace,
+        ["add_header(HttpResponseHeaders, \"x\", \"1\")"],
+        "no host call but the script's own"
+    );
 }

@@ -101,7 +101,10 @@ fn lower(name: &str) -> String {
 fn show(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     if text.len() > 80 {
-        let cut = (0..=80).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=80)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         format!("{:?}… ({} bytes)", &text[..cut], bytes.len())
     } else {
         format!("{text:?}")
@@ -118,8 +121,12 @@ impl EmulatorHost {
         let mut state = self.0.borrow_mut();
         let s = &mut state.stream;
         let headers = match map {
-            MapType::HttpRequestHeaders if s.window == Window::RequestHeaders => &mut s.request_headers,
-            MapType::HttpResponseHeaders if s.window == Window::ResponseHeaders => &mut s.response_headers,
+            MapType::HttpRequestHeaders if s.window == Window::RequestHeaders => {
+                &mut s.request_headers
+            }
+            MapType::HttpResponseHeaders if s.window == Window::ResponseHeaders => {
+                &mut s.response_headers
+            }
             MapType::HttpRequestTrailers => &mut s.request_trailers,
             MapType::HttpResponseTrailers => &mut s.response_trailers,
             MapType::HttpCallResponseHeaders => match &mut s.answer {
@@ -138,8 +145,14 @@ impl EmulatorHost {
 
 impl Host for EmulatorHost {
     fn log(&self, level: LogLevel, message: &str) {
-        self.trace(format!("log_{}({message:?})", format!("{level:?}").to_lowercase()));
-        self.0.borrow_mut().log.push(LogLine { level, message: message.to_string() });
+        self.trace(format!(
+            "log_{}({message:?})",
+            format!("{level:?}").to_lowercase()
+        ));
+        self.0.borrow_mut().log.push(LogLine {
+            level,
+            message: message.to_string(),
+        });
     }
 
     fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
@@ -157,13 +170,20 @@ impl Host for EmulatorHost {
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
         let name = lower(name);
         self.with_map(map, |h| {
-            let values: Vec<&[u8]> = h.iter().filter(|(k, _)| *k == name).map(|(_, v)| &v[..]).collect();
+            let values: Vec<&[u8]> = h
+                .iter()
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| &v[..])
+                .collect();
             (!values.is_empty()).then(|| values.join(&b","[..]))
         })
     }
 
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
-        self.trace(format!("replace_header({map:?}, {name:?}, {})", show(value)));
+        self.trace(format!(
+            "replace_header({map:?}, {name:?}, {})",
+            show(value)
+        ));
         let name = lower(name);
         self.with_map(map, |h| match h.iter().position(|(k, _)| *k == name) {
             Some(first) => {
@@ -189,7 +209,12 @@ impl Host for EmulatorHost {
         self.with_map(map, |h| h.push((lower(name), value.to_vec())))
     }
 
-    fn get_buffer(&self, buffer: BufferType, start: usize, max_size: usize) -> Result<Option<Bytes>, Status> {
+    fn get_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        max_size: usize,
+    ) -> Result<Option<Bytes>, Status> {
         let state = self.0.borrow();
         let s = &state.stream;
         let bytes = match buffer {
@@ -206,8 +231,17 @@ impl Host for EmulatorHost {
         Ok(bytes.get(start..end).map(<[u8]>::to_vec))
     }
 
-    fn set_buffer(&self, buffer: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
-        self.trace(format!("set_buffer({buffer:?}, start {start}, size {size}, {})", show(data)));
+    fn set_buffer(
+        &self,
+        buffer: BufferType,
+        start: usize,
+        size: usize,
+        data: &[u8],
+    ) -> Result<(), Status> {
+        self.trace(format!(
+            "set_buffer({buffer:?}, start {start}, size {size}, {})",
+            show(data)
+        ));
         let mut state = self.0.borrow_mut();
         let bytes = match buffer {
             BufferType::HttpRequestBody => &mut state.stream.request_body,
@@ -227,11 +261,27 @@ impl Host for EmulatorHost {
         Ok(())
     }
 
-    fn send_http_response(&self, status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
-        self.trace(format!("send_http_response({status}, {} headers, {})", headers.len(), show(body)));
+    fn send_http_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<(), Status> {
+        self.trace(format!(
+            "send_http_response({status}, {} headers, {})",
+            headers.len(),
+            show(body)
+        ));
         let mut state = self.0.borrow_mut();
-        let headers = headers.iter().map(|(k, v)| (lower(k), v.to_vec())).collect();
-        state.stream.local_response = Some(LocalResponse { status, headers, body: body.to_vec() });
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (lower(k), v.to_vec()))
+            .collect();
+        state.stream.local_response = Some(LocalResponse {
+            status,
+            headers,
+            body: body.to_vec(),
+        });
         Ok(())
     }
 
@@ -247,11 +297,25 @@ impl Host for EmulatorHost {
         Ok(())
     }
 
-    fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Result<u32, Status> {
-        self.trace(format!("dispatch_http_call({cluster:?}, {headers:?}, {}, {} ms)", show(body), timeout.as_millis()));
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, Status> {
+        self.trace(format!(
+            "dispatch_http_call({cluster:?}, {headers:?}, {}, {} ms)",
+            show(body),
+            timeout.as_millis()
+        ));
         let mut state = self.0.borrow_mut();
         let has = |name: &str| headers.iter().any(|(k, v)| *k == name && !v.is_empty());
-        if !state.clusters.contains(cluster) || !has(":method") || !has(":path") || !has(":authority") {
+        if !state.clusters.contains(cluster)
+            || !has(":method")
+            || !has(":path")
+            || !has(":authority")
+        {
             return Err(Status::BadArgument);
         }
         state.next_token += 1;
@@ -259,7 +323,10 @@ impl Host for EmulatorHost {
         state.stream.callouts.push(Callout {
             token,
             cluster: cluster.to_string(),
-            headers: headers.iter().map(|(k, v)| (lower(k), v.as_bytes().to_vec())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (lower(k), v.as_bytes().to_vec()))
+                .collect(),
             body: body.to_vec(),
             timeout,
         });

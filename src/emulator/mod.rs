@@ -84,8 +84,12 @@ impl Request {
             (":scheme".into(), b"http".to_vec()),
         ];
         map.extend(self.headers.iter().cloned());
-        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding") {
-            map.push(("content-length".into(), self.body.len().to_string().into_bytes()));
+        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
+        {
+            map.push((
+                "content-length".into(),
+                self.body.len().to_string().into_bytes(),
+            ));
         }
         map
     }
@@ -108,7 +112,13 @@ impl Response {
     }
 
     pub fn new(status: u32, body: impl Into<Vec<u8>>) -> Self {
-        Self { status, headers: Vec::new(), body: body.into(), trailers: Vec::new(), chunk_size: 16 << 10 }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            trailers: Vec::new(),
+            chunk_size: 16 << 10,
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
@@ -119,8 +129,12 @@ impl Response {
     fn header_map(&self) -> Headers {
         let mut map: Headers = vec![(":status".into(), self.status.to_string().into_bytes())];
         map.extend(self.headers.iter().cloned());
-        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding") {
-            map.push(("content-length".into(), self.body.len().to_string().into_bytes()));
+        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
+        {
+            map.push((
+                "content-length".into(),
+                self.body.len().to_string().into_bytes(),
+            ));
         }
         map
     }
@@ -147,7 +161,11 @@ impl<F: FnMut(&Forwarded) -> Response> Upstream for F {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// An answer with this status, headers and body.
-    Answer { status: u32, headers: Headers, body: Vec<u8> },
+    Answer {
+        status: u32,
+        headers: Headers,
+        body: Vec<u8>,
+    },
     /// No answer: the call times out (or the target resets); the callback sees status 0.
     NoAnswer,
 }
@@ -212,7 +230,9 @@ pub struct Outcome {
 impl Outcome {
     /// A header of the forwarded request (values joined by `,`).
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.upstream.as_ref().and_then(|u| header(&u.headers, name))
+        self.upstream
+            .as_ref()
+            .and_then(|u| header(&u.headers, name))
     }
 
     /// A header of the client's response (values joined by `,`).
@@ -270,7 +290,11 @@ impl Emulator {
         let host = EmulatorHost::default();
         let plugin = Plugin::configure(host.clone(), configuration.as_bytes())?;
         host.0.borrow_mut().calls.clear();
-        Ok(Self { host, plugin: Rc::new(plugin), buffer_limit: DEFAULT_BUFFER_LIMIT })
+        Ok(Self {
+            host,
+            plugin: Rc::new(plugin),
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        })
     }
 
     /// Configures the plugin with `script` and the user's `config`.
@@ -294,12 +318,24 @@ impl Emulator {
     }
 
     /// Takes `request` through the plugin, with `callouts` answering the callouts.
-    pub fn run_with(&self, request: &Request, upstream: &mut dyn Upstream, callouts: &mut dyn Callouts) -> Outcome {
+    pub fn run_with(
+        &self,
+        request: &Request,
+        upstream: &mut dyn Upstream,
+        callouts: &mut dyn Callouts,
+    ) -> Outcome {
         let log_start = self.host.0.borrow().log.len();
         self.host.0.borrow_mut().calls.clear();
-        let mut run = Run { host: &self.host, stream: HttpStream::new(self.plugin.clone()), callouts, buffer_limit: self.buffer_limit, delivered: Vec::new() };
+        let mut run = Run {
+            host: &self.host,
+            stream: HttpStream::new(self.plugin.clone()),
+            callouts,
+            buffer_limit: self.buffer_limit,
+            delivered: Vec::new(),
+        };
         let mut outcome = Outcome::default();
         run.exchange(request, upstream, &mut outcome);
+        run.answer_late_callouts();
         let mut state = self.host.0.borrow_mut();
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
         outcome.log = state.log[log_start..].to_vec();
@@ -339,7 +375,12 @@ impl Run<'_> {
             flow => return self.finish(flow, outcome, None),
         }
         self.state().window = Window::None;
-        let mut body = match self.body(&request.body, request.chunk_size, request.trailers.is_empty(), true) {
+        let mut body = match self.body(
+            &request.body,
+            request.chunk_size,
+            request.trailers.is_empty(),
+            true,
+        ) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, None),
         };
@@ -352,7 +393,11 @@ impl Run<'_> {
         }
         let forwarded = {
             let s = self.state();
-            Forwarded { headers: s.request_headers.clone(), body, trailers: s.request_trailers.clone() }
+            Forwarded {
+                headers: s.request_headers.clone(),
+                body,
+                trailers: s.request_trailers.clone(),
+            }
         };
         let response = upstream.respond(&forwarded);
         outcome.upstream = Some(forwarded);
@@ -375,9 +420,20 @@ impl Run<'_> {
             s.window = Window::None;
             s.response_headers.clone()
         };
-        let status = header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let sent = ClientResponse { status, headers, ..Default::default() };
-        let mut body = match self.body(&response.body, response.chunk_size, response.trailers.is_empty(), false) {
+        let status = header(&headers, ":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let sent = ClientResponse {
+            status,
+            headers,
+            ..Default::default()
+        };
+        let mut body = match self.body(
+            &response.body,
+            response.chunk_size,
+            response.trailers.is_empty(),
+            false,
+        ) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, Some(sent)),
         };
@@ -394,12 +450,22 @@ impl Run<'_> {
     /// The body a filter still buffers when trailers let it go.
     fn take_held(&mut self, request: bool) -> Vec<u8> {
         let mut s = self.state();
-        std::mem::take(if request { &mut s.request_body } else { &mut s.response_body })
+        std::mem::take(if request {
+            &mut s.request_body
+        } else {
+            &mut s.response_body
+        })
     }
 
     /// Feeds a body in chunks, buffering while the plugin pauses, and returns what went on;
     /// what is still buffered at the end stays in the host's body buffer.
-    fn body(&mut self, body: &[u8], chunk_size: usize, ends_stream: bool, request: bool) -> Result<Vec<u8>, Flow> {
+    fn body(
+        &mut self,
+        body: &[u8],
+        chunk_size: usize,
+        ends_stream: bool,
+        request: bool,
+    ) -> Result<Vec<u8>, Flow> {
         let mut passed = Vec::new();
         let chunks: Vec<&[u8]> = body.chunks(chunk_size.max(1)).collect();
         let mut buffering = false;
@@ -407,14 +473,22 @@ impl Run<'_> {
             let end = ends_stream && i + 1 == chunks.len();
             let size = {
                 let mut s = self.state();
-                let buffer = if request { &mut s.request_body } else { &mut s.response_body };
+                let buffer = if request {
+                    &mut s.request_body
+                } else {
+                    &mut s.response_body
+                };
                 if !buffering {
                     buffer.clear();
                 }
                 buffer.extend_from_slice(chunk);
                 buffer.len()
             };
-            let action = if request { self.stream.on_request_body(size, end) } else { self.stream.on_response_body(size, end) };
+            let action = if request {
+                self.stream.on_request_body(size, end)
+            } else {
+                self.stream.on_response_body(size, end)
+            };
             if self.state().local_response.is_some() {
                 return Err(Flow::Local);
             }
@@ -424,7 +498,11 @@ impl Run<'_> {
                     buffering = true;
                     let held = {
                         let s = self.state();
-                        if request { s.request_body.len() } else { s.response_body.len() }
+                        if request {
+                            s.request_body.len()
+                        } else {
+                            s.response_body.len()
+                        }
                     };
                     if held > self.buffer_limit {
                         return Err(self.proxy_answers(if request { 413 } else { 500 }));
@@ -443,8 +521,16 @@ impl Run<'_> {
 
     /// Envoy's own local reply (buffer limit exceeded).
     fn proxy_answers(&mut self, status: u32) -> Flow {
-        let body = if status == 413 { "Payload Too Large" } else { "Internal Server Error" };
-        self.state().local_response = Some(LocalResponse { status, headers: Vec::new(), body: body.as_bytes().to_vec() });
+        let body = if status == 413 {
+            "Payload Too Large"
+        } else {
+            "Internal Server Error"
+        };
+        self.state().local_response = Some(LocalResponse {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        });
         Flow::Local
     }
 
@@ -457,11 +543,18 @@ impl Run<'_> {
                 if s.local_response.is_some() {
                     return Flow::Local;
                 }
-                let resumed = if request { &mut s.resume_request } else { &mut s.resume_response };
+                let resumed = if request {
+                    &mut s.resume_request
+                } else {
+                    &mut s.resume_response
+                };
                 if action == Action::Continue || std::mem::take(resumed) {
                     return Flow::Proceed;
                 }
-                s.callouts.iter().find(|c| !self.delivered.contains(&c.token)).cloned()
+                s.callouts
+                    .iter()
+                    .find(|c| !self.delivered.contains(&c.token))
+                    .cloned()
             };
             let Some(call) = next else {
                 return Flow::Stalled;
@@ -471,40 +564,92 @@ impl Run<'_> {
         }
     }
 
+    /// Answers the callouts still pending after the stream went on without them (the script
+    /// resumed explicitly): Envoy delivers them whenever they come back.
+    fn answer_late_callouts(&mut self) {
+        self.state().window = Window::None;
+        loop {
+            let next = self
+                .state()
+                .callouts
+                .iter()
+                .find(|c| !self.delivered.contains(&c.token))
+                .cloned();
+            let Some(call) = next else { return };
+            self.deliver(&call);
+        }
+    }
+
     fn deliver(&mut self, call: &Callout) {
         let reply = self.callouts.reply(call);
         let (answer, num_headers, body_size) = match reply {
-            Reply::Answer { status, headers, body } => {
+            Reply::Answer {
+                status,
+                headers,
+                body,
+            } => {
                 let mut map: Headers = vec![(":status".into(), status.to_string().into_bytes())];
                 map.extend(headers);
                 let (n, size) = (map.len(), body.len());
-                (CalloutAnswer { headers: map, body, trailers: Vec::new() }, n, size)
+                (
+                    CalloutAnswer {
+                        headers: map,
+                        body,
+                        trailers: Vec::new(),
+                    },
+                    n,
+                    size,
+                )
             }
             Reply::NoAnswer => (CalloutAnswer::default(), 0, 0),
         };
         self.delivered.push(call.token);
         self.state().answer = Some(answer);
-        self.stream.on_http_call_response(call.token, num_headers, body_size);
+        self.stream
+            .on_http_call_response(call.token, num_headers, body_size);
         self.state().answer = None;
     }
 
     fn finish(&mut self, flow: Flow, outcome: &mut Outcome, sent: Option<ClientResponse>) {
         match flow {
             Flow::Proceed => {}
-            Flow::Stalled => outcome.stalled = Some("the stream is paused and nothing will resume it".into()),
+            Flow::Stalled => {
+                outcome.stalled = Some("the stream is paused and nothing will resume it".into())
+            }
             Flow::Local => {
-                let local = self.state().local_response.clone().unwrap_or(LocalResponse { status: 0, headers: Vec::new(), body: Vec::new() });
+                let local = self
+                    .state()
+                    .local_response
+                    .clone()
+                    .unwrap_or(LocalResponse {
+                        status: 0,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    });
                 outcome.response = match sent {
                     // Headers already went out: Envoy can only reset the stream.
-                    Some(sent) => ClientResponse { reset: true, ..sent },
+                    Some(sent) => ClientResponse {
+                        reset: true,
+                        ..sent
+                    },
                     None => {
                         let mut headers = local.headers.clone();
-                        headers.insert(0, (":status".into(), local.status.to_string().into_bytes()));
+                        headers
+                            .insert(0, (":status".into(), local.status.to_string().into_bytes()));
                         if !local.body.is_empty() && !has(&headers, "content-type") {
                             headers.push(("content-type".into(), b"text/plain".to_vec()));
                         }
-                        headers.push(("content-length".into(), local.body.len().to_string().into_bytes()));
-                        ClientResponse { status: local.status, headers, body: local.body, local: true, reset: false }
+                        headers.push((
+                            "content-length".into(),
+                            local.body.len().to_string().into_bytes(),
+                        ));
+                        ClientResponse {
+                            status: local.status,
+                            headers,
+                            body: local.body,
+                            local: true,
+                            reset: false,
+                        }
                     }
                 };
             }

@@ -1,0 +1,311 @@
+//! Callouts: dispatch, callbacks queued per call, automatic and explicit resume, failures.
+
+use proxy_rhai::emulator::{header, Callout, Emulator, Reply, Request, Response};
+use serde_json::json;
+
+fn plugin(script: &str) -> Emulator {
+    let e = Emulator::with_script(script, json!({})).expect("script configures");
+    e.add_cluster("auth");
+    e.add_cluster("other");
+    e
+}
+
+fn answer(status: u32, headers: &[(&str, &str)], body: &str) -> Reply {
+    Reply::Answer {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn count(trace: &[String], call: &str) -> usize {
+    trace.iter().filter(|t| t.starts_with(call)).count()
+}
+
+#[test]
+fn token_from_the_answer_is_added_and_the_request_resumes_by_itself() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        let user = get_request_header("x-user");
+        dispatch_http_call("auth", [[":method", "POST"], [":path", "/token"], [":authority", "auth"]], `{"user":"${user}"}`, 1000, |status, headers, body| {
+            let token = parse_json(body).token;
+            add_request_header("authorization", `Bearer ${token}`);
+            add_request_header("x-auth-status", status.to_string());
+            add_request_header("x-auth-via", get_http_call_response_header_or(headers, "x-via"));
+        });
+    }
+    fn get_http_call_response_header_or(headers, name) {
+        for h in headers { if h[0] == name { return h[1]; } }
+        "none"
+    }"#,
+    );
+    let mut callouts = |c: &Callout| {
+        assert_eq!(c.cluster, "auth");
+        assert_eq!(c.body, br#"{"user":"ann"}"#);
+        assert_eq!(header(&c.headers, ":path").as_deref(), Some("/token"));
+        answer(200, &[("x-via", "authsvc")], r#"{"token":"t-1"}"#)
+    };
+    let o = p.run_with(
+        &Request::get("/").header("x-user", "ann"),
+        &mut Response::ok("up"),
+        &mut callouts,
+    );
+    assert_eq!(
+        o.upstream_header("authorization").as_deref(),
+        Some("Bearer t-1")
+    );
+    assert_eq!(o.upstream_header("x-auth-status").as_deref(), Some("200"));
+    assert_eq!(o.upstream_header("x-auth-via").as_deref(), Some("authsvc"));
+    assert_eq!(o.callouts.len(), 1);
+    assert_eq!(count(&o.trace, "resume_http_request"), 1);
+}
+
+#[test]
+fn callback_answers_locally_and_the_request_never_reaches_upstream() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/check", [], 500, |status, headers, body| {
+            if status != 200 { send_http_response(if status == 0 { 503 } else { 401 }, [], "denied: " + status); }
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(403, &[], ""),
+    );
+    assert_eq!(
+        (o.response.status, o.response.body.as_slice()),
+        (401, &b"denied: 403"[..])
+    );
+    assert!(o.upstream.is_none());
+    assert_eq!(count(&o.trace, "resume_http_request"), 0);
+
+    let o = p.run(&Request::get("/"), &mut Response::ok("up")); // no answer: timeout
+    assert_eq!(
+        (o.response.status, o.response.body.as_slice()),
+        (503, &b"denied: 0"[..])
+    );
+}
+
+#[test]
+fn parallel_calls_all_land_before_the_request_resumes() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        for svc in ["auth", "other"] {
+            let name = svc;
+            http_get(svc, "/" + svc, [], 1000, |status, headers, body| {
+                add_request_header("x-from-" + name, body);
+                log_info(`callback ${name}`);
+            });
+        }
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |c: &Callout| answer(200, &[], &format!("{}-answer", c.cluster)),
+    );
+    assert_eq!(
+        o.upstream_header("x-from-auth").as_deref(),
+        Some("auth-answer")
+    );
+    assert_eq!(
+        o.upstream_header("x-from-other").as_deref(),
+        Some("other-answer")
+    );
+    let resume = o
+        .trace
+        .iter()
+        .position(|t| t.starts_with("resume_http_request"))
+        .unwrap();
+    let last_callback = o
+        .trace
+        .iter()
+        .rposition(|t| t.contains("callback other"))
+        .unwrap();
+    assert!(resume > last_callback, "{:#?}", o.trace);
+    assert_eq!(count(&o.trace, "resume_http_request"), 1);
+}
+
+#[test]
+fn timeout_runs_the_callback_with_status_zero_and_nothing_else() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/slow", [], 50, |status, headers, body| {
+            add_request_header("x-result", `${status}|${headers.len()}|${body.len()}|${get_http_call_response_headers().len()}|${get_http_call_response_body().len()}`);
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |c: &Callout| {
+            assert_eq!(c.timeout.as_millis(), 50);
+            Reply::NoAnswer
+        },
+    );
+    assert_eq!(o.upstream_header("x-result").as_deref(), Some("0|0|0|0|0"));
+}
+
+#[test]
+fn a_refused_dispatch_can_be_caught_and_otherwise_follows_the_error_policy() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        try { http_get("nowhere", "/", [], 100, |s, h, b| {}); }
+        catch (e) { add_request_header("x-caught", "yes"); log_warn(e); }
+    }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert_eq!(o.upstream_header("x-caught").as_deref(), Some("yes"));
+    assert!(
+        o.log[0]
+            .message
+            .contains("refused the call to cluster 'nowhere'"),
+        "{:?}",
+        o.log
+    );
+
+    let p = plugin(
+        r#"fn on_request_headers() { dispatch_http_call("auth", [[":path", "/"]], "", 100, |s, h, b| {}); }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert_eq!(
+        o.response.status, 500,
+        "missing :method and :authority: refused, uncaught"
+    );
+    assert!(o.script_errors()[0].contains("refused the call to cluster 'auth'"));
+}
+
+#[test]
+fn explicit_resume_never_leads_to_a_second_resume() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/a", [], 100, |s, h, b| { add_request_header("x-a", "1"); log_info(resume_http_request()); log_info(resume_http_request()); });
+        http_get("other", "/b", [], 100, |s, h, b| { log_info("late callback"); });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(200, &[], ""),
+    );
+    assert_eq!(count(&o.trace, "resume_http_request"), 1);
+    assert_eq!(o.upstream_header("x-a").as_deref(), Some("1"));
+    let lines: Vec<_> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(lines, ["true", "false", "late callback"]);
+}
+
+#[test]
+fn error_in_a_callback_follows_the_policy_and_the_plugin_keeps_serving() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        if get_request_header(":path") == "/bad" { http_get("auth", "/", [], 100, |s, h, b| { throw "callback broke"; }); }
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/bad"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(200, &[], ""),
+    );
+    assert_eq!(o.response.status, 500);
+    assert!(o.script_errors()[0].contains("callout callback of on_request_headers"));
+    assert!(o.script_errors()[0].contains("callback broke"));
+    let o = p.run(&Request::get("/good"), &mut Response::ok("up"));
+    assert_eq!(o.response.status, 200);
+}
+
+#[test]
+fn callouts_from_every_phase() {
+    let p = plugin(
+        r#"
+        fn on_request_body() { http_post("auth", "/scan", [], get_request_body(), 100, |s, h, b| { replace_request_body(b); }); }
+        fn on_response_headers() { http_get("auth", "/tag", [], 100, |s, h, b| { add_response_header("x-tag", b); }); }
+        fn on_response_body() { http_get("other", "/suffix", [], 100, |s, h, b| { append_response_body(b); }); }"#,
+    );
+    let o = p.run_with(
+        &Request::post("/", "dirty"),
+        &mut Response::ok("resp"),
+        &mut |c: &Callout| {
+            let path = header(&c.headers, ":path").unwrap();
+            let body = match path.as_str() {
+                "/scan" => String::from_utf8_lossy(&c.body).replace("dirty", "clean"),
+                "/tag" => "tagged".into(),
+                _ => "+suffix".into(),
+            };
+            answer(200, &[], &body)
+        },
+    );
+    assert_eq!(o.upstream.as_ref().unwrap().body, b"clean");
+    assert_eq!(o.response_header("x-tag").as_deref(), Some("tagged"));
+    assert_eq!(o.response.body, b"resp+suffix");
+    assert_eq!(count(&o.trace, "resume_http_request"), 1);
+    assert_eq!(count(&o.trace, "resume_http_response"), 2);
+    let methods: Vec<_> = o
+        .callouts
+        .iter()
+        .map(|c| header(&c.headers, ":method").unwrap())
+        .collect();
+    assert_eq!(methods, ["POST", "GET", "GET"]);
+}
+
+#[test]
+fn a_callback_may_dispatch_again_and_the_request_waits_for_it() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/first", [], 100, |s, h, b| {
+            http_get("other", "/second", [], 100, |s2, h2, b2| { add_request_header("x-chain", b + b2); });
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |c: &Callout| answer(200, &[], &c.cluster),
+    );
+    assert_eq!(o.upstream_header("x-chain").as_deref(), Some("authother"));
+    assert_eq!(count(&o.trace, "resume_http_request"), 1);
+}
+
+#[test]
+fn call_answer_getters_only_in_callbacks_and_convenience_defaults() {
+    let p = plugin(r#"fn on_request_headers() { get_http_call_response_body(); }"#);
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert!(o.script_errors()[0].contains("only available inside a callout callback"));
+
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/x", #{"x-k": "v"}, |s, h, b| {});
+        http_post("auth", "/y", [], "data", |s, h, b| {});
+        http_call("DELETE", "auth", "/z", [[":authority", "custom"]], "", 100, |s, h, b| {});
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(204, &[], ""),
+    );
+    let calls: Vec<_> = o
+        .callouts
+        .iter()
+        .map(|c| {
+            (
+                header(&c.headers, ":method").unwrap(),
+                header(&c.headers, ":authority").unwrap(),
+                c.timeout.as_millis(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("GET".into(), "auth".into(), 500),
+            ("POST".into(), "auth".into(), 500),
+            ("DELETE".into(), "custom".into(), 100)
+        ]
+    );
+    assert_eq!(header(&o.callouts[0].headers, "x-k").as_deref(), Some("v"));
+}
