@@ -75,14 +75,18 @@ pub(crate) struct Frame {
     pub phase: Option<Phase>,
     pub answer: Option<CallAnswer>,
     pub stream: StreamState,
+    /// What `config()` returns: the stream's (or rule's) config, shared and read-only.
+    pub config: Dynamic,
+    /// Heap in use when the current call into Rhai began (for `limits.max_memory`).
+    pub heap_baseline: usize,
 }
 
 /// The object every binding closes over.
 pub(crate) struct Api<H> {
     pub host: H,
     pub frame: RefCell<Frame>,
-    /// The user's `config`, converted once, shared read-only with every call of `config()`.
-    config: Dynamic,
+    /// Metric ids, defined on first use.
+    metrics: RefCell<gateway::Metrics>,
 }
 
 /// Where a binding may be called.
@@ -104,6 +108,8 @@ pub struct FnDoc {
     pub returns: &'static str,
     pub allowed: Allowed,
     pub doc: &'static str,
+    /// A short script showing the function in use (it compiles, and calls only the API).
+    pub example: &'static str,
 }
 
 /// One constant of the API reference.
@@ -267,7 +273,7 @@ impl<H: Host> Api<H> {
         timeout_ms: i64,
         callback: FnPtr,
     ) -> ScriptResult<i64> {
-        let phase = self.enter(f, Allowed::In(Phases::ALL))?;
+        let phase = self.enter(f, Allowed::In(Phases::STREAMING))?;
         if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
             return err(format!(
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
@@ -401,28 +407,33 @@ impl<H> Registrar<'_, H> {
     }
 }
 
-/// Declares one binding: registers it and records its documentation.
+/// Declares one binding: registers it and records its documentation and its example (a
+/// binding without one still builds, but the api-docs test asks for it).
 macro_rules! bind {
-    ($reg:expr, $name:literal, $allowed:expr, $returns:literal, $doc:literal,
+    ($reg:expr, $name:literal, $allowed:expr, $returns:literal, $doc:literal, $($example:literal,)?
      |$api:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {{
         let captured = $reg.api.clone();
         $reg.engine.register_fn($name, move |$($arg: $ty),*| {
             let $api = &*captured;
-            if !matches!($allowed, Allowed::Anywhere) || $api.frame.borrow().phase.is_some() {
+            if !matches!($allowed, $crate::bindings::Allowed::Anywhere) || $api.frame.borrow().phase.is_some() {
                 $api.enter($name, $allowed)?;
             }
-            let result: ScriptResult<_> = $body;
+            let result: $crate::bindings::ScriptResult<_> = $body;
             result
         });
-        $reg.doc(FnDoc {
+        $reg.doc($crate::bindings::FnDoc {
             name: $name,
             params: &[$((stringify!($arg), stringify!($ty))),*],
             returns: $returns,
             allowed: $allowed,
             doc: $doc,
+            example: concat!("" $(, $example)?),
         });
     }};
 }
+
+mod builtins;
+mod gateway;
 
 /// The constants scripts see.
 pub const CONSTANTS: [ConstDoc; 2] = [
@@ -431,11 +442,31 @@ pub const CONSTANTS: [ConstDoc; 2] = [
 ];
 
 impl<H: Host + 'static> Api<H> {
-    pub(crate) fn new(host: H, config: Dynamic) -> Self {
+    /// Prepares the frame for a call into Rhai with `config()` = `config`.
+    pub(crate) fn begin_call(&self, phase: Option<Phase>, config: Dynamic) {
+        let mut frame = self.frame.borrow_mut();
+        frame.phase = phase;
+        frame.config = config;
+        frame.heap_baseline = self.host.heap_in_use().unwrap_or(0);
+    }
+
+    /// Stops a call that grew the heap by more than `budget` bytes (checked every 64
+    /// operations: one operation allocates at most a few limited values).
+    pub(crate) fn over_memory_budget(&self, operations: u64, budget: usize) -> Option<Dynamic> {
+        if operations % 64 != 0 {
+            return None;
+        }
+        let grown = self.host.heap_in_use()?.saturating_sub(self.frame.borrow().heap_baseline);
+        (grown > budget).then(|| {
+            format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)").into()
+        })
+    }
+
+    pub(crate) fn new(host: H) -> Self {
         Self {
             host,
             frame: RefCell::default(),
-            config: config.into_shared().into_read_only(),
+            metrics: RefCell::default(),
         }
     }
 }
@@ -446,6 +477,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     const RQH: Allowed = In(Phases::REQUEST_HEADERS);
     const RQB: Allowed = In(Phases::REQUEST_BODY);
     const RSH: Allowed = In(Phases::RESPONSE_HEADERS);
+    // Envoy lets the log phase read both header maps again.
+    const READ_RQH: Allowed = In(Phases::of(&[Phase::RequestHeaders, Phase::Log]));
+    const READ_RSH: Allowed = In(Phases::of(&[Phase::ResponseHeaders, Phase::Log]));
     const RSB: Allowed = In(Phases::RESPONSE_BODY);
     const ALL: Allowed = In(Phases::ALL);
     use BufferType::{HttpRequestBody as REQ_BODY, HttpResponseBody as RESP_BODY};
@@ -458,21 +492,40 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     reg.engine.register_global_module(constants.into());
 
     // Request headers.
-    bind!(reg, "get_request_headers", RQH, "array of [name, value]",
+    bind!(reg, "get_request_headers", READ_RQH, "array of [name, value]",
         "All request headers, in order, duplicates kept. Pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) come first.",
+        r#"fn on_request_headers() {
+    for h in get_request_headers() {
+        log_debug(`${h[0]}: ${h[1]}`);
+    }
+}"#,
         |a| a.get_headers("get_request_headers", REQ));
-    bind!(reg, "get_request_header", RQH, "string, or () when absent",
-        "The value of one request header (name case-insensitive); several values come joined by `,`.",
+    bind!(reg, "get_request_header", READ_RQH, "string, or () when absent",
+        "The value of one request header (name case-insensitive); with several values, the first (Envoy's rule); `get_request_headers()` has them all.",
+        r#"fn on_request_headers() {
+    let user = get_request_header("x-user");
+    if user == () {
+        send_http_response(401, [], "who are you?");
+    }
+}"#,
         |a, name: &str| a.get_header("get_request_header", REQ, name));
     bind!(reg, "replace_request_headers", RQH, "()",
-        "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings.",
+        "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings (names are lowercased). Keep the pseudo-headers (`:method`, `:path`, …) unless you mean to drop them. Anything else than pairs or a map is an error.",
+        r#"fn on_request_headers() {
+    // Keep only the pseudo-headers and `accept`.
+    let kept = get_request_headers().filter(|h| h[0].starts_with(":") || h[0] == "accept");
+    replace_request_headers(kept);
+}"#,
         |a, headers: Dynamic| a.set_headers("replace_request_headers", REQ, &headers));
     bind!(
         reg,
         "replace_request_header",
         RQH,
         "()",
-        "Sets a request header to one value, replacing any it had; adds it when absent.",
+        "Sets a request header to one value (string or blob), replacing any it had; adds it when absent. Pseudo-headers such as `:path` can be set too.",
+        r#"fn on_request_headers() {
+    replace_request_header(":path", "/v2" + get_request_header(":path"));
+}"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_request_header", &value)?;
             a.host
@@ -485,7 +538,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "add_request_header",
         RQH,
         "()",
-        "Adds a request header value, keeping the values it already had.",
+        "Adds a request header value (string or blob), keeping the values it already had.",
+        r#"fn on_request_headers() {
+    add_request_header("x-forwarded-by", "proxy-rhai");
+}"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_request_header", &value)?;
             a.host
@@ -499,6 +555,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         RQH,
         "()",
         "Removes every value of a request header; nothing happens when it is absent.",
+        r#"fn on_request_headers() {
+    remove_request_header("cookie");
+}"#,
         |a, name: &str| a
             .host
             .remove_map_value(REQ, name)
@@ -509,17 +568,26 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     bind!(
         reg,
         "get_response_headers",
-        RSH,
+        READ_RSH,
         "array of [name, value]",
         "All response headers, in order, duplicates kept; `:status` comes first.",
+        r#"fn on_response_headers() {
+    let n = get_response_headers().len();
+    log_info(`upstream sent ${n} headers`);
+}"#,
         |a| a.get_headers("get_response_headers", RESP)
     );
     bind!(
         reg,
         "get_response_header",
-        RSH,
+        READ_RSH,
         "string, or () when absent",
         "The value of one response header (name case-insensitive).",
+        r#"fn on_response_headers() {
+    if get_response_header(":status") == "404" {
+        replace_response_header("cache-control", "no-store");
+    }
+}"#,
         |a, name: &str| a.get_header("get_response_header", RESP, name)
     );
     bind!(
@@ -527,7 +595,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_response_headers",
         RSH,
         "()",
-        "Replaces all response headers, like `replace_request_headers`.",
+        "Replaces all response headers, like `replace_request_headers`; keep `:status`.",
+        r#"fn on_response_headers() {
+    replace_response_headers(#{ ":status": "200", "content-type": "text/plain" });
+}"#,
         |a, headers: Dynamic| a.set_headers("replace_response_headers", RESP, &headers)
     );
     bind!(
@@ -535,7 +606,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_response_header",
         RSH,
         "()",
-        "Sets a response header to one value; adds it when absent.",
+        "Sets a response header to one value (string or blob); adds it when absent. Setting `:status` changes the status the client sees.",
+        r#"fn on_response_headers() {
+    replace_response_header("server", "proxy-rhai");
+}"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_response_header", &value)?;
             a.host
@@ -549,6 +623,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         RSH,
         "()",
         "Adds a response header value, keeping the values it already had.",
+        r#"fn on_response_headers() {
+    add_response_header("set-cookie", "seen=1; Path=/");
+}"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_response_header", &value)?;
             a.host
@@ -562,6 +639,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         RSH,
         "()",
         "Removes every value of a response header.",
+        r#"fn on_response_headers() {
+    remove_response_header("x-powered-by");
+}"#,
         |a, name: &str| a
             .host
             .remove_map_value(RESP, name)
@@ -574,7 +654,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "get_request_body",
         RQB,
         "string",
-        "The whole request body as a string (invalid UTF-8 replaced by U+FFFD).",
+        "The whole request body as a string (invalid UTF-8 replaced by U+FFFD). Defining `on_request_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
+        r#"fn on_request_body() {
+    let order = parse_json(get_request_body());
+    set_context("items", order.items.len());
+}"#,
         |a| Ok(lossy(&a.get_body("get_request_body", REQ_BODY)?))
     );
     bind!(
@@ -583,6 +667,12 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         RQB,
         "blob",
         "The whole request body, byte for byte.",
+        r#"fn on_request_body() {
+    let body = get_request_body_bytes();
+    if body.len() > 0 && body[0] == 0x1f {
+        log_info("gzip request body");
+    }
+}"#,
         |a| a.get_body("get_request_body_bytes", REQ_BODY)
     );
     bind!(
@@ -590,7 +680,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "append_request_body",
         RQB,
         "()",
-        "Adds `data` (string or blob) at the end of the request body.",
+        "Adds `data` (string or blob) at the end of the request body. Another type is an error.",
+        r#"fn on_request_body() {
+    append_request_body("\n-- checked by proxy-rhai");
+}"#,
         |a, data: Dynamic| a.write_body("append_request_body", REQ_BODY, BodyEdit::Append, &data)
     );
     bind!(
@@ -598,7 +691,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "prepend_request_body",
         RQB,
         "()",
-        "Adds `data` (string or blob) at the start of the request body.",
+        "Adds `data` (string or blob) at the start of the request body. Another type is an error.",
+        r#"fn on_request_body() {
+    prepend_request_body("[");
+    append_request_body("]");
+}"#,
         |a, data: Dynamic| a.write_body("prepend_request_body", REQ_BODY, BodyEdit::Prepend, &data)
     );
     bind!(
@@ -606,7 +703,12 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_request_body",
         RQB,
         "()",
-        "Replaces the request body with `data` (string or blob).",
+        "Replaces the request body with `data` (string or blob). The proxy drops `content-length` before the body phase runs, so the new length needs no care. Another type is an error.",
+        r#"fn on_request_body() {
+    let doc = parse_json(get_request_body());
+    doc.password = "***";
+    replace_request_body(to_json(doc));
+}"#,
         |a, data: Dynamic| a.write_body("replace_request_body", REQ_BODY, BodyEdit::Replace, &data)
     );
     bind!(
@@ -614,7 +716,12 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "get_response_body",
         RSB,
         "string",
-        "The whole response body as a string (invalid UTF-8 replaced by U+FFFD).",
+        "The whole response body as a string (invalid UTF-8 replaced by U+FFFD). Defining `on_response_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
+        r#"fn on_response_body() {
+    if get_response_body().contains("internal stack trace") {
+        replace_response_body("error hidden by the proxy");
+    }
+}"#,
         |a| Ok(lossy(&a.get_body("get_response_body", RESP_BODY)?))
     );
     bind!(
@@ -623,6 +730,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         RSB,
         "blob",
         "The whole response body, byte for byte.",
+        r#"fn on_response_body() {
+    log_info(`response of ${get_response_body_bytes().len()} bytes`);
+}"#,
         |a| a.get_body("get_response_body_bytes", RESP_BODY)
     );
     bind!(
@@ -630,7 +740,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "append_response_body",
         RSB,
         "()",
-        "Adds `data` (string or blob) at the end of the response body.",
+        "Adds `data` (string or blob) at the end of the response body. Another type is an error.",
+        r#"fn on_response_body() {
+    append_response_body("<!-- served through proxy-rhai -->");
+}"#,
         |a, data: Dynamic| a.write_body("append_response_body", RESP_BODY, BodyEdit::Append, &data)
     );
     bind!(
@@ -638,7 +751,10 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "prepend_response_body",
         RSB,
         "()",
-        "Adds `data` (string or blob) at the start of the response body.",
+        "Adds `data` (string or blob) at the start of the response body. Another type is an error.",
+        r#"fn on_response_body() {
+    prepend_response_body(")]}',\n");
+}"#,
         |a, data: Dynamic| a.write_body(
             "prepend_response_body",
             RESP_BODY,
@@ -651,7 +767,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_response_body",
         RSB,
         "()",
-        "Replaces the response body with `data` (string or blob).",
+        "Replaces the response body with `data` (string or blob). Another type is an error.",
+        r#"fn on_response_body() {
+    let data = parse_json(get_response_body());
+    replace_response_body(to_json(#{ data: data, served_by: "proxy-rhai" }));
+}"#,
         |a, data: Dynamic| a.write_body(
             "replace_response_body",
             RESP_BODY,
@@ -662,10 +782,22 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Local responses and resuming.
     bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
-        "Answers the client locally with `status`, `headers` (pairs or map) and `body` (string or blob); the request goes no further. Once per request.",
+        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. Once per request: a second call, or a status out of range, is an error. Too late once the response body is streaming (the response headers are gone).",
+        r#"fn on_request_headers() {
+    if get_request_header("x-api-key") != config().api_key {
+        send_http_response(401, #{ "www-authenticate": "ApiKey" }, "missing or wrong API key");
+    }
+}"#,
         |a, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response("send_http_response", status, &headers, &body));
     bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
         "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
+        r#"fn on_request_headers() {
+    http_get("flags", "/flags", [], 200, |status, headers, body| {
+        set_context("flags", body);
+        resume_http_request(); // don't wait for the slow audit call below
+    });
+    http_post("audit", "/log", [], get_request_header(":path"), 5000, |status, headers, body| {});
+}"#,
         |a| a.resume(Side::Request).or_else(|s| refused("resume_http_request", s)));
     bind!(
         reg,
@@ -673,6 +805,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         Callback,
         "bool: whether the response was paused",
         "Lets a response paused for callouts go on now (see `resume_http_request`).",
+        r#"fn on_response_headers() {
+    http_get("stats", "/hit", [], 100, |status, headers, body| {
+        resume_http_response();
+    });
+}"#,
         |a| a
             .resume(Side::Response)
             .or_else(|s| refused("resume_http_response", s))
@@ -680,13 +817,30 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`. The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body on timeout or reset), and the stream resumes after the last callback. A refused call is an error the script can catch.",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body on timeout or reset), in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
+        r#"fn on_request_headers() {
+    let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
+    dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {
+        if status != 200 {
+            send_http_response(403, [], "forbidden");
+            return;
+        }
+        add_request_header("authorization", "Bearer " + parse_json(body).token);
+    });
+}"#,
         |a, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let f = "dispatch_http_call";
             a.dispatch(f, cluster, header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
         });
     bind!(reg, "http_get", ALL, "int: the call id",
         "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        r#"fn on_request_headers() {
+    http_get("users", "/users/" + get_request_header("x-user"), #{ accept: "application/json" }, 300, |status, headers, body| {
+        if status == 200 {
+            add_request_header("x-user-plan", parse_json(body).plan);
+        }
+    });
+}"#,
         |a, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let h = request_headers("http_get", "GET", cluster, path, &headers)?;
             a.dispatch("http_get", cluster, h, &[], timeout_ms, callback)
@@ -697,6 +851,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         ALL,
         "int: the call id",
         "`http_get` with the default timeout (500 ms).",
+        r#"fn on_request_headers() {
+    http_get("flags", "/flags/checkout", [], |status, headers, body| {
+        set_context("checkout_v2", status == 200 && body == "on");
+    });
+}"#,
         |a, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
             let h = request_headers("http_get", "GET", cluster, path, &headers)?;
             a.dispatch(
@@ -711,6 +870,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     );
     bind!(reg, "http_post", ALL, "int: the call id",
         "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        r#"fn on_request_headers() {
+    http_post("audit", "/events", #{ "content-type": "application/json" }, to_json(#{ path: get_request_header(":path") }), 1000, |status, headers, body| {
+        if status != 202 { log_warn(`audit answered ${status}`); }
+    });
+}"#,
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let h = request_headers("http_post", "POST", cluster, path, &headers)?;
             a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, timeout_ms, callback)
@@ -721,6 +885,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         ALL,
         "int: the call id",
         "`http_post` with the default timeout (500 ms).",
+        r#"fn on_request_body() {
+    http_post("scanner", "/scan", [], get_request_body_bytes(), |status, headers, body| {
+        if body == "infected" { send_http_response(422, [], "rejected by the scanner"); }
+    });
+}"#,
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
             let h = request_headers("http_post", "POST", cluster, path, &headers)?;
             a.dispatch(
@@ -735,6 +904,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     );
     bind!(reg, "http_call", ALL, "int: the call id",
         "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+        r#"fn on_request_headers() {
+    http_call("DELETE", "sessions", "/sessions/" + get_request_header("x-session"), [], (), 500, |status, headers, body| {
+        log_info(`session delete: ${status}`);
+    });
+}"#,
         |a, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let h = request_headers("http_call", method, cluster, path, &headers)?;
             a.dispatch("http_call", cluster, h, &bytes_of("http_call", &body)?, timeout_ms, callback)
@@ -745,6 +919,13 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         Callback,
         "array of [name, value]",
         "Headers of the callout answer being handled (empty when it got none).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/whoami", [], 500, |status, headers, body| {
+        for h in get_http_call_response_headers() {
+            if h[0] == "x-user-id" { add_request_header("x-user-id", h[1]); }
+        }
+    });
+}"#,
         |a| a.get_headers(
             "get_http_call_response_headers",
             MapType::HttpCallResponseHeaders
@@ -756,6 +937,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         Callback,
         "array of [name, value]",
         "Trailers of the callout answer being handled.",
+        r#"fn on_request_headers() {
+    http_get("grpc-gw", "/check", [], 500, |status, headers, body| {
+        log_debug(get_http_call_response_trailers());
+    });
+}"#,
         |a| a.get_headers(
             "get_http_call_response_trailers",
             MapType::HttpCallResponseTrailers
@@ -766,7 +952,13 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "get_http_call_response_body",
         Callback,
         "string",
-        "Body of the callout answer being handled, as a string.",
+        "Body of the callout answer being handled, as a string (the same text the callback gets as `body`).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/token", [], 500, |status, headers, body| {
+        let token = parse_json(get_http_call_response_body()).token;
+        add_request_header("authorization", `Bearer ${token}`);
+    });
+}"#,
         |a| Ok(lossy(&call_body(a)?))
     );
     bind!(
@@ -775,12 +967,23 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         Callback,
         "blob",
         "Body of the callout answer being handled, byte for byte.",
+        r#"fn on_request_headers() {
+    http_get("keys", "/key.bin", [], 500, |status, headers, body| {
+        set_context("key_size", get_http_call_response_body_bytes().len());
+    });
+}"#,
         |a| call_body(a)
     );
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",
         "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it.",
+        r#"fn on_request_headers() {
+    set_context("path", get_request_header(":path"));
+}
+fn on_response_headers() {
+    add_response_header("x-original-path", get_context("path"));
+}"#,
         |a, key: &str, value: Dynamic| {
             a.frame.borrow_mut().stream.context.insert(key.into(), value);
             Ok(())
@@ -791,6 +994,14 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         ALL,
         "the value, or () when unset",
         "The value `set_context` kept under `key` for this request.",
+        r#"fn on_request_headers() {
+    set_context("started", true);
+}
+fn on_response_body() {
+    if get_context("started") == true {
+        log_info("this request went through on_request_headers");
+    }
+}"#,
         |a, key: &str| Ok(a
             .frame
             .borrow()
@@ -805,8 +1016,17 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "config",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "The `config` value of the plugin configuration. Read-only; cheap to call.",
-        |a| Ok(a.config.clone())
+        "The `config` value of the plugin configuration, converted once (JSON objects become maps, `null` becomes ()). Read-only; cheap to call. Also callable at the top level of the script, which runs once when the plugin is configured: throwing there refuses the configuration.",
+        r#"// Plugin configuration: {"script": "...", "config": {"header": "x-tenant", "fallback": "public"}}
+if type_of(config()) != "map" { throw "config must be a map"; } // runs once, at configure time
+
+fn on_request_headers() {
+    let name = config().header ?? "x-tenant";
+    if get_request_header(name) == () {
+        add_request_header(name, config().fallback ?? "public");
+    }
+}"#,
+        |a| Ok(a.frame.borrow().config.clone())
     );
     for (name, level) in [
         ("log_trace", LogLevel::Trace),
@@ -821,7 +1041,11 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         });
     }
     reg.doc(FnDoc { name: "log_trace / log_debug / log_info / log_warn / log_error", params: &[("message", "any")], returns: "()", allowed: Anywhere,
-        doc: "Writes `message` to the proxy log at that level. `print(x)` logs at info, `debug(x)` at debug." });
+        doc: "Writes `message` (any value, shown as `to_string` would) to the proxy log at that level. `print(x)` logs at info, `debug(x)` at debug. Never fails.",
+        example: r#"fn on_request_headers() {
+    log_info(`request for ${get_request_header(":path")}`);
+    log_debug(get_request_headers());
+}"# });
     let captured = reg.api.clone();
     reg.engine
         .on_print(move |s| captured.host.log(LogLevel::Info, s));
@@ -833,7 +1057,15 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text; invalid JSON is an error that says where.",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where.",
+        r#"fn on_request_body() {
+    try {
+        let order = parse_json(get_request_body());
+        set_context("order_id", order.id);
+    } catch (e) {
+        send_http_response(400, [], "the body is not JSON");
+    }
+}"#,
         |_a, text: &str| serde_json::from_str::<Dynamic>(text)
             .or_else(|e| err(format!("parse_json(): invalid JSON: {e}")))
     );
@@ -842,10 +1074,15 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "to_json",
         Anywhere,
         "string",
-        "Serializes a value (map, array, string, number, bool, ()) as compact JSON.",
+        "Serializes a value (map, array, string, number, bool, ()) as compact JSON; a value JSON can't hold (such as a function pointer) is an error.",
+        r#"fn on_request_headers() {
+    send_http_response(200, #{ "content-type": "application/json" }, to_json(#{ ok: true, path: get_request_header(":path") }));
+}"#,
         |_a, value: Dynamic| serde_json::to_string(&value)
             .or_else(|e| err(format!("to_json(): {e}")))
     );
+    gateway::register(reg);
+    builtins::register(reg);
 }
 
 fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {

@@ -13,10 +13,15 @@ use serde_json::Value;
 /// A configuration that passed every check.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
-    /// Rhai source of the script.
-    pub script: String,
+    /// Rhai source of the script; `None` only when every rule brings its own (then a request
+    /// that matches no rule passes untouched).
+    pub script: Option<String>,
     /// The user's own settings, handed to the script by `config()`.
     pub user_config: Value,
+    /// Higress `_rules_`: the first rule matching a request chooses its script and config.
+    pub rules: Vec<Rule>,
+    /// Period of `on_tick()`, in milliseconds; 0 when the script defines no `on_tick`.
+    pub tick_period_ms: u32,
     /// Sandbox limits.
     pub limits: Limits,
     /// What happens to a request when its script fails.
@@ -40,8 +45,11 @@ pub struct Limits {
     /// Entries in one object map.
     pub max_map_size: usize,
     /// Bytes of a request or response body the plugin buffers for a body phase; a larger
-    /// request body is answered 413, a larger response body 502.
+    /// request body is answered 413, a larger response is reset.
     pub max_body_size: usize,
+    /// Bytes one phase call or callback may add to the VM's heap (enforced in the proxy,
+    /// where the heap is counted; not in the emulator).
+    pub max_memory: usize,
 }
 
 impl Default for Limits {
@@ -54,23 +62,26 @@ impl Default for Limits {
             max_array_size: 100_000,
             max_map_size: 10_000,
             max_body_size: 4 << 20,
+            max_memory: 64 << 20,
         }
     }
 }
 
 impl Limits {
     /// Allowed range of each limit, inclusive.
-    pub const RANGES: [(&'static str, u64, u64); 7] = [
+    pub const RANGES: [(&'static str, u64, u64); 8] = [
         ("max_operations", 1_000, 100_000_000),
-        ("max_call_depth", 1, 200),
+        // Each level costs native stack (up to ~20 kB); the wasm stack is 8 MiB.
+        ("max_call_depth", 1, 100),
         ("max_expr_depth", 8, 1_000),
         ("max_string_size", 1_024, 256 << 20),
         ("max_array_size", 16, 10_000_000),
         ("max_map_size", 16, 1_000_000),
         ("max_body_size", 0, 256 << 20),
+        ("max_memory", 1 << 20, 1 << 30),
     ];
 
-    fn values(&self) -> [u64; 7] {
+    fn values(&self) -> [u64; 8] {
         [
             self.max_operations,
             self.max_call_depth as u64,
@@ -79,6 +90,7 @@ impl Limits {
             self.max_array_size as u64,
             self.max_map_size as u64,
             self.max_body_size as u64,
+            self.max_memory as u64,
         ]
     }
 
@@ -124,6 +136,106 @@ pub enum FailMode {
     FailOpen,
 }
 
+/// One Higress rule: a matcher, and the script and config it selects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub matcher: Matcher,
+    /// The rule's own script; `None` runs the global one.
+    pub script: Option<String>,
+    /// The rule's own `config`; `None` keeps the global one.
+    pub config: Option<Value>,
+}
+
+/// What a rule matches on; each list matches when any of its entries does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matcher {
+    /// `_match_route_`: route names, exactly.
+    Route(Vec<String>),
+    /// `_match_route_prefix_`: route names starting with one of these.
+    RoutePrefix(Vec<String>),
+    /// `_match_domain_`: the request's host (`:authority` without port).
+    Domain(Vec<DomainPattern>),
+    /// `_match_service_`: the upstream service, from the cluster name.
+    Service(Vec<ServicePattern>),
+}
+
+/// A `_match_domain_` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DomainPattern {
+    /// `*.example.com`: any host ending with `.example.com`.
+    Suffix(String),
+    /// `example.*`: any host starting with `example.`.
+    Prefix(String),
+    Exact(String),
+}
+
+/// A `_match_service_` entry: `name` or `name:port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePattern {
+    pub name: String,
+    pub port: Option<u16>,
+}
+
+/// What a request offers to rule matching.
+#[derive(Debug, Default)]
+pub struct RequestFacts<'a> {
+    pub host: &'a str,
+    pub route_name: &'a str,
+    pub cluster_name: &'a str,
+}
+
+impl Matcher {
+    /// Whether the request's facts match.
+    pub fn matches(&self, facts: &RequestFacts<'_>) -> bool {
+        match self {
+            Matcher::Route(names) => names.iter().any(|n| n == facts.route_name),
+            Matcher::RoutePrefix(prefixes) => prefixes.iter().any(|p| facts.route_name.starts_with(p.as_str())),
+            Matcher::Domain(patterns) => {
+                let host = strip_port(facts.host).to_ascii_lowercase();
+                patterns.iter().any(|p| match p {
+                    DomainPattern::Suffix(suffix) => host.ends_with(suffix.as_str()),
+                    DomainPattern::Prefix(prefix) => host.starts_with(prefix.as_str()),
+                    DomainPattern::Exact(exact) => host == *exact,
+                })
+            }
+            Matcher::Service(patterns) => {
+                let (name, port) = service_of_cluster(facts.cluster_name);
+                patterns.iter().any(|p| p.name == name && p.port.is_none_or(|want| Some(want) == port))
+            }
+        }
+    }
+
+    /// Which request facts this matcher needs (so the others are never fetched).
+    pub fn needs(&self) -> (bool, bool, bool) {
+        match self {
+            Matcher::Domain(_) => (true, false, false),
+            Matcher::Route(_) | Matcher::RoutePrefix(_) => (false, true, false),
+            Matcher::Service(_) => (false, false, true),
+        }
+    }
+}
+
+/// `host:port` → `host`, keeping IPv6 literals whole.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The service and port of a cluster: Istio's `outbound|80||name.ns.svc.cluster.local`, or
+/// the cluster name itself.
+fn service_of_cluster(cluster: &str) -> (&str, Option<u16>) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    match parts.as_slice() {
+        [_, port, _, name] => (name, port.parse().ok()),
+        _ => (cluster, None),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -134,6 +246,80 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     error_policy: ErrorPolicy,
+    #[serde(default, rename = "_rules_")]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    tick_period_ms: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "_match_route_")]
+    route: Option<Vec<String>>,
+    #[serde(rename = "_match_route_prefix_")]
+    route_prefix: Option<Vec<String>>,
+    #[serde(rename = "_match_domain_")]
+    domain: Option<Vec<String>>,
+    #[serde(rename = "_match_service_")]
+    service: Option<Vec<String>>,
+    script: Option<String>,
+    config: Option<Value>,
+}
+
+impl RawRule {
+    fn check(self, index: usize) -> Result<Rule, String> {
+        let what = |m: &str| format!("_rules_[{index}]: {m}");
+        let mut matchers = Vec::new();
+        if let Some(names) = self.route {
+            matchers.push(Matcher::Route(names));
+        }
+        if let Some(prefixes) = self.route_prefix {
+            matchers.push(Matcher::RoutePrefix(prefixes));
+        }
+        if let Some(domains) = self.domain {
+            matchers.push(Matcher::Domain(domains.iter().map(|d| domain_pattern(d)).collect()));
+        }
+        if let Some(services) = self.service {
+            let patterns = services.iter().map(|s| service_pattern(s)).collect::<Result<_, _>>().map_err(|e| what(&e))?;
+            matchers.push(Matcher::Service(patterns));
+        }
+        let matcher = match <[Matcher; 1]>::try_from(matchers) {
+            Ok([m]) => m,
+            Err(m) if m.is_empty() => return Err(what("needs one of _match_route_, _match_route_prefix_, _match_domain_, _match_service_")),
+            Err(_) => return Err(what("has more than one matcher; use one rule per matcher")),
+        };
+        let empty = match &matcher {
+            Matcher::Route(v) | Matcher::RoutePrefix(v) => v.is_empty(),
+            Matcher::Domain(v) => v.is_empty(),
+            Matcher::Service(v) => v.is_empty(),
+        };
+        if empty {
+            return Err(what("its matcher list is empty"));
+        }
+        Ok(Rule { matcher, script: self.script, config: self.config })
+    }
+}
+
+fn domain_pattern(domain: &str) -> DomainPattern {
+    let domain = strip_port(domain).to_ascii_lowercase();
+    if let Some(suffix) = domain.strip_prefix('*') {
+        DomainPattern::Suffix(suffix.to_string())
+    } else if let Some(prefix) = domain.strip_suffix('*') {
+        DomainPattern::Prefix(prefix.to_string())
+    } else {
+        DomainPattern::Exact(domain)
+    }
+}
+
+fn service_pattern(service: &str) -> Result<ServicePattern, String> {
+    match service.rsplit_once(':') {
+        Some((name, port)) => {
+            let port = port.parse().map_err(|_| format!("_match_service_ entry {service:?}: port is not a number"))?;
+            Ok(ServicePattern { name: name.to_string(), port: Some(port) })
+        }
+        None => Ok(ServicePattern { name: service.to_string(), port: None }),
+    }
 }
 
 impl PluginConfig {
@@ -148,9 +334,10 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes)
             .map_err(|e| format!("plugin configuration is not valid: {e}"))?;
-        let script = raw
-            .script
-            .ok_or("plugin configuration has no \"script\" (the Rhai source to run)")?;
+        let rules = raw.rules.into_iter().enumerate().map(|(i, r)| r.check(i)).collect::<Result<Vec<_>, _>>()?;
+        if raw.script.is_none() && (rules.is_empty() || rules.iter().any(|r| r.script.is_none())) {
+            return Err("plugin configuration has no \"script\" (the Rhai source to run)".into());
+        }
         raw.limits.check()?;
         if !(200..=599).contains(&raw.error_policy.status) {
             return Err(format!(
@@ -159,8 +346,10 @@ impl PluginConfig {
             ));
         }
         Ok(Self {
-            script,
+            script: raw.script,
             user_config: raw.config,
+            rules,
+            tick_period_ms: raw.tick_period_ms,
             limits: raw.limits,
             error_policy: raw.error_policy,
         })
@@ -174,7 +363,7 @@ mod tests {
     #[test]
     fn minimal_configuration_gets_defaults() {
         let c = PluginConfig::parse(br#"{"script": "x"}"#).unwrap();
-        assert_eq!(c.script, "x");
+        assert_eq!(c.script.as_deref(), Some("x"));
         assert_eq!(c.user_config, Value::Null);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.error_policy, ErrorPolicy::default());
@@ -191,6 +380,41 @@ mod tests {
             .contains("limits.max_operations = 5 is out of range"));
         assert!(err(r#"{"script": "", "error_policy": {"mode": "maybe"}}"#).contains("maybe"));
         assert!(err(r#"{"script": "", "error_policy": {"status": 99}}"#).contains("99"));
+    }
+
+    #[test]
+    fn rules_are_parsed_and_checked() {
+        let c = PluginConfig::parse(
+            br#"{"script": "g", "_rules_": [
+                {"_match_route_": ["r1"], "config": {"a": 1}},
+                {"_match_domain_": ["*.example.com", "api.*", "Exact.org:8080"], "script": "s2"},
+                {"_match_service_": ["svc.ns.svc.cluster.local:80", "plain"]},
+                {"_match_route_prefix_": ["admin-"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.rules[0].config, Some(serde_json::json!({"a": 1})));
+        assert_eq!(c.rules[1].script.as_deref(), Some("s2"));
+        let facts = |host, route, cluster| RequestFacts { host, route_name: route, cluster_name: cluster };
+        let m = |i: usize, f: RequestFacts| c.rules[i].matcher.matches(&f);
+        assert!(m(0, facts("", "r1", "")));
+        assert!(!m(0, facts("", "r10", "")));
+        assert!(m(1, facts("www.example.com:443", "", "")));
+        assert!(!m(1, facts("example.com", "", "")));
+        assert!(m(1, facts("api.other.net", "", "")));
+        assert!(m(1, facts("exact.org", "", "")));
+        assert!(m(2, facts("", "", "outbound|80||svc.ns.svc.cluster.local")));
+        assert!(!m(2, facts("", "", "outbound|81||svc.ns.svc.cluster.local")));
+        assert!(m(2, facts("", "", "plain")));
+        assert!(m(3, facts("", "admin-users", "")));
+
+        let err = |json: &str| PluginConfig::parse(json.as_bytes()).unwrap_err();
+        assert!(err(r#"{"script": "", "_rules_": [{"config": {}}]}"#).contains("_rules_[0]: needs one of"));
+        assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "_match_domain_": ["b"]}]}"#).contains("more than one matcher"));
+        assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": []}]}"#).contains("empty"));
+        assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "bogus": 1}]}"#).contains("unknown field `bogus`"));
+        assert!(err(r#"{"_rules_": [{"_match_route_": ["a"]}]}"#).contains("no \"script\""));
+        assert!(PluginConfig::parse(br#"{"_rules_": [{"_match_route_": ["a"], "script": "s"}]}"#).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-pub use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, Status};
+pub use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
 /// A proxy as the binding layer sees it. Every method returns the host's status instead of
 /// panicking, so a refusal becomes a script error, never a trap.
@@ -18,7 +18,7 @@ pub trait Host {
     fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status>;
     /// Replaces a whole header map.
     fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status>;
-    /// The value of one header; several values of the same name come joined by `,`.
+    /// The first value of one header.
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status>;
     /// Sets one header, replacing every value it had (adds it when absent).
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status>;
@@ -60,4 +60,27 @@ pub trait Host {
         body: &[u8],
         timeout: Duration,
     ) -> Result<u32, Status>;
+    /// A property of the stream or the proxy (`["request", "path"]`, `["route_name"]`, …).
+    fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status>;
+    /// Sets a property (filter state) of the stream.
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status>;
+    /// A value shared by every worker, and its version (for compare-and-swap).
+    fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status>;
+    /// Sets a shared value when its version is still `cas` (0: whatever the version);
+    /// `Err(CasMismatch)` when another writer came first.
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status>;
+    /// Defines (or finds) a metric; Envoy shows it in its stats.
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status>;
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status>;
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), Status>;
+    fn get_metric(&self, id: u32) -> Result<u64, Status>;
+    /// The proxy's clock, in nanoseconds since the Unix epoch.
+    fn current_time_nanos(&self) -> Result<u64, Status>;
+    /// Asks for `on_tick` every `period_ms` (0 stops it); root context only.
+    fn set_tick_period(&self, period_ms: u32) -> Result<(), Status>;
+    /// Bytes of the VM's heap in use, when the host counts them (the wasm build does), for
+    /// `limits.max_memory`.
+    fn heap_in_use(&self) -> Option<usize> {
+        None
+    }
 }

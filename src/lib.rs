@@ -7,15 +7,28 @@
 //! - [`host`]: the host trait between the bindings and a proxy.
 //! - `wasm_host` / `wasm`: the host and the proxy-wasm entry points of the wasm build.
 //! - [`emulator`]: a host in memory that behaves like Envoy, for tests and the CLI.
+//!
+//! Native only, for script authors (the `proxy-rhai` command uses them):
+//! - [`testing`]: tests written in Rhai (`*.test.rhai`) and their runner.
+//! - [`check`]: a script checked as the plugin would load it, with warnings.
+//! - [`docs`]: `api-docs/`, the script API reference, generated from the bindings.
 
 pub mod bindings;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod check;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod docs;
 pub mod emulator;
 pub mod host;
 pub mod phase;
 pub mod plugin;
 pub mod stream;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
+#[cfg(target_arch = "wasm32")]
+mod memory;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 #[cfg(target_arch = "wasm32")]

@@ -7,17 +7,24 @@ use std::fmt;
 pub enum Phase {
     RequestHeaders,
     RequestBody,
+    RequestTrailers,
     ResponseHeaders,
     ResponseBody,
+    ResponseTrailers,
+    /// After the response went out, for access-log-style work.
+    Log,
 }
 
 impl Phase {
     /// Every phase, in stream order.
-    pub const ALL: [Phase; 4] = [
+    pub const ALL: [Phase; 7] = [
         Phase::RequestHeaders,
         Phase::RequestBody,
+        Phase::RequestTrailers,
         Phase::ResponseHeaders,
         Phase::ResponseBody,
+        Phase::ResponseTrailers,
+        Phase::Log,
     ];
 
     /// The script function that handles this phase.
@@ -25,14 +32,20 @@ impl Phase {
         match self {
             Phase::RequestHeaders => "on_request_headers",
             Phase::RequestBody => "on_request_body",
+            Phase::RequestTrailers => "on_request_trailers",
             Phase::ResponseHeaders => "on_response_headers",
             Phase::ResponseBody => "on_response_body",
+            Phase::ResponseTrailers => "on_response_trailers",
+            Phase::Log => "on_log",
         }
     }
 
     /// Whether this phase belongs to the request (decoding) side.
     pub const fn is_request(self) -> bool {
-        matches!(self, Phase::RequestHeaders | Phase::RequestBody)
+        matches!(
+            self,
+            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
+        )
     }
 
     const fn bit(self) -> u8 {
@@ -52,14 +65,20 @@ pub struct Phases(u8);
 
 impl Phases {
     pub const NONE: Phases = Phases(0);
-    pub const ALL: Phases = Phases(0b1111);
+    pub const ALL: Phases = Phases(0b111_1111);
     pub const REQUEST_HEADERS: Phases = Phases::of(&[Phase::RequestHeaders]);
     pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody]);
+    pub const REQUEST_TRAILERS: Phases = Phases::of(&[Phase::RequestTrailers]);
     pub const RESPONSE_HEADERS: Phases = Phases::of(&[Phase::ResponseHeaders]);
     pub const RESPONSE_BODY: Phases = Phases::of(&[Phase::ResponseBody]);
+    pub const RESPONSE_TRAILERS: Phases = Phases::of(&[Phase::ResponseTrailers]);
+    /// Where the stream can still be paused, answered or sent a callout.
+    pub const STREAMING: Phases = Phases(Phases::ALL.0 & !Phase::Log.bit());
+    /// Until the response headers went out: where a local response is still possible.
     pub const BEFORE_RESPONSE_BODY: Phases = Phases::of(&[
         Phase::RequestHeaders,
         Phase::RequestBody,
+        Phase::RequestTrailers,
         Phase::ResponseHeaders,
     ]);
 

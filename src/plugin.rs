@@ -1,97 +1,206 @@
-//! A configured plugin: the checked configuration, the compiled script and its engine.
+//! A configured plugin: the checked configuration, its compiled scripts and their engine.
 //!
-//! Built once per plugin configuration; every stream of that configuration shares it.
+//! Built once per plugin configuration; every stream of that configuration shares it. With
+//! Higress rules, each distinct script is compiled once however many rules use it.
 
 use std::rc::Rc;
 
 use rhai::module_resolvers::DummyModuleResolver;
-use rhai::{Dynamic, Engine, OptimizationLevel, Scope, AST};
+use rhai::{CallFnOptions, Dynamic, Engine, OptimizationLevel, Scope, AST};
 
 use crate::bindings::{self, Api, FnDoc, Registrar};
-use crate::config::{Limits, PluginConfig};
-use crate::host::Host;
+use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
+use crate::host::{Host, LogLevel, MapType};
 use crate::phase::{Phase, Phases};
 
-/// A compiled script with everything a stream needs.
+/// Name of the plugin-level timer function.
+pub const TICK_FUNCTION: &str = "on_tick";
+/// Period of `on_tick` when the configuration gives none.
+pub const DEFAULT_TICK_PERIOD_MS: u32 = 1_000;
+
+/// A compiled script and the phase functions it defines (the others never enter Rhai).
+pub struct Script {
+    pub(crate) ast: AST,
+    pub(crate) phases: Phases,
+    pub(crate) has_tick: bool,
+}
+
+/// The script and `config()` value a stream runs with.
+#[derive(Clone)]
+pub(crate) struct Selection {
+    pub script: Rc<Script>,
+    pub config: Dynamic,
+}
+
+/// Everything the streams of one configuration share.
 pub struct Plugin<H> {
     pub(crate) engine: Engine,
-    pub(crate) ast: AST,
     pub(crate) api: Rc<Api<H>>,
-    /// The phase functions the script defines; the others never enter Rhai.
-    pub(crate) phases: Phases,
     pub(crate) config: PluginConfig,
+    /// Script and config for requests no rule matches; `None`: such requests pass untouched.
+    pub(crate) global: Option<Selection>,
+    /// Higress rules, in order: the first that matches wins.
+    pub(crate) rules: Vec<(Matcher, Selection)>,
 }
 
 impl<H: Host + 'static> Plugin<H> {
-    /// Parses the configuration and compiles its script; the error is one line that says why
+    /// Parses the configuration and compiles its scripts; the error is one line that says why
     /// (for a script, with line and column).
     pub fn configure(host: H, configuration: &[u8]) -> Result<Self, String> {
         let config = PluginConfig::parse(configuration)?;
-        let user_config = rhai::serde::to_dynamic(&config.user_config)
-            .map_err(|e| format!("plugin configuration: config cannot be given to Rhai: {e}"))?;
-        let api = Rc::new(Api::new(host, user_config));
+        let api = Rc::new(Api::new(host));
         let engine = new_engine(&config.limits, api.clone(), None);
-        let ast = engine.compile(&config.script).map_err(|e| {
-            format!(
-                "script does not compile: {} at {}",
-                e.err_type(),
-                position(e.position())
-            )
-        })?;
-        let phases = phases_of(&ast)?;
-        let plugin = Self {
-            engine,
-            ast,
-            api,
-            phases,
-            config,
+        let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
+        let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
+            if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
+                return Ok(script.clone());
+            }
+            let script = Rc::new(compile(&engine, source).map_err(|e| format!("{what}{e}"))?);
+            compiled.push((source.to_string(), script.clone()));
+            Ok(script)
         };
-        plugin.run_top_level()?;
+        let global_config = to_rhai(&config.user_config, "config")?;
+        let global = match &config.script {
+            Some(source) => Some(Selection { script: compile(source, "")?, config: global_config.clone() }),
+            None => None,
+        };
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.iter().enumerate() {
+            let script = match (&rule.script, &global) {
+                (Some(source), _) => compile(source, &format!("_rules_[{i}]: "))?,
+                (None, Some(global)) => global.script.clone(),
+                (None, None) => return Err(format!("_rules_[{i}] has no script and there is no global one")),
+            };
+            let config = match &rule.config {
+                Some(value) => to_rhai(value, &format!("_rules_[{i}].config"))?,
+                None => global_config.clone(),
+            };
+            rules.push((rule.matcher.clone(), Selection { script, config }));
+        }
+        let plugin = Self { engine, api, config, global, rules };
+        for selection in plugin.global.iter().chain(plugin.rules.iter().map(|(_, s)| s)) {
+            plugin.run_top_level(selection)?;
+        }
         Ok(plugin)
     }
 
-    /// Runs the script's top-level statements once, so that a script failing there is refused
+    /// Runs a script's top-level statements once, so that a script failing there is refused
     /// at configure time rather than on every request.
-    fn run_top_level(&self) -> Result<(), String> {
-        self.engine
-            .run_ast_with_scope(&mut Scope::new(), &self.ast)
-            .map_err(|e| {
-                format!(
-                    "script failed while loading: {}",
-                    crate::stream::describe_error(&e)
-                )
-            })
+    fn run_top_level(&self, selection: &Selection) -> Result<(), String> {
+        self.api.begin_call(None, selection.config.clone());
+        let result = self.engine.run_ast_with_scope(&mut Scope::new(), &selection.script.ast);
+        self.api.frame.borrow_mut().config = Dynamic::UNIT;
+        result.map_err(|e| format!("script failed while loading: {}", crate::stream::describe_error(&e)))
     }
 
-    /// The user's configuration, as given.
+    /// The configuration, as checked.
     pub fn config(&self) -> &PluginConfig {
         &self.config
     }
 
-    /// Whether the script defines a function for `phase`.
+    /// Whether the global script defines a function for `phase`.
     pub fn handles(&self, phase: Phase) -> bool {
-        self.phases.contains(phase)
+        self.global.as_ref().is_some_and(|g| g.script.phases.contains(phase))
     }
+
+    /// The tick period to ask the proxy for, when the global script defines `on_tick`.
+    pub fn tick_period_ms(&self) -> Option<u32> {
+        let global = self.global.as_ref()?;
+        global.script.has_tick.then_some(match self.config.tick_period_ms {
+            0 => DEFAULT_TICK_PERIOD_MS,
+            period => period,
+        })
+    }
+
+    /// The plugin-level timer: runs the global script's `on_tick()`; an error is logged.
+    pub fn on_tick(&self) {
+        let Some(global) = self.global.as_ref().filter(|g| g.script.has_tick) else {
+            return;
+        };
+        self.api.begin_call(None, global.config.clone());
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &global.script.ast, TICK_FUNCTION, ());
+        self.api.frame.borrow_mut().config = Dynamic::UNIT;
+        if let Err(e) = result {
+            self.api.host.log(LogLevel::Error, &format!("script error in {TICK_FUNCTION}: {}", crate::stream::describe_error(&e)));
+        }
+    }
+
+    /// The script and config for a new request: the first matching rule's, else the global
+    /// ones. Only the facts some rule needs are asked of the proxy.
+    pub(crate) fn select(&self) -> Option<Selection> {
+        if self.rules.is_empty() {
+            return self.global.clone();
+        }
+        let (mut need_host, mut need_route, mut need_cluster) = (false, false, false);
+        for (matcher, _) in &self.rules {
+            let (h, r, c) = matcher.needs();
+            (need_host, need_route, need_cluster) = (need_host || h, need_route || r, need_cluster || c);
+        }
+        let host = &self.api.host;
+        let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        // Envoy names them `xds.route_name` / `xds.cluster_name`; Higress also `route_name`.
+        let property = |xds: &str, plain: &str| {
+            let value = text(host.get_property(&["xds", xds]).ok().flatten());
+            if value.is_empty() { text(host.get_property(&[plain]).ok().flatten()) } else { value }
+        };
+        let authority = if need_host { text(host.get_map_value(MapType::HttpRequestHeaders, ":authority").ok().flatten()) } else { String::new() };
+        let route = if need_route { property("route_name", "route_name") } else { String::new() };
+        let cluster = if need_cluster { property("cluster_name", "cluster_name") } else { String::new() };
+        let facts = RequestFacts { host: &authority, route_name: &route, cluster_name: &cluster };
+        self.rules
+            .iter()
+            .find(|(matcher, _)| matcher.matches(&facts))
+            .map(|(_, selection)| selection.clone())
+            .or_else(|| self.global.clone())
+    }
+}
+
+fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, String> {
+    let value = rhai::serde::to_dynamic(value).map_err(|e| format!("plugin configuration: {what} cannot be given to Rhai: {e}"))?;
+    // Shared and read-only: `config()` hands out the same value to every call, uncopied.
+    Ok(value.into_shared().into_read_only())
+}
+
+/// Compiles one script and finds its phase functions.
+fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
+    let ast = engine
+        .compile(source)
+        .map_err(|e| format!("script does not compile: {} at {}", e.err_type(), position(e.position())))?;
+    let mut phases = Phases::NONE;
+    let mut has_tick = false;
+    for f in ast.iter_functions() {
+        let phase = Phase::ALL.into_iter().find(|p| p.function_name() == f.name);
+        if phase.is_none() && f.name != TICK_FUNCTION {
+            continue;
+        }
+        if !f.params.is_empty() {
+            return Err(format!("script error: {}() must take no parameters", f.name));
+        }
+        match phase {
+            Some(phase) => phases.insert(phase),
+            None => has_tick = true,
+        }
+    }
+    if phases.is_empty() && !has_tick {
+        return Err("script defines no phase function: define at least one of on_request_headers(), \
+                    on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
+                    on_response_trailers(), on_log(), on_tick()"
+            .into());
+    }
+    Ok(Script { ast, phases, has_tick })
 }
 
 /// The API reference, as the bindings declare it.
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let mut docs = Vec::new();
-    new_engine(
-        &Limits::default(),
-        Rc::new(Api::new(host, Dynamic::UNIT)),
-        Some(&mut docs),
-    );
+    new_engine(&Limits::default(), Rc::new(Api::new(host)), Some(&mut docs));
     docs
 }
 
 /// An engine with the sandbox limits and the script API, and nothing else: no module loading,
 /// no `eval`.
-fn new_engine<H: Host + 'static>(
-    limits: &Limits,
-    api: Rc<Api<H>>,
-    docs: Option<&mut Vec<FnDoc>>,
-) -> Engine {
+fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<&mut Vec<FnDoc>>) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits.max_operations)
@@ -105,35 +214,13 @@ fn new_engine<H: Host + 'static>(
         .set_optimization_level(OptimizationLevel::Simple)
         .disable_symbol("eval")
         .disable_symbol("import");
-    bindings::register(&mut Registrar {
-        engine: &mut engine,
-        api,
-        docs,
-    });
+    if api.host.heap_in_use().is_some() {
+        let api = api.clone();
+        let budget = limits.max_memory;
+        engine.on_progress(move |operations| api.over_memory_budget(operations, budget));
+    }
+    bindings::register(&mut Registrar { engine: &mut engine, api, docs });
     engine
-}
-
-/// The phase functions `ast` defines; a phase function with parameters is an error, and so is
-/// a script with none.
-fn phases_of(ast: &AST) -> Result<Phases, String> {
-    let mut phases = Phases::NONE;
-    for f in ast.iter_functions() {
-        if let Some(phase) = Phase::ALL.into_iter().find(|p| p.function_name() == f.name) {
-            if !f.params.is_empty() {
-                return Err(format!(
-                    "script error: {}() must take no parameters",
-                    f.name
-                ));
-            }
-            phases.insert(phase);
-        }
-    }
-    if phases.is_empty() {
-        return Err("script defines no phase function: define at least one of \
-                    on_request_headers(), on_request_body(), on_response_headers(), on_response_body()"
-            .into());
-    }
-    Ok(phases)
 }
 
 fn position(pos: rhai::Position) -> String {

@@ -1,49 +1,65 @@
 //! The phase driver: how one HTTP stream runs through the script.
 //!
 //! The proxy (or the emulator) calls the `on_*` methods as the stream's events arrive; each
-//! returns the [`Action`] for the proxy. Phases the script doesn't define return at once.
+//! returns the [`Action`] for the proxy. Phases the script doesn't define return at once,
+//! without entering Rhai.
 
 use std::rc::Rc;
 
-use rhai::{CallFnOptions, Dynamic, EvalAltResult, Scope};
+use rhai::{CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope};
 
 pub use proxy_wasm::types::Action;
 
 use crate::bindings::{CallAnswer, PhaseAction, Side, StreamState};
 use crate::config::FailMode;
-use crate::host::{Host, LogLevel, MapType};
+use crate::host::{BufferType, Host, LogLevel, MapType};
 use crate::phase::Phase;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, Selection};
 
 /// One HTTP stream (a request and its response) handled by a plugin.
 pub struct HttpStream<H> {
     plugin: Rc<Plugin<H>>,
+    /// The script and config of this stream, chosen at its first event; `None` passes the
+    /// stream through untouched (no rule matched and there is no global script).
+    selection: Option<Selection>,
     state: StreamState,
-    /// Size of the body buffered so far, per side, when a body phase waits for the end.
-    request_body_seen: Option<usize>,
-    response_body_seen: Option<usize>,
+    request: SideState,
+    response: SideState,
+}
+
+/// Where one direction of the stream stands with its body and trailers.
+#[derive(Default)]
+struct SideState {
+    /// Size of the body buffered so far while a body phase waits for the end.
+    body_seen: Option<usize>,
+    /// Trailers arrived while the body phase waited for callouts: their phase runs after.
+    trailers_deferred: bool,
 }
 
 /// How a script call ended.
 type CallResult = Result<Dynamic, Box<EvalAltResult>>;
 
+/// What to call in the script.
+enum Call {
+    Phase,
+    Callback(FnPtr, (i64, rhai::Array, String)),
+}
+
 impl<H: Host + 'static> HttpStream<H> {
     pub fn new(plugin: Rc<Plugin<H>>) -> Self {
         Self {
             plugin,
+            selection: None,
             state: StreamState::default(),
-            request_body_seen: None,
-            response_body_seen: None,
+            request: SideState::default(),
+            response: SideState::default(),
         }
     }
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        self.selection = self.plugin.select();
         let action = self.run_phase(Phase::RequestHeaders);
-        self.prepare_body(
-            Phase::RequestBody,
-            MapType::HttpRequestHeaders,
-            end_of_stream,
-        );
+        self.prepare_body(Phase::RequestBody, MapType::HttpRequestHeaders, end_of_stream);
         action
     }
 
@@ -51,41 +67,32 @@ impl<H: Host + 'static> HttpStream<H> {
         self.on_body(Phase::RequestBody, body_size, end_of_stream)
     }
 
-    /// Trailers end the body: a body phase still waiting for the end runs now.
+    /// Trailers end the body: a body phase still waiting for the end runs first.
     pub fn on_request_trailers(&mut self) -> Action {
-        match self.request_body_seen {
-            Some(size) => self.on_body(Phase::RequestBody, size, true),
-            None => Action::Continue,
-        }
+        self.on_trailers(Phase::RequestBody, Phase::RequestTrailers)
     }
 
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
-        if self.state.local_response_sent {
-            // Our own local response passing back through the filter: not the upstream's.
-            return Action::Continue;
-        }
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(
-            Phase::ResponseBody,
-            MapType::HttpResponseHeaders,
-            end_of_stream,
-        );
+        self.prepare_body(Phase::ResponseBody, MapType::HttpResponseHeaders, end_of_stream);
         action
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.state.local_response_sent {
-            return Action::Continue;
-        }
         self.on_body(Phase::ResponseBody, body_size, end_of_stream)
     }
 
     pub fn on_response_trailers(&mut self) -> Action {
-        match self.response_body_seen {
-            Some(size) if !self.state.local_response_sent => {
-                self.on_body(Phase::ResponseBody, size, true)
+        self.on_trailers(Phase::ResponseBody, Phase::ResponseTrailers)
+    }
+
+    /// The stream is over: `on_log()` runs (its errors are only logged).
+    pub fn on_log(&mut self) {
+        self.state.calls.clear();
+        if self.defines(Phase::Log) {
+            if let Err(e) = self.enter(Phase::Log, None, Call::Phase) {
+                self.log_error(Phase::Log, &e, false);
             }
-            _ => Action::Continue,
         }
     }
 
@@ -96,79 +103,78 @@ impl<H: Host + 'static> HttpStream<H> {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let api = &self.plugin.api;
-        let status = if num_headers == 0 {
-            0
-        } else {
-            api.host
-                .get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        let headers: rhai::Array = if num_headers == 0 {
-            rhai::Array::new()
-        } else {
-            api.host
-                .get_map(MapType::HttpCallResponseHeaders)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| {
-                    let pair: rhai::Array =
-                        vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
-                    pair.into()
-                })
-                .collect()
-        };
-        let body = api
-            .host
-            .get_buffer(crate::host::BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let args = self.call_answer(num_headers, body_size);
         let answer = CallAnswer { body_size };
-        let result = self.enter(call.phase, Some(answer), |plugin| {
-            call.callback
-                .call::<Dynamic>(&plugin.engine, &plugin.ast, (status, headers, body))
-        });
-        let side = Side::of(call.phase);
+        let result = self.enter(call.phase, Some(answer), Call::Callback(call.callback, args));
         if let Err(e) = result {
             self.fail(call.phase, &e, true);
             return;
         }
-        if !self.state.calls.iter().any(|c| Side::of(c.phase) == side) {
-            self.resume(side);
+        let side = Side::of(call.phase);
+        if self.state.local_response_sent || self.pending(side) {
+            return;
         }
+        let side_state = if side == Side::Request { &mut self.request } else { &mut self.response };
+        if std::mem::take(&mut side_state.trailers_deferred) {
+            let trailers = if side == Side::Request { Phase::RequestTrailers } else { Phase::ResponseTrailers };
+            if self.run_phase(trailers) == Action::Pause {
+                return; // paused again: its own callouts (or a local response) take over
+            }
+        }
+        self.resume(side);
+    }
+
+    /// The callback's arguments: status (0 without an answer), headers, body.
+    fn call_answer(&self, num_headers: usize, body_size: usize) -> (i64, rhai::Array, String) {
+        if num_headers == 0 {
+            return (0, rhai::Array::new(), String::new());
+        }
+        let host = &self.plugin.api.host;
+        let headers = host.get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| {
+                let pair: rhai::Array = vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
+                pair.into()
+            })
+            .collect();
+        let body = host
+            .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        (status, headers, body)
+    }
+
+    fn defines(&self, phase: Phase) -> bool {
+        self.selection.as_ref().is_some_and(|s| s.script.phases.contains(phase))
+    }
+
+    fn pending(&self, side: Side) -> bool {
+        self.state.calls.iter().any(|c| Side::of(c.phase) == side)
     }
 
     /// Runs a phase function when the script defines it, and decides the proxy's action.
     fn run_phase(&mut self, phase: Phase) -> Action {
-        if !self.plugin.phases.contains(phase) || self.state.local_response_sent {
+        if !self.defines(phase) || self.state.local_response_sent {
             return Action::Continue;
         }
-        let result = self.enter(phase, None, |plugin| {
-            let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-            plugin.engine.call_fn_with_options::<Dynamic>(
-                options,
-                &mut Scope::new(),
-                &plugin.ast,
-                phase.function_name(),
-                (),
-            )
-        });
-        let returned = match result {
+        let returned = match self.enter(phase, None, Call::Phase) {
             Ok(value) => value,
             Err(e) => return self.fail(phase, &e, false),
         };
-        let side = Side::of(phase);
         if self.state.local_response_sent {
             self.state.calls.clear();
             return Action::Pause;
         }
         if self.state.calls.iter().any(|c| c.phase == phase) {
-            self.state.paused = Some(side);
+            self.state.paused = Some(Side::of(phase));
             return Action::Pause;
         }
         match returned.try_cast::<PhaseAction>() {
@@ -178,58 +184,56 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// Lends the stream state to the bindings for one call into Rhai.
-    fn enter(
-        &mut self,
-        phase: Phase,
-        answer: Option<CallAnswer>,
-        call: impl FnOnce(&Plugin<H>) -> CallResult,
-    ) -> CallResult {
+    fn enter(&mut self, phase: Phase, answer: Option<CallAnswer>, call: Call) -> CallResult {
+        let Some(selection) = self.selection.clone() else {
+            return Ok(Dynamic::UNIT);
+        };
         let plugin = self.plugin.clone();
+        plugin.api.begin_call(Some(phase), selection.config.clone());
         {
             let mut frame = plugin.api.frame.borrow_mut();
-            frame.phase = Some(phase);
             frame.answer = answer;
             frame.stream = std::mem::take(&mut self.state);
         }
-        let result = call(&plugin);
+        let ast = &selection.script.ast;
+        let result = match call {
+            Call::Phase => {
+                let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+                plugin.engine.call_fn_with_options::<Dynamic>(options, &mut Scope::new(), ast, phase.function_name(), ())
+            }
+            Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
+        };
         let mut frame = plugin.api.frame.borrow_mut();
         frame.phase = None;
         frame.answer = None;
+        frame.config = Dynamic::UNIT;
         self.state = std::mem::take(&mut frame.stream);
         result
     }
 
     /// A body phase runs once, on the whole body: until the end the proxy buffers.
     fn on_body(&mut self, phase: Phase, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.plugin.phases.contains(phase) || self.state.local_response_sent {
+        if !self.defines(phase) || self.state.local_response_sent {
             return Action::Continue;
         }
         let max = self.plugin.config.limits.max_body_size;
         if body_size > max {
-            self.log(
+            self.plugin.api.host.log(
                 LogLevel::Warn,
                 &format!("{phase}: body of {body_size} bytes is over limits.max_body_size ({max})"),
             );
-            let status = if phase.is_request() { 413 } else { 500 };
-            return self.answer_locally(
-                status,
-                if phase.is_request() {
-                    "Payload Too Large\n"
-                } else {
-                    "Internal Server Error\n"
-                },
-            );
+            return if phase.is_request() {
+                self.answer_locally(413, "Payload Too Large\n")
+            } else {
+                self.answer_locally(500, "Internal Server Error\n")
+            };
         }
-        let seen = if phase.is_request() {
-            &mut self.request_body_seen
-        } else {
-            &mut self.response_body_seen
-        };
+        let side = if phase.is_request() { &mut self.request } else { &mut self.response };
         if !end_of_stream {
-            *seen = Some(body_size);
+            side.body_seen = Some(body_size);
             return Action::Pause;
         }
-        *seen = None;
+        side.body_seen = None;
         if phase.is_request() {
             self.state.request_body_len = body_size;
         } else {
@@ -238,60 +242,58 @@ impl<H: Host + 'static> HttpStream<H> {
         self.run_phase(phase)
     }
 
+    fn on_trailers(&mut self, body_phase: Phase, trailers_phase: Phase) -> Action {
+        let side = if body_phase.is_request() { &mut self.request } else { &mut self.response };
+        if let Some(size) = side.body_seen {
+            if self.on_body(body_phase, size, true) == Action::Pause {
+                // Waiting for the body phase's callouts: the trailers phase runs after them.
+                let side = if body_phase.is_request() { &mut self.request } else { &mut self.response };
+                side.trailers_deferred = !self.state.local_response_sent;
+                return Action::Pause;
+            }
+        }
+        self.run_phase(trailers_phase)
+    }
+
     /// A body phase may change the body's length, and the headers have gone on before it:
     /// drop `content-length` so the message stays well-formed (the proxy frames it anew).
     fn prepare_body(&mut self, body_phase: Phase, headers: MapType, end_of_stream: bool) {
-        if !end_of_stream
-            && self.plugin.phases.contains(body_phase)
-            && !self.state.local_response_sent
-        {
-            let _ = self
-                .plugin
-                .api
-                .host
-                .remove_map_value(headers, "content-length");
+        if !end_of_stream && self.defines(body_phase) && !self.state.local_response_sent {
+            let _ = self.plugin.api.host.remove_map_value(headers, "content-length");
         }
     }
 
     fn resume(&mut self, side: Side) {
-        // The driver's own resume: the state is back with the stream, lend it briefly.
+        // The driver's own resume goes through the same bookkeeping as the script's.
         let api = &self.plugin.api;
-        let mut frame = api.frame.borrow_mut();
-        frame.stream = std::mem::take(&mut self.state);
-        drop(frame);
+        api.frame.borrow_mut().stream = std::mem::take(&mut self.state);
         let resumed = api.resume(side);
         self.state = std::mem::take(&mut api.frame.borrow_mut().stream);
         if let Err(status) = resumed {
-            self.log(
-                LogLevel::Warn,
-                &format!("resuming the {side:?} failed: {status:?}"),
-            );
+            api.host.log(LogLevel::Warn, &format!("resuming the {side:?} failed: {status:?}"));
         }
     }
 
-    /// Applies the error policy to a failed script call.
-    fn fail(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) -> Action {
+    fn log_error(&self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
         let request_id = self
             .plugin
             .api
             .host
-            .get_map_value(MapType::HttpRequestHeaders, "x-request-id")
+            .get_property(&["request", "id"])
             .ok()
             .flatten()
             .map(|id| String::from_utf8_lossy(&id).into_owned())
             .unwrap_or_else(|| "-".into());
-        let place = if in_callback {
-            "callout callback of "
-        } else {
-            ""
-        };
-        self.log(
+        let place = if in_callback { "callout callback of " } else { "" };
+        self.plugin.api.host.log(
             LogLevel::Error,
-            &format!(
-                "script error in {place}{phase} (request {request_id}): {}",
-                describe_error(error)
-            ),
+            &format!("script error in {place}{phase} (request {request_id}): {}", describe_error(error)),
         );
+    }
+
+    /// Applies the error policy to a failed script call.
+    fn fail(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) -> Action {
+        self.log_error(phase, error, in_callback);
         self.state.calls.clear();
         let policy = &self.plugin.config.error_policy;
         match policy.mode {
@@ -314,23 +316,14 @@ impl<H: Host + 'static> HttpStream<H> {
             self.state.local_response_sent = true;
             self.state.calls.clear();
             let headers: [(&str, &[u8]); 1] = [("content-type", b"text/plain")];
-            if let Err(s) =
+            if let Err(s) = self.plugin.api.host.send_http_response(status, &headers, body.as_bytes()) {
                 self.plugin
                     .api
                     .host
-                    .send_http_response(status, &headers, body.as_bytes())
-            {
-                self.log(
-                    LogLevel::Warn,
-                    &format!("local response {status} refused by the proxy: {s:?}"),
-                );
+                    .log(LogLevel::Warn, &format!("local response {status} refused by the proxy: {s:?}"));
             }
         }
         Action::Pause
-    }
-
-    fn log(&self, level: LogLevel, message: &str) {
-        self.plugin.api.host.log(level, message);
     }
 }
 
@@ -347,7 +340,10 @@ pub fn describe_error(error: &EvalAltResult) -> String {
         }
         inner = err;
     }
-    let mut text = inner.to_string();
+    let mut text = match inner {
+        EvalAltResult::ErrorTerminated(reason, _) => format!("Script terminated: {reason}"),
+        _ => inner.to_string(),
+    };
     if inner.position().is_none() && !call_site.is_none() {
         text.push_str(&format!(" ({call_site})"));
     }

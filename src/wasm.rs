@@ -31,6 +31,11 @@ impl RootContext for Root {
             .unwrap_or_default();
         match Plugin::configure(WasmHost, &bytes) {
             Ok(plugin) => {
+                if let Some(period) = plugin.tick_period_ms() {
+                    if let Err(s) = WasmHost.set_tick_period(period) {
+                        WasmHost.log(LogLevel::Warn, &format!("proxy-rhai: on_tick disabled, the proxy refused the period ({s:?})"));
+                    }
+                }
                 self.plugin = Some(Rc::new(plugin));
                 true
             }
@@ -41,6 +46,12 @@ impl RootContext for Root {
                 );
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(plugin) = &self.plugin {
+            plugin.on_tick();
         }
     }
 
@@ -73,6 +84,12 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
+    fn on_log(&mut self) {
+        if let Some(s) = &mut self.0 {
+            s.on_log();
+        }
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.0
             .as_mut()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 
-use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, Status};
+use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 /// The proxy the plugin runs in.
 #[derive(Clone, Copy, Default)]
@@ -80,6 +80,48 @@ extern "C" {
         grpc_status: i32,
     ) -> Status;
     fn proxy_continue_stream(stream_type: u32) -> Status;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
+    fn proxy_define_metric(
+        metric_type: MetricType,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> Status;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> Status;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
+}
+
+/// A property path as the ABI wants it: the segments joined by NUL.
+fn property_path(path: &[&str]) -> Bytes {
+    path.join("\0").into_bytes()
 }
 
 fn ok(status: Status) -> Result<(), Status> {
@@ -213,6 +255,68 @@ impl Host for WasmHost {
         // answers a refused call with one of those.
         let body = (!body.is_empty()).then_some(body);
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+    }
+
+    fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
+        let path = property_path(path);
+        let (mut data, mut size) = (null_mut(), 0);
+        match unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) } {
+            Status::Ok => Ok(unsafe { take_host_bytes(data, size) }.or(Some(Vec::new()))),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
+        let path = property_path(path);
+        ok(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+    }
+
+    fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {
+        let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+        match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+            Status::Ok => Ok((unsafe { take_host_bytes(data, size) }.or(Some(Vec::new())), cas)),
+            Status::NotFound => Ok((None, 0)),
+            other => Err(other),
+        }
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+        ok(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+    }
+
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        let mut id = 0;
+        ok(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+        Ok(id)
+    }
+
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status> {
+        ok(unsafe { proxy_increment_metric(id, offset) })
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
+        ok(unsafe { proxy_record_metric(id, value) })
+    }
+
+    fn get_metric(&self, id: u32) -> Result<u64, Status> {
+        let mut value = 0;
+        ok(unsafe { proxy_get_metric(id, &mut value) })?;
+        Ok(value)
+    }
+
+    fn current_time_nanos(&self) -> Result<u64, Status> {
+        let mut now = 0;
+        ok(unsafe { proxy_get_current_time_nanoseconds(&mut now) })?;
+        Ok(now)
+    }
+
+    fn set_tick_period(&self, period_ms: u32) -> Result<(), Status> {
+        ok(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+    }
+
+    fn heap_in_use(&self) -> Option<usize> {
+        Some(crate::memory::in_use())
     }
 }
 

@@ -309,3 +309,15 @@ fn call_answer_getters_only_in_callbacks_and_convenience_defaults() {
     );
     assert_eq!(header(&o.callouts[0].headers, "x-k").as_deref(), Some("v"));
 }
+
+#[test]
+fn an_unreachable_target_answers_envoys_503_and_a_timeout_status_zero() {
+    let p = plugin(r#"fn on_request_headers() {
+        http_get("auth", "/", [], 100, |status, headers, body| { add_request_header("x-got", `${status}|${headers.len()}|${body}`); });
+    }"#);
+    let o = p.run_with(&Request::get("/"), &mut Response::ok("up"), &mut |_: &Callout| Reply::Reset);
+    assert_eq!(
+        o.upstream_header("x-got").as_deref(),
+        Some("503|3|upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+    );
+}

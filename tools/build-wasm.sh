@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 cargo build --release --target wasm32-wasip1 --lib
 wasm-opt -O3 --strip-debug --strip-producers \
   target/wasm32-wasip1/release/proxy_rhai.wasm -o target/proxy_rhai.wasm
-ls -l target/proxy_rhai.wasm | awk '{print "built target/proxy_rhai.wasm: " $5 " bytes"}'
+echo "built target/proxy_rhai.wasm: $(stat -c %s target/proxy_rhai.wasm) bytes"

@@ -1,7 +1,7 @@
 //! [`EmulatorHost`]: the [`Host`] trait in memory, behaving like Envoy 1.40.
 //!
 //! Envoy facts it reproduces (each checked in Envoy; the end-to-end tests keep checking):
-//! - header names are lowercased; a value read by name joins duplicates with `,`;
+//! - header names are lowercased; a value read by name is the first of its values;
 //! - request headers are there only while the request headers phase runs (or is paused), and
 //!   response headers only during the response headers phase: otherwise reads find nothing
 //!   and writes are refused (BadArgument);
@@ -11,11 +11,11 @@
 //! - a callout needs a known cluster and `:method`, `:path`, `:authority`.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, Status};
+use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 /// A header map: lowercase names, order and duplicates kept.
 pub type Headers = Vec<(String, Bytes)>;
@@ -46,13 +46,19 @@ pub struct CalloutAnswer {
     pub trailers: Headers,
 }
 
-/// Which header maps Envoy currently gives the filter.
+/// Which maps Envoy currently gives the filter: each header or trailer map only during its
+/// own callback (or while paused there), both header maps again in the log phase; the
+/// request's properties (`request.*`) are missing while the response body streams.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Window {
     #[default]
     None,
     RequestHeaders,
+    RequestTrailers,
     ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    Log,
 }
 
 /// Everything the host knows about the stream being handled.
@@ -88,6 +94,24 @@ pub(crate) struct HostState {
     pub next_token: u32,
     /// Every host call the plugin made, in order, for traces.
     pub calls: Vec<String>,
+    /// Properties of the proxy and the current stream, by dotted path (`request.path`).
+    pub properties: BTreeMap<String, Bytes>,
+    /// Shared data: value and version, as every worker sees it.
+    pub shared: BTreeMap<String, (Bytes, u32)>,
+    /// Metrics by id: kind, name, value.
+    pub metrics: Vec<Metric>,
+    /// The proxy clock, in nanoseconds since the Unix epoch.
+    pub now_nanos: u64,
+    /// The tick period the plugin asked for, in milliseconds (0: none).
+    pub tick_period_ms: u32,
+}
+
+/// A metric the plugin defined, as Envoy's stats would show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub kind: MetricType,
+    pub name: String,
+    pub value: u64,
 }
 
 /// A shared handle on the emulated proxy; the plugin holds one, the emulator another.
@@ -121,14 +145,14 @@ impl EmulatorHost {
         let mut state = self.0.borrow_mut();
         let s = &mut state.stream;
         let headers = match map {
-            MapType::HttpRequestHeaders if s.window == Window::RequestHeaders => {
+            MapType::HttpRequestHeaders if matches!(s.window, Window::RequestHeaders | Window::Log) => {
                 &mut s.request_headers
             }
-            MapType::HttpResponseHeaders if s.window == Window::ResponseHeaders => {
+            MapType::HttpResponseHeaders if matches!(s.window, Window::ResponseHeaders | Window::Log) => {
                 &mut s.response_headers
             }
-            MapType::HttpRequestTrailers => &mut s.request_trailers,
-            MapType::HttpResponseTrailers => &mut s.response_trailers,
+            MapType::HttpRequestTrailers if s.window == Window::RequestTrailers => &mut s.request_trailers,
+            MapType::HttpResponseTrailers if s.window == Window::ResponseTrailers => &mut s.response_trailers,
             MapType::HttpCallResponseHeaders => match &mut s.answer {
                 Some(a) => &mut a.headers,
                 None => return Err(Status::NotFound),
@@ -169,14 +193,8 @@ impl Host for EmulatorHost {
 
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
         let name = lower(name);
-        self.with_map(map, |h| {
-            let values: Vec<&[u8]> = h
-                .iter()
-                .filter(|(k, _)| *k == name)
-                .map(|(_, v)| &v[..])
-                .collect();
-            (!values.is_empty()).then(|| values.join(&b","[..]))
-        })
+        // Like Envoy: the first value only.
+        self.with_map(map, |h| h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
     }
 
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -331,5 +349,85 @@ impl Host for EmulatorHost {
             timeout,
         });
         Ok(token)
+    }
+
+    fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
+        let state = self.0.borrow();
+        let path = path.join(".");
+        if path.starts_with("request.") && matches!(state.stream.window, Window::ResponseBody | Window::ResponseTrailers) {
+            return Ok(Some(Vec::new())); // as Envoy: empty while the response body streams
+        }
+        Ok(state.properties.get(&path).cloned())
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
+        self.trace(format!("set_property({path:?}, {})", show(value)));
+        self.0.borrow_mut().properties.insert(path.join("."), value.to_vec());
+        Ok(())
+    }
+
+    fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {
+        Ok(match self.0.borrow().shared.get(key) {
+            Some((value, version)) => (Some(value.clone()), *version),
+            None => (None, 0),
+        })
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+        self.trace(format!("set_shared_data({key:?}, {}, cas {cas})", show(value)));
+        let mut state = self.0.borrow_mut();
+        let entry = state.shared.entry(key.to_string()).or_insert((Vec::new(), 0));
+        // Like Envoy: a nonzero cas must match the current version.
+        if cas != 0 && cas != entry.1 {
+            return Err(Status::CasMismatch);
+        }
+        *entry = (value.to_vec(), entry.1 + 1);
+        Ok(())
+    }
+
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+        let mut state = self.0.borrow_mut();
+        if let Some(id) = state.metrics.iter().position(|m| m.name == name && m.kind == kind) {
+            return Ok(id as u32);
+        }
+        state.metrics.push(Metric { kind, name: name.to_string(), value: 0 });
+        Ok(state.metrics.len() as u32 - 1)
+    }
+
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status> {
+        self.trace(format!("increment_metric({id}, {offset})"));
+        let mut state = self.0.borrow_mut();
+        let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
+        if metric.kind == MetricType::Histogram || (metric.kind == MetricType::Counter && offset < 0) {
+            return Err(Status::BadArgument);
+        }
+        metric.value = metric.value.saturating_add_signed(offset);
+        Ok(())
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
+        self.trace(format!("record_metric({id}, {value})"));
+        let mut state = self.0.borrow_mut();
+        let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
+        metric.value = value;
+        Ok(())
+    }
+
+    fn get_metric(&self, id: u32) -> Result<u64, Status> {
+        let state = self.0.borrow();
+        let metric = state.metrics.get(id as usize).ok_or(Status::NotFound)?;
+        match metric.kind {
+            MetricType::Histogram => Err(Status::BadArgument),
+            _ => Ok(metric.value),
+        }
+    }
+
+    fn current_time_nanos(&self) -> Result<u64, Status> {
+        Ok(self.0.borrow().now_nanos)
+    }
+
+    fn set_tick_period(&self, period_ms: u32) -> Result<(), Status> {
+        self.0.borrow_mut().tick_period_ms = period_ms;
+        Ok(())
     }
 }

@@ -33,6 +33,10 @@ use crate::stream::HttpStream;
 /// itself (413 for a request, 500 for a response).
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 
+/// The body of the 503 Envoy answers a callout with when its target can't be reached.
+pub const UPSTREAM_RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+
 /// A request as the client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -44,6 +48,10 @@ pub struct Request {
     pub trailers: Headers,
     /// The body arrives in chunks of at most this many bytes.
     pub chunk_size: usize,
+    /// The route Envoy matched (property `xds.route_name`).
+    pub route_name: String,
+    /// The upstream cluster of that route (property `xds.cluster_name`).
+    pub cluster_name: String,
 }
 
 impl Request {
@@ -66,6 +74,8 @@ impl Request {
             body,
             trailers: Vec::new(),
             chunk_size: 16 << 10,
+            route_name: "default".into(),
+            cluster_name: "upstream".into(),
         }
     }
 
@@ -166,8 +176,12 @@ pub enum Reply {
         headers: Headers,
         body: Vec<u8>,
     },
-    /// No answer: the call times out (or the target resets); the callback sees status 0.
+    /// No answer in time: the callback sees status 0, no headers, an empty body.
     NoAnswer,
+    /// The target refused the connection or reset it before answering: like Envoy, the
+    /// callback sees Envoy's own 503 (`upstream connect error or disconnect/reset before
+    /// headers. reset reason: remote connection failure`).
+    Reset,
 }
 
 /// Decides the answer to each callout.
@@ -336,6 +350,8 @@ impl Emulator {
         let mut outcome = Outcome::default();
         run.exchange(request, upstream, &mut outcome);
         run.answer_late_callouts();
+        run.state().window = Window::Log;
+        run.stream.on_log();
         let mut state = self.host.0.borrow_mut();
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
         outcome.log = state.log[log_start..].to_vec();
@@ -361,6 +377,7 @@ impl Run<'_> {
     }
 
     fn exchange(&mut self, request: &Request, upstream: &mut dyn Upstream, outcome: &mut Outcome) {
+        self.set_request_properties(request);
         // Request headers.
         {
             let mut s = self.state();
@@ -385,6 +402,7 @@ impl Run<'_> {
             Err(flow) => return self.finish(flow, outcome, None),
         };
         if !request.trailers.is_empty() {
+            self.state().window = Window::RequestTrailers;
             let action = self.stream.on_request_trailers();
             match self.settle(action, true) {
                 Flow::Proceed => body.extend(self.take_held(true)),
@@ -392,7 +410,8 @@ impl Run<'_> {
             }
         }
         let forwarded = {
-            let s = self.state();
+            let mut s = self.state();
+            s.window = Window::None;
             Forwarded {
                 headers: s.request_headers.clone(),
                 body,
@@ -401,6 +420,7 @@ impl Run<'_> {
         };
         let response = upstream.respond(&forwarded);
         outcome.upstream = Some(forwarded);
+        self.host.0.borrow_mut().properties.insert("response.code".into(), i64::from(response.status).to_le_bytes().to_vec());
 
         // Response headers.
         {
@@ -417,7 +437,7 @@ impl Run<'_> {
         }
         let headers = {
             let mut s = self.state();
-            s.window = Window::None;
+            s.window = Window::ResponseBody;
             s.response_headers.clone()
         };
         let status = header(&headers, ":status")
@@ -438,6 +458,7 @@ impl Run<'_> {
             Err(flow) => return self.finish(flow, outcome, Some(sent)),
         };
         if !response.trailers.is_empty() {
+            self.state().window = Window::ResponseTrailers;
             let action = self.stream.on_response_trailers();
             match self.settle(action, false) {
                 Flow::Proceed => body.extend(self.take_held(false)),
@@ -445,6 +466,37 @@ impl Run<'_> {
             }
         }
         outcome.response = ClientResponse { body, ..sent };
+    }
+
+    /// The properties Envoy gives for this stream (the useful ones, in Envoy's encodings).
+    fn set_request_properties(&mut self, request: &Request) {
+        let mut state = self.host.0.borrow_mut();
+        let id = header(&request.headers, "x-request-id").unwrap_or_else(|| format!("emulated-{}", state.next_token));
+        let now = state.now_nanos;
+        let text = |v: &str| v.as_bytes().to_vec();
+        let int = |v: i64| v.to_le_bytes().to_vec();
+        let size = request.body.len() as i64;
+        for (key, value) in [
+            ("request.path", text(&request.path)),
+            ("request.url_path", text(request.path.split('?').next().unwrap_or_default())),
+            ("request.method", text(&request.method)),
+            ("request.host", text(&request.authority)),
+            ("request.scheme", text("http")),
+            ("request.protocol", text("HTTP/1.1")),
+            ("request.id", text(&id)),
+            ("request.time", int(now as i64)),
+            ("request.size", int(size)),
+            ("source.address", text("127.0.0.1:40000")),
+            ("source.port", int(40000)),
+            ("destination.address", text("127.0.0.1:10000")),
+            ("destination.port", int(10000)),
+            ("xds.route_name", text(&request.route_name)),
+            ("xds.cluster_name", text(&request.cluster_name)),
+            ("plugin_name", text("proxy-rhai")),
+        ] {
+            state.properties.insert(key.to_string(), value);
+        }
+        state.properties.remove("response.code");
     }
 
     /// The body a filter still buffers when trailers let it go.
@@ -602,6 +654,16 @@ impl Run<'_> {
                 )
             }
             Reply::NoAnswer => (CalloutAnswer::default(), 0, 0),
+            Reply::Reset => {
+                let body = UPSTREAM_RESET_BODY.as_bytes().to_vec();
+                let headers: Headers = vec![
+                    (":status".into(), b"503".to_vec()),
+                    ("content-length".into(), body.len().to_string().into_bytes()),
+                    ("content-type".into(), b"text/plain".to_vec()),
+                ];
+                let (n, size) = (headers.len(), body.len());
+                (CalloutAnswer { headers, body, trailers: Vec::new() }, n, size)
+            }
         };
         self.delivered.push(call.token);
         self.state().answer = Some(answer);
@@ -643,6 +705,12 @@ impl Run<'_> {
                             "content-length".into(),
                             local.body.len().to_string().into_bytes(),
                         ));
+                        // What the log phase sees as the response.
+                        self.state().response_headers = headers.clone();
+                        self.host.0.borrow_mut().properties.insert(
+                            "response.code".into(),
+                            i64::from(local.status).to_le_bytes().to_vec(),
+                        );
                         ClientResponse {
                             status: local.status,
                             headers,

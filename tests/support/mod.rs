@@ -23,16 +23,25 @@
 //! ```
 //!
 //! and exits with status 1; no listener ever opens, so there is no 500 or 503 to observe. The
-//! same happens with the plugin's `fail_open: true` (only the "fail closed" line is missing) and
-//! with `failure_policy: FAIL_OPEN`: those settings only govern a VM that fails while serving.
-//! [`Envoy::try_start`] returns that log as its error, so a test can assert the refusal.
+//! same happens with the filter's `fail_open: true` (only the "fail closed" line is missing) and
+//! with `failure_policy: FAIL_OPEN` (every line as above): neither lets Envoy start without the
+//! plugin. [`Envoy::try_start`] returns that log as its error, so a test can assert the refusal.
+//!
+//! # A VM that fails while serving (same Envoy)
+//!
+//! A trap (e.g. `Uncaught RuntimeError: unreachable` after a failed allocation, or `memory
+//! access out of bounds` after a stack overflow) is logged as
+//! `Function: proxy_on_request_headers failed: Uncaught RuntimeError: ...` with an in-VM
+//! backtrace; that request and every later one get `503` with an empty body, and the stats
+//! count nothing (`wasm.proxy-rhai.vm_reload*` stay 0). So [`Envoy::assert_healthy`] reads the
+//! log.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -61,7 +70,8 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn wasm_path() -> PathBuf {
     let path = match std::env::var_os("PROXY_RHAI_WASM") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/wasm32-wasip1/release/proxy_rhai.wasm"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/wasm32-wasip1/release/proxy_rhai.wasm"),
     };
     assert!(
         path.is_file(),
@@ -101,15 +111,25 @@ fn read_headers(r: &mut impl BufRead) -> io::Result<Vec<(String, String)>> {
         if line.is_empty() {
             return Ok(headers);
         }
-        let colon = line.iter().position(|&b| b == b':').ok_or_else(|| bad("header line without ':'"))?;
-        let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
-        let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_string();
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| bad("header line without ':'"))?;
+        let name = String::from_utf8_lossy(&line[..colon])
+            .trim()
+            .to_ascii_lowercase();
+        let value = String::from_utf8_lossy(&line[colon + 1..])
+            .trim()
+            .to_string();
         headers.push((name, value));
     }
 }
 
 fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn is_chunked(headers: &[(String, String)]) -> bool {
@@ -123,7 +143,8 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
         let line = read_line(r)?.ok_or_else(|| bad("connection closed inside a chunked body"))?;
         let text = String::from_utf8_lossy(&line);
         let size_text = text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad(format!("bad chunk size line {text:?}")))?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| bad(format!("bad chunk size line {text:?}")))?;
         if size == 0 {
             while !read_line(r)?.unwrap_or_default().is_empty() {}
             return Ok(body);
@@ -137,15 +158,24 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
 
 /// A body framed by content-length or chunked encoding; else empty (a request) or up to the
 /// end of the connection (a response, when `to_close`).
-fn read_body(r: &mut impl BufRead, headers: &[(String, String)], to_close: bool) -> io::Result<Vec<u8>> {
+fn read_body(
+    r: &mut impl BufRead,
+    headers: &[(String, String)],
+    to_close: bool,
+) -> io::Result<Vec<u8>> {
     if is_chunked(headers) {
         return read_chunked(r);
     }
     if let Some(len) = find(headers, "content-length") {
-        let len: usize = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
+        let len: usize = len
+            .parse()
+            .map_err(|_| bad(format!("bad content-length {len:?}")))?;
         let mut body = vec![0; len];
         r.read_exact(&mut body).map_err(|e| {
-            io::Error::new(e.kind(), format!("body shorter than its content-length {len}: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("body shorter than its content-length {len}: {e}"),
+            )
         })?;
         return Ok(body);
     }
@@ -268,7 +298,12 @@ fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
     };
     let headers = read_headers(r)?;
     let body = read_body(r, &headers, false)?;
-    Ok(Some(Request { method: method.to_string(), target: target.to_string(), headers, body }))
+    Ok(Some(Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        headers,
+        body,
+    }))
 }
 
 fn serve_connection(conn: TcpStream, state: &ServerState) -> io::Result<()> {
@@ -319,7 +354,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(w: &mut impl Write, status: u16, headers: &[(String, String)], body: &[u8]) -> io::Result<()> {
+fn write_response(
+    w: &mut impl Write,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (n, v) in headers {
         let _ = write!(head, "{n}: {v}\r\n");
@@ -361,7 +401,10 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
         }
         ["bytes", n] => {
             let n = n.parse().unwrap_or(0);
-            let headers = vec![("content-type".to_string(), "application/octet-stream".to_string())];
+            let headers = vec![(
+                "content-type".to_string(),
+                "application/octet-stream".to_string(),
+            )];
             write_response(w, 200, &headers, &pattern(n))
         }
         ["chunks", k, n] => {
@@ -379,7 +422,9 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
         }
         ["json"] => write_response(w, 200, &json_type(), br#"{"fixed":"json","n":1}"#),
         ["delay", ms] => {
-            thread::sleep(Duration::from_millis(ms.parse::<u64>().unwrap_or(0).min(10_000)));
+            thread::sleep(Duration::from_millis(
+                ms.parse::<u64>().unwrap_or(0).min(10_000),
+            ));
             write_response(w, 200, &json_type(), &echo_json(req, None))
         }
         ["headers"] => {
@@ -413,7 +458,12 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
             };
             drop(counts);
             let outcome = if reached { "reached" } else { "timeout" };
-            write_response(w, 200, &json_type(), &echo_json(req, Some(("barrier", json!(outcome)))))
+            write_response(
+                w,
+                200,
+                &json_type(),
+                &echo_json(req, Some(("barrier", json!(outcome)))),
+            )
         }
         _ => write_response(w, 200, &json_type(), &echo_json(req, None)),
     }
@@ -440,7 +490,11 @@ impl Reply {
 
     /// Every value of a header, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn text(&self) -> String {
@@ -462,11 +516,20 @@ impl Reply {
             v["body"].as_str(),
             v["body_len"].as_u64(),
         ) else {
-            panic!("reply is not an upstream echo: status {} body {}", self.status, self.text());
+            panic!(
+                "reply is not an upstream echo: status {} body {}",
+                self.status,
+                self.text()
+            );
         };
         let headers = headers
             .iter()
-            .map(|p| (p[0].as_str().unwrap_or("").to_string(), p[1].as_str().unwrap_or("").to_string()))
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or("").to_string(),
+                    p[1].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
         Echo {
             method: method.to_string(),
@@ -498,7 +561,11 @@ impl Echo {
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Asserts the body's framing is right: a content-length, when there is one, is the
@@ -519,12 +586,13 @@ impl Echo {
 // The client
 // ---------------------------------------------------------------------------------------------
 
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Reads one response (skipping 1xx) from `stream`.
@@ -547,19 +615,32 @@ fn read_reply(stream: &TcpStream, head_request: bool) -> io::Result<Reply> {
         } else {
             read_body(&mut r, &headers, true)?
         };
-        return Ok(Reply { status, headers, body });
+        return Ok(Reply {
+            status,
+            headers,
+            body,
+        });
     }
 }
 
 /// Sends what `write` writes on a new connection to `addr` and reads the response.
-fn exchange(addr: SocketAddr, head_request: bool, write: impl FnOnce(&mut TcpStream) -> io::Result<()>) -> io::Result<Reply> {
-    let mut stream = connect(addr);
+fn exchange(
+    addr: SocketAddr,
+    head_request: bool,
+    write: impl FnOnce(&mut TcpStream) -> io::Result<()>,
+) -> io::Result<Reply> {
+    let mut stream = connect(addr)?;
     write(&mut stream)?;
     stream.flush()?;
     read_reply(&stream, head_request)
 }
 
-fn request_head(method: &str, path: &str, headers: &[(&str, &str)], body_len: Option<usize>) -> Vec<u8> {
+fn request_head(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: Option<usize>,
+) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     if !has("host") {
@@ -617,7 +698,8 @@ impl EnvoyBuilder {
 
     /// Starts Envoy and waits until it serves; panics with the tail of its log when it doesn't.
     pub fn start(self) -> Envoy {
-        self.try_start().unwrap_or_else(|log| panic!("Envoy did not start:\n{}", tail(&log, 60)))
+        self.try_start()
+            .unwrap_or_else(|log| panic!("Envoy did not start:\n{}", tail(&log, 60)))
     }
 
     /// Starts Envoy; `Err` holds its whole log (and stderr) when it exits or never gets ready.
@@ -675,7 +757,10 @@ wait "$pid""#;
                 envoy.cleanup_dir();
                 return Err(format!("{log}\n(envoy exited: {status})"));
             }
-            if let Some(admin) = fs::read_to_string(&admin_path).ok().and_then(|a| a.trim().parse().ok()) {
+            if let Some(admin) = fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|a| a.trim().parse().ok())
+            {
                 envoy.admin = admin;
                 if envoy.admin_get("/ready").is_ok_and(|r| r.status == 200) {
                     break;
@@ -687,8 +772,11 @@ wait "$pid""#;
             }
             thread::sleep(Duration::from_millis(50));
         }
-        let listeners = envoy.admin_get("/listeners?format=json").map_err(|e| format!("admin /listeners: {e}"))?;
-        let port = listeners.json()["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        let listeners = envoy
+            .admin_get("/listeners?format=json")
+            .map_err(|e| format!("admin /listeners: {e}"))?;
+        let port = listeners.json()["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
             .as_u64()
             .ok_or_else(|| format!("no listener port in {}", listeners.text()))?;
         envoy.addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
@@ -767,7 +855,10 @@ wait "$pid""#;
         if let Some(limit) = self.buffer_limit {
             listener["per_connection_buffer_limit_bytes"] = json!(limit);
         }
-        let mut clusters = vec![self.cluster_json("upstream", upstream_port), self.cluster_json("callout", callout_port)];
+        let mut clusters = vec![
+            self.cluster_json("upstream", upstream_port),
+            self.cluster_json("callout", callout_port),
+        ];
         clusters.extend(self.clusters.iter().map(|(n, p)| self.cluster_json(n, *p)));
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -778,7 +869,9 @@ wait "$pid""#;
 
 fn fresh_dir() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
         "proxy-rhai-e2e-{}-{}-{nanos}",
         std::process::id(),
@@ -816,6 +909,7 @@ pub fn vm_failures(log: &str) -> Vec<&str> {
             (l.contains("Function: proxy_on_") && l.contains("failed"))
                 || l.contains("Uncaught RuntimeError")
                 || l.contains("panicked at")
+                || l.contains("memory allocation of")
                 || l.contains("Wasm VM failed")
         })
         .collect()
@@ -861,17 +955,37 @@ impl Envoy {
     }
 
     fn admin_get(&self, path: &str) -> io::Result<Reply> {
-        exchange(self.admin, false, |s| s.write_all(&request_head("GET", path, &[], None)))
+        self.admin_request("GET", path)
+    }
+
+    /// A request to Envoy's admin interface (e.g. `GET /clusters`, `GET /stats`).
+    pub fn admin_request(&self, method: &str, path: &str) -> io::Result<Reply> {
+        let body_len = (method == "POST").then_some(0);
+        exchange(self.admin, false, |s| {
+            s.write_all(&request_head(method, path, &[], body_len))
+        })
     }
 
     /// Sends a request on a new connection; `content-length` (and `host`) are added unless
     /// given. Panics when no response comes back.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         self.try_request(method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: no response from Envoy: {e}"))
     }
 
-    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Reply> {
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Reply> {
         let with_length = !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
         let head = request_head(method, path, headers, with_length.then_some(body.len()));
         exchange(self.addr, method == "HEAD", |s| {
@@ -886,12 +1000,20 @@ impl Envoy {
 
     /// Sends these exact bytes (e.g. a header value that is not UTF-8) and reads the response.
     pub fn raw(&self, bytes: &[u8]) -> Reply {
-        exchange(self.addr, bytes.starts_with(b"HEAD "), |s| s.write_all(bytes))
-            .unwrap_or_else(|e| panic!("raw request: no response from Envoy: {e}"))
+        exchange(self.addr, bytes.starts_with(b"HEAD "), |s| {
+            s.write_all(bytes)
+        })
+        .unwrap_or_else(|e| panic!("raw request: no response from Envoy: {e}"))
     }
 
     /// Sends a body in chunked encoding, one write (and flush) per chunk.
-    pub fn request_chunked(&self, method: &str, path: &str, headers: &[(&str, &str)], chunks: &[&[u8]]) -> Reply {
+    pub fn request_chunked(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        chunks: &[&[u8]],
+    ) -> Reply {
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("transfer-encoding", "chunked"));
         let head = request_head(method, path, &all, None);
@@ -913,13 +1035,38 @@ impl Envoy {
         .unwrap_or_else(|e| panic!("{method} {path} (chunked): no response from Envoy: {e}"))
     }
 
-    /// Envoy's log so far (it is written every few milliseconds: this waits for that first).
+    fn read_log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Envoy's log, up to now: everything logged before this call is in it.
+    ///
+    /// Envoy writes its log file every few milliseconds, so this first asks the admin
+    /// interface to log a line of its own (`POST /logging?misc=info` logs "change log level")
+    /// and waits (at most 10 s) until that line is written: every line logged before it, e.g.
+    /// while a request that already got its response was handled, is written too.
     pub fn log(&self) -> String {
-        thread::sleep(Duration::from_millis(LOG_FLUSH_MS * 5));
-        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        const MARKER: &str = "change log level: name='misc'";
+        let before = self.read_log().matches(MARKER).count();
+        if self.admin_request("POST", "/logging?misc=info").is_err() {
+            // Envoy is gone: its last lines are written already, or soon.
+            thread::sleep(Duration::from_millis(LOG_FLUSH_MS * 5));
+            return self.read_log();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.read_log();
+            if log.matches(MARKER).count() > before || Instant::now() > deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(LOG_FLUSH_MS / 2));
+        }
     }
 
     /// Waits (at most 10 s) until the log has a line containing `needle`; returns that line.
+    /// (A line logged before this call is found at once; this also waits for later ones.)
     pub fn wait_for_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -928,20 +1075,32 @@ impl Envoy {
                 return line.to_string();
             }
             if Instant::now() > deadline {
-                panic!("no log line contains {needle:?}; log tail:\n{}", tail(&log, 40));
+                panic!(
+                    "no log line contains {needle:?}; log tail:\n{}",
+                    tail(&log, 40)
+                );
             }
         }
     }
 
     /// Plugin log lines (`wasm log ...`) containing `needle`.
     pub fn plugin_log_lines(&self, needle: &str) -> Vec<String> {
-        self.log().lines().filter(|l| l.contains("wasm log") && l.contains(needle)).map(str::to_string).collect()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("wasm log") && l.contains(needle))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Admin `/stats` lines about wasm.
     pub fn wasm_stats(&self) -> String {
         match self.admin_get("/stats") {
-            Ok(r) => r.text().lines().filter(|l| l.contains("wasm")).collect::<Vec<_>>().join("\n"),
+            Ok(r) => r
+                .text()
+                .lines()
+                .filter(|l| l.contains("wasm"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             Err(e) => format!("(admin /stats failed: {e})"),
         }
     }
@@ -967,7 +1126,11 @@ impl Envoy {
 
     /// Envoy's log file, stdout and stderr.
     fn full_output(&self) -> String {
-        let read = |name: &str| fs::read(self.dir.join(name)).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let read = |name: &str| {
+            fs::read(self.dir.join(name))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
         let mut out = read("envoy.log");
         for extra in ["stderr", "stdout"] {
             let text = read(extra);

@@ -1,0 +1,217 @@
+//! More of the proxy: properties, trailers, shared data and metrics.
+
+use std::collections::HashMap;
+
+use rhai::{Array, Dynamic, ImmutableString, Map};
+
+use super::{bytes_of, err, lossy, refused, Allowed, Api, Registrar, ScriptResult};
+use crate::host::{Host, MapType, MetricType, Status};
+use crate::phase::Phases;
+
+/// Properties Envoy encodes as 64-bit little-endian integers.
+const INTEGER_PROPERTIES: [&str; 13] = [
+    "request.size",
+    "request.total_size",
+    "request.duration",
+    "request.time",
+    "response.code",
+    "response.size",
+    "response.total_size",
+    "response.grpc_status",
+    "response.flags",
+    "source.port",
+    "destination.port",
+    "upstream.port",
+    "connection.id",
+];
+
+/// A property path from `["request", "path"]` or `"request.path"`.
+fn property_path(f: &str, path: &Dynamic) -> ScriptResult<Vec<String>> {
+    if let Some(s) = path.read_lock::<ImmutableString>() {
+        return Ok(s.split('.').map(str::to_string).collect());
+    }
+    if let Some(parts) = path.read_lock::<Array>() {
+        return parts
+            .iter()
+            .map(|p| p.read_lock::<ImmutableString>().map(|s| s.to_string()))
+            .collect::<Option<Vec<_>>>()
+            .map_or_else(|| err(format!("{f}(): a path is an array of strings")), Ok);
+    }
+    err(format!("{f}(): a path is an array of strings or a dotted string, got {}", path.type_name()))
+}
+
+fn get_property_raw<H: Host>(a: &Api<H>, f: &str, path: &Dynamic) -> ScriptResult<(String, Option<Vec<u8>>)> {
+    let path = property_path(f, path)?;
+    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    let value = a.host.get_property(&parts).or_else(|s| refused(f, s))?;
+    Ok((path.join("."), value))
+}
+
+/// Metric ids by kind and name, defined on first use.
+#[derive(Default)]
+pub(crate) struct Metrics(HashMap<(u8, String), u32>);
+
+fn metric_id<H: Host>(a: &Api<H>, f: &str, kind: MetricType, name: &str) -> ScriptResult<u32> {
+    let key = (kind as u8, name.to_string());
+    if let Some(id) = a.metrics.borrow().0.get(&key) {
+        return Ok(*id);
+    }
+    let id = a.host.define_metric(kind, name).or_else(|s| refused(f, s))?;
+    a.metrics.borrow_mut().0.insert(key, id);
+    Ok(id)
+}
+
+pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
+    use Allowed::{Anywhere, In};
+
+    // Properties.
+    bind!(reg, "get_property", Anywhere, "string, int, or () when absent",
+        "A property of the request or the proxy, by path: `[\"request\", \"path\"]` or `\"request.path\"`. Sizes, ports, codes, times and durations come as integers; everything else as a string. Useful: `request.path`, `request.method`, `request.host`, `request.id`, `source.address`, `destination.address`, `route_name`, `cluster_name`, `plugin_name`, `response.code` (response phases).",
+        r#"fn on_request_headers() {
+    add_request_header("x-client", get_property(["source", "address"]));
+}"#,
+        |a, path: Dynamic| {
+            let (name, value) = get_property_raw(a, "get_property", &path)?;
+            Ok(match value {
+                None => Dynamic::UNIT,
+                Some(bytes) if INTEGER_PROPERTIES.contains(&name.as_str()) && bytes.len() == 8 => {
+                    let mut le = [0u8; 8];
+                    le.copy_from_slice(&bytes);
+                    Dynamic::from(i64::from_le_bytes(le))
+                }
+                Some(bytes) => lossy(&bytes).into(),
+            })
+        });
+    bind!(reg, "get_property_bytes", Anywhere, "blob, or () when absent",
+        "A property's raw bytes, as the proxy encodes them.",
+        |a, path: Dynamic| {
+            let (_, value) = get_property_raw(a, "get_property_bytes", &path)?;
+            Ok(value.map_or(Dynamic::UNIT, Dynamic::from_blob))
+        });
+    bind!(reg, "set_property", In(Phases::ALL), "()",
+        "Sets a property of the stream (Envoy filter state), e.g. for later filters or access logs.",
+        r#"fn on_request_headers() {
+    set_property("tenant", "acme");
+}"#,
+        |a, path: Dynamic, value: Dynamic| {
+            let path = property_path("set_property", &path)?;
+            let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+            a.host.set_property(&parts, &bytes_of("set_property", &value)?).or_else(|s| refused("set_property", s))
+        });
+
+    // Trailers: the header table, in the trailer phases.
+    const RQT: Allowed = In(Phases::REQUEST_TRAILERS);
+    const RST: Allowed = In(Phases::RESPONSE_TRAILERS);
+    use MapType::{HttpRequestTrailers as REQ, HttpResponseTrailers as RESP};
+    bind!(reg, "get_request_trailers", RQT, "array of [name, value]", "All request trailers, in order.",
+        |a| a.get_headers("get_request_trailers", REQ));
+    bind!(reg, "get_request_trailer", RQT, "string, or () when absent", "The first value of one request trailer.",
+        |a, name: &str| a.get_header("get_request_trailer", REQ, name));
+    bind!(reg, "replace_request_trailers", RQT, "()", "Replaces all request trailers (pairs or map).",
+        |a, trailers: Dynamic| a.set_headers("replace_request_trailers", REQ, &trailers));
+    bind!(reg, "replace_request_trailer", RQT, "()", "Sets one request trailer; adds it when absent.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("replace_request_trailer", &value)?;
+            a.host.replace_map_value(REQ, name, &v).or_else(|s| refused("replace_request_trailer", s))
+        });
+    bind!(reg, "add_request_trailer", RQT, "()", "Adds a request trailer value.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("add_request_trailer", &value)?;
+            a.host.add_map_value(REQ, name, &v).or_else(|s| refused("add_request_trailer", s))
+        });
+    bind!(reg, "remove_request_trailer", RQT, "()", "Removes a request trailer.",
+        |a, name: &str| a.host.remove_map_value(REQ, name).or_else(|s| refused("remove_request_trailer", s)));
+    bind!(reg, "get_response_trailers", RST, "array of [name, value]", "All response trailers, in order.",
+        |a| a.get_headers("get_response_trailers", RESP));
+    bind!(reg, "get_response_trailer", RST, "string, or () when absent", "The first value of one response trailer.",
+        |a, name: &str| a.get_header("get_response_trailer", RESP, name));
+    bind!(reg, "replace_response_trailers", RST, "()", "Replaces all response trailers (pairs or map).",
+        |a, trailers: Dynamic| a.set_headers("replace_response_trailers", RESP, &trailers));
+    bind!(reg, "replace_response_trailer", RST, "()", "Sets one response trailer; adds it when absent.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("replace_response_trailer", &value)?;
+            a.host.replace_map_value(RESP, name, &v).or_else(|s| refused("replace_response_trailer", s))
+        });
+    bind!(reg, "add_response_trailer", RST, "()", "Adds a response trailer value.",
+        |a, name: &str, value: Dynamic| {
+            let v = bytes_of("add_response_trailer", &value)?;
+            a.host.add_map_value(RESP, name, &v).or_else(|s| refused("add_response_trailer", s))
+        });
+    bind!(reg, "remove_response_trailer", RST, "()", "Removes a response trailer.",
+        |a, name: &str| a.host.remove_map_value(RESP, name).or_else(|s| refused("remove_response_trailer", s)));
+
+    // Shared data.
+    bind!(reg, "shared_get", Anywhere, "#{value: string or (), version: int}",
+        "A value shared by every worker of the proxy, and its version (0 when absent). Pass the version to `shared_set` to update it only if nobody else did meanwhile.",
+        r#"fn on_request_headers() {
+    let hits = shared_get("hits");
+    log_info(`hits so far: ${hits.value ?? "0"}`);
+}"#,
+        |a, key: &str| {
+            let (value, version) = a.host.get_shared_data(key).or_else(|s| refused("shared_get", s))?;
+            let mut map = Map::new();
+            map.insert("value".into(), value.map_or(Dynamic::UNIT, |v| lossy(&v).into()));
+            map.insert("version".into(), Dynamic::from(i64::from(version)));
+            Ok(map)
+        });
+    bind!(reg, "shared_set", Anywhere, "bool: false when `version` is stale",
+        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap; 0 stores whatever the version).",
+        r#"fn on_request_headers() {
+    // A counter without lost updates: retry when another worker came first.
+    for attempt in 0..10 {
+        let current = shared_get("hits");
+        let next = parse_int(current.value ?? "0") + 1;
+        if shared_set("hits", next.to_string(), current.version) { break; }
+    }
+}"#,
+        |a, key: &str, value: Dynamic, version: i64| {
+            let bytes = bytes_of("shared_set", &value)?;
+            let version = u32::try_from(version).or_else(|_| err(format!("shared_set(): version {version} is not a version")))?;
+            match a.host.set_shared_data(key, &bytes, version) {
+                Ok(()) => Ok(true),
+                Err(Status::CasMismatch) => Ok(false),
+                Err(s) => refused("shared_set", s),
+            }
+        });
+
+    // Metrics, defined on first use; Envoy shows them in its stats.
+    bind!(reg, "increment_counter", Anywhere, "()",
+        "Adds `delta` (≥ 0) to the counter `name`, defining it on first use.",
+        r#"fn on_request_headers() {
+    increment_counter("requests_seen", 1);
+}"#,
+        |a, name: &str, delta: i64| {
+            if delta < 0 {
+                return err(format!("increment_counter(): a counter only grows, got {delta}"));
+            }
+            let id = metric_id(a, "increment_counter", MetricType::Counter, name)?;
+            a.host.increment_metric(id, delta).or_else(|s| refused("increment_counter", s))
+        });
+    bind!(reg, "set_gauge", Anywhere, "()", "Sets the gauge `name` to `value` (≥ 0).",
+        |a, name: &str, value: i64| {
+            let value = u64::try_from(value).or_else(|_| err(format!("set_gauge(): a gauge is ≥ 0, got {value}")))?;
+            let id = metric_id(a, "set_gauge", MetricType::Gauge, name)?;
+            a.host.record_metric(id, value).or_else(|s| refused("set_gauge", s))
+        });
+    bind!(reg, "add_to_gauge", Anywhere, "()", "Adds `delta` (may be negative) to the gauge `name`.",
+        |a, name: &str, delta: i64| {
+            let id = metric_id(a, "add_to_gauge", MetricType::Gauge, name)?;
+            a.host.increment_metric(id, delta).or_else(|s| refused("add_to_gauge", s))
+        });
+    bind!(reg, "record_histogram", Anywhere, "()", "Records `value` (≥ 0) in the histogram `name`.",
+        |a, name: &str, value: i64| {
+            let value = u64::try_from(value).or_else(|_| err(format!("record_histogram(): a value is ≥ 0, got {value}")))?;
+            let id = metric_id(a, "record_histogram", MetricType::Histogram, name)?;
+            a.host.record_metric(id, value).or_else(|s| refused("record_histogram", s))
+        });
+    bind!(reg, "get_counter", Anywhere, "int", "The current value of the counter `name` (this proxy's view).",
+        |a, name: &str| {
+            let id = metric_id(a, "get_counter", MetricType::Counter, name)?;
+            a.host.get_metric(id).map(|v| v as i64).or_else(|s| refused("get_counter", s))
+        });
+    bind!(reg, "get_gauge", Anywhere, "int", "The current value of the gauge `name`.",
+        |a, name: &str| {
+            let id = metric_id(a, "get_gauge", MetricType::Gauge, name)?;
+            a.host.get_metric(id).map(|v| v as i64).or_else(|s| refused("get_gauge", s))
+        });
+}

@@ -1,0 +1,343 @@
+//! Requests, responses, callout answers and outcomes as JSON values: what `proxy-rhai run`
+//! reads and prints, and what test scripts write as maps (`#{ path: "/", headers: … }`).
+//!
+//! Headers are a map (`{"name": "value"}`, a value may be an array of values) or an array of
+//! `[name, value]` pairs (order and duplicates kept). Bodies are strings, or arrays of bytes
+//! (a Rhai blob). Every field is optional; an unknown field is an error, so a typo never goes
+//! unnoticed.
+
+use serde_json::{json, Map, Value};
+
+use crate::emulator::{header, Callout, Forwarded, Headers, Outcome, Reply, Request, Response};
+use crate::host::LogLevel;
+
+/// The fields a request may have.
+pub const REQUEST_FIELDS: &[&str] = &[
+    "method",
+    "path",
+    "authority",
+    "headers",
+    "body",
+    "trailers",
+    "chunk_size",
+];
+/// The fields a response (or a callout answer) may have.
+pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "trailers", "chunk_size"];
+
+/// A request from its description; defaults: `GET /` for `example.com`, no body.
+///
+/// ```
+/// let r = proxy_rhai::testing::spec::request(&serde_json::json!(
+///     {"method": "POST", "path": "/a", "headers": {"x-user": "ann"}, "body": "hi"}
+/// )).unwrap();
+/// assert_eq!((r.method.as_str(), r.body.as_slice()), ("POST", &b"hi"[..]));
+/// ```
+pub fn request(value: &Value) -> Result<Request, String> {
+    let fields = object("request", value, REQUEST_FIELDS)?;
+    let mut r = Request::get("/");
+    if let Some(v) = fields.get("method") {
+        r.method = text("request.method", v)?;
+    }
+    if let Some(v) = fields.get("path") {
+        r.path = text("request.path", v)?;
+    }
+    if let Some(v) = fields.get("authority") {
+        r.authority = text("request.authority", v)?;
+    }
+    if let Some(v) = fields.get("headers") {
+        r.headers = headers("request.headers", v)?;
+    }
+    if let Some(v) = fields.get("body") {
+        r.body = body("request.body", v)?;
+    }
+    if let Some(v) = fields.get("trailers") {
+        r.trailers = headers("request.trailers", v)?;
+    }
+    if let Some(v) = fields.get("chunk_size") {
+        r.chunk_size = chunk_size("request.chunk_size", v)?;
+    }
+    Ok(r)
+}
+
+/// An upstream response from its description; defaults: 200, no headers, no body.
+pub fn response(value: &Value) -> Result<Response, String> {
+    let fields = object("response", value, RESPONSE_FIELDS)?;
+    let mut r = Response::new(200, Vec::new());
+    if let Some(v) = fields.get("status") {
+        r.status = status("response.status", v)?;
+    }
+    if let Some(v) = fields.get("headers") {
+        r.headers = headers("response.headers", v)?;
+    }
+    if let Some(v) = fields.get("body") {
+        r.body = body("response.body", v)?;
+    }
+    if let Some(v) = fields.get("trailers") {
+        r.trailers = headers("response.trailers", v)?;
+    }
+    if let Some(v) = fields.get("chunk_size") {
+        r.chunk_size = chunk_size("response.chunk_size", v)?;
+    }
+    Ok(r)
+}
+
+/// A callout answer: `{"status", "headers", "body"}` (status defaults to 200), `null` or
+/// `"timeout"` for no answer in time, `"reset"` for a target that resets the connection.
+pub fn reply(value: &Value) -> Result<Reply, String> {
+    match value {
+        Value::Null => Ok(Reply::NoAnswer),
+        Value::String(s) if s == "timeout" => Ok(Reply::NoAnswer),
+        Value::String(s) if s == "reset" => Ok(Reply::Reset),
+        Value::Object(_) => {
+            let fields = object("answer", value, &["status", "headers", "body"])?;
+            Ok(Reply::Answer {
+                status: match fields.get("status") {
+                    Some(v) => status("answer.status", v)?,
+                    None => 200,
+                },
+                headers: match fields.get("headers") {
+                    Some(v) => headers("answer.headers", v)?,
+                    None => Vec::new(),
+                },
+                body: match fields.get("body") {
+                    Some(v) => body("answer.body", v)?,
+                    None => Vec::new(),
+                },
+            })
+        }
+        other => Err(format!(
+            "a callout answer is a map (status, headers, body), () or \"timeout\" for no answer, \
+             or \"reset\"; got {other}"
+        )),
+    }
+}
+
+/// The request as it reached the upstream: `method`, `path`, `authority` (from the
+/// pseudo-headers), `headers`, `body`, `trailers`.
+pub fn forwarded(request: &Forwarded) -> Value {
+    json!({
+        "method": header(&request.headers, ":method"),
+        "path": header(&request.headers, ":path"),
+        "authority": header(&request.headers, ":authority"),
+        "headers": pairs(&request.headers),
+        "body": lossy(&request.body),
+        "trailers": pairs(&request.trailers),
+    })
+}
+
+/// A callout the script made: `cluster`, `method`, `path`, `authority`, `headers`, `body`,
+/// `timeout_ms`.
+pub fn callout(call: &Callout) -> Value {
+    json!({
+        "cluster": call.cluster,
+        "method": header(&call.headers, ":method"),
+        "path": header(&call.headers, ":path"),
+        "authority": header(&call.headers, ":authority"),
+        "headers": pairs(&call.headers),
+        "body": lossy(&call.body),
+        "timeout_ms": u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Everything a request did, as JSON: `upstream` (see [`forwarded`]; null when the request
+/// never got there), `response`, `callouts` (see [`callout`]), `log`, `errors` (the script
+/// errors), `stalled` (or null) and `trace`.
+pub fn outcome(outcome: &Outcome) -> Value {
+    let upstream = outcome.upstream.as_ref().map(forwarded);
+    let r = &outcome.response;
+    let callouts: Vec<Value> = outcome.callouts.iter().map(callout).collect();
+    let log: Vec<Value> = outcome
+        .log
+        .iter()
+        .map(|l| json!({"level": level_name(l.level), "message": l.message}))
+        .collect();
+    json!({
+        "upstream": upstream,
+        "response": {
+            "status": r.status,
+            "headers": pairs(&r.headers),
+            "body": lossy(&r.body),
+            "local": r.local,
+            "reset": r.reset,
+        },
+        "callouts": callouts,
+        "log": log,
+        "errors": outcome.script_errors(),
+        "stalled": outcome.stalled,
+        "trace": outcome.trace,
+    })
+}
+
+/// Whether a callout's `:path` matches `pattern`: equal, or starting with what comes before a
+/// final `*`.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == pattern,
+    }
+}
+
+/// The name of a log level as scripts write it (`log_info` → `info`).
+pub fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+        LogLevel::Critical => "critical",
+    }
+}
+
+/// Headers as `[name, value]` pairs, values as text.
+pub fn pairs(headers: &Headers) -> Value {
+    headers.iter().map(|(k, v)| json!([k, lossy(v)])).collect()
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn object<'a>(
+    what: &str,
+    value: &'a Value,
+    known: &[&str],
+) -> Result<&'a Map<String, Value>, String> {
+    match value {
+        Value::Object(fields) => {
+            if let Some(bad) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(format!(
+                    "{what}: unknown field `{bad}` (known: {})",
+                    known.join(", ")
+                ));
+            }
+            Ok(fields)
+        }
+        other => Err(format!("{what} must be a map, got {other}")),
+    }
+}
+
+fn text(what: &str, value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!("{what} must be a string, got {other}")),
+    }
+}
+
+fn status(what: &str, value: &Value) -> Result<u32, String> {
+    value
+        .as_u64()
+        .filter(|s| (100..=999).contains(s))
+        .map(|s| s as u32)
+        .ok_or_else(|| format!("{what} must be an HTTP status (100..=999), got {value}"))
+}
+
+fn chunk_size(what: &str, value: &Value) -> Result<usize, String> {
+    value
+        .as_u64()
+        .filter(|s| *s > 0)
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or_else(|| format!("{what} must be a positive number of bytes, got {value}"))
+}
+
+fn body(what: &str, value: &Value) -> Result<Vec<u8>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(s.as_bytes().to_vec()),
+        Value::Array(items) => items
+            .iter()
+            .map(|b| {
+                b.as_u64()
+                    .and_then(|b| u8::try_from(b).ok())
+                    .ok_or_else(|| format!("{what}: {b} is not a byte"))
+            })
+            .collect(),
+        other => Err(format!("{what} must be a string or bytes, got {other}")),
+    }
+}
+
+fn headers(what: &str, value: &Value) -> Result<Headers, String> {
+    let mut out = Headers::new();
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (name, v) in map {
+                match v {
+                    Value::Array(values) => {
+                        for v in values {
+                            out.push((name.to_ascii_lowercase(), header_value(what, v)?));
+                        }
+                    }
+                    v => out.push((name.to_ascii_lowercase(), header_value(what, v)?)),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item.as_array().map(Vec::as_slice) {
+                    Some([Value::String(name), v]) => {
+                        out.push((name.to_ascii_lowercase(), header_value(what, v)?))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{what}: each header must be a [name, value] pair, got {item}"
+                        ))
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "{what} must be a map or an array of [name, value] pairs, got {other}"
+            ))
+        }
+    }
+    Ok(out)
+}
+
+fn header_value(what: &str, value: &Value) -> Result<Vec<u8>, String> {
+    match value {
+        Value::Array(_) => body(what, value),
+        v => Ok(text(what, v)?.into_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_defaults_and_refuse_unknown_fields() {
+        let r = request(&json!({})).unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/"));
+        let e = request(&json!({"heders": {}})).unwrap_err();
+        assert!(e.contains("unknown field `heders`"), "{e}");
+        let r =
+            request(&json!({"headers": [["X-A", "1"], ["x-a", 2]], "body": [104, 105]})).unwrap();
+        assert_eq!(
+            r.headers,
+            vec![("x-a".into(), b"1".to_vec()), ("x-a".into(), b"2".to_vec())]
+        );
+        assert_eq!(r.body, b"hi");
+        assert!(request(&json!({"body": [300]})).is_err());
+    }
+
+    #[test]
+    fn replies_cover_answers_timeouts_and_resets() {
+        assert_eq!(reply(&Value::Null).unwrap(), Reply::NoAnswer);
+        assert_eq!(reply(&json!("timeout")).unwrap(), Reply::NoAnswer);
+        assert_eq!(reply(&json!("reset")).unwrap(), Reply::Reset);
+        assert_eq!(
+            reply(&json!({"body": "x"})).unwrap(),
+            Reply::Answer {
+                status: 200,
+                headers: vec![],
+                body: b"x".to_vec()
+            }
+        );
+        assert!(reply(&json!(5)).is_err());
+        assert!(reply(&json!({"status": 42})).is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! The `proxy-rhai` command itself: run, check, test and docs on small scripts, exit codes,
+//! the summary line, `--json`, one-line errors, `--help`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn proxy_rhai(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("proxy-rhai runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh folder with these files.
+fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, content) in files {
+        std::fs::write(dir.join(file), content).unwrap();
+    }
+    dir
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).to_string_lossy().into_owned()
+}
+
+const AUTH: &str = r#"
+fn on_request_headers() {
+    http_get("auth", "/token", [], 500, |status, headers, body| {
+        if status != 200 { send_http_response(403, [], `denied ${status}`); return; }
+        add_request_header("authorization", "Bearer " + parse_json(body).token);
+    });
+}
+fn on_response_headers() {
+    if get_response_header("x-boom") != () { throw "boom"; }
+}
+"#;
+
+#[test]
+fn run_shows_the_host_calls_and_the_forwarded_request() {
+    let o = proxy_rhai(&["run", "scripts/hello.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(r#"add_header(HttpRequestHeaders, "hello", "world")"#),
+        "{out}"
+    );
+    assert!(out.contains("== forwarded to the upstream"), "{out}");
+    assert!(out.contains("  hello: world"), "{out}");
+    assert!(
+        out.contains("== response to the client: 200 (from the upstream)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_json_parses_and_shows_a_local_response() {
+    let o = proxy_rhai(&[
+        "run",
+        "scripts/hello.rhai",
+        "--config",
+        r#"{"mockEnable": true}"#,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("--json prints JSON");
+    assert_eq!(v["upstream"], serde_json::Value::Null);
+    assert_eq!(v["response"]["status"], 200);
+    assert_eq!(v["response"]["local"], true);
+    assert_eq!(v["response"]["body"], "hello world");
+    assert_eq!(v["request"]["path"], "/");
+    assert!(
+        v["trace"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("send_http_response(200"),
+        "{v}"
+    );
+}
+
+#[test]
+fn run_answers_callouts_and_reads_requests_and_responses_from_files() {
+    let dir = folder(
+        "run_callouts",
+        &[
+            ("auth.rhai", AUTH),
+            (
+                "req.http",
+                "POST /orders HTTP/1.1\nHost: shop\nX-User: ann\n\n{\"id\":1}",
+            ),
+            (
+                "resp.json",
+                r#"{"status": 201, "headers": {"x-up": "1"}, "body": "made"}"#,
+            ),
+        ],
+    );
+    let o = proxy_rhai(&[
+        "run",
+        &path(&dir, "auth.rhai"),
+        "--request",
+        &path(&dir, "req.http"),
+        "--response",
+        &path(&dir, "resp.json"),
+        "--callout",
+        r#"auth/token=200:{"token":"t-1"}"#,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let upstream = &v["upstream"];
+    assert_eq!(
+        (upstream["method"].as_str(), upstream["authority"].as_str()),
+        (Some("POST"), Some("shop"))
+    );
+    assert!(
+        upstream["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["authorization", "Bearer t-1"])),
+        "{v}"
+    );
+    assert_eq!(upstream["body"], "{\"id\":1}");
+    assert_eq!(
+        (
+            v["response"]["status"].as_u64(),
+            v["response"]["body"].as_str()
+        ),
+        (Some(201), Some("made"))
+    );
+    assert_eq!(v["callouts"][0]["cluster"], "auth");
+
+    let o = proxy_rhai(&["run", &path(&dir, "auth.rhai"), "--callout", "auth=timeout"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("== response to the client: 403 (local response)"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn run_exits_1_when_the_script_fails_on_the_request() {
+    let dir = folder("run_fails", &[("auth.rhai", AUTH)]);
+    let o = proxy_rhai(&[
+        "run",
+        &path(&dir, "auth.rhai"),
+        "--callout",
+        r#"auth={"body": "{\"token\":\"t\"}"}"#,
+        "--response",
+        r#"{"headers": {"x-boom": "yes"}}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("== script errors") && out.contains("boom"),
+        "{out}"
+    );
+}
+
+#[test]
+fn errors_are_one_line_never_a_panic() {
+    for args in [
+        vec!["run", "no/such/script.rhai"],
+        vec!["run", "scripts/hello.rhai", "--config", "{not json"],
+        vec!["run", "scripts/hello.rhai", "--request", r#"{"pth": "/"}"#],
+        vec!["run", "scripts/hello.rhai", "--callout", "auth"],
+        vec!["test", "no/such/folder"],
+        vec!["check", "no/such/script.rhai"],
+    ] {
+        let o = proxy_rhai(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("proxy-rhai: ") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_errors_with_line_and_column_and_warnings() {
+    let dir = folder(
+        "check",
+        &[
+            ("good.rhai", "fn on_request_headers() { add_request_header(\"a\", \"b\"); }\n"),
+            ("broken.rhai", "fn on_request_headers() {\n  let x = ;\n}\n"),
+            ("typo.rhai", "fn on_request_headers() {}\nfn on_response_header() {}\nfn on_response_body() { add_header(\"a\"); }\n"),
+        ],
+    );
+    let o = proxy_rhai(&["check", &path(&dir, "good.rhai")]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).ends_with("good.rhai: ok\n"), "{}", stdout(&o));
+
+    let o = proxy_rhai(&["check", &path(&dir, "broken.rhai")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("broken.rhai:2:11: error: script does not compile"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = proxy_rhai(&["check", &path(&dir, "typo.rhai")]);
+    assert_eq!(o.status.code(), Some(0), "warnings alone pass");
+    let out = stdout(&o);
+    assert!(
+        out.contains("typo.rhai:2:1: warning: `on_response_header` is not a phase function"),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `on_response_headers`?"), "{out}");
+    assert!(
+        out.contains("typo.rhai:3:25: warning: no function `add_header`"),
+        "{out}"
+    );
+    let o = proxy_rhai(&["check", "--deny-warnings", &path(&dir, "typo.rhai")]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let o = proxy_rhai(&[
+        "check",
+        &path(&dir, "good.rhai"),
+        "--plugin-config",
+        r#"{"limits": {"max_operations": 1}}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("max_operations"), "{}", stdout(&o));
+}
+
+#[test]
+fn test_prints_each_result_and_the_summary_and_fails_on_failure() {
+    let dir = folder(
+        "test",
+        &[
+            ("hello.rhai", "fn on_request_headers() { add_request_header(\"hello\", \"world\"); }"),
+            (
+                "hello.test.rhai",
+                "fn test_good() { plugin(\"hello.rhai\").get(\"/\").assert_upstream_header(\"hello\", \"world\"); }\n\
+                 fn test_bad() {\n  plugin(\"hello.rhai\").get(\"/\").assert_status(404);\n}\n",
+            ),
+        ],
+    );
+    let o = proxy_rhai(&["test", &dir.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("  ok    test_good"), "{out}");
+    assert!(
+        out.contains("  FAIL  test_bad\n        line 3: assert_status: expected 404, actual 200"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("1 passed, 1 failed"), "{out}");
+
+    let o = proxy_rhai(&["test", &dir.to_string_lossy(), "--filter", "good"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).lines().last(), Some("1 passed, 0 failed"));
+}
+
+#[test]
+fn test_runs_the_repository_scripts() {
+    let o = proxy_rhai(&["test", "scripts"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let last = stdout(&o).lines().last().unwrap_or_default().to_string();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+}
+
+#[test]
+fn docs_writes_the_reference_and_checks_it() {
+    let dir = folder("docs", &[("stale.md", "old")]);
+    let out = dir.to_string_lossy().into_owned();
+    let o = proxy_rhai(&["docs", "--check", "--out", &out]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = proxy_rhai(&["docs", "--out", &out]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dir.join("README.md").is_file() && dir.join("definitions/proxy-rhai.d.rhai").is_file());
+    assert!(!dir.join("stale.md").exists());
+    let o = proxy_rhai(&["docs", "--check", "--out", &out]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "test", "check", "docs"] {
+        let o = proxy_rhai(&[sub, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{sub}");
+        assert!(
+            stdout(&o).contains("Usage: proxy-rhai"),
+            "{sub}: {}",
+            stdout(&o)
+        );
+    }
+}

@@ -1,0 +1,1022 @@
+//! End-to-end: the plugin built for wasm, in a real Envoy (V8), in front of an echo upstream.
+//!
+//! Build the plugin first: `cargo build --release --target wasm32-wasip1 --lib`, then
+//! `cargo test --test e2e_plugin`. Each test starts its own Envoy (V8 compiles the plugin in
+//! 1–3 s), so one script per test covers several rows, chosen by an `x-op` request header.
+//! Every test that got an Envoy running ends with `assert_healthy()`: the VM never failed.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{pattern, Envoy, Reply};
+
+/// Every value of a header joined by `,` (HTTP's equivalence for repeated headers).
+fn joined(values: Vec<&str>) -> String {
+    values.join(",")
+}
+
+/// The `[name, value]` pairs of a JSON array of pairs.
+fn pairs(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array of pairs: {v}"))
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn only<'a>(pairs: &'a [(String, String)], names: &[&str]) -> Vec<(&'a str, &'a str)> {
+    pairs
+        .iter()
+        .filter(|(n, _)| names.contains(&n.as_str()))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
+fn assert_status(reply: &Reply, status: u16) {
+    assert_eq!(
+        reply.status,
+        status,
+        "unexpected reply: {reply:?}\nbody: {}",
+        reply.text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request headers: every row of the table
+// ---------------------------------------------------------------------------------------------
+
+const REQUEST_HEADERS_SCRIPT: &str = r#"
+fn on_request_headers() {
+    switch get_request_header("x-op") {
+        "get-all" => replace_request_header("x-all", to_json(get_request_headers())),
+        "get-one" => {
+            replace_request_header("x-got-b", get_request_header("X-B"));
+            replace_request_header("x-absent", type_of(get_request_header("x-nope")));
+            replace_request_header("x-got-path", get_request_header(":path"));
+        }
+        "remove" => {
+            remove_request_header("x-gone");
+            remove_request_header("x-never-there");
+        }
+        "replace" => {
+            replace_request_header("x-one", "new");
+            replace_request_header("x-added", "yes");
+        }
+        "add" => add_request_header("x-dup", "2"),
+        "pairs" => {
+            let h = get_request_headers().filter(|p| p[0] != "x-drop");
+            h.push(["x-new", "1"]);
+            h.push(["x-new", "2"]);
+            replace_request_headers(h);
+        }
+        "map" => {
+            let m = #{};
+            for p in get_request_headers() {
+                if p[0] != "x-drop" { m[p[0]] = p[1]; }
+            }
+            m["x-m"] = "v";
+            m["x-multi"] = ["1", "2"];
+            replace_request_headers(m);
+        }
+        "non-utf8" => {
+            replace_request_header("x-raw-seen", get_request_header("x-raw"));
+            replace_request_header("x-raw-all", to_json(get_request_headers().filter(|p| p[0] == "x-raw")));
+        }
+    }
+}
+"#;
+
+#[test]
+fn request_headers_every_row() {
+    let envoy = Envoy::with_script(REQUEST_HEADERS_SCRIPT);
+
+    // get_request_headers: pseudo-headers first, then the client's order, duplicates kept.
+    let r = envoy.request(
+        "GET",
+        "/rqh/all",
+        &[
+            ("x-op", "get-all"),
+            ("x-b", "1"),
+            ("X-A", "2"),
+            ("x-b", "3"),
+        ],
+        b"",
+    );
+    assert_status(&r, 200);
+    let all = pairs(&serde_json::from_str(r.echo().header("x-all").expect("x-all")).unwrap());
+    let first_plain = all.iter().position(|(n, _)| !n.starts_with(':')).unwrap();
+    assert!(
+        all[first_plain..].iter().all(|(n, _)| !n.starts_with(':')),
+        "pseudo-headers not first: {all:?}"
+    );
+    for pseudo in [":method", ":path", ":authority"] {
+        assert!(
+            all[..first_plain].iter().any(|(n, _)| n == pseudo),
+            "{pseudo} missing: {all:?}"
+        );
+    }
+    assert_eq!(
+        only(&all, &["x-a", "x-b"]),
+        [("x-b", "1"), ("x-a", "2"), ("x-b", "3")]
+    );
+
+    // get_request_header: case-insensitive name, pseudo-headers, `()` when absent.
+    let r = envoy.request(
+        "GET",
+        "/rqh/one",
+        &[("x-op", "get-one"), ("x-b", "only")],
+        b"",
+    );
+    let echo = r.echo();
+    assert_eq!(echo.header("x-got-b"), Some("only"));
+    assert_eq!(echo.header("x-absent"), Some("()"));
+    assert_eq!(echo.header("x-got-path"), Some("/rqh/one"));
+
+    // remove_request_header: every value goes; an absent name is no error.
+    let r = envoy.request(
+        "GET",
+        "/rqh/remove",
+        &[
+            ("x-op", "remove"),
+            ("x-gone", "1"),
+            ("x-gone", "2"),
+            ("x-keep", "k"),
+        ],
+        b"",
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-gone"), None, "{echo:?}");
+    assert_eq!(echo.header("x-keep"), Some("k"));
+
+    // replace_request_header: replaces every value; adds when absent.
+    let r = envoy.request(
+        "GET",
+        "/rqh/replace",
+        &[("x-op", "replace"), ("x-one", "a"), ("x-one", "b")],
+        b"",
+    );
+    let echo = r.echo();
+    assert_eq!(echo.header_all("x-one"), ["new"]);
+    assert_eq!(echo.header_all("x-added"), ["yes"]);
+
+    // add_request_header: the value it had is kept.
+    let r = envoy.request("GET", "/rqh/add", &[("x-op", "add"), ("x-dup", "1")], b"");
+    assert_eq!(joined(r.echo().header_all("x-dup")), "1,2");
+
+    // replace_request_headers with an array of pairs (duplicates kept).
+    let r = envoy.request(
+        "GET",
+        "/rqh/pairs",
+        &[("x-op", "pairs"), ("x-drop", "d"), ("x-keep", "k")],
+        b"",
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.path, "/rqh/pairs");
+    assert_eq!(echo.header("x-drop"), None);
+    assert_eq!(echo.header("x-keep"), Some("k"));
+    assert_eq!(joined(echo.header_all("x-new")), "1,2");
+
+    // replace_request_headers with a map (an array value gives one header per item).
+    let r = envoy.request(
+        "GET",
+        "/rqh/map",
+        &[("x-op", "map"), ("x-drop", "d"), ("x-keep", "k")],
+        b"",
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.path, "/rqh/map");
+    assert_eq!(echo.header("x-drop"), None);
+    assert_eq!(echo.header("x-keep"), Some("k"));
+    assert_eq!(echo.header("x-m"), Some("v"));
+    assert_eq!(joined(echo.header_all("x-multi")), "1,2");
+
+    envoy.assert_healthy();
+}
+
+/// Several values of one request header: `get_request_header` documents them joined by `,`.
+#[test]
+fn request_header_with_several_values_comes_joined() {
+    let envoy = Envoy::with_script(REQUEST_HEADERS_SCRIPT);
+    let r = envoy.request(
+        "GET",
+        "/rqh/one",
+        &[("x-op", "get-one"), ("x-b", "1"), ("x-b", "2")],
+        b"",
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(
+        joined(echo.header_all("x-b")),
+        "1,2",
+        "the upstream gets both values"
+    );
+    assert_eq!(
+        echo.header("x-got-b"),
+        Some("1,2"),
+        "get_request_header(\"X-B\") with x-b: 1 and x-b: 2"
+    );
+    envoy.assert_healthy();
+}
+
+#[test]
+fn non_utf8_request_header_values_are_read_lossily() {
+    let envoy = Envoy::with_script(REQUEST_HEADERS_SCRIPT);
+    let r = envoy.raw(b"GET /rqh/raw HTTP/1.1\r\nhost: localhost\r\nx-op: non-utf8\r\nx-raw: caf\xe9 \xff!\r\n\r\n");
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.path, "/rqh/raw");
+    assert_eq!(echo.header("x-raw-seen"), Some("caf\u{fffd} \u{fffd}!"));
+    let all = pairs(&serde_json::from_str(echo.header("x-raw-all").expect("x-raw-all")).unwrap());
+    assert_eq!(only(&all, &["x-raw"]), [("x-raw", "caf\u{fffd} \u{fffd}!")]);
+    // The original bytes go upstream untouched (the echo shows them lossily too).
+    assert_eq!(echo.header("x-raw"), Some("caf\u{fffd} \u{fffd}!"));
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response headers: every row, seen by the client
+// ---------------------------------------------------------------------------------------------
+
+const RESPONSE_HEADERS_SCRIPT: &str = r#"
+fn on_request_headers() {
+    set_context("op", get_request_header("x-op"));
+}
+
+fn on_response_headers() {
+    switch get_context("op") {
+        "get-all" => add_response_header("x-all", to_json(get_response_headers())),
+        "get-one" => {
+            add_response_header("x-got-b", get_response_header("X-B"));
+            add_response_header("x-absent", type_of(get_response_header("x-nope")));
+            add_response_header("x-got-status", get_response_header(":status"));
+        }
+        "remove" => {
+            remove_response_header("x-gone");
+            remove_response_header("x-never-there");
+        }
+        "replace" => {
+            replace_response_header("x-one", "new");
+            replace_response_header("x-added", "yes");
+        }
+        "add" => add_response_header("x-dup", "2"),
+        "pairs" => {
+            let h = get_response_headers().filter(|p| p[0] != "x-gone");
+            h.push(["x-new", "1"]);
+            h.push(["x-new", "2"]);
+            replace_response_headers(h);
+        }
+        "map" => {
+            let m = #{};
+            for p in get_response_headers() {
+                if p[0] != "x-gone" { m[p[0]] = p[1]; }
+            }
+            m[":status"] = "203";
+            m["x-m"] = "v";
+            m["x-multi"] = ["1", "2"];
+            replace_response_headers(m);
+        }
+    }
+}
+"#;
+
+#[test]
+fn response_headers_every_row() {
+    let envoy = Envoy::with_script(RESPONSE_HEADERS_SCRIPT);
+    let get = |op: &str, query: &str| {
+        envoy.request("GET", &format!("/headers?{query}"), &[("x-op", op)], b"")
+    };
+
+    // get_response_headers: `:status` first, then the upstream's order, duplicates kept.
+    let r = get("get-all", "x-b=1&x-a=2&x-b=3");
+    assert_status(&r, 200);
+    let all = pairs(&serde_json::from_str(r.header("x-all").expect("x-all")).unwrap());
+    assert_eq!(
+        all[0],
+        (":status".to_string(), "200".to_string()),
+        "{all:?}"
+    );
+    assert_eq!(
+        only(&all, &["x-a", "x-b"]),
+        [("x-b", "1"), ("x-a", "2"), ("x-b", "3")]
+    );
+    assert_eq!(
+        r.echo().path,
+        "/headers?x-b=1&x-a=2&x-b=3",
+        "the body is the upstream's"
+    );
+
+    // get_response_header: case-insensitive, `:status`, `()` when absent.
+    let r = get("get-one", "x-b=only");
+    assert_eq!(r.header("x-got-b"), Some("only"));
+    assert_eq!(r.header("x-absent"), Some("()"));
+    assert_eq!(r.header("x-got-status"), Some("200"));
+
+    // remove_response_header.
+    let r = get("remove", "x-gone=1&x-gone=2&x-keep=k");
+    assert_status(&r, 200);
+    assert_eq!(r.header("x-gone"), None, "{r:?}");
+    assert_eq!(r.header("x-keep"), Some("k"));
+
+    // replace_response_header: replace, and add when absent.
+    let r = get("replace", "x-one=a&x-one=b");
+    assert_eq!(r.header_all("x-one"), ["new"]);
+    assert_eq!(r.header_all("x-added"), ["yes"]);
+
+    // add_response_header keeps the value it had.
+    let r = get("add", "x-dup=1");
+    assert_eq!(joined(r.header_all("x-dup")), "1,2");
+
+    // replace_response_headers with pairs.
+    let r = get("pairs", "x-gone=g&x-keep=k");
+    assert_status(&r, 200);
+    assert_eq!(r.header("x-gone"), None);
+    assert_eq!(r.header("x-keep"), Some("k"));
+    assert_eq!(joined(r.header_all("x-new")), "1,2");
+    assert_eq!(r.echo().path, "/headers?x-gone=g&x-keep=k");
+
+    // replace_response_headers with a map, status included.
+    let r = get("map", "x-gone=g&x-keep=k");
+    assert_status(&r, 203);
+    assert_eq!(r.header("x-gone"), None);
+    assert_eq!(r.header("x-keep"), Some("k"));
+    assert_eq!(r.header("x-m"), Some("v"));
+    assert_eq!(joined(r.header_all("x-multi")), "1,2");
+    assert_eq!(r.echo().path, "/headers?x-gone=g&x-keep=k");
+
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies
+// ---------------------------------------------------------------------------------------------
+
+const REQUEST_BODY_SCRIPT: &str = r#"
+fn on_request_headers() {
+    set_context("op", get_request_header("x-op"));
+}
+
+fn on_request_body() {
+    switch get_context("op") {
+        "get" => {
+            let bytes = get_request_body_bytes();
+            replace_request_body(to_json(#{ text: get_request_body(), len: bytes.len(), last: bytes[-1] }));
+        }
+        "append" => append_request_body("<tail>"),
+        "prepend" => prepend_request_body("<head>"),
+        "replace" => replace_request_body("replaced"),
+        "shrink" => replace_request_body("s"),
+        "blob" => {
+            let b = blob();
+            b.push(0x00);
+            b.push(0xff);
+            b.push(0x41);
+            replace_request_body(b);
+        }
+        "both" => {
+            prepend_request_body("[");
+            append_request_body("]");
+        }
+        "big" => {
+            let s = get_request_body();
+            replace_request_body(s + "|" + s.len());
+        }
+        "big-bytes" => {
+            let b = get_request_body_bytes();
+            replace_request_body(b);
+        }
+    }
+}
+"#;
+
+#[test]
+fn request_body_read_and_rewritten() {
+    let envoy = Envoy::with_script(REQUEST_BODY_SCRIPT);
+    let post = |op: &str, body: &[u8]| {
+        let r = envoy.request("POST", &format!("/rqb/{op}"), &[("x-op", op)], body);
+        assert_status(&r, 200);
+        let echo = r.echo();
+        echo.assert_framing();
+        echo
+    };
+
+    // get_request_body (lossy) and get_request_body_bytes (exact).
+    let echo = post("get", b"h\xc3\xa9llo \xff");
+    let seen: Value = serde_json::from_str(&echo.body).unwrap();
+    assert_eq!(
+        seen,
+        json!({"text": "h\u{e9}llo \u{fffd}", "len": 8, "last": 255})
+    );
+    assert_eq!(echo.body_len, echo.body.len());
+
+    let echo = post("append", b"body");
+    assert_eq!((echo.body.as_str(), echo.body_len), ("body<tail>", 10));
+    let echo = post("prepend", b"body");
+    assert_eq!((echo.body.as_str(), echo.body_len), ("<head>body", 10));
+    let echo = post("replace", b"some body");
+    assert_eq!((echo.body.as_str(), echo.body_len), ("replaced", 8));
+    let echo = post("shrink", &pattern(5000));
+    assert_eq!((echo.body.as_str(), echo.body_len), ("s", 1));
+    let echo = post("both", b"x");
+    assert_eq!((echo.body.as_str(), echo.body_len), ("[x]", 3));
+    let echo = post("blob", b"anything");
+    assert_eq!((echo.body.as_str(), echo.body_len), ("\0\u{fffd}A", 3));
+
+    // The same with a chunked request.
+    let r = envoy.request_chunked(
+        "POST",
+        "/rqb/chunked",
+        &[("x-op", "both")],
+        &[b"ab", b"cd", b"ef"],
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    echo.assert_framing();
+    assert_eq!((echo.body.as_str(), echo.body_len), ("[abcdef]", 8));
+
+    envoy.assert_healthy();
+}
+
+#[test]
+fn large_chunked_request_body_is_seen_whole() {
+    let envoy = Envoy::with_script(REQUEST_BODY_SCRIPT);
+    let body = pattern(400_000);
+    let chunks: Vec<&[u8]> = body.chunks(4_000).collect();
+    assert_eq!(chunks.len(), 100);
+    let r = envoy.request_chunked("POST", "/rqb/big", &[("x-op", "big")], &chunks);
+    assert_status(&r, 200);
+    let echo = r.echo();
+    echo.assert_framing();
+    let expected = format!("{}|400000", String::from_utf8_lossy(&body));
+    assert_eq!(echo.body_len, expected.len());
+    assert!(
+        echo.body == expected,
+        "upstream body differs (len {} vs {})",
+        echo.body.len(),
+        expected.len()
+    );
+
+    // As a blob, the same body is over the default limits.max_array_size (100 000 items or
+    // bytes): a script error, answered by the error policy.
+    let r = envoy.request_chunked("POST", "/rqb/big-bytes", &[("x-op", "big-bytes")], &chunks);
+    assert_status(&r, 500);
+    envoy.wait_for_log("Size of array/BLOB too large");
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies
+// ---------------------------------------------------------------------------------------------
+
+const RESPONSE_BODY_SCRIPT: &str = r#"
+fn on_request_headers() {
+    set_context("op", get_request_header("x-op"));
+}
+
+fn on_response_body() {
+    switch get_context("op") {
+        "get" => {
+            let bytes = get_response_body_bytes();
+            replace_response_body(to_json(#{ text: get_response_body(), len: bytes.len(), last: bytes[-1] }));
+        }
+        "append" => append_response_body("<tail>"),
+        "prepend" => prepend_response_body("<head>"),
+        "replace" => replace_response_body("replaced"),
+        "blob" => {
+            let b = blob();
+            b.push(0x00);
+            b.push(0xff);
+            b.push(0x41);
+            replace_response_body(b);
+        }
+        "big" => {
+            let s = get_response_body();
+            replace_response_body(s.len() + ":" + s.sub_string(0, 5) + ":" + s.sub_string(s.len() - 3, 3));
+        }
+    }
+}
+"#;
+
+/// A body whose framing the client checked: a content-length, when present, is its length.
+fn framed_body(r: &Reply) -> String {
+    assert_status(r, 200);
+    if let Some(len) = r.header("content-length") {
+        assert_eq!(len.parse::<usize>().ok(), Some(r.body.len()), "{r:?}");
+    }
+    r.text()
+}
+
+#[test]
+fn response_body_read_and_rewritten() {
+    let envoy = Envoy::with_script(RESPONSE_BODY_SCRIPT);
+    let get = |op: &str, path: &str| envoy.request("GET", path, &[("x-op", op)], b"");
+
+    let seen: Value = serde_json::from_str(&framed_body(&get("get", "/bytes/10"))).unwrap();
+    assert_eq!(seen, json!({"text": "abcdefghij", "len": 10, "last": b'j'}));
+    assert_eq!(framed_body(&get("append", "/bytes/10")), "abcdefghij<tail>");
+    let expected = format!("<head>{}", String::from_utf8(pattern(20)).unwrap());
+    assert_eq!(framed_body(&get("prepend", "/chunks/4/5")), expected);
+    assert_eq!(framed_body(&get("replace", "/json")), "replaced");
+    let r = get("blob", "/json");
+    framed_body(&r);
+    assert_eq!(r.body, [0x00, 0xff, 0x41]);
+    // 200 kB in 50 chunks, seen whole.
+    let tail = String::from_utf8(pattern(200_000)[199_997..].to_vec()).unwrap();
+    assert_eq!(
+        framed_body(&get("big", "/chunks/50/4000")),
+        format!("200000:abcde:{tail}")
+    );
+    // Without a body phase op the body passes untouched.
+    assert_eq!(get("none", "/bytes/26").body, pattern(26));
+
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local responses
+// ---------------------------------------------------------------------------------------------
+
+const LOCAL_RESPONSE_SCRIPT: &str = r#"
+fn on_request_headers() {
+    let op = get_request_header("x-op");
+    set_context("op", op);
+    switch op {
+        "rqh-pairs" => send_http_response(201, [["x-a", "1"], ["x-a", "2"], ["content-type", "text/plain"]], "from request headers"),
+        "rqh-map" => {
+            let b = blob();
+            b.push(0x00);
+            b.push(0xff);
+            b.push(0x41);
+            send_http_response(202, #{ "x-m": "v", "x-multi": ["1", "2"] }, b);
+        }
+        "rqh-empty" => send_http_response(200, [], ()),
+    }
+}
+
+fn on_request_body() {
+    if get_context("op") == "rqb" {
+        send_http_response(403, [["x-p", "body"]], "got " + get_request_body());
+    }
+}
+
+fn on_response_headers() {
+    if get_context("op") == "rsh" {
+        send_http_response(418, #{ "x-from": "response" }, "teapot after " + get_response_header(":status"));
+    }
+}
+"#;
+
+#[test]
+fn send_http_response_from_each_phase() {
+    let envoy = Envoy::with_script(LOCAL_RESPONSE_SCRIPT);
+
+    let r = envoy.request("GET", "/local/rqh-pairs", &[("x-op", "rqh-pairs")], b"");
+    assert_status(&r, 201);
+    assert_eq!(r.header_all("x-a"), ["1", "2"]);
+    assert_eq!(r.text(), "from request headers");
+    assert_eq!(
+        envoy.upstream.hits("/local/rqh-pairs"),
+        0,
+        "the request went upstream"
+    );
+
+    let r = envoy.request("GET", "/local/rqh-map", &[("x-op", "rqh-map")], b"");
+    assert_status(&r, 202);
+    assert_eq!(r.header("x-m"), Some("v"));
+    assert_eq!(joined(r.header_all("x-multi")), "1,2");
+    assert_eq!(r.body, [0x00, 0xff, 0x41]);
+    assert_eq!(envoy.upstream.hits("/local/rqh-map"), 0);
+
+    let r = envoy.request("GET", "/local/rqh-empty", &[("x-op", "rqh-empty")], b"");
+    assert_status(&r, 200);
+    assert!(r.body.is_empty(), "{r:?}");
+    assert_eq!(envoy.upstream.hits("/local/rqh-empty"), 0);
+
+    let r = envoy.request("POST", "/local/rqb", &[("x-op", "rqb")], b"hello");
+    assert_status(&r, 403);
+    assert_eq!(r.header("x-p"), Some("body"));
+    assert_eq!(r.text(), "got hello");
+
+    // From the response headers: the upstream answered 201; the client sees the local answer,
+    // which does not pass through the plugin's response phases again.
+    let r = envoy.request("GET", "/status/201", &[("x-op", "rsh")], b"");
+    assert_status(&r, 418);
+    assert_eq!(r.header("x-from"), Some("response"));
+    assert_eq!(r.text(), "teapot after 201");
+    assert_eq!(envoy.upstream.hits("/status/201"), 1);
+
+    // And the next request is served normally.
+    assert_eq!(envoy.get("/local/after").echo().path, "/local/after");
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// config(): the Higress hello-world
+// ---------------------------------------------------------------------------------------------
+
+const HELLO_WORLD_SCRIPT: &str = r#"
+fn on_request_headers() {
+    add_request_header("hello", "world");
+    if config().mockEnable == true {
+        send_http_response(200, [], "hello world");
+    }
+}
+"#;
+
+#[test]
+fn hello_world_adds_a_header() {
+    let envoy =
+        Envoy::start(json!({ "script": HELLO_WORLD_SCRIPT, "config": { "mockEnable": false } }));
+    let r = envoy.get("/hello");
+    assert_status(&r, 200);
+    assert_eq!(r.echo().header("hello"), Some("world"));
+    envoy.assert_healthy();
+}
+
+#[test]
+fn hello_world_mock_answers_locally() {
+    let envoy =
+        Envoy::start(json!({ "script": HELLO_WORLD_SCRIPT, "config": { "mockEnable": true } }));
+    let r = envoy.get("/hello");
+    assert_status(&r, 200);
+    assert_eq!(r.text(), "hello world");
+    assert_eq!(envoy.upstream.hits("/hello"), 0);
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-request context
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn context_is_kept_per_request_across_concurrent_requests() {
+    let envoy = Envoy::with_script(
+        r#"
+        fn on_request_headers() {
+            let id = get_request_header("x-id");
+            set_context("id", id);
+            set_context("map", #{ id: id, n: 1 });
+        }
+        fn on_response_headers() {
+            let m = get_context("map");
+            replace_response_header("x-id-back", get_context("id"));
+            replace_response_header("x-map-back", m.id + "/" + m.n);
+            replace_response_header("x-unset", type_of(get_context("never-set")));
+        }
+        "#,
+    );
+    const N: usize = 50;
+    // Every request waits upstream until all N arrived: all N are in flight in Envoy at once.
+    let replies: Vec<(String, Reply)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let envoy = &envoy;
+                s.spawn(move || {
+                    let id = format!("id-{i}");
+                    let r =
+                        envoy.request("GET", &format!("/barrier/ctx/{N}"), &[("x-id", &id)], b"");
+                    (id, r)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (id, r) in &replies {
+        assert_status(r, 200);
+        let echo = r.echo();
+        assert_eq!(
+            echo.raw["barrier"], "reached",
+            "the requests were not all in flight together"
+        );
+        assert_eq!(echo.header("x-id"), Some(id.as_str()));
+        assert_eq!(r.header("x-id-back"), Some(id.as_str()), "{r:?}");
+        assert_eq!(r.header("x-map-back"), Some(format!("{id}/1").as_str()));
+        assert_eq!(r.header("x-unset"), Some("()"));
+    }
+    assert_eq!(envoy.upstream.max_in_flight(), N);
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Script failures: the error policy, limits, wrong phases
+// ---------------------------------------------------------------------------------------------
+
+const FAILING_SCRIPT: &str = r#"
+fn recurse(n) { recurse(n + 1) }
+
+fn on_request_headers() {
+    let op = get_request_header("x-op");
+    set_context("op", op);
+    switch op {
+        "throw" => throw "secret-detail-42",
+        "loop" => {
+            let i = 0;
+            loop { i += 1; }
+        }
+        "recurse" => recurse(0),
+        "grow" => {
+            let s = "0123456789abcdef";
+            loop { s += s; }
+        }
+        "wrong-phase" => get_request_body(),
+    }
+}
+
+fn on_response_headers() {
+    if get_context("op") == "wrong-phase-response" {
+        get_request_header("x-op");
+    }
+}
+"#;
+
+/// Sends `op` to an Envoy running [`FAILING_SCRIPT`] (or a variant), returns the reply.
+fn fail_with(envoy: &Envoy, op: &str) -> Reply {
+    envoy.request("GET", &format!("/fail/{op}"), &[("x-op", op)], b"")
+}
+
+#[test]
+fn script_errors_answer_with_the_default_error_policy() {
+    let envoy = Envoy::with_script(FAILING_SCRIPT);
+    let cases = [
+        // (op, a phrase of the logged error)
+        ("throw", "secret-detail-42"),
+        ("loop", "operations"),
+        ("recurse", "Stack overflow"),
+        ("grow", "too large"),
+        (
+            "wrong-phase",
+            "get_request_body() is not available in on_request_headers",
+        ),
+        (
+            "wrong-phase-response",
+            "get_request_header() is not available in on_response_headers",
+        ),
+    ];
+    for (op, phrase) in cases {
+        let r = fail_with(&envoy, op);
+        assert_status(&r, 500);
+        assert_eq!(r.text(), "Internal Server Error\n", "{op}");
+        assert!(
+            !r.text().contains("secret"),
+            "the body leaks the script's message"
+        );
+        let path = format!("/fail/{op}");
+        let upstream_hits = if op == "wrong-phase-response" { 1 } else { 0 };
+        assert_eq!(
+            envoy.upstream.hits(&path),
+            upstream_hits,
+            "{op}: upstream hits"
+        );
+        // One line: the plugin's, the phase, the request id, the script's message.
+        let phase = if op == "wrong-phase-response" {
+            "on_response_headers"
+        } else {
+            "on_request_headers"
+        };
+        let line = envoy.wait_for_log(phrase);
+        assert!(
+            line.contains("wasm log proxy-rhai: script error in "),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("script error in {phase} (request ")),
+            "{line}"
+        );
+        // The next request is served normally.
+        let next = envoy.get(&format!("/after/{op}"));
+        assert_status(&next, 200);
+        assert_eq!(next.echo().path, format!("/after/{op}"));
+    }
+    envoy.assert_healthy();
+}
+
+#[test]
+fn fail_open_lets_the_request_through() {
+    let envoy = Envoy::start(json!({
+        "script": r#"
+            fn on_request_headers() {
+                let op = get_request_header("x-op");
+                set_context("op", op);
+                if op == "throw" { throw "failing open"; }
+            }
+            fn on_request_body() {
+                if get_context("op") == "throw-body" { throw "failing open in the body"; }
+            }
+        "#,
+        "error_policy": { "mode": "fail_open" }
+    }));
+    let r = envoy.request("GET", "/open/headers", &[("x-op", "throw")], b"");
+    assert_status(&r, 200);
+    assert_eq!(r.echo().path, "/open/headers");
+    envoy.wait_for_log("failing open");
+
+    let r = envoy.request("POST", "/open/body", &[("x-op", "throw-body")], b"payload");
+    assert_status(&r, 200);
+    let echo = r.echo();
+    echo.assert_framing();
+    assert_eq!(
+        (echo.path.as_str(), echo.body.as_str()),
+        ("/open/body", "payload")
+    );
+    envoy.wait_for_log("failing open in the body");
+
+    assert_eq!(envoy.get("/open/after").echo().path, "/open/after");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn custom_error_answer_and_body_size_limit() {
+    let envoy = Envoy::start(json!({
+        "script": r#"
+            fn on_request_headers() {
+                if get_request_header("x-op") == "throw" { throw "custom"; }
+            }
+            fn on_request_body() {}
+        "#,
+        "limits": { "max_body_size": 1000 },
+        "error_policy": { "mode": "fail_closed", "status": 503, "body": "busy, try later" }
+    }));
+    let r = envoy.request("GET", "/custom/throw", &[("x-op", "throw")], b"");
+    assert_status(&r, 503);
+    assert_eq!(r.text(), "busy, try later");
+    assert_eq!(envoy.upstream.hits("/custom/throw"), 0);
+
+    // A body over limits.max_body_size: 413, whatever the error policy.
+    let r = envoy.request("POST", "/custom/big", &[], &pattern(5_000));
+    assert_status(&r, 413);
+    let r = envoy.request("POST", "/custom/small", &[], &pattern(500));
+    assert_status(&r, 200);
+    assert_eq!(r.echo().body_len, 500);
+
+    assert_eq!(envoy.get("/custom/after").echo().path, "/custom/after");
+    envoy.assert_healthy();
+}
+
+/// The sandbox must hold at every limit the configuration accepts: `max_call_depth` may be
+/// set up to 200, and a script recursing that deep must end in a value or a script error,
+/// never in a trap of the VM (after a trap Envoy answers every request 503).
+#[test]
+fn deep_recursion_within_the_allowed_call_depth_does_not_trap_the_vm() {
+    let envoy = Envoy::start(json!({
+        "script": r#"
+            fn f(n) { if n > 0 { let a = [n, n, n]; f(n - 1) + a[0] - n + 1 } else { 0 } }
+            fn on_request_headers() {
+                let n = get_request_header("x-n");
+                if n != () { replace_request_header("x-depth", "" + f(parse_int(n))); }
+            }
+        "#,
+        "limits": { "max_call_depth": 200 }
+    }));
+    let r = envoy.request("GET", "/deep", &[("x-n", "150")], b"");
+    let next = envoy.get("/next");
+    envoy.assert_healthy();
+    assert!(
+        r.status == 200 || r.status == 500,
+        "f(150) with max_call_depth 200: {r:?}"
+    );
+    if r.status == 200 {
+        assert_eq!(r.echo().header("x-depth"), Some("150"));
+    }
+    assert_status(&next, 200);
+}
+
+/// Values kept with `set_context` live outside Rhai's size checks: a script storing large
+/// values in a loop must be stopped by a limit (a script error, answered by the error policy),
+/// not exhaust the VM's memory.
+#[test]
+fn context_values_cannot_exhaust_the_vm_memory() {
+    let envoy = Envoy::with_script(
+        r#"
+        fn on_request_headers() {
+            if get_request_header("x-op") == "hog" {
+                let s = "0123456789abcdef";
+                while s.len() < 1000000 { s += s; }
+                let i = 0;
+                loop { set_context("k" + i, s + i); i += 1; }
+            }
+        }
+        "#,
+    );
+    let r = envoy.request("GET", "/hog", &[("x-op", "hog")], b"");
+    let next = envoy.get("/next");
+    envoy.assert_healthy();
+    assert_status(&r, 500);
+    assert_eq!(r.text(), "Internal Server Error\n");
+    assert_status(&next, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness's own options, and what Envoy does around the plugin
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn builder_options_buffer_limit_route_timeout_extra_cluster_and_http2_listener() {
+    let extra = support::Upstream::start();
+    let envoy = Envoy::builder(json!({
+        "script": r#"
+            fn on_request_headers() { add_request_header("x-plugin", "ran"); }
+            fn on_request_body() { append_request_body("+"); }
+        "#
+    }))
+    .buffer_limit(64 * 1024)
+    .route_timeout(std::time::Duration::from_millis(500))
+    .cluster("extra", extra.port())
+    .allow_http2()
+    .start();
+
+    // HTTP/1.1 still served on a listener that also takes HTTP/2.
+    let r = envoy.request("POST", "/opts/small", &[], b"abc");
+    assert_status(&r, 200);
+    let echo = r.echo();
+    echo.assert_framing();
+    assert_eq!(
+        (echo.body.as_str(), echo.header("x-plugin")),
+        ("abc+", Some("ran"))
+    );
+
+    // A body the plugin buffers past the connection's buffer limit: Envoy answers 413.
+    let r = envoy.request("POST", "/opts/big", &[], &pattern(200_000));
+    assert_status(&r, 413);
+    assert_eq!(envoy.upstream.hits("/opts/big"), 0);
+
+    // The route's timeout: Envoy answers 504.
+    let r = envoy.get("/delay/3000");
+    assert_status(&r, 504);
+
+    // The extra cluster is configured.
+    let clusters = envoy.admin_request("GET", "/clusters").unwrap().text();
+    assert!(
+        clusters.contains(&format!("extra::127.0.0.1:{}", extra.port())),
+        "{clusters}"
+    );
+
+    envoy.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configurations the plugin refuses: Envoy does not start (see tests/support/mod.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// Starts Envoy with a configuration the plugin must refuse; returns the refusal line.
+fn refused(builder: support::EnvoyBuilder) -> String {
+    let log = match builder.try_start() {
+        Ok(envoy) => panic!(
+            "Envoy started with a configuration the plugin should refuse; log:\n{}",
+            envoy.log()
+        ),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("Unable to create Wasm plugin proxy-rhai"),
+        "{log}"
+    );
+    log.lines()
+        .find(|l| l.contains("proxy-rhai: configuration refused: "))
+        .unwrap_or_else(|| panic!("no refusal line in the log:\n{log}"))
+        .to_string()
+}
+
+#[test]
+fn refuses_invalid_json() {
+    let line = refused(Envoy::builder_raw(
+        r#"{"script": "fn on_request_headers() {}""#,
+    ));
+    assert!(line.contains("plugin configuration is not valid"), "{line}");
+}
+
+#[test]
+fn refuses_a_configuration_without_script() {
+    let line = refused(Envoy::builder(json!({ "config": { "a": 1 } })));
+    assert!(line.contains(r#"no "script""#), "{line}");
+}
+
+#[test]
+fn refuses_a_script_that_does_not_compile_and_says_where() {
+    let line = refused(Envoy::builder(
+        json!({ "script": "fn on_request_headers() {\n    let x = ;\n}\n" }),
+    ));
+    assert!(line.contains("script does not compile"), "{line}");
+    assert!(line.contains("line 2, column"), "{line}");
+}
+
+#[test]
+fn refuses_a_script_without_phase_function() {
+    let line = refused(Envoy::builder(json!({ "script": "fn helper() { 1 }" })));
+    assert!(line.contains("script defines no phase function"), "{line}");
+}
+
+#[test]
+fn refuses_a_script_whose_top_level_fails() {
+    let line = refused(Envoy::builder(
+        json!({ "script": "throw \"at load\";\nfn on_request_headers() {}" }),
+    ));
+    assert!(line.contains("script failed while loading"), "{line}");
+    assert!(line.contains("at load"), "{line}");
+}
