@@ -98,6 +98,7 @@ pub(crate) struct HostState {
     pub properties: BTreeMap<String, Bytes>,
     /// Shared data: value and version, as every worker sees it.
     pub shared: BTreeMap<String, (Bytes, u32)>,
+    pub next_cas: u32,
     /// Metrics by id: kind, name, value.
     pub metrics: Vec<Metric>,
     /// The proxy clock, in nanoseconds since the Unix epoch.
@@ -376,12 +377,16 @@ impl Host for EmulatorHost {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
         self.trace(format!("set_shared_data({key:?}, {}, cas {cas})", show(value)));
         let mut state = self.0.borrow_mut();
-        let entry = state.shared.entry(key.to_string()).or_insert((Vec::new(), 0));
-        // Like Envoy: a nonzero cas must match the current version.
-        if cas != 0 && cas != entry.1 {
-            return Err(Status::CasMismatch);
+        // Like Envoy: a nonzero cas must match an existing key's version; versions come from
+        // one counter for all keys.
+        if let Some((_, version)) = state.shared.get(key) {
+            if cas != 0 && cas != *version {
+                return Err(Status::CasMismatch);
+            }
         }
-        *entry = (value.to_vec(), entry.1 + 1);
+        state.next_cas += 1;
+        let version = state.next_cas;
+        state.shared.insert(key.to_string(), (value.to_vec(), version));
         Ok(())
     }
 

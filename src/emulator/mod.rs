@@ -22,7 +22,7 @@ use std::rc::Rc;
 
 use proxy_wasm::types::Action;
 
-pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine};
+pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
 use host::{StreamData, Window};
 
 use crate::host::LogLevel;
@@ -319,6 +319,31 @@ impl Emulator {
     /// Declares a cluster callouts may target (Envoy refuses calls to unknown clusters).
     pub fn add_cluster(&self, name: &str) {
         self.host.0.borrow_mut().clusters.insert(name.to_string());
+    }
+
+    /// Runs the plugin's `on_tick()` once, as the proxy's timer would.
+    pub fn tick(&self) {
+        self.plugin.on_tick();
+    }
+
+    /// The tick period the plugin asked for, in milliseconds (0: no `on_tick`).
+    pub fn tick_period_ms(&self) -> u32 {
+        self.plugin.tick_period_ms().unwrap_or(0)
+    }
+
+    /// The metrics the plugin defined, as Envoy's stats would show them.
+    pub fn metrics(&self) -> Vec<host::Metric> {
+        self.host.0.borrow().metrics.clone()
+    }
+
+    /// A shared-data value and its version, as every worker sees it.
+    pub fn shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.host.0.borrow().shared.get(key).cloned()
+    }
+
+    /// Sets the proxy clock (nanoseconds since the Unix epoch).
+    pub fn set_time_nanos(&self, now: u64) {
+        self.host.0.borrow_mut().now_nanos = now;
     }
 
     /// The log lines written at configure time and since.
