@@ -817,7 +817,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body on timeout or reset), in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body when none comes in time; Envoy's own 503 when the target can't be reached), in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
         r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::bindings::{self, Api, Registrar};
 use crate::emulator::EmulatorHost;
 use crate::phase::Phase;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, TICK_FUNCTION};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +38,13 @@ pub enum Severity {
 /// One finding, with its place in the script when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
     /// 1-based line.
     pub line: Option<usize>,
     /// 1-based column.
     pub column: Option<usize>,
+    /// What is wrong, in one line.
     pub message: String,
 }
 
@@ -160,16 +162,25 @@ pub(crate) fn definition_position(source: &str, name: &str) -> Option<(usize, us
 /// Functions named almost like a phase function: the proxy would never call them.
 fn misspelled_phases(source: &str, ast: &AST) -> Vec<Diagnostic> {
     let normal = |s: &str| s.to_ascii_lowercase().replace('_', "");
+    let entry_points: Vec<&str> = Phase::ALL
+        .iter()
+        .map(|p| p.function_name())
+        .chain([TICK_FUNCTION])
+        .collect();
     let mut found = Vec::new();
     for f in ast.iter_functions() {
-        if f.name.contains('$') || Phase::ALL.iter().any(|p| p.function_name() == f.name) {
+        if f.name.contains('$') || entry_points.contains(&f.name) {
             continue;
         }
-        let near = Phase::ALL.iter().map(|p| p.function_name()).find(|phase| {
-            let (a, b) = (normal(f.name), normal(phase));
-            a == b || distance(&a, &b) <= 3
-        });
-        if let Some(phase) = near {
+        // The closest entry point, when close enough for its length (a short name like
+        // `on_log` tolerates one slip).
+        let name = normal(f.name);
+        let near = entry_points
+            .iter()
+            .map(|phase| (distance(&name, &normal(phase)), phase))
+            .filter(|(d, phase)| *d <= (normal(phase).len() / 4).min(3))
+            .min();
+        if let Some((_, phase)) = near {
             let (line, column) = definition_position(source, f.name).unzip();
             found.push(Diagnostic {
                 severity: Severity::Warning,
@@ -266,7 +277,6 @@ fn unknown_calls(engine: &Engine, ast: &AST) -> Vec<Diagnostic> {
     for (method, call, pos) in calls {
         let name = call.name.as_str();
         if call.is_operator_call()
-            || !call.namespace.is_empty()
             || !rhai::is_valid_function_name(name)
             || KEYWORDS.contains(&name)
             || variables.contains(name)
@@ -340,9 +350,11 @@ mod tests {
              fn onResponseHeaders() {}\n\
              fn on_response_bodies() {}\n\
              fn on_request_trailers() {}\n\
+             fn on_tik() {}\n\
              fn helper() {}",
         );
-        assert_eq!(found.len(), 3, "{found:#?}");
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found[3].contains("did you mean `on_tick`"), "{}", found[3]);
         assert!(
             found[0].starts_with("2:1: warning: `on_request_header`"),
             "{}",

@@ -8,6 +8,7 @@
 //!
 //! - `api-docs/README.md`: every function and constant: signature, what it does, where it is
 //!   allowed, what it returns on absence or error, and an example.
+//! - `api-docs/testing.md`: how to write tests in Rhai ([`crate::testing`]).
 //! - `api-docs/definitions/*.d.rhai`: definition files for editors (the API with its
 //!   documentation, and Rhai's standard library and operators).
 
@@ -22,7 +23,10 @@ use crate::bindings::{Allowed, FnDoc, CONSTANTS};
 use crate::config::ErrorPolicy;
 use crate::emulator::EmulatorHost;
 use crate::phase::{Phase, Phases};
-use crate::plugin::api_reference;
+use crate::plugin::{api_reference, TICK_FUNCTION};
+
+/// The guide to tests written in Rhai (also the documentation of [`crate::testing`]).
+const TESTING: &str = include_str!("testing/testing.md");
 
 /// The folder the docs live in, in the repository.
 pub const DIR: &str = "api-docs";
@@ -30,8 +34,16 @@ pub const DIR: &str = "api-docs";
 /// Every file of `api-docs/`: (path relative to it, content), in path order.
 pub fn generate() -> Vec<(String, String)> {
     let docs = api_reference(EmulatorHost::default());
-    let mut files = vec![("README.md".to_string(), reference(&docs))];
-    files.extend(definitions(&docs));
+    let api = api_only_engine();
+    let returns: Returns = api_functions(&api)
+        .into_iter()
+        .map(|f| ((f.name, f.params), definition_type(&f.returns)))
+        .collect();
+    let mut files = vec![
+        ("README.md".to_string(), reference(&docs, &returns)),
+        ("testing.md".to_string(), TESTING.to_string()),
+    ];
+    files.extend(definitions(&api, &docs, &returns));
     files.sort();
     files
 }
@@ -131,6 +143,9 @@ fn api_only_engine() -> Engine {
     crate::check::with_api(Engine::new_raw())
 }
 
+/// The return type of each (function, number of parameters), as definition files write it.
+type Returns = BTreeMap<(String, usize), String>;
+
 /// A function the engine registers itself, as its metadata describes it.
 struct Registered {
     name: String,
@@ -188,6 +203,7 @@ fn definition_type(rust: &str) -> String {
 fn script_type(rust: &str) -> &str {
     match rust {
         "&str" | "ImmutableString" | "String" => "string",
+        "()" => "()",
         "i64" | "INT" => "int",
         "f64" | "FLOAT" => "float",
         "bool" => "bool",
@@ -195,7 +211,7 @@ fn script_type(rust: &str) -> &str {
         "Blob" => "blob",
         "Array" => "array",
         "Map" => "map",
-        "Dynamic" => "any",
+        "Dynamic" | "?" => "any",
         other => other,
     }
 }
@@ -245,6 +261,9 @@ fn allowed_text(allowed: Allowed) -> String {
 fn misuse_text(allowed: Allowed) -> &'static str {
     match allowed {
         Allowed::Anywhere => "",
+        Allowed::In(phases) if phases == Phases::ALL => {
+            "called at the top level (outside any request), it is a script error."
+        }
         Allowed::In(_) => {
             "called anywhere else (another phase, the top level), it is a script error."
         }
@@ -307,7 +326,8 @@ it is out of date). Editors with the Rhai language server can use the definition
 [`definitions/`](definitions/) for completion and checks.
 
 A script defines phase functions, which the proxy calls as a request goes through: {phases}.
-Each is optional; none takes parameters. What a function may touch depends on the phase: the
+Each is optional; none takes parameters. The plugin's global script may also define
+`{tick}()`, which the proxy calls on a timer, outside any request. What a function may touch depends on the phase: the
 proxy gives the request headers only while they are handled, the body only in its body phase,
 and so on. A callout callback runs in the phase that dispatched it. The script's top-level
 statements run once, when the plugin is configured.
@@ -325,13 +345,18 @@ are case-insensitive and always come back lowercase.
 
 Scripts also have Rhai's standard library (strings, arrays, maps, blobs, maths, …):
 see [`definitions/rhai-std.d.rhai`](definitions/rhai-std.d.rhai).
+
+To try a script: `proxy-rhai run SCRIPT` shows every host call it makes on a request, and
+what the upstream and the client get; `proxy-rhai check SCRIPT` compiles it as the plugin
+would; tests written in Rhai are described in [`testing.md`](testing.md).
 ",
-        phases = phases.join(", ")
+        phases = phases.join(", "),
+        tick = TICK_FUNCTION,
     )
 }
 
 /// `README.md`.
-fn reference(docs: &[FnDoc]) -> String {
+fn reference(docs: &[FnDoc], returns: &Returns) -> String {
     let mut sections: Vec<(&str, Vec<&FnDoc>)> = Vec::new();
     for doc in docs {
         let name = section(doc.name);
@@ -358,23 +383,27 @@ fn reference(docs: &[FnDoc]) -> String {
     for (name, list) in &sections {
         let _ = writeln!(out, "\n## {name}");
         for doc in list {
-            out.push_str(&entry(doc));
+            out.push_str(&entry(doc, returns));
         }
     }
     out
 }
 
 /// One function's entry.
-fn entry(doc: &FnDoc) -> String {
+fn entry(doc: &FnDoc, returns: &Returns) -> String {
     let mut out = String::new();
     let heading: Vec<String> = names(doc.name).map(|n| signature(doc, n)).collect();
     let _ = write!(out, "\n### `{}`\n\n", heading.join("` / `"));
-    let _ = writeln!(
-        out,
-        "```rhai\n{} -> {}\n```\n",
-        heading.join("\n"),
-        doc.returns
-    );
+    let typed: Vec<String> = names(doc.name)
+        .zip(&heading)
+        .map(|(name, signature)| {
+            let ret = returns
+                .get(&(name.to_string(), doc.params.len()))
+                .map_or("any", |t| script_type(t));
+            format!("{signature} -> {ret}")
+        })
+        .collect();
+    let _ = writeln!(out, "```rhai\n{}\n```\n", typed.join("\n"));
     let _ = writeln!(out, "{}\n", doc.doc);
     let _ = writeln!(out, "- Allowed in: {}.", allowed_text(doc.allowed));
     let _ = writeln!(out, "- Returns: {}.", doc.returns);
@@ -391,18 +420,13 @@ fn entry(doc: &FnDoc) -> String {
 /// The definition files: the API (Rhai's definitions of the engine's own functions, with
 /// names and documentation from the [`FnDoc`]s), Rhai's standard library, and the built-in
 /// functions and operators.
-fn definitions(docs: &[FnDoc]) -> Vec<(String, String)> {
-    let api = api_only_engine();
-    let returns: BTreeMap<(String, usize), String> = api_functions(&api)
-        .into_iter()
-        .map(|f| ((f.name, f.params), definition_type(&f.returns)))
-        .collect();
+fn definitions(api: &Engine, docs: &[FnDoc], returns: &Returns) -> Vec<(String, String)> {
     let mut files = vec![(
         "definitions/proxy-rhai.d.rhai".to_string(),
         annotate(
             &api.definitions().with_headers(true).static_module(),
             docs,
-            &returns,
+            returns,
         ),
     )];
     let std = Engine::new();
@@ -419,11 +443,7 @@ fn definitions(docs: &[FnDoc]) -> Vec<(String, String)> {
 
 /// Rhai's definitions of the API, with the parameter names and documentation of each
 /// binding (Rhai only knows the types of a native function's parameters).
-fn annotate(
-    definitions: &str,
-    docs: &[FnDoc],
-    returns: &BTreeMap<(String, usize), String>,
-) -> String {
+fn annotate(definitions: &str, docs: &[FnDoc], returns: &Returns) -> String {
     let mut out = String::from(
         "// The proxy-rhai script API, generated by `proxy-rhai docs` (see README.md).\n",
     );

@@ -5,7 +5,6 @@
 
 use std::rc::Rc;
 
-use rhai::module_resolvers::DummyModuleResolver;
 use rhai::{CallFnOptions, Dynamic, Engine, OptimizationLevel, Scope, AST};
 
 use crate::bindings::{self, Api, FnDoc, Registrar};
@@ -198,8 +197,8 @@ pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     docs
 }
 
-/// An engine with the sandbox limits and the script API, and nothing else: no module loading,
-/// no `eval`.
+/// An engine with the sandbox limits and the script API, and nothing else: no `eval`, and no
+/// module loading (Rhai's module system is not even built in: feature `no_module`).
 fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<&mut Vec<FnDoc>>) -> Engine {
     let mut engine = Engine::new();
     engine
@@ -209,8 +208,6 @@ fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<
         .set_max_string_size(limits.max_string_size)
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
-        .set_max_modules(0)
-        .set_module_resolver(DummyModuleResolver::new())
         .set_optimization_level(OptimizationLevel::Simple)
         .disable_symbol("eval")
         .disable_symbol("import");

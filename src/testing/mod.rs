@@ -1,100 +1,6 @@
-//! Tests written in Rhai, run against the host emulator.
+//! The Rhai test API and its runner. The guide below is also `api-docs/testing.md`.
 //!
-//! A script author keeps `scripts/NAME.test.rhai` next to `scripts/NAME.rhai`; every
-//! `fn test_*()` in it is a test. `proxy-rhai test` runs them, and so can a Rust test with
-//! [`run_file`]. Each test runs on its own: the file's top-level statements, then the test.
-//!
-//! ```rhai
-//! fn test_adds_the_header() {
-//!     let p = plugin("hello.rhai", #{ mockEnable: false });   // path relative to this file
-//!     let r = p.get("/");                                     // through the emulated Envoy
-//!     r.assert_upstream_header("hello", "world");
-//!     r.assert_status(200);
-//! }
-//!
-//! fn test_token_from_the_auth_service() {
-//!     let p = plugin("token.rhai", #{ cluster: "auth" });
-//!     p.answer("auth", "/token", #{ status: 200, body: `{"token":"t-1"}` });
-//!     let r = p.send(#{ method: "POST", path: "/api", headers: #{ "x-user": "ann" }, body: "{}" });
-//!     r.assert_callout(0, #{ cluster: "auth", path: "/token", body: `{"user":"ann"}` });
-//!     r.assert_upstream_header("authorization", "Bearer t-1");
-//! }
-//! ```
-//!
-//! # Loading a plugin
-//! - `plugin(path)`, `plugin(path, config)`, `plugin(path, config, settings)`: the script at
-//!   `path` (relative to the test file) with `config` as what `config()` returns; `settings`
-//!   holds the rest of a plugin configuration (`limits`, `error_policy`). A plugin that
-//!   refuses its configuration fails the test; `plugin_error(path, config)` (and with
-//!   `settings`) returns that error instead, or `()` when the plugin configures.
-//! - `p.logs`: the plugin's log lines so far, configure time included.
-//!
-//! # Requests and responses
-//! - `p.send(request)`, `p.send(request, response)`: `request` is a map with `method` (GET),
-//!   `path` (`/`), `authority` (`example.com`), `headers`, `body`, `trailers`, `chunk_size`;
-//!   `response` is what the upstream answers if the request gets there: `status` (200),
-//!   `headers`, `body`, `trailers`, `chunk_size`. Headers are a map (a value may be an array of
-//!   values) or an array of `[name, value]` pairs; bodies are strings or blobs.
-//! - `p.get(path)`, `p.get(path, headers)`, `p.post(path, body)`, `p.post(path, headers, body)`.
-//! - `p.upstream(response)`: what the upstream answers from now on (a map, or a function
-//!   `|request| …` given the forwarded request and returning a map or a body string).
-//!
-//! # Callouts
-//! Callouts get no answer (they time out) unless the test says otherwise:
-//! - `p.answer(cluster, answer)`, `p.answer(cluster, path, answer)`: every call to `cluster`
-//!   (and `path`: exact, or a prefix when it ends with `*`) gets `answer`: a map (`status`
-//!   (200), `headers`, `body`), `()` or `"timeout"` for no answer, `"reset"` for a target that
-//!   resets, or a function `|c| …` given the call (`cluster`, `method`, `path`, `headers`,
-//!   `body`, …) and returning one of those.
-//! - `p.answers(cluster, [answers])`, `p.answers(cluster, path, [answers])`: those calls get
-//!   these answers in order, one each.
-//! - `p.answers([answers])`: calls no rule answers get these in order, whatever their target;
-//!   declare their clusters with `p.add_cluster(name)` (Envoy refuses unknown clusters;
-//!   `answer` and `answers` declare theirs).
-//!
-//! A path rule wins over a cluster rule, a later rule over an earlier one.
-//!
-//! # What happened: `let r = p.get("/")`
-//! - Assertions: `r.assert_forwarded()`, `r.assert_not_forwarded()`,
-//!   `r.assert_upstream_header(name, value)` (`value` `()` for absent),
-//!   `r.assert_no_upstream_header(name)`, `r.assert_upstream_body(body)`,
-//!   `r.assert_status(status)`, `r.assert_response_header(name, value)`,
-//!   `r.assert_no_response_header(name)`, `r.assert_body(body)`, `r.assert_local_response()`
-//!   (also with `status`, and `status, body`), `r.assert_no_local_response()`,
-//!   `r.assert_callouts(count)`, `r.assert_callout(index, #{ cluster, method, path,
-//!   authority, headers, body, timeout_ms })` (only the fields given are compared; `headers`
-//!   is a map), `r.assert_log(text)`, `r.assert_log(level, text)`, `r.assert_no_log(text)`,
-//!   `r.assert_error(text)`, `r.assert_no_errors()`, `r.assert_stalled()`.
-//! - Values, for checks of your own: `r.upstream` (a map with `method`, `path`, `authority`,
-//!   `headers`, `body`, `trailers`; `()` when the request never got there), `r.forwarded`,
-//!   `r.status`, `r.headers`, `r.body`, `r.local`, `r.reset`, `r.callouts`, `r.logs` (maps with
-//!   `level` and `message`), `r.errors`, `r.stalled`, `r.trace`, and
-//!   `r.upstream_header(name)`, `r.response_header(name)` (`()` when absent).
-//! - General assertions: `assert(condition)`, `assert(condition, message)`,
-//!   `assert_eq(actual, expected)`, `assert_ne(actual, other)`,
-//!   `assert_contains(text_array_or_map, item)`, `fail(message)`.
-//!
-//! A request on which the script failed (a script error, or a stream left paused) fails its
-//! test unless the test looks at it: `assert_error`, `assert_no_errors` or `r.errors` for
-//! errors, `assert_stalled` or `r.stalled` for a stall.
-//!
-//! A failure names the test, the assertion, what was expected and what happened, and the
-//! line of the test file.
-//!
-//! # From Rust
-//! ```
-//! use std::path::Path;
-//! let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
-//! let report = proxy_rhai::testing::run_source(
-//!     &scripts.join("inline.test.rhai"),
-//!     r#"fn test_hello() {
-//!            let r = plugin("hello.rhai", #{ mockEnable: true }).get("/");
-//!            r.assert_local_response(200, "hello world");
-//!        }"#,
-//!     None,
-//! );
-//! assert_eq!((report.passed(), report.failed()), (1, 0), "{:?}", report.tests);
-//! ```
+#![doc = include_str!("testing.md")]
 
 pub mod spec;
 
@@ -159,9 +65,37 @@ pub fn run_file(path: &Path, filter: Option<&str>) -> FileReport {
     }
 }
 
+/// Stack of the thread tests run on: Rhai evaluates by recursion, and a native debug build
+/// needs far more stack per script call than the wasm plugin (whose stack is 8 MiB).
+const STACK_SIZE: usize = 256 << 20;
+
 /// Runs tests from `source`, as if it were the test file `path` (scripts are found relative
 /// to its folder).
+///
+/// The tests run on a thread of their own, with a stack deep enough for every limit a plugin
+/// configuration allows.
 pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
+    let (path, source) = (path.to_path_buf(), source.to_string());
+    let filter = filter.map(str::to_string);
+    let on_thread = path.clone();
+    let run = std::thread::Builder::new()
+        .name("rhai-tests".into())
+        .stack_size(STACK_SIZE)
+        .spawn(move || run_here(&on_thread, &source, filter.as_deref()));
+    let failed = |why: String| FileReport {
+        path: path.clone(),
+        tests: Vec::new(),
+        error: Some(why),
+    };
+    match run {
+        Ok(thread) => thread
+            .join()
+            .unwrap_or_else(|_| failed("the test runner crashed".into())),
+        Err(e) => failed(format!("cannot start the test runner: {e}")),
+    }
+}
+
+fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
     let mut report = FileReport {
         path: path.to_path_buf(),
         tests: Vec::new(),

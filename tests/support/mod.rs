@@ -908,6 +908,7 @@ pub fn vm_failures(log: &str) -> Vec<&str> {
         .filter(|l| {
             (l.contains("Function: proxy_on_") && l.contains("failed"))
                 || l.contains("Uncaught RuntimeError")
+                || l.contains("Uncaught RangeError")
                 || l.contains("panicked at")
                 || l.contains("memory allocation of")
                 || l.contains("Wasm VM failed")

@@ -1,0 +1,422 @@
+//! The subcommands of `proxy-rhai`.
+
+mod input;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use proxy_rhai::check::{check, Severity};
+use proxy_rhai::emulator::{header, Callout, Emulator, Headers, Outcome, Reply, Request, Response};
+use proxy_rhai::testing::{self, spec};
+
+/// Run, test, check and document proxy-rhai scripts, with no proxy: the plugin's own code runs
+/// in an emulated Envoy.
+#[derive(Parser)]
+#[command(name = "proxy-rhai", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(RunArgs),
+    Test(TestArgs),
+    Check(CheckArgs),
+    Docs(DocsArgs),
+}
+
+/// Runs a script against one request and shows what it did.
+///
+/// Prints every host call the script made, in order, and the outcome: the request forwarded
+/// to the upstream, the response the client got, or the local response. With no options: `GET /` for `example.com`, and an upstream answering 200. Exits 1 when
+/// the script failed on the request (a script error, or a request left paused).
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  proxy-rhai run scripts/hello.rhai --config '{\"mockEnable\": true}'\n  \
+                  proxy-rhai run auth.rhai --request req.http --callout 'auth/token=200:{\"token\":\"t\"}'\n  \
+                  proxy-rhai run auth.rhai --callout auth=timeout --json"
+)]
+struct RunArgs {
+    /// The script (a .rhai file).
+    script: PathBuf,
+    #[command(flatten)]
+    configuration: Configuration,
+    /// The request: JSON ({"method", "path", "authority", "headers", "body", "trailers"}) given
+    /// inline or in a file, or a file holding an HTTP/1.1 request.
+    #[arg(long, value_name = "FILE|JSON")]
+    request: Option<String>,
+    /// What the upstream answers: JSON ({"status", "headers", "body", "trailers"}) given inline
+    /// or in a file, or a file holding an HTTP/1.1 response.
+    #[arg(long, value_name = "FILE|JSON")]
+    response: Option<String>,
+    /// Answers callouts to CLUSTER (and PATH: exact, or a prefix ending with `*`); ANSWER is
+    /// STATUS, STATUS:BODY, timeout, reset, JSON, or @FILE (JSON or an HTTP response). May be
+    /// repeated; other callouts time out.
+    #[arg(long, value_name = "CLUSTER[PATH]=ANSWER")]
+    callout: Vec<String>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What configures the plugin besides its script.
+#[derive(Args)]
+struct Configuration {
+    /// What the script's `config()` returns: JSON, inline or in a file.
+    #[arg(long, value_name = "FILE|JSON")]
+    config: Option<String>,
+    /// A whole plugin configuration ({"config", "limits", "error_policy"}), inline or in a
+    /// file; its "script" is ignored. `--config` replaces its "config".
+    #[arg(long, value_name = "FILE|JSON")]
+    plugin_config: Option<String>,
+}
+
+impl Configuration {
+    /// The plugin configuration without its script.
+    fn settings(&self) -> Result<Map<String, Value>, String> {
+        let mut settings = match &self.plugin_config {
+            Some(arg) => match input::json_arg("--plugin-config", arg)? {
+                Value::Object(map) => map,
+                other => {
+                    return Err(format!(
+                        "--plugin-config must be a JSON object, got {other}"
+                    ))
+                }
+            },
+            None => Map::new(),
+        };
+        settings.remove("script");
+        if let Some(arg) = &self.config {
+            settings.insert("config".into(), input::json_arg("--config", arg)?);
+        }
+        Ok(settings)
+    }
+}
+
+/// Runs the tests written in Rhai (*.test.rhai).
+///
+/// Every `fn test_*()` of the files found is a test. Prints each test's result and a last line `N passed, N failed`; exits 1 when a test failed.
+#[derive(Args)]
+struct TestArgs {
+    /// Test files, or folders to search for *.test.rhai (default: the current folder).
+    paths: Vec<PathBuf>,
+    /// Run only the tests whose name contains this.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Also show what passing tests printed.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// Checks scripts as the plugin would load them.
+///
+/// Compiles each script as the plugin would (same limits, same phase rules) and reports
+/// errors with line and column, and warnings: a function named almost like a phase function,
+/// a call to a function that exists neither in the script nor in the API. Exits 1 when a script has an error (or a warning, with --deny-warnings).
+#[derive(Args)]
+struct CheckArgs {
+    /// The scripts (.rhai files).
+    #[arg(required = true)]
+    scripts: Vec<PathBuf>,
+    #[command(flatten)]
+    configuration: Configuration,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+/// Writes the script API reference (api-docs/).
+///
+/// README.md documents every function and constant; definitions/*.d.rhai let editors with
+/// the Rhai language server complete and check scripts.
+#[derive(Args)]
+struct DocsArgs {
+    /// Where to write it.
+    #[arg(long, value_name = "DIR", default_value = proxy_rhai::docs::DIR)]
+    out: PathBuf,
+    /// Write nothing: exit 1 when the folder is not up to date.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Parses the command line and runs the subcommand; an error is one line, exit status 2.
+pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("proxy-rhai: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Test(args) => test(&args),
+        Command::Check(args) => check_scripts(&args),
+        Command::Docs(args) => docs(&args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("proxy-rhai: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn read_script(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+// ---- run -------------------------------------------------------------------------------------
+
+fn run(args: &RunArgs) -> Result<bool, String> {
+    let script = read_script(&args.script)?;
+    let mut configuration = args.configuration.settings()?;
+    configuration.insert("script".into(), script.into());
+    let emulator = Emulator::new(&Value::Object(configuration).to_string())
+        .map_err(|e| format!("{}: {e}", args.script.display()))?;
+    let request = match &args.request {
+        Some(arg) => input::request(arg)?,
+        None => Request::get("/"),
+    };
+    let mut response = match &args.response {
+        Some(arg) => input::response(arg)?,
+        None => Response::ok("upstream response\n").header("content-type", "text/plain"),
+    };
+    let rules = args
+        .callout
+        .iter()
+        .map(|arg| input::callout(arg))
+        .collect::<Result<Vec<_>, _>>()?;
+    for rule in &rules {
+        emulator.add_cluster(&rule.cluster);
+    }
+    let mut answer = |call: &Callout| {
+        let path = header(&call.headers, ":path").unwrap_or_default();
+        let matching = |with_path: bool| {
+            rules.iter().find(|r| {
+                r.cluster == call.cluster
+                    && r.path.is_some() == with_path
+                    && r.path
+                        .as_deref()
+                        .is_none_or(|p| spec::path_matches(p, &path))
+            })
+        };
+        matching(true)
+            .or_else(|| matching(false))
+            .map_or(Reply::NoAnswer, |r| r.reply.clone())
+    };
+    let outcome = emulator.run_with(&request, &mut response, &mut answer);
+    if args.json {
+        let mut value = spec::outcome(&outcome);
+        value["request"] = json!({
+            "method": request.method,
+            "path": request.path,
+            "authority": request.authority,
+            "headers": spec::pairs(&request.headers),
+            "body": String::from_utf8_lossy(&request.body),
+        });
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        out(&format!("{text}\n"));
+    } else {
+        out(&show_outcome(&request, &outcome));
+    }
+    Ok(outcome.script_errors().is_empty() && outcome.stalled.is_none())
+}
+
+fn show_headers(text: &mut String, headers: &Headers) {
+    for (name, value) in headers {
+        text.push_str(&format!("  {name}: {}\n", String::from_utf8_lossy(value)));
+    }
+}
+
+fn show_body(text: &mut String, body: &[u8]) {
+    if body.is_empty() {
+        text.push_str("  (no body)\n");
+    } else {
+        let shown = String::from_utf8_lossy(body);
+        text.push_str(&format!("  body ({} bytes): {shown:?}\n", body.len()));
+    }
+}
+
+/// The trace and the outcome, for a person.
+fn show_outcome(request: &Request, outcome: &Outcome) -> String {
+    let mut text = format!(
+        "== request: {} {} (authority {})\n",
+        request.method, request.path, request.authority
+    );
+    show_headers(&mut text, &request.headers);
+    show_body(&mut text, &request.body);
+    text.push_str(&format!("\n== host calls ({})\n", outcome.trace.len()));
+    for (i, call) in outcome.trace.iter().enumerate() {
+        text.push_str(&format!("{:>4}  {call}\n", i + 1));
+    }
+    if !outcome.callouts.is_empty() {
+        text.push_str(&format!("\n== callouts ({})\n", outcome.callouts.len()));
+        for c in &outcome.callouts {
+            let get = |name| header(&c.headers, name).unwrap_or_default();
+            text.push_str(&format!(
+                "  {} {} {} ({} ms, body {} bytes)\n",
+                c.cluster,
+                get(":method"),
+                get(":path"),
+                c.timeout.as_millis(),
+                c.body.len()
+            ));
+        }
+    }
+    match &outcome.upstream {
+        Some(up) => {
+            text.push_str("\n== forwarded to the upstream\n");
+            show_headers(&mut text, &up.headers);
+            show_body(&mut text, &up.body);
+        }
+        None => text.push_str("\n== the request never reached the upstream\n"),
+    }
+    let r = &outcome.response;
+    if let Some(why) = &outcome.stalled {
+        text.push_str(&format!("\n== stalled: {why}\n"));
+    } else {
+        let from = if r.local {
+            "(local response)"
+        } else {
+            "(from the upstream)"
+        };
+        let reset = if r.reset {
+            " (then reset: the client saw a truncated response)"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "\n== response to the client: {} {from}{reset}\n",
+            r.status
+        ));
+        show_headers(&mut text, &r.headers);
+        show_body(&mut text, &r.body);
+    }
+    if !outcome.log.is_empty() {
+        text.push_str("\n== log\n");
+        for l in &outcome.log {
+            text.push_str(&format!(
+                "  {:<5}  {}\n",
+                spec::level_name(l.level),
+                l.message
+            ));
+        }
+    }
+    let errors = outcome.script_errors();
+    if !errors.is_empty() {
+        text.push_str("\n== script errors\n");
+        for e in errors {
+            text.push_str(&format!("  {e}\n"));
+        }
+    }
+    text
+}
+
+// ---- test ------------------------------------------------------------------------------------
+
+fn test(args: &TestArgs) -> Result<bool, String> {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let files = testing::find_test_files(&paths)?;
+    if files.is_empty() {
+        let searched: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!("no *.test.rhai file in {}", searched.join(", ")));
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        let report = testing::run_file(file, args.filter.as_deref());
+        let mut text = format!("{}\n", file.display());
+        if let Some(error) = &report.error {
+            text.push_str(&format!("  FAIL  {error}\n"));
+        }
+        for t in &report.tests {
+            match &t.failure {
+                None => text.push_str(&format!("  ok    {}\n", t.name)),
+                Some(why) => {
+                    text.push_str(&format!("  FAIL  {}\n", t.name));
+                    for line in why.lines() {
+                        text.push_str(&format!("        {line}\n"));
+                    }
+                }
+            }
+            if t.failure.is_some() || args.verbose {
+                for line in &t.output {
+                    text.push_str(&format!("        | {line}\n"));
+                }
+            }
+        }
+        if report.tests.is_empty() && report.error.is_none() {
+            text.push_str("  (no test)\n");
+        }
+        out(&text);
+        passed += report.passed();
+        failed += report.failed();
+    }
+    out(&format!("{passed} passed, {failed} failed\n"));
+    Ok(failed == 0)
+}
+
+// ---- check -----------------------------------------------------------------------------------
+
+fn check_scripts(args: &CheckArgs) -> Result<bool, String> {
+    let settings = Value::Object(args.configuration.settings()?);
+    let mut clean = true;
+    for path in &args.scripts {
+        let script = read_script(path)?;
+        let found = check(&script, &settings);
+        let mut text = String::new();
+        for d in &found {
+            let sep = if d.line.is_some() { ":" } else { ": " };
+            text.push_str(&format!("{}{sep}{d}\n", path.display()));
+        }
+        let errors = found
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        let warnings = found.len() - errors;
+        if found.is_empty() {
+            text.push_str(&format!("{}: ok\n", path.display()));
+        }
+        clean &= errors == 0 && (warnings == 0 || !args.deny_warnings);
+        out(&text);
+    }
+    Ok(clean)
+}
+
+// ---- docs ------------------------------------------------------------------------------------
+
+fn docs(args: &DocsArgs) -> Result<bool, String> {
+    if args.check {
+        let differences = proxy_rhai::docs::differences(&args.out);
+        for d in &differences {
+            out(&format!("{}/{d}\n", args.out.display()));
+        }
+        if differences.is_empty() {
+            out(&format!("{}: up to date\n", args.out.display()));
+        }
+        return Ok(differences.is_empty());
+    }
+    let written = proxy_rhai::docs::write(&args.out)
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    out(&format!(
+        "{}: {} files written\n",
+        args.out.display(),
+        written.len()
+    ));
+    Ok(true)
+}
