@@ -37,6 +37,14 @@ pub(crate) struct StreamState {
     pub request_body_len: usize,
     /// Current length of the buffered response body.
     pub response_body_len: usize,
+    /// Whether a body (or trailers) follows the request / response headers.
+    pub request_has_body: bool,
+    pub response_has_body: bool,
+    /// The script asked not to run the body phase for this request / response.
+    pub skip_request_body: bool,
+    pub skip_response_body: bool,
+    /// The request's id (`x-request-id`), kept for error logs in later phases.
+    pub request_id: Option<String>,
 }
 
 /// A callout waiting for its answer.
@@ -79,6 +87,18 @@ pub(crate) struct Frame {
     pub config: Dynamic,
     /// Heap in use when the current call into Rhai began (for `limits.max_memory`).
     pub heap_baseline: usize,
+    /// The top-level constants of the running script.
+    pub constants: Constants,
+}
+
+/// Top-level constants of a script, by name; values are shared, so handing one out is cheap.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Constants(pub std::rc::Rc<[(ImmutableString, Dynamic)]>);
+
+impl Constants {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The object every binding closes over.
@@ -443,11 +463,18 @@ pub const CONSTANTS: [ConstDoc; 2] = [
 
 impl<H: Host + 'static> Api<H> {
     /// Prepares the frame for a call into Rhai with `config()` = `config`.
-    pub(crate) fn begin_call(&self, phase: Option<Phase>, config: Dynamic) {
+    pub(crate) fn begin_call(&self, phase: Option<Phase>, config: Dynamic, constants: Constants) {
         let mut frame = self.frame.borrow_mut();
         frame.phase = phase;
         frame.config = config;
+        frame.constants = constants;
         frame.heap_baseline = self.host.heap_in_use().unwrap_or(0);
+    }
+
+    /// The running script's top-level constant `name`, if it defined one.
+    pub(crate) fn constant(&self, name: &str) -> Option<Dynamic> {
+        let frame = self.frame.borrow();
+        frame.constants.0.iter().find(|(n, _)| n.as_str() == name).map(|(_, v)| v.clone())
     }
 
     /// Stops a call that grew the heap by more than `budget` bytes (checked every 64
@@ -780,6 +807,42 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         )
     );
 
+    // Whether a body follows, and skipping a body phase for one message.
+    bind!(reg, "has_request_body", RQH, "bool",
+        "Whether a body (or trailers) follows the request headers. `on_request_body` runs only for a request that has one.",
+        r#"fn on_request_headers() {
+    if get_request_header(":method") == "POST" && !has_request_body() {
+        send_http_response(400, [], "a body is required");
+    }
+}"#,
+        |a| Ok(a.frame.borrow().stream.request_has_body));
+    bind!(reg, "has_response_body", RSH, "bool",
+        "Whether a body (or trailers) follows the response headers.",
+        r#"fn on_response_headers() {
+    if !has_response_body() { add_response_header("x-empty", "1"); }
+}"#,
+        |a| Ok(a.frame.borrow().stream.response_has_body));
+    bind!(reg, "skip_request_body", RQH, "()",
+        "Lets this request's body through untouched: `on_request_body` won't run for it and the plugin won't buffer it (nor drop its `content-length`).",
+        r#"fn on_request_headers() {
+    if get_request_header("content-type") != "application/json" { skip_request_body(); }
+}
+fn on_request_body() { let doc = parse_json(get_request_body()); }"#,
+        |a| {
+            a.frame.borrow_mut().stream.skip_request_body = true;
+            Ok(())
+        });
+    bind!(reg, "skip_response_body", RSH, "()",
+        "Lets this response's body through untouched: `on_response_body` won't run for it and the plugin won't buffer it (a large download on a route whose JSON answers a script rewrites).",
+        r#"fn on_response_headers() {
+    if !(get_response_header("content-type") ?? "").starts_with("application/json") { skip_response_body(); }
+}
+fn on_response_body() { replace_response_body(to_json(parse_json(get_response_body()))); }"#,
+        |a| {
+            a.frame.borrow_mut().stream.skip_response_body = true;
+            Ok(())
+        });
+
     // Local responses and resuming.
     bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
         "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. Once per request: a second call, or a status out of range, is an error. Too late once the response body is streaming (the response headers are gone).",
@@ -817,7 +880,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives (status 0 and empty headers and body when none comes in time; Envoy's own 503 when the target can't be reached), in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
         r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {
@@ -974,6 +1037,16 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 }"#,
         |a| call_body(a)
     );
+
+    bind!(reg, "get_http_call_response_header", Callback, "string, or () when absent",
+        "One header of the callout answer being handled (the first value; name case-insensitive).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/token", [], 500, |status, headers, body| {
+        let token = get_http_call_response_header("x-token");
+        if token != () { add_request_header("authorization", token); }
+    });
+}"#,
+        |a, name: &str| a.get_header("get_http_call_response_header", MapType::HttpCallResponseHeaders, name));
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",

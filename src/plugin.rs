@@ -5,9 +5,9 @@
 
 use std::rc::Rc;
 
-use rhai::{CallFnOptions, Dynamic, Engine, OptimizationLevel, Scope, AST};
+use rhai::{CallFnOptions, Dynamic, Engine, ImmutableString, OptimizationLevel, Scope, AST};
 
-use crate::bindings::{self, Api, FnDoc, Registrar};
+use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::{Phase, Phases};
@@ -29,6 +29,8 @@ pub struct Script {
 pub(crate) struct Selection {
     pub script: Rc<Script>,
     pub config: Dynamic,
+    /// The constants the script's top level defined with this config.
+    pub constants: Constants,
 }
 
 /// Everything the streams of one configuration share.
@@ -60,7 +62,7 @@ impl<H: Host + 'static> Plugin<H> {
         };
         let global_config = to_rhai(&config.user_config, "config")?;
         let global = match &config.script {
-            Some(source) => Some(Selection { script: compile(source, "")?, config: global_config.clone() }),
+            Some(source) => Some(Selection { script: compile(source, "")?, config: global_config.clone(), constants: Constants::default() }),
             None => None,
         };
         let mut rules = Vec::with_capacity(config.rules.len());
@@ -74,22 +76,25 @@ impl<H: Host + 'static> Plugin<H> {
                 Some(value) => to_rhai(value, &format!("_rules_[{i}].config"))?,
                 None => global_config.clone(),
             };
-            rules.push((rule.matcher.clone(), Selection { script, config }));
+            rules.push((rule.matcher.clone(), Selection { script, config, constants: Constants::default() }));
         }
-        let plugin = Self { engine, api, config, global, rules };
-        for selection in plugin.global.iter().chain(plugin.rules.iter().map(|(_, s)| s)) {
-            plugin.run_top_level(selection)?;
+        let mut plugin = Self { engine, api, config, global, rules };
+        // Top-level statements run once, here; the constants they define are what the
+        // script's functions see under those names.
+        let mut any_constants = false;
+        let selections = plugin.global.iter_mut().chain(plugin.rules.iter_mut().map(|(_, s)| s));
+        for selection in selections {
+            selection.constants = run_top_level(&plugin.engine, &plugin.api, selection)?;
+            any_constants |= !selection.constants.is_empty();
+        }
+        if any_constants {
+            // Only then: a resolver costs every variable lookup a call. (Rhai marks `on_var`
+            // "volatile", not deprecated.)
+            let api = plugin.api.clone();
+            #[allow(deprecated)]
+            plugin.engine.on_var(move |name, index, _| Ok(if index > 0 { None } else { api.constant(name) }));
         }
         Ok(plugin)
-    }
-
-    /// Runs a script's top-level statements once, so that a script failing there is refused
-    /// at configure time rather than on every request.
-    fn run_top_level(&self, selection: &Selection) -> Result<(), String> {
-        self.api.begin_call(None, selection.config.clone());
-        let result = self.engine.run_ast_with_scope(&mut Scope::new(), &selection.script.ast);
-        self.api.frame.borrow_mut().config = Dynamic::UNIT;
-        result.map_err(|e| format!("script failed while loading: {}", crate::stream::describe_error(&e)))
     }
 
     /// The configuration, as checked.
@@ -116,7 +121,7 @@ impl<H: Host + 'static> Plugin<H> {
         let Some(global) = self.global.as_ref().filter(|g| g.script.has_tick) else {
             return;
         };
-        self.api.begin_call(None, global.config.clone());
+        self.api.begin_call(None, global.config.clone(), global.constants.clone());
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
         let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &global.script.ast, TICK_FUNCTION, ());
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
@@ -153,6 +158,22 @@ impl<H: Host + 'static> Plugin<H> {
             .map(|(_, selection)| selection.clone())
             .or_else(|| self.global.clone())
     }
+}
+
+/// Runs a script's top-level statements, so that a script failing there is refused at
+/// configure time rather than on every request; returns the constants they defined.
+fn run_top_level<H: Host + 'static>(engine: &Engine, api: &Api<H>, selection: &Selection) -> Result<Constants, String> {
+    api.begin_call(None, selection.config.clone(), Constants::default());
+    let mut scope = Scope::new();
+    let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
+    api.frame.borrow_mut().config = Dynamic::UNIT;
+    result.map_err(|e| format!("script failed while loading: {}", crate::stream::describe_error(&e)))?;
+    let constants: Vec<(ImmutableString, Dynamic)> = scope
+        .iter_raw()
+        .filter(|(_, is_constant, _)| *is_constant)
+        .map(|(name, _, value)| (name.into(), value.clone().into_shared()))
+        .collect();
+    Ok(Constants(constants.into()))
 }
 
 fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, String> {

@@ -13,7 +13,7 @@ pub use proxy_wasm::types::Action;
 use crate::bindings::{CallAnswer, PhaseAction, Side, StreamState};
 use crate::config::FailMode;
 use crate::host::{BufferType, Host, LogLevel, MapType};
-use crate::phase::Phase;
+use crate::phase::{Phase, Phases};
 use crate::plugin::{Plugin, Selection};
 
 /// One HTTP stream (a request and its response) handled by a plugin.
@@ -58,6 +58,11 @@ impl<H: Host + 'static> HttpStream<H> {
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
+        self.state.request_has_body = !end_of_stream;
+        if self.selection.as_ref().is_some_and(|s| s.script.phases != Phases::REQUEST_HEADERS) {
+            // Later phases can't read it from the proxy any more: keep it for error logs.
+            self.state.request_id = self.property_text(&["request", "id"]);
+        }
         let action = self.run_phase(Phase::RequestHeaders);
         self.prepare_body(Phase::RequestBody, MapType::HttpRequestHeaders, end_of_stream);
         action
@@ -73,6 +78,7 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
+        self.state.response_has_body = !end_of_stream;
         let action = self.run_phase(Phase::ResponseHeaders);
         self.prepare_body(Phase::ResponseBody, MapType::HttpResponseHeaders, end_of_stream);
         action
@@ -153,7 +159,17 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     fn defines(&self, phase: Phase) -> bool {
-        self.selection.as_ref().is_some_and(|s| s.script.phases.contains(phase))
+        let skipped = match phase {
+            Phase::RequestBody => self.state.skip_request_body,
+            Phase::ResponseBody => self.state.skip_response_body,
+            _ => false,
+        };
+        !skipped && self.selection.as_ref().is_some_and(|s| s.script.phases.contains(phase))
+    }
+
+    fn property_text(&self, path: &[&str]) -> Option<String> {
+        let value = self.plugin.api.host.get_property(path).ok().flatten()?;
+        (!value.is_empty()).then(|| String::from_utf8_lossy(&value).into_owned())
     }
 
     fn pending(&self, side: Side) -> bool {
@@ -189,7 +205,7 @@ impl<H: Host + 'static> HttpStream<H> {
             return Ok(Dynamic::UNIT);
         };
         let plugin = self.plugin.clone();
-        plugin.api.begin_call(Some(phase), selection.config.clone());
+        plugin.api.begin_call(Some(phase), selection.config.clone(), selection.constants.clone());
         {
             let mut frame = plugin.api.frame.borrow_mut();
             frame.answer = answer;
@@ -276,13 +292,10 @@ impl<H: Host + 'static> HttpStream<H> {
 
     fn log_error(&self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
         let request_id = self
-            .plugin
-            .api
-            .host
-            .get_property(&["request", "id"])
-            .ok()
-            .flatten()
-            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .state
+            .request_id
+            .clone()
+            .or_else(|| self.property_text(&["request", "id"]))
             .unwrap_or_else(|| "-".into());
         let place = if in_callback { "callout callback of " } else { "" };
         self.plugin.api.host.log(

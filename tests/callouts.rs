@@ -68,7 +68,7 @@ fn callback_answers_locally_and_the_request_never_reaches_upstream() {
     let p = plugin(
         r#"fn on_request_headers() {
         http_get("auth", "/check", [], 500, |status, headers, body| {
-            if status != 200 { send_http_response(if status == 0 { 503 } else { 401 }, [], "denied: " + status); }
+            if status != 200 { send_http_response(if status == 504 { 503 } else { 401 }, [], "denied: " + status); }
         });
     }"#,
     );
@@ -87,7 +87,7 @@ fn callback_answers_locally_and_the_request_never_reaches_upstream() {
     let o = p.run(&Request::get("/"), &mut Response::ok("up")); // no answer: timeout
     assert_eq!(
         (o.response.status, o.response.body.as_slice()),
-        (503, &b"denied: 0"[..])
+        (503, &b"denied: 504"[..])
     );
 }
 
@@ -132,7 +132,7 @@ fn parallel_calls_all_land_before_the_request_resumes() {
 }
 
 #[test]
-fn timeout_runs_the_callback_with_status_zero_and_nothing_else() {
+fn timeout_runs_the_callback_with_envoys_504_and_a_failure_with_status_zero() {
     let p = plugin(
         r#"fn on_request_headers() {
         http_get("auth", "/slow", [], 50, |status, headers, body| {
@@ -148,6 +148,8 @@ fn timeout_runs_the_callback_with_status_zero_and_nothing_else() {
             Reply::NoAnswer
         },
     );
+    assert_eq!(o.upstream_header("x-result").as_deref(), Some("504|3|24|3|24"), "Envoy's own `upstream request timeout`");
+    let o = p.run_with(&Request::get("/"), &mut Response::ok("up"), &mut |_: &Callout| Reply::Failure);
     assert_eq!(o.upstream_header("x-result").as_deref(), Some("0|0|0|0|0"));
 }
 

@@ -124,3 +124,27 @@ fn json_round_trip_and_errors() {
         o.log
     );
 }
+
+#[test]
+fn top_level_constants_are_seen_by_functions_and_computed_once() {
+    let p = Emulator::with_script(
+        r#"
+        const ALLOWED = config().users.map(|u| u.to_lower());
+        const LIMITS = #{ small: 1, big: 100 };
+        let scratch = 5; // not a constant: functions can't see it
+        log_info("loaded");
+        fn allowed(user) { ALLOWED.contains(user.to_lower()) }
+        fn on_request_headers() {
+            add_request_header("x-ok", allowed(get_request_header("x-user")).to_string());
+            add_request_header("x-big", LIMITS.big.to_string());
+        }"#,
+        json!({"users": ["Ann", "BOB"]}),
+    )
+    .unwrap();
+    assert_eq!(p.log().iter().filter(|l| l.message == "loaded").count(), 1, "top level runs once");
+    for (user, ok) in [("ann", "true"), ("Bob", "true"), ("eve", "false")] {
+        let o = p.run(&Request::get("/").header("x-user", user), &mut Response::ok(""));
+        assert_eq!(o.upstream_header("x-ok").as_deref(), Some(ok), "{user}: {:?}", o.log);
+        assert_eq!(o.upstream_header("x-big").as_deref(), Some("100"));
+    }
+}

@@ -34,7 +34,7 @@ fn refused_configurations_say_why() {
     );
     assert!(
         refused(r#"{"script": "import \"x\" as y; fn on_request_headers() { }"}"#)
-            .contains("'import' is a reserved keyword")
+            .contains("reserved keyword 'import' is disabled")
     );
     assert!(refused(
         r#"{"script": "fn on_request_headers() {}", "limits": {"max_operations": 1}}"#

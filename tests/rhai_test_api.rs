@@ -147,13 +147,15 @@ fn callouts_answered_per_cluster_path_in_order_or_not_at_all() {
         fn test_no_answer_timeout_and_reset() {
             let p = plugin("auth.rhai");
             p.add_cluster("auth");
-            p.get("/").assert_local_response(403, "denied 0");
+            p.get("/").assert_local_response(403, "denied 504");
             p.answer("auth", ());
-            p.get("/").assert_local_response(403, "denied 0");
+            p.get("/").assert_local_response(403, "denied 504");
             p.answer("auth", "timeout");
-            p.get("/").assert_local_response(403, "denied 0");
+            p.get("/").assert_local_response(403, "denied 504");
             p.answer("auth", "reset");
             p.get("/").assert_local_response(403, "denied 503");
+            p.answer("auth", "failure");
+            p.get("/").assert_local_response(403, "denied 0");
         }
         fn test_unknown_cluster_is_refused() {
             let r = plugin("auth.rhai").get("/");
@@ -165,7 +167,7 @@ fn callouts_answered_per_cluster_path_in_order_or_not_at_all() {
             p.answers("auth", [#{ status: 500 }, |c| #{ body: `{"token":"${c.path}"}` }]);
             p.get("/").assert_local_response(403, "denied 500");
             p.get("/").assert_upstream_header("authorization", "Bearer /token");
-            p.get("/").assert_local_response(403, "denied 0");
+            p.get("/").assert_local_response(403, "denied 504");
         }
         fn test_answers_in_order_whatever_the_target() {
             let p = plugin("fanout.rhai");
@@ -273,7 +275,7 @@ fn failures_name_the_assertion_expected_actual_and_line() {
     );
     assert_eq!(
         f,
-        "line 4: assert_upstream_header(\"a\"): the request never reached the upstream (local response 403 \"denied 0\")"
+        "line 4: assert_upstream_header(\"a\"): the request never reached the upstream (local response 403 \"denied 504\")"
     );
 
     let f = failure(

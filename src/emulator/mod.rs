@@ -37,6 +37,20 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 pub const UPSTREAM_RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
+/// The body of the 504 Envoy answers a callout with when its timeout expires.
+pub const UPSTREAM_TIMEOUT_BODY: &str = "upstream request timeout";
+
+/// An answer Envoy makes up itself, as it hands it to the plugin.
+fn envoy_answer(status: u32, body: &str) -> (CalloutAnswer, usize, usize) {
+    let headers: Headers = vec![
+        (":status".into(), status.to_string().into_bytes()),
+        ("content-length".into(), body.len().to_string().into_bytes()),
+        ("content-type".into(), b"text/plain".to_vec()),
+    ];
+    let (n, size) = (headers.len(), body.len());
+    (CalloutAnswer { headers, body: body.as_bytes().to_vec(), trailers: Vec::new() }, n, size)
+}
+
 /// A request as the client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -176,12 +190,16 @@ pub enum Reply {
         headers: Headers,
         body: Vec<u8>,
     },
-    /// No answer in time: the callback sees status 0, no headers, an empty body.
+    /// No answer in time: like Envoy, the callback sees Envoy's own 504 (`upstream request
+    /// timeout`) when the call's timeout expires.
     NoAnswer,
     /// The target refused the connection or reset it before answering: like Envoy, the
     /// callback sees Envoy's own 503 (`upstream connect error or disconnect/reset before
     /// headers. reset reason: remote connection failure`).
     Reset,
+    /// The call failed with no response at all (a reset after the answer's headers): the
+    /// callback sees status 0, no headers and an empty body.
+    Failure,
 }
 
 /// Decides the answer to each callout.
@@ -678,17 +696,9 @@ impl Run<'_> {
                     size,
                 )
             }
-            Reply::NoAnswer => (CalloutAnswer::default(), 0, 0),
-            Reply::Reset => {
-                let body = UPSTREAM_RESET_BODY.as_bytes().to_vec();
-                let headers: Headers = vec![
-                    (":status".into(), b"503".to_vec()),
-                    ("content-length".into(), body.len().to_string().into_bytes()),
-                    ("content-type".into(), b"text/plain".to_vec()),
-                ];
-                let (n, size) = (headers.len(), body.len());
-                (CalloutAnswer { headers, body, trailers: Vec::new() }, n, size)
-            }
+            Reply::Failure => (CalloutAnswer::default(), 0, 0),
+            Reply::NoAnswer => envoy_answer(504, UPSTREAM_TIMEOUT_BODY),
+            Reply::Reset => envoy_answer(503, UPSTREAM_RESET_BODY),
         };
         self.delivered.push(call.token);
         self.state().answer = Some(answer);

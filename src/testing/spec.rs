@@ -82,12 +82,14 @@ pub fn response(value: &Value) -> Result<Response, String> {
 }
 
 /// A callout answer: `{"status", "headers", "body"}` (status defaults to 200), `null` or
-/// `"timeout"` for no answer in time, `"reset"` for a target that resets the connection.
+/// `"timeout"` for no answer in time (Envoy's 504), `"reset"` for a target that can't be
+/// reached (Envoy's 503), `"failure"` for a call that fails with no response (status 0).
 pub fn reply(value: &Value) -> Result<Reply, String> {
     match value {
         Value::Null => Ok(Reply::NoAnswer),
         Value::String(s) if s == "timeout" => Ok(Reply::NoAnswer),
         Value::String(s) if s == "reset" => Ok(Reply::Reset),
+        Value::String(s) if s == "failure" => Ok(Reply::Failure),
         Value::Object(_) => {
             let fields = object("answer", value, &["status", "headers", "body"])?;
             Ok(Reply::Answer {
