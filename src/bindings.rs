@@ -474,16 +474,24 @@ impl<H: Host + 'static> Api<H> {
     /// The running script's top-level constant `name`, if it defined one.
     pub(crate) fn constant(&self, name: &str) -> Option<Dynamic> {
         let frame = self.frame.borrow();
-        frame.constants.0.iter().find(|(n, _)| n.as_str() == name).map(|(_, v)| v.clone())
+        frame
+            .constants
+            .0
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// Stops a call that grew the heap by more than `budget` bytes (checked every 64
     /// operations: one operation allocates at most a few limited values).
     pub(crate) fn over_memory_budget(&self, operations: u64, budget: usize) -> Option<Dynamic> {
-        if operations % 64 != 0 {
+        if !operations.is_multiple_of(64) {
             return None;
         }
-        let grown = self.host.heap_in_use()?.saturating_sub(self.frame.borrow().heap_baseline);
+        let grown = self
+            .host
+            .heap_in_use()?
+            .saturating_sub(self.frame.borrow().heap_baseline);
         (grown > budget).then(|| {
             format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)").into()
         })
@@ -816,12 +824,17 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     }
 }"#,
         |a| Ok(a.frame.borrow().stream.request_has_body));
-    bind!(reg, "has_response_body", RSH, "bool",
+    bind!(
+        reg,
+        "has_response_body",
+        RSH,
+        "bool",
         "Whether a body (or trailers) follows the response headers.",
         r#"fn on_response_headers() {
     if !has_response_body() { add_response_header("x-empty", "1"); }
 }"#,
-        |a| Ok(a.frame.borrow().stream.response_has_body));
+        |a| Ok(a.frame.borrow().stream.response_has_body)
+    );
     bind!(reg, "skip_request_body", RQH, "()",
         "Lets this request's body through untouched: `on_request_body` won't run for it and the plugin won't buffer it (nor drop its `content-length`).",
         r#"fn on_request_headers() {
@@ -1038,7 +1051,11 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         |a| call_body(a)
     );
 
-    bind!(reg, "get_http_call_response_header", Callback, "string, or () when absent",
+    bind!(
+        reg,
+        "get_http_call_response_header",
+        Callback,
+        "string, or () when absent",
         "One header of the callout answer being handled (the first value; name case-insensitive).",
         r#"fn on_request_headers() {
     http_get("auth", "/token", [], 500, |status, headers, body| {
@@ -1046,7 +1063,12 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         if token != () { add_request_header("authorization", token); }
     });
 }"#,
-        |a, name: &str| a.get_header("get_http_call_response_header", MapType::HttpCallResponseHeaders, name));
+        |a, name: &str| a.get_header(
+            "get_http_call_response_header",
+            MapType::HttpCallResponseHeaders,
+            name
+        )
+    );
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",

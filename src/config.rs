@@ -190,7 +190,9 @@ impl Matcher {
     pub fn matches(&self, facts: &RequestFacts<'_>) -> bool {
         match self {
             Matcher::Route(names) => names.iter().any(|n| n == facts.route_name),
-            Matcher::RoutePrefix(prefixes) => prefixes.iter().any(|p| facts.route_name.starts_with(p.as_str())),
+            Matcher::RoutePrefix(prefixes) => prefixes
+                .iter()
+                .any(|p| facts.route_name.starts_with(p.as_str())),
             Matcher::Domain(patterns) => {
                 let host = strip_port(facts.host).to_ascii_lowercase();
                 patterns.iter().any(|p| match p {
@@ -201,7 +203,9 @@ impl Matcher {
             }
             Matcher::Service(patterns) => {
                 let (name, port) = service_of_cluster(facts.cluster_name);
-                patterns.iter().any(|p| p.name == name && p.port.is_none_or(|want| Some(want) == port))
+                patterns
+                    .iter()
+                    .any(|p| p.name == name && p.port.is_none_or(|want| Some(want) == port))
             }
         }
     }
@@ -219,7 +223,9 @@ impl Matcher {
 /// `host:port` → `host`, keeping IPv6 literals whole.
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority.find(']').map_or(authority, |end| &authority[..=end]);
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -279,15 +285,23 @@ impl RawRule {
             matchers.push(Matcher::RoutePrefix(prefixes));
         }
         if let Some(domains) = self.domain {
-            matchers.push(Matcher::Domain(domains.iter().map(|d| domain_pattern(d)).collect()));
+            matchers.push(Matcher::Domain(
+                domains.iter().map(|d| domain_pattern(d)).collect(),
+            ));
         }
         if let Some(services) = self.service {
-            let patterns = services.iter().map(|s| service_pattern(s)).collect::<Result<_, _>>().map_err(|e| what(&e))?;
+            let patterns = services
+                .iter()
+                .map(|s| service_pattern(s))
+                .collect::<Result<_, _>>()
+                .map_err(|e| what(&e))?;
             matchers.push(Matcher::Service(patterns));
         }
         let matcher = match <[Matcher; 1]>::try_from(matchers) {
             Ok([m]) => m,
-            Err(m) if m.is_empty() => return Err(what("needs one of _match_route_, _match_route_prefix_, _match_domain_, _match_service_")),
+            Err(m) if m.is_empty() => return Err(what(
+                "needs one of _match_route_, _match_route_prefix_, _match_domain_, _match_service_",
+            )),
             Err(_) => return Err(what("has more than one matcher; use one rule per matcher")),
         };
         let empty = match &matcher {
@@ -298,7 +312,11 @@ impl RawRule {
         if empty {
             return Err(what("its matcher list is empty"));
         }
-        Ok(Rule { matcher, script: self.script, config: self.config })
+        Ok(Rule {
+            matcher,
+            script: self.script,
+            config: self.config,
+        })
     }
 }
 
@@ -316,10 +334,18 @@ fn domain_pattern(domain: &str) -> DomainPattern {
 fn service_pattern(service: &str) -> Result<ServicePattern, String> {
     match service.rsplit_once(':') {
         Some((name, port)) => {
-            let port = port.parse().map_err(|_| format!("_match_service_ entry {service:?}: port is not a number"))?;
-            Ok(ServicePattern { name: name.to_string(), port: Some(port) })
+            let port = port
+                .parse()
+                .map_err(|_| format!("_match_service_ entry {service:?}: port is not a number"))?;
+            Ok(ServicePattern {
+                name: name.to_string(),
+                port: Some(port),
+            })
         }
-        None => Ok(ServicePattern { name: service.to_string(), port: None }),
+        None => Ok(ServicePattern {
+            name: service.to_string(),
+            port: None,
+        }),
     }
 }
 
@@ -335,7 +361,12 @@ impl PluginConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes)
             .map_err(|e| format!("plugin configuration is not valid: {e}"))?;
-        let rules = raw.rules.into_iter().enumerate().map(|(i, r)| r.check(i)).collect::<Result<Vec<_>, _>>()?;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.check(i))
+            .collect::<Result<Vec<_>, _>>()?;
         if raw.script.is_none() && (rules.is_empty() || rules.iter().any(|r| r.script.is_none())) {
             return Err("plugin configuration has no \"script\" (the Rhai source to run)".into());
         }
@@ -396,7 +427,11 @@ mod tests {
         assert_eq!(c.rules.len(), 4);
         assert_eq!(c.rules[0].config, Some(serde_json::json!({"a": 1})));
         assert_eq!(c.rules[1].script.as_deref(), Some("s2"));
-        let facts = |host, route, cluster| RequestFacts { host, route_name: route, cluster_name: cluster };
+        let facts = |host, route, cluster| RequestFacts {
+            host,
+            route_name: route,
+            cluster_name: cluster,
+        };
         let m = |i: usize, f: RequestFacts| c.rules[i].matcher.matches(&f);
         assert!(m(0, facts("", "r1", "")));
         assert!(!m(0, facts("", "r10", "")));
@@ -405,17 +440,30 @@ mod tests {
         assert!(m(1, facts("api.other.net", "", "")));
         assert!(m(1, facts("exact.org", "", "")));
         assert!(m(2, facts("", "", "outbound|80||svc.ns.svc.cluster.local")));
-        assert!(!m(2, facts("", "", "outbound|81||svc.ns.svc.cluster.local")));
+        assert!(!m(
+            2,
+            facts("", "", "outbound|81||svc.ns.svc.cluster.local")
+        ));
         assert!(m(2, facts("", "", "plain")));
         assert!(m(3, facts("", "admin-users", "")));
 
         let err = |json: &str| PluginConfig::parse(json.as_bytes()).unwrap_err();
-        assert!(err(r#"{"script": "", "_rules_": [{"config": {}}]}"#).contains("_rules_[0]: needs one of"));
-        assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "_match_domain_": ["b"]}]}"#).contains("more than one matcher"));
+        assert!(err(r#"{"script": "", "_rules_": [{"config": {}}]}"#)
+            .contains("_rules_[0]: needs one of"));
+        assert!(err(
+            r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "_match_domain_": ["b"]}]}"#
+        )
+        .contains("more than one matcher"));
         assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": []}]}"#).contains("empty"));
-        assert!(err(r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "bogus": 1}]}"#).contains("unknown field `bogus`"));
+        assert!(
+            err(r#"{"script": "", "_rules_": [{"_match_route_": ["a"], "bogus": 1}]}"#)
+                .contains("unknown field `bogus`")
+        );
         assert!(err(r#"{"_rules_": [{"_match_route_": ["a"]}]}"#).contains("no \"script\""));
-        assert!(PluginConfig::parse(br#"{"_rules_": [{"_match_route_": ["a"], "script": "s"}]}"#).is_ok());
+        assert!(
+            PluginConfig::parse(br#"{"_rules_": [{"_match_route_": ["a"], "script": "s"}]}"#)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -62,7 +62,11 @@ impl<H: Host + 'static> Plugin<H> {
         };
         let global_config = to_rhai(&config.user_config, "config")?;
         let global = match &config.script {
-            Some(source) => Some(Selection { script: compile(source, "")?, config: global_config.clone(), constants: Constants::default() }),
+            Some(source) => Some(Selection {
+                script: compile(source, "")?,
+                config: global_config.clone(),
+                constants: Constants::default(),
+            }),
             None => None,
         };
         let mut rules = Vec::with_capacity(config.rules.len());
@@ -70,19 +74,39 @@ impl<H: Host + 'static> Plugin<H> {
             let script = match (&rule.script, &global) {
                 (Some(source), _) => compile(source, &format!("_rules_[{i}]: "))?,
                 (None, Some(global)) => global.script.clone(),
-                (None, None) => return Err(format!("_rules_[{i}] has no script and there is no global one")),
+                (None, None) => {
+                    return Err(format!(
+                        "_rules_[{i}] has no script and there is no global one"
+                    ))
+                }
             };
             let config = match &rule.config {
                 Some(value) => to_rhai(value, &format!("_rules_[{i}].config"))?,
                 None => global_config.clone(),
             };
-            rules.push((rule.matcher.clone(), Selection { script, config, constants: Constants::default() }));
+            rules.push((
+                rule.matcher.clone(),
+                Selection {
+                    script,
+                    config,
+                    constants: Constants::default(),
+                },
+            ));
         }
-        let mut plugin = Self { engine, api, config, global, rules };
+        let mut plugin = Self {
+            engine,
+            api,
+            config,
+            global,
+            rules,
+        };
         // Top-level statements run once, here; the constants they define are what the
         // script's functions see under those names.
         let mut any_constants = false;
-        let selections = plugin.global.iter_mut().chain(plugin.rules.iter_mut().map(|(_, s)| s));
+        let selections = plugin
+            .global
+            .iter_mut()
+            .chain(plugin.rules.iter_mut().map(|(_, s)| s));
         for selection in selections {
             selection.constants = run_top_level(&plugin.engine, &plugin.api, selection)?;
             any_constants |= !selection.constants.is_empty();
@@ -92,7 +116,9 @@ impl<H: Host + 'static> Plugin<H> {
             // "volatile", not deprecated.)
             let api = plugin.api.clone();
             #[allow(deprecated)]
-            plugin.engine.on_var(move |name, index, _| Ok(if index > 0 { None } else { api.constant(name) }));
+            plugin.engine.on_var(move |name, index, _| {
+                Ok(if index > 0 { None } else { api.constant(name) })
+            });
         }
         Ok(plugin)
     }
@@ -104,16 +130,21 @@ impl<H: Host + 'static> Plugin<H> {
 
     /// Whether the global script defines a function for `phase`.
     pub fn handles(&self, phase: Phase) -> bool {
-        self.global.as_ref().is_some_and(|g| g.script.phases.contains(phase))
+        self.global
+            .as_ref()
+            .is_some_and(|g| g.script.phases.contains(phase))
     }
 
     /// The tick period to ask the proxy for, when the global script defines `on_tick`.
     pub fn tick_period_ms(&self) -> Option<u32> {
         let global = self.global.as_ref()?;
-        global.script.has_tick.then_some(match self.config.tick_period_ms {
-            0 => DEFAULT_TICK_PERIOD_MS,
-            period => period,
-        })
+        global
+            .script
+            .has_tick
+            .then_some(match self.config.tick_period_ms {
+                0 => DEFAULT_TICK_PERIOD_MS,
+                period => period,
+            })
     }
 
     /// The plugin-level timer: runs the global script's `on_tick()`; an error is logged.
@@ -121,12 +152,25 @@ impl<H: Host + 'static> Plugin<H> {
         let Some(global) = self.global.as_ref().filter(|g| g.script.has_tick) else {
             return;
         };
-        self.api.begin_call(None, global.config.clone(), global.constants.clone());
+        self.api
+            .begin_call(None, global.config.clone(), global.constants.clone());
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-        let result = self.engine.call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &global.script.ast, TICK_FUNCTION, ());
+        let result = self.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut Scope::new(),
+            &global.script.ast,
+            TICK_FUNCTION,
+            (),
+        );
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
-            self.api.host.log(LogLevel::Error, &format!("script error in {TICK_FUNCTION}: {}", crate::stream::describe_error(&e)));
+            self.api.host.log(
+                LogLevel::Error,
+                &format!(
+                    "script error in {TICK_FUNCTION}: {}",
+                    crate::stream::describe_error(&e)
+                ),
+            );
         }
     }
 
@@ -139,19 +183,48 @@ impl<H: Host + 'static> Plugin<H> {
         let (mut need_host, mut need_route, mut need_cluster) = (false, false, false);
         for (matcher, _) in &self.rules {
             let (h, r, c) = matcher.needs();
-            (need_host, need_route, need_cluster) = (need_host || h, need_route || r, need_cluster || c);
+            (need_host, need_route, need_cluster) =
+                (need_host || h, need_route || r, need_cluster || c);
         }
         let host = &self.api.host;
-        let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = |bytes: Option<Vec<u8>>| {
+            bytes
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
         // Envoy names them `xds.route_name` / `xds.cluster_name`; Higress also `route_name`.
         let property = |xds: &str, plain: &str| {
             let value = text(host.get_property(&["xds", xds]).ok().flatten());
-            if value.is_empty() { text(host.get_property(&[plain]).ok().flatten()) } else { value }
+            if value.is_empty() {
+                text(host.get_property(&[plain]).ok().flatten())
+            } else {
+                value
+            }
         };
-        let authority = if need_host { text(host.get_map_value(MapType::HttpRequestHeaders, ":authority").ok().flatten()) } else { String::new() };
-        let route = if need_route { property("route_name", "route_name") } else { String::new() };
-        let cluster = if need_cluster { property("cluster_name", "cluster_name") } else { String::new() };
-        let facts = RequestFacts { host: &authority, route_name: &route, cluster_name: &cluster };
+        let authority = if need_host {
+            text(
+                host.get_map_value(MapType::HttpRequestHeaders, ":authority")
+                    .ok()
+                    .flatten(),
+            )
+        } else {
+            String::new()
+        };
+        let route = if need_route {
+            property("route_name", "route_name")
+        } else {
+            String::new()
+        };
+        let cluster = if need_cluster {
+            property("cluster_name", "cluster_name")
+        } else {
+            String::new()
+        };
+        let facts = RequestFacts {
+            host: &authority,
+            route_name: &route,
+            cluster_name: &cluster,
+        };
         self.rules
             .iter()
             .find(|(matcher, _)| matcher.matches(&facts))
@@ -162,12 +235,21 @@ impl<H: Host + 'static> Plugin<H> {
 
 /// Runs a script's top-level statements, so that a script failing there is refused at
 /// configure time rather than on every request; returns the constants they defined.
-fn run_top_level<H: Host + 'static>(engine: &Engine, api: &Api<H>, selection: &Selection) -> Result<Constants, String> {
+fn run_top_level<H: Host + 'static>(
+    engine: &Engine,
+    api: &Api<H>,
+    selection: &Selection,
+) -> Result<Constants, String> {
     api.begin_call(None, selection.config.clone(), Constants::default());
     let mut scope = Scope::new();
     let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
     api.frame.borrow_mut().config = Dynamic::UNIT;
-    result.map_err(|e| format!("script failed while loading: {}", crate::stream::describe_error(&e)))?;
+    result.map_err(|e| {
+        format!(
+            "script failed while loading: {}",
+            crate::stream::describe_error(&e)
+        )
+    })?;
     let constants: Vec<(ImmutableString, Dynamic)> = scope
         .iter_raw()
         .filter(|(_, is_constant, _)| *is_constant)
@@ -177,16 +259,21 @@ fn run_top_level<H: Host + 'static>(engine: &Engine, api: &Api<H>, selection: &S
 }
 
 fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, String> {
-    let value = rhai::serde::to_dynamic(value).map_err(|e| format!("plugin configuration: {what} cannot be given to Rhai: {e}"))?;
+    let value = rhai::serde::to_dynamic(value)
+        .map_err(|e| format!("plugin configuration: {what} cannot be given to Rhai: {e}"))?;
     // Shared and read-only: `config()` hands out the same value to every call, uncopied.
     Ok(value.into_shared().into_read_only())
 }
 
 /// Compiles one script and finds its phase functions.
 fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
-    let ast = engine
-        .compile(source)
-        .map_err(|e| format!("script does not compile: {} at {}", e.err_type(), position(e.position())))?;
+    let ast = engine.compile(source).map_err(|e| {
+        format!(
+            "script does not compile: {} at {}",
+            e.err_type(),
+            position(e.position())
+        )
+    })?;
     let mut phases = Phases::NONE;
     let mut has_tick = false;
     for f in ast.iter_functions() {
@@ -195,7 +282,10 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
             continue;
         }
         if !f.params.is_empty() {
-            return Err(format!("script error: {}() must take no parameters", f.name));
+            return Err(format!(
+                "script error: {}() must take no parameters",
+                f.name
+            ));
         }
         match phase {
             Some(phase) => phases.insert(phase),
@@ -208,7 +298,11 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
                     on_response_trailers(), on_log(), on_tick()"
             .into());
     }
-    Ok(Script { ast, phases, has_tick })
+    Ok(Script {
+        ast,
+        phases,
+        has_tick,
+    })
 }
 
 /// The API reference, as the bindings declare it.
@@ -220,7 +314,11 @@ pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
 
 /// An engine with the sandbox limits and the script API, and nothing else: no `eval`, and no
 /// module loading (Rhai's module system is not even built in: feature `no_module`).
-fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<&mut Vec<FnDoc>>) -> Engine {
+fn new_engine<H: Host + 'static>(
+    limits: &Limits,
+    api: Rc<Api<H>>,
+    docs: Option<&mut Vec<FnDoc>>,
+) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits.max_operations)
@@ -237,7 +335,11 @@ fn new_engine<H: Host + 'static>(limits: &Limits, api: Rc<Api<H>>, docs: Option<
         let budget = limits.max_memory;
         engine.on_progress(move |operations| api.over_memory_budget(operations, budget));
     }
-    bindings::register(&mut Registrar { engine: &mut engine, api, docs });
+    bindings::register(&mut Registrar {
+        engine: &mut engine,
+        api,
+        docs,
+    });
     engine
 }
 

@@ -59,12 +59,20 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
         self.state.request_has_body = !end_of_stream;
-        if self.selection.as_ref().is_some_and(|s| s.script.phases != Phases::REQUEST_HEADERS) {
+        if self
+            .selection
+            .as_ref()
+            .is_some_and(|s| s.script.phases != Phases::REQUEST_HEADERS)
+        {
             // Later phases can't read it from the proxy any more: keep it for error logs.
             self.state.request_id = self.property_text(&["request", "id"]);
         }
         let action = self.run_phase(Phase::RequestHeaders);
-        self.prepare_body(Phase::RequestBody, MapType::HttpRequestHeaders, end_of_stream);
+        self.prepare_body(
+            Phase::RequestBody,
+            MapType::HttpRequestHeaders,
+            end_of_stream,
+        );
         action
     }
 
@@ -80,7 +88,11 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         self.state.response_has_body = !end_of_stream;
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(Phase::ResponseBody, MapType::HttpResponseHeaders, end_of_stream);
+        self.prepare_body(
+            Phase::ResponseBody,
+            MapType::HttpResponseHeaders,
+            end_of_stream,
+        );
         action
     }
 
@@ -111,7 +123,11 @@ impl<H: Host + 'static> HttpStream<H> {
         let call = self.state.calls.remove(index);
         let args = self.call_answer(num_headers, body_size);
         let answer = CallAnswer { body_size };
-        let result = self.enter(call.phase, Some(answer), Call::Callback(call.callback, args));
+        let result = self.enter(
+            call.phase,
+            Some(answer),
+            Call::Callback(call.callback, args),
+        );
         if let Err(e) = result {
             self.fail(call.phase, &e, true);
             return;
@@ -120,9 +136,17 @@ impl<H: Host + 'static> HttpStream<H> {
         if self.state.local_response_sent || self.pending(side) {
             return;
         }
-        let side_state = if side == Side::Request { &mut self.request } else { &mut self.response };
+        let side_state = if side == Side::Request {
+            &mut self.request
+        } else {
+            &mut self.response
+        };
         if std::mem::take(&mut side_state.trailers_deferred) {
-            let trailers = if side == Side::Request { Phase::RequestTrailers } else { Phase::ResponseTrailers };
+            let trailers = if side == Side::Request {
+                Phase::RequestTrailers
+            } else {
+                Phase::ResponseTrailers
+            };
             if self.run_phase(trailers) == Action::Pause {
                 return; // paused again: its own callouts (or a local response) take over
             }
@@ -136,7 +160,9 @@ impl<H: Host + 'static> HttpStream<H> {
             return (0, rhai::Array::new(), String::new());
         }
         let host = &self.plugin.api.host;
-        let headers = host.get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = host
+            .get_map(MapType::HttpCallResponseHeaders)
+            .unwrap_or_default();
         let status = headers
             .iter()
             .find(|(k, _)| k == ":status")
@@ -145,7 +171,8 @@ impl<H: Host + 'static> HttpStream<H> {
         let headers = headers
             .into_iter()
             .map(|(k, v)| {
-                let pair: rhai::Array = vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
+                let pair: rhai::Array =
+                    vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
                 pair.into()
             })
             .collect();
@@ -164,7 +191,11 @@ impl<H: Host + 'static> HttpStream<H> {
             Phase::ResponseBody => self.state.skip_response_body,
             _ => false,
         };
-        !skipped && self.selection.as_ref().is_some_and(|s| s.script.phases.contains(phase))
+        !skipped
+            && self
+                .selection
+                .as_ref()
+                .is_some_and(|s| s.script.phases.contains(phase))
     }
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
@@ -205,7 +236,11 @@ impl<H: Host + 'static> HttpStream<H> {
             return Ok(Dynamic::UNIT);
         };
         let plugin = self.plugin.clone();
-        plugin.api.begin_call(Some(phase), selection.config.clone(), selection.constants.clone());
+        plugin.api.begin_call(
+            Some(phase),
+            selection.config.clone(),
+            selection.constants.clone(),
+        );
         {
             let mut frame = plugin.api.frame.borrow_mut();
             frame.answer = answer;
@@ -215,7 +250,13 @@ impl<H: Host + 'static> HttpStream<H> {
         let result = match call {
             Call::Phase => {
                 let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-                plugin.engine.call_fn_with_options::<Dynamic>(options, &mut Scope::new(), ast, phase.function_name(), ())
+                plugin.engine.call_fn_with_options::<Dynamic>(
+                    options,
+                    &mut Scope::new(),
+                    ast,
+                    phase.function_name(),
+                    (),
+                )
             }
             Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
         };
@@ -244,7 +285,11 @@ impl<H: Host + 'static> HttpStream<H> {
                 self.answer_locally(500, "Internal Server Error\n")
             };
         }
-        let side = if phase.is_request() { &mut self.request } else { &mut self.response };
+        let side = if phase.is_request() {
+            &mut self.request
+        } else {
+            &mut self.response
+        };
         if !end_of_stream {
             side.body_seen = Some(body_size);
             return Action::Pause;
@@ -259,11 +304,19 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     fn on_trailers(&mut self, body_phase: Phase, trailers_phase: Phase) -> Action {
-        let side = if body_phase.is_request() { &mut self.request } else { &mut self.response };
+        let side = if body_phase.is_request() {
+            &mut self.request
+        } else {
+            &mut self.response
+        };
         if let Some(size) = side.body_seen {
             if self.on_body(body_phase, size, true) == Action::Pause {
                 // Waiting for the body phase's callouts: the trailers phase runs after them.
-                let side = if body_phase.is_request() { &mut self.request } else { &mut self.response };
+                let side = if body_phase.is_request() {
+                    &mut self.request
+                } else {
+                    &mut self.response
+                };
                 side.trailers_deferred = !self.state.local_response_sent;
                 return Action::Pause;
             }
@@ -275,7 +328,11 @@ impl<H: Host + 'static> HttpStream<H> {
     /// drop `content-length` so the message stays well-formed (the proxy frames it anew).
     fn prepare_body(&mut self, body_phase: Phase, headers: MapType, end_of_stream: bool) {
         if !end_of_stream && self.defines(body_phase) && !self.state.local_response_sent {
-            let _ = self.plugin.api.host.remove_map_value(headers, "content-length");
+            let _ = self
+                .plugin
+                .api
+                .host
+                .remove_map_value(headers, "content-length");
         }
     }
 
@@ -286,7 +343,10 @@ impl<H: Host + 'static> HttpStream<H> {
         let resumed = api.resume(side);
         self.state = std::mem::take(&mut api.frame.borrow_mut().stream);
         if let Err(status) = resumed {
-            api.host.log(LogLevel::Warn, &format!("resuming the {side:?} failed: {status:?}"));
+            api.host.log(
+                LogLevel::Warn,
+                &format!("resuming the {side:?} failed: {status:?}"),
+            );
         }
     }
 
@@ -297,10 +357,17 @@ impl<H: Host + 'static> HttpStream<H> {
             .clone()
             .or_else(|| self.property_text(&["request", "id"]))
             .unwrap_or_else(|| "-".into());
-        let place = if in_callback { "callout callback of " } else { "" };
+        let place = if in_callback {
+            "callout callback of "
+        } else {
+            ""
+        };
         self.plugin.api.host.log(
             LogLevel::Error,
-            &format!("script error in {place}{phase} (request {request_id}): {}", describe_error(error)),
+            &format!(
+                "script error in {place}{phase} (request {request_id}): {}",
+                describe_error(error)
+            ),
         );
     }
 
@@ -329,11 +396,16 @@ impl<H: Host + 'static> HttpStream<H> {
             self.state.local_response_sent = true;
             self.state.calls.clear();
             let headers: [(&str, &[u8]); 1] = [("content-type", b"text/plain")];
-            if let Err(s) = self.plugin.api.host.send_http_response(status, &headers, body.as_bytes()) {
+            if let Err(s) =
                 self.plugin
                     .api
                     .host
-                    .log(LogLevel::Warn, &format!("local response {status} refused by the proxy: {s:?}"));
+                    .send_http_response(status, &headers, body.as_bytes())
+            {
+                self.plugin.api.host.log(
+                    LogLevel::Warn,
+                    &format!("local response {status} refused by the proxy: {s:?}"),
+                );
             }
         }
         Action::Pause

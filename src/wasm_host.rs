@@ -274,15 +274,22 @@ impl Host for WasmHost {
 
     fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {
         let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
-        match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
-            Status::Ok => Ok((unsafe { take_host_bytes(data, size) }.or(Some(Vec::new())), cas)),
+        match unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        } {
+            Status::Ok => Ok((
+                unsafe { take_host_bytes(data, size) }.or(Some(Vec::new())),
+                cas,
+            )),
             Status::NotFound => Ok((None, 0)),
             other => Err(other),
         }
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
-        ok(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+        ok(unsafe {
+            proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        })
     }
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {

@@ -148,8 +148,16 @@ fn timeout_runs_the_callback_with_envoys_504_and_a_failure_with_status_zero() {
             Reply::NoAnswer
         },
     );
-    assert_eq!(o.upstream_header("x-result").as_deref(), Some("504|3|24|3|24"), "Envoy's own `upstream request timeout`");
-    let o = p.run_with(&Request::get("/"), &mut Response::ok("up"), &mut |_: &Callout| Reply::Failure);
+    assert_eq!(
+        o.upstream_header("x-result").as_deref(),
+        Some("504|3|24|3|24"),
+        "Envoy's own `upstream request timeout`"
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| Reply::Failure,
+    );
     assert_eq!(o.upstream_header("x-result").as_deref(), Some("0|0|0|0|0"));
 }
 
@@ -314,10 +322,16 @@ fn call_answer_getters_only_in_callbacks_and_convenience_defaults() {
 
 #[test]
 fn an_unreachable_target_answers_envoys_503_and_a_timeout_status_zero() {
-    let p = plugin(r#"fn on_request_headers() {
+    let p = plugin(
+        r#"fn on_request_headers() {
         http_get("auth", "/", [], 100, |status, headers, body| { add_request_header("x-got", `${status}|${headers.len()}|${body}`); });
-    }"#);
-    let o = p.run_with(&Request::get("/"), &mut Response::ok("up"), &mut |_: &Callout| Reply::Reset);
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| Reply::Reset,
+    );
     assert_eq!(
         o.upstream_header("x-got").as_deref(),
         Some("503|3|upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")

@@ -141,10 +141,22 @@ fn top_level_constants_are_seen_by_functions_and_computed_once() {
         json!({"users": ["Ann", "BOB"]}),
     )
     .unwrap();
-    assert_eq!(p.log().iter().filter(|l| l.message == "loaded").count(), 1, "top level runs once");
+    assert_eq!(
+        p.log().iter().filter(|l| l.message == "loaded").count(),
+        1,
+        "top level runs once"
+    );
     for (user, ok) in [("ann", "true"), ("Bob", "true"), ("eve", "false")] {
-        let o = p.run(&Request::get("/").header("x-user", user), &mut Response::ok(""));
-        assert_eq!(o.upstream_header("x-ok").as_deref(), Some(ok), "{user}: {:?}", o.log);
+        let o = p.run(
+            &Request::get("/").header("x-user", user),
+            &mut Response::ok(""),
+        );
+        assert_eq!(
+            o.upstream_header("x-ok").as_deref(),
+            Some(ok),
+            "{user}: {:?}",
+            o.log
+        );
         assert_eq!(o.upstream_header("x-big").as_deref(), Some("100"));
     }
 }

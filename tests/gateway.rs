@@ -37,16 +37,43 @@ fn higress_rules_choose_script_and_config_first_match_wins() {
     )
     .unwrap();
     let header = |r: Request, name: &str| p.run(&r, &mut Response::ok("")).upstream_header(name);
-    assert_eq!(header(request("other.org", "route-a", "c"), "x-rule").as_deref(), Some("by-route"));
-    assert_eq!(header(request("www.example.com:8443", "r", "c"), "x-rule").as_deref(), Some("by-domain"));
-    assert_eq!(header(request("api.internal", "r", "c"), "x-rule").as_deref(), Some("by-domain"));
-    assert_eq!(header(request("example.com", "r", "c"), "x-rule").as_deref(), Some("global"));
     assert_eq!(
-        header(request("h", "r", "outbound|8080||svc.ns.svc.cluster.local"), "x-own-script").as_deref(),
+        header(request("other.org", "route-a", "c"), "x-rule").as_deref(),
+        Some("by-route")
+    );
+    assert_eq!(
+        header(request("www.example.com:8443", "r", "c"), "x-rule").as_deref(),
+        Some("by-domain")
+    );
+    assert_eq!(
+        header(request("api.internal", "r", "c"), "x-rule").as_deref(),
+        Some("by-domain")
+    );
+    assert_eq!(
+        header(request("example.com", "r", "c"), "x-rule").as_deref(),
+        Some("global")
+    );
+    assert_eq!(
+        header(
+            request("h", "r", "outbound|8080||svc.ns.svc.cluster.local"),
+            "x-own-script"
+        )
+        .as_deref(),
         Some("by-service")
     );
-    assert_eq!(header(request("h", "r", "outbound|9090||svc.ns.svc.cluster.local"), "x-rule").as_deref(), Some("global"));
-    assert_eq!(header(request("h", "admin-users", "c"), "x-own-script").as_deref(), Some("global"), "rule script, global config");
+    assert_eq!(
+        header(
+            request("h", "r", "outbound|9090||svc.ns.svc.cluster.local"),
+            "x-rule"
+        )
+        .as_deref(),
+        Some("global")
+    );
+    assert_eq!(
+        header(request("h", "admin-users", "c"), "x-own-script").as_deref(),
+        Some("global"),
+        "rule script, global config"
+    );
 }
 
 #[test]
@@ -56,7 +83,12 @@ fn rules_without_a_global_script_leave_other_requests_untouched() {
             .to_string(),
     )
     .unwrap();
-    assert_eq!(p.run(&request("a.com", "", ""), &mut Response::ok("")).response.status, 403);
+    assert_eq!(
+        p.run(&request("a.com", "", ""), &mut Response::ok(""))
+            .response
+            .status,
+        403
+    );
     let o = p.run(&request("b.com", "", ""), &mut Response::ok("fine"));
     assert_eq!((o.response.status, o.trace.len()), (200, 0));
 }
@@ -78,7 +110,10 @@ fn properties_by_path_or_dotted_name() {
     )
     .unwrap();
     let o = p.run(&Request::get("/p?q=1"), &mut Response::new(201, "b"));
-    assert_eq!(messages(&o), ["/p?q=1", "GET", "40001", "()", "7", "", "201", "/p?q=1", "acme"]);
+    assert_eq!(
+        messages(&o),
+        ["/p?q=1", "GET", "40001", "()", "7", "", "201", "/p?q=1", "acme"]
+    );
 }
 
 #[test]
@@ -92,14 +127,29 @@ fn trailers_have_their_own_phases() {
     )
     .unwrap();
     let mut request = Request::post("/", "abc");
-    request.trailers = vec![("x-t".into(), b"old".to_vec()), ("x-gone".into(), b"1".to_vec())];
+    request.trailers = vec![
+        ("x-t".into(), b"old".to_vec()),
+        ("x-gone".into(), b"1".to_vec()),
+    ];
     let mut response = Response::ok("resp");
     response.trailers = vec![("grpc-status".into(), b"13".to_vec())];
     let o = p.run(&request, &mut response);
-    assert_eq!(messages(&o), ["too early", r#"[["x-t", "old"], ["x-gone", "1"]]"#, "13"]);
+    assert_eq!(
+        messages(&o),
+        ["too early", r#"[["x-t", "old"], ["x-gone", "1"]]"#, "13"]
+    );
     let up = o.upstream.unwrap();
-    assert_eq!(up.body, b"abc!", "the body phase ran first, on the whole body");
-    assert_eq!(up.trailers, vec![("x-t".to_string(), b"new".to_vec()), ("x-added".to_string(), b"1".to_vec())]);
+    assert_eq!(
+        up.body, b"abc!",
+        "the body phase ran first, on the whole body"
+    );
+    assert_eq!(
+        up.trailers,
+        vec![
+            ("x-t".to_string(), b"new".to_vec()),
+            ("x-added".to_string(), b"1".to_vec())
+        ]
+    );
 }
 
 #[test]
@@ -119,7 +169,11 @@ fn shared_data_compare_and_swap() {
     assert_eq!(messages(&o), ["true", "true"]);
     for _ in 0..2 {
         let o = p.run(&Request::get("/"), &mut Response::ok(""));
-        assert_eq!(messages(&o), ["true", "false"], "a stale version is refused");
+        assert_eq!(
+            messages(&o),
+            ["true", "false"],
+            "a stale version is refused"
+        );
     }
     assert_eq!(p.shared("hits").map(|(v, _)| v), Some(b"2".to_vec()));
 }
@@ -142,7 +196,11 @@ fn metrics_are_defined_on_first_use() {
     let o = p.run(&Request::get("/"), &mut Response::ok(""));
     assert_eq!(o.log[0].message, "2");
     assert!(o.log[1].message.contains("a counter only grows"));
-    let metrics: Vec<_> = p.metrics().into_iter().map(|m| (m.kind, m.name, m.value)).collect();
+    let metrics: Vec<_> = p
+        .metrics()
+        .into_iter()
+        .map(|m| (m.kind, m.name, m.value))
+        .collect();
     assert_eq!(
         metrics,
         [
@@ -161,7 +219,10 @@ fn log_phase_sees_both_header_maps_after_the_response() {
         json!({}),
     )
     .unwrap();
-    assert_eq!(messages(&p.run(&Request::get("/x"), &mut Response::new(404, ""))), ["/x 404 1"]);
+    assert_eq!(
+        messages(&p.run(&Request::get("/x"), &mut Response::new(404, ""))),
+        ["/x 404 1"]
+    );
 }
 
 #[test]
@@ -172,7 +233,10 @@ fn log_phase_runs_after_a_local_response_too() {
         json!({}),
     )
     .unwrap();
-    assert_eq!(messages(&p.run(&Request::get("/"), &mut Response::ok(""))), ["429"]);
+    assert_eq!(
+        messages(&p.run(&Request::get("/"), &mut Response::ok(""))),
+        ["429"]
+    );
 }
 
 #[test]

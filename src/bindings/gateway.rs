@@ -37,10 +37,17 @@ fn property_path(f: &str, path: &Dynamic) -> ScriptResult<Vec<String>> {
             .collect::<Option<Vec<_>>>()
             .map_or_else(|| err(format!("{f}(): a path is an array of strings")), Ok);
     }
-    err(format!("{f}(): a path is an array of strings or a dotted string, got {}", path.type_name()))
+    err(format!(
+        "{f}(): a path is an array of strings or a dotted string, got {}",
+        path.type_name()
+    ))
 }
 
-fn get_property_raw<H: Host>(a: &Api<H>, f: &str, path: &Dynamic) -> ScriptResult<(String, Option<Vec<u8>>)> {
+fn get_property_raw<H: Host>(
+    a: &Api<H>,
+    f: &str,
+    path: &Dynamic,
+) -> ScriptResult<(String, Option<Vec<u8>>)> {
     let path = property_path(f, path)?;
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     let value = a.host.get_property(&parts).or_else(|s| refused(f, s))?;
@@ -56,7 +63,10 @@ fn metric_id<H: Host>(a: &Api<H>, f: &str, kind: MetricType, name: &str) -> Scri
     if let Some(id) = a.metrics.borrow().0.get(&key) {
         return Ok(*id);
     }
-    let id = a.host.define_metric(kind, name).or_else(|s| refused(f, s))?;
+    let id = a
+        .host
+        .define_metric(kind, name)
+        .or_else(|s| refused(f, s))?;
     a.metrics.borrow_mut().0.insert(key, id);
     Ok(id)
 }
@@ -82,7 +92,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
                 Some(bytes) => lossy(&bytes).into(),
             })
         });
-    bind!(reg, "get_property_bytes", Anywhere, "blob, or () when absent",
+    bind!(
+        reg,
+        "get_property_bytes",
+        Anywhere,
+        "blob, or () when absent",
         "A property's raw bytes, as the proxy encodes them.",
         r#"fn on_request_headers() {
     let raw = get_property_bytes(["source", "address"]);
@@ -91,7 +105,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |a, path: Dynamic| {
             let (_, value) = get_property_raw(a, "get_property_bytes", &path)?;
             Ok(value.map_or(Dynamic::UNIT, Dynamic::from_blob))
-        });
+        }
+    );
     bind!(reg, "set_property", In(Phases::ALL), "()",
         "Sets a property of the stream (Envoy filter state), e.g. for later filters or access logs.",
         r#"fn on_request_headers() {
@@ -107,78 +122,164 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     const RQT: Allowed = In(Phases::REQUEST_TRAILERS);
     const RST: Allowed = In(Phases::RESPONSE_TRAILERS);
     use MapType::{HttpRequestTrailers as REQ, HttpResponseTrailers as RESP};
-    bind!(reg, "get_request_trailers", RQT, "array of [name, value]", "All request trailers, in order.",
+    bind!(
+        reg,
+        "get_request_trailers",
+        RQT,
+        "array of [name, value]",
+        "All request trailers, in order.",
         r#"fn on_request_trailers() {
     for t in get_request_trailers() { log_debug(`${t[0]}: ${t[1]}`); }
 }"#,
-        |a| a.get_headers("get_request_trailers", REQ));
-    bind!(reg, "get_request_trailer", RQT, "string, or () when absent", "The first value of one request trailer.",
+        |a| a.get_headers("get_request_trailers", REQ)
+    );
+    bind!(
+        reg,
+        "get_request_trailer",
+        RQT,
+        "string, or () when absent",
+        "The first value of one request trailer.",
         r#"fn on_request_trailers() {
     if get_request_trailer("grpc-status") != () { log_info("a gRPC request trailer"); }
 }"#,
-        |a, name: &str| a.get_header("get_request_trailer", REQ, name));
-    bind!(reg, "replace_request_trailers", RQT, "()", "Replaces all request trailers (pairs or map).",
+        |a, name: &str| a.get_header("get_request_trailer", REQ, name)
+    );
+    bind!(
+        reg,
+        "replace_request_trailers",
+        RQT,
+        "()",
+        "Replaces all request trailers (pairs or map).",
         r#"fn on_request_trailers() {
     replace_request_trailers(#{ "x-checksum": "ok" });
 }"#,
-        |a, trailers: Dynamic| a.set_headers("replace_request_trailers", REQ, &trailers));
-    bind!(reg, "replace_request_trailer", RQT, "()", "Sets one request trailer; adds it when absent.",
+        |a, trailers: Dynamic| a.set_headers("replace_request_trailers", REQ, &trailers)
+    );
+    bind!(
+        reg,
+        "replace_request_trailer",
+        RQT,
+        "()",
+        "Sets one request trailer; adds it when absent.",
         r#"fn on_request_trailers() {
     replace_request_trailer("x-checked-by", "proxy-rhai");
 }"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_request_trailer", &value)?;
-            a.host.replace_map_value(REQ, name, &v).or_else(|s| refused("replace_request_trailer", s))
-        });
-    bind!(reg, "add_request_trailer", RQT, "()", "Adds a request trailer value.",
+            a.host
+                .replace_map_value(REQ, name, &v)
+                .or_else(|s| refused("replace_request_trailer", s))
+        }
+    );
+    bind!(
+        reg,
+        "add_request_trailer",
+        RQT,
+        "()",
+        "Adds a request trailer value.",
         r#"fn on_request_trailers() {
     add_request_trailer("x-seen", "1");
 }"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_request_trailer", &value)?;
-            a.host.add_map_value(REQ, name, &v).or_else(|s| refused("add_request_trailer", s))
-        });
-    bind!(reg, "remove_request_trailer", RQT, "()", "Removes a request trailer.",
+            a.host
+                .add_map_value(REQ, name, &v)
+                .or_else(|s| refused("add_request_trailer", s))
+        }
+    );
+    bind!(
+        reg,
+        "remove_request_trailer",
+        RQT,
+        "()",
+        "Removes a request trailer.",
         r#"fn on_request_trailers() {
     remove_request_trailer("x-debug");
 }"#,
-        |a, name: &str| a.host.remove_map_value(REQ, name).or_else(|s| refused("remove_request_trailer", s)));
-    bind!(reg, "get_response_trailers", RST, "array of [name, value]", "All response trailers, in order.",
+        |a, name: &str| a
+            .host
+            .remove_map_value(REQ, name)
+            .or_else(|s| refused("remove_request_trailer", s))
+    );
+    bind!(
+        reg,
+        "get_response_trailers",
+        RST,
+        "array of [name, value]",
+        "All response trailers, in order.",
         r#"fn on_response_trailers() {
     log_info(`${get_response_trailers().len()} response trailers`);
 }"#,
-        |a| a.get_headers("get_response_trailers", RESP));
-    bind!(reg, "get_response_trailer", RST, "string, or () when absent", "The first value of one response trailer.",
+        |a| a.get_headers("get_response_trailers", RESP)
+    );
+    bind!(
+        reg,
+        "get_response_trailer",
+        RST,
+        "string, or () when absent",
+        "The first value of one response trailer.",
         r#"fn on_response_trailers() {
     if get_response_trailer("grpc-status") != "0" { increment_counter("grpc_errors", 1); }
 }"#,
-        |a, name: &str| a.get_header("get_response_trailer", RESP, name));
-    bind!(reg, "replace_response_trailers", RST, "()", "Replaces all response trailers (pairs or map).",
+        |a, name: &str| a.get_header("get_response_trailer", RESP, name)
+    );
+    bind!(
+        reg,
+        "replace_response_trailers",
+        RST,
+        "()",
+        "Replaces all response trailers (pairs or map).",
         r#"fn on_response_trailers() {
     replace_response_trailers([["grpc-status", "0"]]);
 }"#,
-        |a, trailers: Dynamic| a.set_headers("replace_response_trailers", RESP, &trailers));
-    bind!(reg, "replace_response_trailer", RST, "()", "Sets one response trailer; adds it when absent.",
+        |a, trailers: Dynamic| a.set_headers("replace_response_trailers", RESP, &trailers)
+    );
+    bind!(
+        reg,
+        "replace_response_trailer",
+        RST,
+        "()",
+        "Sets one response trailer; adds it when absent.",
         r#"fn on_response_trailers() {
     replace_response_trailer("grpc-message", "");
 }"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("replace_response_trailer", &value)?;
-            a.host.replace_map_value(RESP, name, &v).or_else(|s| refused("replace_response_trailer", s))
-        });
-    bind!(reg, "add_response_trailer", RST, "()", "Adds a response trailer value.",
+            a.host
+                .replace_map_value(RESP, name, &v)
+                .or_else(|s| refused("replace_response_trailer", s))
+        }
+    );
+    bind!(
+        reg,
+        "add_response_trailer",
+        RST,
+        "()",
+        "Adds a response trailer value.",
         r#"fn on_response_trailers() {
     add_response_trailer("x-served-by", "proxy-rhai");
 }"#,
         |a, name: &str, value: Dynamic| {
             let v = bytes_of("add_response_trailer", &value)?;
-            a.host.add_map_value(RESP, name, &v).or_else(|s| refused("add_response_trailer", s))
-        });
-    bind!(reg, "remove_response_trailer", RST, "()", "Removes a response trailer.",
+            a.host
+                .add_map_value(RESP, name, &v)
+                .or_else(|s| refused("add_response_trailer", s))
+        }
+    );
+    bind!(
+        reg,
+        "remove_response_trailer",
+        RST,
+        "()",
+        "Removes a response trailer.",
         r#"fn on_response_trailers() {
     remove_response_trailer("x-internal-timing");
 }"#,
-        |a, name: &str| a.host.remove_map_value(RESP, name).or_else(|s| refused("remove_response_trailer", s)));
+        |a, name: &str| a
+            .host
+            .remove_map_value(RESP, name)
+            .or_else(|s| refused("remove_response_trailer", s))
+    );
 
     // Shared data.
     bind!(reg, "shared_get", Anywhere, "#{value: string or (), version: int}",
@@ -215,28 +316,51 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         });
 
     // Metrics, defined on first use; Envoy shows them in its stats.
-    bind!(reg, "increment_counter", Anywhere, "()",
+    bind!(
+        reg,
+        "increment_counter",
+        Anywhere,
+        "()",
         "Adds `delta` (≥ 0) to the counter `name`, defining it on first use.",
         r#"fn on_request_headers() {
     increment_counter("requests_seen", 1);
 }"#,
         |a, name: &str, delta: i64| {
             if delta < 0 {
-                return err(format!("increment_counter(): a counter only grows, got {delta}"));
+                return err(format!(
+                    "increment_counter(): a counter only grows, got {delta}"
+                ));
             }
             let id = metric_id(a, "increment_counter", MetricType::Counter, name)?;
-            a.host.increment_metric(id, delta).or_else(|s| refused("increment_counter", s))
-        });
-    bind!(reg, "set_gauge", Anywhere, "()", "Sets the gauge `name` to `value` (≥ 0).",
+            a.host
+                .increment_metric(id, delta)
+                .or_else(|s| refused("increment_counter", s))
+        }
+    );
+    bind!(
+        reg,
+        "set_gauge",
+        Anywhere,
+        "()",
+        "Sets the gauge `name` to `value` (≥ 0).",
         r#"fn on_request_headers() {
     set_gauge("last_request_size", (get_request_header("content-length") ?? "0").parse_int());
 }"#,
         |a, name: &str, value: i64| {
-            let value = u64::try_from(value).or_else(|_| err(format!("set_gauge(): a gauge is ≥ 0, got {value}")))?;
+            let value = u64::try_from(value)
+                .or_else(|_| err(format!("set_gauge(): a gauge is ≥ 0, got {value}")))?;
             let id = metric_id(a, "set_gauge", MetricType::Gauge, name)?;
-            a.host.record_metric(id, value).or_else(|s| refused("set_gauge", s))
-        });
-    bind!(reg, "add_to_gauge", Anywhere, "()", "Adds `delta` (may be negative) to the gauge `name`.",
+            a.host
+                .record_metric(id, value)
+                .or_else(|s| refused("set_gauge", s))
+        }
+    );
+    bind!(
+        reg,
+        "add_to_gauge",
+        Anywhere,
+        "()",
+        "Adds `delta` (may be negative) to the gauge `name`.",
         r#"fn on_request_headers() {
     add_to_gauge("in_flight", 1);
 }
@@ -245,9 +369,17 @@ fn on_log() {
 }"#,
         |a, name: &str, delta: i64| {
             let id = metric_id(a, "add_to_gauge", MetricType::Gauge, name)?;
-            a.host.increment_metric(id, delta).or_else(|s| refused("add_to_gauge", s))
-        });
-    bind!(reg, "record_histogram", Anywhere, "()", "Records `value` (≥ 0) in the histogram `name`.",
+            a.host
+                .increment_metric(id, delta)
+                .or_else(|s| refused("add_to_gauge", s))
+        }
+    );
+    bind!(
+        reg,
+        "record_histogram",
+        Anywhere,
+        "()",
+        "Records `value` (≥ 0) in the histogram `name`.",
         r#"fn on_request_headers() {
     set_context("start", now_ms());
 }
@@ -255,25 +387,47 @@ fn on_log() {
     record_histogram("script_latency_ms", now_ms() - get_context("start"));
 }"#,
         |a, name: &str, value: i64| {
-            let value = u64::try_from(value).or_else(|_| err(format!("record_histogram(): a value is ≥ 0, got {value}")))?;
+            let value = u64::try_from(value)
+                .or_else(|_| err(format!("record_histogram(): a value is ≥ 0, got {value}")))?;
             let id = metric_id(a, "record_histogram", MetricType::Histogram, name)?;
-            a.host.record_metric(id, value).or_else(|s| refused("record_histogram", s))
-        });
-    bind!(reg, "get_counter", Anywhere, "int", "The current value of the counter `name` (this proxy's view).",
+            a.host
+                .record_metric(id, value)
+                .or_else(|s| refused("record_histogram", s))
+        }
+    );
+    bind!(
+        reg,
+        "get_counter",
+        Anywhere,
+        "int",
+        "The current value of the counter `name` (this proxy's view).",
         r#"fn on_request_headers() {
     increment_counter("requests", 1);
     if get_counter("requests") % 1000 == 0 { log_info("another thousand requests"); }
 }"#,
         |a, name: &str| {
             let id = metric_id(a, "get_counter", MetricType::Counter, name)?;
-            a.host.get_metric(id).map(|v| v as i64).or_else(|s| refused("get_counter", s))
-        });
-    bind!(reg, "get_gauge", Anywhere, "int", "The current value of the gauge `name`.",
+            a.host
+                .get_metric(id)
+                .map(|v| v as i64)
+                .or_else(|s| refused("get_counter", s))
+        }
+    );
+    bind!(
+        reg,
+        "get_gauge",
+        Anywhere,
+        "int",
+        "The current value of the gauge `name`.",
         r#"fn on_request_headers() {
     if get_gauge("in_flight") > 100 { send_http_response(503, [], "busy"); }
 }"#,
         |a, name: &str| {
             let id = metric_id(a, "get_gauge", MetricType::Gauge, name)?;
-            a.host.get_metric(id).map(|v| v as i64).or_else(|s| refused("get_gauge", s))
-        });
+            a.host
+                .get_metric(id)
+                .map(|v| v as i64)
+                .or_else(|s| refused("get_gauge", s))
+        }
+    );
 }

@@ -146,14 +146,22 @@ impl EmulatorHost {
         let mut state = self.0.borrow_mut();
         let s = &mut state.stream;
         let headers = match map {
-            MapType::HttpRequestHeaders if matches!(s.window, Window::RequestHeaders | Window::Log) => {
+            MapType::HttpRequestHeaders
+                if matches!(s.window, Window::RequestHeaders | Window::Log) =>
+            {
                 &mut s.request_headers
             }
-            MapType::HttpResponseHeaders if matches!(s.window, Window::ResponseHeaders | Window::Log) => {
+            MapType::HttpResponseHeaders
+                if matches!(s.window, Window::ResponseHeaders | Window::Log) =>
+            {
                 &mut s.response_headers
             }
-            MapType::HttpRequestTrailers if s.window == Window::RequestTrailers => &mut s.request_trailers,
-            MapType::HttpResponseTrailers if s.window == Window::ResponseTrailers => &mut s.response_trailers,
+            MapType::HttpRequestTrailers if s.window == Window::RequestTrailers => {
+                &mut s.request_trailers
+            }
+            MapType::HttpResponseTrailers if s.window == Window::ResponseTrailers => {
+                &mut s.response_trailers
+            }
             MapType::HttpCallResponseHeaders => match &mut s.answer {
                 Some(a) => &mut a.headers,
                 None => return Err(Status::NotFound),
@@ -195,7 +203,9 @@ impl Host for EmulatorHost {
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
         let name = lower(name);
         // Like Envoy: the first value only.
-        self.with_map(map, |h| h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+        self.with_map(map, |h| {
+            h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        })
     }
 
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -355,7 +365,12 @@ impl Host for EmulatorHost {
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
         let state = self.0.borrow();
         let path = path.join(".");
-        if path.starts_with("request.") && matches!(state.stream.window, Window::ResponseBody | Window::ResponseTrailers) {
+        if path.starts_with("request.")
+            && matches!(
+                state.stream.window,
+                Window::ResponseBody | Window::ResponseTrailers
+            )
+        {
             return Ok(Some(Vec::new())); // as Envoy: empty while the response body streams
         }
         Ok(state.properties.get(&path).cloned())
@@ -363,7 +378,10 @@ impl Host for EmulatorHost {
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
         self.trace(format!("set_property({path:?}, {})", show(value)));
-        self.0.borrow_mut().properties.insert(path.join("."), value.to_vec());
+        self.0
+            .borrow_mut()
+            .properties
+            .insert(path.join("."), value.to_vec());
         Ok(())
     }
 
@@ -375,7 +393,10 @@ impl Host for EmulatorHost {
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
-        self.trace(format!("set_shared_data({key:?}, {}, cas {cas})", show(value)));
+        self.trace(format!(
+            "set_shared_data({key:?}, {}, cas {cas})",
+            show(value)
+        ));
         let mut state = self.0.borrow_mut();
         // Like Envoy: a nonzero cas must match an existing key's version; versions come from
         // one counter for all keys.
@@ -386,16 +407,26 @@ impl Host for EmulatorHost {
         }
         state.next_cas += 1;
         let version = state.next_cas;
-        state.shared.insert(key.to_string(), (value.to_vec(), version));
+        state
+            .shared
+            .insert(key.to_string(), (value.to_vec(), version));
         Ok(())
     }
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
         let mut state = self.0.borrow_mut();
-        if let Some(id) = state.metrics.iter().position(|m| m.name == name && m.kind == kind) {
+        if let Some(id) = state
+            .metrics
+            .iter()
+            .position(|m| m.name == name && m.kind == kind)
+        {
             return Ok(id as u32);
         }
-        state.metrics.push(Metric { kind, name: name.to_string(), value: 0 });
+        state.metrics.push(Metric {
+            kind,
+            name: name.to_string(),
+            value: 0,
+        });
         Ok(state.metrics.len() as u32 - 1)
     }
 
@@ -403,7 +434,9 @@ impl Host for EmulatorHost {
         self.trace(format!("increment_metric({id}, {offset})"));
         let mut state = self.0.borrow_mut();
         let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
-        if metric.kind == MetricType::Histogram || (metric.kind == MetricType::Counter && offset < 0) {
+        if metric.kind == MetricType::Histogram
+            || (metric.kind == MetricType::Counter && offset < 0)
+        {
             return Err(Status::BadArgument);
         }
         metric.value = metric.value.saturating_add_signed(offset);

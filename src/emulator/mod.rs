@@ -48,7 +48,15 @@ fn envoy_answer(status: u32, body: &str) -> (CalloutAnswer, usize, usize) {
         ("content-type".into(), b"text/plain".to_vec()),
     ];
     let (n, size) = (headers.len(), body.len());
-    (CalloutAnswer { headers, body: body.as_bytes().to_vec(), trailers: Vec::new() }, n, size)
+    (
+        CalloutAnswer {
+            headers,
+            body: body.as_bytes().to_vec(),
+            trailers: Vec::new(),
+        },
+        n,
+        size,
+    )
 }
 
 /// A request as the client sends it.
@@ -463,7 +471,10 @@ impl Run<'_> {
         };
         let response = upstream.respond(&forwarded);
         outcome.upstream = Some(forwarded);
-        self.host.0.borrow_mut().properties.insert("response.code".into(), i64::from(response.status).to_le_bytes().to_vec());
+        self.host.0.borrow_mut().properties.insert(
+            "response.code".into(),
+            i64::from(response.status).to_le_bytes().to_vec(),
+        );
 
         // Response headers.
         {
@@ -514,14 +525,18 @@ impl Run<'_> {
     /// The properties Envoy gives for this stream (the useful ones, in Envoy's encodings).
     fn set_request_properties(&mut self, request: &Request) {
         let mut state = self.host.0.borrow_mut();
-        let id = header(&request.headers, "x-request-id").unwrap_or_else(|| format!("emulated-{}", state.next_token));
+        let id = header(&request.headers, "x-request-id")
+            .unwrap_or_else(|| format!("emulated-{}", state.next_token));
         let now = state.now_nanos;
         let text = |v: &str| v.as_bytes().to_vec();
         let int = |v: i64| v.to_le_bytes().to_vec();
         let size = request.body.len() as i64;
         for (key, value) in [
             ("request.path", text(&request.path)),
-            ("request.url_path", text(request.path.split('?').next().unwrap_or_default())),
+            (
+                "request.url_path",
+                text(request.path.split('?').next().unwrap_or_default()),
+            ),
             ("request.method", text(&request.method)),
             ("request.host", text(&request.authority)),
             ("request.scheme", text("http")),
