@@ -455,6 +455,8 @@ macro_rules! bind {
 mod builtins;
 mod gateway;
 
+pub use gateway::SCRIPT_ERRORS_METRIC;
+
 /// The constants scripts see.
 pub const CONSTANTS: [ConstDoc; 2] = [
     ConstDoc { name: "PAUSE", doc: "Return it from a phase function to stop the stream there; a callback must then resume it (or send a local response)." },

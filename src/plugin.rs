@@ -164,6 +164,7 @@ impl<H: Host + 'static> Plugin<H> {
         );
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
+            self.api.count_script_error();
             self.api.host.log(
                 LogLevel::Error,
                 &format!(

@@ -351,6 +351,7 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     fn log_error(&self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
+        self.plugin.api.count_script_error();
         let request_id = self
             .state
             .request_id

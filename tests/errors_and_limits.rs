@@ -142,3 +142,18 @@ fn map_size_limit() {
         o.log
     );
 }
+
+#[test]
+fn every_script_error_counts_in_a_metric() {
+    let p = configure(json!({"script": "fn on_request_headers() { if get_request_header(\":path\") == \"/bad\" { throw 1; } }"})).unwrap();
+    for path in ["/bad", "/good", "/bad"] {
+        p.run(&Request::get(path), &mut Response::ok(""));
+    }
+    let errors: Vec<_> = p
+        .metrics()
+        .into_iter()
+        .filter(|m| m.name == proxy_rhai::bindings::SCRIPT_ERRORS_METRIC)
+        .map(|m| m.value)
+        .collect();
+    assert_eq!(errors, [2]);
+}

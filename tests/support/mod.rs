@@ -136,8 +136,11 @@ fn is_chunked(headers: &[(String, String)]) -> bool {
     find(headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
 }
 
-/// A chunked body, trailers skipped.
-fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
+/// A chunked body; its trailers (names lowercased) go to `trailers`.
+fn read_chunked(
+    r: &mut impl BufRead,
+    trailers: &mut Vec<(String, String)>,
+) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line = read_line(r)?.ok_or_else(|| bad("connection closed inside a chunked body"))?;
@@ -146,7 +149,13 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| bad(format!("bad chunk size line {text:?}")))?;
         if size == 0 {
-            while !read_line(r)?.unwrap_or_default().is_empty() {}
+            // Trailer lines up to the empty line (or the end of the connection).
+            while let Some(line) = read_line(r)?.filter(|l| !l.is_empty()) {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if let Some((n, v)) = line.split_once(':') {
+                    trailers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
             return Ok(body);
         }
         let start = body.len();
@@ -162,9 +171,10 @@ fn read_body(
     r: &mut impl BufRead,
     headers: &[(String, String)],
     to_close: bool,
+    trailers: &mut Vec<(String, String)>,
 ) -> io::Result<Vec<u8>> {
     if is_chunked(headers) {
-        return read_chunked(r);
+        return read_chunked(r, trailers);
     }
     if let Some(len) = find(headers, "content-length") {
         let len: usize = len
@@ -208,6 +218,9 @@ pub fn pattern(n: usize) -> Vec<u8> {
 /// | `/headers?a=1&b=2&a=3` | the echo, with those response headers (in that order) |
 /// | `/token` | 200, `x-token: abc`, `{"token":"abc"}` (a callout target) |
 /// | `/barrier/NAME/N` | the echo, once N requests of that NAME have arrived (at most 20 s); the echo's `barrier` says `reached` or `timeout` |
+/// | `/trailers?a=1&b=2` | the echo in chunked encoding, with those trailers |
+///
+/// A request's trailers (chunked encoding) are in the echo's `trailers`, as pairs.
 ///
 /// Every other path: 200 and the echo. The server stops when dropped (open connections end
 /// when their peer closes them).
@@ -232,6 +245,7 @@ struct Request {
     target: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    trailers: Vec<(String, String)>,
 }
 
 impl Upstream {
@@ -297,12 +311,14 @@ fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
         return Err(bad(format!("bad request line {line:?}")));
     };
     let headers = read_headers(r)?;
-    let body = read_body(r, &headers, false)?;
+    let mut trailers = Vec::new();
+    let body = read_body(r, &headers, false, &mut trailers)?;
     Ok(Some(Request {
         method: method.to_string(),
         target: target.to_string(),
         headers,
         body,
+        trailers,
     }))
 }
 
@@ -333,6 +349,10 @@ fn echo_json(req: &Request, extra: Option<(&str, Value)>) -> Vec<u8> {
         "body": String::from_utf8_lossy(&req.body),
         "body_len": req.body.len(),
     });
+    if !req.trailers.is_empty() {
+        let trailers: Vec<Value> = req.trailers.iter().map(|(n, v)| json!([n, v])).collect();
+        echo["trailers"] = json!(trailers);
+    }
     if let Some((k, v)) = extra {
         echo[k] = v;
     }
@@ -421,6 +441,20 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
             w.flush()
         }
         ["json"] => write_response(w, 200, &json_type(), br#"{"fixed":"json","n":1}"#),
+        ["trailers"] => {
+            let body = echo_json(req, None);
+            let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"\r\n0\r\n");
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+                out.extend_from_slice(format!("{}: {}\r\n", percent_decode(n), percent_decode(v)).as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            w.write_all(&out)?;
+            w.flush()
+        }
         ["delay", ms] => {
             thread::sleep(Duration::from_millis(
                 ms.parse::<u64>().unwrap_or(0).min(10_000),
@@ -480,6 +514,8 @@ pub struct Reply {
     /// Names lowercased, values lossy, order kept, duplicates kept.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Trailers of a chunked response, like `headers`.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -610,15 +646,17 @@ fn read_reply(stream: &TcpStream, head_request: bool) -> io::Result<Reply> {
         if (100..200).contains(&status) {
             continue;
         }
+        let mut trailers = Vec::new();
         let body = if head_request || status == 204 || status == 304 {
             Vec::new()
         } else {
-            read_body(&mut r, &headers, true)?
+            read_body(&mut r, &headers, true, &mut trailers)?
         };
         return Ok(Reply {
             status,
             headers,
             body,
+            trailers,
         });
     }
 }
@@ -669,6 +707,14 @@ pub struct EnvoyBuilder {
     buffer_limit: Option<u32>,
     route_timeout: Option<Duration>,
     http2: bool,
+    concurrency: u32,
+    /// Named routes (name, path prefix, cluster), before the unnamed catch-all route.
+    routes: Vec<(String, String, String)>,
+    /// More clusters pointing at the route's upstream server.
+    upstream_aliases: Vec<String>,
+    trailers: bool,
+    /// The wasm HTTP filter as text (JSON or YAML flow style), spliced into the bootstrap.
+    filter_text: Option<String>,
 }
 
 impl EnvoyBuilder {
@@ -693,6 +739,40 @@ impl EnvoyBuilder {
     /// Lets the listener take HTTP/2 (prior knowledge) as well as HTTP/1.1.
     pub fn allow_http2(mut self) -> Self {
         self.http2 = true;
+        self
+    }
+
+    /// Envoy's worker threads (`--concurrency`, 1 by default); each has its own plugin VM.
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    /// A route named `name` (the `xds.route_name` property) for paths starting with `prefix`,
+    /// to `cluster`; named routes come before the unnamed catch-all route, in this order.
+    pub fn route(mut self, name: &str, prefix: &str, cluster: &str) -> Self {
+        self.routes
+            .push((name.to_string(), prefix.to_string(), cluster.to_string()));
+        self
+    }
+
+    /// A cluster `name` pointing at the route's upstream server (as `upstream` does).
+    pub fn upstream_alias(mut self, name: &str) -> Self {
+        self.upstream_aliases.push(name.to_string());
+        self
+    }
+
+    /// HTTP/1.1 trailers, on the listener and on every cluster (`enable_trailers`).
+    pub fn enable_trailers(mut self) -> Self {
+        self.trailers = true;
+        self
+    }
+
+    /// Uses this text, an HTTP filter as JSON or YAML in flow style (e.g. what `proxy-rhai
+    /// deploy envoy` prints), as the plugin's filter instead of the harness's own; the
+    /// bootstrap is then written as YAML with the text spliced in as it is.
+    pub fn http_filter_text(mut self, text: &str) -> Self {
+        self.filter_text = Some(text.to_string());
         self
     }
 
@@ -798,6 +878,14 @@ wait "$pid""#;
         if let Some(limit) = self.buffer_limit {
             cluster["per_connection_buffer_limit_bytes"] = json!(limit);
         }
+        if self.trailers {
+            cluster["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http_protocol_options": {"enable_trailers": true}}
+                }
+            });
+        }
         cluster
     }
 
@@ -807,7 +895,10 @@ wait "$pid""#;
         if let Some(t) = self.route_timeout {
             route["timeout"] = json!(format!("{:.3}s", t.as_secs_f64()));
         }
-        let wasm = json!({
+        let wasm = if self.filter_text.is_some() {
+            json!(FILTER_PLACEHOLDER)
+        } else {
+            json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -823,7 +914,8 @@ wait "$pid""#;
                     }
                 }
             }
-        });
+            })
+        };
         let hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
@@ -930,6 +1022,11 @@ impl Envoy {
             buffer_limit: None,
             route_timeout: None,
             http2: false,
+            concurrency: 1,
+            routes: Vec::new(),
+            upstream_aliases: Vec::new(),
+            trailers: false,
+            filter_text: None,
         }
     }
 
@@ -1005,6 +1102,34 @@ impl Envoy {
             s.write_all(bytes)
         })
         .unwrap_or_else(|e| panic!("raw request: no response from Envoy: {e}"))
+    }
+
+    /// Sends `body` in one chunk of chunked encoding, then `trailers`, and reads the response
+    /// (with its trailers, when it has some). Trailers reach the plugin and the upstream only
+    /// with [`EnvoyBuilder::enable_trailers`].
+    pub fn request_with_trailers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        trailers: &[(&str, &str)],
+    ) -> Reply {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("transfer-encoding", "chunked"));
+        let mut bytes = request_head(method, path, &all, None);
+        if !body.is_empty() {
+            bytes.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            bytes.extend_from_slice(body);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n");
+        for (n, v) in trailers {
+            bytes.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        exchange(self.addr, false, |s| s.write_all(&bytes))
+            .unwrap_or_else(|e| panic!("{method} {path} (trailers): no response from Envoy: {e}"))
     }
 
     /// Sends a body in chunked encoding, one write (and flush) per chunk.
