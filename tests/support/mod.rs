@@ -787,11 +787,19 @@ impl EnvoyBuilder {
         let upstream = Upstream::start();
         let callout = Upstream::start();
         let dir = fresh_dir();
-        let config_path = dir.join("envoy.json");
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let config = self.bootstrap(upstream.port(), callout.port());
-        fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let mut text = serde_json::to_string_pretty(&config).unwrap();
+        let config_path = match &self.filter_text {
+            // JSON is YAML: Envoy reads the whole file, spliced text included, as YAML.
+            Some(filter) => {
+                text = text.replace(&format!("{:?}", FILTER_PLACEHOLDER), filter);
+                dir.join("envoy.yaml")
+            }
+            None => dir.join("envoy.json"),
+        };
+        fs::write(&config_path, text).unwrap();
 
         // A shell stands between the test and Envoy: when this process ends, however it ends,
         // the pipe on the shell's fd 3 closes and the shell ends Envoy, so no Envoy outlives
@@ -807,7 +815,7 @@ wait "$pid""#;
             .arg(script)
             .arg("envoy")
             .args(["-c".as_ref(), config_path.as_os_str()])
-            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--concurrency", &self.concurrency.to_string(), "--disable-hot-restart"])
             .args(["--admin-address-path".as_ref(), admin_path.as_os_str()])
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
             .args(["--log-path".as_ref(), log_path.as_os_str()])
@@ -916,7 +924,17 @@ wait "$pid""#;
             }
             })
         };
-        let hcm = json!({
+        let mut routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|(name, prefix, cluster)| {
+                let mut target = route.clone();
+                target["cluster"] = json!(cluster);
+                json!({"name": name, "match": {"prefix": prefix}, "route": target})
+            })
+            .collect();
+        routes.push(json!({"match": {"prefix": "/"}, "route": route}));
+        let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
             "codec_type": if self.http2 { "AUTO" } else { "HTTP1" },
@@ -925,7 +943,7 @@ wait "$pid""#;
                 "virtual_hosts": [{
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": route}]
+                    "routes": routes
                 }]
             },
             "http_filters": [
@@ -936,6 +954,9 @@ wait "$pid""#;
                 }
             ]
         });
+        if self.trailers {
+            hcm["http_protocol_options"] = json!({"enable_trailers": true});
+        }
         let mut listener = json!({
             "name": "main",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
@@ -952,12 +973,20 @@ wait "$pid""#;
             self.cluster_json("callout", callout_port),
         ];
         clusters.extend(self.clusters.iter().map(|(n, p)| self.cluster_json(n, *p)));
+        clusters.extend(
+            self.upstream_aliases
+                .iter()
+                .map(|n| self.cluster_json(n, upstream_port)),
+        );
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {"listeners": [listener], "clusters": clusters}
         })
     }
 }
+
+/// Stands for the plugin's filter in a bootstrap given [`EnvoyBuilder::http_filter_text`].
+const FILTER_PLACEHOLDER: &str = "__PROXY_RHAI_FILTER__";
 
 fn fresh_dir() -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -1,0 +1,108 @@
+//! The sandbox: what a script cannot reach, and what the plugin never leaks.
+
+use proxy_rhai::emulator::{Emulator, Request, Response};
+use serde_json::json;
+
+fn refused(script: &str) -> String {
+    Emulator::with_script(script, json!({})).err().expect("refused")
+}
+
+fn runtime_error(body: &str) -> String {
+    let p = Emulator::with_script(&format!("fn on_request_headers() {{ {body} }}"), json!({})).unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    o.script_errors().first().map(|e| e.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn no_eval_and_no_module_loading() {
+    assert!(refused(r#"fn on_request_headers() { eval("1 + 1") }"#).contains("'eval' is disabled"));
+    assert!(refused(r#"import "/etc/passwd" as p; fn on_request_headers() {}"#).contains("'import' is disabled"));
+}
+
+#[test]
+fn no_file_network_environment_or_process_access() {
+    // Rhai has no such functions, and the plugin adds none: every attempt is "not found".
+    for call in [
+        r#"open("/etc/passwd")"#,
+        r#"read_file("/etc/passwd")"#,
+        r#"fs::read("/etc/passwd")"#,
+        r#"env("HOME")"#,
+        r#"getenv("HOME")"#,
+        r#"system("ls")"#,
+        r#"exec("ls")"#,
+        r#"connect("127.0.0.1:80")"#,
+        r#"http_request("http://example.com")"#,
+    ] {
+        let script = format!("fn on_request_headers() {{ {call}; }}");
+        if let Err(refusal) = Emulator::with_script(&script, json!({})) {
+            assert!(refusal.contains("does not compile"), "{call}: {refusal}");
+            continue;
+        }
+        let error = runtime_error(&format!("{call};"));
+        assert!(error.contains("Function not found"), "{call}: {error}");
+    }
+}
+
+#[test]
+fn the_only_way_out_is_the_proxy_api() {
+    // Network goes through callouts to clusters the proxy knows, nowhere else.
+    let error = runtime_error(r#"http_get("https://evil.example", "/", [], 100, |s, h, b| {});"#);
+    assert!(error.contains("refused the call to cluster 'https://evil.example'"), "{error}");
+}
+
+#[test]
+fn secrets_in_config_are_never_logged_by_the_plugin() {
+    let secret = "s3cr3t-t0ken-value";
+    let p = Emulator::new(
+        &json!({"script": "fn on_request_headers() { let k = config().api_key; throw \"failed\"; }",
+                "config": {"api_key": secret}})
+        .to_string(),
+    )
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    assert_eq!(o.script_errors().len(), 1);
+    assert!(p.log().iter().all(|l| !l.message.contains(secret)), "{:?}", p.log());
+    assert!(!String::from_utf8_lossy(&o.response.body).contains(secret));
+
+    // Nor when the configuration is refused.
+    let e = Emulator::new(&json!({"script": "fn on_request_headers() { let x = ; }", "config": {"api_key": secret}}).to_string())
+        .err()
+        .unwrap();
+    assert!(!e.contains(secret), "{e}");
+    let e = Emulator::new(&json!({"script": "fn on_request_headers() {}", "config": {"api_key": secret}, "bogus": 1}).to_string())
+        .err()
+        .unwrap();
+    assert!(!e.contains(secret), "{e}");
+}
+
+#[test]
+fn per_request_state_is_isolated() {
+    let p = Emulator::with_script(
+        r#"fn on_request_headers() {
+            log_info(`${get_context("user")}`);
+            set_context("user", get_request_header("x-user"));
+        }"#,
+        json!({}),
+    )
+    .unwrap();
+    for user in ["ann", "bob"] {
+        let o = p.run(&Request::get("/").header("x-user", user), &mut Response::ok(""));
+        assert_eq!(o.log[0].message, "", "the previous request's context is gone");
+    }
+}
+
+#[test]
+fn config_cannot_be_changed_by_a_request() {
+    let p = Emulator::with_script(
+        r#"fn on_request_headers() {
+            let c = config();
+            try { c.limit = 0; } catch (e) { }
+            log_info(config().limit);
+        }"#,
+        json!({"limit": 10}),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(p.run(&Request::get("/"), &mut Response::ok("")).log[0].message, "10");
+    }
+}
