@@ -4,19 +4,28 @@ use proxy_rhai::emulator::{Emulator, Request, Response};
 use serde_json::json;
 
 fn refused(script: &str) -> String {
-    Emulator::with_script(script, json!({})).err().expect("refused")
+    Emulator::with_script(script, json!({}))
+        .err()
+        .expect("refused")
 }
 
 fn runtime_error(body: &str) -> String {
-    let p = Emulator::with_script(&format!("fn on_request_headers() {{ {body} }}"), json!({})).unwrap();
+    let p =
+        Emulator::with_script(&format!("fn on_request_headers() {{ {body} }}"), json!({})).unwrap();
     let o = p.run(&Request::get("/"), &mut Response::ok(""));
-    o.script_errors().first().map(|e| e.to_string()).unwrap_or_default()
+    o.script_errors()
+        .first()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
 fn no_eval_and_no_module_loading() {
     assert!(refused(r#"fn on_request_headers() { eval("1 + 1") }"#).contains("'eval' is disabled"));
-    assert!(refused(r#"import "/etc/passwd" as p; fn on_request_headers() {}"#).contains("'import' is disabled"));
+    assert!(
+        refused(r#"import "/etc/passwd" as p; fn on_request_headers() {}"#)
+            .contains("'import' is disabled")
+    );
 }
 
 #[test]
@@ -47,7 +56,10 @@ fn no_file_network_environment_or_process_access() {
 fn the_only_way_out_is_the_proxy_api() {
     // Network goes through callouts to clusters the proxy knows, nowhere else.
     let error = runtime_error(r#"http_get("https://evil.example", "/", [], 100, |s, h, b| {});"#);
-    assert!(error.contains("refused the call to cluster 'https://evil.example'"), "{error}");
+    assert!(
+        error.contains("refused the call to cluster 'https://evil.example'"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -61,17 +73,27 @@ fn secrets_in_config_are_never_logged_by_the_plugin() {
     .unwrap();
     let o = p.run(&Request::get("/"), &mut Response::ok(""));
     assert_eq!(o.script_errors().len(), 1);
-    assert!(p.log().iter().all(|l| !l.message.contains(secret)), "{:?}", p.log());
+    assert!(
+        p.log().iter().all(|l| !l.message.contains(secret)),
+        "{:?}",
+        p.log()
+    );
     assert!(!String::from_utf8_lossy(&o.response.body).contains(secret));
 
     // Nor when the configuration is refused.
-    let e = Emulator::new(&json!({"script": "fn on_request_headers() { let x = ; }", "config": {"api_key": secret}}).to_string())
-        .err()
-        .unwrap();
+    let e = Emulator::new(
+        &json!({"script": "fn on_request_headers() { let x = ; }", "config": {"api_key": secret}})
+            .to_string(),
+    )
+    .err()
+    .unwrap();
     assert!(!e.contains(secret), "{e}");
-    let e = Emulator::new(&json!({"script": "fn on_request_headers() {}", "config": {"api_key": secret}, "bogus": 1}).to_string())
-        .err()
-        .unwrap();
+    let e = Emulator::new(
+        &json!({"script": "fn on_request_headers() {}", "config": {"api_key": secret}, "bogus": 1})
+            .to_string(),
+    )
+    .err()
+    .unwrap();
     assert!(!e.contains(secret), "{e}");
 }
 
@@ -86,8 +108,14 @@ fn per_request_state_is_isolated() {
     )
     .unwrap();
     for user in ["ann", "bob"] {
-        let o = p.run(&Request::get("/").header("x-user", user), &mut Response::ok(""));
-        assert_eq!(o.log[0].message, "", "the previous request's context is gone");
+        let o = p.run(
+            &Request::get("/").header("x-user", user),
+            &mut Response::ok(""),
+        );
+        assert_eq!(
+            o.log[0].message, "",
+            "the previous request's context is gone"
+        );
     }
 }
 
@@ -103,6 +131,9 @@ fn config_cannot_be_changed_by_a_request() {
     )
     .unwrap();
     for _ in 0..2 {
-        assert_eq!(p.run(&Request::get("/"), &mut Response::ok("")).log[0].message, "10");
+        assert_eq!(
+            p.run(&Request::get("/"), &mut Response::ok("")).log[0].message,
+            "10"
+        );
     }
 }

@@ -438,7 +438,12 @@ pub const SCRIPT_ERRORS_METRIC: &str = "proxy_rhai_script_errors";
 impl<H: Host> Api<H> {
     /// Counts one script error in [`SCRIPT_ERRORS_METRIC`]; a proxy without metrics loses it.
     pub(crate) fn count_script_error(&self) {
-        if let Ok(id) = metric_id(self, "count_script_error", MetricType::Counter, SCRIPT_ERRORS_METRIC) {
+        if let Ok(id) = metric_id(
+            self,
+            "count_script_error",
+            MetricType::Counter,
+            SCRIPT_ERRORS_METRIC,
+        ) {
             let _ = self.host.increment_metric(id, 1);
         }
     }

@@ -1,12 +1,13 @@
 //! The subcommands of `proxy-rhai`.
 
+mod deploy;
 mod input;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 use proxy_rhai::check::{check, Severity};
@@ -28,6 +29,7 @@ enum Command {
     Test(TestArgs),
     Check(CheckArgs),
     Docs(DocsArgs),
+    Deploy(deploy::DeployArgs),
 }
 
 /// Runs a script against one request and shows what it did.
@@ -149,12 +151,14 @@ pub fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("proxy-rhai: internal error: {info}");
     }));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Test(args) => test(&args),
         Command::Check(args) => check_scripts(&args),
         Command::Docs(args) => docs(&args),
+        Command::Deploy(args) => deploy::deploy(&args, matches.subcommand_matches("deploy")),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -137,10 +137,7 @@ fn is_chunked(headers: &[(String, String)]) -> bool {
 }
 
 /// A chunked body; its trailers (names lowercased) go to `trailers`.
-fn read_chunked(
-    r: &mut impl BufRead,
-    trailers: &mut Vec<(String, String)>,
-) -> io::Result<Vec<u8>> {
+fn read_chunked(r: &mut impl BufRead, trailers: &mut Vec<(String, String)>) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line = read_line(r)?.ok_or_else(|| bad("connection closed inside a chunked body"))?;
@@ -449,7 +446,9 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
             out.extend_from_slice(b"\r\n0\r\n");
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-                out.extend_from_slice(format!("{}: {}\r\n", percent_decode(n), percent_decode(v)).as_bytes());
+                out.extend_from_slice(
+                    format!("{}: {}\r\n", percent_decode(n), percent_decode(v)).as_bytes(),
+                );
             }
             out.extend_from_slice(b"\r\n");
             w.write_all(&out)?;
@@ -815,7 +814,11 @@ wait "$pid""#;
             .arg(script)
             .arg("envoy")
             .args(["-c".as_ref(), config_path.as_os_str()])
-            .args(["--concurrency", &self.concurrency.to_string(), "--disable-hot-restart"])
+            .args([
+                "--concurrency",
+                &self.concurrency.to_string(),
+                "--disable-hot-restart",
+            ])
             .args(["--admin-address-path".as_ref(), admin_path.as_os_str()])
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
             .args(["--log-path".as_ref(), log_path.as_os_str()])

@@ -1,0 +1,493 @@
+//! `proxy-rhai deploy`: the configuration that deploys a script, for Envoy or for Higress.
+//!
+//! The output is JSON, which is YAML too (YAML 1.2 contains JSON; Envoy's and Kubernetes'
+//! YAML readers take it as it is). Every string is a JSON string literal in which the
+//! characters YAML would not keep as they are (control characters, DEL, C1 controls, U+2028,
+//! U+2029, U+FEFF, U+FFFE, U+FFFF) are `\u` escapes, so any script text survives a YAML or
+//! a JSON reader byte for byte.
+
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Args, Subcommand};
+use serde_json::{Map, Value};
+
+use super::{input, read_script, Configuration};
+
+/// Prints the configuration that deploys a script: an Envoy HTTP filter, or a Higress
+/// WasmPlugin resource.
+///
+/// The script is read, checked as the plugin would load it (an error is refused here, not at
+/// the proxy), and embedded. The output is JSON, which YAML readers (Envoy, kubectl) take as
+/// YAML.
+#[derive(Args)]
+pub(super) struct DeployArgs {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum Target {
+    Envoy(EnvoyArgs),
+    Higress(HigressArgs),
+}
+
+/// Prints an Envoy HTTP filter (an entry of the HTTP connection manager's `http_filters`,
+/// before `envoy.filters.http.router`) running the script.
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  proxy-rhai deploy envoy scripts/hello.rhai --config '{\"mockEnable\": false}' \\\n    \
+                  --wasm /etc/envoy/proxy_rhai.wasm > filter.yaml"
+)]
+struct EnvoyArgs {
+    /// The script (a .rhai file).
+    script: PathBuf,
+    #[command(flatten)]
+    configuration: Configuration,
+    /// Where Envoy finds the plugin (`vm_config.code.local.filename`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/envoy/proxy_rhai.wasm"
+    )]
+    wasm: String,
+    /// The plugin's name (`config.name`): Envoy's log lines and stats name the plugin by it.
+    #[arg(long, default_value = "proxy-rhai")]
+    name: String,
+}
+
+/// Prints a Higress WasmPlugin resource running the script.
+///
+/// `spec.defaultConfig` holds the script and the configuration; each `--rule` adds an entry of
+/// `spec.matchRules`, with the `--rule-config` and `--rule-script` given after it (before the
+/// next `--rule`).
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  proxy-rhai deploy higress auth.rhai --config '{\"realm\": \"public\"}' \\\n    \
+                  --rule 'domain=*.example.com,api.example.org' --rule-config '{\"realm\": \"example\"}' \\\n    \
+                  --rule 'ingress=default/admin' --rule-script admin.rhai"
+)]
+struct HigressArgs {
+    /// The script (a .rhai file).
+    script: PathBuf,
+    #[command(flatten)]
+    configuration: Configuration,
+    /// The plugin image (`spec.url`).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
+    url: String,
+    /// The resource's name.
+    #[arg(long, default_value = "proxy-rhai")]
+    name: String,
+    /// The resource's namespace.
+    #[arg(long, default_value = "higress-system")]
+    namespace: String,
+    /// `spec.phase` (AUTHN, AUTHZ, STATS or UNSPECIFIED_PHASE); Higress's default when absent.
+    #[arg(long)]
+    phase: Option<String>,
+    /// `spec.priority` among plugins of the same phase.
+    #[arg(long)]
+    priority: Option<i64>,
+    /// A match rule: `domain=PATTERN,...` (`*.example.com`, `example.*`, exact),
+    /// `ingress=NAME,...` (route names; `route=` is the same) or `service=NAME[:PORT],...`.
+    /// May be repeated.
+    #[arg(long, value_name = "KIND=VALUE,...")]
+    rule: Vec<String>,
+    /// What `config()` returns for the requests of the `--rule` before it: JSON, inline or in
+    /// a file.
+    #[arg(long, value_name = "FILE|JSON")]
+    rule_config: Vec<String>,
+    /// The script of the requests of the `--rule` before it (default: the main script).
+    #[arg(long, value_name = "FILE")]
+    rule_script: Vec<PathBuf>,
+}
+
+/// `spec.url` when `--url` is not given: where the release image would be pushed.
+const DEFAULT_URL: &str = concat!(
+    "oci://registry.example.com/proxy-rhai:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// Runs `deploy`; `matches` are the `deploy` subcommand's (they order `--rule` options).
+pub(super) fn deploy(args: &DeployArgs, matches: Option<&ArgMatches>) -> Result<bool, String> {
+    let text = match &args.target {
+        Target::Envoy(a) => envoy(a)?,
+        Target::Higress(a) => {
+            let higress = matches.and_then(|m| m.subcommand_matches("higress"));
+            higress_resource(a, higress)?
+        }
+    };
+    super::out(&text);
+    Ok(true)
+}
+
+/// The plugin configuration for the script, checked as the plugin would load it.
+fn plugin_configuration(
+    script_path: &Path,
+    configuration: &Configuration,
+) -> Result<Map<String, Value>, String> {
+    let script = read_script(script_path)?;
+    let mut settings = configuration.settings()?;
+    settings.insert("script".into(), script.into());
+    Ok(settings)
+}
+
+fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), String> {
+    let text = Value::Object(configuration.clone()).to_string();
+    proxy_rhai::emulator::Emulator::new(&text)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", what.display()))
+}
+
+fn envoy(args: &EnvoyArgs) -> Result<String, String> {
+    let configuration = plugin_configuration(&args.script, &args.configuration)?;
+    validate(&args.script, &configuration)?;
+    let value = Value::Object(configuration).to_string();
+    let doc = map([
+        ("name", "envoy.filters.http.wasm".into()),
+        (
+            "typed_config",
+            map([
+                (
+                    "@type",
+                    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".into(),
+                ),
+                (
+                    "config",
+                    map([
+                        ("name", args.name.as_str().into()),
+                        (
+                            "vm_config",
+                            map([
+                                ("runtime", "envoy.wasm.runtime.v8".into()),
+                                (
+                                    "code",
+                                    map([(
+                                        "local",
+                                        map([("filename", args.wasm.as_str().into())]),
+                                    )]),
+                                ),
+                            ]),
+                        ),
+                        (
+                            "configuration",
+                            map([
+                                (
+                                    "@type",
+                                    "type.googleapis.com/google.protobuf.StringValue".into(),
+                                ),
+                                ("value", Doc::Str(value)),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ),
+    ]);
+    Ok(render(&doc))
+}
+
+/// One `--rule` with what follows it.
+struct MatchRule {
+    kind: &'static str,
+    values: Vec<String>,
+    config: Option<Value>,
+    script: Option<(PathBuf, String)>,
+}
+
+/// The `--rule` options, each with the `--rule-config` / `--rule-script` given after it.
+fn match_rules(args: &HigressArgs, matches: Option<&ArgMatches>) -> Result<Vec<MatchRule>, String> {
+    let indices = |id: &str, count: usize| -> Vec<usize> {
+        // Without the parser's positions (not expected), the n-th option goes to the n-th rule.
+        matches.and_then(|m| m.indices_of(id)).map_or_else(
+            || (0..count).map(|i| i * 3 + 1).collect(),
+            Iterator::collect,
+        )
+    };
+    let rule_at = indices("rule", args.rule.len());
+    let mut rules = args
+        .rule
+        .iter()
+        .map(|r| rule(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The rule a --rule-config or --rule-script belongs to: the last --rule before it.
+    let owner = |option: &str, at: usize| -> Result<usize, String> {
+        rule_at
+            .iter()
+            .rposition(|&r| r < at)
+            .ok_or_else(|| format!("{option} must follow the --rule it belongs to"))
+    };
+    for (arg, at) in args
+        .rule_config
+        .iter()
+        .zip(indices("rule_config", args.rule_config.len()))
+    {
+        let i = owner("--rule-config", at)?;
+        if rules[i].config.is_some() {
+            return Err(format!("--rule {:?} has two --rule-config", args.rule[i]));
+        }
+        rules[i].config = Some(input::json_arg("--rule-config", arg)?);
+    }
+    for (path, at) in args
+        .rule_script
+        .iter()
+        .zip(indices("rule_script", args.rule_script.len()))
+    {
+        let i = owner("--rule-script", at)?;
+        if rules[i].script.is_some() {
+            return Err(format!("--rule {:?} has two --rule-script", args.rule[i]));
+        }
+        rules[i].script = Some((path.clone(), read_script(path)?));
+    }
+    for (r, text) in rules.iter().zip(&args.rule) {
+        if r.config.is_none() && r.script.is_none() {
+            return Err(format!(
+                "--rule {text:?} needs a --rule-config or a --rule-script after it"
+            ));
+        }
+    }
+    Ok(rules)
+}
+
+/// `KIND=VALUE,...` → the WasmPlugin matcher and its values.
+fn rule(text: &str) -> Result<MatchRule, String> {
+    let bad = |why: &str| {
+        format!("--rule {text:?}: {why} (expected domain=..., ingress=... or service=...)")
+    };
+    let (kind, values) = text.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let kind = match kind.trim() {
+        "domain" => "domain",
+        "ingress" | "route" => "ingress",
+        "service" => "service",
+        other => return Err(bad(&format!("unknown kind {other:?}"))),
+    };
+    let values: Vec<String> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect();
+    if values.is_empty() {
+        return Err(bad("no value"));
+    }
+    Ok(MatchRule {
+        kind,
+        values,
+        config: None,
+        script: None,
+    })
+}
+
+/// The `_rules_` entry Higress makes of a match rule (what the plugin will be given).
+fn plugin_rule(r: &MatchRule) -> Value {
+    let key = match r.kind {
+        "domain" => "_match_domain_",
+        "ingress" => "_match_route_",
+        _ => "_match_service_",
+    };
+    let mut entry = Map::new();
+    entry.insert(key.into(), r.values.clone().into());
+    if let Some(config) = &r.config {
+        entry.insert("config".into(), config.clone());
+    }
+    if let Some((_, script)) = &r.script {
+        entry.insert("script".into(), script.clone().into());
+    }
+    Value::Object(entry)
+}
+
+fn higress_resource(args: &HigressArgs, matches: Option<&ArgMatches>) -> Result<String, String> {
+    let configuration = plugin_configuration(&args.script, &args.configuration)?;
+    if configuration.contains_key("_rules_") {
+        return Err("--plugin-config: give Higress rules with --rule, not \"_rules_\" (Higress makes them from spec.matchRules)".into());
+    }
+    let rules = match_rules(args, matches)?;
+    // Check what Higress will hand the plugin: the default configuration and the rules.
+    let mut effective = configuration.clone();
+    if !rules.is_empty() {
+        effective.insert(
+            "_rules_".into(),
+            rules.iter().map(plugin_rule).collect::<Vec<_>>().into(),
+        );
+    }
+    validate(&args.script, &effective)?;
+
+    let mut spec = vec![("url", Doc::Str(args.url.clone()))];
+    if let Some(phase) = &args.phase {
+        spec.push(("phase", Doc::Str(phase.clone())));
+    }
+    if let Some(priority) = args.priority {
+        spec.push(("priority", Doc::Raw(priority.to_string())));
+    }
+    spec.push(("defaultConfig", plugin_settings(&configuration)));
+    if !rules.is_empty() {
+        let list = rules
+            .iter()
+            .map(|r| {
+                let mut config = Map::new();
+                if let Some((_, script)) = &r.script {
+                    config.insert("script".into(), script.clone().into());
+                }
+                if let Some(c) = &r.config {
+                    config.insert("config".into(), c.clone());
+                }
+                let values = Doc::List(r.values.iter().map(|v| Doc::Str(v.clone())).collect());
+                map([(r.kind, values), ("config", plugin_settings(&config))])
+            })
+            .collect();
+        spec.push(("matchRules", Doc::List(list)));
+    }
+    let doc = map([
+        ("apiVersion", "extensions.higress.io/v1alpha1".into()),
+        ("kind", "WasmPlugin".into()),
+        (
+            "metadata",
+            map([
+                ("name", args.name.as_str().into()),
+                ("namespace", args.namespace.as_str().into()),
+            ]),
+        ),
+        (
+            "spec",
+            Doc::Map(spec.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        ),
+    ]);
+    Ok(render(&doc))
+}
+
+/// A plugin configuration as a document: `script` first, then `config`, then the rest.
+fn plugin_settings(settings: &Map<String, Value>) -> Doc {
+    let rank = |k: &str| match k {
+        "script" => 0,
+        "config" => 1,
+        _ => 2,
+    };
+    let mut entries: Vec<(&String, &Value)> = settings.iter().collect();
+    entries.sort_by_key(|(k, _)| rank(k));
+    Doc::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Doc::from(v)))
+            .collect(),
+    )
+}
+
+// ---- output ----------------------------------------------------------------------------------
+
+/// A document in the order it is printed.
+enum Doc {
+    Str(String),
+    /// A number, a boolean or null, as JSON.
+    Raw(String),
+    Map(Vec<(String, Doc)>),
+    List(Vec<Doc>),
+}
+
+impl From<&str> for Doc {
+    fn from(s: &str) -> Doc {
+        Doc::Str(s.to_string())
+    }
+}
+
+impl From<&Value> for Doc {
+    fn from(v: &Value) -> Doc {
+        match v {
+            Value::String(s) => Doc::Str(s.clone()),
+            Value::Array(items) => Doc::List(items.iter().map(Doc::from).collect()),
+            Value::Object(m) => {
+                Doc::Map(m.iter().map(|(k, v)| (k.clone(), Doc::from(v))).collect())
+            }
+            other => Doc::Raw(other.to_string()),
+        }
+    }
+}
+
+fn map<const N: usize>(entries: [(&str, Doc); N]) -> Doc {
+    Doc::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+/// The document as indented JSON (hence YAML), ending with a newline.
+fn render(doc: &Doc) -> String {
+    let mut out = String::new();
+    write_doc(&mut out, doc, 0);
+    out.push('\n');
+    out
+}
+
+fn write_doc(out: &mut String, doc: &Doc, indent: usize) {
+    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
+    match doc {
+        Doc::Str(s) => write_string(out, s),
+        Doc::Raw(r) => out.push_str(r),
+        Doc::Map(entries) if entries.is_empty() => out.push_str("{}"),
+        Doc::List(items) if items.is_empty() => out.push_str("[]"),
+        Doc::Map(entries) => {
+            out.push_str("{\n");
+            for (i, (k, v)) in entries.iter().enumerate() {
+                pad(out, indent + 2);
+                write_string(out, k);
+                out.push_str(": ");
+                write_doc(out, v, indent + 2);
+                out.push_str(if i + 1 < entries.len() { ",\n" } else { "\n" });
+            }
+            pad(out, indent);
+            out.push('}');
+        }
+        Doc::List(items) => {
+            out.push_str("[\n");
+            for (i, v) in items.iter().enumerate() {
+                pad(out, indent + 2);
+                write_doc(out, v, indent + 2);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            pad(out, indent);
+            out.push(']');
+        }
+    }
+}
+
+/// A JSON string literal that YAML reads back as the same text: besides JSON's own escapes,
+/// every character YAML does not take as printable (or folds as a line break) is escaped.
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}'
+            | '\u{7f}'..='\u{9f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{feff}'
+            | '\u{fffe}'
+            | '\u{ffff}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_survive_json() {
+        let text = "a\"b\\c\nd\te\r\u{0}\u{7f}\u{85}\u{2028}\u{feff}\u{ffff}é😀/";
+        let mut out = String::new();
+        write_string(&mut out, text);
+        assert!(
+            !out.contains('\u{2028}') && !out.contains('\u{85}'),
+            "{out}"
+        );
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+    }
+}
