@@ -7,7 +7,7 @@
 
 mod support;
 
-use proxy_rhai::emulator::{header, Emulator, Forwarded, Request, Response};
+use proxy_rhai::emulator::{Emulator, Forwarded, Request, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use support::Envoy;
@@ -46,12 +46,33 @@ struct Expect {
     reached_upstream: Option<bool>,
 }
 
+/// Header pairs, values as text.
+type Pairs = Vec<(String, String)>;
+
 /// What one run produced, from either side.
 struct Seen {
     status: u32,
-    response_header: Box<dyn Fn(&str) -> Option<String>>,
+    response_headers: Pairs,
     body: String,
-    upstream: Option<(Box<dyn Fn(&str) -> Option<String>>, String)>,
+    /// Headers and body the upstream received, when the request got there.
+    upstream: Option<(Pairs, String)>,
+}
+
+/// All values of `name`, joined by `,` (`None` when absent).
+fn lookup(pairs: &Pairs, name: &str) -> Option<String> {
+    let values: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+fn text_pairs(pairs: &[(String, Vec<u8>)]) -> Pairs {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
 }
 
 fn cases() -> Vec<Case> {
@@ -77,7 +98,7 @@ fn check(case: &Case, seen: &Seen) -> Vec<String> {
         problems.push(format!("status {} (expected {})", seen.status, e.status));
     }
     for (name, want) in &e.response_headers {
-        let got = (seen.response_header)(name);
+        let got = lookup(&seen.response_headers, name);
         if got.as_deref() != want.as_str() {
             problems.push(format!("response header {name}: {got:?} (expected {want})"));
         }
@@ -103,9 +124,9 @@ fn check(case: &Case, seen: &Seen) -> Vec<String> {
         }
         _ => {}
     }
-    if let Some((upstream_header, upstream_body)) = &seen.upstream {
+    if let Some((upstream_headers, upstream_body)) = &seen.upstream {
         for (name, want) in &e.upstream_headers {
-            let got = upstream_header(name);
+            let got = lookup(upstream_headers, name);
             if got.as_deref() != want.as_str() {
                 problems.push(format!("upstream header {name}: {got:?} (expected {want})"));
             }
@@ -158,16 +179,15 @@ fn cases_in_the_emulator() {
             request = request.header(k, v.as_str());
         }
         let o = emulator.run(&request, &mut echo);
-        let response_headers = o.response.headers.clone();
         let seen = Seen {
             status: o.response.status,
-            response_header: Box::new(move |name| header(&response_headers, name)),
+            response_headers: text_pairs(&o.response.headers),
             body: String::from_utf8_lossy(&o.response.body).into_owned(),
             upstream: o.upstream.map(|u| {
-                let body = String::from_utf8_lossy(&u.body).into_owned();
-                let upstream_header: Box<dyn Fn(&str) -> Option<String>> =
-                    Box::new(move |name| header(&u.headers, name));
-                (upstream_header, body)
+                (
+                    text_pairs(&u.headers),
+                    String::from_utf8_lossy(&u.body).into_owned(),
+                )
             }),
         };
         failures.push((case.name.clone(), check(&case, &seen)));
@@ -202,31 +222,14 @@ fn cases_in_envoy() {
                         || case.expect.upstream_body.is_some();
                     let upstream = reached.then(|| {
                         if !looks_at_upstream {
-                            let nothing: Box<dyn Fn(&str) -> Option<String>> = Box::new(|_| None);
-                            return (nothing, String::new());
+                            return (Pairs::new(), String::new());
                         }
                         let echo = r.echo();
-                        let echo_headers = echo.headers.clone();
-                        let upstream_header: Box<dyn Fn(&str) -> Option<String>> =
-                            Box::new(move |name| {
-                                let values: Vec<&str> = echo_headers
-                                    .iter()
-                                    .filter(|(k, _)| k == name)
-                                    .map(|(_, v)| v.as_str())
-                                    .collect();
-                                (!values.is_empty()).then(|| values.join(","))
-                            });
-                        (upstream_header, echo.body.clone())
+                        (echo.headers.clone(), echo.body.clone())
                     });
-                    let response_headers = r.headers.clone();
                     let seen = Seen {
                         status: u32::from(r.status),
-                        response_header: Box::new(move |name| {
-                            response_headers
-                                .iter()
-                                .find(|(k, _)| k == name)
-                                .map(|(_, v)| v.clone())
-                        }),
+                        response_headers: r.headers.clone(),
                         body: r.text(),
                         upstream,
                     };
