@@ -199,6 +199,32 @@ impl<H: Host> Api<H> {
         self.host.set_map(map, &refs).or_else(|s| refused(f, s))
     }
 
+    fn replace_header(
+        &self,
+        f: &str,
+        map: MapType,
+        name: &str,
+        value: &Dynamic,
+    ) -> ScriptResult<()> {
+        let value = bytes_of(f, value)?;
+        self.host
+            .replace_map_value(map, name, &value)
+            .or_else(|s| refused(f, s))
+    }
+
+    fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
+        let value = bytes_of(f, value)?;
+        self.host
+            .add_map_value(map, name, &value)
+            .or_else(|s| refused(f, s))
+    }
+
+    fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
+        self.host
+            .remove_map_value(map, name)
+            .or_else(|s| refused(f, s))
+    }
+
     fn body_len(&self, buffer: BufferType) -> usize {
         let frame = self.frame.borrow();
         match buffer {
@@ -563,12 +589,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     replace_request_header(":path", "/v2" + get_request_header(":path"));
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("replace_request_header", &value)?;
-            a.host
-                .replace_map_value(REQ, name, &v)
-                .or_else(|s| refused("replace_request_header", s))
-        }
+        |a, name: &str, value: Dynamic| a.replace_header("replace_request_header", REQ, name, &value)
     );
     bind!(
         reg,
@@ -579,12 +600,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("add_request_header", &value)?;
-            a.host
-                .add_map_value(REQ, name, &v)
-                .or_else(|s| refused("add_request_header", s))
-        }
+        |a, name: &str, value: Dynamic| a.add_header("add_request_header", REQ, name, &value)
     );
     bind!(
         reg,
@@ -595,10 +611,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     remove_request_header("cookie");
 }"#,
-        |a, name: &str| a
-            .host
-            .remove_map_value(REQ, name)
-            .or_else(|s| refused("remove_request_header", s))
+        |a, name: &str| a.remove_header("remove_request_header", REQ, name)
     );
 
     // Response headers.
@@ -647,12 +660,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     replace_response_header("server", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("replace_response_header", &value)?;
-            a.host
-                .replace_map_value(RESP, name, &v)
-                .or_else(|s| refused("replace_response_header", s))
-        }
+        |a, name: &str, value: Dynamic| a.replace_header("replace_response_header", RESP, name, &value)
     );
     bind!(
         reg,
@@ -663,12 +671,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     add_response_header("set-cookie", "seen=1; Path=/");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("add_response_header", &value)?;
-            a.host
-                .add_map_value(RESP, name, &v)
-                .or_else(|s| refused("add_response_header", s))
-        }
+        |a, name: &str, value: Dynamic| a.add_header("add_response_header", RESP, name, &value)
     );
     bind!(
         reg,
@@ -679,10 +682,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     remove_response_header("x-powered-by");
 }"#,
-        |a, name: &str| a
-            .host
-            .remove_map_value(RESP, name)
-            .or_else(|s| refused("remove_response_header", s))
+        |a, name: &str| a.remove_header("remove_response_header", RESP, name)
     );
 
     // Bodies.

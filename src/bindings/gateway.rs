@@ -164,12 +164,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     replace_request_trailer("x-checked-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("replace_request_trailer", &value)?;
-            a.host
-                .replace_map_value(REQ, name, &v)
-                .or_else(|s| refused("replace_request_trailer", s))
-        }
+        |a, name: &str, value: Dynamic| a.replace_header(
+            "replace_request_trailer",
+            REQ,
+            name,
+            &value
+        )
     );
     bind!(
         reg,
@@ -180,12 +180,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     add_request_trailer("x-seen", "1");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("add_request_trailer", &value)?;
-            a.host
-                .add_map_value(REQ, name, &v)
-                .or_else(|s| refused("add_request_trailer", s))
-        }
+        |a, name: &str, value: Dynamic| a.add_header("add_request_trailer", REQ, name, &value)
     );
     bind!(
         reg,
@@ -196,10 +191,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     remove_request_trailer("x-debug");
 }"#,
-        |a, name: &str| a
-            .host
-            .remove_map_value(REQ, name)
-            .or_else(|s| refused("remove_request_trailer", s))
+        |a, name: &str| a.remove_header("remove_request_trailer", REQ, name)
     );
     bind!(
         reg,
@@ -243,12 +235,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     replace_response_trailer("grpc-message", "");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("replace_response_trailer", &value)?;
-            a.host
-                .replace_map_value(RESP, name, &v)
-                .or_else(|s| refused("replace_response_trailer", s))
-        }
+        |a, name: &str, value: Dynamic| a.replace_header(
+            "replace_response_trailer",
+            RESP,
+            name,
+            &value
+        )
     );
     bind!(
         reg,
@@ -259,12 +251,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     add_response_trailer("x-served-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| {
-            let v = bytes_of("add_response_trailer", &value)?;
-            a.host
-                .add_map_value(RESP, name, &v)
-                .or_else(|s| refused("add_response_trailer", s))
-        }
+        |a, name: &str, value: Dynamic| a.add_header("add_response_trailer", RESP, name, &value)
     );
     bind!(
         reg,
@@ -275,10 +262,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     remove_response_trailer("x-internal-timing");
 }"#,
-        |a, name: &str| a
-            .host
-            .remove_map_value(RESP, name)
-            .or_else(|s| refused("remove_response_trailer", s))
+        |a, name: &str| a.remove_header("remove_response_trailer", RESP, name)
     );
 
     // Shared data.
