@@ -43,8 +43,8 @@ pub(crate) struct StreamState {
     /// The script asked not to run the body phase for this request / response.
     pub skip_request_body: bool,
     pub skip_response_body: bool,
-    /// The request's id (`x-request-id`), kept for error logs in later phases.
-    pub request_id: Option<String>,
+    /// Script errors waiting for the log phase, where the request id is known again.
+    pub deferred_errors: Vec<String>,
 }
 
 /// A callout waiting for its answer.

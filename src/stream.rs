@@ -13,7 +13,7 @@ pub use proxy_wasm::types::Action;
 use crate::bindings::{CallAnswer, PhaseAction, Side, StreamState};
 use crate::config::FailMode;
 use crate::host::{BufferType, Host, LogLevel, MapType};
-use crate::phase::{Phase, Phases};
+use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
 
 /// One HTTP stream (a request and its response) handled by a plugin.
@@ -35,6 +35,9 @@ struct SideState {
     /// Trailers arrived while the body phase waited for callouts: their phase runs after.
     trailers_deferred: bool,
 }
+
+/// Where the request id goes in an error line logged later.
+const REQUEST_ID_SLOT: &str = "\u{0}id\u{0}";
 
 /// How a script call ended.
 type CallResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -59,14 +62,6 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
         self.state.request_has_body = !end_of_stream;
-        if self
-            .selection
-            .as_ref()
-            .is_some_and(|s| s.script.phases != Phases::REQUEST_HEADERS)
-        {
-            // Later phases can't read it from the proxy any more: keep it for error logs.
-            self.state.request_id = self.property_text(&["request", "id"]);
-        }
         let action = self.run_phase(Phase::RequestHeaders);
         self.prepare_body(
             Phase::RequestBody,
@@ -107,6 +102,17 @@ impl<H: Host + 'static> HttpStream<H> {
     /// The stream is over: `on_log()` runs (its errors are only logged).
     pub fn on_log(&mut self) {
         self.state.calls.clear();
+        // Errors of the phases where the proxy hides the request id are logged now, with it.
+        let deferred = std::mem::take(&mut self.state.deferred_errors);
+        if !deferred.is_empty() {
+            let id = self.request_id();
+            for message in deferred {
+                self.plugin
+                    .api
+                    .host
+                    .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
+            }
+        }
         if self.defines(Phase::Log) {
             if let Err(e) = self.enter(Phase::Log, None, Call::Phase) {
                 self.log_error(Phase::Log, &e, false);
@@ -350,26 +356,34 @@ impl<H: Host + 'static> HttpStream<H> {
         }
     }
 
-    fn log_error(&self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
+    fn request_id(&self) -> String {
+        self.property_text(&["request", "id"])
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// Logs a script error once, with its request id. Envoy gives the id only in the request
+    /// headers and log phases: an error elsewhere is logged when the stream ends (`on_log`),
+    /// which costs the requests that don't fail nothing.
+    fn log_error(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
         self.plugin.api.count_script_error();
-        let request_id = self
-            .state
-            .request_id
-            .clone()
-            .or_else(|| self.property_text(&["request", "id"]))
-            .unwrap_or_else(|| "-".into());
         let place = if in_callback {
             "callout callback of "
         } else {
             ""
         };
-        self.plugin.api.host.log(
-            LogLevel::Error,
-            &format!(
-                "script error in {place}{phase} (request {request_id}): {}",
-                describe_error(error)
-            ),
+        let message = format!(
+            "script error in {place}{phase} (request {REQUEST_ID_SLOT}): {}",
+            describe_error(error)
         );
+        if matches!(phase, Phase::RequestHeaders | Phase::Log) {
+            let id = self.request_id();
+            self.plugin
+                .api
+                .host
+                .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
+        } else {
+            self.state.deferred_errors.push(message);
+        }
     }
 
     /// Applies the error policy to a failed script call.

@@ -208,7 +208,8 @@ fn logs_errors_stalls_and_configuration() {
             r.assert_log("info", "upstream said");
             r.assert_no_log("nothing like this");
             assert_eq(r.logs.len(), 1);
-            assert_contains(r.trace[0], "dispatch_http_call");
+            assert_contains(r.trace[0], "get_header(HttpRequestHeaders, \"x-user\")");
+            assert_contains(r.trace[1], "dispatch_http_call");
         }
         fn test_errors_when_looked_at() {
             let p = plugin("auth.rhai");

@@ -189,6 +189,7 @@ impl Host for EmulatorHost {
     }
 
     fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
+        self.trace(format!("get_map({map:?})"));
         // Envoy answers an unavailable header map with an empty one.
         Ok(self.with_map(map, |h| h.clone()).unwrap_or_default())
     }
@@ -201,6 +202,7 @@ impl Host for EmulatorHost {
     }
 
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
+        self.trace(format!("get_header({map:?}, {name:?})"));
         let name = lower(name);
         // Like Envoy: the first value only.
         self.with_map(map, |h| {
@@ -244,6 +246,9 @@ impl Host for EmulatorHost {
         start: usize,
         max_size: usize,
     ) -> Result<Option<Bytes>, Status> {
+        self.trace(format!(
+            "get_buffer({buffer:?}, start {start}, max {max_size})"
+        ));
         let state = self.0.borrow();
         let s = &state.stream;
         let bytes = match buffer {
@@ -363,6 +368,7 @@ impl Host for EmulatorHost {
     }
 
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {
+        self.trace(format!("get_property({path:?})"));
         let state = self.0.borrow();
         let path = path.join(".");
         if path.starts_with("request.")
@@ -386,6 +392,7 @@ impl Host for EmulatorHost {
     }
 
     fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {
+        self.trace(format!("get_shared_data({key:?})"));
         Ok(match self.0.borrow().shared.get(key) {
             Some((value, version)) => (Some(value.clone()), *version),
             None => (None, 0),

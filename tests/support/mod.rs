@@ -793,7 +793,13 @@ impl EnvoyBuilder {
         let config_path = match &self.filter_text {
             // JSON is YAML: Envoy reads the whole file, spliced text included, as YAML.
             Some(filter) => {
-                text = text.replace(&format!("{:?}", FILTER_PLACEHOLDER), filter);
+                // Pasted where the placeholder stands, each line indented as that line is.
+                let placeholder = format!("{FILTER_PLACEHOLDER:?}");
+                let at = text.find(&placeholder).expect("the placeholder");
+                let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let indent = " ".repeat(at - line_start);
+                let pasted = filter.trim_end().replace('\n', &format!("\n{indent}"));
+                text = text.replace(&placeholder, &pasted);
                 dir.join("envoy.yaml")
             }
             None => dir.join("envoy.json"),
