@@ -472,3 +472,22 @@ fn bad_input_is_refused_in_one_line() {
         "--rule",
     );
 }
+
+#[test]
+fn deploy_has_help() {
+    for args in [
+        &["deploy", "--help"][..],
+        &["deploy", "envoy", "--help"],
+        &["deploy", "higress", "--help"],
+    ] {
+        let o = proxy_rhai(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(
+            stdout(&o).contains("Usage: proxy-rhai deploy"),
+            "{args:?}: {}",
+            stdout(&o)
+        );
+    }
+    let o = proxy_rhai(&["--help"]);
+    assert!(stdout(&o).contains("deploy"), "{}", stdout(&o));
+}

@@ -109,7 +109,7 @@ fn on_request_headers() {
                 let resumed = resume_http_request();
                 log_info(`first callback ${id}: resumed=${resumed}`);
             });
-            http_get("callout", "/delay/800", [], 5000, |status, headers, body| {
+            http_get("callout", "/delay/1500", [], 5000, |status, headers, body| {
                 let again = resume_http_request();
                 log_info(`late callback ${id}: status=${status} resumed=${again} after ${now_ms() - start} ms`);
             });
@@ -363,13 +363,14 @@ fn parallel_calls_timeouts_and_an_early_resume() {
     assert!((250..1500).contains(&waited), "callback after {waited} ms");
     assert!(took < Duration::from_millis(2000), "request took {took:?}");
 
-    // resume_http_request() in the first callback, with a second call still pending: the
-    // request goes on at once (the upstream answers after 1.5 s, which keeps the stream alive
-    // while the late call lands), the late callback still runs, and nothing resumes twice.
+    // resume_http_request() in the first callback, with a second call (1.5 s) still pending:
+    // the request goes on at once (the upstream answers after 2.5 s, which keeps the stream
+    // alive while the late call lands: about 2.5 s in all, 4 s if it waited for the late
+    // call), the late callback still runs, and nothing resumes twice.
     let t = Instant::now();
     let r = envoy.request(
         "GET",
-        "/delay/1500",
+        "/delay/2500",
         &[("x-op", "resume-early"), ("x-id", "early-1")],
         b"",
     );
@@ -377,14 +378,14 @@ fn parallel_calls_timeouts_and_an_early_resume() {
     assert_status(&r, 200);
     assert_eq!(r.echo().header("x-first"), Some("200"));
     assert!(
-        took < Duration::from_millis(2200),
+        took < Duration::from_millis(3500),
         "the request waited for the late call: {took:?}"
     );
     let first = envoy.wait_for_log("first callback early-1: ");
     assert!(first.contains("resumed=true"), "{first}");
     let late = envoy.wait_for_log("late callback early-1: ");
     assert!(late.contains("status=200 resumed=false"), "{late}");
-    assert_eq!(envoy.upstream.hits("/delay/1500"), 1);
+    assert_eq!(envoy.upstream.hits("/delay/2500"), 1);
     let log = envoy.log();
     assert!(
         !log.contains("resuming the Request failed"),

@@ -280,8 +280,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             Ok(map)
         });
     bind!(reg, "shared_set", Anywhere, "bool: false when `version` is stale",
-        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap; 0 stores whatever the version).",
-        r#"fn on_request_headers() {
+        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap). Version 0 stores whatever is there, as Envoy does — so create a key once (e.g. at top level) before updating it with compare-and-swap.",
+        r#"// Created once, when the plugin loads: from then on every update is a compare-and-swap.
+if shared_get("hits").version == 0 { shared_set("hits", "0", 0); }
+
+fn on_request_headers() {
     // A counter without lost updates: retry when another worker came first.
     for attempt in 0..10 {
         let current = shared_get("hits");

@@ -15,7 +15,7 @@ use proxy_rhai::emulator::{header, Callout, Emulator, Headers, Outcome, Reply, R
 use proxy_rhai::testing::{self, spec};
 
 /// Run, test, check and document proxy-rhai scripts, with no proxy: the plugin's own code runs
-/// in an emulated Envoy.
+/// in an emulated Envoy. Then `deploy` prints the Envoy or Higress configuration that runs one.
 #[derive(Parser)]
 #[command(name = "proxy-rhai", version)]
 struct Cli {

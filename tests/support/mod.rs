@@ -6,7 +6,10 @@
 //! - [`wasm_path`]: the plugin build (`PROXY_RHAI_WASM` overrides).
 //! - [`Upstream`]: an HTTP/1.1 echo server with a few behaviours chosen by path.
 //! - [`Envoy`] / [`EnvoyBuilder`]: a real Envoy with the plugin as its HTTP filter, an
-//!   `upstream` cluster (the route's target) and a `callout` cluster (a second echo server).
+//!   `upstream` cluster (the route's target) and a `callout` cluster (a second echo server);
+//!   options add clusters, named routes (for `xds.route_name`), more workers
+//!   (`--concurrency`), HTTP/1.1 trailers, or take the filter as text (e.g. what `proxy-rhai
+//!   deploy envoy` prints, then read by Envoy as YAML).
 //! - [`Reply`] / [`Echo`]: what the client got, and what the upstream saw.
 //!
 //! # A configuration the plugin refuses (measured with Envoy 1.40, V8)
