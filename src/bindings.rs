@@ -178,7 +178,7 @@ impl<H: Host> Api<H> {
         let pairs = self.host.get_map(map).or_else(|s| refused(f, s))?;
         Ok(pairs
             .into_iter()
-            .map(|(k, v)| pair(k.into(), lossy(&v)))
+            .map(|(k, v)| pair(k.into(), lossy(v)))
             .collect())
     }
 
@@ -188,7 +188,7 @@ impl<H: Host> Api<H> {
             .get_map_value(map, name)
             .or_else(|s| refused(f, s))?
         {
-            Some(v) => Ok(lossy(&v).into()),
+            Some(v) => Ok(lossy(v).into()),
             None => Ok(Dynamic::UNIT),
         }
     }
@@ -325,7 +325,10 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
-        let values: Vec<String> = headers.iter().map(|(_, v)| lossy(v)).collect();
+        let values: Vec<String> = headers
+            .iter()
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect();
         let refs: Vec<(&str, &str)> = headers
             .iter()
             .zip(&values)
@@ -366,8 +369,9 @@ pub const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
 /// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
 pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Bytes as a string, invalid UTF-8 replaced by U+FFFD; valid text is not copied.
+pub(crate) fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn pair(name: Dynamic, value: String) -> Dynamic {
@@ -696,7 +700,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let order = parse_json(get_request_body());
     set_context("items", order.items.len());
 }"#,
-        |a| Ok(lossy(&a.get_body("get_request_body", REQ_BODY)?))
+        |a| Ok(lossy(a.get_body("get_request_body", REQ_BODY)?))
     );
     bind!(
         reg,
@@ -759,7 +763,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         replace_response_body("error hidden by the proxy");
     }
 }"#,
-        |a| Ok(lossy(&a.get_body("get_response_body", RESP_BODY)?))
+        |a| Ok(lossy(a.get_body("get_response_body", RESP_BODY)?))
     );
     bind!(
         reg,
@@ -1037,7 +1041,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         add_request_header("authorization", `Bearer ${token}`);
     });
 }"#,
-        |a| Ok(lossy(&call_body(a)?))
+        |a| Ok(lossy(call_body(a)?))
     );
     bind!(
         reg,

@@ -177,8 +177,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let headers = headers
             .into_iter()
             .map(|(k, v)| {
-                let pair: rhai::Array =
-                    vec![k.into(), String::from_utf8_lossy(&v).into_owned().into()];
+                let pair: rhai::Array = vec![k.into(), crate::bindings::lossy(v).into()];
                 pair.into()
             })
             .collect();
@@ -186,7 +185,7 @@ impl<H: Host + 'static> HttpStream<H> {
             .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()
             .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map(crate::bindings::lossy)
             .unwrap_or_default();
         (status, headers, body)
     }
@@ -206,7 +205,7 @@ impl<H: Host + 'static> HttpStream<H> {
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
         let value = self.plugin.api.host.get_property(path).ok().flatten()?;
-        (!value.is_empty()).then(|| String::from_utf8_lossy(&value).into_owned())
+        (!value.is_empty()).then(|| crate::bindings::lossy(value))
     }
 
     fn pending(&self, side: Side) -> bool {

@@ -70,7 +70,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         add_request_header("x-user", user);
     }
 }"#,
-        |_a, text: &str| Ok(lossy(&base64_decode("base64_decode", text, false)?)));
+        |_a, text: &str| Ok(lossy(base64_decode("base64_decode", text, false)?)));
     bind!(
         reg,
         "base64_decode_bytes",
@@ -105,7 +105,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let parts = jwt.split(".");
     if parts.len() == 3 { log_info(base64url_decode(parts[1])); }
 }"#,
-        |_a, text: &str| Ok(lossy(&base64_decode("base64url_decode", text, true)?))
+        |_a, text: &str| Ok(lossy(base64_decode("base64url_decode", text, true)?))
     );
     bind!(
         reg,

@@ -89,7 +89,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
                     le.copy_from_slice(&bytes);
                     Dynamic::from(i64::from_le_bytes(le))
                 }
-                Some(bytes) => lossy(&bytes).into(),
+                Some(bytes) => lossy(bytes).into(),
             })
         });
     bind!(
@@ -275,7 +275,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |a, key: &str| {
             let (value, version) = a.host.get_shared_data(key).or_else(|s| refused("shared_get", s))?;
             let mut map = Map::new();
-            map.insert("value".into(), value.map_or(Dynamic::UNIT, |v| lossy(&v).into()));
+            map.insert("value".into(), value.map_or(Dynamic::UNIT, |v| lossy(v).into()));
             map.insert("version".into(), Dynamic::from(i64::from(version)));
             Ok(map)
         });
