@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Soak: real Envoy with proxy-rhai under high load for a few minutes, with a mix of good
+requests, script errors and callouts. Checks zero failed VMs, zero unexpected status codes,
+and reports Envoy's memory at the first and the last minute.
+
+usage: tools/soak.py [--seconds 180] [--connections 32] [--wasm target/proxy_rhai.wasm]
+Not part of CI (it takes minutes and a whole machine). Needs tools/setup.sh's envoy and wrk.
+"""
+import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, time
+
+SCRIPT = r'''
+fn on_request_headers() {
+    let path = get_request_header(":path");
+    set_context("path", path);
+    if path.starts_with("/error") { throw "soak: a script error on purpose"; }
+    if path.starts_with("/callout") {
+        http_get("backend", "/token", [], 1000, |status, headers, body| {
+            add_request_header("x-token-status", status.to_string());
+        });
+        return;
+    }
+    add_request_header("x-soak", "1");
+}
+fn on_response_headers() {
+    add_response_header("x-soak-path", get_context("path"));
+    increment_counter("soak_responses", 1);
+}
+'''
+
+# wrk: every 10th request is a script error, every 10th a callout; statuses are counted per
+# thread and checked at the end (500 only with the error policy's body).
+WRK_LUA = r'''
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) n = 0; ok = 0; policy = 0; unexpected = 0; first_bad = "" end
+function request()
+    n = n + 1
+    local path = "/ok"
+    if n % 10 == 3 then path = "/error" elseif n % 10 == 7 then path = "/callout" end
+    return wrk.format("GET", path)
+end
+function response(status, headers, body)
+    if status == 200 then ok = ok + 1
+    elseif status == 500 and body == "Internal Server Error\n" then policy = policy + 1
+    else unexpected = unexpected + 1; if first_bad == "" then first_bad = status .. " " .. body end end
+end
+function done(summary, latency, requests)
+    local t = {ok = 0, policy = 0, unexpected = 0, first_bad = ""}
+    for _, thread in ipairs(threads) do
+        t.ok = t.ok + thread:get("ok"); t.policy = t.policy + thread:get("policy")
+        t.unexpected = t.unexpected + thread:get("unexpected")
+        if t.first_bad == "" then t.first_bad = thread:get("first_bad") end
+    end
+    io.write(string.format("SOAK ok=%d policy=%d unexpected=%d errors=%d first_bad=%s\n",
+        t.ok, t.policy, t.unexpected, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, t.first_bad))
+end
+'''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def addr(port):
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def hcm(name, routes, filters):
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name, "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=180)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--wasm", default="target/proxy_rhai.wasm")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="proxy-rhai-soak-")
+    listen, admin, backend, backend_admin = free_port(), free_port(), free_port(), free_port()
+    # The backend (upstream and callout target) is a second Envoy answering directly.
+    backend_cfg = {"admin": {"address": addr(backend_admin)}, "static_resources": {"listeners": [{
+        "name": "backend", "address": addr(backend), "filter_chains": [{"filters": [hcm("backend", [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}], [])]}]}]}}
+    plugin = {"script": SCRIPT}
+    wasm_filter = {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
+            "name": "proxy-rhai", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": os.path.abspath(args.wasm)}}},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin)}}}}
+    cluster = lambda name: {"name": name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(backend)}}]}]}}
+    front_cfg = {"admin": {"address": addr(admin)}, "static_resources": {
+        "listeners": [{"name": "front", "address": addr(listen), "filter_chains": [{"filters": [
+            hcm("front", [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}], [wasm_filter])]}]}],
+        "clusters": [cluster("upstream"), cluster("backend")]}}
+    procs = []
+    try:
+        for name, cfg in [("backend", backend_cfg), ("front", front_cfg)]:
+            path = os.path.join(work, name + ".json")
+            json.dump(cfg, open(path, "w"))
+            log = open(os.path.join(work, name + ".log"), "w")
+            procs.append(subprocess.Popen(["envoy", "-c", path, "--concurrency", "2" if name == "front" else "1",
+                                           "--disable-hot-restart", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT))
+        for port in (backend_admin, admin):
+            for _ in range(300):
+                try:
+                    if b"LIVE" in subprocess.run(["curl", "-sf", f"127.0.0.1:{port}/ready"], capture_output=True).stdout:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+        lua = os.path.join(work, "soak.lua")
+        open(lua, "w").write(WRK_LUA)
+        front = procs[1]
+        rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{front.pid}/status").read()).group(1)) // 1024
+        samples = []
+        wrk = subprocess.Popen(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "-s", lua,
+                                f"http://127.0.0.1:{listen}/"], stdout=subprocess.PIPE, text=True)
+        start = time.time()
+        while wrk.poll() is None:
+            time.sleep(5)
+            samples.append((round(time.time() - start), rss()))
+        out = wrk.stdout.read()
+        print(out)
+        log = open(os.path.join(work, "front.log")).read()
+        failed_vm = [l for l in log.splitlines() if "Uncaught" in l or "panicked at" in l or re.search(r"Function: proxy_on_\w+ failed", l)]
+        stats = subprocess.run(["curl", "-s", f"127.0.0.1:{admin}/stats?filter=wasmcustom"], capture_output=True, text=True).stdout
+        first = [m for t, m in samples if t <= 60]
+        last = [m for t, m in samples if t >= args.seconds - 60]
+        m = re.search(r"SOAK ok=(\d+) policy=(\d+) unexpected=(\d+) errors=(\d+) first_bad=(.*)", out)
+        print(f"Envoy RSS (MiB), first minute: {min(first)}-{max(first)}, last minute: {min(last)}-{max(last)}")
+        print("samples (s, MiB):", samples)
+        print(stats.strip())
+        print(f"failed-VM log lines: {len(failed_vm)}")
+        ok = m and int(m.group(3)) == 0 and int(m.group(4)) == 0 and not failed_vm
+        print("SOAK PASSED" if ok else "SOAK FAILED")
+        return 0 if ok else 1
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
