@@ -1,0 +1,20 @@
+-- Workload 2 (header-heavy): 20 operations on the request headers:
+-- 5 get, 5 add (of the values read), 5 replace, 5 remove.
+function envoy_on_request(handle)
+  local h = handle:headers()
+  h:add("x-add-0", h:get("x-in-0") or "")
+  h:add("x-add-1", h:get("x-in-1") or "")
+  h:add("x-add-2", h:get("x-in-2") or "")
+  h:add("x-add-3", h:get("x-in-3") or "")
+  h:add("x-add-4", h:get("x-in-4") or "")
+  h:replace("x-in-5", "r")
+  h:replace("x-in-6", "r")
+  h:replace("x-in-7", "r")
+  h:replace("x-in-8", "r")
+  h:replace("x-in-9", "r")
+  h:remove("x-rm-0")
+  h:remove("x-rm-1")
+  h:remove("x-rm-2")
+  h:remove("x-rm-3")
+  h:remove("x-rm-4")
+end
