@@ -45,7 +45,7 @@ type CallResult = Result<Dynamic, Box<EvalAltResult>>;
 /// What to call in the script.
 enum Call {
     Phase,
-    Callback(FnPtr, (i64, rhai::Array, String)),
+    Callback(FnPtr, Vec<Dynamic>),
 }
 
 impl<H: Host + 'static> HttpStream<H> {
@@ -127,7 +127,7 @@ impl<H: Host + 'static> HttpStream<H> {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let args = self.call_answer(num_headers, body_size);
+        let args = self.call_answer(num_headers, body_size, self.callback_arity(&call.callback));
         let answer = CallAnswer { body_size };
         let result = self.enter(
             call.phase,
@@ -161,33 +161,72 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// The callback's arguments: status (0 without an answer), headers, body.
-    fn call_answer(&self, num_headers: usize, body_size: usize) -> (i64, rhai::Array, String) {
-        if num_headers == 0 {
-            return (0, rhai::Array::new(), String::new());
+    /// The callback's arguments — status (0 without an answer), headers, body — as many as it
+    /// takes: the headers and body are only converted for a callback that reads them.
+    fn call_answer(&self, num_headers: usize, body_size: usize, arity: usize) -> Vec<Dynamic> {
+        if arity == 0 {
+            return Vec::new();
         }
         let host = &self.plugin.api.host;
-        let headers = host
-            .get_map(MapType::HttpCallResponseHeaders)
-            .unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+        let mut args = Vec::with_capacity(arity);
+        let headers = if num_headers > 0 && arity >= 2 {
+            host.get_map(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let status = if num_headers == 0 {
+            None
+        } else if arity >= 2 {
+            headers
+                .iter()
+                .find(|(k, _)| k == ":status")
+                .map(|(_, v)| v.clone())
+        } else {
+            host.get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+        };
+        let status: i64 = status
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
             .unwrap_or(0);
-        let headers = headers
-            .into_iter()
-            .map(|(k, v)| {
-                let pair: rhai::Array = vec![k.into(), crate::bindings::lossy(v).into()];
-                pair.into()
+        args.push(status.into());
+        if arity >= 2 {
+            let pairs: rhai::Array = headers
+                .into_iter()
+                .map(|(k, v)| {
+                    let pair: rhai::Array = vec![k.into(), crate::bindings::lossy(v).into()];
+                    pair.into()
+                })
+                .collect();
+            args.push(pairs.into());
+        }
+        if arity >= 3 {
+            let body = host
+                .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .map(crate::bindings::lossy)
+                .unwrap_or_default();
+            args.push(body.into());
+        }
+        args
+    }
+
+    /// How many of `|status, headers, body|` a callback takes (a closure's captured variables
+    /// come first among its function's parameters).
+    fn callback_arity(&self, callback: &FnPtr) -> usize {
+        let Some(selection) = &self.selection else {
+            return 0;
+        };
+        selection
+            .script
+            .ast
+            .iter_functions()
+            .find(|f| f.name == callback.fn_name())
+            .map_or(3, |f| {
+                f.params.len().saturating_sub(callback.curry().len()).min(3)
             })
-            .collect();
-        let body = host
-            .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .map(crate::bindings::lossy)
-            .unwrap_or_default();
-        (status, headers, body)
     }
 
     fn defines(&self, phase: Phase) -> bool {

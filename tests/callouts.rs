@@ -337,3 +337,31 @@ fn an_unreachable_target_answers_envoys_503_and_a_timeout_status_zero() {
         Some("503|3|upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
     );
 }
+
+#[test]
+fn callbacks_take_as_many_of_status_headers_body_as_they_need() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        let tag = "captured";
+        http_get("auth", "/0", [], 100, || { add_request_header("x-zero", tag); });
+        http_get("auth", "/1", [], 100, |status| { add_request_header("x-one", `${status}`); });
+        http_get("auth", "/2", [], 100, |status, headers| { add_request_header("x-two", `${status}/${headers.len()}`); });
+        http_get("auth", "/3", [], 100, |status, headers, body| { add_request_header("x-three", `${status}/${headers.len()}/${body}/${tag}`); });
+        http_get("auth", "/named", [], 100, Fn("named_callback"));
+    }
+    fn named_callback(status, headers, body) { add_request_header("x-named", body); }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |c: &Callout| answer(201, &[("x-a", "1")], &header(&c.headers, ":path").unwrap()),
+    );
+    assert_eq!(o.upstream_header("x-zero").as_deref(), Some("captured"));
+    assert_eq!(o.upstream_header("x-one").as_deref(), Some("201"));
+    assert_eq!(o.upstream_header("x-two").as_deref(), Some("201/2"));
+    assert_eq!(
+        o.upstream_header("x-three").as_deref(),
+        Some("201/2//3/captured")
+    );
+    assert_eq!(o.upstream_header("x-named").as_deref(), Some("/named"));
+}
