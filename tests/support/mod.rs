@@ -717,6 +717,8 @@ pub struct EnvoyBuilder {
     trailers: bool,
     /// The wasm HTTP filter as text (JSON or YAML flow style), spliced into the bootstrap.
     filter_text: Option<String>,
+    /// The listener comes from an LDS file, so [`Envoy::reconfigure`] can update it.
+    dynamic_listener: bool,
 }
 
 impl EnvoyBuilder {
@@ -778,6 +780,13 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Serves the listener from a file (LDS) instead of the bootstrap, so that the plugin's
+    /// configuration can be changed while Envoy runs ([`Envoy::reconfigure`]).
+    pub fn dynamic_listener(mut self) -> Self {
+        self.dynamic_listener = true;
+        self
+    }
+
     /// Starts Envoy and waits until it serves; panics with the tail of its log when it doesn't.
     pub fn start(self) -> Envoy {
         self.try_start()
@@ -791,7 +800,18 @@ impl EnvoyBuilder {
         let dir = fresh_dir();
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
-        let config = self.bootstrap(upstream.port(), callout.port());
+        let mut config = self.bootstrap(upstream.port(), callout.port());
+        let lds = self.dynamic_listener.then(|| {
+            let mut listener = config["static_resources"]["listeners"][0].take();
+            listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+            let path = dir.join("lds.json");
+            write_atomically(&path, &json!({"resources": [listener]}));
+            config["static_resources"]["listeners"] = json!([]);
+            config["node"] = json!({"id": "proxy-rhai-test", "cluster": "test"});
+            config["dynamic_resources"] = json!({"lds_config": {
+                "path_config_source": {"path": path}, "resource_api_version": "V3"}});
+            (path, listener)
+        });
         let mut text = serde_json::to_string_pretty(&config).unwrap();
         let config_path = match &self.filter_text {
             // JSON is YAML: Envoy reads the whole file, spliced text included, as YAML.
@@ -849,6 +869,7 @@ wait "$pid""#;
             addr: "127.0.0.1:0".parse().unwrap(),
             upstream,
             callout,
+            lds: Mutex::new(lds),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -1033,6 +1054,15 @@ pub struct Envoy {
     pub upstream: Upstream,
     /// The second server (cluster `callout`).
     pub callout: Upstream,
+    /// With [`EnvoyBuilder::dynamic_listener`]: the LDS file and the listener it holds.
+    lds: Mutex<Option<(PathBuf, Value)>>,
+}
+
+/// Writes `value` to `path` by renaming a complete file into place (Envoy watches the move).
+fn write_atomically(path: &Path, value: &Value) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    fs::rename(&tmp, path).unwrap();
 }
 
 /// The lines of a log that say the VM failed (a trap, an uncaught exception, a Rust panic).
@@ -1068,6 +1098,7 @@ impl Envoy {
             upstream_aliases: Vec::new(),
             trailers: false,
             filter_text: None,
+            dynamic_listener: false,
         }
     }
 
@@ -1095,6 +1126,49 @@ impl Envoy {
 
     fn admin_get(&self, path: &str) -> io::Result<Reply> {
         self.admin_request("GET", path)
+    }
+
+    /// Gives the plugin a new configuration through LDS (needs
+    /// [`EnvoyBuilder::dynamic_listener`]); returns whether Envoy accepted the update, after
+    /// waiting for it to take it or reject it.
+    pub fn reconfigure(&self, plugin_config: Value) -> bool {
+        let counter = |name: &str| -> u64 {
+            let stats = self
+                .admin_get("/stats?filter=listener_manager.lds")
+                .map(|r| r.text())
+                .unwrap_or_default();
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("listener_manager.lds.{name}: ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (success, rejected) = (counter("update_success"), counter("update_rejected"));
+        {
+            let mut lds = self.lds.lock().unwrap();
+            let (path, listener) = lds
+                .as_mut()
+                .expect("reconfigure needs EnvoyBuilder::dynamic_listener");
+            let filter =
+                &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+            filter["typed_config"]["config"]["configuration"]["value"] =
+                json!(plugin_config.to_string());
+            write_atomically(path, &json!({"resources": [listener.clone()]}));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if counter("update_success") > success {
+                return true;
+            }
+            if counter("update_rejected") > rejected {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "Envoy neither took nor rejected the new listener in 60 s:\n{}",
+            tail(&self.log(), 40)
+        );
     }
 
     /// A request to Envoy's admin interface (e.g. `GET /clusters`, `GET /stats`).
