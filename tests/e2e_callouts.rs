@@ -449,7 +449,7 @@ fn a_client_that_goes_away_mid_callout_leaves_no_trace() {
         thread::sleep(Duration::from_millis(200));
         if i == 2 {
             // An abortive close: a reset, not a FIN.
-            set_linger_zero(&s);
+            support::set_linger_zero(&s);
         } else {
             s.shutdown(Shutdown::Both).unwrap();
         }
@@ -474,34 +474,4 @@ fn a_client_that_goes_away_mid_callout_leaves_no_trace() {
     assert_eq!(r.echo().header("x-slow"), Some("200"));
     envoy.wait_for_log("slow callback ran for ");
     envoy.assert_healthy();
-}
-
-/// SO_LINGER 0: closing the socket sends a reset.
-fn set_linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct Linger {
-        l_onoff: i32,
-        l_linger: i32,
-    }
-    extern "C" {
-        fn setsockopt(fd: i32, level: i32, name: i32, value: *const Linger, len: u32) -> i32;
-    }
-    const SOL_SOCKET: i32 = 1;
-    const SO_LINGER: i32 = 13;
-    let linger = Linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a properly sized option value.
-    let rc = unsafe {
-        setsockopt(
-            s.as_raw_fd(),
-            SOL_SOCKET,
-            SO_LINGER,
-            &linger,
-            std::mem::size_of::<Linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
 }

@@ -1,0 +1,148 @@
+//! Traffic and service faults in real Envoy: each costs at most its own request, and the VM
+//! keeps serving.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use serde_json::json;
+use support::Envoy;
+
+const HEADERS_SCRIPT: &str = r#"
+fn on_request_headers() {
+    let all = get_request_headers();
+    let long = get_request_header("x-long") ?? "";
+    add_request_header("x-seen", `${all.len()}/${long.len()}`);
+}
+fn on_request_body() {
+    replace_request_body(get_request_body_bytes());
+}
+"#;
+
+#[test]
+fn very_long_and_very_many_headers() {
+    let envoy = Envoy::with_script(HEADERS_SCRIPT);
+    let long = "v".repeat(50_000);
+    let r = envoy.request("GET", "/long", &[("x-long", &long)], b"");
+    assert_eq!(r.status, 200);
+    let seen = r.echo().header("x-seen").unwrap_or_default().to_string();
+    let (count, long_len) = seen.split_once('/').unwrap_or_default();
+    assert_eq!(long_len, "50000", "the script read the whole 50 kB value");
+    let others: usize = count.parse::<usize>().unwrap() - 1;
+
+    let many: Vec<(String, String)> = (0..90)
+        .map(|i| (format!("x-h{i}"), format!("value-{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = envoy.request("GET", "/many", &refs, b"");
+    assert_eq!(r.status, 200);
+    let expected = format!("{}/0", others + 90);
+    assert_eq!(
+        r.echo().header("x-seen"),
+        Some(expected.as_str()),
+        "all 90 headers seen"
+    );
+    envoy.assert_healthy();
+}
+
+#[test]
+fn empty_and_binary_bodies() {
+    let envoy = Envoy::with_script(HEADERS_SCRIPT);
+    let r = envoy.request("POST", "/empty", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().body_len, 0);
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let r = envoy.request(
+        "POST",
+        "/binary",
+        &[("content-type", "application/octet-stream")],
+        &binary,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.echo().body_len,
+        binary.len(),
+        "every byte through the script's blob round trip"
+    );
+    envoy.assert_healthy();
+}
+
+#[test]
+fn http2_clients() {
+    let envoy = Envoy::builder(json!({"script": HEADERS_SCRIPT}))
+        .allow_http2()
+        .start();
+    let url = format!("http://{}/h2", envoy.addr());
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-H",
+            "x-long: abc",
+            "--data-binary",
+            "hello",
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains(r#"["x-seen","11/3"]"#),
+        "the script saw the HTTP/2 request's headers: {body}"
+    );
+    assert!(body.contains(r#""body":"hello""#), "{body}");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn clients_that_reset_mid_body() {
+    let envoy = Envoy::with_script(HEADERS_SCRIPT);
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(envoy.addr()).unwrap();
+        s.write_all(
+            b"POST /cut HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n400\r\npartial",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        support::set_linger_zero(&s); // an abortive close: a reset, not a FIN
+        drop(s);
+    }
+    assert_eq!(envoy.get("/after").status, 200);
+    envoy.assert_healthy();
+}
+
+#[test]
+fn callout_targets_that_answer_garbage_or_hang_up() {
+    // A "service" that answers anything but HTTP, then closes.
+    let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = garbage.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in garbage.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"\x00\xffNOT HTTP AT ALL\r\n\r\n");
+        }
+    });
+    let envoy = Envoy::builder(json!({"script": r#"
+        fn on_request_headers() {
+            http_get("garbage", "/", [], 2000, |status, headers, body| {
+                add_request_header("x-callout", `${status}`);
+            });
+        }
+    "#}))
+    .cluster("garbage", port)
+    .start();
+    for _ in 0..3 {
+        let r = envoy.get("/g");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.echo().header("x-callout"),
+            Some("502"),
+            "Envoy answers a garbled upstream with its own 502"
+        );
+    }
+    envoy.assert_healthy();
+}
