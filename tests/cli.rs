@@ -1,8 +1,11 @@
 //! The `proxy-rhai` command itself: run, check, test and docs on small scripts, exit codes,
-//! the summary line, `--json`, one-line errors, `--help`.
+//! the summary line, `--json`, one-line errors, `--help`; `deploy` in `cli/deploy.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+#[path = "cli/deploy.rs"]
+mod deploy;
 
 fn proxy_rhai(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))

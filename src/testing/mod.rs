@@ -308,6 +308,21 @@ fn show_opt(value: Option<&str>) -> String {
     value.map_or("()".into(), |v| format!("{v:?}"))
 }
 
+/// A header assertion: `value` `()` wants the header absent.
+fn expect_header(assertion: String, value: &Dynamic, got: Option<String>) -> RhaiResult<()> {
+    let wanted = if value.is_unit() {
+        None
+    } else {
+        Some(text_of(&assertion, value)?)
+    };
+    expect(
+        assertion,
+        got == wanted,
+        show_opt(wanted.as_deref()),
+        show_opt(got.as_deref()),
+    )
+}
+
 /// The text of a string or blob argument.
 fn text_of(f: &str, value: &Dynamic) -> RhaiResult<String> {
     if let Some(s) = value.read_lock::<ImmutableString>() {
@@ -995,18 +1010,7 @@ fn register_exchange(engine: &mut Engine) {
         |x: &mut Exchange, name: &str, value: Dynamic| -> RhaiResult<()> {
             let assertion = format!("assert_upstream_header({name:?})");
             x.forwarded(&assertion)?;
-            let wanted = if value.is_unit() {
-                None
-            } else {
-                Some(text_of(&assertion, &value)?)
-            };
-            let got = x.upstream_header(name);
-            expect(
-                assertion,
-                got == wanted,
-                show_opt(wanted.as_deref()),
-                show_opt(got.as_deref()),
-            )
+            expect_header(assertion, &value, x.upstream_header(name))
         },
     );
     engine.register_fn(
@@ -1047,18 +1051,7 @@ fn register_exchange(engine: &mut Engine) {
         "assert_response_header",
         |x: &mut Exchange, name: &str, value: Dynamic| -> RhaiResult<()> {
             let assertion = format!("assert_response_header({name:?})");
-            let wanted = if value.is_unit() {
-                None
-            } else {
-                Some(text_of(&assertion, &value)?)
-            };
-            let got = x.response_header(name);
-            expect(
-                assertion,
-                got == wanted,
-                show_opt(wanted.as_deref()),
-                show_opt(got.as_deref()),
-            )
+            expect_header(assertion, &value, x.response_header(name))
         },
     );
     engine.register_fn(

@@ -3,43 +3,12 @@
 //! options land where Envoy and Higress read them, and bad input is refused in one line.
 //! (tests/e2e_gateway.rs loads the Envoy output into a real Envoy.)
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-fn proxy_rhai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("proxy-rhai runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("the output is UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh folder with these files.
-fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli_deploy")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, content) in files {
-        std::fs::write(dir.join(file), content).unwrap();
-    }
-    dir
-}
-
-fn path(dir: &Path, file: &str) -> String {
-    dir.join(file).to_string_lossy().into_owned()
-}
+use super::{folder, path, proxy_rhai, stderr, stdout};
 
 /// A script that compiles, full of what escaping gets wrong: quotes, backslashes, `${`,
 /// CRLF and lone CR line ends, tabs, non-ASCII (2-, 3- and 4-byte UTF-8), and characters YAML
@@ -114,7 +83,7 @@ fn parse(text: &str) -> Value {
 
 #[test]
 fn envoy_filter_embeds_the_script_exactly() {
-    let dir = folder("envoy", &[("nasty.rhai", NASTY_SCRIPT)]);
+    let dir = folder("deploy-envoy", &[("nasty.rhai", NASTY_SCRIPT)]);
     let o = proxy_rhai(&[
         "deploy",
         "envoy",
