@@ -71,6 +71,20 @@ fn metric_id<H: Host>(a: &Api<H>, f: &str, kind: MetricType, name: &str) -> Scri
     Ok(id)
 }
 
+/// Sets a gauge or records a histogram value; both take values ≥ 0.
+fn record<H: Host>(
+    a: &Api<H>,
+    f: &str,
+    kind: MetricType,
+    name: &str,
+    value: i64,
+) -> ScriptResult<()> {
+    let value =
+        u64::try_from(value).or_else(|_| err(format!("{f}(): a value is ≥ 0, got {value}")))?;
+    let id = metric_id(a, f, kind, name)?;
+    a.host.record_metric(id, value).or_else(|s| refused(f, s))
+}
+
 pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     use Allowed::{Anywhere, In};
 
@@ -333,14 +347,7 @@ fn on_request_headers() {
         r#"fn on_request_headers() {
     set_gauge("last_request_size", (get_request_header("content-length") ?? "0").parse_int());
 }"#,
-        |a, name: &str, value: i64| {
-            let value = u64::try_from(value)
-                .or_else(|_| err(format!("set_gauge(): a gauge is ≥ 0, got {value}")))?;
-            let id = metric_id(a, "set_gauge", MetricType::Gauge, name)?;
-            a.host
-                .record_metric(id, value)
-                .or_else(|s| refused("set_gauge", s))
-        }
+        |a, name: &str, value: i64| record(a, "set_gauge", MetricType::Gauge, name, value)
     );
     bind!(
         reg,
@@ -373,14 +380,13 @@ fn on_log() {
 fn on_log() {
     record_histogram("script_latency_ms", now_ms() - get_context("start"));
 }"#,
-        |a, name: &str, value: i64| {
-            let value = u64::try_from(value)
-                .or_else(|_| err(format!("record_histogram(): a value is ≥ 0, got {value}")))?;
-            let id = metric_id(a, "record_histogram", MetricType::Histogram, name)?;
-            a.host
-                .record_metric(id, value)
-                .or_else(|s| refused("record_histogram", s))
-        }
+        |a, name: &str, value: i64| record(
+            a,
+            "record_histogram",
+            MetricType::Histogram,
+            name,
+            value
+        )
     );
     bind!(
         reg,

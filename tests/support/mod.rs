@@ -128,6 +128,14 @@ fn read_headers(r: &mut impl BufRead) -> io::Result<Vec<(String, String)>> {
     }
 }
 
+fn find_all<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -528,11 +536,7 @@ impl Reply {
 
     /// Every value of a header, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        find_all(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -599,11 +603,7 @@ impl Echo {
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        find_all(&self.headers, name)
     }
 
     /// Asserts the body's framing is right: a content-length, when there is one, is the
