@@ -484,8 +484,9 @@ macro_rules! bind {
 
 mod builtins;
 mod gateway;
+mod json;
 
-pub use gateway::SCRIPT_ERRORS_METRIC;
+pub use gateway::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
 
 /// The constants scripts see.
 pub const CONSTANTS: [ConstDoc; 2] = [
@@ -1179,9 +1180,14 @@ fn on_request_headers() {
         r#"fn on_request_headers() {
     send_http_response(200, #{ "content-type": "application/json" }, to_json(#{ ok: true, path: get_request_header(":path") }));
 }"#,
-        |_a, value: Dynamic| serde_json::to_string(&value)
+        |_a, value: Dynamic| serde_json::to_string(&json::Json(&value))
             .or_else(|e| err(format!("to_json(): {e}")))
     );
+    // Rhai's map package has its own `to_json(map)`, which a call with a map would find before
+    // the one above: this one, in the global namespace, is found first.
+    reg.engine.register_fn("to_json", |map: &mut Map| {
+        serde_json::to_string(&json::JsonMap(map)).or_else(|e| err(format!("to_json(): {e}")))
+    });
     gateway::register(reg);
     builtins::register(reg);
 }

@@ -5,7 +5,9 @@
 
 use std::rc::Rc;
 
-use rhai::{CallFnOptions, Dynamic, Engine, ImmutableString, OptimizationLevel, Scope, AST};
+use rhai::{
+    CallFnOptions, Dynamic, Engine, ImmutableString, OptimizationLevel, Scope, SharedCells, AST,
+};
 
 use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
@@ -155,13 +157,19 @@ impl<H: Host + 'static> Plugin<H> {
         self.api
             .begin_call(None, global.config.clone(), global.constants.clone());
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-        let result = self.engine.call_fn_with_options::<Dynamic>(
-            options,
-            &mut Scope::new(),
-            &global.script.ast,
-            TICK_FUNCTION,
-            (),
-        );
+        // A tick can't dispatch callouts, so nothing it makes outlives it: cycles among its
+        // closures' cells are freed at once.
+        let mut cells = SharedCells::default();
+        let result = cells.record(|| {
+            self.engine.call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &global.script.ast,
+                TICK_FUNCTION,
+                (),
+            )
+        });
+        cells.release();
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
             self.api.count_script_error();
@@ -328,6 +336,7 @@ fn new_engine<H: Host + 'static>(
         .set_max_string_size(limits.max_string_size)
         .set_max_array_size(limits.max_array_size)
         .set_max_map_size(limits.max_map_size)
+        .set_max_value_depth(limits.max_value_depth)
         .set_optimization_level(OptimizationLevel::Simple)
         .disable_symbol("eval")
         .disable_symbol("import");

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use rhai::{CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope};
+use rhai::{CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope, SharedCells};
 
 pub use proxy_wasm::types::Action;
 
@@ -17,7 +17,7 @@ use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
 
 /// One HTTP stream (a request and its response) handled by a plugin.
-pub struct HttpStream<H> {
+pub struct HttpStream<H: Host> {
     plugin: Rc<Plugin<H>>,
     /// The script and config of this stream, chosen at its first event; `None` passes the
     /// stream through untouched (no rule matched and there is no global script).
@@ -25,6 +25,9 @@ pub struct HttpStream<H> {
     state: StreamState,
     request: SideState,
     response: SideState,
+    /// The closures' shared cells this stream's script made: emptied when the stream is gone,
+    /// which frees the reference cycles among them (`let f = 0; f = || f;`).
+    cells: SharedCells,
 }
 
 /// Where one direction of the stream stands with its body and trailers.
@@ -56,6 +59,7 @@ impl<H: Host + 'static> HttpStream<H> {
             state: StreamState::default(),
             request: SideState::default(),
             response: SideState::default(),
+            cells: SharedCells::default(),
         }
     }
 
@@ -291,7 +295,7 @@ impl<H: Host + 'static> HttpStream<H> {
             frame.stream = std::mem::take(&mut self.state);
         }
         let ast = &selection.script.ast;
-        let result = match call {
+        let result = self.cells.record(|| match call {
             Call::Phase => {
                 let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
                 plugin.engine.call_fn_with_options::<Dynamic>(
@@ -303,7 +307,7 @@ impl<H: Host + 'static> HttpStream<H> {
                 )
             }
             Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
-        };
+        });
         let mut frame = plugin.api.frame.borrow_mut();
         frame.phase = None;
         frame.answer = None;
@@ -462,6 +466,16 @@ impl<H: Host + 'static> HttpStream<H> {
             }
         }
         Action::Pause
+    }
+}
+
+impl<H: Host> Drop for HttpStream<H> {
+    fn drop(&mut self) {
+        // Nothing a script makes outlives its stream, so every cell still alive now is held
+        // only by a cycle.
+        self.state = StreamState::default();
+        self.cells.release();
+        self.plugin.api.report_heap();
     }
 }
 

@@ -146,3 +146,68 @@ fn callout_targets_that_answer_garbage_or_hang_up() {
     }
     envoy.assert_healthy();
 }
+
+/// Values that nest deep, closures that capture themselves, and both handed to `to_json`.
+const VALUES_SCRIPT: &str = r#"
+fn nest(calls, depth) {
+    if calls > 0 { return nest(calls - 1, depth); }
+    let a = [];
+    for i in 1..depth { a = [a]; }
+    let copy = a;
+    a.to_debug().len() + to_json(copy).len()
+}
+fn on_request_headers() {
+    switch get_request_header("x-op") {
+        "deep-array" => { let a = []; loop { a = [a]; } }
+        "deep-map" => { let m = #{}; loop { m = #{ m: m }; } }
+        "deep-closure" => { let f = || 0; loop { let g = f; f = || g; } }
+        "at-limit" => add_request_header("x-len", nest(30, 512).to_string()),
+        "cycle" => {
+            let f = 0; f = || f;
+            let m = #{ pad: blob(8192) }; m.me = || m;
+        }
+        "json-cycle" => { let m = #{}; m.me = || m; to_json(m); }
+    }
+}
+"#;
+
+#[test]
+fn deep_and_cyclic_values_cost_only_their_request() {
+    let envoy = Envoy::builder(json!({
+        "script": VALUES_SCRIPT,
+        "limits": {"max_value_depth": 512, "max_call_depth": 32},
+    }))
+    .start();
+    let op = |op: &str| envoy.request("GET", "/", &[("x-op", op)], b"");
+
+    // Each would overflow V8's stack when dropped, ~10 000 levels deep: the limit stops them.
+    for deep in ["deep-array", "deep-map", "deep-closure"] {
+        assert_eq!(op(deep).status, 500, "{deep}");
+        envoy.wait_for_log("Nesting depth of value too large");
+    }
+    // The deepest value the limits allow, made at the deepest call level, then printed,
+    // serialized, copied and dropped there.
+    let r = op("at-limit");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().header("x-len"), Some("2048"));
+    // A closure in the map it captures has no JSON form.
+    assert_eq!(op("json-cycle").status, 500);
+    envoy.wait_for_log("to_json(): a Fn has no JSON form");
+
+    // Cycles are freed with their request: 500 requests leaking 8 kB each would grow the heap
+    // by 4 MB. The gauge moves in 64 KiB steps.
+    for _ in 0..20 {
+        assert_eq!(op("cycle").status, 200);
+    }
+    let heap = "wasmcustom.proxy_rhai_heap_bytes";
+    let before = envoy.wait_for_stat(heap, |_| true);
+    for _ in 0..500 {
+        assert_eq!(op("cycle").status, 200);
+    }
+    let after = envoy.stat(heap).unwrap_or(0);
+    assert!(
+        after < before + (512 << 10),
+        "heap {before} -> {after} bytes over 500 requests"
+    );
+    envoy.assert_healthy();
+}

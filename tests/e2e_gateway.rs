@@ -11,7 +11,6 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{Envoy, Reply};
@@ -23,35 +22,6 @@ fn assert_status(reply: &Reply, status: u16) {
         "unexpected reply: {reply:?}\nbody: {}",
         reply.text()
     );
-}
-
-/// The value of one stat (`/stats?filter=^NAME$`), or `None` when Envoy has no such stat.
-fn stat(envoy: &Envoy, name: &str) -> Option<u64> {
-    let text = envoy
-        .admin_request("GET", &format!("/stats?filter=^{name}$"))
-        .expect("admin /stats")
-        .text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v}")))
-}
-
-/// Waits (at most 10 s) until the stat exists and `ok` holds for it; returns its value.
-fn wait_for_stat(envoy: &Envoy, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let value = stat(envoy, name);
-        if let Some(v) = value.filter(|v| ok(*v)) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "stat {name} is {value:?}; wasm stats:\n{}",
-                envoy.wasm_stats()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,10 +202,10 @@ fn shared_counter_across_workers_loses_no_update_and_metrics_show_in_stats() {
 
     // The counters, as Envoy's stats show them (one value for all workers).
     assert_eq!(
-        wait_for_stat(&envoy, "wasmcustom.requests_counted", |v| v as usize >= N),
+        envoy.wait_for_stat("wasmcustom.requests_counted", |v| v as usize >= N),
         N as u64
     );
-    let retries = stat(&envoy, "wasmcustom.cas_retries").unwrap_or(0);
+    let retries = envoy.stat("wasmcustom.cas_retries").unwrap_or(0);
     assert_eq!(retries as usize, tries - N, "retries counted");
 
     // The requests were spread over several workers (each with its own VM): the listener's
@@ -404,17 +374,17 @@ fn properties_trailers_on_log_and_on_tick() {
     assert!(get("x-remove-me").is_empty(), "{:?}", r.trailers);
 
     // on_log ran for each request (counted), and on_tick keeps counting.
-    wait_for_stat(&envoy, "wasmcustom.logged", |v| v >= 5);
-    let ticks = wait_for_stat(&envoy, "wasmcustom.ticks", |v| v >= 1);
-    wait_for_stat(&envoy, "wasmcustom.ticks", |v| v >= ticks + 3);
+    envoy.wait_for_stat("wasmcustom.logged", |v| v >= 5);
+    let ticks = envoy.wait_for_stat("wasmcustom.ticks", |v| v >= 1);
+    envoy.wait_for_stat("wasmcustom.ticks", |v| v >= ticks + 3);
 
     // A script error is counted in the stats.
-    let before = stat(&envoy, "wasmcustom.proxy_rhai_script_errors").unwrap_or(0);
+    let before = envoy
+        .stat("wasmcustom.proxy_rhai_script_errors")
+        .unwrap_or(0);
     let r = envoy.request("GET", "/props/throw", &[("x-op", "throw")], b"");
     assert_status(&r, 500);
-    wait_for_stat(&envoy, "wasmcustom.proxy_rhai_script_errors", |v| {
-        v == before + 1
-    });
+    envoy.wait_for_stat("wasmcustom.proxy_rhai_script_errors", |v| v == before + 1);
 
     envoy.assert_healthy();
 }

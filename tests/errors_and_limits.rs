@@ -157,3 +157,73 @@ fn every_script_error_counts_in_a_metric() {
         .collect();
     assert_eq!(errors, [2]);
 }
+
+#[test]
+fn deep_values_hit_the_nesting_limit_however_they_are_built() {
+    // Dropping a value recurses once per level; in the proxy a value nested ~10 000 deep would
+    // overflow the VM's stack, so every way of nesting stops at `max_value_depth`.
+    for body in [
+        "let a = []; loop { a = [a]; }",
+        "let a = []; loop { let b = []; b.push(a); a = b; }",
+        "let a = []; loop { let b = [0]; b[0] = a; a = b; }",
+        "let a = []; loop { let b = []; b.pad(1, a); a = b; }",
+        "let m = #{}; loop { m = #{ m: m }; }",
+        "let m = #{}; loop { let n = #{}; n.m = m; m = n; }",
+        "let f = || 0; loop { let g = f; f = || g; }",
+        "let v = 0; loop { v = #{ a: [v] }; }",
+    ] {
+        let p =
+            configure(json!({"script": format!("fn on_request_headers() {{ {body} }}")})).unwrap();
+        let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+        assert_eq!(o.response.status, 500, "{body}");
+        let errors = o.script_errors();
+        assert!(
+            errors.len() == 1 && errors[0].contains("Nesting depth of value too large"),
+            "{body}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn curried_arguments_count_as_data() {
+    // `f.curry(f)` doubles the value each time: its curried arguments count as array items.
+    let p = configure(json!({
+        "script": "fn on_request_headers() { let f = Fn(\"x\"); loop { f = f.curry(f); } }",
+        "limits": {"max_array_size": 10000}}))
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert!(
+        o.script_errors()[0].contains("Size of array/BLOB too large"),
+        "{:?}",
+        o.log
+    );
+}
+
+#[test]
+fn values_within_the_nesting_limit_work_and_the_limit_is_configurable() {
+    let script = r#"fn on_request_headers() {
+        let depth = parse_int(get_request_header("x-depth"));
+        let json = "";
+        for i in 0..depth { json = "[" + json + "]"; }
+        let v = parse_json(json);
+        let a = [v];
+        replace_request_header("x-back", to_json(a).len().to_string());
+    }"#;
+    let run = |limits: serde_json::Value, depth: usize| {
+        let p = configure(json!({"script": script, "limits": limits})).unwrap();
+        let request = Request::get("/").header("x-depth", depth.to_string());
+        p.run(&request, &mut Response::ok("up"))
+    };
+    // serde_json parses at most 128 levels; the default limit (128) leaves room around that.
+    let o = run(json!({}), 100);
+    assert_eq!(o.response.status, 200, "{:?}", o.script_errors());
+    assert_eq!(o.upstream_header("x-back").as_deref(), Some("202"));
+    let o = run(json!({"max_value_depth": 16}), 20);
+    assert!(o.script_errors()[0].contains("Nesting depth of value too large"));
+    let o = run(json!({"max_value_depth": 16}), 15);
+    assert_eq!(o.response.status, 200, "{:?}", o.script_errors());
+    let refused = configure(json!({"script": script, "limits": {"max_value_depth": 513}})).err();
+    assert!(refused
+        .unwrap_or_default()
+        .contains("limits.max_value_depth = 513 is out of range"));
+}

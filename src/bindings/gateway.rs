@@ -54,9 +54,9 @@ fn get_property_raw<H: Host>(
     Ok((path.join("."), value))
 }
 
-/// Metric ids by kind and name, defined on first use.
+/// Metric ids by kind and name, defined on first use; and the heap size last reported.
 #[derive(Default)]
-pub(crate) struct Metrics(HashMap<(u8, String), u32>);
+pub(crate) struct Metrics(HashMap<(u8, String), u32>, Option<usize>);
 
 fn metric_id<H: Host>(a: &Api<H>, f: &str, kind: MetricType, name: &str) -> ScriptResult<u32> {
     let key = (kind as u8, name.to_string());
@@ -428,6 +428,13 @@ fn on_log() {
 /// The counter of script errors, as Envoy's stats show it: `wasmcustom.proxy_rhai_script_errors`.
 pub const SCRIPT_ERRORS_METRIC: &str = "proxy_rhai_script_errors";
 
+/// The gauge of the VM's heap in bytes, which operators watch for growth.
+pub const HEAP_METRIC: &str = "proxy_rhai_heap_bytes";
+
+/// How far the heap moves before [`HEAP_METRIC`] is set again: setting it on every request
+/// would cost a host call each.
+const HEAP_REPORT_STEP: usize = 64 << 10;
+
 impl<H: Host> Api<H> {
     /// Counts one script error in [`SCRIPT_ERRORS_METRIC`]; a proxy without metrics loses it.
     pub(crate) fn count_script_error(&self) {
@@ -438,6 +445,24 @@ impl<H: Host> Api<H> {
             SCRIPT_ERRORS_METRIC,
         ) {
             let _ = self.host.increment_metric(id, 1);
+        }
+    }
+
+    /// Sets [`HEAP_METRIC`] if the heap moved by [`HEAP_REPORT_STEP`] since it was last set
+    /// (a host that doesn't count its heap has no such gauge).
+    pub(crate) fn report_heap(&self) {
+        let Some(in_use) = self.host.heap_in_use() else {
+            return;
+        };
+        if let Some(last) = self.metrics.borrow().1 {
+            if in_use.abs_diff(last) < HEAP_REPORT_STEP {
+                return;
+            }
+        }
+        if let Ok(id) = metric_id(self, "report_heap", MetricType::Gauge, HEAP_METRIC) {
+            if self.host.record_metric(id, in_use as u64).is_ok() {
+                self.metrics.borrow_mut().1 = Some(in_use);
+            }
         }
     }
 }

@@ -1333,6 +1333,35 @@ impl Envoy {
             .collect()
     }
 
+    /// The value of one stat (`/stats?filter=^NAME$`), or `None` when Envoy has no such stat.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let text = self
+            .admin_request("GET", &format!("/stats?filter=^{name}$"))
+            .expect("admin /stats")
+            .text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v}")))
+    }
+
+    /// Waits (at most 10 s) until the stat exists and `ok` holds for it; returns its value.
+    pub fn wait_for_stat(&self, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.stat(name);
+            if let Some(v) = value.filter(|v| ok(*v)) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "stat {name} is {value:?}; wasm stats:\n{}",
+                    self.wasm_stats()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Admin `/stats` lines about wasm.
     pub fn wasm_stats(&self) -> String {
         match self.admin_get("/stats") {

@@ -257,6 +257,9 @@ pub use types::{
     Dynamic, EvalAltResult, FnPtr, ImmutableString, LexError, ParseError, ParseErrorType, Position,
     Scope, VarDefInfo,
 };
+#[cfg(not(feature = "no_closure"))]
+#[cfg(not(feature = "sync"))]
+pub use types::SharedCells;
 
 /// _(debugging)_ Module containing types for debugging.
 /// Exported under the `debugging` feature only.

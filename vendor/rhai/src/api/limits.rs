@@ -88,6 +88,12 @@ pub struct Limits {
     /// Not available under `no_object`.
     #[cfg(not(feature = "no_object"))]
     pub map_size: Option<NonZeroUsize>,
+    /// Maximum nesting depth of a value: arrays, maps and function pointers' curried arguments
+    /// within one another (proxy-rhai patch).
+    ///
+    /// Dropping, cloning and printing a value recurse once per level, so a deep enough value
+    /// overflows a small native stack (a WebAssembly VM's) however few bytes it holds.
+    pub value_depth: Option<NonZeroUsize>,
 }
 
 impl Limits {
@@ -113,6 +119,7 @@ impl Limits {
             array_size: None,
             #[cfg(not(feature = "no_object"))]
             map_size: None,
+            value_depth: None,
         }
     }
 }
@@ -129,6 +136,7 @@ impl Engine {
     #[inline(always)]
     pub(crate) const fn has_data_size_limit(&self) -> bool {
         self.limits.string_len.is_some()
+            || self.limits.value_depth.is_some()
             || {
                 #[cfg(not(feature = "no_index"))]
                 {
@@ -319,6 +327,34 @@ impl Engine {
         };
         #[cfg(feature = "no_index")]
         return 0;
+    }
+    /// Set the maximum nesting depth of a value (0 for unlimited): arrays, maps and function
+    /// pointers' curried arguments within one another (proxy-rhai patch).
+    ///
+    /// Not available under `unchecked`.
+    ///
+    /// ```
+    /// let mut engine = rhai::Engine::new();
+    /// engine.set_max_value_depth(3);
+    /// assert!(engine.run("let x = 1; let a = [[[x]]];").is_ok());
+    /// assert!(engine.run("let x = 1; let a = [[[[x]]]];").is_err());
+    /// assert!(engine.run("let a = []; for i in 0..10 { a = [a]; }").is_err());
+    /// ```
+    #[inline(always)]
+    pub fn set_max_value_depth(&mut self, max_depth: usize) -> &mut Self {
+        self.limits.value_depth = NonZeroUsize::new(max_depth);
+        self
+    }
+    /// The maximum nesting depth of a value (0 for unlimited).
+    ///
+    /// Not available under `unchecked`.
+    #[inline]
+    #[must_use]
+    pub const fn max_value_depth(&self) -> usize {
+        match self.limits.value_depth {
+            Some(n) => n.get(),
+            None => 0,
+        }
     }
     /// Set the maximum size of [object maps][crate::Map] (0 for unlimited).
     ///

@@ -39,6 +39,12 @@ pub fn calc_array_sizes(array: &crate::Array) -> (usize, usize, usize) {
                 sx += s;
             }
             Union::Str(ref s, ..) => sx += s.len(),
+            Union::FnPtr(ref f, ..) => {
+                let (a, m, s) = calc_curry_sizes(f);
+                ax += a;
+                mx += m;
+                sx += s;
+            }
             #[cfg(not(feature = "no_closure"))]
             Union::Shared(..) => {
                 unreachable!("shared values discovered within data")
@@ -81,12 +87,44 @@ pub fn calc_map_sizes(map: &crate::Map) -> (usize, usize, usize) {
                 sx += s;
             }
             Union::Str(ref s, ..) => sx += s.len(),
+            Union::FnPtr(ref f, ..) => {
+                let (a, m, s) = calc_curry_sizes(f);
+                ax += a;
+                mx += m;
+                sx += s;
+            }
             #[cfg(not(feature = "no_closure"))]
             Union::Shared(..) => {
                 unreachable!("shared values discovered within data")
             }
             _ => (),
         }
+    }
+
+    (ax, mx, sx)
+}
+
+/// Recursively calculate the sizes of the arguments curried into a function pointer, each
+/// counted as an array item (proxy-rhai patch: curried arguments are data too, and
+/// `f = f.curry(f)` doubles it each time).
+///
+/// Sizes returned are `(` [`Array`][crate::Array], [`Map`][crate::Map] and [`String`] `)`.
+///
+/// A closure's captured variables are shared cells, measured where they are assigned, not here.
+pub fn calc_curry_sizes(fn_ptr: &crate::FnPtr) -> (usize, usize, usize) {
+    let (mut ax, mut mx, mut sx) = (0, 0, 0);
+
+    for value in fn_ptr.iter_curry() {
+        ax += 1;
+
+        let (a, m, s) = match value.0 {
+            #[cfg(not(feature = "no_closure"))]
+            Union::Shared(..) => (0, 0, 0),
+            _ => calc_data_sizes(value, false),
+        };
+        ax += a;
+        mx += m;
+        sx += s;
     }
 
     (ax, mx, sx)
@@ -109,14 +147,76 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
         #[cfg(not(feature = "no_object"))]
         Union::Map(ref map, ..) => calc_map_sizes(map),
         Union::Str(ref s, ..) => (0, 0, s.len()),
+        Union::FnPtr(ref f, ..) => calc_curry_sizes(f),
         #[cfg(not(feature = "no_closure"))]
-        Union::Shared(..) if _top => calc_data_sizes(&value.read_lock::<Dynamic>().unwrap(), true),
+        // proxy-rhai patch: a cell being written right now is measured when the write is checked.
+        Union::Shared(..) if _top => value
+            .read_lock::<Dynamic>()
+            .map_or((0, 0, 0), |inner| calc_data_sizes(&inner, true)),
         #[cfg(not(feature = "no_closure"))]
         Union::Shared(..) => {
             unreachable!("shared values discovered within data: {}", value)
         }
         _ => (0, 0, 0),
     }
+}
+
+/// How deeply a value nests, counting arrays, maps and function pointers' curried arguments,
+/// and looking through shared cells (proxy-rhai patch). A plain value is at depth 0, `[1]` at 1.
+///
+/// The walk stops once it is deeper than `limit`, so an over-deep value costs at most
+/// `limit + 1` levels of recursion. A cell met again on the way down (a closure that captures
+/// itself) is a cycle, not depth: it ends that branch.
+#[must_use]
+pub fn calc_data_depth(value: &Dynamic, limit: usize) -> usize {
+    /// Cells on the way from the top to the value being walked.
+    type Path = Vec<*const ()>;
+
+    fn deepest<'a>(
+        values: impl Iterator<Item = &'a Dynamic>,
+        level: usize,
+        limit: usize,
+        path: &mut Path,
+    ) -> usize {
+        let mut max = level;
+        for value in values {
+            max = max.max(walk(value, level, limit, path));
+            if max > limit {
+                break;
+            }
+        }
+        max
+    }
+    fn walk(value: &Dynamic, level: usize, limit: usize, path: &mut Path) -> usize {
+        if level > limit {
+            return level;
+        }
+        match value.0 {
+            #[cfg(not(feature = "no_index"))]
+            Union::Array(ref a, ..) => deepest(a.iter(), level + 1, limit, path),
+            #[cfg(not(feature = "no_object"))]
+            Union::Map(ref m, ..) => deepest(m.values(), level + 1, limit, path),
+            Union::FnPtr(ref f, ..) => deepest(f.iter_curry(), level + 1, limit, path),
+            #[cfg(not(feature = "no_closure"))]
+            Union::Shared(ref cell, ..) => {
+                let id = crate::Shared::as_ptr(cell).cast::<()>();
+                if path.contains(&id) {
+                    return level;
+                }
+                // A cell borrowed for writing right now is being worked on by the caller,
+                // and is measured when that write is checked.
+                let Some(inner) = value.read_lock::<Dynamic>() else {
+                    return level;
+                };
+                path.push(id);
+                let depth = walk(&inner, level, limit, path);
+                path.pop();
+                depth
+            }
+            _ => level,
+        }
+    }
+    walk(value, 0, limit, &mut Vec::new())
 }
 
 impl Engine {
@@ -149,6 +249,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Raise an error if a value nested `depth` levels deep is over the limit (proxy-rhai patch).
+    ///
+    /// [`Position`] in [`EvalAltResult`][crate::EvalAltResult] is always [`NONE`][Position::NONE]
+    /// and should be set afterwards.
+    pub(crate) fn throw_on_depth(&self, depth: usize) -> RhaiResultOf<()> {
+        if self.limits.value_depth.map_or(false, |max| depth > max.get()) {
+            return Err(ERR::ErrorDataTooLarge(
+                "Nesting depth of value".to_string(),
+                Position::NONE,
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The nesting depth of a value, when a depth limit is set (0 otherwise), for
+    /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch).
+    #[inline]
+    pub(crate) fn data_depth(&self, value: &Dynamic) -> usize {
+        self.limits
+            .value_depth
+            .map_or(0, |max| calc_data_depth(value, max.get()))
+    }
+
     /// Check whether the size of a [`Dynamic`] is within limits.
     #[cfg(not(feature = "unchecked"))]
     #[inline]
@@ -165,6 +289,7 @@ impl Engine {
         let sizes = calc_data_sizes(value.borrow(), true);
 
         self.throw_on_size(sizes)
+            .and_then(|()| self.throw_on_depth(self.data_depth(value.borrow())))
             .map_err(|err| err.fill_position(pos))?;
 
         Ok(value)

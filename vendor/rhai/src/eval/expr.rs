@@ -299,6 +299,7 @@ impl Engine {
                             total_data_sizes.2 + val_sizes.2,
                         );
                         self.throw_on_size(total_data_sizes)
+                            .and_then(|()| self.throw_on_depth(self.data_depth(&value) + 1))
                             .map_err(|err| err.fill_position(item_expr.position()))?;
                     }
 
@@ -329,6 +330,7 @@ impl Engine {
                             total_data_sizes.2 + delta.2,
                         );
                         self.throw_on_size(total_data_sizes)
+                            .and_then(|()| self.throw_on_depth(self.data_depth(&value) + 1))
                             .map_err(|err| err.fill_position(value_expr.position()))?;
                     }
 

@@ -264,7 +264,8 @@ impl Engine {
                 // Append the new curried arguments to the existing list.
                 fn_ptr.extend(call_args.iter_mut().map(std::mem::take));
 
-                Ok((fn_ptr.into(), false))
+                // Curried arguments nest values too (proxy-rhai patch).
+                Ok((self.check_data_size(Dynamic::from(fn_ptr), pos)?, false))
             }
 
             // Handle var.is_shared()
@@ -587,7 +588,8 @@ impl Engine {
                     fn_ptr.add_curry(value);
                 }
 
-                return Ok(fn_ptr.into());
+                // Curried arguments nest values too; closures are built this way (proxy-rhai patch).
+                return self.check_data_size(fn_ptr.into(), pos);
             }
 
             // Handle is_shared(var)

@@ -274,6 +274,9 @@ pub mod array_functions {
             _ctx.engine()
                 .throw_on_size((a + pad + ax * pad, m + mx * pad, s + sx * pad))?;
         }
+        #[cfg(not(feature = "unchecked"))]
+        _ctx.engine()
+            .throw_on_depth(_ctx.engine().data_depth(&item) + 1)?;
 
         array.resize(len, item);
 

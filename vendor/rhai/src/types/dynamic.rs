@@ -1430,11 +1430,12 @@ impl Dynamic {
 
         match self.0 {
             Union::Shared(..) => self,
-            _ => Self(Union::Shared(
-                crate::Locked::new(self).into(),
-                DEFAULT_TAG_VALUE,
-                _access,
-            )),
+            _ => {
+                let cell: crate::Shared<_> = crate::Locked::new(self).into();
+                #[cfg(not(feature = "sync"))]
+                crate::types::shared_cells::record(&cell);
+                Self(Union::Shared(cell, DEFAULT_TAG_VALUE, _access))
+            }
         }
     }
     /// Return this [`Dynamic`], replacing it with [`Dynamic::UNIT`].

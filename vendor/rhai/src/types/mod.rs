@@ -13,6 +13,7 @@ pub mod parse_error;
 pub mod position;
 pub mod position_none;
 pub mod scope;
+pub mod shared_cells;
 pub mod token;
 pub mod var_def;
 pub mod variant;
@@ -39,4 +40,7 @@ pub use position::{Position, Span};
 pub use position_none::{Position, Span};
 
 pub use scope::Scope;
+#[cfg(not(feature = "no_closure"))]
+#[cfg(not(feature = "sync"))]
+pub use shared_cells::SharedCells;
 pub use variant::Variant;
