@@ -164,7 +164,6 @@ impl<H: Host + 'static> HttpStream<H> {
         self.resume(side);
     }
 
-    /// The callback's arguments: status (0 without an answer), headers, body.
     /// The callback's arguments — status (0 without an answer), headers, body — as many as it
     /// takes: the headers and body are only converted for a callback that reads them.
     fn call_answer(&self, num_headers: usize, body_size: usize, arity: usize) -> Vec<Dynamic> {

@@ -161,62 +161,95 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
     }
 }
 
-/// How deeply a value nests, counting arrays, maps and function pointers' curried arguments,
-/// and looking through shared cells (proxy-rhai patch). A plain value is at depth 0, `[1]` at 1.
+/// The sizes of a value, as [`calc_data_sizes`] counts them, and how deeply it nests, in one
+/// walk (proxy-rhai patch).
 ///
-/// The walk stops once it is deeper than `limit`, so an over-deep value costs at most
-/// `limit + 1` levels of recursion. A cell met again on the way down (a closure that captures
-/// itself) is a cycle, not depth: it ends that branch.
+/// Depth counts arrays, maps and function pointers' curried arguments, looking through shared
+/// cells: a plain value is at depth 0, `[1]` at 1. The walk stops once it is deeper than
+/// `limit` (the sizes are then partial: the value is refused anyway), so an over-deep value
+/// costs at most `limit + 1` levels of recursion. A cell met again on the way down (a closure
+/// that captures itself) is a cycle, not depth: it ends that branch. What a cell below the top
+/// holds is a captured variable, sized where it is assigned, so it only counts for depth.
 #[must_use]
-pub fn calc_data_depth(value: &Dynamic, limit: usize) -> usize {
-    /// Cells on the way from the top to the value being walked.
-    type Path = Vec<*const ()>;
-
-    fn deepest<'a>(
-        values: impl Iterator<Item = &'a Dynamic>,
-        level: usize,
+pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usize, usize), usize) {
+    struct Walk {
+        sizes: (usize, usize, usize),
         limit: usize,
-        path: &mut Path,
-    ) -> usize {
-        let mut max = level;
-        for value in values {
-            max = max.max(walk(value, level, limit, path));
-            if max > limit {
-                break;
-            }
-        }
-        max
+        /// Cells on the way from the top to the value being walked.
+        path: Vec<*const ()>,
     }
-    fn walk(value: &Dynamic, level: usize, limit: usize, path: &mut Path) -> usize {
-        if level > limit {
-            return level;
-        }
-        match value.0 {
-            #[cfg(not(feature = "no_index"))]
-            Union::Array(ref a, ..) => deepest(a.iter(), level + 1, limit, path),
-            #[cfg(not(feature = "no_object"))]
-            Union::Map(ref m, ..) => deepest(m.values(), level + 1, limit, path),
-            Union::FnPtr(ref f, ..) => deepest(f.iter_curry(), level + 1, limit, path),
-            #[cfg(not(feature = "no_closure"))]
-            Union::Shared(ref cell, ..) => {
-                let id = crate::Shared::as_ptr(cell).cast::<()>();
-                if path.contains(&id) {
-                    return level;
+
+    impl Walk {
+        fn items<'a>(
+            &mut self,
+            values: impl Iterator<Item = &'a Dynamic>,
+            level: usize,
+            in_map: bool,
+            count: bool,
+        ) -> usize {
+            let mut max = level;
+            for value in values {
+                if count && in_map {
+                    self.sizes.1 += 1;
+                } else if count {
+                    self.sizes.0 += 1;
                 }
-                // A cell borrowed for writing right now is being worked on by the caller,
-                // and is measured when that write is checked.
-                let Some(inner) = value.read_lock::<Dynamic>() else {
-                    return level;
-                };
-                path.push(id);
-                let depth = walk(&inner, level, limit, path);
-                path.pop();
-                depth
+                max = max.max(self.value(value, level, count));
+                if max > self.limit {
+                    break;
+                }
             }
-            _ => level,
+            max
+        }
+
+        fn value(&mut self, value: &Dynamic, level: usize, count: bool) -> usize {
+            if level > self.limit {
+                return level;
+            }
+            match value.0 {
+                #[cfg(not(feature = "no_index"))]
+                Union::Array(ref a, ..) => self.items(a.iter(), level + 1, false, count),
+                // Inside a container a blob counts one more item, as in `calc_array_sizes`.
+                #[cfg(not(feature = "no_index"))]
+                Union::Blob(ref b, ..) if count => {
+                    self.sizes.0 += b.len() + usize::from(level > 0);
+                    level
+                }
+                #[cfg(not(feature = "no_object"))]
+                Union::Map(ref m, ..) => self.items(m.values(), level + 1, true, count),
+                Union::Str(ref s, ..) if count => {
+                    self.sizes.2 += s.len();
+                    level
+                }
+                Union::FnPtr(ref f, ..) => self.items(f.iter_curry(), level + 1, false, count),
+                #[cfg(not(feature = "no_closure"))]
+                Union::Shared(ref cell, ..) => {
+                    let id = crate::Shared::as_ptr(cell).cast::<()>();
+                    if self.path.contains(&id) {
+                        return level;
+                    }
+                    // A cell borrowed for writing right now is being worked on by the caller,
+                    // and is measured when that write is checked.
+                    let Some(inner) = value.read_lock::<Dynamic>() else {
+                        return level;
+                    };
+                    self.path.push(id);
+                    let depth = self.value(&inner, level, count && level == 0);
+                    self.path.pop();
+                    depth
+                }
+                _ => level,
+            }
         }
     }
-    walk(value, 0, limit, &mut Vec::new())
+
+    let mut walk = Walk {
+        sizes: (0, 0, 0),
+        limit,
+        path: Vec::new(),
+    };
+    let depth = walk.value(value, 0, true);
+    (walk.sizes, depth)
 }
 
 impl Engine {
@@ -264,13 +297,15 @@ impl Engine {
         Ok(())
     }
 
-    /// The nesting depth of a value, when a depth limit is set (0 otherwise), for
+    /// The sizes of a value and, when a depth limit is set, its nesting depth (0 otherwise),
+    /// for [`throw_on_size`][Engine::throw_on_size] and
     /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch).
     #[inline]
-    pub(crate) fn data_depth(&self, value: &Dynamic) -> usize {
-        self.limits
-            .value_depth
-            .map_or(0, |max| calc_data_depth(value, max.get()))
+    pub(crate) fn data_sizes_and_depth(&self, value: &Dynamic) -> ((usize, usize, usize), usize) {
+        match self.limits.value_depth {
+            Some(max) => calc_data_sizes_and_depth(value, max.get()),
+            None => (calc_data_sizes(value, true), 0),
+        }
     }
 
     /// Check whether the size of a [`Dynamic`] is within limits.
@@ -286,10 +321,10 @@ impl Engine {
             return Ok(value);
         }
 
-        let sizes = calc_data_sizes(value.borrow(), true);
+        let (sizes, depth) = self.data_sizes_and_depth(value.borrow());
 
         self.throw_on_size(sizes)
-            .and_then(|()| self.throw_on_depth(self.data_depth(value.borrow())))
+            .and_then(|()| self.throw_on_depth(depth))
             .map_err(|err| err.fill_position(pos))?;
 
         Ok(value)

@@ -291,7 +291,7 @@ impl Engine {
 
                     #[cfg(not(feature = "unchecked"))]
                     if self.has_data_size_limit() {
-                        let val_sizes = crate::eval::calc_data_sizes(&value, true);
+                        let (val_sizes, depth) = self.data_sizes_and_depth(&value);
 
                         total_data_sizes = (
                             total_data_sizes.0 + val_sizes.0 + 1,
@@ -299,7 +299,7 @@ impl Engine {
                             total_data_sizes.2 + val_sizes.2,
                         );
                         self.throw_on_size(total_data_sizes)
-                            .and_then(|()| self.throw_on_depth(self.data_depth(&value) + 1))
+                            .and_then(|()| self.throw_on_depth(depth + 1))
                             .map_err(|err| err.fill_position(item_expr.position()))?;
                     }
 
@@ -323,14 +323,14 @@ impl Engine {
 
                     #[cfg(not(feature = "unchecked"))]
                     if self.has_data_size_limit() {
-                        let delta = crate::eval::calc_data_sizes(&value, true);
+                        let (delta, depth) = self.data_sizes_and_depth(&value);
                         total_data_sizes = (
                             total_data_sizes.0 + delta.0,
                             total_data_sizes.1 + delta.1 + 1,
                             total_data_sizes.2 + delta.2,
                         );
                         self.throw_on_size(total_data_sizes)
-                            .and_then(|()| self.throw_on_depth(self.data_depth(&value) + 1))
+                            .and_then(|()| self.throw_on_depth(depth + 1))
                             .map_err(|err| err.fill_position(value_expr.position()))?;
                     }
 

@@ -266,17 +266,17 @@ pub mod array_functions {
 
         // Check if array will be over max size limit
         #[cfg(not(feature = "unchecked"))]
-        if _ctx.engine().max_array_size() > 0 {
-            let pad = len - array.len();
-            let (a, m, s) = crate::eval::calc_array_sizes(array);
-            let (ax, mx, sx) = crate::eval::calc_data_sizes(&item, true);
+        {
+            let engine = _ctx.engine();
+            let ((ax, mx, sx), depth) = engine.data_sizes_and_depth(&item);
+            if engine.max_array_size() > 0 {
+                let pad = len - array.len();
+                let (a, m, s) = crate::eval::calc_array_sizes(array);
 
-            _ctx.engine()
-                .throw_on_size((a + pad + ax * pad, m + mx * pad, s + sx * pad))?;
+                engine.throw_on_size((a + pad + ax * pad, m + mx * pad, s + sx * pad))?;
+            }
+            engine.throw_on_depth(depth + 1)?;
         }
-        #[cfg(not(feature = "unchecked"))]
-        _ctx.engine()
-            .throw_on_depth(_ctx.engine().data_depth(&item) + 1)?;
 
         array.resize(len, item);
 
