@@ -23,6 +23,7 @@ pub use cache::FnResolutionCacheEntry;
 pub use data_check::calc_array_sizes;
 #[cfg(not(feature = "unchecked"))]
 #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
+#[allow(unused_imports)] // proxy-rhai patch: only Grain's VM uses it now
 pub use data_check::calc_data_sizes;
 #[cfg(feature = "debugging")]
 #[cfg(not(feature = "no_function"))]
