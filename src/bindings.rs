@@ -1188,6 +1188,16 @@ fn on_request_headers() {
     reg.engine.register_fn("to_json", |map: &mut Map| {
         serde_json::to_string(&json::JsonMap(map)).or_else(|e| err(format!("to_json(): {e}")))
     });
+    // Rhai's core package has `sleep`, which would block the proxy's worker thread; in Envoy it
+    // traps the VM (no WASI clock to wait on). These, in the global namespace, are found first.
+    const NO_SLEEP: &str = "sleep() is not available: it would stop the proxy's worker thread";
+    reg.engine
+        .register_fn("sleep", |_: i64| -> ScriptResult<()> {
+            err(NO_SLEEP.into())
+        })
+        .register_fn("sleep", |_: rhai::FLOAT| -> ScriptResult<()> {
+            err(NO_SLEEP.into())
+        });
     gateway::register(reg);
     builtins::register(reg);
 }

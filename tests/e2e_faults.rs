@@ -167,6 +167,12 @@ fn on_request_headers() {
             let m = #{ pad: blob(8192) }; m.me = || m;
         }
         "json-cycle" => { let m = #{}; m.me = || m; to_json(m); }
+        "bad-sort" => {
+            let a = []; for i in 0..500 { a.push(i); }
+            a.sort(|x, y| if (x + y) % 3 == 0 { -1 } else { 1 });
+            add_request_header("x-len", a.len().to_string());
+        }
+        "sleep" => sleep(1),
     }
 }
 "#;
@@ -193,6 +199,14 @@ fn deep_and_cyclic_values_cost_only_their_request() {
     // A closure in the map it captures has no JSON form.
     assert_eq!(op("json-cycle").status, 500);
     envoy.wait_for_log("to_json(): a Fn has no JSON form");
+
+    // A comparer that is not a total order made Rust's sort panic (a trap); sleep() would
+    // block the worker (and traps: Envoy has no WASI clock).
+    let r = op("bad-sort");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().header("x-len"), Some("500"));
+    assert_eq!(op("sleep").status, 500);
+    envoy.wait_for_log("sleep() is not available");
 
     // Cycles are freed with their request: 500 requests leaking 8 kB each would grow the heap
     // by 4 MB. The gauge moves in 64 KiB steps.

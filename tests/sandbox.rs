@@ -137,3 +137,23 @@ fn config_cannot_be_changed_by_a_request() {
         );
     }
 }
+
+#[test]
+fn sleep_is_refused_and_a_bad_sort_comparer_is_harmless() {
+    // Rhai's `sleep` would block the worker (and traps the VM in Envoy).
+    for call in ["sleep(1)", "sleep(0.5)"] {
+        let error = runtime_error(&format!("{call};"));
+        assert!(
+            error.contains("sleep() is not available"),
+            "{call}: {error}"
+        );
+    }
+    // A comparer that is not a total order made Rust's sort panic: a trap in the proxy.
+    let error = runtime_error(
+        "let a = []; for i in 0..500 { a.push(i); }
+         a.sort(|x, y| if (x + y) % 3 == 0 { -1 } else { 1 });
+         let f = [2.0, 0.0 / 0.0, 1.0, 0.0 / 0.0, -1.0]; f.sort();
+         if a.len() != 500 || f.len() != 5 { throw `lost items: ${a.len()} ${f.len()}`; }",
+    );
+    assert_eq!(error, "");
+}

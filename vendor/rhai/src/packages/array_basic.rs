@@ -55,6 +55,37 @@ pub(crate) fn index_of_start_inner(
     Ok(-1 as INT)
 }
 
+/// Sort `array` by `cmp` (proxy-rhai patch). `slice::sort_by` may panic when `cmp` is not a
+/// total order (a script's comparer, or floats with NaN), and with `panic = "abort"` the
+/// `catch_unwind` around it catches nothing: the VM traps. A merge sort can't panic, and is
+/// stable like `sort_by`.
+fn sort_array_by(array: &mut Array, mut cmp: impl FnMut(&Dynamic, &Dynamic) -> Ordering) {
+    fn merge_sort(
+        mut items: Vec<Dynamic>,
+        cmp: &mut impl FnMut(&Dynamic, &Dynamic) -> Ordering,
+    ) -> Vec<Dynamic> {
+        if items.len() <= 1 {
+            return items;
+        }
+        let right = items.split_off(items.len() / 2);
+        let mut left = merge_sort(items, cmp).into_iter().peekable();
+        let mut right = merge_sort(right, cmp).into_iter().peekable();
+        let mut out = Vec::with_capacity(left.len() + right.len());
+        loop {
+            let take_right = match (left.peek(), right.peek()) {
+                (Some(l), Some(r)) => cmp(r, l) == Ordering::Less,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (None, None) => break,
+            };
+            out.extend(if take_right { right.next() } else { left.next() });
+        }
+        out
+    }
+    let items = mem::take(array);
+    *array = merge_sort(items, &mut cmp);
+}
+
 #[export_module(manifest)]
 pub mod array_functions {
     /// Number of elements in the array.
@@ -1574,7 +1605,7 @@ pub mod array_functions {
         }
 
         let closure = || {
-            array.sort_by(|x, y| {
+            sort_array_by(array, |x, y| {
                 comparer
                     .call_raw(&ctx, None, [x.clone(), y.clone()])
                     .ok()
@@ -1649,7 +1680,7 @@ pub mod array_functions {
         }
 
         if type_id == TypeId::of::<INT>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_int().unwrap();
                 let b = b.as_int().unwrap();
                 a.cmp(&b)
@@ -1657,7 +1688,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<char>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_char().unwrap();
                 let b = b.as_char().unwrap();
                 a.cmp(&b)
@@ -1666,7 +1697,7 @@ pub mod array_functions {
         }
         #[cfg(not(feature = "no_float"))]
         if type_id == TypeId::of::<crate::FLOAT>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_float().unwrap();
                 let b = b.as_float().unwrap();
                 a.partial_cmp(&b).unwrap_or(Ordering::Equal)
@@ -1674,7 +1705,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<ImmutableString>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = &*a.as_immutable_string_ref().unwrap();
                 let b = &*b.as_immutable_string_ref().unwrap();
                 a.cmp(b)
@@ -1683,7 +1714,7 @@ pub mod array_functions {
         }
         #[cfg(feature = "decimal")]
         if type_id == TypeId::of::<rust_decimal::Decimal>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_decimal().unwrap();
                 let b = b.as_decimal().unwrap();
                 a.cmp(&b)
@@ -1691,7 +1722,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<bool>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_bool().unwrap();
                 let b = b.as_bool().unwrap();
                 a.cmp(&b)
@@ -1748,7 +1779,7 @@ pub mod array_functions {
         }
 
         if type_id == TypeId::of::<INT>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_int().unwrap();
                 let b = b.as_int().unwrap();
                 match a.cmp(&b) {
@@ -1760,7 +1791,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<char>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_char().unwrap();
                 let b = b.as_char().unwrap();
                 match a.cmp(&b) {
@@ -1773,7 +1804,7 @@ pub mod array_functions {
         }
         #[cfg(not(feature = "no_float"))]
         if type_id == TypeId::of::<crate::FLOAT>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_float().unwrap();
                 let b = b.as_float().unwrap();
                 match a.partial_cmp(&b).unwrap_or(Ordering::Equal) {
@@ -1785,7 +1816,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<ImmutableString>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = &*a.as_immutable_string_ref().unwrap();
                 let b = &*b.as_immutable_string_ref().unwrap();
                 match a.cmp(b) {
@@ -1798,7 +1829,7 @@ pub mod array_functions {
         }
         #[cfg(feature = "decimal")]
         if type_id == TypeId::of::<rust_decimal::Decimal>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_decimal().unwrap();
                 let b = b.as_decimal().unwrap();
                 match a.cmp(&b) {
@@ -1810,7 +1841,7 @@ pub mod array_functions {
             return Ok(());
         }
         if type_id == TypeId::of::<bool>() {
-            array.sort_by(|a, b| {
+            sort_array_by(array, |a, b| {
                 let a = a.as_bool().unwrap();
                 let b = b.as_bool().unwrap();
                 match a.cmp(&b) {
