@@ -1191,10 +1191,18 @@ fn on_request_headers() {
     // Rhai's core package has `sleep`, which would block the proxy's worker thread; in Envoy it
     // traps the VM (no WASI clock to wait on). These, in the global namespace, are found first.
     const NO_SLEEP: &str = "sleep() is not available: it would stop the proxy's worker thread";
+    bind!(
+        reg,
+        "sleep",
+        Anywhere,
+        "never returns",
+        "Refused, always an error (also with a float): waiting would stop the proxy's worker thread and every request on it. To wait for something, make a callout with a timeout.",
+        r#"fn on_request_headers() {
+    try { sleep(1); } catch (e) { log_warn(`not waiting: ${e}`); }
+}"#,
+        |_a, seconds: i64| err::<()>(format!("{NO_SLEEP} (asked for {seconds} s)"))
+    );
     reg.engine
-        .register_fn("sleep", |_: i64| -> ScriptResult<()> {
-            err(NO_SLEEP.into())
-        })
         .register_fn("sleep", |_: rhai::FLOAT| -> ScriptResult<()> {
             err(NO_SLEEP.into())
         });
