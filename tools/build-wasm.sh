@@ -7,8 +7,6 @@ cargo build --release --target wasm32-wasip1 --lib
 # -ocimfs 2000: no inlining into functions already 2,000+ instructions long. Without it wasm-opt
 # folds every binding registration into one ~100 KB configure function, and V8's TurboFan needs
 # ~10 MiB more memory to compile it (measured in Envoy 1.40; the file size is the same).
-# --merge-similar-functions: Rhai's ~600 registration closures differ only in constants; merged,
-# the module is ~155 KB smaller (no difference in request speed measured in V8).
-wasm-opt -O3 -ocimfs 2000 --merge-similar-functions --strip-debug --strip-producers \
+wasm-opt -O3 -ocimfs 2000 --strip-debug --strip-producers \
   target/wasm32-wasip1/release/proxy_rhai.wasm -o target/proxy_rhai.wasm
 echo "built target/proxy_rhai.wasm: $(stat -c %s target/proxy_rhai.wasm) bytes"
