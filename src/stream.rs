@@ -472,6 +472,7 @@ impl<H: Host> Drop for HttpStream<H> {
     fn drop(&mut self) {
         // Nothing a script makes outlives its stream, so every cell still alive now is held
         // only by a cycle.
+        // Pending callbacks hold cells too: drop them first.
         self.state = StreamState::default();
         self.cells.release();
         self.plugin.api.report_heap();

@@ -14,16 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Envoy, Reply};
-
-fn assert_status(reply: &Reply, status: u16) {
-    assert_eq!(
-        reply.status,
-        status,
-        "unexpected reply: {reply:?}\nbody: {}",
-        reply.text()
-    );
-}
+use support::{assert_status, Envoy, Reply};
 
 /// A port on 127.0.0.1 where nothing listens (bound, then closed).
 fn closed_port() -> u16 {

@@ -13,16 +13,7 @@ use std::process::Command;
 use std::thread;
 
 use serde_json::json;
-use support::{Envoy, Reply};
-
-fn assert_status(reply: &Reply, status: u16) {
-    assert_eq!(
-        reply.status,
-        status,
-        "unexpected reply: {reply:?}\nbody: {}",
-        reply.text()
-    );
-}
+use support::{assert_status, Envoy};
 
 // ---------------------------------------------------------------------------------------------
 // Higress rules

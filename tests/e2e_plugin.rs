@@ -8,7 +8,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{pattern, Envoy, Reply};
+use support::{assert_status, pattern, Envoy, Reply};
 
 /// Every value of a header joined by `,` (HTTP's equivalence for repeated headers).
 fn joined(values: Vec<&str>) -> String {
@@ -35,15 +35,6 @@ fn only<'a>(pairs: &'a [(String, String)], names: &[&str]) -> Vec<(&'a str, &'a 
         .filter(|(n, _)| names.contains(&n.as_str()))
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect()
-}
-
-fn assert_status(reply: &Reply, status: u16) {
-    assert_eq!(
-        reply.status,
-        status,
-        "unexpected reply: {reply:?}\nbody: {}",
-        reply.text()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1065,6 +1065,16 @@ fn write_atomically(path: &Path, value: &Value) {
     fs::rename(&tmp, path).unwrap();
 }
 
+/// Asserts a reply's status, showing the whole reply and its body when it differs.
+pub fn assert_status(reply: &Reply, status: u16) {
+    assert_eq!(
+        reply.status,
+        status,
+        "unexpected reply: {reply:?}\nbody: {}",
+        reply.text()
+    );
+}
+
 /// The lines of a log that say the VM failed (a trap, an uncaught exception, a Rust panic).
 pub fn vm_failures(log: &str) -> Vec<&str> {
     log.lines()
