@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
+use crate::header_map::Batch;
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 
@@ -89,6 +90,21 @@ pub(crate) struct Frame {
     pub heap_baseline: usize,
     /// The top-level constants of the running script.
     pub constants: Constants,
+    /// This call's request and response header operations, sent to the proxy when it ends.
+    pub request_headers: Batch,
+    pub response_headers: Batch,
+}
+
+impl Frame {
+    /// The batch of a header map; `None` for the maps that are not batched (trailers, the
+    /// callout answer's headers).
+    fn batch(&mut self, map: MapType) -> Option<&mut Batch> {
+        match map {
+            MapType::HttpRequestHeaders => Some(&mut self.request_headers),
+            MapType::HttpResponseHeaders => Some(&mut self.response_headers),
+            _ => None,
+        }
+    }
 }
 
 /// Top-level constants of a script, by name; values are shared, so handing one out is cheap.
@@ -175,19 +191,23 @@ impl<H: Host> Api<H> {
     }
 
     fn get_headers(&self, f: &str, map: MapType) -> ScriptResult<Array> {
-        let pairs = self.host.get_map(map).or_else(|s| refused(f, s))?;
+        let pairs = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.get_all(&self.host, map),
+            None => self.host.get_map(map),
+        };
         Ok(pairs
+            .or_else(|s| refused(f, s))?
             .into_iter()
             .map(|(k, v)| pair(k.into(), lossy(v)))
             .collect())
     }
 
     fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
-        match self
-            .host
-            .get_map_value(map, name)
-            .or_else(|s| refused(f, s))?
-        {
+        let value = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.get(&self.host, map, name),
+            None => self.host.get_map_value(map, name),
+        };
+        match value.or_else(|s| refused(f, s))? {
             Some(v) => Ok(lossy(v).into()),
             None => Ok(Dynamic::UNIT),
         }
@@ -196,7 +216,13 @@ impl<H: Host> Api<H> {
     fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
         let pairs = header_pairs(f, headers)?;
         let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-        self.host.set_map(map, &refs).or_else(|s| refused(f, s))
+        match self.frame.borrow_mut().batch(map) {
+            Some(batch) => {
+                batch.set_all(map, &refs);
+                Ok(())
+            }
+            None => self.host.set_map(map, &refs).or_else(|s| refused(f, s)),
+        }
     }
 
     fn replace_header(
@@ -207,22 +233,59 @@ impl<H: Host> Api<H> {
         value: &Dynamic,
     ) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        self.host
-            .replace_map_value(map, name, &value)
-            .or_else(|s| refused(f, s))
+        match self.frame.borrow_mut().batch(map) {
+            Some(batch) => {
+                batch.replace(map, name, &value);
+                Ok(())
+            }
+            None => self
+                .host
+                .replace_map_value(map, name, &value)
+                .or_else(|s| refused(f, s)),
+        }
     }
 
     fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        self.host
-            .add_map_value(map, name, &value)
-            .or_else(|s| refused(f, s))
+        match self.frame.borrow_mut().batch(map) {
+            Some(batch) => {
+                batch.add(map, name, &value);
+                Ok(())
+            }
+            None => self
+                .host
+                .add_map_value(map, name, &value)
+                .or_else(|s| refused(f, s)),
+        }
     }
 
     fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
-        self.host
-            .remove_map_value(map, name)
-            .or_else(|s| refused(f, s))
+        match self.frame.borrow_mut().batch(map) {
+            Some(batch) => {
+                batch.remove(name);
+                Ok(())
+            }
+            None => self
+                .host
+                .remove_map_value(map, name)
+                .or_else(|s| refused(f, s)),
+        }
+    }
+
+    /// Hands this call's header writes to the proxy (at the end of the call, and before
+    /// anything that could read the maps from the proxy's side, such as a property).
+    pub(crate) fn flush_headers(&self) {
+        let mut frame = self.frame.borrow_mut();
+        for map in [MapType::HttpRequestHeaders, MapType::HttpResponseHeaders] {
+            if let Some(batch) = frame.batch(map) {
+                if let Err(status) = batch.flush(&self.host, map) {
+                    self.host.log(
+                        LogLevel::Warn,
+                        &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
+                    );
+                }
+            }
+        }
     }
 
     fn body_len(&self, buffer: BufferType) -> usize {
@@ -288,6 +351,8 @@ impl<H: Host> Api<H> {
         let pairs = header_pairs(f, headers)?;
         let body = bytes_of(f, body)?;
         let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        // The proxy sees the stream's changes in the order the script made them.
+        self.flush_headers();
         self.host
             .send_http_response(status as u32, &refs, &body)
             .or_else(|s| refused(f, s))?;
@@ -303,6 +368,7 @@ impl<H: Host> Api<H> {
         }
         frame.stream.paused = None;
         drop(frame);
+        self.flush_headers();
         match side {
             Side::Request => self.host.resume_http_request()?,
             Side::Response => self.host.resume_http_response()?,

@@ -307,6 +307,7 @@ impl<H: Host + 'static> HttpStream<H> {
             }
             Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
         });
+        plugin.api.flush_headers();
         let mut frame = plugin.api.frame.borrow_mut();
         frame.phase = None;
         frame.answer = None;

@@ -1013,3 +1013,190 @@ fn refuses_a_script_whose_top_level_fails() {
     assert!(line.contains("script failed while loading"), "{line}");
     assert!(line.contains("at load"), "{line}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Header map rules: the emulator's (src/header_map.rs) against Envoy's
+// ---------------------------------------------------------------------------------------------
+
+/// Header names Envoy 1.40 keeps inline (adding to one appends `,value`), measured with the
+/// probe below; `src/header_map.rs` has the same lists.
+const INLINE_PROBE: &str = "accept accept-encoding authorization cache-control origin referer \
+    user-agent x-forwarded-for x-forwarded-host te expect pragma if-match if-none-match \
+    content-encoding grpc-timeout via x-client-trace-id cookie set-cookie \
+    accept-language range forwarded x-real-ip traceparent x-b3-traceid x-custom-name \
+    access-control-request-method access-control-request-headers";
+const INLINE_PROBE_RESPONSE: &str = "cache-control etag vary age expires last-modified location \
+    access-control-allow-origin access-control-allow-methods access-control-allow-headers \
+    access-control-expose-headers access-control-max-age access-control-allow-credentials \
+    content-encoding grpc-status grpc-message x-envoy-degraded set-cookie accept-ranges \
+    content-language retry-after www-authenticate x-custom-name";
+
+/// Each `x-op` is a sequence of header operations, on the request headers and then on the
+/// response headers; reads made along the way go out in `x-hseen`.
+const HEADER_RULES_SCRIPT: &str = r#"
+fn ops(op, side) {
+    let get = if side == "req" { |n| get_request_header(n) } else { |n| get_response_header(n) };
+    let all = if side == "req" { || get_request_headers() } else { || get_response_headers() };
+    let add = if side == "req" { |n, v| add_request_header(n, v) } else { |n, v| add_response_header(n, v) };
+    let put = if side == "req" { |n, v| replace_request_header(n, v) } else { |n, v| replace_response_header(n, v) };
+    let del = if side == "req" { |n| remove_request_header(n) } else { |n| remove_response_header(n) };
+    let set = if side == "req" { |h| replace_request_headers(h) } else { |h| replace_response_headers(h) };
+    let seen = [];
+    switch op {
+        // Three writes: sent one by one.
+        "few" => {
+            seen.push(get.call("x-ha"));
+            seen.push(get.call("X-HB"));
+            put.call("x-ha", "R");
+            add.call("cache-control", "c2");
+            add.call("x-hb", "b2");
+        }
+        // Many writes with reads between them: one map read, one map write.
+        "many" => {
+            for i in 0..5 { add.call(`x-hadd-${i}`, get.call("x-ha") ?? "none"); }
+            put.call("x-ha", "R");
+            seen.push(get.call("x-ha"));
+            add.call("cache-control", "c2");
+            add.call("cache-control", "");
+            seen.push(get.call("cache-control"));
+            add.call("x-hb", "b2");
+            del.call("x-hc");
+            seen.push(get.call("x-hc"));
+            put.call("x-hc", "back");
+            add.call("vary", "v1");
+            add.call("vary", "v2");
+            seen.push(get.call("vary"));
+            seen.push(all.call().filter(|h| h[0].starts_with("x-h")).len());
+            if side == "req" { put.call(":path", "/moved"); add.call("user-agent", "u2"); }
+            else { add.call("etag", "e2"); }
+        }
+        // The whole map replaced, then single writes on top.
+        "all" => {
+            let h = all.call();
+            h.push(["cache-control", "c3"]);
+            h.push(["x-hb", "b3"]);
+            h.insert(0, ["x-hfirst", "f"]);
+            set.call(h);
+            seen.push(get.call("cache-control"));
+            add.call("x-hb", "b4");
+            del.call("x-ha");
+        }
+        // Every probed name gets two values: which ones Envoy joins.
+        "probe" => {
+            let names = if side == "req" { INLINE } else { INLINE_RESPONSE };
+            for n in names.split(" ") { if n != "" { add.call(n, "p1"); add.call(n, "p2"); } }
+        }
+    }
+    add.call("x-hseen", to_json(seen));
+}
+const INLINE = "__INLINE__";
+const INLINE_RESPONSE = "__INLINE_RESPONSE__";
+fn on_request_headers() {
+    let op = get_request_header("x-op");
+    set_context("op", op);
+    ops(op, "req");
+}
+fn on_response_headers() { ops(get_context("op"), "resp"); }
+"#;
+
+#[test]
+fn header_map_rules_match_envoy() {
+    use proxy_rhai::emulator::{Emulator, Request, Response};
+
+    let script = HEADER_RULES_SCRIPT
+        .replace(
+            "__INLINE__",
+            &INLINE_PROBE
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .replace(
+            "__INLINE_RESPONSE__",
+            &INLINE_PROBE_RESPONSE
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    let envoy = Envoy::with_script(&script);
+    let emulator = Emulator::with_script(&script, json!({})).unwrap();
+    // What the rules decide: the script's names, in order (Envoy adds its own headers too).
+    let ours = |pairs: &[(String, String)]| -> Vec<(String, String)> {
+        let probed: Vec<&str> = INLINE_PROBE
+            .split_whitespace()
+            .chain(INLINE_PROBE_RESPONSE.split_whitespace())
+            .collect();
+        pairs
+            .iter()
+            .filter(|(n, _)| {
+                let n = n.to_ascii_lowercase();
+                n.starts_with("x-h") || n == "user-agent" || probed.contains(&n.as_str())
+            })
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect()
+    };
+    let text = |pairs: &[(String, Vec<u8>)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    };
+    for op in ["few", "many", "all", "probe"] {
+        let headers = [
+            ("x-op", op),
+            ("x-ha", "1"),
+            ("x-hb", "2"),
+            ("x-ha", "3"),
+            ("x-hc", "4"),
+            ("user-agent", "ua"),
+            ("cache-control", "c1"),
+            // Repeated by the client: Envoy's codec joins an inline header already.
+            ("accept", "a1"),
+            ("accept", "a2"),
+        ];
+        let r = envoy.request("GET", "/rules", &headers, b"");
+        assert_status(&r, 200);
+        let echo = r.echo();
+
+        let mut request = Request::get("/rules");
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let mut upstream = Response::ok("{}").header("content-type", "application/json");
+        let o = emulator.run(&request, &mut upstream);
+        let forwarded = text(&o.upstream.as_ref().expect("reached the upstream").headers);
+        let path = forwarded
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.as_str());
+
+        assert_eq!(
+            ours(&echo.headers),
+            ours(&forwarded),
+            "{op}: request headers differ"
+        );
+        assert_eq!(Some(echo.path.as_str()), path, "{op}: :path differs");
+        assert_eq!(
+            ours(&r.headers),
+            ours(&text(&o.response.headers)),
+            "{op}: response headers differ"
+        );
+        if op == "many" {
+            // The batch was used: one map read and one map write per side, no single write.
+            let calls = |prefix: &str| o.trace.iter().filter(|c| c.starts_with(prefix)).count();
+            assert_eq!(
+                (calls("get_map"), calls("set_map")),
+                (2, 2),
+                "{:?}",
+                o.trace
+            );
+            assert_eq!(
+                calls("add_header") + calls("replace_header"),
+                0,
+                "{:?}",
+                o.trace
+            );
+        }
+    }
+    envoy.assert_healthy();
+}

@@ -150,9 +150,10 @@ fn trailers_have_their_own_phases() {
     );
     assert_eq!(
         up.trailers,
+        // Envoy's replace removes the header and adds it again: it moves to the end.
         vec![
-            ("x-t".to_string(), b"new".to_vec()),
-            ("x-added".to_string(), b"1".to_vec())
+            ("x-added".to_string(), b"1".to_vec()),
+            ("x-t".to_string(), b"new".to_vec())
         ]
     );
 }

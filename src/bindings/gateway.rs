@@ -50,6 +50,8 @@ fn get_property_raw<H: Host>(
 ) -> ScriptResult<(String, Option<Vec<u8>>)> {
     let path = property_path(f, path)?;
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    // Properties such as `request.path` read the header maps: they must see this call's writes.
+    a.flush_headers();
     let value = a.host.get_property(&parts).or_else(|s| refused(f, s))?;
     Ok((path.join("."), value))
 }

@@ -1,7 +1,8 @@
 //! [`EmulatorHost`]: the [`Host`] trait in memory, behaving like Envoy 1.40.
 //!
 //! Envoy facts it reproduces (each checked in Envoy; the end-to-end tests keep checking):
-//! - header names are lowercased; a value read by name is the first of its values;
+//! - header maps follow Envoy's rules ([`crate::header_map`]): lowercase names, the first value
+//!   read by name, inline headers joined, a replaced header moved to the end;
 //! - request headers are there only while the request headers phase runs (or is paused), and
 //!   response headers only during the response headers phase: otherwise reads find nothing
 //!   and writes are refused (BadArgument);
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
-/// A header map: lowercase names, order and duplicates kept.
-pub type Headers = Vec<(String, Bytes)>;
+use crate::header_map;
+pub use crate::header_map::Headers;
 
 /// A local response the plugin sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,18 +197,12 @@ impl Host for EmulatorHost {
 
     fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
         self.trace(format!("set_map({map:?}, {} pairs)", pairs.len()));
-        self.with_map(map, |h| {
-            *h = pairs.iter().map(|(k, v)| (lower(k), v.to_vec())).collect();
-        })
+        self.with_map(map, |h| header_map::set_all(map, h, pairs))
     }
 
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
         self.trace(format!("get_header({map:?}, {name:?})"));
-        let name = lower(name);
-        // Like Envoy: the first value only.
-        self.with_map(map, |h| {
-            h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
-        })
+        self.with_map(map, |h| header_map::get(h, name).cloned())
     }
 
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -215,29 +210,17 @@ impl Host for EmulatorHost {
             "replace_header({map:?}, {name:?}, {})",
             show(value)
         ));
-        let name = lower(name);
-        self.with_map(map, |h| match h.iter().position(|(k, _)| *k == name) {
-            Some(first) => {
-                h[first].1 = value.to_vec();
-                let mut i = 0;
-                h.retain(|(k, _)| {
-                    i += 1;
-                    i - 1 == first || *k != name
-                });
-            }
-            None => h.push((name, value.to_vec())),
-        })
+        self.with_map(map, |h| header_map::replace(map, h, name, value))
     }
 
     fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status> {
         self.trace(format!("remove_header({map:?}, {name:?})"));
-        let name = lower(name);
-        self.with_map(map, |h| h.retain(|(k, _)| *k != name))
+        self.with_map(map, |h| header_map::remove(h, name))
     }
 
     fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
         self.trace(format!("add_header({map:?}, {name:?}, {})", show(value)));
-        self.with_map(map, |h| h.push((lower(name), value.to_vec())))
+        self.with_map(map, |h| header_map::add(map, h, name, value))
     }
 
     fn get_buffer(

@@ -25,7 +25,8 @@ use proxy_wasm::types::Action;
 pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
 use host::{StreamData, Window};
 
-use crate::host::LogLevel;
+use crate::header_map;
+use crate::host::{LogLevel, MapType};
 use crate::plugin::Plugin;
 use crate::stream::HttpStream;
 
@@ -115,7 +116,10 @@ impl Request {
             (":method".into(), self.method.clone().into_bytes()),
             (":scheme".into(), b"http".to_vec()),
         ];
-        map.extend(self.headers.iter().cloned());
+        // Envoy's codec adds the headers one by one: repeated inline headers are joined.
+        for (name, value) in &self.headers {
+            header_map::add(MapType::HttpRequestHeaders, &mut map, name, value);
+        }
         if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
         {
             map.push((
@@ -160,7 +164,9 @@ impl Response {
 
     fn header_map(&self) -> Headers {
         let mut map: Headers = vec![(":status".into(), self.status.to_string().into_bytes())];
-        map.extend(self.headers.iter().cloned());
+        for (name, value) in &self.headers {
+            header_map::add(MapType::HttpResponseHeaders, &mut map, name, value);
+        }
         if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
         {
             map.push((
