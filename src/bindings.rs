@@ -517,6 +517,11 @@ pub(crate) struct Registrar<'a, H> {
 
 impl<H> Registrar<'_, H> {
     fn doc(&mut self, doc: FnDoc) {
+        // Only the native build writes the API reference (`plugin::api_reference`): the wasm
+        // build leaves the texts out, ~35 kB it would carry for nothing.
+        if cfg!(target_arch = "wasm32") {
+            return;
+        }
         if let Some(docs) = self.docs.as_deref_mut() {
             docs.push(doc);
         }

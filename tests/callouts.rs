@@ -365,3 +365,38 @@ fn callbacks_take_as_many_of_status_headers_body_as_they_need() {
     );
     assert_eq!(o.upstream_header("x-named").as_deref(), Some("/named"));
 }
+
+#[test]
+fn closures_of_different_scripts_never_share_a_name() {
+    // Closures are named by a count (vendor/README.md, patch 4): the same closure at the same
+    // place in two scripts, or in one script configured twice, has a name of its own, and a
+    // callback runs its own script's functions.
+    let script = |tag: &str| {
+        format!(
+            r#"fn on_request_headers() {{
+    let f = |status| {{ add_request_header("x-tag", `${{tag()}}/${{status}}`); }};
+    add_request_header("x-name", f.name);
+    http_get("auth", "/", [], 100, f);
+}}
+fn tag() {{ "{tag}" }}"#
+        )
+    };
+    let mut names = Vec::new();
+    for tag in ["a", "b", "a"] {
+        let o = plugin(&script(tag)).run_with(
+            &Request::get("/"),
+            &mut Response::ok("up"),
+            &mut |_: &Callout| answer(201, &[], ""),
+        );
+        assert_eq!(
+            o.upstream_header("x-tag"),
+            Some(format!("{tag}/201")),
+            "{:?}",
+            o.script_errors()
+        );
+        let name = o.upstream_header("x-name").unwrap_or_default();
+        assert!(name.starts_with("anon$"), "{name}");
+        assert!(!names.contains(&name), "{name} twice");
+        names.push(name);
+    }
+}

@@ -157,3 +157,45 @@ fn sleep_is_refused_and_a_bad_sort_comparer_is_harmless() {
     );
     assert_eq!(error, "");
 }
+
+#[test]
+fn sorts_keep_their_order() {
+    // Every sort runs the patched merge sort (vendor/README.md, patch 3): ascending, descending
+    // and by a comparer, each stable. -0.0 and 0.0 compare equal, so they show it.
+    let p = Emulator::with_script(
+        r#"fn on_request_headers() {
+            let f = [0.0, -0.0, 1.0, -0.0, 0.0, -2.5];
+            log_info(`${f.order()} ${f.order_desc()}`);
+            f.sort_desc(); f.sort();
+            log_info(`${f}`);
+            log_info(`${[3, -1, 2, 0].order()} ${[3, -1, 2, 0].order_desc()}`);
+            log_info(`${["b", "a", "ab", ""].order()} ${['b', 'a', 'c'].order_desc()}`);
+            log_info(`${[true, false, true].order()} ${[(), ()].order_desc()}`);
+            let by = [5, 3, 4, 1];
+            by.sort(|a, b| b - a);
+            log_info(`${by} ${[5, 3, 4, 1].order(|a, b| a <= b)}`);
+            log_info(`${[0.0, -0.0, 1.0].order(|a, b| 0)}`);
+            for bad in [[1, "a"], [[1], [2]]] {
+                try { bad.sort(); } catch (e) { log_info(e.message); }
+            }
+        }"#,
+        json!({}),
+    )
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    let logs: Vec<&str> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        logs,
+        [
+            "[-2.5, 0.0, -0.0, -0.0, 0.0, 1.0] [1.0, 0.0, -0.0, -0.0, 0.0, -2.5]",
+            "[-2.5, 0.0, -0.0, -0.0, 0.0, 1.0]",
+            "[-1, 0, 2, 3] [3, 2, 0, -1]",
+            r#"["", "a", "ab", "b"] [c, b, a]"#,
+            "[false, true, true] [(), ()]",
+            "[5, 4, 3, 1] [1, 3, 4, 5]",
+            "[0.0, -0.0, 1.0]",
+            "Function not found: elements of different types cannot be sorted",
+            "Function not found: elements of array cannot be sorted",
+        ]
+    );
+}

@@ -3897,8 +3897,16 @@ impl Engine {
 
         params.append(&mut params_list);
 
-        // Create unique function name by hashing the script body plus the parameters.
-        let hash = crate::func::calc_closure_hash(params.iter().map(|s| s.as_str()), &body);
+        // proxy-rhai patch (code size): a unique function name from a count of the closures
+        // this process has parsed, instead of a hash of the parameters and body: hashing a body
+        // takes the derived `Hash` of every statement and expression type (~45 kB of wasm), and
+        // nothing else uses it. Unique in the whole process, so never shared by two closures
+        // of different scripts or configurations; but not the same in every compilation.
+        let hash = {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static CLOSURES: AtomicU64 = AtomicU64::new(0);
+            CLOSURES.fetch_add(1, Ordering::Relaxed)
+        };
         let fn_name = self.get_interned_string(make_anonymous_fn(hash));
 
         // Define the function

@@ -522,14 +522,25 @@ impl FuncRegistration {
         arg_types: impl AsRef<[TypeId]>,
         func: RhaiFunc,
     ) -> &FuncMetadata {
+        self.set_into_module_raw_slice(module, arg_types.as_ref(), func)
+    }
+
+    /// proxy-rhai patch (code size): the body of [`set_into_module_raw`][Self::set_into_module_raw],
+    /// once, instead of once per `[TypeId; N]` it is called with (~5.7 kB of wasm each).
+    fn set_into_module_raw_slice<'m>(
+        self,
+        module: &'m mut Module,
+        arg_types: &[TypeId],
+        func: RhaiFunc,
+    ) -> &'m FuncMetadata {
         // Make sure that conflicting flags should not be set.
         debug_assert!(self.purity.is_none());
         debug_assert!(self.volatility.is_none());
 
         let mut f = self.metadata;
 
-        f.num_params = arg_types.as_ref().len();
-        f.param_types.extend(arg_types.as_ref().iter().copied());
+        f.num_params = arg_types.len();
+        f.param_types.extend(arg_types.iter().copied());
 
         #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
         if (f.name == crate::engine::FN_IDX_GET && f.num_params == 2)

@@ -59,10 +59,13 @@ pub(crate) fn index_of_start_inner(
 /// total order (a script's comparer, or floats with NaN), and with `panic = "abort"` the
 /// `catch_unwind` around it catches nothing: the VM traps. A merge sort can't panic, and is
 /// stable like `sort_by`.
-fn sort_array_by(array: &mut Array, mut cmp: impl FnMut(&Dynamic, &Dynamic) -> Ordering) {
+///
+/// proxy-rhai patch (code size): `cmp` is a trait object, so every sort (a script's comparer,
+/// each built-in type, ascending or descending) runs this one body, not an instance each.
+fn sort_array_by(array: &mut Array, cmp: &mut dyn FnMut(&Dynamic, &Dynamic) -> Ordering) {
     fn merge_sort(
         mut items: Vec<Dynamic>,
-        cmp: &mut impl FnMut(&Dynamic, &Dynamic) -> Ordering,
+        cmp: &mut dyn FnMut(&Dynamic, &Dynamic) -> Ordering,
     ) -> Vec<Dynamic> {
         if items.len() <= 1 {
             return items;
@@ -83,7 +86,84 @@ fn sort_array_by(array: &mut Array, mut cmp: impl FnMut(&Dynamic, &Dynamic) -> O
         out
     }
     let items = mem::take(array);
-    *array = merge_sort(items, &mut cmp);
+    *array = merge_sort(items, cmp);
+}
+
+/// `sort` and `sort_desc` (and `order`, `order_desc`) of the built-in types (proxy-rhai patch,
+/// code size): the comparison of the elements' type is picked once per call, and all share
+/// [`sort_array_by`]. Descending compares `(b, a)`, the reverse of `(a, b)` for each of these
+/// (equal stays equal, so both directions are stable).
+fn sort_with_builtin_cmp(array: &mut Array, descending: bool) -> RhaiResultOf<()> {
+    if array.len() <= 1 {
+        return Ok(());
+    }
+
+    let type_id = array[0].type_id();
+
+    if array.iter().any(|a| a.type_id() != type_id) {
+        return Err(ERR::ErrorFunctionNotFound(
+            "elements of different types cannot be sorted".into(),
+            Position::NONE,
+        )
+        .into());
+    }
+
+    if type_id == TypeId::of::<()>() {
+        return Ok(());
+    }
+
+    let cmp = match builtin_cmp(type_id) {
+        Some(cmp) => cmp,
+        None => {
+            return Err(ERR::ErrorFunctionNotFound(
+                format!("elements of {} cannot be sorted", array[0].type_name()),
+                Position::NONE,
+            )
+            .into())
+        }
+    };
+
+    if descending {
+        sort_array_by(array, &mut |a, b| cmp(b, a));
+    } else {
+        sort_array_by(array, &mut |a, b| cmp(a, b));
+    }
+    Ok(())
+}
+
+/// The order of a built-in type (proxy-rhai patch, code size: see [`sort_with_builtin_cmp`]).
+/// Both values are of `type_id`, so the casts succeed; were one to fail, the pair would
+/// compare equal (or the failed one first) rather than panic.
+fn builtin_cmp(type_id: TypeId) -> Option<fn(&Dynamic, &Dynamic) -> Ordering> {
+    if type_id == TypeId::of::<INT>() {
+        return Some(|a, b| a.as_int().ok().cmp(&b.as_int().ok()));
+    }
+    if type_id == TypeId::of::<char>() {
+        return Some(|a, b| a.as_char().ok().cmp(&b.as_char().ok()));
+    }
+    #[cfg(not(feature = "no_float"))]
+    if type_id == TypeId::of::<crate::FLOAT>() {
+        return Some(|a, b| match (a.as_float(), b.as_float()) {
+            (Ok(a), Ok(b)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+            _ => Ordering::Equal,
+        });
+    }
+    if type_id == TypeId::of::<ImmutableString>() {
+        return Some(
+            |a, b| match (a.as_immutable_string_ref(), b.as_immutable_string_ref()) {
+                (Ok(a), Ok(b)) => a.as_str().cmp(b.as_str()),
+                _ => Ordering::Equal,
+            },
+        );
+    }
+    #[cfg(feature = "decimal")]
+    if type_id == TypeId::of::<rust_decimal::Decimal>() {
+        return Some(|a, b| a.as_decimal().ok().cmp(&b.as_decimal().ok()));
+    }
+    if type_id == TypeId::of::<bool>() {
+        return Some(|a, b| a.as_bool().ok().cmp(&b.as_bool().ok()));
+    }
+    None
 }
 
 #[export_module(manifest)]
@@ -1605,7 +1685,7 @@ pub mod array_functions {
         }
 
         let closure = || {
-            sort_array_by(array, |x, y| {
+            sort_array_by(array, &mut |x, y| {
                 comparer
                     .call_raw(&ctx, None, [x.clone(), y.clone()])
                     .ok()
@@ -1614,15 +1694,9 @@ pub mod array_functions {
                             .or_else(|_| v.as_bool().map(|v| if v { -1 } else { 1 }))
                             .ok()
                     })
-                    .map_or_else(
-                        || x.type_id().cmp(&y.type_id()),
-                        |v| match v {
-                            v if v > 0 => Ordering::Greater,
-                            v if v < 0 => Ordering::Less,
-                            0 => Ordering::Equal,
-                            _ => unreachable!("v is {}", v),
-                        },
-                    )
+                    // proxy-rhai patch: `v.cmp(&0)`, as upstream's match on the sign of `v`
+                    // did, without its `unreachable!` arm.
+                    .map_or_else(|| x.type_id().cmp(&y.type_id()), |v| v.cmp(&0))
             });
         };
 
@@ -1665,79 +1739,7 @@ pub mod array_functions {
     /// ```
     #[rhai_fn(name = "sort", return_raw)]
     pub fn sort_with_builtin(array: &mut Array) -> RhaiResultOf<()> {
-        if array.len() <= 1 {
-            return Ok(());
-        }
-
-        let type_id = array[0].type_id();
-
-        if array.iter().any(|a| a.type_id() != type_id) {
-            return Err(ERR::ErrorFunctionNotFound(
-                "elements of different types cannot be sorted".into(),
-                Position::NONE,
-            )
-            .into());
-        }
-
-        if type_id == TypeId::of::<INT>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_int().unwrap();
-                let b = b.as_int().unwrap();
-                a.cmp(&b)
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<char>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_char().unwrap();
-                let b = b.as_char().unwrap();
-                a.cmp(&b)
-            });
-            return Ok(());
-        }
-        #[cfg(not(feature = "no_float"))]
-        if type_id == TypeId::of::<crate::FLOAT>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_float().unwrap();
-                let b = b.as_float().unwrap();
-                a.partial_cmp(&b).unwrap_or(Ordering::Equal)
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<ImmutableString>() {
-            sort_array_by(array, |a, b| {
-                let a = &*a.as_immutable_string_ref().unwrap();
-                let b = &*b.as_immutable_string_ref().unwrap();
-                a.cmp(b)
-            });
-            return Ok(());
-        }
-        #[cfg(feature = "decimal")]
-        if type_id == TypeId::of::<rust_decimal::Decimal>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_decimal().unwrap();
-                let b = b.as_decimal().unwrap();
-                a.cmp(&b)
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<bool>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_bool().unwrap();
-                let b = b.as_bool().unwrap();
-                a.cmp(&b)
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<()>() {
-            return Ok(());
-        }
-
-        Err(ERR::ErrorFunctionNotFound(
-            format!("elements of {} cannot be sorted", array[0].type_name()),
-            Position::NONE,
-        )
-        .into())
+        sort_with_builtin_cmp(array, false)
     }
     /// Sort the array in descending order.
     ///
@@ -1764,103 +1766,7 @@ pub mod array_functions {
     /// ```
     #[rhai_fn(name = "sort_desc", return_raw)]
     pub fn sort_with_builtin_desc(array: &mut Array) -> RhaiResultOf<()> {
-        if array.len() <= 1 {
-            return Ok(());
-        }
-
-        let type_id = array[0].type_id();
-
-        if array.iter().any(|a| a.type_id() != type_id) {
-            return Err(ERR::ErrorFunctionNotFound(
-                "elements of different types cannot be sorted".into(),
-                Position::NONE,
-            )
-            .into());
-        }
-
-        if type_id == TypeId::of::<INT>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_int().unwrap();
-                let b = b.as_int().unwrap();
-                match a.cmp(&b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<char>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_char().unwrap();
-                let b = b.as_char().unwrap();
-                match a.cmp(&b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        #[cfg(not(feature = "no_float"))]
-        if type_id == TypeId::of::<crate::FLOAT>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_float().unwrap();
-                let b = b.as_float().unwrap();
-                match a.partial_cmp(&b).unwrap_or(Ordering::Equal) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<ImmutableString>() {
-            sort_array_by(array, |a, b| {
-                let a = &*a.as_immutable_string_ref().unwrap();
-                let b = &*b.as_immutable_string_ref().unwrap();
-                match a.cmp(b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        #[cfg(feature = "decimal")]
-        if type_id == TypeId::of::<rust_decimal::Decimal>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_decimal().unwrap();
-                let b = b.as_decimal().unwrap();
-                match a.cmp(&b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<bool>() {
-            sort_array_by(array, |a, b| {
-                let a = a.as_bool().unwrap();
-                let b = b.as_bool().unwrap();
-                match a.cmp(&b) {
-                    Ordering::Less => Ordering::Greater,
-                    Ordering::Equal => Ordering::Equal,
-                    Ordering::Greater => Ordering::Less,
-                }
-            });
-            return Ok(());
-        }
-        if type_id == TypeId::of::<()>() {
-            return Ok(());
-        }
-
-        Err(ERR::ErrorFunctionNotFound(
-            format!("elements of {} cannot be sorted", array[0].type_name()),
-            Position::NONE,
-        )
-        .into())
+        sort_with_builtin_cmp(array, true)
     }
     /// Sort the array based on applying the `comparer` function and return it as a new array.
     ///
