@@ -233,43 +233,28 @@ impl<H: Host> Api<H> {
         value: &Dynamic,
     ) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        match self.frame.borrow_mut().batch(map) {
-            Some(batch) => {
-                batch.replace(map, name, &value);
-                Ok(())
-            }
-            None => self
-                .host
-                .replace_map_value(map, name, &value)
-                .or_else(|s| refused(f, s)),
-        }
+        let result = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.replace(&self.host, map, name, value),
+            None => self.host.replace_map_value(map, name, &value),
+        };
+        result.or_else(|s| refused(f, s))
     }
 
     fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        match self.frame.borrow_mut().batch(map) {
-            Some(batch) => {
-                batch.add(map, name, &value);
-                Ok(())
-            }
-            None => self
-                .host
-                .add_map_value(map, name, &value)
-                .or_else(|s| refused(f, s)),
-        }
+        let result = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.add(&self.host, map, name, value),
+            None => self.host.add_map_value(map, name, &value),
+        };
+        result.or_else(|s| refused(f, s))
     }
 
     fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
-        match self.frame.borrow_mut().batch(map) {
-            Some(batch) => {
-                batch.remove(name);
-                Ok(())
-            }
-            None => self
-                .host
-                .remove_map_value(map, name)
-                .or_else(|s| refused(f, s)),
-        }
+        let result = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.remove(&self.host, map, name),
+            None => self.host.remove_map_value(map, name),
+        };
+        result.or_else(|s| refused(f, s))
     }
 
     /// Hands this call's header writes to the proxy (at the end of the call, and before

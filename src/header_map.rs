@@ -197,26 +197,52 @@ enum Write {
     Replace(String, Bytes),
     Add(String, Bytes),
     Remove(String),
-    /// The whole map was replaced (the new map is the batch's `map`).
-    All,
 }
 
-/// Up to this many single writes in one call are sent one by one when it ends; more (or a
-/// whole-map replacement) go as one `set_map` of the final map, which costs Envoy a rebuild
+impl Write {
+    fn apply(&self, map: MapType, headers: &mut Headers) {
+        match self {
+            Write::Replace(name, value) => replace(map, headers, name, value),
+            Write::Add(name, value) => add(map, headers, name, value),
+            Write::Remove(name) => remove(headers, name),
+        }
+    }
+
+    fn send<H: Host>(&self, host: &H, map: MapType) -> Result<(), Status> {
+        match self {
+            Write::Replace(name, value) => host.replace_map_value(map, name, value),
+            Write::Add(name, value) => host.add_map_value(map, name, value),
+            Write::Remove(name) => host.remove_map_value(map, name),
+        }
+    }
+}
+
+/// Up to this many writes in one call are sent one by one when it ends; from one more on (or
+/// a whole-map replacement) the call's map goes as one `set_map`, which costs Envoy a rebuild
 /// of the map but saves a host call per write (~1.1 µs each in V8, `bench/per_op.py`).
 const SINGLE_WRITES: usize = 3;
+
+/// The writes of a call not sent yet.
+#[derive(Default)]
+enum Pending {
+    #[default]
+    None,
+    /// A few, to send one by one.
+    Few(Vec<Write>),
+    /// More: the batch's map holds them all, to send whole.
+    Whole,
+}
 
 /// One call's reads and writes of a header map (request or response headers), answered
 /// locally so a script doing twenty header operations crosses into the proxy two or three
 /// times, not twenty. Nothing changes a header map during a call but the call itself, so the
 /// local map stays exact; [`Batch::flush`] hands the writes to the proxy before anything else
-/// can look at the map (the end of the call, a property read).
+/// can look at the map (the end of the call, a property read, a local response, a resume).
 #[derive(Default)]
 pub(crate) struct Batch {
     /// The map as the script now sees it, once it was read from the proxy.
     map: Option<Headers>,
-    /// Writes not sent yet, in order.
-    writes: Vec<Write>,
+    pending: Pending,
     /// A first single read goes straight to the proxy: fetching the whole map only pays from
     /// the second.
     asked_one: bool,
@@ -225,19 +251,19 @@ pub(crate) struct Batch {
 impl Batch {
     /// The map with the pending writes applied, read from the proxy once.
     fn map<H: Host>(&mut self, host: &H, map: MapType) -> Result<&mut Headers, Status> {
-        if self.map.is_none() {
-            let mut headers = host.get_map(map)?;
-            for write in &self.writes {
-                match write {
-                    Write::Replace(name, value) => replace(map, &mut headers, name, value),
-                    Write::Add(name, value) => add(map, &mut headers, name, value),
-                    Write::Remove(name) => remove(&mut headers, name),
-                    Write::All => {} // never pending without the map
+        let headers = match self.map.take() {
+            Some(headers) => headers,
+            None => {
+                let mut headers = host.get_map(map)?;
+                if let Pending::Few(writes) = &self.pending {
+                    for write in writes {
+                        write.apply(map, &mut headers);
+                    }
                 }
+                headers
             }
-            self.map = Some(headers);
-        }
-        Ok(self.map.get_or_insert_with(Vec::new))
+        };
+        Ok(self.map.insert(headers))
     }
 
     /// The first value of one header.
@@ -247,7 +273,7 @@ impl Batch {
         map: MapType,
         name: &str,
     ) -> Result<Option<Bytes>, Status> {
-        if self.map.is_none() && self.writes.is_empty() && !self.asked_one {
+        if self.map.is_none() && matches!(self.pending, Pending::None) && !self.asked_one {
             self.asked_one = true;
             return host.get_map_value(map, name);
         }
@@ -259,60 +285,75 @@ impl Batch {
         self.map(host, map).cloned()
     }
 
-    pub fn replace(&mut self, map: MapType, name: &str, value: &[u8]) {
-        if let Some(headers) = &mut self.map {
-            replace(map, headers, name, value);
+    /// Records a write: in the list while there are few, then in the map only (read from the
+    /// proxy then, if the call hasn't read it yet).
+    fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
+        let few = match &mut self.pending {
+            Pending::Whole => None,
+            Pending::None => Some(0),
+            Pending::Few(writes) => Some(writes.len()),
+        };
+        match few {
+            Some(n) if n < SINGLE_WRITES => {
+                if let Some(headers) = &mut self.map {
+                    write.apply(map, headers);
+                }
+                match &mut self.pending {
+                    Pending::Few(writes) => writes.push(write),
+                    _ => self.pending = Pending::Few(vec![write]),
+                }
+            }
+            _ => {
+                write.apply(map, self.map(host, map)?);
+                self.pending = Pending::Whole;
+            }
         }
-        self.writes
-            .push(Write::Replace(name.into(), value.to_vec()));
+        Ok(())
     }
 
-    pub fn add(&mut self, map: MapType, name: &str, value: &[u8]) {
-        if let Some(headers) = &mut self.map {
-            add(map, headers, name, value);
-        }
-        self.writes.push(Write::Add(name.into(), value.to_vec()));
+    pub fn replace<H: Host>(
+        &mut self,
+        host: &H,
+        map: MapType,
+        name: &str,
+        value: Bytes,
+    ) -> Result<(), Status> {
+        self.write(host, map, Write::Replace(name.into(), value))
     }
 
-    pub fn remove(&mut self, name: &str) {
-        if let Some(headers) = &mut self.map {
-            remove(headers, name);
-        }
-        self.writes.push(Write::Remove(name.into()));
+    pub fn add<H: Host>(
+        &mut self,
+        host: &H,
+        map: MapType,
+        name: &str,
+        value: Bytes,
+    ) -> Result<(), Status> {
+        self.write(host, map, Write::Add(name.into(), value))
+    }
+
+    pub fn remove<H: Host>(&mut self, host: &H, map: MapType, name: &str) -> Result<(), Status> {
+        self.write(host, map, Write::Remove(name.into()))
     }
 
     pub fn set_all(&mut self, map: MapType, pairs: &[(&str, &[u8])]) {
-        let headers = self.map.get_or_insert_with(Vec::new);
-        set_all(map, headers, pairs);
-        self.writes.push(Write::All);
+        set_all(map, self.map.get_or_insert_with(Vec::new), pairs);
+        self.pending = Pending::Whole;
     }
 
     /// Sends the pending writes to the proxy and forgets the map (the proxy may change it
     /// once the call is over). The first refusal ends the flush.
     pub fn flush<H: Host>(&mut self, host: &H, map: MapType) -> Result<(), Status> {
-        let writes = std::mem::take(&mut self.writes);
-        let whole = writes.len() > SINGLE_WRITES || writes.iter().any(|w| matches!(w, Write::All));
-        let result = if writes.is_empty() {
-            Ok(())
-        } else if whole {
-            self.writes = writes;
-            let headers = self.map(host, map).map(std::mem::take);
-            self.writes.clear();
-            headers.and_then(|headers| {
+        let batch = std::mem::take(self);
+        match batch.pending {
+            Pending::None => Ok(()),
+            Pending::Few(writes) => writes.iter().try_for_each(|w| w.send(host, map)),
+            Pending::Whole => {
+                let headers = batch.map.unwrap_or_default();
                 let pairs: Vec<(&str, &[u8])> =
                     headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
                 host.set_map(map, &pairs)
-            })
-        } else {
-            writes.iter().try_for_each(|write| match write {
-                Write::Replace(name, value) => host.replace_map_value(map, name, value),
-                Write::Add(name, value) => host.add_map_value(map, name, value),
-                Write::Remove(name) => host.remove_map_value(map, name),
-                Write::All => Ok(()),
-            })
-        };
-        *self = Batch::default();
-        result
+            }
+        }
     }
 }
 
