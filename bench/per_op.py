@@ -63,24 +63,23 @@ CASES = [
 ]
 
 
+def wasm_filter(vm_id, filename, configuration):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                                 "code": {"local": {"filename": str(filename)}}},
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                     "value": json.dumps(configuration)}}}}
+
+
 def filter_for(kind, source, wasm):
     if kind == "native":
-        return {"name": "envoy.filters.http.wasm", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {"vm_config": {"vm_id": "native", "runtime": "envoy.wasm.runtime.v8",
-                                     "code": {"local": {"filename": str(wasm["native"])}}},
-                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                         "value": json.dumps({"workload": source})}}}}
+        return wasm_filter("native", wasm["native"], {"workload": source})
     if kind == "lua":
         return {"name": "envoy.filters.http.lua", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": source}}}
-    return {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"vm_config": {"vm_id": "proxy-rhai", "runtime": "envoy.wasm.runtime.v8",
-                                 "code": {"local": {"filename": str(wasm["rhai"])}}},
-                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                     "value": json.dumps({"script": source})}}}}
+    return wasm_filter("proxy-rhai", wasm["rhai"], {"script": source})
 
 
 def listener(index, port, kind, source, wasm):

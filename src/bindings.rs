@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
-use crate::header_map::Batch;
+use crate::header_map::{Batch, Write};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 
@@ -234,7 +234,7 @@ impl<H: Host> Api<H> {
     ) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
         let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.replace(&self.host, map, name, value),
+            Some(batch) => batch.write(&self.host, map, Write::Replace(name.into(), value)),
             None => self.host.replace_map_value(map, name, &value),
         };
         result.or_else(|s| refused(f, s))
@@ -243,7 +243,7 @@ impl<H: Host> Api<H> {
     fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
         let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.add(&self.host, map, name, value),
+            Some(batch) => batch.write(&self.host, map, Write::Add(name.into(), value)),
             None => self.host.add_map_value(map, name, &value),
         };
         result.or_else(|s| refused(f, s))
@@ -251,7 +251,7 @@ impl<H: Host> Api<H> {
 
     fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
         let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.remove(&self.host, map, name),
+            Some(batch) => batch.write(&self.host, map, Write::Remove(name.into())),
             None => self.host.remove_map_value(map, name),
         };
         result.or_else(|s| refused(f, s))
@@ -646,7 +646,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_request_header",
         RQH,
         "()",
-        "Sets a request header to one value (string or blob), replacing any it had; adds it when absent. Pseudo-headers such as `:path` can be set too.",
+        "Sets a request header to one value (string or blob): every value it had is removed and the new one added at the end (Envoy's rule). Pseudo-headers such as `:path` can be set too.",
         r#"fn on_request_headers() {
     replace_request_header(":path", "/v2" + get_request_header(":path"));
 }"#,
@@ -657,7 +657,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "add_request_header",
         RQH,
         "()",
-        "Adds a request header value (string or blob), keeping the values it already had.",
+        "Adds a request header value (string or blob), keeping the values it already had. For a header Envoy keeps inline (`user-agent`, `accept`, `authorization`, `x-forwarded-for`, …) the value is appended to the existing one after a comma, as Envoy does.",
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
@@ -717,7 +717,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "replace_response_header",
         RSH,
         "()",
-        "Sets a response header to one value (string or blob); adds it when absent. Setting `:status` changes the status the client sees.",
+        "Sets a response header to one value (string or blob): every value it had is removed and the new one added at the end. Setting `:status` changes the status the client sees.",
         r#"fn on_response_headers() {
     replace_response_header("server", "proxy-rhai");
 }"#,
@@ -728,7 +728,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "add_response_header",
         RSH,
         "()",
-        "Adds a response header value, keeping the values it already had.",
+        "Adds a response header value, keeping the values it already had. For a header Envoy keeps inline (`vary`, `cache-control`, `etag`, …) the value is appended to the existing one after a comma.",
         r#"fn on_response_headers() {
     add_response_header("set-cookie", "seen=1; Path=/");
 }"#,

@@ -193,7 +193,7 @@ pub fn set_all(map: MapType, headers: &mut Headers, pairs: &[(&str, &[u8])]) {
 }
 
 /// A header write the script made and the proxy hasn't seen yet.
-enum Write {
+pub(crate) enum Write {
     Replace(String, Bytes),
     Add(String, Bytes),
     Remove(String),
@@ -287,7 +287,7 @@ impl Batch {
 
     /// Records a write: in the list while there are few, then in the map only (read from the
     /// proxy then, if the call hasn't read it yet).
-    fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
+    pub fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
         let few = match &mut self.pending {
             Pending::Whole => None,
             Pending::None => Some(0),
@@ -309,30 +309,6 @@ impl Batch {
             }
         }
         Ok(())
-    }
-
-    pub fn replace<H: Host>(
-        &mut self,
-        host: &H,
-        map: MapType,
-        name: &str,
-        value: Bytes,
-    ) -> Result<(), Status> {
-        self.write(host, map, Write::Replace(name.into(), value))
-    }
-
-    pub fn add<H: Host>(
-        &mut self,
-        host: &H,
-        map: MapType,
-        name: &str,
-        value: Bytes,
-    ) -> Result<(), Status> {
-        self.write(host, map, Write::Add(name.into(), value))
-    }
-
-    pub fn remove<H: Host>(&mut self, host: &H, map: MapType, name: &str) -> Result<(), Status> {
-        self.write(host, map, Write::Remove(name.into()))
     }
 
     pub fn set_all(&mut self, map: MapType, pairs: &[(&str, &[u8])]) {
