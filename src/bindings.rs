@@ -1224,7 +1224,8 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |_a, text: &str| serde_json::from_str::<Dynamic>(text)
+        |_a, text: &str| serde_json::from_str(text)
+            .map(|json::FromJson(value)| value)
             .or_else(|e| err(format!("parse_json(): invalid JSON: {e}")))
     );
     bind!(

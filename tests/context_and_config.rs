@@ -125,6 +125,26 @@ fn json_round_trip_and_errors() {
     );
 }
 
+/// `parse_json` has its own deserializer (speed): it must make the values Rhai's own makes.
+#[test]
+fn parse_json_makes_the_values_rhai_makes() {
+    let doc = r#"{"i": -7, "u": 18446744073709551615, "max": 9223372036854775807, "f": 1.5e300,
+        "e": 1e2, "s": "caf\u00e9 \"q\" \\ \n \ud83d\ude00", "k\"ey \u00e9": [true, false, null, [], {}],
+        "dup": 1, "dup": 2, "a long key that is longer than twenty-three bytes": {"x": [1, [2, [3]]]}}"#;
+    let p = Emulator::with_script(
+        "fn on_request_body() { send_http_response(200, [], parse_json(get_request_body()).to_debug()); }",
+        json!({}),
+    )
+    .unwrap();
+    let o = p.run(&Request::post("/", doc), &mut Response::ok(""));
+    let rhai_own: rhai::Dynamic = serde_json::from_str(doc).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.response.body),
+        format!("{rhai_own:?}")
+    );
+    assert!(o.response.body.starts_with(b"#{"), "{:?}", o.response);
+}
+
 #[test]
 fn top_level_constants_are_seen_by_functions_and_computed_once() {
     let p = Emulator::with_script(

@@ -1,10 +1,13 @@
-//! `to_json`'s serializer. Rhai has two of its own, both unfit: its map package's `to_json`
+//! `to_json`'s serializer and `parse_json`'s deserializer. Rhai has two of its own, both unfit: its map package's `to_json`
 //! writes keys and strings with Rust's `Debug` escapes (`\u{1b}`: not JSON), and its `Serialize`
 //! for `Dynamic` writes a function pointer's curried arguments, so a closure that captures the
 //! map holding it (`m.me = || m`) recurses forever. JSON has no functions: here they are an
 //! error. Containers are walked here; every other value is Rhai's to write.
 
-use rhai::{Dynamic, Map};
+use std::fmt;
+
+use rhai::{Array, Dynamic, Map};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Error, Serialize, SerializeMap, SerializeSeq, Serializer};
 
 /// A script value, serialized as JSON data only.
@@ -42,5 +45,96 @@ impl Serialize for JsonMap<'_> {
             out.serialize_entry(key.as_str(), &Json(item))?;
         }
         out.end()
+    }
+}
+
+/// A script value read from JSON: objects become maps, arrays arrays, `null` `()`, integers
+/// that fit `i64` integers and other numbers floats, as Rhai's own `Deserialize` makes them.
+/// Written here because Rhai's builds each object twice (a `BTreeMap` it then converts item by
+/// item): a 10 kB document parsed ~1.6× slower.
+pub(super) struct FromJson(pub Dynamic);
+
+impl<'de> Deserialize<'de> for FromJson {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(ValueVisitor).map(FromJson)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Dynamic;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dynamic, E> {
+        // Past i64::MAX, a float, as Rhai does.
+        Ok(i64::try_from(v).map_or_else(|_| (v as f64).into(), Dynamic::from_int))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Dynamic, E> {
+        Ok(Dynamic::UNIT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
+        let mut array = Array::new();
+        while let Some(FromJson(item)) = seq.next_element()? {
+            array.push(item);
+        }
+        Ok(Dynamic::from_array(array))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut object: A) -> Result<Dynamic, A::Error> {
+        let mut map = Map::new();
+        while let Some(Key(key)) = object.next_key()? {
+            let FromJson(item) = object.next_value()?;
+            map.insert(key, item);
+        }
+        Ok(Dynamic::from_map(map))
+    }
+}
+
+/// An object's key, as a map holds it: a `SmartString`, inline when short.
+struct Key(smartstring::SmartString<smartstring::LazyCompact>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+        Ok(Key(v.into()))
     }
 }
