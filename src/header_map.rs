@@ -10,6 +10,8 @@
 //! - *replacing* removes every value, then adds the new one (so it moves to the end);
 //! - replacing the whole map removes every header, then adds the new ones in order.
 
+use std::borrow::Cow;
+
 use crate::host::{Bytes, Host, MapType, Status};
 
 /// A header map: lowercase names, in order, duplicates kept.
@@ -139,12 +141,20 @@ pub fn is_inline(map: MapType, name: &str) -> bool {
         }
 }
 
+/// `name` as a map holds it: lowercase (copied only when it isn't), so that finding it is a
+/// plain comparison.
+fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 /// The first value of `name`.
 pub fn get<'a>(headers: &'a Headers, name: &str) -> Option<&'a Bytes> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+    let name = lowercase(name);
+    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 /// Adds one value, as Envoy's `addCopy` does.
@@ -175,7 +185,8 @@ pub fn add(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
 
 /// Removes every value of `name`.
 pub fn remove(headers: &mut Headers, name: &str) {
-    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    let name = lowercase(name);
+    headers.retain(|(k, _)| *k != name);
 }
 
 /// Sets `name` to one value: every value removed, then the new one added.

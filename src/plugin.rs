@@ -3,10 +3,12 @@
 //! Built once per plugin configuration; every stream of that configuration shares it. With
 //! Higress rules, each distinct script is compiled once however many rules use it.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    CallFnOptions, Dynamic, Engine, ImmutableString, OptimizationLevel, Scope, SharedCells, AST,
+    CallFnOptions, Dynamic, Engine, EvalAltResult, FnCallCache, ImmutableString, OptimizationLevel,
+    Scope, SharedCells, AST,
 };
 
 use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
@@ -24,6 +26,24 @@ pub struct Script {
     pub(crate) ast: AST,
     pub(crate) phases: Phases,
     pub(crate) has_tick: bool,
+    /// Which function each call in the script resolved to, kept across requests: without it
+    /// every phase call would search Rhai's modules for each function it calls.
+    resolved: RefCell<FnCallCache>,
+}
+
+impl Script {
+    /// Calls the script's function `name` (a phase, or `on_tick`) with no arguments.
+    pub(crate) fn call(&self, engine: &Engine, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let scope = &mut Scope::new();
+        match self.resolved.try_borrow_mut() {
+            Ok(mut cache) => {
+                engine.call_fn_with_cache(options, scope, &self.ast, name, (), &mut cache)
+            }
+            // A call made from inside another (none is today) resolves on its own.
+            Err(_) => engine.call_fn_with_options(options, scope, &self.ast, name, ()),
+        }
+    }
 }
 
 /// The script and `config()` value a stream runs with.
@@ -156,19 +176,10 @@ impl<H: Host + 'static> Plugin<H> {
         };
         self.api
             .begin_call(None, global.config.clone(), global.constants.clone());
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
         // A tick can't dispatch callouts, so nothing it makes outlives it: cycles among its
         // closures' cells are freed at once.
         let mut cells = SharedCells::default();
-        let result = cells.record(|| {
-            self.engine.call_fn_with_options::<Dynamic>(
-                options,
-                &mut Scope::new(),
-                &global.script.ast,
-                TICK_FUNCTION,
-                (),
-            )
-        });
+        let result = cells.record(|| global.script.call(&self.engine, TICK_FUNCTION));
         cells.release();
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
@@ -311,6 +322,7 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
         ast,
         phases,
         has_tick,
+        resolved: RefCell::default(),
     })
 }
 

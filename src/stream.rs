@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use rhai::{CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope, SharedCells};
+use rhai::{Dynamic, EvalAltResult, FnPtr, SharedCells};
 
 pub use proxy_wasm::types::Action;
 
@@ -295,16 +295,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let ast = &selection.script.ast;
         let result = self.cells.record(|| match call {
-            Call::Phase => {
-                let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-                plugin.engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    &mut Scope::new(),
-                    ast,
-                    phase.function_name(),
-                    (),
-                )
-            }
+            Call::Phase => selection.script.call(&plugin.engine, phase.function_name()),
             Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
         });
         plugin.api.flush_headers();

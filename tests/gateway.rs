@@ -311,3 +311,45 @@ fn builtins_match_known_vectors() {
         ]
     );
 }
+
+/// Each script keeps which function its calls resolved to from one request to the next
+/// (`Script::call`): two scripts with a function of the same name never share that, and one
+/// call site given other argument types on a later request finds the other function.
+#[test]
+fn resolved_functions_stay_with_their_script_and_argument_types() {
+    let first = r#"
+        fn kind(x) { "first" }
+        fn on_request_headers() {
+            let v = get_request_header("x-v");
+            let arg = if v == "int" { 1 } else if v == "float" { 1.5 } else { v };
+            add_request_header("x-kind", kind(arg));
+            add_request_header("x-sum", `${arg + arg}`);
+        }"#;
+    let second = r#"
+        fn kind(x) { "second" }
+        fn on_request_headers() { add_request_header("x-kind", kind(1)); }"#;
+    let p = Emulator::new(
+        &json!({
+            "script": first,
+            "_rules_": [{"_match_domain_": ["b.com"], "script": second}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = |host: &str, v: &str| {
+        let o = p.run(
+            &request(host, "", "").header("x-v", v),
+            &mut Response::ok(""),
+        );
+        (
+            o.upstream_header("x-kind").unwrap_or_default(),
+            o.upstream_header("x-sum").unwrap_or_default(),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(run("a.com", "int"), ("first".into(), "2".into()));
+        assert_eq!(run("b.com", "int"), ("second".into(), String::new()));
+        assert_eq!(run("a.com", "float"), ("first".into(), "3.0".into()));
+        assert_eq!(run("a.com", "ab"), ("first".into(), "abab".into()));
+    }
+}

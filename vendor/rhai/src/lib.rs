@@ -396,6 +396,9 @@ pub use ast::CustomExpr;
 pub use eval::GlobalRef;
 #[cfg(feature = "internals")]
 pub use eval::{Caches, GlobalRuntimeState, RangeCase, Target};
+// proxy-rhai patch (speed)
+#[cfg(not(feature = "no_function"))]
+pub use eval::FnCallCache;
 #[cfg(not(feature = "no_ast"))]
 pub use eval::{FnResolutionCache, FnResolutionCacheEntry};
 

@@ -1,7 +1,7 @@
 //! Module that defines the `call_fn` API of [`Engine`].
 #![cfg(not(feature = "no_function"))]
 
-use crate::eval::{Caches, GlobalRuntimeState};
+use crate::eval::{Caches, FnCallCache, GlobalRuntimeState};
 use crate::types::dynamic::Variant;
 use crate::{
     CallFnOptions, Dynamic, Engine, FnArgsVec, FuncArgs, Position, RhaiResult, RhaiResultOf, Scope,
@@ -110,6 +110,54 @@ impl Engine {
         fn_name: impl AsRef<str>,
         args: impl FuncArgs,
     ) -> RhaiResultOf<T> {
+        self.call_fn_with_caches(options, scope, ast, fn_name, args, &mut Caches::new())
+    }
+    /// proxy-rhai patch (speed): [`call_fn_with_options`][Engine::call_fn_with_options], keeping
+    /// the function resolutions it makes in `cache` for the next call into the same `ast`.
+    ///
+    /// Each call otherwise starts with an empty cache: every function call in it searches the
+    /// modules for its function again, and a function called once per call is never cached.
+    /// A cache is only valid for one `ast` and one engine, the two things a resolution depends on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
+    /// use rhai::{CallFnOptions, Engine, FnCallCache, Scope};
+    ///
+    /// let engine = Engine::new();
+    /// let ast = engine.compile("fn add(x) { x + 1 }")?;
+    /// let mut cache = FnCallCache::default();
+    /// for _ in 0..3 {
+    ///     let options = CallFnOptions::new().eval_ast(false);
+    ///     let r = engine.call_fn_with_cache::<i64>(options, &mut Scope::new(), &ast, "add", (41_i64,), &mut cache)?;
+    ///     assert_eq!(r, 42);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline(always)]
+    pub fn call_fn_with_cache<T: Variant + Clone>(
+        &self,
+        options: CallFnOptions,
+        scope: &mut Scope,
+        ast: &AST,
+        fn_name: impl AsRef<str>,
+        args: impl FuncArgs,
+        cache: &mut FnCallCache,
+    ) -> RhaiResultOf<T> {
+        self.call_fn_with_caches(options, scope, ast, fn_name, args, &mut cache.0)
+    }
+    #[inline(always)]
+    fn call_fn_with_caches<T: Variant + Clone>(
+        &self,
+        options: CallFnOptions,
+        scope: &mut Scope,
+        ast: &AST,
+        fn_name: impl AsRef<str>,
+        args: impl FuncArgs,
+        caches: &mut Caches,
+    ) -> RhaiResultOf<T> {
         let mut arg_values = FnArgsVec::new_const();
         args.parse(&mut arg_values);
 
@@ -120,7 +168,7 @@ impl Engine {
             fn_name.as_ref(),
             arg_values.as_mut(),
             &mut self.new_global_runtime_state(),
-            &mut Caches::new(),
+            caches,
         )
         .and_then(|result| {
             result.try_cast_result().map_err(|r| {

@@ -51,6 +51,11 @@ pub struct Caches {
     fn_resolution: StaticVec<FnResolutionCache>,
 }
 
+/// proxy-rhai patch (speed): the function resolutions of calls into one [`AST`][crate::AST],
+/// kept from one call to the next by [`Engine::call_fn_with_cache`][crate::Engine::call_fn_with_cache].
+#[derive(Debug, Clone, Default)]
+pub struct FnCallCache(pub(crate) Caches);
+
 impl Caches {
     /// Create an empty [`Caches`].
     #[inline(always)]

@@ -14,7 +14,7 @@ mod stmt;
 mod switch;
 mod target;
 
-pub use cache::Caches;
+pub use cache::{Caches, FnCallCache};
 #[allow(unused_imports)]
 pub use cache::FnResolutionCache;
 pub use cache::FnResolutionCacheEntry;
