@@ -146,6 +146,11 @@ impl Engine {
         args: impl FuncArgs,
         cache: &mut FnCallCache,
     ) -> RhaiResultOf<T> {
+        // The called function's body would push the first level and pop it when it returns:
+        // the cache keeps a level of its own.
+        if cache.0.fn_resolution_caches_len() == 0 {
+            cache.0.push_fn_resolution_cache();
+        }
         self.call_fn_with_caches(options, scope, ast, fn_name, args, &mut cache.0)
     }
     #[inline(always)]
