@@ -8,7 +8,8 @@ V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This ru
 proxy-wasm host written in Python, and wasmtime's perf map names every wasm function. The host
 is minimal: a GET with the 15 headers of bench workload 2, a 200 response with a 3-byte body,
 every phase called in Envoy's order; header maps and the plugin configuration are answered,
-anything else (properties, callouts, metrics) is refused or ignored.
+a callout is answered at once (200, `x-auth-token`, as bench workload 4's service does), anything
+else (properties, metrics) is refused or ignored.
 
 The wasm needs its "name" section: by default the release build is run through the same
 wasm-opt as tools/build-wasm.sh with --debuginfo (so the code is the release artifact's).
@@ -31,7 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 REQUEST = ([(":authority", "example.com"), (":path", "/bench"), (":method", "GET"), (":scheme", "http")]
            + [(f"x-in-{i}", f"v{i}") for i in range(10)] + [(f"x-rm-{i}", "gone") for i in range(5)])
 RESPONSE = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "3")]
-REQUEST_HEADERS, RESPONSE_HEADERS, PLUGIN_CONFIGURATION = 0, 2, 7
+CALLOUT_ANSWER = [(":status", "200"), ("x-auth-token", "tok-123"), ("content-length", "0")]
+REQUEST_HEADERS, RESPONSE_HEADERS, CALLOUT_HEADERS, PLUGIN_CONFIGURATION = 0, 2, 6, 7
 OK, NOT_FOUND = 0, 1
 
 
@@ -120,6 +122,12 @@ def serve(wasm, script, requests):
         give(plugin_config[start:start + length], ret_ptr, ret_size)
         return OK
 
+    def http_call(*args):
+        token = state["calls"] = state.get("calls", 0) + 1
+        state["memory"].write(store, struct.pack("<I", token), args[-1])
+        state["pending"].append(token)
+        return OK
+
     def define_metric(_kind, _ptr, _size, ret_id):
         state["memory"].write(store, struct.pack("<I", 1), ret_id)
         return OK
@@ -131,6 +139,8 @@ def serve(wasm, script, requests):
         "proxy_set_header_map_pairs": set_pairs, "proxy_get_buffer_bytes": get_buffer,
         "proxy_define_metric": define_metric, "proxy_record_metric": lambda *a: OK,
         "proxy_increment_metric": lambda *a: OK, "proxy_send_local_response": lambda *a: OK,
+        "proxy_http_call": http_call, "proxy_continue_stream": lambda *a: OK,
+        "proxy_set_effective_context": lambda *a: OK,
     }
     for imp in module.imports:
         if imp.module != "env":
@@ -147,12 +157,16 @@ def serve(wasm, script, requests):
     if ex["proxy_on_configure"](store, 1, len(plugin_config)) != 1:
         sys.exit("the plugin refused the configuration (see its log above)")
     encode = lambda pairs: [(k.encode(), v.encode()) for k, v in pairs]
+    state["pending"] = []
     for i in range(requests):
         ctx = 2 + i
         maps.clear()
         maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(RESPONSE)
         ex["proxy_on_context_create"](store, ctx, 1)
         ex["proxy_on_request_headers"](store, ctx, len(REQUEST), 1)
+        while state["pending"]:
+            maps[CALLOUT_HEADERS] = encode(CALLOUT_ANSWER)
+            ex["proxy_on_http_call_response"](store, ctx, state["pending"].pop(0), len(CALLOUT_ANSWER), 0, 0)
         ex["proxy_on_response_headers"](store, ctx, len(RESPONSE), 0)
         ex["proxy_on_response_body"](store, ctx, 3, 1)
         ex["proxy_on_log"](store, ctx)

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    CallFnOptions, Dynamic, Engine, EvalAltResult, FnCallCache, ImmutableString, OptimizationLevel,
-    Scope, SharedCells, AST,
+    CallFnOptions, Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, ImmutableString,
+    OptimizationLevel, Scope, SharedCells, AST,
 };
 
 use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
@@ -42,6 +42,19 @@ impl Script {
             }
             // A call made from inside another (none is today) resolves on its own.
             Err(_) => engine.call_fn_with_options(options, scope, &self.ast, name, ()),
+        }
+    }
+
+    /// Calls a callback of the script (a closure, or a `Fn` of one of its functions).
+    pub(crate) fn call_back(
+        &self,
+        engine: &Engine,
+        callback: &FnPtr,
+        args: Vec<Dynamic>,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        match self.resolved.try_borrow_mut() {
+            Ok(mut cache) => callback.call_with_cache(engine, &self.ast, args, &mut cache),
+            Err(_) => callback.call(engine, &self.ast, args),
         }
     }
 }

@@ -293,10 +293,10 @@ impl<H: Host + 'static> HttpStream<H> {
             frame.answer = answer;
             frame.stream = std::mem::take(&mut self.state);
         }
-        let ast = &selection.script.ast;
+        let script = &selection.script;
         let result = self.cells.record(|| match call {
-            Call::Phase => selection.script.call(&plugin.engine, phase.function_name()),
-            Call::Callback(callback, args) => callback.call::<Dynamic>(&plugin.engine, ast, args),
+            Call::Phase => script.call(&plugin.engine, phase.function_name()),
+            Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
         plugin.api.flush_headers();
         let mut frame = plugin.api.frame.borrow_mut();

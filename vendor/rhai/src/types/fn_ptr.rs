@@ -275,6 +275,50 @@ impl FnPtr {
         ast: &AST,
         args: impl FuncArgs,
     ) -> RhaiResultOf<T> {
+        self.call_with_caches(engine, ast, args, &mut crate::eval::Caches::new())
+    }
+    /// proxy-rhai patch (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
+    /// in `cache` for the next call into the same `ast` (see
+    /// [`Engine::call_fn_with_cache`][crate::Engine::call_fn_with_cache]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
+    /// use rhai::{Engine, FnCallCache, FnPtr};
+    ///
+    /// let engine = Engine::new();
+    /// let ast = engine.compile("fn foo(x) { len(x) + 1 }")?;
+    /// let mut cache = FnCallCache::default();
+    /// let result: i64 = FnPtr::new("foo")?.call_with_cache(&engine, &ast, ("abc",), &mut cache)?;
+    /// assert_eq!(result, 4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(not(feature = "no_ast"))]
+    #[cfg(not(feature = "no_function"))]
+    #[inline]
+    pub fn call_with_cache<T: Variant + Clone>(
+        &self,
+        engine: &Engine,
+        ast: &AST,
+        args: impl FuncArgs,
+        cache: &mut crate::FnCallCache,
+    ) -> RhaiResultOf<T> {
+        // A level of its own, as in `Engine::call_fn_with_cache`.
+        if cache.0.fn_resolution_caches_len() == 0 {
+            cache.0.push_fn_resolution_cache();
+        }
+        self.call_with_caches(engine, ast, args, &mut cache.0)
+    }
+    #[cfg(not(feature = "no_ast"))]
+    fn call_with_caches<T: Variant + Clone>(
+        &self,
+        engine: &Engine,
+        ast: &AST,
+        args: impl FuncArgs,
+        caches: &mut crate::eval::Caches,
+    ) -> RhaiResultOf<T> {
         let _ast = ast;
         let mut arg_values = StaticVec::new_const();
         args.parse(&mut arg_values);
@@ -286,7 +330,7 @@ impl FnPtr {
 
         let ctx = (engine, self.fn_name(), None, &*global, Position::NONE).into();
 
-        self.call_raw(&ctx, None, arg_values).and_then(|result| {
+        self._call_raw(&ctx, &mut Scope::new(), None, arg_values, caches).and_then(|result| {
             result.try_cast_result().map_err(|r| {
                 let result_type = engine.map_type_name(r.type_name());
                 let cast_type = match type_name::<T>() {
@@ -431,7 +475,8 @@ impl FnPtr {
         this_ptr: Option<&mut Dynamic>,
         arg_values: impl AsMut<[Dynamic]>,
     ) -> RhaiResult {
-        self._call_raw(context, &mut Scope::new(), this_ptr, arg_values)
+        let caches = &mut crate::eval::Caches::new();
+        self._call_raw(context, &mut Scope::new(), this_ptr, arg_values, caches)
     }
     #[inline]
     pub(crate) fn _call_raw(
@@ -440,6 +485,7 @@ impl FnPtr {
         scope: &mut Scope,
         mut this_ptr: Option<&mut Dynamic>,
         mut arg_values: impl AsMut<[Dynamic]>,
+        caches: &mut crate::eval::Caches,
     ) -> RhaiResult {
         let global = context.global_runtime_state();
         let mut arg_values = arg_values.as_mut();
@@ -467,7 +513,7 @@ impl FnPtr {
                 };
                 return context.engine().call_script_fn(
                     global.into(),
-                    &mut crate::eval::Caches::new(),
+                    caches,
                     scope,
                     this_ptr,
                     env.map(|e| &**e),
@@ -518,7 +564,7 @@ impl FnPtr {
                 #[cfg(not(feature = "no_function"))]
                 let is_native = !context.engine().has_script_fn(
                     global,
-                    &mut crate::eval::Caches::new(),
+                    caches,
                     crate::calc_fn_hash(None, self.fn_name(), arg_values.len()),
                 );
                 // No script-defined functions under `no_function`.
