@@ -159,7 +159,12 @@ pub fn get<'a>(headers: &'a Headers, name: &str) -> Option<&'a Bytes> {
 
 /// Adds one value, as Envoy's `addCopy` does.
 pub fn add(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
-    let name = name.to_ascii_lowercase();
+    add_owned(map, headers, name.to_string(), value.to_vec());
+}
+
+/// [`add`], keeping the name and value it is given (a batched write owns them already).
+fn add_owned(map: MapType, headers: &mut Headers, mut name: String, value: Bytes) {
+    name.make_ascii_lowercase();
     if is_inline(map, &name) {
         if let Some((_, existing)) = headers.iter_mut().find(|(k, _)| *k == name) {
             // Envoy appends nothing for an empty value, and no comma to an empty one.
@@ -167,7 +172,7 @@ pub fn add(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
                 if !existing.is_empty() {
                     existing.push(b',');
                 }
-                existing.extend_from_slice(value);
+                existing.extend_from_slice(&value);
             }
             return;
         }
@@ -180,7 +185,7 @@ pub fn add(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
     } else {
         headers.len()
     };
-    headers.insert(at, (name, value.to_vec()));
+    headers.insert(at, (name, value));
 }
 
 /// Removes every value of `name`.
@@ -191,8 +196,12 @@ pub fn remove(headers: &mut Headers, name: &str) {
 
 /// Sets `name` to one value: every value removed, then the new one added.
 pub fn replace(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
-    remove(headers, name);
-    add(map, headers, name, value);
+    replace_owned(map, headers, name.to_string(), value.to_vec());
+}
+
+fn replace_owned(map: MapType, headers: &mut Headers, name: String, value: Bytes) {
+    remove(headers, &name);
+    add_owned(map, headers, name, value);
 }
 
 /// Replaces the whole map with `pairs`, added one by one.
@@ -216,6 +225,15 @@ impl Write {
             Write::Replace(name, value) => replace(map, headers, name, value),
             Write::Add(name, value) => add(map, headers, name, value),
             Write::Remove(name) => remove(headers, name),
+        }
+    }
+
+    /// [`Write::apply`] when the write isn't kept: its name and value move into the map.
+    fn apply_owned(self, map: MapType, headers: &mut Headers) {
+        match self {
+            Write::Replace(name, value) => replace_owned(map, headers, name, value),
+            Write::Add(name, value) => add_owned(map, headers, name, value),
+            Write::Remove(name) => remove(headers, &name),
         }
     }
 
@@ -315,7 +333,7 @@ impl Batch {
                 }
             }
             _ => {
-                write.apply(map, self.map(host, map)?);
+                write.apply_owned(map, self.map(host, map)?);
                 self.pending = Pending::Whole;
             }
         }
