@@ -31,6 +31,11 @@ pub struct Script {
     resolved: RefCell<FnCallCache>,
 }
 
+/// Past this many resolutions [`Script::resolved`] is emptied. A script's own call sites make
+/// far fewer; names made at run time (`Fn(get_request_header("x")).call()`) would otherwise
+/// add one per request for as long as the VM lives.
+const MAX_RESOLVED: usize = 1024;
+
 impl Script {
     /// Calls the script's function `name` (a phase, or `on_tick`) with no arguments.
     pub(crate) fn call(&self, engine: &Engine, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
@@ -38,7 +43,10 @@ impl Script {
         let scope = &mut Scope::new();
         match self.resolved.try_borrow_mut() {
             Ok(mut cache) => {
-                engine.call_fn_with_cache(options, scope, &self.ast, name, (), &mut cache)
+                let result =
+                    engine.call_fn_with_cache(options, scope, &self.ast, name, (), &mut cache);
+                bound(&mut cache);
+                result
             }
             // A call made from inside another (none is today) resolves on its own.
             Err(_) => engine.call_fn_with_options(options, scope, &self.ast, name, ()),
@@ -53,9 +61,19 @@ impl Script {
         args: Vec<Dynamic>,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         match self.resolved.try_borrow_mut() {
-            Ok(mut cache) => callback.call_with_cache(engine, &self.ast, args, &mut cache),
+            Ok(mut cache) => {
+                let result = callback.call_with_cache(engine, &self.ast, args, &mut cache);
+                bound(&mut cache);
+                result
+            }
             Err(_) => callback.call(engine, &self.ast, args),
         }
+    }
+}
+
+fn bound(cache: &mut FnCallCache) {
+    if cache.len() > MAX_RESOLVED {
+        cache.clear();
     }
 }
 
@@ -384,5 +402,33 @@ fn position(pos: rhai::Position) -> String {
         (Some(line), Some(column)) => format!("line {line}, column {column}"),
         (Some(line), None) => format!("line {line}"),
         _ => "end of script".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names made at run time can't grow a script's resolution cache without end.
+    #[test]
+    fn resolutions_of_names_made_at_run_time_are_bounded() {
+        let engine = Engine::new();
+        // A closure, as callouts take: it resolves through the script's cache.
+        let source = "fn on_request_headers() { |name| is_def_fn(name, 0) }";
+        let script = compile(&engine, source).unwrap();
+        let probe: FnPtr = script.call(&engine, "on_request_headers").unwrap().cast();
+        let mut largest = 0;
+        for i in 0..3 * MAX_RESOLVED {
+            let name = Dynamic::from(format!("missing_{i}"));
+            let found = script.call_back(&engine, &probe, vec![name]).unwrap();
+            assert_eq!(found.as_bool(), Ok(false));
+            let len = script.resolved.borrow().len();
+            assert!(len <= MAX_RESOLVED, "{len} resolutions kept");
+            largest = largest.max(len);
+        }
+        assert!(
+            largest > MAX_RESOLVED / 2,
+            "the misses were cached: {largest}"
+        );
     }
 }

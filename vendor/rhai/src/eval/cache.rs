@@ -56,6 +56,24 @@ pub struct Caches {
 #[derive(Debug, Clone, Default)]
 pub struct FnCallCache(pub(crate) Caches);
 
+impl FnCallCache {
+    /// How many resolutions it holds, found or not: a call by a name made at run time
+    /// (`Fn(name).call()`, `is_def_fn(name, 0)`) adds one per name, so a caller bounds it.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.fn_resolution.iter().map(|c| c.dict.len()).sum()
+    }
+    /// Whether it holds none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets every resolution.
+    pub fn clear(&mut self) {
+        self.0 = Caches::new();
+    }
+}
+
 impl Caches {
     /// Create an empty [`Caches`].
     #[inline(always)]
