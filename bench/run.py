@@ -909,7 +909,7 @@ def render_markdown(results, s, chart_name=None):
                 if (v, w) not in s["cpu_raw"]:
                     continue
                 above = "—" if v == "none" else fmt_spread(s["cpu_above"][(v, w)])
-                full = "—" if (v, w) not in s["cpu_full_above"] else fmt_spread(s["cpu_full_above"][(v, w)])
+                full = "—" if v == "none" or (v, w) not in s["cpu_full_above"] else fmt_spread(s["cpu_full_above"][(v, w)])
                 L.append(f"| {WORKLOAD_LABEL[w]} | {LABEL[v]} | {above} | {fmt_spread(s['cpu_raw'][(v, w)])} | {full} | "
                          f"{fmt_spread(s['max_rps'][(v, w)], 0)} | {s['p99_rate'][(v, w)]:.2f} | {s['p99_max'][(v, w)]:.2f} |")
         L.append("")
