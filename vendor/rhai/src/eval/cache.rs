@@ -58,7 +58,7 @@ pub struct FnCallCache(pub(crate) Caches);
 
 impl FnCallCache {
     /// How many resolutions it holds, found or not: a call by a name made at run time
-    /// (`Fn(name).call()`, `is_def_fn(name, 0)`) adds one per name, so a caller bounds it.
+    /// (`is_def_fn(name, 0)`) adds one per name, so a caller bounds it.
     #[must_use]
     pub fn len(&self) -> usize {
         self.0.fn_resolution.iter().map(|c| c.dict.len()).sum()
