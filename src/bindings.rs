@@ -233,26 +233,23 @@ impl<H: Host> Api<H> {
         value: &Dynamic,
     ) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.write(&self.host, map, Write::Replace(name.into(), value)),
-            None => self.host.replace_map_value(map, name, &value),
-        };
-        result.or_else(|s| refused(f, s))
+        self.write_header(f, map, Write::Replace(name.into(), value))
     }
 
     fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
         let value = bytes_of(f, value)?;
-        let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.write(&self.host, map, Write::Add(name.into(), value)),
-            None => self.host.add_map_value(map, name, &value),
-        };
-        result.or_else(|s| refused(f, s))
+        self.write_header(f, map, Write::Add(name.into(), value))
     }
 
     fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
+        self.write_header(f, map, Write::Remove(name.into()))
+    }
+
+    /// A header write: into the call's batch for the batched maps, else to the proxy at once.
+    fn write_header(&self, f: &str, map: MapType, write: Write) -> ScriptResult<()> {
         let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.write(&self.host, map, Write::Remove(name.into())),
-            None => self.host.remove_map_value(map, name),
+            Some(batch) => batch.write(&self.host, map, write),
+            None => write.send(&self.host, map),
         };
         result.or_else(|s| refused(f, s))
     }

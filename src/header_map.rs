@@ -237,7 +237,8 @@ impl Write {
         }
     }
 
-    fn send<H: Host>(&self, host: &H, map: MapType) -> Result<(), Status> {
+    /// Makes the write in the proxy, as one host call.
+    pub(crate) fn send<H: Host>(&self, host: &H, map: MapType) -> Result<(), Status> {
         match self {
             Write::Replace(name, value) => host.replace_map_value(map, name, value),
             Write::Add(name, value) => host.add_map_value(map, name, value),
@@ -317,7 +318,7 @@ impl Batch {
     /// Records a write: in the list while there are few, then in the map only (read from the
     /// proxy then, if the call hasn't read it yet).
     pub fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
-        let few = match &mut self.pending {
+        let few = match &self.pending {
             Pending::Whole => None,
             Pending::None => Some(0),
             Pending::Few(writes) => Some(writes.len()),
