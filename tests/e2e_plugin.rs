@@ -1099,6 +1099,79 @@ fn on_request_headers() {
 fn on_response_headers() { ops(get_context("op"), "resp"); }
 "#;
 
+/// What a filter sees of a request before any script writes, in Envoy and in the emulator:
+/// Envoy's connection manager adds `x-forwarded-proto` and an `x-request-id`, a client's
+/// `x-forwarded-proto` sets `:scheme`, and a client's `x-request-id` is kept.
+#[test]
+fn request_headers_a_filter_sees_match_envoy() {
+    use proxy_rhai::emulator::{Emulator, Request, Response};
+
+    // The properties that name the same things come along, as pairs too.
+    let script = r#"
+fn on_request_headers() {
+    let seen = get_request_headers();
+    seen.push(["request.scheme", get_property("request.scheme")]);
+    seen.push(["request.id is x-request-id", `${get_property("request.id") == get_request_header("x-request-id")}`]);
+    send_http_response(200, [], to_json(seen));
+}"#;
+    let envoy = Envoy::with_script(script);
+    let emulator = Emulator::with_script(script, json!({})).unwrap();
+    // Envoy's own ids are random UUIDs (version 4): compared by their shape.
+    let uuid_v4 = |v: &str| {
+        let groups: Vec<&str> = v.split('-').collect();
+        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups.iter().all(|g| {
+                g.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            && groups[2].starts_with('4')
+            && groups[3].starts_with(['8', '9', 'a', 'b'])
+    };
+    let seen = |body: &[u8]| -> Vec<(String, String)> {
+        let pairs: Vec<(String, String)> = serde_json::from_slice(body).expect("the header pairs");
+        pairs
+            .into_iter()
+            .map(|(n, v)| match n.as_str() {
+                "x-request-id" if uuid_v4(&v) => (n, "<uuid v4>".into()),
+                _ => (n, v),
+            })
+            .collect()
+    };
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+    let cases: [Case; 4] = [
+        ("GET", &[("accept", "a1"), ("accept", "a2")], b""),
+        (
+            "GET",
+            &[
+                ("x-forwarded-proto", "HTTPS"),
+                ("x-request-id", "client-id"),
+            ],
+            b"",
+        ),
+        ("GET", &[("x-forwarded-proto", "foo")], b""),
+        ("POST", &[("content-type", "text/plain")], b"hello"),
+    ];
+    for (method, headers, body) in cases {
+        let r = envoy.request(method, "/seen", headers, body);
+        assert_status(&r, 200);
+
+        let mut request = Request::new(method, "/seen", body.to_vec());
+        request.authority = "localhost".into();
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        let o = emulator.run(&request, &mut Response::ok(""));
+        assert_eq!(o.response.status, 200, "{:?}", o.log);
+        let emulated = seen(&o.response.body);
+        assert_eq!(seen(&r.body), emulated, "{method} {headers:?}");
+        // Equal lists could still agree on a wrong id: the id is a UUID or the client's, and
+        // the `request.id` property is the header.
+        let has = |name: &str, value: &str| emulated.iter().any(|(n, v)| n == name && v == value);
+        assert!(has("x-request-id", "<uuid v4>") || has("x-request-id", "client-id"));
+        assert!(has("request.id is x-request-id", "true"));
+    }
+}
+
 #[test]
 fn header_map_rules_match_envoy() {
     use proxy_rhai::emulator::{Emulator, Request, Response};

@@ -24,7 +24,7 @@ fn get_request_headers_keeps_order_and_duplicates() {
     assert_eq!(
         logged(&o),
         [
-            r#"[[":authority", "example.com"], [":path", "/a"], [":method", "GET"], [":scheme", "http"], ["x-b", "1"], ["x-a", "2"], ["x-b", "3"]]"#
+            r#"[[":authority", "example.com"], [":path", "/a"], [":method", "GET"], [":scheme", "http"], ["x-b", "1"], ["x-a", "2"], ["x-b", "3"], ["x-forwarded-proto", "http"], ["x-request-id", "00000000-0000-4000-8000-000000000001"]]"#
         ]
     );
 }

@@ -251,7 +251,8 @@ fn on_response_headers() {
         "string",
         "A random (version 4) UUID, e.g. `2f1c6b1e-8d0a-4c55-9f3e-0b6b5d7e2a41`.",
         r#"fn on_request_headers() {
-    if get_request_header("x-request-id") == () { add_request_header("x-request-id", uuid_v4()); }
+    // Envoy already gives every request an `x-request-id`; a second id for another system:
+    add_request_header("x-correlation-id", uuid_v4());
 }"#,
         |_a| {
             let mut b = random_bytes::<16>("uuid_v4")?;

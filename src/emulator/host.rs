@@ -93,6 +93,8 @@ pub(crate) struct HostState {
     pub log: Vec<LogLine>,
     pub clusters: BTreeSet<String>,
     pub next_token: u32,
+    /// Requests run so far (the emulated `x-request-id` counts them).
+    pub requests: u64,
     /// Every host call the plugin made, in order, for traces.
     pub calls: Vec<String>,
     /// Properties of the proxy and the current stream, by dotted path (`request.path`).

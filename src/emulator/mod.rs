@@ -108,13 +108,17 @@ impl Request {
         self
     }
 
-    /// The header map as Envoy gives it to filters: pseudo-headers first.
-    fn header_map(&self) -> Headers {
+    /// The header map as Envoy gives it to filters: pseudo-headers first, then the client's
+    /// headers, then what Envoy's connection manager adds before any filter (measured in
+    /// Envoy 1.40, plain HTTP, default settings): `x-forwarded-proto: http` and
+    /// `x-request-id: request_id` when the client sent none. A client's `x-forwarded-proto` of
+    /// `http` or `https` (any case) sets `:scheme`; another value leaves it `http`.
+    fn header_map(&self, request_id: &str) -> Headers {
         let mut map: Headers = vec![
             (":authority".into(), self.authority.clone().into_bytes()),
             (":path".into(), self.path.clone().into_bytes()),
             (":method".into(), self.method.clone().into_bytes()),
-            (":scheme".into(), b"http".to_vec()),
+            (":scheme".into(), self.scheme().into_bytes()),
         ];
         // Envoy's codec adds the headers one by one: repeated inline headers are joined.
         for (name, value) in &self.headers {
@@ -127,7 +131,21 @@ impl Request {
                 self.body.len().to_string().into_bytes(),
             ));
         }
+        if !has(&map, "x-forwarded-proto") {
+            map.push(("x-forwarded-proto".into(), b"http".to_vec()));
+        }
+        if !has(&map, "x-request-id") {
+            map.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
+        }
         map
+    }
+
+    /// `:scheme` as Envoy sets it: from the client's `x-forwarded-proto` when that names one.
+    fn scheme(&self) -> String {
+        match header(&self.headers, "x-forwarded-proto") {
+            Some(proto) if proto.eq_ignore_ascii_case("https") => "https".into(),
+            _ => "http".into(),
+        }
     }
 }
 
@@ -434,11 +452,11 @@ impl Run<'_> {
     }
 
     fn exchange(&mut self, request: &Request, upstream: &mut dyn Upstream, outcome: &mut Outcome) {
-        self.set_request_properties(request);
+        let request_id = self.set_request_properties(request);
         // Request headers.
         {
             let mut s = self.state();
-            s.request_headers = request.header_map();
+            s.request_headers = request.header_map(&request_id);
             s.request_trailers = request.trailers.clone();
             s.window = Window::RequestHeaders;
         }
@@ -529,10 +547,14 @@ impl Run<'_> {
     }
 
     /// The properties Envoy gives for this stream (the useful ones, in Envoy's encodings).
-    fn set_request_properties(&mut self, request: &Request) {
+    /// Sets the stream's properties; returns the request id (`x-request-id`).
+    fn set_request_properties(&mut self, request: &Request) -> String {
         let mut state = self.host.0.borrow_mut();
+        state.requests += 1;
+        // Envoy makes a random UUID (v4); the emulator's count the requests, so a test's
+        // output is the same on every run.
         let id = header(&request.headers, "x-request-id")
-            .unwrap_or_else(|| format!("emulated-{}", state.next_token));
+            .unwrap_or_else(|| format!("00000000-0000-4000-8000-{:012x}", state.requests));
         let now = state.now_nanos;
         let text = |v: &str| v.as_bytes().to_vec();
         let int = |v: i64| v.to_le_bytes().to_vec();
@@ -545,7 +567,7 @@ impl Run<'_> {
             ),
             ("request.method", text(&request.method)),
             ("request.host", text(&request.authority)),
-            ("request.scheme", text("http")),
+            ("request.scheme", text(&request.scheme())),
             ("request.protocol", text("HTTP/1.1")),
             ("request.id", text(&id)),
             ("request.time", int(now as i64)),
@@ -561,6 +583,7 @@ impl Run<'_> {
             state.properties.insert(key.to_string(), value);
         }
         state.properties.remove("response.code");
+        id
     }
 
     /// The body a filter still buffers when trailers let it go.
