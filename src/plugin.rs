@@ -387,7 +387,8 @@ fn new_engine<H: Host + 'static>(
     if api.host.heap_in_use().is_some() {
         let api = api.clone();
         let budget = limits.max_memory;
-        engine.on_progress(move |operations| api.over_memory_budget(operations, budget));
+        // Every 64 operations: one operation allocates at most a few limited values.
+        engine.on_progress_every(64, move |_| api.over_memory_budget(budget));
     }
     bindings::register(&mut Registrar {
         engine: &mut engine,

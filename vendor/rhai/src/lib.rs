@@ -397,6 +397,9 @@ pub use eval::GlobalRef;
 #[cfg(feature = "internals")]
 pub use eval::{Caches, GlobalRuntimeState, RangeCase, Target};
 // proxy-rhai patch (speed)
+#[cfg(feature = "internals")]
+pub use eval::{CallSite, CallSiteEntry};
+// proxy-rhai patch (speed)
 #[cfg(not(feature = "no_function"))]
 pub use eval::FnCallCache;
 #[cfg(not(feature = "no_ast"))]

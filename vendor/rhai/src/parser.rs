@@ -663,6 +663,7 @@ impl Engine {
                     namespace,
                     hashes,
                     args,
+                    site: Default::default(),
                 }
                 .into_fn_call_expr(settings.pos));
             }
@@ -731,6 +732,7 @@ impl Engine {
                         namespace,
                         hashes,
                         args,
+                        site: Default::default(),
                     }
                     .into_fn_call_expr(settings.pos));
                 }
@@ -1902,6 +1904,7 @@ impl Engine {
                         args: IntoIterator::into_iter([expr]).collect(),
                         op_token: Some(token),
                         capture_parent_scope: false,
+                        site: Default::default(),
                     }
                     .into_fn_call_expr(pos)),
                 }
@@ -1926,6 +1929,7 @@ impl Engine {
                         args: IntoIterator::into_iter([expr]).collect(),
                         op_token: Some(token),
                         capture_parent_scope: false,
+                        site: Default::default(),
                     }
                     .into_fn_call_expr(pos)),
                 }
@@ -1946,6 +1950,7 @@ impl Engine {
                     },
                     op_token: Some(token),
                     capture_parent_scope: false,
+                    site: Default::default(),
                 }
                 .into_fn_call_expr(pos))
             }
@@ -2332,6 +2337,7 @@ impl Engine {
                 args: IntoIterator::into_iter([root, rhs]).collect(),
                 op_token: native_only.then(|| op_token.clone()),
                 capture_parent_scope: false,
+                site: Default::default(),
             };
 
             root = match op_token {
@@ -2414,6 +2420,7 @@ impl Engine {
                             args: IntoIterator::into_iter([fn_call]).collect(),
                             op_token: Some(Token::Bang),
                             capture_parent_scope: false,
+                            site: Default::default(),
                         };
                         not_base.into_fn_call_expr(pos)
                     }
@@ -3752,6 +3759,7 @@ impl Engine {
             args,
             op_token: None,
             capture_parent_scope: false,
+            site: Default::default(),
         }
         .into_fn_call_expr(pos);
 

@@ -314,6 +314,7 @@ impl Engine {
             &[rhs],
             FnCallHashes::from_native_only(calc_fn_hash(None, op, 2)),
             false,
+            None,
             Position::NONE,
         )?
         .try_cast_result::<T>()
@@ -402,6 +403,7 @@ impl Engine {
             args,
             is_ref_mut,
             is_method_call,
+            None,
             Position::NONE,
         )
         .map(|(v, ..)| v)

@@ -246,6 +246,33 @@ impl Engine {
         callback: impl Fn(u64) -> Option<Dynamic> + SendSync + 'static,
     ) -> &mut Self {
         self.progress = Some(Box::new(callback));
+        self.progress_mask = 0;
+        self
+    }
+    /// proxy-rhai patch (speed): [`on_progress`][Engine::on_progress], called only when the
+    /// number of operations is a multiple of `every` (rounded up to a power of two), which
+    /// spares the call on the other operations.
+    ///
+    /// ```
+    /// use rhai::Engine;
+    ///
+    /// let mut engine = Engine::new();
+    /// engine.on_progress_every(64, |ops| {
+    ///     assert_eq!(ops % 64, 0);
+    ///     (ops >= 640).then(|| "enough".into())
+    /// });
+    /// let err = engine.run("loop {}").expect_err("stopped");
+    /// assert!(err.to_string().contains("enough"));
+    /// ```
+    #[cfg(not(feature = "unchecked"))]
+    #[inline(always)]
+    pub fn on_progress_every(
+        &mut self,
+        every: u64,
+        callback: impl Fn(u64) -> Option<Dynamic> + SendSync + 'static,
+    ) -> &mut Self {
+        self.progress = Some(Box::new(callback));
+        self.progress_mask = every.max(1).next_power_of_two() - 1;
         self
     }
     /// Override default action of `print` (print to stdout using [`println!`])

@@ -80,6 +80,8 @@ pub struct FnCallExpr {
     pub capture_parent_scope: bool,
     /// Is this function call a native operator?
     pub op_token: Option<Token>,
+    /// proxy-rhai patch (speed): the native function this call resolved to last.
+    pub site: crate::eval::CallSite,
 }
 
 impl fmt::Debug for FnCallExpr {
@@ -481,6 +483,7 @@ impl Expr {
                     args: once(Self::StringConstant(f.fn_name().into(), pos)).collect(),
                     capture_parent_scope: false,
                     op_token: None,
+                    site: Default::default(),
                 }
                 .into(),
                 pos,

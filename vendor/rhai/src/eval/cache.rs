@@ -49,12 +49,28 @@ impl FnResolutionCache {
 #[derive(Debug, Clone, Default)]
 pub struct Caches {
     fn_resolution: StaticVec<FnResolutionCache>,
+    /// proxy-rhai patch (speed): set in a [`FnCallCache`]'s, whose resolutions outlive the call;
+    /// only then do call sites remember theirs ([`CallSite`]).
+    persistent: bool,
 }
 
 /// proxy-rhai patch (speed): the function resolutions of calls into one [`AST`][crate::AST],
 /// kept from one call to the next by [`Engine::call_fn_with_cache`][crate::Engine::call_fn_with_cache].
-#[derive(Debug, Clone, Default)]
+///
+/// The resolutions, and those its calls leave in the [`AST`]'s call sites ([`CallSite`]), stay
+/// right as long as the engine's functions and the [`AST`]'s stay as they are: use one per
+/// [`AST`], with one engine, and register nothing after the first call.
+#[derive(Debug, Clone)]
 pub struct FnCallCache(pub(crate) Caches);
+
+impl Default for FnCallCache {
+    fn default() -> Self {
+        Self(Caches {
+            persistent: true,
+            ..Caches::new()
+        })
+    }
+}
 
 impl FnCallCache {
     /// How many resolutions it holds, found or not: a call by a name made at run time
@@ -68,9 +84,89 @@ impl FnCallCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Forgets every resolution.
+    /// Forgets every resolution (call sites keep theirs: there are as many as the AST has).
     pub fn clear(&mut self) {
-        self.0 = Caches::new();
+        *self = Self::default();
+    }
+}
+
+/// _(internals)_ proxy-rhai patch (speed): the native function a call site (a function or method
+/// call in an [`AST`][crate::AST]) resolved to, with the types of the arguments it was called
+/// with. A call with the same types calls it again without resolving: no hash, no search, and
+/// none of the checks a resolution starts with (the call site already passed them). Filled and
+/// read only under a persistent cache ([`FnCallCache`]), whose contract keeps it right. A clone
+/// of the AST starts empty.
+/// Exported under the `internals` feature only.
+#[derive(Default)]
+pub struct CallSite(
+    #[cfg(not(feature = "sync"))] std::cell::RefCell<Option<std::rc::Rc<CallSiteEntry>>>,
+);
+
+/// _(internals)_ What a [`CallSite`] remembers.
+/// Exported under the `internals` feature only.
+pub struct CallSiteEntry {
+    /// The types of the arguments, in order.
+    types: crate::FnArgsVec<std::any::TypeId>,
+    /// The native function.
+    pub func: RhaiFunc,
+    /// Its source.
+    pub source: Option<ImmutableString>,
+}
+
+impl CallSite {
+    /// The function this site resolved to, if `args` have the types it was resolved for.
+    /// Ask only under a persistent cache ([`Caches::is_persistent`]).
+    #[inline]
+    #[must_use]
+    pub(crate) fn get(&self, args: &crate::func::FnCallArgs) -> Option<std::rc::Rc<CallSiteEntry>> {
+        #[cfg(not(feature = "sync"))]
+        {
+            let entry = self.0.borrow();
+            let entry = entry.as_ref()?;
+            let same = entry.types.len() == args.len()
+                && entry.types.iter().zip(args.iter()).all(|(t, a)| *t == a.type_id());
+            same.then(|| entry.clone())
+        }
+        #[cfg(feature = "sync")]
+        {
+            let _ = args;
+            None
+        }
+    }
+    /// Remembers what a call with `args` resolved to (only under a persistent cache).
+    #[inline]
+    pub(crate) fn set(
+        &self,
+        args: &crate::func::FnCallArgs,
+        func: &RhaiFunc,
+        source: Option<&ImmutableString>,
+    ) {
+        #[cfg(not(feature = "sync"))]
+        {
+            *self.0.borrow_mut() = Some(std::rc::Rc::new(CallSiteEntry {
+                types: args.iter().map(|a| a.type_id()).collect(),
+                func: func.clone(),
+                source: source.cloned(),
+            }));
+        }
+        #[cfg(feature = "sync")]
+        let _ = (args, func, source);
+    }
+}
+
+impl Clone for CallSite {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::hash::Hash for CallSite {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for CallSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallSite")
     }
 }
 
@@ -81,7 +177,15 @@ impl Caches {
     pub const fn new() -> Self {
         Self {
             fn_resolution: StaticVec::new_const(),
+            persistent: false,
         }
+    }
+    /// proxy-rhai patch (speed): whether the resolutions outlive the call ([`FnCallCache`]), so
+    /// that call sites may remember theirs ([`CallSite`]).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) const fn is_persistent(&self) -> bool {
+        self.persistent
     }
     /// Get the number of function resolution cache(s) in the stack.
     #[inline(always)]

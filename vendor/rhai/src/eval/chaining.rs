@@ -447,7 +447,11 @@ impl Engine {
                         defer! { global if Some(reset) => move |g| g.debugger_mut().reset_status(reset) }
 
                         let crate::ast::FnCallExpr {
-                            name, hashes, args, ..
+                            name,
+                            hashes,
+                            args,
+                            site,
+                            ..
                         } = &**x;
 
                         // Truncate the index values upon exit
@@ -457,7 +461,15 @@ impl Engine {
                         let arg1_pos = args.first().map_or(crate::Position::NONE, Expr::position);
 
                         self.make_method_call(
-                            global, caches, name, *hashes, target, call_args, arg1_pos, *pos,
+                            global,
+                            caches,
+                            name,
+                            *hashes,
+                            target,
+                            call_args,
+                            arg1_pos,
+                            Some(site),
+                            *pos,
                         )
                     }
                     // {xxx:map}.id op= ???
@@ -657,7 +669,11 @@ impl Engine {
                                 defer! { global if Some(reset) => move |g| g.debugger_mut().reset_status(reset) }
 
                                 let crate::ast::FnCallExpr {
-                                    name, hashes, args, ..
+                                    name,
+                                    hashes,
+                                    args,
+                                    site,
+                                    ..
                                 } = &**x;
 
                                 // Truncate the index values upon exit
@@ -668,7 +684,15 @@ impl Engine {
                                     args.first().map_or(crate::Position::NONE, Expr::position);
 
                                 self.make_method_call(
-                                    global, caches, name, *hashes, target, call_args, arg1_pos, pos,
+                                    global,
+                                    caches,
+                                    name,
+                                    *hashes,
+                                    target,
+                                    call_args,
+                                    arg1_pos,
+                                    Some(site),
+                                    pos,
                                 )?
                                 .0
                                 .into()
@@ -781,7 +805,11 @@ impl Engine {
                                     defer! { global if Some(reset) => move |g| g.debugger_mut().reset_status(reset) }
 
                                     let crate::ast::FnCallExpr {
-                                        name, hashes, args, ..
+                                        name,
+                                        hashes,
+                                        args,
+                                        site,
+                                        ..
                                     } = &**f;
 
                                     // Truncate the index values upon exit
@@ -792,7 +820,15 @@ impl Engine {
                                         args.first().map_or(crate::Position::NONE, Expr::position);
 
                                     self.make_method_call(
-                                        global, caches, name, *hashes, target, call_args, pos1, pos,
+                                        global,
+                                        caches,
+                                        name,
+                                        *hashes,
+                                        target,
+                                        call_args,
+                                        pos1,
+                                        Some(site),
+                                        pos,
                                     )?
                                     .0
                                 };

@@ -310,24 +310,55 @@ impl Engine {
 
     /// Check whether the size of a [`Dynamic`] is within limits.
     #[cfg(not(feature = "unchecked"))]
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_data_size<T: Borrow<Dynamic>>(
         &self,
         value: T,
         pos: Position,
     ) -> RhaiResultOf<T> {
+        // proxy-rhai patch (speed): a value holding no data (a number, `()`, ...) is within any
+        // limit; only the others are measured, out of line.
+        match value.borrow().0 {
+            Union::Str(..) | Union::FnPtr(..) => (),
+            #[cfg(not(feature = "no_index"))]
+            Union::Array(..) | Union::Blob(..) => (),
+            #[cfg(not(feature = "no_object"))]
+            Union::Map(..) => (),
+            #[cfg(not(feature = "no_closure"))]
+            Union::Shared(..) => (),
+            _ => return Ok(value),
+        }
+        self.check_data_size_of(value.borrow(), pos)?;
+        Ok(value)
+    }
+
+    /// [`check_data_size`][Engine::check_data_size] of a value that may hold data.
+    #[cfg(not(feature = "unchecked"))]
+    #[inline(never)]
+    fn check_data_size_of(&self, value: &Dynamic, pos: Position) -> RhaiResultOf<()> {
         // If no data size limits, just return
         if !self.has_data_size_limit() {
-            return Ok(value);
+            return Ok(());
         }
 
-        let (sizes, depth) = self.data_sizes_and_depth(value.borrow());
+        // proxy-rhai patch (speed): a string or a blob is its own size, without the walk.
+        let sizes = match value.0 {
+            Union::Str(ref s, ..) => Some((0, 0, s.len())),
+            #[cfg(not(feature = "no_index"))]
+            Union::Blob(ref b, ..) => Some((b.len(), 0, 0)),
+            _ => None,
+        };
+        if let Some(sizes) = sizes {
+            return self
+                .throw_on_size(sizes)
+                .map_err(|err| err.fill_position(pos));
+        }
+
+        let (sizes, depth) = self.data_sizes_and_depth(value);
 
         self.throw_on_size(sizes)
             .and_then(|()| self.throw_on_depth(depth))
-            .map_err(|err| err.fill_position(pos))?;
-
-        Ok(value)
+            .map_err(|err| err.fill_position(pos))
     }
 
     /// Raise an error if the size of a [`Dynamic`] is out of limits (if any).
@@ -372,7 +403,12 @@ impl Engine {
         }
 
         if let Some(progress) = self.progress.as_ref() {
-            return progress(num_operations())
+            let num_operations = num_operations();
+            // proxy-rhai patch (speed): `Engine::on_progress_every`.
+            if num_operations & self.progress_mask != 0 {
+                return Ok(());
+            }
+            return progress(num_operations)
                 .map(|token| Err(ERR::ErrorTerminated(token, pos).into()))
                 .unwrap_or(Ok(()));
         }

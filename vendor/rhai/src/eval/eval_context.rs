@@ -572,6 +572,7 @@ pub(crate) fn _call_fn_raw(
             args,
             is_ref_mut,
             is_method_call,
+            None,
             pos,
         )
         .map(|(r, ..)| r)

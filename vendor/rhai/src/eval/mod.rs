@@ -14,7 +14,9 @@ mod stmt;
 mod switch;
 mod target;
 
-pub use cache::{Caches, FnCallCache};
+pub use cache::{CallSite, Caches, FnCallCache};
+#[cfg(feature = "internals")]
+pub use cache::CallSiteEntry;
 #[allow(unused_imports)]
 pub use cache::FnResolutionCache;
 pub use cache::FnResolutionCacheEntry;

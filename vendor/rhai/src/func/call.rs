@@ -6,7 +6,7 @@ use crate::ast::{Expr, FnCallExpr};
 use crate::engine::{
     KEYWORD_EVAL, KEYWORD_FN_PTR, KEYWORD_FN_PTR_CALL, KEYWORD_FN_PTR_CURRY, KEYWORD_IS_DEF_VAR,
 };
-use crate::eval::{Caches, GlobalRuntimeState};
+use crate::eval::{CallSite, Caches, GlobalRuntimeState};
 use crate::types::{dynamic::Union, fn_ptr::FnPtrType, token::is_valid_identifier, Token};
 use crate::{
     calc_fn_hash, Dynamic, Engine, FnArgsVec, FnPtr, ImmutableString, Position, RhaiResult,
@@ -22,6 +22,39 @@ use std::prelude::v1::*;
 use num_traits::Float;
 
 impl Engine {
+    /// proxy-rhai patch (speed): evaluates `N` arguments into an array and makes the call with
+    /// them (what the general case of [`make_function_call`][Self::make_function_call] does
+    /// with two lists).
+    fn call_with_values<'e, const N: usize>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        exprs: impl Iterator<Item = &'e Expr>,
+        (fn_name, op_token, hashes, site, pos): (
+            &str,
+            Option<&Token>,
+            FnCallHashes,
+            Option<&CallSite>,
+            Position,
+        ),
+    ) -> RhaiResult {
+        let mut values = [const { Dynamic::UNIT }; N];
+        for (value, expr) in values.iter_mut().zip(exprs) {
+            let this_ptr = this_ptr.as_deref_mut();
+            *value = self
+                .get_arg_value(global, caches, scope, this_ptr, expr)?
+                .0
+                .flatten();
+        }
+        let mut args = values.each_mut();
+        self.exec_fn_call(
+            global, caches, None, fn_name, op_token, hashes, &mut args, false, false, site, pos,
+        )
+        .map(|(v, ..)| v)
+    }
+
     /// Evaluate an argument.
     #[inline]
     pub(crate) fn get_arg_value(
@@ -67,6 +100,7 @@ impl Engine {
         target: &mut crate::eval::Target,
         call_args: &mut [Dynamic],
         first_arg_pos: Position,
+        site: Option<&CallSite>,
         pos: Position,
     ) -> RhaiResultOf<(Dynamic, bool)> {
         let (result, updated) = match fn_name {
@@ -133,7 +167,8 @@ impl Engine {
 
                         // Map it to name(args) in function-call style
                         self.exec_fn_call(
-                            global, caches, None, fn_name, None, new_hash, args, false, false, pos,
+                            global, caches, None, fn_name, None, new_hash, args, false, false,
+                            None, pos,
                         )
                     }
                 }
@@ -244,7 +279,7 @@ impl Engine {
                         // Map it to name(args) in function-call style
                         self.exec_fn_call(
                             global, caches, None, &name, None, new_hash, args, is_ref_mut, true,
-                            pos,
+                            None, pos,
                         )
                     }
                 }
@@ -404,7 +439,8 @@ impl Engine {
                             .collect::<FnArgsVec<_>>();
 
                         self.exec_fn_call(
-                            global, caches, None, fn_name, None, hash, args, is_ref_mut, true, pos,
+                            global, caches, None, fn_name, None, hash, args, is_ref_mut, true,
+                            site, pos,
                         )
                     }
                     _ => unreachable!(),
@@ -433,6 +469,7 @@ impl Engine {
         args_expr: &[Expr],
         hashes: FnCallHashes,
         capture_parent_scope: bool,
+        site: Option<&CallSite>,
         pos: Position,
     ) -> RhaiResult {
         let mut first_arg = first_arg;
@@ -656,6 +693,23 @@ impl Engine {
             _ => (),
         }
 
+        // proxy-rhai patch (speed): with no curried arguments, the parent scope not captured and
+        // no first argument to pass by reference, up to three arguments go into an array.
+        if curry.is_empty()
+            && !(capture_parent_scope && !scope.is_empty())
+            && !matches!(first_arg, Some(Expr::Variable(..) | Expr::ThisPtr(..)))
+        {
+            let exprs = first_arg.into_iter().chain(args_expr.iter());
+            let call = (fn_name, op_token, hashes, site, pos);
+            match num_args {
+                0 => return self.call_with_values::<0>(global, caches, scope, this_ptr, exprs, call),
+                1 => return self.call_with_values::<1>(global, caches, scope, this_ptr, exprs, call),
+                2 => return self.call_with_values::<2>(global, caches, scope, this_ptr, exprs, call),
+                3 => return self.call_with_values::<3>(global, caches, scope, this_ptr, exprs, call),
+                _ => (),
+            }
+        }
+
         // Normal function call - except for Fn, curry, call and eval (handled above)
         let arg_values = &mut FnArgsVec::with_capacity(num_args);
         let args = &mut FnArgsVec::with_capacity(num_args + curry.len());
@@ -679,7 +733,8 @@ impl Engine {
 
             return self
                 .exec_fn_call(
-                    global, caches, scope, fn_name, op_token, hashes, args, is_ref_mut, false, pos,
+                    global, caches, scope, fn_name, op_token, hashes, args, is_ref_mut, false,
+                    None, pos,
                 )
                 .map(|(v, ..)| v);
         }
@@ -753,7 +808,7 @@ impl Engine {
         args.extend(arg_values.iter_mut());
 
         self.exec_fn_call(
-            global, caches, None, fn_name, op_token, hashes, args, is_ref_mut, false, pos,
+            global, caches, None, fn_name, op_token, hashes, args, is_ref_mut, false, site, pos,
         )
         .map(|(v, ..)| v)
     }
@@ -928,7 +983,7 @@ impl Engine {
             args,
             op_token,
             capture_parent_scope: capture,
-            ..
+            site,
         } = expr;
 
         let op_token = op_token.as_ref();
@@ -972,7 +1027,8 @@ impl Engine {
 
                 return self
                     .exec_fn_call(
-                        global, caches, None, name, op_token, *hashes, operand, false, false, pos,
+                        global, caches, None, name, op_token, *hashes, operand, false, false,
+                        Some(site), pos,
                     )
                     .map(|(v, ..)| v);
             }
@@ -1012,7 +1068,8 @@ impl Engine {
 
             return self
                 .exec_fn_call(
-                    global, caches, None, name, op_token, *hashes, operands, false, false, pos,
+                    global, caches, None, name, op_token, *hashes, operands, false, false,
+                    Some(site), pos,
                 )
                 .map(|(v, ..)| v);
         }
@@ -1035,7 +1092,7 @@ impl Engine {
 
         self.make_function_call(
             global, caches, scope, this_ptr, name, op_token, first_arg, rest_args, *hashes,
-            *capture, pos,
+            *capture, Some(site), pos,
         )
     }
 }

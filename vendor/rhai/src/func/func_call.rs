@@ -8,7 +8,7 @@ use crate::engine::{
 };
 #[cfg(feature = "internals")]
 use crate::eval::EvalContext;
-use crate::eval::{Caches, FnResolutionCacheEntry, GlobalRuntimeState};
+use crate::eval::{CallSite, Caches, FnResolutionCacheEntry, GlobalRuntimeState};
 use crate::types::Token;
 use crate::{
     calc_fn_hash_full, Dynamic, Engine, FnArgsVec, ImmutableString, Position, RhaiResultOf, Scope,
@@ -227,16 +227,37 @@ impl Drop for ArgBackup<'_> {
 #[cfg(not(feature = "unchecked"))]
 #[inline]
 pub fn ensure_no_data_race(fn_name: &str, args: &FnCallArgs, is_ref_mut: bool) -> RhaiResultOf<()> {
-    args.iter()
+    // proxy-rhai patch (speed): this runs on every call, and a value that is no container and
+    // not shared can't be locked; the error is built out of line.
+    use crate::types::dynamic::Union;
+    let may_be_locked = |a: &&mut Dynamic| match a.0 {
+        Union::Shared(..) | Union::FnPtr(..) => true,
+        #[cfg(not(feature = "no_index"))]
+        Union::Array(..) => true,
+        #[cfg(not(feature = "no_object"))]
+        Union::Map(..) => true,
+        _ => false,
+    };
+    match args
+        .iter()
         .skip(usize::from(is_ref_mut))
-        .position(|a| a.is_locked())
-        .map_or(Ok(()), |n| {
-            Err(ERR::ErrorDataRace(
-                format!("argument #{} of function '{fn_name}'", n + 1),
-                Position::NONE,
-            )
-            .into())
-        })
+        .position(|a| may_be_locked(a) && a.is_locked())
+    {
+        None => Ok(()),
+        Some(n) => Err(data_race(fn_name, n)),
+    }
+}
+
+#[cfg(not(feature = "no_closure"))]
+#[cfg(not(feature = "unchecked"))]
+#[cold]
+#[inline(never)]
+fn data_race(fn_name: &str, n: usize) -> crate::RhaiError {
+    ERR::ErrorDataRace(
+        format!("argument #{} of function '{fn_name}'", n + 1),
+        Position::NONE,
+    )
+    .into()
 }
 
 impl Engine {
@@ -552,6 +573,38 @@ impl Engine {
             return Ok((result, false));
         }
 
+        self.exec_resolved_native_fn_call(
+            global,
+            caches,
+            name,
+            op_token,
+            hash,
+            args,
+            is_ref_mut,
+            non_volatile_only,
+            None,
+            pos,
+        )
+    }
+
+    /// proxy-rhai patch (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
+    /// checks (operations, data race, syntactic functions), which the caller made; the function
+    /// found is remembered in `site`, when given.
+    fn exec_resolved_native_fn_call(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        name: &str,
+        op_token: Option<&Token>,
+        hash: u64,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        non_volatile_only: bool,
+        site: Option<&CallSite>,
+        pos: Position,
+    ) -> RhaiResultOf<(Dynamic, bool)> {
+        let site = site.filter(|_| caches.is_persistent());
+
         // Check if function access already in the cache
         let local_entry = &mut None;
         let a = Some(&mut *args);
@@ -564,7 +617,29 @@ impl Engine {
                 let gen_fn_call_signature = self.gen_fn_call_signature(name, args);
                 return Err(ERR::ErrorFunctionNotFound(gen_fn_call_signature, pos).into());
             }
+            if let Some(site) = site {
+                site.set(args, func, source.as_ref());
+            }
+            return self.call_native_fn(global, name, func, source.as_ref(), args, is_ref_mut, pos);
+        }
 
+        self.native_fn_not_found(name, args, pos)
+    }
+
+    /// proxy-rhai patch (speed): calls a resolved native function (the second half of
+    /// [`exec_native_fn_call`][Self::exec_native_fn_call], shared with the call sites that
+    /// remember their function).
+    fn call_native_fn(
+        &self,
+        global: &mut GlobalRuntimeState,
+        name: &str,
+        func: &RhaiFunc,
+        source: Option<&ImmutableString>,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        pos: Position,
+    ) -> RhaiResultOf<(Dynamic, bool)> {
+        {
             let is_method = func.is_method();
 
             // Push a new call stack frame
@@ -592,7 +667,7 @@ impl Engine {
 
             #[cfg(feature = "debugging")]
             if self.is_debugger_registered() {
-                let source = source.clone().or_else(|| global.source.clone());
+                let source = source.cloned().or_else(|| global.source.clone());
 
                 global.debugger_mut().push_call_stack_frame(
                     self.get_interned_string(name),
@@ -605,7 +680,7 @@ impl Engine {
             // Run external function
             let context = func
                 .has_context()
-                .then(|| (self, name, source.as_deref(), &*global, pos).into());
+                .then(|| (self, name, source.map(|s| s.as_str()), &*global, pos).into());
 
             let mut _result = match func {
                 f if !f.is_pure() && args.get(0).map_or(false, |v| v.is_read_only()) => {
@@ -637,6 +712,8 @@ impl Engine {
                         Err(ref err) => DebuggerEvent::FunctionExitWithError(err),
                     };
 
+                    // The function's own resolution caches are not at hand here.
+                    let caches = &mut Caches::new();
                     match self.dbg_raw(global, caches, scope, None, node, event) {
                         Ok(..) => (),
                         Err(err) => _result = Err(err),
@@ -680,7 +757,15 @@ impl Engine {
                 _ => (result, is_method),
             });
         }
+    }
 
+    /// The error for a native function call that resolved to nothing.
+    fn native_fn_not_found(
+        &self,
+        name: &str,
+        args: &FnCallArgs,
+        pos: Position,
+    ) -> RhaiResultOf<(Dynamic, bool)> {
         // Error handling
         //
         // Note: we cannot use `assert!` here (e.g. to check for number of arguments) because
@@ -801,12 +886,25 @@ impl Engine {
         args: &mut FnCallArgs,
         is_ref_mut: bool,
         _is_method_call: bool,
+        site: Option<&CallSite>,
         pos: Position,
     ) -> RhaiResultOf<(Dynamic, bool)> {
         // Check for data race.
         #[cfg(not(feature = "no_closure"))]
         #[cfg(not(feature = "unchecked"))]
         ensure_no_data_race(fn_name, args, is_ref_mut)?;
+
+        // proxy-rhai patch (speed): a call site that resolved to a native function for these
+        // argument types calls it again directly. What it skips (the syntactic functions, a
+        // script function of that name and arity, the resolution) depends only on the name,
+        // the number and the types of the arguments, and functions that don't change.
+        let site = site.filter(|_| caches.is_persistent());
+        if let Some(entry) = site.and_then(|site| site.get(args)) {
+            self.track_operation(global, pos)?;
+            defer! { let orig_level = global.level; global.level += 1 }
+            let source = entry.source.as_ref();
+            return self.call_native_fn(global, fn_name, &entry.func, source, args, is_ref_mut, pos);
+        }
 
         // These may be redirected from method style calls.
         if let Some(result) = self.exec_syntactic_fn_call(global, caches, fn_name, args, pos)? {
@@ -896,12 +994,14 @@ impl Engine {
             }
         }
 
-        // Native function call
+        // Native function call (the data race and syntactic checks are made: above)
         let hash = hashes.native();
 
-        let result = self.exec_native_fn_call(
-            global, caches, fn_name, op_token, hash, args, is_ref_mut, false, pos,
-        );
+        let result = self.track_operation(global, pos).and_then(|()| {
+            self.exec_resolved_native_fn_call(
+                global, caches, fn_name, op_token, hash, args, is_ref_mut, false, site, pos,
+            )
+        });
 
         #[cfg(feature = "internals")]
         if result.is_err() {

@@ -569,6 +569,7 @@ impl<'a> NativeCallContext<'a> {
                     args,
                     is_ref_mut,
                     is_method_call,
+                    None,
                     pos,
                 )
                 .map(|(r, ..)| r)
