@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the plugin's own wasm code spends its time, per request, by function.
 
-    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE]
+    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE] [--fuel]
 
 V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This runs the same
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
@@ -14,7 +14,9 @@ else (properties, metrics) is refused or ignored.
 The wasm needs its "name" section: by default the release build is run through the same
 wasm-opt as tools/build-wasm.sh with --debuginfo (so the code is the release artifact's).
 Prints the microseconds per request spent in wasm code (perf samples of the JIT code, the
-Python host excluded) and the top functions. Cranelift's code is not V8's, but the plugin's
+Python host excluded) and the top functions. `--fuel` counts instead the wasm instructions one
+request executes (wasmtime's fuel), exact and the same on every run: the measure to compare two
+builds by. Cranelift's code is not V8's, but the plugin's
 time per request came out close to what perf shows for V8's JIT code in Envoy (trivial.rhai:
 ~8 µs in both, before the resolution cache).
 """
@@ -56,19 +58,26 @@ def deserialize(data):
     return pairs
 
 
-def serve(wasm, script, requests):
-    """Runs `requests` requests through the plugin (inside perf, when profiling)."""
+def serve(wasm, script, requests, fuel=False, configuration=None):
+    """Runs `requests` requests through the plugin (inside perf, when profiling). With `fuel`,
+    returns the wasm instructions they executed (wasmtime's fuel: one unit per instruction,
+    none for the host), after as many requests again to warm up."""
     import wasmtime
 
     config = wasmtime.Config()
-    config.profiler = "perfmap"
+    if fuel:
+        config.consume_fuel = True
+    else:
+        config.profiler = "perfmap"
     engine = wasmtime.Engine(config)
     store = wasmtime.Store(engine)
+    if fuel:
+        store.set_fuel(2**62)
     store.set_wasi(wasmtime.WasiConfig())
     module = wasmtime.Module.from_file(engine, wasm)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
-    plugin_config = json.dumps({"script": pathlib.Path(script).read_text()}).encode()
+    plugin_config = (configuration or json.dumps({"script": pathlib.Path(script).read_text()})).encode()
     maps = {}
     state = {}
 
@@ -119,7 +128,8 @@ def serve(wasm, script, requests):
     def get_buffer(buffer_type, start, length, ret_ptr, ret_size):
         if buffer_type != PLUGIN_CONFIGURATION:
             return NOT_FOUND
-        give(plugin_config[start:start + length], ret_ptr, ret_size)
+        end = None if length < 0 else start + length  # an i32 of -1: the SDK asks for usize::MAX
+        give(plugin_config[start:end], ret_ptr, ret_size)
         return OK
 
     def http_call(*args):
@@ -158,7 +168,10 @@ def serve(wasm, script, requests):
         sys.exit("the plugin refused the configuration (see its log above)")
     encode = lambda pairs: [(k.encode(), v.encode()) for k, v in pairs]
     state["pending"] = []
-    for i in range(requests):
+    start = None
+    for i in range(2 * requests if fuel else requests):
+        if fuel and i == requests:
+            start = store.get_fuel()
         ctx = 2 + i
         maps.clear()
         maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(RESPONSE)
@@ -172,6 +185,8 @@ def serve(wasm, script, requests):
         ex["proxy_on_log"](store, ctx)
         ex["proxy_on_done"](store, ctx)
         ex["proxy_on_delete"](store, ctx)
+    if fuel:
+        return start - store.get_fuel()
 
 
 def named_wasm(path):
@@ -192,6 +207,10 @@ def main():
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--wasm", help="a .wasm with its name section (default: the release build, named)")
+    ap.add_argument("--configuration", help="the plugin configuration, as given (SCRIPT is then "
+                    "only a label): to run another plugin, e.g. the native one of bench/native-plugin")
+    ap.add_argument("--fuel", action="store_true",
+                    help="count the wasm instructions per request instead (exact and repeatable; no perf)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -202,6 +221,11 @@ def main():
     except ImportError:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "wasmtime"], check=True)
     wasm = named_wasm(args.wasm)
+    if args.fuel:
+        used = serve(wasm, args.script, args.requests, fuel=True, configuration=args.configuration)
+        print(f"{args.script}: {used / args.requests:.0f} wasm instructions per request "
+              f"({args.requests} requests after as many to warm up)")
+        return
     data = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.wasm_profile.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, __file__, "--serve",
                     "--wasm", wasm, "--requests", str(args.requests), args.script], check=True)

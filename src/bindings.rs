@@ -3,13 +3,14 @@
 //! Each binding is declared with [`bind!`]: its Rhai name, the phases it is allowed in, its
 //! documentation, and its body. The same declarations feed the engine and `api-docs/`.
 
-use std::cell::RefCell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
-use crate::header_map::{Batch, Write};
+use crate::header_map::{Batch, Value, Write};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 
@@ -78,10 +79,9 @@ pub(crate) struct CallAnswer {
     pub body_size: usize,
 }
 
-/// What the bindings see while Rhai runs: the phase, and the stream state lent by the driver.
+/// What the bindings see while Rhai runs: the stream state lent by the driver.
 #[derive(Default)]
 pub(crate) struct Frame {
-    pub phase: Option<Phase>,
     pub answer: Option<CallAnswer>,
     pub stream: StreamState,
     /// What `config()` returns: the stream's (or rule's) config, shared and read-only.
@@ -120,6 +120,9 @@ impl Constants {
 /// The object every binding closes over.
 pub(crate) struct Api<H> {
     pub host: H,
+    /// The phase of the call into Rhai that runs now; `None` outside a request (top-level
+    /// statements, `on_tick`). Apart from the frame: every binding reads it.
+    pub phase: Cell<Option<Phase>>,
     pub frame: RefCell<Frame>,
     /// Metric ids, defined on first use.
     metrics: RefCell<gateway::Metrics>,
@@ -167,9 +170,20 @@ fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
 
 impl<H: Host> Api<H> {
     /// Checks where `function` is called from and returns the phase.
+    #[inline]
     fn enter(&self, function: &str, allowed: Allowed) -> ScriptResult<Phase> {
+        match (self.phase.get(), allowed) {
+            (Some(phase), Allowed::Anywhere) => Ok(phase),
+            (Some(phase), Allowed::In(phases)) if phases.contains(phase) => Ok(phase),
+            _ => self.enter_otherwise(function, allowed),
+        }
+    }
+
+    /// [`Api::enter`] for the other cases: a callback's function, and the errors.
+    #[cold]
+    fn enter_otherwise(&self, function: &str, allowed: Allowed) -> ScriptResult<Phase> {
         let frame = self.frame.borrow();
-        let Some(phase) = frame.phase else {
+        let Some(phase) = self.phase.get() else {
             return err(format!(
                 "{function}() can only be called while a request is handled \
                  (in a phase function or a callout callback)"
@@ -203,14 +217,19 @@ impl<H: Host> Api<H> {
     }
 
     fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
-        let value = match self.frame.borrow_mut().batch(map) {
+        let mut frame = self.frame.borrow_mut();
+        let value = match frame.batch(map) {
             Some(batch) => batch.get(&self.host, map, name),
-            None => self.host.get_map_value(map, name),
+            None => self
+                .host
+                .get_map_value(map, name)
+                .map(|v| v.map(Cow::Owned)),
         };
-        match value.or_else(|s| refused(f, s))? {
-            Some(v) => Ok(lossy(v).into()),
-            None => Ok(Dynamic::UNIT),
-        }
+        Ok(match value.or_else(|s| refused(f, s))? {
+            Some(Cow::Owned(v)) => lossy(v).into(),
+            Some(Cow::Borrowed(v)) => text(v).into(),
+            None => Dynamic::UNIT,
+        })
     }
 
     fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
@@ -229,20 +248,26 @@ impl<H: Host> Api<H> {
         &self,
         f: &str,
         map: MapType,
-        name: &str,
-        value: &Dynamic,
+        name: ImmutableString,
+        value: Dynamic,
     ) -> ScriptResult<()> {
-        let value = bytes_of(f, value)?;
-        self.write_header(f, map, Write::Replace(name.into(), value))
+        let value = value_of(f, value)?;
+        self.write_header(f, map, Write::Replace(name, value))
     }
 
-    fn add_header(&self, f: &str, map: MapType, name: &str, value: &Dynamic) -> ScriptResult<()> {
-        let value = bytes_of(f, value)?;
-        self.write_header(f, map, Write::Add(name.into(), value))
+    fn add_header(
+        &self,
+        f: &str,
+        map: MapType,
+        name: ImmutableString,
+        value: Dynamic,
+    ) -> ScriptResult<()> {
+        let value = value_of(f, value)?;
+        self.write_header(f, map, Write::Add(name, value))
     }
 
-    fn remove_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<()> {
-        self.write_header(f, map, Write::Remove(name.into()))
+    fn remove_header(&self, f: &str, map: MapType, name: ImmutableString) -> ScriptResult<()> {
+        self.write_header(f, map, Write::Remove(name))
     }
 
     /// A header write: into the call's batch for the batched maps, else to the proxy at once.
@@ -422,6 +447,36 @@ pub(crate) fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// [`lossy`] of borrowed bytes: a short text goes straight into the script's string.
+fn text(bytes: &[u8]) -> ImmutableString {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned().into(),
+    }
+}
+
+/// A header value given to a script's write: a string as it is (shared, not copied), a blob's
+/// bytes, or nothing for `()`.
+fn value_of(f: &str, value: Dynamic) -> ScriptResult<Value> {
+    let value = value.flatten();
+    if value.is_unit() {
+        return Ok(Value::Bytes(Vec::new()));
+    }
+    let value = match value.try_cast_result::<ImmutableString>() {
+        Ok(text) => return Ok(Value::Text(text)),
+        Err(value) => value,
+    };
+    value
+        .try_cast_result::<Blob>()
+        .map(Value::Bytes)
+        .or_else(|v| {
+            err(format!(
+                "{f}(): expected a string or a blob, got {}",
+                v.type_name()
+            ))
+        })
+}
+
 fn pair(name: Dynamic, value: String) -> Dynamic {
     let pair: Array = vec![name, value.into()];
     pair.into()
@@ -518,7 +573,7 @@ macro_rules! bind {
         let captured = $reg.api.clone();
         $reg.engine.register_fn($name, move |$($arg: $ty),*| {
             let $api = &*captured;
-            if !matches!($allowed, $crate::bindings::Allowed::Anywhere) || $api.frame.borrow().phase.is_some() {
+            if !matches!($allowed, $crate::bindings::Allowed::Anywhere) || $api.phase.get().is_some() {
                 $api.enter($name, $allowed)?;
             }
             let result: $crate::bindings::ScriptResult<_> = $body;
@@ -550,8 +605,8 @@ pub const CONSTANTS: [ConstDoc; 2] = [
 impl<H: Host + 'static> Api<H> {
     /// Prepares the frame for a call into Rhai with `config()` = `config`.
     pub(crate) fn begin_call(&self, phase: Option<Phase>, config: Dynamic, constants: Constants) {
+        self.phase.set(phase);
         let mut frame = self.frame.borrow_mut();
-        frame.phase = phase;
         frame.config = config;
         frame.constants = constants;
         frame.heap_baseline = self.host.heap_in_use().unwrap_or(0);
@@ -568,12 +623,8 @@ impl<H: Host + 'static> Api<H> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Stops a call that grew the heap by more than `budget` bytes (checked every 64
-    /// operations: one operation allocates at most a few limited values).
-    pub(crate) fn over_memory_budget(&self, operations: u64, budget: usize) -> Option<Dynamic> {
-        if !operations.is_multiple_of(64) {
-            return None;
-        }
+    /// Stops a call that grew the heap by more than `budget` bytes.
+    pub(crate) fn over_memory_budget(&self, budget: usize) -> Option<Dynamic> {
         let grown = self
             .host
             .heap_in_use()?
@@ -586,6 +637,7 @@ impl<H: Host + 'static> Api<H> {
     pub(crate) fn new(host: H) -> Self {
         Self {
             host,
+            phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
         }
@@ -647,7 +699,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     replace_request_header(":path", "/v2" + get_request_header(":path"));
 }"#,
-        |a, name: &str, value: Dynamic| a.replace_header("replace_request_header", REQ, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.replace_header("replace_request_header", REQ, name, value)
     );
     bind!(
         reg,
@@ -658,7 +710,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| a.add_header("add_request_header", REQ, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.add_header("add_request_header", REQ, name, value)
     );
     bind!(
         reg,
@@ -669,7 +721,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     remove_request_header("cookie");
 }"#,
-        |a, name: &str| a.remove_header("remove_request_header", REQ, name)
+        |a, name: ImmutableString| a.remove_header("remove_request_header", REQ, name)
     );
 
     // Response headers.
@@ -718,7 +770,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     replace_response_header("server", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| a.replace_header("replace_response_header", RESP, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.replace_header("replace_response_header", RESP, name, value)
     );
     bind!(
         reg,
@@ -729,7 +781,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     add_response_header("set-cookie", "seen=1; Path=/");
 }"#,
-        |a, name: &str, value: Dynamic| a.add_header("add_response_header", RESP, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.add_header("add_response_header", RESP, name, value)
     );
     bind!(
         reg,
@@ -740,7 +792,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     remove_response_header("x-powered-by");
 }"#,
-        |a, name: &str| a.remove_header("remove_response_header", RESP, name)
+        |a, name: ImmutableString| a.remove_header("remove_response_header", RESP, name)
     );
 
     // Bodies.

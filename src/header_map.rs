@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 
+use rhai::ImmutableString;
+
 use crate::host::{Bytes, Host, MapType, Status};
 
 /// A header map: lowercase names, in order, duplicates kept.
@@ -212,27 +214,55 @@ pub fn set_all(map: MapType, headers: &mut Headers, pairs: &[(&str, &[u8])]) {
     }
 }
 
-/// A header write the script made and the proxy hasn't seen yet.
+/// A header value a script wrote: its string, shared with the script (not copied), or the
+/// bytes of a blob.
+pub(crate) enum Value {
+    Text(ImmutableString),
+    Bytes(Bytes),
+}
+
+impl Value {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Text(text) => text.as_bytes(),
+            Value::Bytes(bytes) => bytes,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Value::Text(text) => text.as_bytes().to_vec(),
+            Value::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// A header write the script made and the proxy hasn't seen yet. The name is the script's
+/// string, as given: the map lowercases it when it takes the write (as Envoy does).
 pub(crate) enum Write {
-    Replace(String, Bytes),
-    Add(String, Bytes),
-    Remove(String),
+    Replace(ImmutableString, Value),
+    Add(ImmutableString, Value),
+    Remove(ImmutableString),
 }
 
 impl Write {
     fn apply(&self, map: MapType, headers: &mut Headers) {
         match self {
-            Write::Replace(name, value) => replace(map, headers, name, value),
-            Write::Add(name, value) => add(map, headers, name, value),
+            Write::Replace(name, value) => replace(map, headers, name, value.as_bytes()),
+            Write::Add(name, value) => add(map, headers, name, value.as_bytes()),
             Write::Remove(name) => remove(headers, name),
         }
     }
 
-    /// [`Write::apply`] when the write isn't kept: its name and value move into the map.
+    /// [`Write::apply`] when the write isn't kept: its value moves into the map.
     fn apply_owned(self, map: MapType, headers: &mut Headers) {
         match self {
-            Write::Replace(name, value) => replace_owned(map, headers, name, value),
-            Write::Add(name, value) => add_owned(map, headers, name, value),
+            Write::Replace(name, value) => {
+                replace_owned(map, headers, name.to_string(), value.into_bytes())
+            }
+            Write::Add(name, value) => {
+                add_owned(map, headers, name.to_string(), value.into_bytes())
+            }
             Write::Remove(name) => remove(headers, &name),
         }
     }
@@ -240,8 +270,8 @@ impl Write {
     /// Makes the write in the proxy, as one host call.
     pub(crate) fn send<H: Host>(&self, host: &H, map: MapType) -> Result<(), Status> {
         match self {
-            Write::Replace(name, value) => host.replace_map_value(map, name, value),
-            Write::Add(name, value) => host.add_map_value(map, name, value),
+            Write::Replace(name, value) => host.replace_map_value(map, name, value.as_bytes()),
+            Write::Add(name, value) => host.add_map_value(map, name, value.as_bytes()),
             Write::Remove(name) => host.remove_map_value(map, name),
         }
     }
@@ -252,17 +282,6 @@ impl Write {
 /// of the map but saves a host call per write (~1.1 µs each in V8, `bench/per_op.py`).
 const SINGLE_WRITES: usize = 3;
 
-/// The writes of a call not sent yet.
-#[derive(Default)]
-enum Pending {
-    #[default]
-    None,
-    /// A few, to send one by one.
-    Few(Vec<Write>),
-    /// More: the batch's map holds them all, to send whole.
-    Whole,
-}
-
 /// One call's reads and writes of a header map (request or response headers), answered
 /// locally so a script doing twenty header operations crosses into the proxy two or three
 /// times, not twenty. Nothing changes a header map during a call but the call itself, so the
@@ -272,23 +291,31 @@ enum Pending {
 pub(crate) struct Batch {
     /// The map as the script now sees it, once it was read from the proxy.
     map: Option<Headers>,
-    pending: Pending,
+    /// The writes to send one by one, while there are at most [`SINGLE_WRITES`] (the list is
+    /// kept from call to call, so it is allocated once).
+    writes: Vec<Write>,
+    /// The map holds every write (there were more, or the whole map was replaced): it goes to
+    /// the proxy whole.
+    whole: bool,
     /// A first single read goes straight to the proxy: fetching the whole map only pays from
     /// the second.
     asked_one: bool,
 }
 
 impl Batch {
+    /// Whether the call has done nothing with this map.
+    fn is_untouched(&self) -> bool {
+        self.map.is_none() && self.writes.is_empty() && !self.whole && !self.asked_one
+    }
+
     /// The map with the pending writes applied, read from the proxy once.
     fn map<H: Host>(&mut self, host: &H, map: MapType) -> Result<&mut Headers, Status> {
         let headers = match self.map.take() {
             Some(headers) => headers,
             None => {
                 let mut headers = host.get_map(map)?;
-                if let Pending::Few(writes) = &self.pending {
-                    for write in writes {
-                        write.apply(map, &mut headers);
-                    }
+                for write in &self.writes {
+                    write.apply(map, &mut headers);
                 }
                 headers
             }
@@ -296,18 +323,19 @@ impl Batch {
         Ok(self.map.insert(headers))
     }
 
-    /// The first value of one header.
+    /// The first value of one header: the proxy's answer to a first single read, else the
+    /// call's map's.
     pub fn get<H: Host>(
         &mut self,
         host: &H,
         map: MapType,
         name: &str,
-    ) -> Result<Option<Bytes>, Status> {
-        if self.map.is_none() && matches!(self.pending, Pending::None) && !self.asked_one {
+    ) -> Result<Option<Cow<'_, [u8]>>, Status> {
+        if self.is_untouched() {
             self.asked_one = true;
-            return host.get_map_value(map, name);
+            return Ok(host.get_map_value(map, name)?.map(Cow::Owned));
         }
-        Ok(get(self.map(host, map)?, name).cloned())
+        Ok(get(self.map(host, map)?, name).map(|v| Cow::Borrowed(&v[..])))
     }
 
     /// Every pair of the map.
@@ -318,48 +346,42 @@ impl Batch {
     /// Records a write: in the list while there are few, then in the map only (read from the
     /// proxy then, if the call hasn't read it yet).
     pub fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
-        let few = match &self.pending {
-            Pending::Whole => None,
-            Pending::None => Some(0),
-            Pending::Few(writes) => Some(writes.len()),
-        };
-        match few {
-            Some(n) if n < SINGLE_WRITES => {
-                if let Some(headers) = &mut self.map {
-                    write.apply(map, headers);
-                }
-                match &mut self.pending {
-                    Pending::Few(writes) => writes.push(write),
-                    _ => self.pending = Pending::Few(vec![write]),
-                }
+        if !self.whole && self.writes.len() < SINGLE_WRITES {
+            if let Some(headers) = &mut self.map {
+                write.apply(map, headers);
             }
-            _ => {
-                write.apply_owned(map, self.map(host, map)?);
-                self.pending = Pending::Whole;
-            }
+            self.writes.push(write);
+        } else {
+            write.apply_owned(map, self.map(host, map)?);
+            self.writes.clear();
+            self.whole = true;
         }
         Ok(())
     }
 
     pub fn set_all(&mut self, map: MapType, pairs: &[(&str, &[u8])]) {
         set_all(map, self.map.get_or_insert_with(Vec::new), pairs);
-        self.pending = Pending::Whole;
+        self.writes.clear();
+        self.whole = true;
     }
 
     /// Sends the pending writes to the proxy and forgets the map (the proxy may change it
     /// once the call is over). The first refusal ends the flush.
     pub fn flush<H: Host>(&mut self, host: &H, map: MapType) -> Result<(), Status> {
-        let batch = std::mem::take(self);
-        match batch.pending {
-            Pending::None => Ok(()),
-            Pending::Few(writes) => writes.iter().try_for_each(|w| w.send(host, map)),
-            Pending::Whole => {
-                let headers = batch.map.unwrap_or_default();
-                let pairs: Vec<(&str, &[u8])> =
-                    headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-                host.set_map(map, &pairs)
-            }
+        if self.is_untouched() {
+            return Ok(());
         }
+        self.asked_one = false;
+        let headers = self.map.take();
+        if std::mem::take(&mut self.whole) {
+            let headers = headers.unwrap_or_default();
+            let pairs: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+            return host.set_map(map, &pairs);
+        }
+        let sent = self.writes.iter().try_for_each(|w| w.send(host, map));
+        self.writes.clear();
+        sent
     }
 }
 

@@ -279,10 +279,10 @@ impl<H: Host + 'static> HttpStream<H> {
 
     /// Lends the stream state to the bindings for one call into Rhai.
     fn enter(&mut self, phase: Phase, answer: Option<CallAnswer>, call: Call) -> CallResult {
-        let Some(selection) = self.selection.clone() else {
+        let Some(selection) = &self.selection else {
             return Ok(Dynamic::UNIT);
         };
-        let plugin = self.plugin.clone();
+        let plugin = &*self.plugin;
         plugin.api.begin_call(
             Some(phase),
             selection.config.clone(),
@@ -291,7 +291,8 @@ impl<H: Host + 'static> HttpStream<H> {
         {
             let mut frame = plugin.api.frame.borrow_mut();
             frame.answer = answer;
-            frame.stream = std::mem::take(&mut self.state);
+            // Swapped, not taken: taking would build and drop an empty state on every call.
+            std::mem::swap(&mut frame.stream, &mut self.state);
         }
         let script = &selection.script;
         let result = self.cells.record(|| match call {
@@ -299,11 +300,11 @@ impl<H: Host + 'static> HttpStream<H> {
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
         plugin.api.flush_headers();
+        plugin.api.phase.set(None);
         let mut frame = plugin.api.frame.borrow_mut();
-        frame.phase = None;
         frame.answer = None;
         frame.config = Dynamic::UNIT;
-        self.state = std::mem::take(&mut frame.stream);
+        std::mem::swap(&mut frame.stream, &mut self.state);
         result
     }
 
@@ -378,9 +379,9 @@ impl<H: Host + 'static> HttpStream<H> {
     fn resume(&mut self, side: Side) {
         // The driver's own resume goes through the same bookkeeping as the script's.
         let api = &self.plugin.api;
-        api.frame.borrow_mut().stream = std::mem::take(&mut self.state);
+        std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
         let resumed = api.resume(side);
-        self.state = std::mem::take(&mut api.frame.borrow_mut().stream);
+        std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
         if let Err(status) = resumed {
             api.host.log(
                 LogLevel::Warn,

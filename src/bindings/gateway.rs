@@ -180,11 +180,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     replace_request_trailer("x-checked-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| a.replace_header(
+        |a, name: ImmutableString, value: Dynamic| a.replace_header(
             "replace_request_trailer",
             REQ,
             name,
-            &value
+            value
         )
     );
     bind!(
@@ -196,7 +196,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     add_request_trailer("x-seen", "1");
 }"#,
-        |a, name: &str, value: Dynamic| a.add_header("add_request_trailer", REQ, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.add_header(
+            "add_request_trailer",
+            REQ,
+            name,
+            value
+        )
     );
     bind!(
         reg,
@@ -207,7 +212,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     remove_request_trailer("x-debug");
 }"#,
-        |a, name: &str| a.remove_header("remove_request_trailer", REQ, name)
+        |a, name: ImmutableString| a.remove_header("remove_request_trailer", REQ, name)
     );
     bind!(
         reg,
@@ -251,11 +256,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     replace_response_trailer("grpc-message", "");
 }"#,
-        |a, name: &str, value: Dynamic| a.replace_header(
+        |a, name: ImmutableString, value: Dynamic| a.replace_header(
             "replace_response_trailer",
             RESP,
             name,
-            &value
+            value
         )
     );
     bind!(
@@ -267,7 +272,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     add_response_trailer("x-served-by", "proxy-rhai");
 }"#,
-        |a, name: &str, value: Dynamic| a.add_header("add_response_trailer", RESP, name, &value)
+        |a, name: ImmutableString, value: Dynamic| a.add_header(
+            "add_response_trailer",
+            RESP,
+            name,
+            value
+        )
     );
     bind!(
         reg,
@@ -278,7 +288,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     remove_response_trailer("x-internal-timing");
 }"#,
-        |a, name: &str| a.remove_header("remove_response_trailer", RESP, name)
+        |a, name: ImmutableString| a.remove_header("remove_response_trailer", RESP, name)
     );
 
     // Shared data.
