@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
-use crate::header_map::{Batch, Value, Write};
+use crate::header_map::{Batch, HeaderMap, Value, Write};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 
@@ -205,15 +205,15 @@ impl<H: Host> Api<H> {
     }
 
     fn get_headers(&self, f: &str, map: MapType) -> ScriptResult<Array> {
-        let pairs = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.get_all(&self.host, map),
-            None => self.host.get_map(map),
-        };
-        Ok(pairs
-            .or_else(|s| refused(f, s))?
-            .into_iter()
-            .map(|(k, v)| pair(k.into(), lossy(v)))
-            .collect())
+        let mut frame = self.frame.borrow_mut();
+        match frame.batch(map) {
+            Some(batch) => batch.get_all(&self.host, map).map(header_pairs_of),
+            None => self
+                .host
+                .get_map(map)
+                .map(|headers| header_pairs_of(&headers)),
+        }
+        .or_else(|s| refused(f, s))
     }
 
     fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
@@ -234,13 +234,13 @@ impl<H: Host> Api<H> {
 
     fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
         let pairs = header_pairs(f, headers)?;
-        let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        let headers = HeaderMap::from_pairs(map, pairs.iter().map(|(k, v)| (k.as_str(), &v[..])));
         match self.frame.borrow_mut().batch(map) {
             Some(batch) => {
-                batch.set_all(map, &refs);
+                batch.set_all(headers);
                 Ok(())
             }
-            None => self.host.set_map(map, &refs).or_else(|s| refused(f, s)),
+            None => self.host.set_map(map, &headers).or_else(|s| refused(f, s)),
         }
     }
 
@@ -477,9 +477,15 @@ fn value_of(f: &str, value: Dynamic) -> ScriptResult<Value> {
         })
 }
 
-fn pair(name: Dynamic, value: String) -> Dynamic {
-    let pair: Array = vec![name, value.into()];
-    pair.into()
+/// A header map as scripts see it: `[name, value]` pairs, in order.
+pub(crate) fn header_pairs_of(headers: &HeaderMap) -> Array {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let pair: Array = vec![text(name).into(), text(value).into()];
+            pair.into()
+        })
+        .collect()
 }
 
 /// The bytes of a string or blob argument.

@@ -153,65 +153,271 @@ fn lowercase(name: &str) -> Cow<'_, str> {
     }
 }
 
-/// The first value of `name`.
-pub fn get<'a>(headers: &'a Headers, name: &str) -> Option<&'a Bytes> {
-    let name = lowercase(name);
-    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+/// Whether two names are the same. Names of one length often differ only at the end
+/// (`x-in-1`, `x-in-2`): that byte is looked at before the rest.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.last() == b.last() && a == b
 }
 
-/// Adds one value, as Envoy's `addCopy` does.
-pub fn add(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
-    add_owned(map, headers, name.to_string(), value.to_vec());
+/// A range of [`HeaderMap::bytes`].
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    at: usize,
+    len: usize,
 }
 
-/// [`add`], keeping the name and value it is given (a batched write owns them already).
-fn add_owned(map: MapType, headers: &mut Headers, mut name: String, value: Bytes) {
-    name.make_ascii_lowercase();
-    if is_inline(map, &name) {
-        if let Some((_, existing)) = headers.iter_mut().find(|(k, _)| *k == name) {
-            // Envoy appends nothing for an empty value, and no comma to an empty one.
-            if !value.is_empty() {
-                if !existing.is_empty() {
-                    existing.push(b',');
-                }
-                existing.extend_from_slice(&value);
+fn span_of(bytes: &[u8], span: Span) -> &[u8] {
+    bytes
+        .get(span.at..span.at.saturating_add(span.len))
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    name: Span,
+    value: Span,
+}
+
+/// A header map: lowercase names, in order, duplicates kept, with Envoy's rules for changing
+/// it. Names and values live in one buffer (the proxy's own encoding of the map, as it sent
+/// it, then what writes appended), so reading a map and writing to it allocate nothing per
+/// header.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderMap {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Bytes of `bytes` no entry points to any more: past a point the buffer is rebuilt.
+    garbage: usize,
+}
+
+impl HeaderMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A map built by adding `pairs` one by one, with the rules of `map`.
+    pub fn from_pairs<'a>(
+        map: MapType,
+        pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Self {
+        let mut headers = Self::new();
+        for (name, value) in pairs {
+            headers.add(map, name, value);
+        }
+        headers
+    }
+
+    /// The map the proxy-wasm ABI encodes in `bytes` (a count, each name's and value's size,
+    /// then each name and value followed by a NUL), read in place. The names are taken as the
+    /// proxy gives them (lowercase); a malformed encoding gives the pairs read so far.
+    pub fn from_abi(bytes: Vec<u8>) -> Self {
+        let read_u32 = |at: usize| -> Option<usize> {
+            let b = bytes.get(at..at.checked_add(4)?)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let count = read_u32(0).unwrap_or(0);
+        let mut entries = Vec::with_capacity(count.min(bytes.len() / 8));
+        let mut at = count.saturating_mul(8).saturating_add(4);
+        for i in 0..count {
+            let (Some(name_len), Some(value_len)) = (read_u32(4 + i * 8), read_u32(8 + i * 8))
+            else {
+                break;
+            };
+            let name = Span { at, len: name_len };
+            let value = Span {
+                at: at.saturating_add(name_len).saturating_add(1),
+                len: value_len,
+            };
+            let end = value.at.saturating_add(value_len).saturating_add(1);
+            if end > bytes.len() {
+                break;
             }
-            return;
+            entries.push(Entry { name, value });
+            at = end;
+        }
+        let live: usize = entries.iter().map(|e| e.name.len + e.value.len).sum();
+        let garbage = bytes.len().saturating_sub(live);
+        Self {
+            bytes,
+            entries,
+            garbage,
         }
     }
-    let at = if name.starts_with(':') {
-        headers
-            .iter()
-            .position(|(k, _)| !k.starts_with(':'))
-            .unwrap_or(headers.len())
-    } else {
-        headers.len()
-    };
-    headers.insert(at, (name, value));
-}
 
-/// Removes every value of `name`.
-pub fn remove(headers: &mut Headers, name: &str) {
-    let name = lowercase(name);
-    headers.retain(|(k, _)| *k != name);
-}
-
-/// Sets `name` to one value: every value removed, then the new one added.
-pub fn replace(map: MapType, headers: &mut Headers, name: &str, value: &[u8]) {
-    replace_owned(map, headers, name.to_string(), value.to_vec());
-}
-
-fn replace_owned(map: MapType, headers: &mut Headers, name: String, value: Bytes) {
-    remove(headers, &name);
-    add_owned(map, headers, name, value);
-}
-
-/// Replaces the whole map with `pairs`, added one by one.
-pub fn set_all(map: MapType, headers: &mut Headers, pairs: &[(&str, &[u8])]) {
-    headers.clear();
-    for (name, value) in pairs {
-        add(map, headers, name, value);
+    /// The map in the proxy-wasm ABI's encoding.
+    pub fn to_abi(&self) -> Bytes {
+        abi_encoding(self.iter())
     }
+
+    fn slice(&self, span: Span) -> &[u8] {
+        span_of(&self.bytes, span)
+    }
+
+    /// The pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.entries
+            .iter()
+            .map(|e| (self.slice(e.name), self.slice(e.value)))
+    }
+
+    /// The pairs, as a list (names as text).
+    pub fn to_pairs(&self) -> Headers {
+        self.iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let name = lowercase(name);
+        self.iter()
+            .find(|(k, _)| same(k, name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Appends `parts` to the buffer, as one span.
+    fn push_bytes(&mut self, parts: &[&[u8]]) -> Span {
+        let at = self.bytes.len();
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        Span {
+            at,
+            len: self.bytes.len() - at,
+        }
+    }
+
+    /// Appends a pair as it is, without Envoy's rules (the emulator's maps that are given whole).
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let entry = Entry {
+            name: self.push_bytes(&[name.as_bytes()]),
+            value: self.push_bytes(&[value]),
+        };
+        self.entries.push(entry);
+    }
+
+    /// A map of `pairs` as they are ([`HeaderMap::push`]).
+    pub fn from_list(pairs: &Headers) -> Self {
+        let mut headers = Self::new();
+        for (name, value) in pairs {
+            headers.push(name, value);
+        }
+        headers
+    }
+
+    /// Adds one value, as Envoy's `addCopy` does.
+    pub fn add(&mut self, map: MapType, name: &str, value: &[u8]) {
+        let name = lowercase(name);
+        if is_inline(map, &name) {
+            let found = self
+                .entries
+                .iter()
+                .position(|e| same(self.slice(e.name), name.as_bytes()));
+            if let Some(old) = found.and_then(|i| self.entries.get(i)).map(|e| e.value) {
+                // Envoy appends nothing for an empty value, and no comma to an empty one.
+                if !value.is_empty() {
+                    let existing = self.slice(old).to_vec();
+                    let comma: &[u8] = if existing.is_empty() { b"" } else { b"," };
+                    let joined = self.push_bytes(&[&existing, comma, value]);
+                    if let Some(entry) = found.and_then(|i| self.entries.get_mut(i)) {
+                        entry.value = joined;
+                    }
+                    self.garbage += old.len;
+                    self.compact_if_wasteful();
+                }
+                return;
+            }
+        }
+        let entry = Entry {
+            name: self.push_bytes(&[name.as_bytes()]),
+            value: self.push_bytes(&[value]),
+        };
+        let at = if name.starts_with(':') {
+            self.iter()
+                .position(|(k, _)| !k.starts_with(b":"))
+                .unwrap_or(self.entries.len())
+        } else {
+            self.entries.len()
+        };
+        self.entries.insert(at, entry);
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &str) {
+        let name = lowercase(name);
+        let (bytes, garbage) = (&self.bytes, &mut self.garbage);
+        self.entries.retain(|e| {
+            let kept = !same(span_of(bytes, e.name), name.as_bytes());
+            if !kept {
+                *garbage += e.name.len + e.value.len;
+            }
+            kept
+        });
+        self.compact_if_wasteful();
+    }
+
+    /// Sets `name` to one value: every value removed, then the new one added.
+    pub fn replace(&mut self, map: MapType, name: &str, value: &[u8]) {
+        self.remove(name);
+        self.add(map, name, value);
+    }
+
+    /// Replaces the whole map with `pairs`, added one by one.
+    pub fn set_all<'a>(
+        &mut self,
+        map: MapType,
+        pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        *self = Self::from_pairs(map, pairs);
+    }
+
+    /// Rebuilds the buffer once most of it is old values: a script replacing one header in a
+    /// loop must not grow it without end.
+    fn compact_if_wasteful(&mut self) {
+        if self.garbage <= 4096 || self.garbage <= self.bytes.len() / 2 {
+            return;
+        }
+        let mut compact = Self::new();
+        compact.bytes.reserve(self.bytes.len() - self.garbage);
+        for (name, value) in self.iter() {
+            let entry = Entry {
+                name: compact.push_bytes(&[name]),
+                value: compact.push_bytes(&[value]),
+            };
+            compact.entries.push(entry);
+        }
+        *self = compact;
+    }
+}
+
+/// Pairs in the proxy-wasm ABI's map encoding: the count, each name's and value's size, then
+/// each name and value followed by a NUL.
+pub fn abi_encoding<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Bytes {
+    let (count, size) = pairs.clone().fold((0, 4), |(n, size), (k, v)| {
+        (n + 1, size + 8 + k.len() + v.len() + 2)
+    });
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
+        bytes.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        bytes.extend_from_slice(k);
+        bytes.push(0);
+        bytes.extend_from_slice(v);
+        bytes.push(0);
+    }
+    bytes
 }
 
 /// A header value a script wrote: its string, shared with the script (not copied), or the
@@ -228,13 +434,6 @@ impl Value {
             Value::Bytes(bytes) => bytes,
         }
     }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Value::Text(text) => text.as_bytes().to_vec(),
-            Value::Bytes(bytes) => bytes,
-        }
-    }
 }
 
 /// A header write the script made and the proxy hasn't seen yet. The name is the script's
@@ -246,24 +445,11 @@ pub(crate) enum Write {
 }
 
 impl Write {
-    fn apply(&self, map: MapType, headers: &mut Headers) {
+    fn apply(&self, map: MapType, headers: &mut HeaderMap) {
         match self {
-            Write::Replace(name, value) => replace(map, headers, name, value.as_bytes()),
-            Write::Add(name, value) => add(map, headers, name, value.as_bytes()),
-            Write::Remove(name) => remove(headers, name),
-        }
-    }
-
-    /// [`Write::apply`] when the write isn't kept: its value moves into the map.
-    fn apply_owned(self, map: MapType, headers: &mut Headers) {
-        match self {
-            Write::Replace(name, value) => {
-                replace_owned(map, headers, name.to_string(), value.into_bytes())
-            }
-            Write::Add(name, value) => {
-                add_owned(map, headers, name.to_string(), value.into_bytes())
-            }
-            Write::Remove(name) => remove(headers, &name),
+            Write::Replace(name, value) => headers.replace(map, name, value.as_bytes()),
+            Write::Add(name, value) => headers.add(map, name, value.as_bytes()),
+            Write::Remove(name) => headers.remove(name),
         }
     }
 
@@ -290,7 +476,7 @@ const SINGLE_WRITES: usize = 3;
 #[derive(Default)]
 pub(crate) struct Batch {
     /// The map as the script now sees it, once it was read from the proxy.
-    map: Option<Headers>,
+    map: Option<HeaderMap>,
     /// The writes to send one by one, while there are at most [`SINGLE_WRITES`] (the list is
     /// kept from call to call, so it is allocated once).
     writes: Vec<Write>,
@@ -309,7 +495,7 @@ impl Batch {
     }
 
     /// The map with the pending writes applied, read from the proxy once.
-    fn map<H: Host>(&mut self, host: &H, map: MapType) -> Result<&mut Headers, Status> {
+    fn map<H: Host>(&mut self, host: &H, map: MapType) -> Result<&mut HeaderMap, Status> {
         let headers = match self.map.take() {
             Some(headers) => headers,
             None => {
@@ -335,12 +521,12 @@ impl Batch {
             self.asked_one = true;
             return Ok(host.get_map_value(map, name)?.map(Cow::Owned));
         }
-        Ok(get(self.map(host, map)?, name).map(|v| Cow::Borrowed(&v[..])))
+        Ok(self.map(host, map)?.get(name).map(Cow::Borrowed))
     }
 
-    /// Every pair of the map.
-    pub fn get_all<H: Host>(&mut self, host: &H, map: MapType) -> Result<Headers, Status> {
-        self.map(host, map).cloned()
+    /// The map, as the script sees it now.
+    pub fn get_all<H: Host>(&mut self, host: &H, map: MapType) -> Result<&HeaderMap, Status> {
+        self.map(host, map).map(|headers| &*headers)
     }
 
     /// Records a write: in the list while there are few, then in the map only (read from the
@@ -352,15 +538,15 @@ impl Batch {
             }
             self.writes.push(write);
         } else {
-            write.apply_owned(map, self.map(host, map)?);
+            write.apply(map, self.map(host, map)?);
             self.writes.clear();
             self.whole = true;
         }
         Ok(())
     }
 
-    pub fn set_all(&mut self, map: MapType, pairs: &[(&str, &[u8])]) {
-        set_all(map, self.map.get_or_insert_with(Vec::new), pairs);
+    pub fn set_all(&mut self, headers: HeaderMap) {
+        self.map = Some(headers);
         self.writes.clear();
         self.whole = true;
     }
@@ -374,10 +560,7 @@ impl Batch {
         self.asked_one = false;
         let headers = self.map.take();
         if std::mem::take(&mut self.whole) {
-            let headers = headers.unwrap_or_default();
-            let pairs: Vec<(&str, &[u8])> =
-                headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-            return host.set_map(map, &pairs);
+            return host.set_map(map, &headers.unwrap_or_default());
         }
         let sent = self.writes.iter().try_for_each(|w| w.send(host, map));
         self.writes.clear();
@@ -391,6 +574,10 @@ mod tests {
 
     const REQ: MapType = MapType::HttpRequestHeaders;
 
+    fn map(list: &[(&str, &str)]) -> HeaderMap {
+        HeaderMap::from_pairs(REQ, list.iter().map(|(k, v)| (*k, v.as_bytes())))
+    }
+
     fn pairs(list: &[(&str, &str)]) -> Headers {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
@@ -399,14 +586,14 @@ mod tests {
 
     #[test]
     fn add_appends_to_inline_headers_and_keeps_pseudo_headers_first() {
-        let mut h = pairs(&[(":path", "/"), ("user-agent", "ua"), ("x-a", "1")]);
-        add(REQ, &mut h, "User-Agent", b"u2");
-        add(REQ, &mut h, "x-a", b"2");
-        add(REQ, &mut h, ":zz", b"p");
-        add(REQ, &mut h, "accept", b"");
-        add(REQ, &mut h, "accept", b"a");
+        let mut h = map(&[(":path", "/"), ("user-agent", "ua"), ("x-a", "1")]);
+        h.add(REQ, "User-Agent", b"u2");
+        h.add(REQ, "x-a", b"2");
+        h.add(REQ, ":zz", b"p");
+        h.add(REQ, "accept", b"");
+        h.add(REQ, "accept", b"a");
         assert_eq!(
-            h,
+            h.to_pairs(),
             pairs(&[
                 (":path", "/"),
                 (":zz", "p"),
@@ -420,17 +607,17 @@ mod tests {
 
     #[test]
     fn replace_moves_the_header_to_the_end() {
-        let mut h = pairs(&[
+        let mut h = map(&[
             (":path", "/"),
             (":method", "GET"),
             ("x-a", "1"),
             ("x-b", "2"),
             ("x-a", "3"),
         ]);
-        replace(REQ, &mut h, "x-a", b"R");
-        replace(REQ, &mut h, ":path", b"/p");
+        h.replace(REQ, "x-a", b"R");
+        h.replace(REQ, ":path", b"/p");
         assert_eq!(
-            h,
+            h.to_pairs(),
             pairs(&[
                 (":method", "GET"),
                 (":path", "/p"),
@@ -438,5 +625,40 @@ mod tests {
                 ("x-a", "R")
             ])
         );
+        assert_eq!(h.get("X-A"), Some(&b"R"[..]));
+        assert_eq!(h.get("x-c"), None);
+    }
+
+    #[test]
+    fn the_abi_encoding_reads_back_and_a_broken_one_gives_what_it_holds() {
+        let h = map(&[(":path", "/"), ("x-a", ""), ("x-b", "2")]);
+        let bytes = h.to_abi();
+        assert_eq!(HeaderMap::from_abi(bytes.clone()).to_pairs(), h.to_pairs());
+        // Cut in the middle of the last value: the pairs before it.
+        let cut = HeaderMap::from_abi(bytes[..bytes.len() - 2].to_vec());
+        assert_eq!(cut.to_pairs(), pairs(&[(":path", "/"), ("x-a", "")]));
+        // A count far larger than the data, a size past the end, nothing at all.
+        let mut huge = bytes.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMap::from_abi(huge).is_empty());
+        let mut past = bytes;
+        past[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderMap::from_abi(past).is_empty());
+        assert!(HeaderMap::from_abi(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn replacing_in_a_loop_keeps_the_buffer_small() {
+        let mut h = map(&[(":path", "/"), ("x-a", "1")]);
+        let value = [b'v'; 100];
+        for _ in 0..10_000 {
+            h.replace(REQ, "x-b", &value);
+            h.add(REQ, "accept", b"a");
+        }
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.get("x-b"), Some(&value[..]));
+        assert_eq!(h.get("accept").map(<[u8]>::len), Some(10_000 * 2 - 1));
+        // The live bytes are ~20 kB; without compaction the buffer would be ~200 MB.
+        assert!(h.bytes.len() < 3 * 20_200 + 8192, "{} bytes", h.bytes.len());
     }
 }

@@ -9,15 +9,17 @@ use std::time::Duration;
 
 pub use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
+use crate::header_map::HeaderMap;
+
 /// A proxy as the binding layer sees it. Every method returns the host's status instead of
 /// panicking, so a refusal becomes a script error, never a trap.
 pub trait Host {
     /// Writes one line to the proxy log.
     fn log(&self, level: LogLevel, message: &str);
-    /// All pairs of a header (or trailer) map, in order, duplicates kept.
-    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status>;
+    /// A whole header (or trailer) map, in order, duplicates kept.
+    fn get_map(&self, map: MapType) -> Result<HeaderMap, Status>;
     /// Replaces a whole header map.
-    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status>;
+    fn set_map(&self, map: MapType, headers: &HeaderMap) -> Result<(), Status>;
     /// The first value of one header.
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status>;
     /// Sets one header, replacing every value it had (adds it when absent).

@@ -12,6 +12,7 @@ pub use proxy_wasm::types::Action;
 
 use crate::bindings::{CallAnswer, PhaseAction, Side, StreamState};
 use crate::config::FailMode;
+use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
@@ -176,15 +177,12 @@ impl<H: Host + 'static> HttpStream<H> {
             host.get_map(MapType::HttpCallResponseHeaders)
                 .unwrap_or_default()
         } else {
-            Vec::new()
+            HeaderMap::new()
         };
         let status = if num_headers == 0 {
             None
         } else if arity >= 2 {
-            headers
-                .iter()
-                .find(|(k, _)| k == ":status")
-                .map(|(_, v)| v.clone())
+            headers.get(":status").map(<[u8]>::to_vec)
         } else {
             host.get_map_value(MapType::HttpCallResponseHeaders, ":status")
                 .ok()
@@ -195,14 +193,7 @@ impl<H: Host + 'static> HttpStream<H> {
             .unwrap_or(0);
         args.push(status.into());
         if arity >= 2 {
-            let pairs: rhai::Array = headers
-                .into_iter()
-                .map(|(k, v)| {
-                    let pair: rhai::Array = vec![k.into(), crate::bindings::lossy(v).into()];
-                    pair.into()
-                })
-                .collect();
-            args.push(pairs.into());
+            args.push(crate::bindings::header_pairs_of(&headers).into());
         }
         if arity >= 3 {
             let body = host

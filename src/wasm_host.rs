@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 
+use crate::header_map::{abi_encoding, HeaderMap};
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 /// The proxy the plugin runs in.
@@ -145,16 +146,16 @@ impl Host for WasmHost {
         let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
     }
 
-    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
+    fn get_map(&self, map: MapType) -> Result<HeaderMap, Status> {
         let (mut data, mut size) = (null_mut(), 0);
         ok(unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) })?;
         Ok(unsafe { take_host_bytes(data, size) }
-            .map(|bytes| deserialize_map(&bytes))
+            .map(HeaderMap::from_abi)
             .unwrap_or_default())
     }
 
-    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
-        let bytes = serialize_map(pairs.iter().map(|(k, v)| (*k, *v)));
+    fn set_map(&self, map: MapType, headers: &HeaderMap) -> Result<(), Status> {
+        let bytes = headers.to_abi();
         ok(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
     }
 
@@ -221,7 +222,7 @@ impl Host for WasmHost {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<(), Status> {
-        let headers = serialize_map(headers.iter().map(|(k, v)| (*k, *v)));
+        let headers = abi_encoding(headers.iter().map(|(k, v)| (k.as_bytes(), *v)));
         ok(unsafe {
             proxy_send_local_response(
                 status,
@@ -325,56 +326,4 @@ impl Host for WasmHost {
     fn heap_in_use(&self) -> Option<usize> {
         Some(crate::memory::in_use())
     }
-}
-
-/// Encodes pairs the way the ABI wants them: count, the sizes, then each key and value
-/// followed by a NUL.
-fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Bytes {
-    let pairs_len = pairs.clone().count();
-    let mut bytes = Vec::with_capacity(
-        4 + pairs_len * 8
-            + pairs
-                .clone()
-                .map(|(k, v)| k.len() + v.len() + 2)
-                .sum::<usize>(),
-    );
-    bytes.extend_from_slice(&(pairs_len as u32).to_le_bytes());
-    for (k, v) in pairs.clone() {
-        bytes.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        bytes.extend_from_slice(k.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(v);
-        bytes.push(0);
-    }
-    bytes
-}
-
-/// Decodes the ABI's map encoding; a malformed map yields the pairs read so far.
-fn deserialize_map(bytes: &[u8]) -> Vec<(String, Bytes)> {
-    let read_u32 = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at + 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let Some(count) = read_u32(0) else {
-        return Vec::new();
-    };
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 8));
-    let mut data = 4 + count.saturating_mul(8);
-    for i in 0..count {
-        let (Some(k_len), Some(v_len)) = (read_u32(4 + i * 8), read_u32(8 + i * 8)) else {
-            break;
-        };
-        let (Some(key), Some(value)) = (
-            bytes.get(data..data + k_len),
-            bytes.get(data + k_len + 1..data + k_len + 1 + v_len),
-        ) else {
-            break;
-        };
-        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
-        data += k_len + v_len + 2;
-    }
-    pairs
 }

@@ -938,6 +938,7 @@ impl Tape {
 #[derive(Clone)]
 struct HostileHost(std::rc::Rc<std::cell::RefCell<Tape>>);
 
+use proxy_rhai::header_map::{abi_encoding, HeaderMap};
 use proxy_rhai::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 const REFUSALS: [Status; 7] = [
@@ -967,11 +968,22 @@ impl HostileHost {
 impl Host for HostileHost {
     fn log(&self, _: LogLevel, _: &str) {}
 
-    fn get_map(&self, _: MapType) -> Result<Vec<(String, Bytes)>, Status> {
-        self.answer(|input| input.headers(6))
+    fn get_map(&self, _: MapType) -> Result<HeaderMap, Status> {
+        self.answer(|input| {
+            if input.flag() {
+                // What the proxy hands over, as it encodes it: the pairs from the input...
+                let pairs = input.headers(6);
+                HeaderMap::from_abi(abi_encoding(
+                    pairs.iter().map(|(k, v)| (k.as_bytes(), &v[..])),
+                ))
+            } else {
+                // ...or bytes that may not be an encoding at all.
+                HeaderMap::from_abi(input.value())
+            }
+        })
     }
 
-    fn set_map(&self, _: MapType, _: &[(&str, &[u8])]) -> Result<(), Status> {
+    fn set_map(&self, _: MapType, _: &HeaderMap) -> Result<(), Status> {
         self.answer(|_| ())
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
-use crate::header_map;
+use crate::header_map::HeaderMap;
 pub use crate::header_map::Headers;
 
 /// A local response the plugin sent.
@@ -40,11 +40,11 @@ pub struct Callout {
 }
 
 /// The answer to a callout, as the host hands it to the plugin.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct CalloutAnswer {
-    pub headers: Headers,
+    pub headers: HeaderMap,
     pub body: Bytes,
-    pub trailers: Headers,
+    pub trailers: HeaderMap,
 }
 
 /// Which maps Envoy currently gives the filter: each header or trailer map only during its
@@ -65,11 +65,11 @@ pub(crate) enum Window {
 /// Everything the host knows about the stream being handled.
 #[derive(Debug, Default)]
 pub(crate) struct StreamData {
-    pub request_headers: Headers,
-    pub request_trailers: Headers,
+    pub request_headers: HeaderMap,
+    pub request_trailers: HeaderMap,
     pub request_body: Bytes,
-    pub response_headers: Headers,
-    pub response_trailers: Headers,
+    pub response_headers: HeaderMap,
+    pub response_trailers: HeaderMap,
     pub response_body: Bytes,
     pub window: Window,
     pub local_response: Option<LocalResponse>,
@@ -145,7 +145,7 @@ impl EmulatorHost {
     }
 
     /// The header map `map` of the current stream, when Envoy would give it now.
-    fn with_map<R>(&self, map: MapType, f: impl FnOnce(&mut Headers) -> R) -> Result<R, Status> {
+    fn with_map<R>(&self, map: MapType, f: impl FnOnce(&mut HeaderMap) -> R) -> Result<R, Status> {
         let mut state = self.0.borrow_mut();
         let s = &mut state.stream;
         let headers = match map {
@@ -191,20 +191,22 @@ impl Host for EmulatorHost {
         });
     }
 
-    fn get_map(&self, map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
+    fn get_map(&self, map: MapType) -> Result<HeaderMap, Status> {
         self.trace(format!("get_map({map:?})"));
         // Envoy answers an unavailable header map with an empty one.
         Ok(self.with_map(map, |h| h.clone()).unwrap_or_default())
     }
 
-    fn set_map(&self, map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
-        self.trace(format!("set_map({map:?}, {} pairs)", pairs.len()));
-        self.with_map(map, |h| header_map::set_all(map, h, pairs))
+    fn set_map(&self, map: MapType, headers: &HeaderMap) -> Result<(), Status> {
+        self.trace(format!("set_map({map:?}, {} pairs)", headers.len()));
+        // Envoy removes every header and adds the given ones one by one, with its rules: the
+        // plugin built the map with the same rules, so that gives the map as it is.
+        self.with_map(map, |h| *h = headers.clone())
     }
 
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
         self.trace(format!("get_header({map:?}, {name:?})"));
-        self.with_map(map, |h| header_map::get(h, name).cloned())
+        self.with_map(map, |h| h.get(name).map(<[u8]>::to_vec))
     }
 
     fn replace_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -212,17 +214,17 @@ impl Host for EmulatorHost {
             "replace_header({map:?}, {name:?}, {})",
             show(value)
         ));
-        self.with_map(map, |h| header_map::replace(map, h, name, value))
+        self.with_map(map, |h| h.replace(map, name, value))
     }
 
     fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status> {
         self.trace(format!("remove_header({map:?}, {name:?})"));
-        self.with_map(map, |h| header_map::remove(h, name))
+        self.with_map(map, |h| h.remove(name))
     }
 
     fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
         self.trace(format!("add_header({map:?}, {name:?}, {})", show(value)));
-        self.with_map(map, |h| header_map::add(map, h, name, value))
+        self.with_map(map, |h| h.add(map, name, value))
     }
 
     fn get_buffer(

@@ -25,7 +25,7 @@ use proxy_wasm::types::Action;
 pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
 use host::{StreamData, Window};
 
-use crate::header_map;
+use crate::header_map::HeaderMap;
 use crate::host::{LogLevel, MapType};
 use crate::plugin::Plugin;
 use crate::stream::HttpStream;
@@ -51,9 +51,9 @@ fn envoy_answer(status: u32, body: &str) -> (CalloutAnswer, usize, usize) {
     let (n, size) = (headers.len(), body.len());
     (
         CalloutAnswer {
-            headers,
+            headers: HeaderMap::from_list(&headers),
             body: body.as_bytes().to_vec(),
-            trailers: Vec::new(),
+            trailers: HeaderMap::new(),
         },
         n,
         size,
@@ -113,29 +113,28 @@ impl Request {
     /// Envoy 1.40, plain HTTP, default settings): `x-forwarded-proto: http` and
     /// `x-request-id: request_id` when the client sent none. A client's `x-forwarded-proto` of
     /// `http` or `https` (any case) sets `:scheme`; another value leaves it `http`.
-    fn header_map(&self, request_id: &str) -> Headers {
-        let mut map: Headers = vec![
-            (":authority".into(), self.authority.clone().into_bytes()),
-            (":path".into(), self.path.clone().into_bytes()),
-            (":method".into(), self.method.clone().into_bytes()),
-            (":scheme".into(), self.scheme().into_bytes()),
-        ];
+    fn header_map(&self, request_id: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.push(":authority", self.authority.as_bytes());
+        map.push(":path", self.path.as_bytes());
+        map.push(":method", self.method.as_bytes());
+        map.push(":scheme", self.scheme().as_bytes());
         // Envoy's codec adds the headers one by one: repeated inline headers are joined.
         for (name, value) in &self.headers {
-            header_map::add(MapType::HttpRequestHeaders, &mut map, name, value);
+            map.add(MapType::HttpRequestHeaders, name, value);
         }
-        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
+        let absent = |map: &HeaderMap, name| map.get(name).is_none();
+        if !self.body.is_empty()
+            && absent(&map, "content-length")
+            && absent(&map, "transfer-encoding")
         {
-            map.push((
-                "content-length".into(),
-                self.body.len().to_string().into_bytes(),
-            ));
+            map.push("content-length", self.body.len().to_string().as_bytes());
         }
-        if !has(&map, "x-forwarded-proto") {
-            map.push(("x-forwarded-proto".into(), b"http".to_vec()));
+        if absent(&map, "x-forwarded-proto") {
+            map.push("x-forwarded-proto", b"http");
         }
-        if !has(&map, "x-request-id") {
-            map.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
+        if absent(&map, "x-request-id") {
+            map.push("x-request-id", request_id.as_bytes());
         }
         map
     }
@@ -180,17 +179,17 @@ impl Response {
         self
     }
 
-    fn header_map(&self) -> Headers {
-        let mut map: Headers = vec![(":status".into(), self.status.to_string().into_bytes())];
+    fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.push(":status", self.status.to_string().as_bytes());
         for (name, value) in &self.headers {
-            header_map::add(MapType::HttpResponseHeaders, &mut map, name, value);
+            map.add(MapType::HttpResponseHeaders, name, value);
         }
-        if !self.body.is_empty() && !has(&map, "content-length") && !has(&map, "transfer-encoding")
+        if !self.body.is_empty()
+            && map.get("content-length").is_none()
+            && map.get("transfer-encoding").is_none()
         {
-            map.push((
-                "content-length".into(),
-                self.body.len().to_string().into_bytes(),
-            ));
+            map.push("content-length", self.body.len().to_string().as_bytes());
         }
         map
     }
@@ -457,7 +456,7 @@ impl Run<'_> {
         {
             let mut s = self.state();
             s.request_headers = request.header_map(&request_id);
-            s.request_trailers = request.trailers.clone();
+            s.request_trailers = HeaderMap::from_list(&request.trailers);
             s.window = Window::RequestHeaders;
         }
         let end = request.body.is_empty() && request.trailers.is_empty();
@@ -488,9 +487,9 @@ impl Run<'_> {
             let mut s = self.state();
             s.window = Window::None;
             Forwarded {
-                headers: s.request_headers.clone(),
+                headers: s.request_headers.to_pairs(),
                 body,
-                trailers: s.request_trailers.clone(),
+                trailers: s.request_trailers.to_pairs(),
             }
         };
         let response = upstream.respond(&forwarded);
@@ -504,7 +503,7 @@ impl Run<'_> {
         {
             let mut s = self.state();
             s.response_headers = response.header_map();
-            s.response_trailers = response.trailers.clone();
+            s.response_trailers = HeaderMap::from_list(&response.trailers);
             s.window = Window::ResponseHeaders;
         }
         let end = response.body.is_empty() && response.trailers.is_empty();
@@ -516,7 +515,7 @@ impl Run<'_> {
         let headers = {
             let mut s = self.state();
             s.window = Window::ResponseBody;
-            s.response_headers.clone()
+            s.response_headers.to_pairs()
         };
         let status = header(&headers, ":status")
             .and_then(|s| s.parse().ok())
@@ -727,14 +726,17 @@ impl Run<'_> {
                 headers,
                 body,
             } => {
-                let mut map: Headers = vec![(":status".into(), status.to_string().into_bytes())];
-                map.extend(headers);
+                let mut map = HeaderMap::new();
+                map.push(":status", status.to_string().as_bytes());
+                for (name, value) in &headers {
+                    map.push(name, value);
+                }
                 let (n, size) = (map.len(), body.len());
                 (
                     CalloutAnswer {
                         headers: map,
                         body,
-                        trailers: Vec::new(),
+                        trailers: HeaderMap::new(),
                     },
                     n,
                     size,
@@ -785,7 +787,7 @@ impl Run<'_> {
                             local.body.len().to_string().into_bytes(),
                         ));
                         // What the log phase sees as the response.
-                        self.state().response_headers = headers.clone();
+                        self.state().response_headers = HeaderMap::from_list(&headers);
                         self.host.0.borrow_mut().properties.insert(
                             "response.code".into(),
                             i64::from(local.status).to_le_bytes().to_vec(),
