@@ -153,10 +153,21 @@ fn lowercase(name: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether two names are the same. Names of one length often differ only at the end
-/// (`x-in-1`, `x-in-2`): that byte is looked at before the rest.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.last() == b.last() && a == b
+/// What a name is first compared by: its length, and its last byte (names of one length often
+/// differ only at the end: `x-in-1`, `x-in-2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tag {
+    len: usize,
+    last: u8,
+}
+
+impl Tag {
+    fn of(name: &[u8]) -> Self {
+        Tag {
+            len: name.len(),
+            last: name.last().copied().unwrap_or(0),
+        }
+    }
 }
 
 /// A range of [`HeaderMap::bytes`].
@@ -176,6 +187,7 @@ fn span_of(bytes: &[u8], span: Span) -> &[u8] {
 struct Entry {
     name: Span,
     value: Span,
+    tag: Tag,
 }
 
 /// A header map: lowercase names, in order, duplicates kept, with Envoy's rules for changing
@@ -233,7 +245,8 @@ impl HeaderMap {
             if end > bytes.len() {
                 break;
             }
-            entries.push(Entry { name, value });
+            let tag = Tag::of(span_of(&bytes, name));
+            entries.push(Entry { name, value, tag });
             at = end;
         }
         let live: usize = entries.iter().map(|e| e.name.len + e.value.len).sum();
@@ -245,9 +258,35 @@ impl HeaderMap {
         }
     }
 
-    /// The map in the proxy-wasm ABI's encoding.
+    /// The map in the proxy-wasm ABI's encoding: the count, each name's and value's size, then
+    /// each name and value followed by a NUL.
     pub fn to_abi(&self) -> Bytes {
-        abi_encoding(self.iter())
+        let size = self
+            .entries
+            .iter()
+            .fold(4, |size, e| size + 8 + e.name.len + e.value.len + 2);
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            bytes.extend_from_slice(&(e.name.len as u32).to_le_bytes());
+            bytes.extend_from_slice(&(e.value.len as u32).to_le_bytes());
+        }
+        for e in &self.entries {
+            bytes.extend_from_slice(self.slice(e.name));
+            bytes.push(0);
+            bytes.extend_from_slice(self.slice(e.value));
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    /// The first entry named `name` (lowercase), from `from` on.
+    fn find(&self, name: &[u8], from: usize) -> Option<usize> {
+        let tag = Tag::of(name);
+        let rest = self.entries.get(from..)?;
+        rest.iter()
+            .position(|e| e.tag == tag && self.slice(e.name) == name)
+            .map(|i| i + from)
     }
 
     fn slice(&self, span: Span) -> &[u8] {
@@ -279,9 +318,8 @@ impl HeaderMap {
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = lowercase(name);
-        self.iter()
-            .find(|(k, _)| same(k, name.as_bytes()))
-            .map(|(_, v)| v)
+        let entry = self.entries.get(self.find(name.as_bytes(), 0)?)?;
+        Some(self.slice(entry.value))
     }
 
     /// Appends `parts` to the buffer, as one span.
@@ -301,6 +339,7 @@ impl HeaderMap {
         let entry = Entry {
             name: self.push_bytes(&[name.as_bytes()]),
             value: self.push_bytes(&[value]),
+            tag: Tag::of(name.as_bytes()),
         };
         self.entries.push(entry);
     }
@@ -318,10 +357,7 @@ impl HeaderMap {
     pub fn add(&mut self, map: MapType, name: &str, value: &[u8]) {
         let name = lowercase(name);
         if is_inline(map, &name) {
-            let found = self
-                .entries
-                .iter()
-                .position(|e| same(self.slice(e.name), name.as_bytes()));
+            let found = self.find(name.as_bytes(), 0);
             if let Some(old) = found.and_then(|i| self.entries.get(i)).map(|e| e.value) {
                 // Envoy appends nothing for an empty value, and no comma to an empty one.
                 if !value.is_empty() {
@@ -340,6 +376,7 @@ impl HeaderMap {
         let entry = Entry {
             name: self.push_bytes(&[name.as_bytes()]),
             value: self.push_bytes(&[value]),
+            tag: Tag::of(name.as_bytes()),
         };
         let at = if name.starts_with(':') {
             self.iter()
@@ -354,14 +391,14 @@ impl HeaderMap {
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) {
         let name = lowercase(name);
-        let (bytes, garbage) = (&self.bytes, &mut self.garbage);
-        self.entries.retain(|e| {
-            let kept = !same(span_of(bytes, e.name), name.as_bytes());
-            if !kept {
-                *garbage += e.name.len + e.value.len;
-            }
-            kept
-        });
+        let name = name.as_bytes();
+        // Most removals find nothing, or one entry.
+        let mut from = 0;
+        while let Some(i) = self.find(name, from) {
+            let removed = self.entries.remove(i);
+            self.garbage += removed.name.len + removed.value.len;
+            from = i;
+        }
         self.compact_if_wasteful();
     }
 
@@ -388,36 +425,16 @@ impl HeaderMap {
         }
         let mut compact = Self::new();
         compact.bytes.reserve(self.bytes.len() - self.garbage);
-        for (name, value) in self.iter() {
+        for (entry, (name, value)) in self.entries.iter().zip(self.iter()) {
             let entry = Entry {
                 name: compact.push_bytes(&[name]),
                 value: compact.push_bytes(&[value]),
+                tag: entry.tag,
             };
             compact.entries.push(entry);
         }
         *self = compact;
     }
-}
-
-/// Pairs in the proxy-wasm ABI's map encoding: the count, each name's and value's size, then
-/// each name and value followed by a NUL.
-pub fn abi_encoding<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Bytes {
-    let (count, size) = pairs.clone().fold((0, 4), |(n, size), (k, v)| {
-        (n + 1, size + 8 + k.len() + v.len() + 2)
-    });
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&(count as u32).to_le_bytes());
-    for (k, v) in pairs.clone() {
-        bytes.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        bytes.extend_from_slice(k);
-        bytes.push(0);
-        bytes.extend_from_slice(v);
-        bytes.push(0);
-    }
-    bytes
 }
 
 /// A header value a script wrote: its string, shared with the script (not copied), or the
@@ -496,17 +513,14 @@ impl Batch {
 
     /// The map with the pending writes applied, read from the proxy once.
     fn map<H: Host>(&mut self, host: &H, map: MapType) -> Result<&mut HeaderMap, Status> {
-        let headers = match self.map.take() {
-            Some(headers) => headers,
-            None => {
-                let mut headers = host.get_map(map)?;
-                for write in &self.writes {
-                    write.apply(map, &mut headers);
-                }
-                headers
+        if self.map.is_none() {
+            let mut headers = host.get_map(map)?;
+            for write in &self.writes {
+                write.apply(map, &mut headers);
             }
-        };
-        Ok(self.map.insert(headers))
+            self.map = Some(headers);
+        }
+        Ok(self.map.get_or_insert_with(HeaderMap::new))
     }
 
     /// The first value of one header: the proxy's answer to a first single read, else the

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 
-use crate::header_map::{abi_encoding, HeaderMap};
+use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 /// The proxy the plugin runs in.
@@ -222,7 +222,11 @@ impl Host for WasmHost {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<(), Status> {
-        let headers = abi_encoding(headers.iter().map(|(k, v)| (k.as_bytes(), *v)));
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.push(name, value);
+        }
+        let headers = map.to_abi();
         ok(unsafe {
             proxy_send_local_response(
                 status,

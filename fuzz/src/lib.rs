@@ -938,7 +938,7 @@ impl Tape {
 #[derive(Clone)]
 struct HostileHost(std::rc::Rc<std::cell::RefCell<Tape>>);
 
-use proxy_rhai::header_map::{abi_encoding, HeaderMap};
+use proxy_rhai::header_map::HeaderMap;
 use proxy_rhai::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
 const REFUSALS: [Status; 7] = [
@@ -972,10 +972,7 @@ impl Host for HostileHost {
         self.answer(|input| {
             if input.flag() {
                 // What the proxy hands over, as it encodes it: the pairs from the input...
-                let pairs = input.headers(6);
-                HeaderMap::from_abi(abi_encoding(
-                    pairs.iter().map(|(k, v)| (k.as_bytes(), &v[..])),
-                ))
+                HeaderMap::from_abi(HeaderMap::from_list(&input.headers(6)).to_abi())
             } else {
                 // ...or bytes that may not be an encoding at all.
                 HeaderMap::from_abi(input.value())

@@ -639,6 +639,35 @@ impl Engine {
         is_ref_mut: bool,
         pos: Position,
     ) -> RhaiResultOf<(Dynamic, bool)> {
+        // Calling non-method function but the first argument is a reference?
+        if is_ref_mut && !func.is_method() && !args.is_empty() {
+            let backup = &mut ArgBackup::new();
+            // Clone the first argument
+            backup.change_first_arg_to_copy(args);
+
+            // Restore the first argument on every exit, including an unwind. If it were restored
+            // only on the normal path, a panic in the native function would drop the backup
+            // unrestored, its `Drop` assertion would panic during the unwind, and the process
+            // would abort.
+            defer! { args => move |a| backup.restore_first_arg(a) }
+
+            return self.call_native_fn_raw(global, name, func, source, args, is_ref_mut, pos);
+        }
+        // proxy-rhai patch (speed): no backup to make and drop when no argument is copied.
+        self.call_native_fn_raw(global, name, func, source, args, is_ref_mut, pos)
+    }
+
+    /// [`call_native_fn`][Self::call_native_fn] with `args` as the function gets them.
+    fn call_native_fn_raw(
+        &self,
+        global: &mut GlobalRuntimeState,
+        name: &str,
+        func: &RhaiFunc,
+        source: Option<&ImmutableString>,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        pos: Position,
+    ) -> RhaiResultOf<(Dynamic, bool)> {
         {
             let is_method = func.is_method();
 
@@ -648,22 +677,6 @@ impl Engine {
                 .debugger
                 .as_ref()
                 .map_or(0, |dbg| dbg.call_stack().len());
-
-            let backup = &mut ArgBackup::new();
-
-            // Calling non-method function but the first argument is a reference?
-            let swap = is_ref_mut && !is_method && !args.is_empty();
-
-            if swap {
-                // Clone the first argument
-                backup.change_first_arg_to_copy(args);
-            }
-
-            // Restore the first argument on every exit, including an unwind. If it were restored
-            // only on the normal path, a panic in the native function would drop the backup
-            // unrestored, its `Drop` assertion would panic during the unwind, and the process
-            // would abort.
-            defer! { args = (args) if swap => move |a| backup.restore_first_arg(a) }
 
             #[cfg(feature = "debugging")]
             if self.is_debugger_registered() {

@@ -1728,8 +1728,18 @@ impl Dynamic {
     /// value will also be _shared_.
     ///
     /// These normally shouldn't occur since most operations in Rhai are single-threaded.
-    #[inline]
+    #[inline(always)]
     pub fn flatten(self) -> Self {
+        // proxy-rhai patch (speed): on every argument of every call; most values are not shared.
+        #[cfg(not(feature = "no_closure"))]
+        if matches!(self.0, Union::Shared(..)) {
+            return self.flatten_shared();
+        }
+        self
+    }
+    /// [`flatten`][Self::flatten] of a shared value.
+    #[inline(never)]
+    fn flatten_shared(self) -> Self {
         match self.0 {
             #[cfg(not(feature = "no_closure"))]
             Union::Shared(cell, tag, access) => match crate::func::native::shared_try_take(cell) {
