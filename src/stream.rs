@@ -455,9 +455,14 @@ impl<H: Host + 'static> HttpStream<H> {
 impl<H: Host> Drop for HttpStream<H> {
     fn drop(&mut self) {
         // Nothing a script makes outlives its stream, so every cell still alive now is held
-        // only by a cycle.
-        // Pending callbacks hold cells too: drop them first.
-        self.state = StreamState::default();
+        // only by a cycle. Pending callbacks and context values hold cells too: drop them
+        // first (what is empty needs nothing done).
+        if !self.state.calls.is_empty() {
+            self.state.calls.clear();
+        }
+        if !self.state.context.is_empty() {
+            self.state.context.clear();
+        }
         self.cells.release();
         self.plugin.api.report_heap();
     }

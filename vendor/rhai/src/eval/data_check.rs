@@ -252,6 +252,13 @@ pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usiz
     (walk.sizes, depth)
 }
 
+/// The error [`Engine::throw_on_size`] gives for a string over the limit (proxy-rhai patch).
+#[cold]
+#[inline(never)]
+fn string_too_long(pos: Position) -> crate::RhaiError {
+    ERR::ErrorDataTooLarge("Length of string".to_string(), pos).into()
+}
+
 impl Engine {
     /// Raise an error if any data size exceeds limit.
     ///
@@ -317,9 +324,15 @@ impl Engine {
         pos: Position,
     ) -> RhaiResultOf<T> {
         // proxy-rhai patch (speed): a value holding no data (a number, `()`, ...) is within any
-        // limit; only the others are measured, out of line.
+        // limit, a string is its length; only the others are measured, out of line.
         match value.borrow().0 {
-            Union::Str(..) | Union::FnPtr(..) => (),
+            Union::Str(ref s, ..) => {
+                return match self.limits.string_len {
+                    Some(max) if s.len() > max.get() => Err(string_too_long(pos)),
+                    _ => Ok(value),
+                }
+            }
+            Union::FnPtr(..) => (),
             #[cfg(not(feature = "no_index"))]
             Union::Array(..) | Union::Blob(..) => (),
             #[cfg(not(feature = "no_object"))]
@@ -341,9 +354,8 @@ impl Engine {
             return Ok(());
         }
 
-        // proxy-rhai patch (speed): a string or a blob is its own size, without the walk.
+        // proxy-rhai patch (speed): a blob is its own size, without the walk.
         let sizes = match value.0 {
-            Union::Str(ref s, ..) => Some((0, 0, s.len())),
             #[cfg(not(feature = "no_index"))]
             Union::Blob(ref b, ..) => Some((b.len(), 0, 0)),
             _ => None,
