@@ -284,15 +284,18 @@ impl<H: Host> Api<H> {
     pub(crate) fn flush_headers(&self) {
         let mut frame = self.frame.borrow_mut();
         for map in [MapType::HttpRequestHeaders, MapType::HttpResponseHeaders] {
-            if let Some(batch) = frame.batch(map) {
-                if let Err(status) = batch.flush(&self.host, map) {
-                    self.host.log(
-                        LogLevel::Warn,
-                        &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
-                    );
-                }
+            if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
+                self.writes_refused(map, status);
             }
         }
+    }
+
+    #[cold]
+    fn writes_refused(&self, map: MapType, status: Status) {
+        self.host.log(
+            LogLevel::Warn,
+            &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
+        );
     }
 
     fn body_len(&self, buffer: BufferType) -> usize {
@@ -383,11 +386,15 @@ impl<H: Host> Api<H> {
         Ok(true)
     }
 
+    /// Sends a callout with the `pseudo` headers a convenience function sets (unless the
+    /// script's `headers` set them too), then the script's.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         f: &str,
         cluster: &str,
-        headers: Vec<(String, Vec<u8>)>,
+        pseudo: &[(&str, &str)],
+        headers: &[(String, Vec<u8>)],
         body: &[u8],
         timeout_ms: i64,
         callback: FnPtr,
@@ -398,15 +405,22 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
-        let values: Vec<String> = headers
+        let values: Vec<Cow<'_, str>> = headers
             .iter()
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .map(|(_, v)| String::from_utf8_lossy(v))
             .collect();
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .zip(&values)
-            .map(|((k, _), v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut refs: Vec<(&str, &str)> = Vec::with_capacity(pseudo.len() + headers.len());
+        refs.extend(
+            pseudo
+                .iter()
+                .filter(|(k, _)| !headers.iter().any(|(n, _)| n == k)),
+        );
+        refs.extend(
+            headers
+                .iter()
+                .zip(&values)
+                .map(|((k, _), v)| (k.as_str(), v.as_ref())),
+        );
         let id = self
             .host
             .dispatch_http_call(
@@ -1024,7 +1038,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 }"#,
         |a, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
             let f = "dispatch_http_call";
-            a.dispatch(f, cluster, header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
+            a.dispatch(f, cluster, &[], &header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
         });
     bind!(reg, "http_get", ALL, "int: the call id",
         "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
@@ -1036,8 +1050,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
 }"#,
         |a, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = request_headers("http_get", "GET", cluster, path, &headers)?;
-            a.dispatch("http_get", cluster, h, &[], timeout_ms, callback)
+            let h = header_pairs("http_get", &headers)?;
+            a.dispatch("http_get", cluster, &pseudo("GET", cluster, path), &h, &[], timeout_ms, callback)
         });
     bind!(
         reg,
@@ -1051,11 +1065,12 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
 }"#,
         |a, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
-            let h = request_headers("http_get", "GET", cluster, path, &headers)?;
+            let h = header_pairs("http_get", &headers)?;
             a.dispatch(
                 "http_get",
                 cluster,
-                h,
+                &pseudo("GET", cluster, path),
+                &h,
                 &[],
                 DEFAULT_CALL_TIMEOUT_MS,
                 callback,
@@ -1070,8 +1085,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
 }"#,
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = request_headers("http_post", "POST", cluster, path, &headers)?;
-            a.dispatch("http_post", cluster, h, &bytes_of("http_post", &body)?, timeout_ms, callback)
+            let h = header_pairs("http_post", &headers)?;
+            a.dispatch("http_post", cluster, &pseudo("POST", cluster, path), &h, &bytes_of("http_post", &body)?, timeout_ms, callback)
         });
     bind!(
         reg,
@@ -1085,11 +1100,12 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
 }"#,
         |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
-            let h = request_headers("http_post", "POST", cluster, path, &headers)?;
+            let h = header_pairs("http_post", &headers)?;
             a.dispatch(
                 "http_post",
                 cluster,
-                h,
+                &pseudo("POST", cluster, path),
+                &h,
                 &bytes_of("http_post", &body)?,
                 DEFAULT_CALL_TIMEOUT_MS,
                 callback,
@@ -1104,8 +1120,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
 }"#,
         |a, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = request_headers("http_call", method, cluster, path, &headers)?;
-            a.dispatch("http_call", cluster, h, &bytes_of("http_call", &body)?, timeout_ms, callback)
+            let h = header_pairs("http_call", &headers)?;
+            a.dispatch("http_call", cluster, &pseudo(method, cluster, path), &h, &bytes_of("http_call", &body)?, timeout_ms, callback)
         });
     bind!(
         reg,
@@ -1331,24 +1347,12 @@ fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
     Ok(body.unwrap_or_default())
 }
 
-/// Pseudo-headers for a callout, then the script's own headers (which may override them).
-fn request_headers(
-    f: &str,
-    method: &str,
-    cluster: &str,
-    path: &str,
-    headers: &Dynamic,
-) -> ScriptResult<Vec<(String, Vec<u8>)>> {
-    let extra = header_pairs(f, headers)?;
-    let mut pairs: Vec<(String, Vec<u8>)> = [
+/// The pseudo-headers of a callout to `path` on `cluster` (the script's own headers may
+/// override them).
+fn pseudo<'a>(method: &'a str, cluster: &'a str, path: &'a str) -> [(&'a str, &'a str); 3] {
+    [
         (":method", method),
         (":path", path),
         (":authority", cluster),
     ]
-    .into_iter()
-    .filter(|(k, _)| !extra.iter().any(|(n, _)| n == k))
-    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-    .collect();
-    pairs.extend(extra);
-    Ok(pairs)
 }
