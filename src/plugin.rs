@@ -26,9 +26,19 @@ pub struct Script {
     pub(crate) ast: AST,
     pub(crate) phases: Phases,
     pub(crate) has_tick: bool,
-    /// Which function each call in the script resolved to, kept across requests: without it
-    /// every phase call would search Rhai's modules for each function it calls.
-    resolved: RefCell<FnCallCache>,
+    /// What calls into the script keep from one request to the next.
+    calls: RefCell<Calls>,
+}
+
+/// Kept across calls into one script.
+#[derive(Default)]
+struct Calls {
+    /// Which function each call in the script resolved to: without it every phase call would
+    /// search Rhai's modules for each function it calls.
+    resolved: FnCallCache,
+    /// The scope the called function's variables live in, emptied after each call: a new one
+    /// would allocate its lists again on every call.
+    scope: Scope<'static>,
 }
 
 /// Past this many resolutions [`Script::resolved`] is emptied. A script's own call sites make
@@ -40,16 +50,17 @@ impl Script {
     /// Calls the script's function `name` (a phase, or `on_tick`) with no arguments.
     pub(crate) fn call(&self, engine: &Engine, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
-        let scope = &mut Scope::new();
-        match self.resolved.try_borrow_mut() {
-            Ok(mut cache) => {
+        match self.calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let Calls { resolved, scope } = &mut *calls;
                 let result =
-                    engine.call_fn_with_cache(options, scope, &self.ast, name, (), &mut cache);
-                bound(&mut cache);
+                    engine.call_fn_with_cache(options, scope, &self.ast, name, (), resolved);
+                scope.clear();
+                bound(resolved);
                 result
             }
             // A call made from inside another (none is today) resolves on its own.
-            Err(_) => engine.call_fn_with_options(options, scope, &self.ast, name, ()),
+            Err(_) => engine.call_fn_with_options(options, &mut Scope::new(), &self.ast, name, ()),
         }
     }
 
@@ -60,10 +71,12 @@ impl Script {
         callback: &FnPtr,
         args: Vec<Dynamic>,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
-        match self.resolved.try_borrow_mut() {
-            Ok(mut cache) => {
-                let result = callback.call_with_cache(engine, &self.ast, args, &mut cache);
-                bound(&mut cache);
+        match self.calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let Calls { resolved, scope } = &mut *calls;
+                let result = callback.call_with_cache(engine, &self.ast, scope, args, resolved);
+                scope.clear();
+                bound(resolved);
                 result
             }
             Err(_) => callback.call(engine, &self.ast, args),
@@ -353,7 +366,7 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
         ast,
         phases,
         has_tick,
-        resolved: RefCell::default(),
+        calls: RefCell::default(),
     })
 }
 
@@ -423,7 +436,7 @@ mod tests {
             let name = Dynamic::from(format!("missing_{i}"));
             let found = script.call_back(&engine, &probe, vec![name]).unwrap();
             assert_eq!(found.as_bool(), Ok(false));
-            let len = script.resolved.borrow().len();
+            let len = script.calls.borrow().resolved.len();
             assert!(len <= MAX_RESOLVED, "{len} resolutions kept");
             largest = largest.max(len);
         }

@@ -275,7 +275,7 @@ impl FnPtr {
         ast: &AST,
         args: impl FuncArgs,
     ) -> RhaiResultOf<T> {
-        self.call_with_caches(engine, ast, args, &mut crate::eval::Caches::new())
+        self.call_with_caches(engine, ast, &mut Scope::new(), args, &mut crate::eval::Caches::new())
     }
     /// proxy-rhai patch (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
     /// in `cache` for the next call into the same `ast` (see
@@ -285,12 +285,14 @@ impl FnPtr {
     ///
     /// ```
     /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
-    /// use rhai::{Engine, FnCallCache, FnPtr};
+    /// use rhai::{Engine, FnCallCache, FnPtr, Scope};
     ///
     /// let engine = Engine::new();
     /// let ast = engine.compile("fn foo(x) { len(x) + 1 }")?;
     /// let mut cache = FnCallCache::default();
-    /// let result: i64 = FnPtr::new("foo")?.call_with_cache(&engine, &ast, ("abc",), &mut cache)?;
+    /// let scope = &mut Scope::new();
+    /// let result: i64 =
+    ///     FnPtr::new("foo")?.call_with_cache(&engine, &ast, scope, ("abc",), &mut cache)?;
     /// assert_eq!(result, 4);
     /// # Ok(())
     /// # }
@@ -302,6 +304,7 @@ impl FnPtr {
         &self,
         engine: &Engine,
         ast: &AST,
+        scope: &mut Scope,
         args: impl FuncArgs,
         cache: &mut crate::FnCallCache,
     ) -> RhaiResultOf<T> {
@@ -309,13 +312,14 @@ impl FnPtr {
         if cache.0.fn_resolution_caches_len() == 0 {
             cache.0.push_fn_resolution_cache();
         }
-        self.call_with_caches(engine, ast, args, &mut cache.0)
+        self.call_with_caches(engine, ast, scope, args, &mut cache.0)
     }
     #[cfg(not(feature = "no_ast"))]
     fn call_with_caches<T: Variant + Clone>(
         &self,
         engine: &Engine,
         ast: &AST,
+        scope: &mut Scope,
         args: impl FuncArgs,
         caches: &mut crate::eval::Caches,
     ) -> RhaiResultOf<T> {
@@ -330,7 +334,7 @@ impl FnPtr {
 
         let ctx = (engine, self.fn_name(), None, &*global, Position::NONE).into();
 
-        self._call_raw(&ctx, &mut Scope::new(), None, arg_values, caches).and_then(|result| {
+        self._call_raw(&ctx, scope, None, arg_values, caches).and_then(|result| {
             result.try_cast_result().map_err(|r| {
                 let result_type = engine.map_type_name(r.type_name());
                 let cast_type = match type_name::<T>() {
