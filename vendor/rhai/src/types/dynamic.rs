@@ -1631,7 +1631,7 @@ impl Dynamic {
     ///
     /// assert_eq!(x.cast::<u32>(), 42);
     /// ```
-    #[inline]
+    #[inline(never)]
     #[must_use]
     pub fn cast<T: Any + Clone>(self) -> T {
         // Bail out early if the return type needs no cast
@@ -1639,18 +1639,9 @@ impl Dynamic {
             return reify! { self => !!! T };
         }
 
-        #[cfg(not(feature = "no_closure"))]
-        let self_type_name = if self.is_shared() {
-            // Avoid panics/deadlocks with shared values
-            "<shared>"
-        } else {
-            self.type_name()
-        };
-        #[cfg(feature = "no_closure")]
-        let self_type_name = self.type_name();
-
+        // proxy-rhai patch (speed): no type name worked out on every cast for a panic message.
         self.try_cast::<T>()
-            .unwrap_or_else(|| panic!("cannot cast {} to {}", self_type_name, type_name::<T>()))
+            .unwrap_or_else(|| cast_failed(type_name::<T>()))
     }
     /// Clone the [`Dynamic`] value and convert it into a specific type.
     ///
@@ -3083,4 +3074,12 @@ impl From<InclusiveRange> for Dynamic {
     fn from(value: InclusiveRange) -> Self {
         Self::from(value)
     }
+}
+
+/// The panic of [`Dynamic::cast`] (proxy-rhai patch: out of line; the message no longer names
+/// the value's type, which every cast had to work out beforehand).
+#[cold]
+#[inline(never)]
+fn cast_failed(to: &str) -> ! {
+    panic!("cannot cast to {to}")
 }
