@@ -2,7 +2,7 @@
 """The side-by-side benchmark of issue 5: proxy-rhai against no filter, Envoy's Lua filter and a
 hand-written Rust proxy-wasm plugin, on four workloads, in one Envoy on loopback.
 
-    python3 bench/run.py            # full run (~15-20 min on 2 cores), writes bench/RESULTS.md
+    python3 bench/run.py            # full run (~20-25 min on 2 cores), writes bench/RESULTS.md
     python3 bench/run.py --quick    # smoke run (~3 min), writes only bench/results/<stamp>/
 
 What it does, in order (every process it starts is stopped at the end, even on error or ^C):
