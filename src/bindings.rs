@@ -504,19 +504,7 @@ pub(crate) fn header_pairs_of(headers: &HeaderMap) -> Array {
 
 /// The bytes of a string or blob argument.
 fn bytes_of(f: &str, value: &Dynamic) -> ScriptResult<Vec<u8>> {
-    if let Some(s) = value.read_lock::<ImmutableString>() {
-        return Ok(s.as_bytes().to_vec());
-    }
-    if let Some(b) = value.read_lock::<Blob>() {
-        return Ok(b.clone());
-    }
-    if value.is_unit() {
-        return Ok(Vec::new());
-    }
-    err(format!(
-        "{f}(): expected a string or a blob, got {}",
-        value.type_name()
-    ))
+    value_of(f, value.clone()).map(Value::into_bytes)
 }
 
 /// Header pairs from `[[name, value], ...]` or `#{name: value}` (a map value may be an array

@@ -437,8 +437,8 @@ impl HeaderMap {
     }
 }
 
-/// A header value a script wrote: its string, shared with the script (not copied), or the
-/// bytes of a blob.
+/// A value a script gave for a header (or a body): its string, shared with the script (not
+/// copied), or the bytes of a blob.
 pub(crate) enum Value {
     Text(ImmutableString),
     Bytes(Bytes),
@@ -448,6 +448,13 @@ impl Value {
     fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Text(text) => text.as_bytes(),
+            Value::Bytes(bytes) => bytes,
+        }
+    }
+
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self {
+            Value::Text(text) => text.as_bytes().to_vec(),
             Value::Bytes(bytes) => bytes,
         }
     }

@@ -41,7 +41,7 @@ struct Calls {
     scope: Scope<'static>,
 }
 
-/// Past this many resolutions [`Script::resolved`] is emptied. A script's own call sites make
+/// Past this many resolutions [`Calls::resolved`] is emptied. A script's own call sites make
 /// far fewer; names made at run time (`is_def_fn(get_request_header("x"), 0)`) would otherwise
 /// add one per request for as long as the VM lives.
 const MAX_RESOLVED: usize = 1024;

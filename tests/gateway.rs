@@ -353,3 +353,71 @@ fn resolved_functions_stay_with_their_script_and_argument_types() {
         assert_eq!(run("a.com", "ab"), ("first".into(), "abab".into()));
     }
 }
+
+/// A call site remembers the native function it resolved to for its arguments' types: the
+/// same site given other types must find the other overload, every time.
+#[test]
+fn call_sites_follow_their_arguments_types() {
+    let script = r#"
+        fn on_request_headers() {
+            let out = [];
+            for x in ["ab", [1, 2, 3], #{a: 1}, blob(2, 0x41), "xyz"] {
+                out.push(`${x.len()}`);
+                out.push(to_json(x));
+            }
+            for x in [1, 2.5, "s", 3] { out.push(type_of(x + x)); }
+            send_http_response(200, [], to_json(out));
+        }"#;
+    let p = Emulator::with_script(script, json!({})).unwrap();
+    let expected = json!([
+        "2",
+        "\"ab\"",
+        "3",
+        "[1,2,3]",
+        "1",
+        "{\"a\":1}",
+        "2",
+        "[65,65]",
+        "3",
+        "\"xyz\"",
+        "i64",
+        "f64",
+        "string",
+        "i64"
+    ]);
+    for _ in 0..3 {
+        let o = p.run(&Request::get("/"), &mut Response::ok(""));
+        let got: serde_json::Value = serde_json::from_slice(&o.response.body).unwrap();
+        assert_eq!(got, expected);
+    }
+}
+
+/// The scope a script's calls share is emptied after each: no variable of one call (or one
+/// request) is there for the next.
+#[test]
+fn variables_do_not_outlive_their_call() {
+    let script = r#"
+        fn on_request_headers() {
+            if is_def_var("seen") { throw `a variable survived: ${seen}`; }
+            let seen = get_request_header("x-user");
+            http_get("auth", "/", [], 100, || {
+                if is_def_var("in_callback") { throw "a callback's variable survived"; }
+                let in_callback = 1;
+                add_request_header("x-checked", "yes");
+            });
+        }
+        fn on_response_headers() {
+            if is_def_var("seen") { throw "a variable of another phase is here"; }
+        }"#;
+    let p = Emulator::with_script(script, json!({})).unwrap();
+    p.add_cluster("auth");
+    for user in ["ann", "bob", "cid"] {
+        // Every callout times out (Envoy's 504): the callback runs all the same.
+        let o = p.run(
+            &Request::get("/").header("x-user", user),
+            &mut Response::ok(""),
+        );
+        assert!(o.script_errors().is_empty(), "{:?}", o.log);
+        assert_eq!(o.upstream_header("x-checked").as_deref(), Some("yes"));
+    }
+}
