@@ -404,8 +404,30 @@ impl HeaderMap {
 
     /// Sets `name` to one value: every value removed, then the new one added.
     pub fn replace(&mut self, map: MapType, name: &str, value: &[u8]) {
-        self.remove(name);
-        self.add(map, name, value);
+        let lower = lowercase(name);
+        let Some(first) = self.find(lower.as_bytes(), 0) else {
+            return self.add(map, name, value);
+        };
+        // The same as removing every value and adding the new one, without looking the name
+        // up again: the first entry takes the value and moves to where an add would put it.
+        let mut from = first + 1;
+        while let Some(i) = self.find(lower.as_bytes(), from) {
+            let removed = self.entries.remove(i);
+            self.garbage += removed.name.len + removed.value.len;
+            from = i;
+        }
+        let mut entry = self.entries.remove(first);
+        self.garbage += entry.value.len;
+        entry.value = self.push_bytes(&[value]);
+        let at = if lower.starts_with(':') {
+            self.iter()
+                .position(|(k, _)| !k.starts_with(b":"))
+                .unwrap_or(self.entries.len())
+        } else {
+            self.entries.len()
+        };
+        self.entries.insert(at, entry);
+        self.compact_if_wasteful();
     }
 
     /// Replaces the whole map with `pairs`, added one by one.
