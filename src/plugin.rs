@@ -159,6 +159,10 @@ impl<H: Host + 'static> Plugin<H> {
                 },
             ));
         }
+        // Interning shares the parser's names and literals; at run time it would hash every
+        // string a `let` or an assignment stores, and keep the ones seen twice.
+        let mut engine = engine;
+        engine.set_max_strings_interned(0);
         let mut plugin = Self {
             engine,
             api,

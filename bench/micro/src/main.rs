@@ -157,6 +157,26 @@ fn cases(json_body: &str) -> Vec<Case> {
     ));
     v.push(case(
         "rhai",
+        "let s = a string (no binding)",
+        format!(
+            "fn on_request_headers() {{\n{}}}",
+            repeat(r#"let s = "x-bench""#)
+        ),
+        Some(EMPTY_RQH),
+        CALLS,
+    ));
+    v.push(case(
+        "rhai",
+        "a string's method: .starts_with",
+        format!(
+            "fn on_request_headers() {{\n{}}}",
+            repeat(r#""/bench".starts_with("/deny")"#)
+        ),
+        Some(EMPTY_RQH),
+        CALLS,
+    ));
+    v.push(case(
+        "rhai",
         "string literal passed to a script fn",
         format!(
             "fn f(s) {{ s }}\nfn on_request_headers() {{\n{}}}",
