@@ -52,6 +52,8 @@ CASES = [
     ("proxy-rhai, header replace", "rhai", rhai('replace_request_header("x-in-{i}", "r")'), "proxy-rhai, empty"),
     ("proxy-rhai, binding without host call", "rhai", rhai('get_context("x-in-{i}")'), "proxy-rhai, empty"),
     ("proxy-rhai, Rhai string method", "rhai", rhai('"x-in-{i}".len()'), "proxy-rhai, empty"),
+    # The value used: a let of nothing read is optimized away.
+    ("proxy-rhai, let of a string", "rhai", rhai('let s = "x-in-{i}"; s.len()'), "proxy-rhai, Rhai string method"),
     # The bench's own workloads 1 and 2, whole (no per-operation figure): each filter's cost
     # with nothing but the direct response around it.
     ("Lua, trivial", "lua", (ROOT / "bench" / "lua" / "trivial.lua").read_text(), None),
