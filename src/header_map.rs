@@ -378,7 +378,13 @@ impl HeaderMap {
             value: self.push_bytes(&[value]),
             tag: Tag::of(name.as_bytes()),
         };
-        let at = if name.starts_with(':') {
+        self.insert(entry, name.starts_with(':'));
+    }
+
+    /// Puts `entry` where Envoy adds a header: at the end, or after the last pseudo-header
+    /// for a pseudo-header.
+    fn insert(&mut self, entry: Entry, pseudo: bool) {
+        let at = if pseudo {
             self.iter()
                 .position(|(k, _)| !k.starts_with(b":"))
                 .unwrap_or(self.entries.len())
@@ -419,14 +425,7 @@ impl HeaderMap {
         let mut entry = self.entries.remove(first);
         self.garbage += entry.value.len;
         entry.value = self.push_bytes(&[value]);
-        let at = if lower.starts_with(':') {
-            self.iter()
-                .position(|(k, _)| !k.starts_with(b":"))
-                .unwrap_or(self.entries.len())
-        } else {
-            self.entries.len()
-        };
-        self.entries.insert(at, entry);
+        self.insert(entry, lower.starts_with(':'));
         self.compact_if_wasteful();
     }
 
