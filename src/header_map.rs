@@ -397,15 +397,19 @@ impl HeaderMap {
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) {
         let name = lowercase(name);
-        let name = name.as_bytes();
+        self.remove_from(name.as_bytes(), 0);
+        self.compact_if_wasteful();
+    }
+
+    /// Removes the entries named `name` (lowercase) from `from` on.
+    #[inline]
+    fn remove_from(&mut self, name: &[u8], mut from: usize) {
         // Most removals find nothing, or one entry.
-        let mut from = 0;
         while let Some(i) = self.find(name, from) {
             let removed = self.entries.remove(i);
             self.garbage += removed.name.len + removed.value.len;
             from = i;
         }
-        self.compact_if_wasteful();
     }
 
     /// Sets `name` to one value: every value removed, then the new one added.
@@ -416,12 +420,7 @@ impl HeaderMap {
         };
         // The same as removing every value and adding the new one, without looking the name
         // up again: the first entry takes the value and moves to where an add would put it.
-        let mut from = first + 1;
-        while let Some(i) = self.find(lower.as_bytes(), from) {
-            let removed = self.entries.remove(i);
-            self.garbage += removed.name.len + removed.value.len;
-            from = i;
-        }
+        self.remove_from(lower.as_bytes(), first + 1);
         let mut entry = self.entries.remove(first);
         self.garbage += entry.value.len;
         entry.value = self.push_bytes(&[value]);

@@ -116,7 +116,7 @@ impl<H: Host + 'static> Plugin<H> {
     pub fn configure(host: H, configuration: &[u8]) -> Result<Self, String> {
         let config = PluginConfig::parse(configuration)?;
         let api = Rc::new(Api::new(host));
-        let engine = new_engine(&config.limits, api.clone(), None);
+        let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
@@ -161,7 +161,6 @@ impl<H: Host + 'static> Plugin<H> {
         }
         // Interning shares the parser's names and literals; at run time it would hash every
         // string a `let` or an assignment stores, and keep the ones seen twice.
-        let mut engine = engine;
         engine.set_max_strings_interned(0);
         let mut plugin = Self {
             engine,
