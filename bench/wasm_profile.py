@@ -6,7 +6,8 @@
 V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This runs the same
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
 proxy-wasm host written in Python, and wasmtime's perf map names every wasm function. The host
-is minimal: a GET with the 15 headers of bench workload 2, a 200 response with a 3-byte body,
+is minimal: a GET with the 15 headers of bench workload 2, a 200 response with a 3-byte body
+(or the file given with --response-body),
 every phase called in Envoy's order; header maps and the plugin configuration are answered,
 a callout is answered at once (200, `x-auth-token`, as bench workload 4's service does), anything
 else (properties, metrics) is refused or ignored.
@@ -36,6 +37,7 @@ REQUEST = ([(":authority", "example.com"), (":path", "/bench"), (":method", "GET
 RESPONSE = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "3")]
 CALLOUT_ANSWER = [(":status", "200"), ("x-auth-token", "tok-123"), ("content-length", "0")]
 REQUEST_HEADERS, RESPONSE_HEADERS, CALLOUT_HEADERS, PLUGIN_CONFIGURATION = 0, 2, 6, 7
+HTTP_RESPONSE_BODY = 1
 OK, NOT_FOUND = 0, 1
 
 
@@ -58,7 +60,7 @@ def deserialize(data):
     return pairs
 
 
-def serve(wasm, script, requests, fuel=False, configuration=None):
+def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n"):
     """Runs `requests` requests through the plugin (inside perf, when profiling). With `fuel`,
     returns the wasm instructions they executed (wasmtime's fuel: one unit per instruction,
     none for the host), after as many requests again to warm up."""
@@ -125,11 +127,21 @@ def serve(wasm, script, requests, fuel=False, configuration=None):
         maps[map_type] = deserialize(read(ptr, size))
         return OK
 
+    buffers = {PLUGIN_CONFIGURATION: plugin_config}
+
     def get_buffer(buffer_type, start, length, ret_ptr, ret_size):
-        if buffer_type != PLUGIN_CONFIGURATION:
+        if buffer_type not in buffers:
             return NOT_FOUND
         end = None if length < 0 else start + length  # an i32 of -1: the SDK asks for usize::MAX
-        give(plugin_config[start:end], ret_ptr, ret_size)
+        give(buffers[buffer_type][start:end], ret_ptr, ret_size)
+        return OK
+
+    def set_buffer(buffer_type, start, length, ptr, size):
+        old = buffers.get(buffer_type, b"")
+        data = read(ptr, size)
+        # Envoy's three forms: prepend (0, 0), replace (0, len), append (start >= len).
+        buffers[buffer_type] = data + old if length == 0 and start == 0 else (
+            old + data if start >= len(old) else data)
         return OK
 
     def http_call(*args):
@@ -147,6 +159,7 @@ def serve(wasm, script, requests, fuel=False, configuration=None):
         "proxy_add_header_map_value": add_value, "proxy_replace_header_map_value": replace_value,
         "proxy_remove_header_map_value": remove_value, "proxy_get_header_map_pairs": get_pairs,
         "proxy_set_header_map_pairs": set_pairs, "proxy_get_buffer_bytes": get_buffer,
+        "proxy_set_buffer_bytes": set_buffer,
         "proxy_define_metric": define_metric, "proxy_record_metric": lambda *a: OK,
         "proxy_increment_metric": lambda *a: OK, "proxy_send_local_response": lambda *a: OK,
         "proxy_http_call": http_call, "proxy_continue_stream": lambda *a: OK,
@@ -167,6 +180,7 @@ def serve(wasm, script, requests, fuel=False, configuration=None):
     if ex["proxy_on_configure"](store, 1, len(plugin_config)) != 1:
         sys.exit("the plugin refused the configuration (see its log above)")
     encode = lambda pairs: [(k.encode(), v.encode()) for k, v in pairs]
+    response = [(k, str(len(response_body)) if k == "content-length" else v) for k, v in RESPONSE]
     state["pending"] = []
     start = None
     for i in range(2 * requests if fuel else requests):
@@ -174,14 +188,15 @@ def serve(wasm, script, requests, fuel=False, configuration=None):
             start = store.get_fuel()
         ctx = 2 + i
         maps.clear()
-        maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(RESPONSE)
+        maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(response)
+        buffers[HTTP_RESPONSE_BODY] = response_body
         ex["proxy_on_context_create"](store, ctx, 1)
         ex["proxy_on_request_headers"](store, ctx, len(REQUEST), 1)
         while state["pending"]:
             maps[CALLOUT_HEADERS] = encode(CALLOUT_ANSWER)
             ex["proxy_on_http_call_response"](store, ctx, state["pending"].pop(0), len(CALLOUT_ANSWER), 0, 0)
         ex["proxy_on_response_headers"](store, ctx, len(RESPONSE), 0)
-        ex["proxy_on_response_body"](store, ctx, 3, 1)
+        ex["proxy_on_response_body"](store, ctx, len(response_body), 1)
         ex["proxy_on_log"](store, ctx)
         ex["proxy_on_done"](store, ctx)
         ex["proxy_on_delete"](store, ctx)
@@ -211,10 +226,14 @@ def main():
                     "only a label): to run another plugin, e.g. the native one of bench/native-plugin")
     ap.add_argument("--fuel", action="store_true",
                     help="count the wasm instructions per request instead (exact and repeatable; no perf)")
+    ap.add_argument("--response-body", metavar="FILE",
+                    help="the upstream's response body (default: 3 bytes), e.g. bench/data/body-10k.json "
+                    "for bench/scripts/json.rhai")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    body = pathlib.Path(args.response_body).read_bytes() if args.response_body else b"ok\n"
     if args.serve:
-        serve(args.wasm, args.script, args.requests)
+        serve(args.wasm, args.script, args.requests, response_body=body)
         return
     try:
         import wasmtime  # noqa: F401
@@ -222,13 +241,15 @@ def main():
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "wasmtime"], check=True)
     wasm = named_wasm(args.wasm)
     if args.fuel:
-        used = serve(wasm, args.script, args.requests, fuel=True, configuration=args.configuration)
+        used = serve(wasm, args.script, args.requests, fuel=True, configuration=args.configuration,
+                     response_body=body)
         print(f"{args.script}: {used / args.requests:.0f} wasm instructions per request "
               f"({args.requests} requests after as many to warm up)")
         return
     data = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.wasm_profile.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, __file__, "--serve",
-                    "--wasm", wasm, "--requests", str(args.requests), args.script], check=True)
+                    "--wasm", wasm, "--requests", str(args.requests), args.script]
+                   + (["--response-body", args.response_body] if args.response_body else []), check=True)
     report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-q", "--no-children",
                              "--sort", "dso,sym", "-F", "period,dso,sym"],
                             capture_output=True, text=True, check=True).stdout

@@ -159,6 +159,35 @@ fn sleep_is_refused_and_a_bad_sort_comparer_is_harmless() {
 }
 
 #[test]
+fn a_string_is_a_value_never_the_name_of_a_function_to_call() {
+    // Rhai's deprecated forms `map("f")`, `index_of("f")`, `sort("f")`, ... called the script
+    // function named by the string; they are not built in (vendor/README.md, patch 4), so a
+    // string given to `index_of` is the value searched for, as with any other type.
+    let p = Emulator::with_script(
+        r#"fn f(x) { true }
+        fn on_request_headers() {
+            log_info(`${["a", "f", "b"].index_of("f")} ${["a", "b"].index_of("f")}`);
+            log_info(`${["a", "f"].contains("f")} ${[1, 2].index_of(|x| x == 2)}`);
+            for attempt in [|| [1, 2].map("f"), || [1, 2].filter("f"), || [2, 1].sort("f")] {
+                try { attempt.call(); log_info("called f"); } catch (e) { log_info(e.message); }
+            }
+        }"#,
+        json!({}),
+    )
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    let logs: Vec<&str> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(logs[..2], ["1 -1", "true 1"]);
+    assert_eq!(logs.len(), 5, "{logs:?}");
+    for (log, name) in logs[2..].iter().zip(["map", "filter", "sort"]) {
+        assert!(
+            log.starts_with(&format!("Function not found: {name} (array, &str")),
+            "{log}"
+        );
+    }
+}
+
+#[test]
 fn sorts_keep_their_order() {
     // Every sort runs the patched merge sort (vendor/README.md, patch 3): ascending, descending
     // and by a comparer, each stable. -0.0 and 0.0 compare equal, so they show it.

@@ -1,7 +1,5 @@
 #![cfg(not(feature = "no_index"))]
 
-#[cfg(not(feature = "no_ast"))]
-use crate::api::deprecated::deprecated_array_functions;
 use crate::engine::OP_EQUALS;
 use crate::eval::{calc_index, calc_offset_len};
 use crate::plugin::*;
@@ -20,8 +18,9 @@ def_package! {
         lib.set_standard_lib(true);
 
         combine_with_exported_manifest!(lib, "array", array_functions);
-        #[cfg(not(feature = "no_ast"))]
-        combine_with_exported_manifest!(lib, "deprecated_array", deprecated_array_functions);
+        // proxy-rhai patch (code size): not the deprecated functions that take a function's
+        // name as a string (`map("f")`, `sort("f")`, ...): 37 kB of wasm for a form Rhai will
+        // remove, and one that made `index_of("x")` call a function named "x".
 
         // Register array iterator
         lib.set_iterable::<Array>();
