@@ -111,6 +111,57 @@ fn runaway_scripts_hit_limits_and_the_next_request_is_served() {
 }
 
 #[test]
+fn methods_that_grow_their_object_hit_the_size_limits() {
+    // After a method changes its object (`&mut` first argument), the object is measured again;
+    // only pure methods (`len`, `contains`, `to_json`, ...) are not, as they change nothing.
+    let limits = json!({"max_array_size": 100, "max_map_size": 100, "max_string_size": 1024});
+    for (body, expect) in [
+        (
+            "let a = []; loop { a.push(1); }",
+            "Size of array/BLOB too large",
+        ),
+        (
+            "let a = []; loop { a.append([1, 2, 3]); }",
+            "Size of array/BLOB too large",
+        ),
+        (
+            "let b = blob(); loop { b.push(1); }",
+            "Size of array/BLOB too large",
+        ),
+        (
+            "let a = [[]]; loop { a[0].push(1); }",
+            "Size of array/BLOB too large",
+        ),
+        (
+            "let m = #{}; for i in 0..1000 { let x = #{}; x[`k${i}`] = i; m.mixin(x); }",
+            "Size of object map too large",
+        ),
+        (
+            "let s = \"\"; loop { s.append(\"xyz\"); }",
+            "Length of string too large",
+        ),
+        // Pure methods on values within the limits are not errors.
+        (
+            "let a = []; for i in 0..100 { a.push(i); a.len(); a.contains(i); to_json(#{a: a}); }",
+            "",
+        ),
+    ] {
+        let script = format!("fn on_request_headers() {{ {body} }}");
+        let p = configure(json!({"script": script, "limits": limits})).unwrap();
+        let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+        let errors = o.script_errors();
+        if expect.is_empty() {
+            assert!(errors.is_empty(), "{body}: {errors:?}");
+        } else {
+            assert!(
+                errors.len() == 1 && errors[0].contains(expect),
+                "{body}: {errors:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn operations_limit_is_configurable() {
     let script = "fn on_request_headers() { let n = 0; for i in 0..5000 { n += i; } }";
     let tight = configure(json!({"script": script, "limits": {"max_operations": 1000}})).unwrap();

@@ -32,6 +32,15 @@ impl From<&Expr> for ChainType {
     }
 }
 
+/// The number of keys of a map, `None` for any other value (proxy-rhai patch).
+#[cfg(not(feature = "no_object"))]
+fn map_len(value: &Dynamic) -> Option<usize> {
+    match value.0 {
+        crate::types::dynamic::Union::Map(ref map, ..) => Some(map.len()),
+        _ => None,
+    }
+}
+
 impl Engine {
     /// Evaluate a dot/index chain.
     pub(crate) fn eval_dot_index_chain(
@@ -344,6 +353,8 @@ impl Engine {
                         let new_scope = x!(s, b);
                         let idx_val = &mut idx_values.pop().unwrap();
                         let idx = &mut idx_val.clone();
+                        #[cfg(not(feature = "no_object"))]
+                        let keys_before = map_len(obj);
                         let try_setter = match self.get_indexed_mut(
                             global, caches, new_scope, this_ptr, obj, idx, pos, op_pos, true, false,
                         ) {
@@ -361,6 +372,14 @@ impl Engine {
                             // Any other error
                             Err(err) => return Err(err),
                         };
+
+                        // proxy-rhai patch: a map that gained a key is measured whole, as after
+                        // `map.key = value`. Only the item was, so `m[k] = v` in a loop grew a map
+                        // past `max_map_size` unnoticed.
+                        #[cfg(not(feature = "no_object"))]
+                        if try_setter.is_none() && map_len(obj) != keys_before {
+                            self.check_data_size(&*obj, op_info.position())?;
+                        }
 
                         if let Some(mut new_val) = try_setter {
                             // Is this an op-assignment?

@@ -740,8 +740,11 @@ impl Engine {
             let result = _result?;
 
             // Check the data size of any `&mut` object, which may be changed.
+            // proxy-rhai patch (speed): not after a pure function, which doesn't change it (the
+            // promise that lets it be called on a constant). The check walks the whole value:
+            // `doc.len()` or `to_json(doc)` measured all of a large `doc` again on every call.
             #[cfg(not(feature = "unchecked"))]
-            if is_ref_mut && !args.is_empty() {
+            if is_ref_mut && !func.is_pure() && !args.is_empty() {
                 self.check_data_size(&*args[0], pos)?;
             }
 
