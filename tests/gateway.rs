@@ -392,6 +392,32 @@ fn call_sites_follow_their_arguments_types() {
     }
 }
 
+/// A call site whose function comes from a value — `call(f, ...)`, or a map's function
+/// property called as a method — calls the value's function each time, not the one it called
+/// the first time (a call site remembers the function of its own name only).
+#[test]
+fn call_sites_follow_the_function_a_value_names() {
+    let script = r#"
+        fn twice(s) { s + s }
+        fn on_request_headers() {
+            let out = [];
+            for f in [Fn("to_upper"), Fn("to_lower"), Fn("twice"), Fn("to_upper")] {
+                out.push(call(f, "aBc"));
+            }
+            for m in [#{size: Fn("len")}, #{size: Fn("keys"), b: 1}, #{size: Fn("len")}] {
+                out.push(`${m.size()}`);
+            }
+            send_http_response(200, [], to_json(out));
+        }"#;
+    let p = Emulator::with_script(script, json!({})).unwrap();
+    let expected = json!(["ABC", "abc", "aBcaBc", "ABC", "1", "[\"b\", \"size\"]", "1"]);
+    for _ in 0..3 {
+        let o = p.run(&Request::get("/"), &mut Response::ok(""));
+        let got: serde_json::Value = serde_json::from_slice(&o.response.body).unwrap();
+        assert_eq!(got, expected);
+    }
+}
+
 /// The scope a script's calls share is emptied after each: no variable of one call (or one
 /// request) is there for the next.
 #[test]

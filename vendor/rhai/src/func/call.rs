@@ -325,6 +325,7 @@ impl Engine {
 
             _ => {
                 let mut fn_name = fn_name;
+                let mut site = site;
                 let _redirected;
                 let mut _linked = None;
                 let mut _arg_values;
@@ -338,6 +339,9 @@ impl Engine {
                             // Remap the function name
                             _redirected = fn_ptr.fn_name_raw().clone();
                             fn_name = &_redirected;
+                            // proxy-rhai patch: the call site remembers the function of its
+                            // own name; this one is the map's, which may be another next time.
+                            site = None;
                             // Add curried arguments
                             if fn_ptr.is_curried() {
                                 _arg_values = fn_ptr
@@ -492,6 +496,7 @@ impl Engine {
         let mut curry = FnArgsVec::new_const();
         let mut fn_name = fn_name;
         let mut hashes = hashes;
+        let mut site = site;
         let redirected; // Handle call() - Redirect function call
 
         match fn_name {
@@ -586,6 +591,9 @@ impl Engine {
                 // Redirect function name
                 redirected = name;
                 fn_name = &redirected;
+                // proxy-rhai patch: the call site remembers the function of its own name, not
+                // of the pointer's, which may be another on the next call.
+                site = None;
 
                 // Shift the arguments
                 first_arg = args_expr.first();
