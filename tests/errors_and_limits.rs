@@ -91,8 +91,10 @@ fn runaway_scripts_hit_limits_and_the_next_request_is_served() {
             "Length of string too large",
         ),
         (
+            // Doubling to the 4 Mi-item limit walks ~10 M items in size checks: they are charged
+            // as operations (vendor/README.md, patch 9), and the operations limit comes first.
             "fn on_request_headers() { let a = [1]; loop { a += a; } }",
-            "Size of array/BLOB too large",
+            "Too many operations",
         ),
         (
             "fn on_request_headers() { let b = blob(100000000); }",
@@ -116,6 +118,10 @@ fn methods_that_grow_their_object_hit_the_size_limits() {
     // only pure methods (`len`, `contains`, `to_json`, ...) are not, as they change nothing.
     let limits = json!({"max_array_size": 100, "max_map_size": 100, "max_string_size": 1024});
     for (body, expect) in [
+        (
+            "let a = [1]; loop { a += a; }",
+            "Size of array/BLOB too large",
+        ),
         (
             "let a = []; loop { a.push(1); }",
             "Size of array/BLOB too large",
@@ -159,6 +165,41 @@ fn methods_that_grow_their_object_hit_the_size_limits() {
             );
         }
     }
+}
+
+#[test]
+fn size_checks_count_as_operations() {
+    // Every push measures the whole array again: 40,000 pushes walked 800 million items, seconds
+    // of CPU within 120,000 operations. The walks are charged (one operation per 16 items), so
+    // such a loop ends with the operations limit; a loop of 1,000 pushes is still well within it.
+    let script = |n: u32| {
+        format!(
+            "fn on_request_headers() {{ let a = []; for i in 0..{n} {{ a.push(i); }} log_info(`${{a.len()}}`); }}"
+        )
+    };
+    let p = configure(json!({"script": script(40_000)})).unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    let errors = o.script_errors();
+    assert!(
+        errors.len() == 1 && errors[0].contains("Too many operations"),
+        "{errors:?}"
+    );
+    let p = configure(json!({"script": script(1_000)})).unwrap();
+    for _ in 0..3 {
+        let o = p.run(&Request::get("/"), &mut Response::ok(""));
+        assert!(o.script_errors().is_empty(), "{:?}", o.script_errors());
+        assert!(o.log.iter().any(|l| l.message == "1000"), "{:?}", o.log);
+    }
+    // The limit is the operations limit: 6,000 pushes exceed the default, not a higher one.
+    let over = |limits: serde_json::Value| {
+        let p = configure(json!({"script": script(6_000), "limits": limits})).unwrap();
+        let o = p.run(&Request::get("/"), &mut Response::ok(""));
+        o.script_errors()
+            .iter()
+            .any(|e| e.contains("Too many operations"))
+    };
+    assert!(over(json!({})));
+    assert!(!over(json!({"max_operations": 2_000_000})));
 }
 
 #[test]

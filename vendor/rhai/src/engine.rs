@@ -145,6 +145,10 @@ pub struct Engine {
     /// these bits set (0: on every operation).
     #[cfg(not(feature = "unchecked"))]
     pub(crate) progress_mask: u64,
+    /// proxy-rhai patch: items the size walks visited and the operation count has not been
+    /// charged for yet (`WALK_ITEMS_PER_OPERATION`). Emptied when a call begins.
+    #[cfg(not(feature = "unchecked"))]
+    pub(crate) data_walked: std::sync::atomic::AtomicUsize,
 
     /// Language options.
     pub(crate) options: LangOptions,
@@ -290,6 +294,8 @@ impl Engine {
         progress: None,
         #[cfg(not(feature = "unchecked"))]
         progress_mask: 0,
+        #[cfg(not(feature = "unchecked"))]
+        data_walked: std::sync::atomic::AtomicUsize::new(0),
 
         options: LangOptions::new(),
 

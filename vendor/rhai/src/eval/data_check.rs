@@ -8,6 +8,15 @@ use std::borrow::Borrow;
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
 
+/// How many items a size walk visits for one operation (proxy-rhai patch). A walk is as long
+/// as the value: after every `a.push(x)` the whole of `a` is measured again, so a loop of pushes
+/// did quadratic work that the operation count never saw (40,000 pushes: seconds of CPU, well
+/// within `max_operations`). Charged to the operation count, walks are bounded by it like the
+/// rest of a script's work. A visit costs ~56 wasm instructions (8,000 pushes: 1.79 billion
+/// instructions for 32 million visits), a plain operation several hundred: 16 visits are about
+/// one operation's work.
+pub const WALK_ITEMS_PER_OPERATION: usize = 16;
+
 /// Recursively calculate the sizes of an array.
 ///
 /// Sizes returned are `(` [`Array`][crate::Array], [`Map`][crate::Map] and [`String`] `)`.
@@ -172,9 +181,16 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
 /// holds is a captured variable, sized where it is assigned, so it only counts for depth.
 #[must_use]
 pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usize, usize), usize) {
+    let (sizes, depth, _) = walk_data(value, limit);
+    (sizes, depth)
+}
+
+/// [`calc_data_sizes_and_depth`], and the number of items the walk visited (proxy-rhai patch).
+fn walk_data(value: &Dynamic, limit: usize) -> ((usize, usize, usize), usize, usize) {
     struct Walk {
         sizes: (usize, usize, usize),
         limit: usize,
+        visited: usize,
         /// Cells on the way from the top to the value being walked.
         path: Vec<*const ()>,
     }
@@ -189,6 +205,7 @@ pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usiz
         ) -> usize {
             let mut max = level;
             for value in values {
+                self.visited += 1;
                 if count && in_map {
                     self.sizes.1 += 1;
                 } else if count {
@@ -246,10 +263,11 @@ pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usiz
     let mut walk = Walk {
         sizes: (0, 0, 0),
         limit,
+        visited: 0,
         path: Vec::new(),
     };
     let depth = walk.value(value, 0, true);
-    (walk.sizes, depth)
+    (walk.sizes, depth, walk.visited)
 }
 
 /// The error [`Engine::throw_on_size`] gives for a string over the limit (proxy-rhai patch).
@@ -308,11 +326,32 @@ impl Engine {
     /// for [`throw_on_size`][Engine::throw_on_size] and
     /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch).
     #[inline]
+    /// Every walk is charged to the operation count ([`WALK_ITEMS_PER_OPERATION`]).
     pub(crate) fn data_sizes_and_depth(&self, value: &Dynamic) -> ((usize, usize, usize), usize) {
-        match self.limits.value_depth {
-            Some(max) => calc_data_sizes_and_depth(value, max.get()),
-            None => (calc_data_sizes(value, true), 0),
+        let (sizes, depth, visited) = match self.limits.value_depth {
+            Some(max) => walk_data(value, max.get()),
+            None => {
+                let sizes = calc_data_sizes(value, true);
+                (sizes, 0, sizes.0 + sizes.1)
+            }
+        };
+        self.data_walked
+            .fetch_add(visited, std::sync::atomic::Ordering::Relaxed);
+        (sizes, depth)
+    }
+
+    /// The operations the size walks made since the last call owe, taken from the tally
+    /// (proxy-rhai patch).
+    #[inline(always)]
+    fn walk_operations(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let walked = self.data_walked.load(Relaxed);
+        if walked < WALK_ITEMS_PER_OPERATION {
+            return 0;
         }
+        self.data_walked
+            .store(walked % WALK_ITEMS_PER_OPERATION, Relaxed);
+        (walked / WALK_ITEMS_PER_OPERATION) as u64
     }
 
     /// Check whether the size of a [`Dynamic`] is within limits.
@@ -389,35 +428,32 @@ impl Engine {
         global: &mut GlobalRuntimeState,
         pos: Position,
     ) -> RhaiResultOf<()> {
-        let mut num_ops = None;
+        // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
+        let step = 1 + self.walk_operations();
 
-        let mut num_operations = || {
-            *num_ops.get_or_insert_with(|| {
-                // Increment operations count
-                #[cfg(atomic_ops_count)]
-                return global
-                    .num_operations
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                    + 1;
+        // Increment operations count
+        #[cfg(atomic_ops_count)]
+        let num_operations = global
+            .num_operations
+            .fetch_add(step, std::sync::atomic::Ordering::SeqCst)
+            + step;
 
-                #[cfg(not(atomic_ops_count))]
-                {
-                    global.num_operations += 1;
-                    return global.num_operations;
-                }
-            })
+        #[cfg(not(atomic_ops_count))]
+        let num_operations = {
+            global.num_operations += step;
+            global.num_operations
         };
 
         // Guard against too many operations
         #[cfg(not(feature = "unchecked"))]
-        if self.max_operations() > 0 && num_operations() > self.max_operations() {
+        if self.max_operations() > 0 && num_operations > self.max_operations() {
             return Err(ERR::ErrorTooManyOperations(pos).into());
         }
 
         if let Some(progress) = self.progress.as_ref() {
-            let num_operations = num_operations();
-            // proxy-rhai patch (speed): `Engine::on_progress_every`.
-            if num_operations & self.progress_mask != 0 {
+            // proxy-rhai patch (speed): `Engine::on_progress_every`: only when the count passed
+            // a multiple of `progress_mask + 1` (it may step over one: see `step`).
+            if num_operations & self.progress_mask >= step {
                 return Ok(());
             }
             return progress(num_operations)

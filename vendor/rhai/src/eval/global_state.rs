@@ -89,6 +89,10 @@ impl Engine {
     #[inline(always)]
     #[must_use]
     fn new_global_runtime_state(&self) -> GlobalRuntimeState {
+        // proxy-rhai patch: a call is charged for its own size walks only.
+        #[cfg(not(feature = "unchecked"))]
+        self.data_walked
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         GlobalRuntimeState {
             #[cfg(not(feature = "no_module"))]
             imports: crate::ThinVec::new(),
