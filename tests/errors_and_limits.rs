@@ -200,6 +200,17 @@ fn size_checks_count_as_operations() {
     };
     assert!(over(json!({})));
     assert!(!over(json!({"max_operations": 2_000_000})));
+    // A `let` (or an assignment) walks its value too, to make the copy writable: copying a
+    // 3,000-item array 100,000 times took 3.1 s per request in Envoy, within the limits.
+    let p = configure(json!({"script": "fn on_request_headers() {
+        let big = []; big.pad(3000, 0); for i in 0..100000 { let b = big; } }"}))
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    let errors = o.script_errors();
+    assert!(
+        errors.len() == 1 && errors[0].contains("Too many operations"),
+        "{errors:?}"
+    );
 }
 
 #[test]

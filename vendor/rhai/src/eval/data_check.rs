@@ -335,9 +335,18 @@ impl Engine {
                 (sizes, 0, sizes.0 + sizes.1)
             }
         };
-        self.data_walked
-            .fetch_add(visited, std::sync::atomic::Ordering::Relaxed);
+        self.charge_walk(visited);
         (sizes, depth)
+    }
+
+    /// Adds `items` visited by a walk through a value to the tally the operations take from
+    /// (proxy-rhai patch).
+    #[inline(always)]
+    pub(crate) fn charge_walk(&self, items: usize) {
+        if items > 0 {
+            self.data_walked
+                .fetch_add(items, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The operations the size walks made since the last call owe, taken from the tally

@@ -175,7 +175,10 @@ impl Engine {
         } else {
             // Normal assignment
             // Read-only belongs to the source binding, not its copied value.
-            new_val.set_access_mode(AccessMode::ReadWrite);
+            // proxy-rhai patch: the walk through the value is charged as operations.
+            let _items = new_val.set_access_mode_counting(AccessMode::ReadWrite);
+            #[cfg(not(feature = "unchecked"))]
+            self.charge_walk(_items);
             match target {
                 // Lock it again just in case it is shared
                 Target::RefMut(_) | Target::TempValue(_) => {
@@ -396,13 +399,16 @@ impl Engine {
                     unreachable!("exported variable not on global level");
                 };
 
+                // proxy-rhai patch: the walk through the value is charged as operations.
+                let _items = value.set_access_mode_counting(access);
+                #[cfg(not(feature = "unchecked"))]
+                self.charge_walk(_items);
                 match index {
                     Some(index) => {
-                        value.set_access_mode(access);
                         *scope.get_mut_by_index(scope.len() - index.get()) = value;
                     }
                     _ => {
-                        scope.push_entry(var_name.name.clone(), access, value);
+                        scope.push_entry_as_is(var_name.name.clone(), value);
                     }
                 }
 

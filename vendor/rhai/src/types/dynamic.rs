@@ -1107,6 +1107,12 @@ impl Dynamic {
     }
     /// Set the [`AccessMode`] for this [`Dynamic`].
     pub(crate) fn set_access_mode(&mut self, typ: AccessMode) -> &mut Self {
+        self.set_access_mode_counting(typ);
+        self
+    }
+    /// [`set_access_mode`][Self::set_access_mode], answering how many items of arrays and maps
+    /// it went through (proxy-rhai patch: the walk is charged as operations).
+    pub(crate) fn set_access_mode_counting(&mut self, typ: AccessMode) -> usize {
         match self.0 {
             Union::Unit(.., ref mut access)
             | Union::Bool(.., ref mut access)
@@ -1123,25 +1129,29 @@ impl Dynamic {
             #[cfg(not(feature = "no_index"))]
             Union::Array(ref mut a, _, ref mut access) => {
                 *access = typ;
+                let mut items = a.len();
                 for v in a.as_mut() {
-                    v.set_access_mode(typ);
+                    items += v.set_access_mode_counting(typ);
                 }
+                return items;
             }
             #[cfg(not(feature = "no_index"))]
             Union::Blob(.., ref mut access) => *access = typ,
             #[cfg(not(feature = "no_object"))]
             Union::Map(ref mut m, _, ref mut access) => {
                 *access = typ;
+                let mut items = m.len();
                 for v in m.values_mut() {
-                    v.set_access_mode(typ);
+                    items += v.set_access_mode_counting(typ);
                 }
+                return items;
             }
             #[cfg(not(feature = "no_time"))]
             Union::TimeStamp(.., ref mut access) => *access = typ,
             #[cfg(not(feature = "no_closure"))]
             Union::Shared(.., ref mut access) => *access = typ,
         }
-        self
+        0
     }
     /// Make this [`Dynamic`] read-only (i.e. a constant).
     #[inline(always)]

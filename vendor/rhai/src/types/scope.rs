@@ -354,12 +354,17 @@ impl Scope<'_> {
         access: AccessMode,
         mut value: Dynamic,
     ) -> &mut Self {
+        value.set_access_mode(access);
+        self.push_entry_as_is(name, value)
+    }
+    /// [`push_entry`][Self::push_entry] of a value whose access mode is already the entry's
+    /// (proxy-rhai patch: the caller set it, and charged the walk).
+    pub(crate) fn push_entry_as_is(&mut self, name: ImmutableString, value: Dynamic) -> &mut Self {
         if self.is_empty() {
             self.names.reserve(MIN_SCOPE_ENTRIES);
             self.values.reserve(MIN_SCOPE_ENTRIES);
         }
         self.names.push(name);
-        value.set_access_mode(access);
         self.values.push(value);
         self
     }
