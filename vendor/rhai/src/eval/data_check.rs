@@ -8,7 +8,7 @@ use std::borrow::Borrow;
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
 
-/// How many items a size walk visits for one operation (proxy-rhai patch). A walk is as long
+/// How many items a walk through a value visits for one operation (proxy-rhai patch). A walk is as long
 /// as the value: after every `a.push(x)` the whole of `a` is measured again, so a loop of pushes
 /// did quadratic work that the operation count never saw (40,000 pushes: seconds of CPU, well
 /// within `max_operations`). Charged to the operation count, walks are bounded by it like the
@@ -324,9 +324,9 @@ impl Engine {
 
     /// The sizes of a value and, when a depth limit is set, its nesting depth (0 otherwise),
     /// for [`throw_on_size`][Engine::throw_on_size] and
-    /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch).
+    /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch). Every walk is charged to
+    /// the operation count ([`WALK_ITEMS_PER_OPERATION`]).
     #[inline]
-    /// Every walk is charged to the operation count ([`WALK_ITEMS_PER_OPERATION`]).
     pub(crate) fn data_sizes_and_depth(&self, value: &Dynamic) -> ((usize, usize, usize), usize) {
         let (sizes, depth, visited) = match self.limits.value_depth {
             Some(max) => walk_data(value, max.get()),
@@ -349,7 +349,7 @@ impl Engine {
         }
     }
 
-    /// The operations the size walks made since the last call owe, taken from the tally
+    /// The operations that the walks since the last operation owe, taken from the tally
     /// (proxy-rhai patch).
     #[inline(always)]
     fn walk_operations(&self) -> u64 {
