@@ -11,6 +11,14 @@ use crate::{Dynamic, Engine, RhaiResult, RhaiResultOf, Scope, VarDefInfo, ERR, I
 use std::prelude::v1::*;
 
 impl Engine {
+    /// Sets `value`'s access mode all the way down, and charges the walk through it as
+    /// operations (proxy-rhai patch, `WALK_ITEMS_PER_OPERATION`).
+    fn set_access_mode_charged(&self, value: &mut Dynamic, access: AccessMode) {
+        let _items = value.set_access_mode_counting(access);
+        #[cfg(not(feature = "unchecked"))]
+        self.charge_walk(_items);
+    }
+
     /// If the value is a string, intern it.
     #[inline(always)]
     fn intern_string(&self, value: Dynamic) -> Dynamic {
@@ -175,10 +183,7 @@ impl Engine {
         } else {
             // Normal assignment
             // Read-only belongs to the source binding, not its copied value.
-            // proxy-rhai patch: the walk through the value is charged as operations.
-            let _items = new_val.set_access_mode_counting(AccessMode::ReadWrite);
-            #[cfg(not(feature = "unchecked"))]
-            self.charge_walk(_items);
+            self.set_access_mode_charged(&mut new_val, AccessMode::ReadWrite);
             match target {
                 // Lock it again just in case it is shared
                 Target::RefMut(_) | Target::TempValue(_) => {
@@ -399,10 +404,7 @@ impl Engine {
                     unreachable!("exported variable not on global level");
                 };
 
-                // proxy-rhai patch: the walk through the value is charged as operations.
-                let _items = value.set_access_mode_counting(access);
-                #[cfg(not(feature = "unchecked"))]
-                self.charge_walk(_items);
+                self.set_access_mode_charged(&mut value, access);
                 match index {
                     Some(index) => {
                         *scope.get_mut_by_index(scope.len() - index.get()) = value;
