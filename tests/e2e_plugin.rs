@@ -716,6 +716,18 @@ fn on_request_headers() {
             let s = "0123456789abcdef";
             loop { s += s; }
         }
+        // Work on a large value, and closures a native function calls, count as operations:
+        // both loops used to run for minutes within the limits (the client gives up at 30 s).
+        "scan" => {
+            let s = "x";
+            s.pad(1000000, 'x');
+            loop { s.to_upper(); }
+        }
+        "callbacks" => {
+            let a = [];
+            a.pad(10000, 1);
+            loop { a.map(|x| x + 1); }
+        }
         "wrong-phase" => get_request_body(),
     }
 }
@@ -741,6 +753,8 @@ fn script_errors_answer_with_the_default_error_policy() {
         ("loop", "operations"),
         ("recurse", "Stack overflow"),
         ("grow", "too large"),
+        ("scan", "operations"),
+        ("callbacks", "operations"),
         (
             "wrong-phase",
             "get_request_body() is not available in on_request_headers",
@@ -785,6 +799,13 @@ fn script_errors_answer_with_the_default_error_policy() {
         assert_status(&next, 200);
         assert_eq!(next.echo().path, format!("/after/{op}"));
     }
+    // "loop", "scan" and "callbacks" each ended on the operations limit.
+    assert_eq!(
+        envoy.plugin_log_lines("Too many operations").len(),
+        3,
+        "{}",
+        envoy.log()
+    );
     envoy.assert_healthy();
 }
 

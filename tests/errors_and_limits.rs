@@ -214,6 +214,60 @@ fn size_checks_count_as_operations() {
 }
 
 #[test]
+fn work_on_large_values_counts_as_operations() {
+    // One call on a large value used to count as one operation, however much it read or
+    // copied: a loop of `s.to_upper()` on a 4 MB string ran for over a minute within
+    // `max_operations`. Now 128 bytes of a string or a blob, or one item of an array or a map,
+    // that a function gets or gives back count as a sixteenth of an operation (a 1 MB string
+    // is ~7,800 operations each time): 100 passes exceed the default 500,000, 10
+    // are well within it.
+    let setup = "let s = \"x\"; s.pad(1000000, 'x'); let b = blob(1000000); \
+                 let a = []; a.pad(100000, 0); let small = []; small.pad(1000, 1); let mid = []; mid.pad(10000, 0); \
+                 let tiny = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];";
+    for (what, body) in [
+        ("a method reading a string", "s.contains(\"y\");"),
+        ("a method copying a string", "s.to_upper();"),
+        ("an operator copying a string", "let t = s + \"a\";"),
+        (
+            "`+=` on a string another variable shares",
+            "let t = s; s += \"a\";",
+        ),
+        ("a blob's method", "b.contains(7);"),
+        // Each `==` `contains` makes is an operation (built-in ones run without a copy of the
+        // call state, but they count).
+        ("a method comparing each item", "mid.contains(1);"),
+        ("a character by position", "s[999990];"),
+        ("switch on a string", "switch s { \"a\" => 1, _ => 2 };"),
+        ("an array passed to a script function", "f(a);"),
+        // Each call from a native function back into the script counts 8 operations.
+        ("a closure a native function calls", "small.map(|x| x + 1);"),
+        // The operations a closure runs count too (they were lost when the call returned).
+        (
+            "a closure's own operations",
+            "tiny.map(|x| { let y = 0; for i in 0..1000 { y += i; } y });",
+        ),
+    ] {
+        let run = |passes: u32| {
+            let script = format!(
+                "fn f(x) {{ 0 }} fn on_request_headers() {{ {setup} for i in 0..{passes} {{ {body} }} }}"
+            );
+            let p = configure(json!({ "script": script })).unwrap();
+            let o = p.run(&Request::get("/"), &mut Response::ok(""));
+            o.script_errors()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        let errors = run(100);
+        assert!(
+            errors.len() == 1 && errors[0].contains("Too many operations"),
+            "{what}: {errors:?}"
+        );
+        assert!(run(10).is_empty(), "{what}: {:?}", run(10));
+    }
+}
+
+#[test]
 fn operations_limit_is_configurable() {
     let script = "fn on_request_headers() { let n = 0; for i in 0..5000 { n += i; } }";
     let tight = configure(json!({"script": script, "limits": {"max_operations": 1000}})).unwrap();

@@ -17,6 +17,56 @@ use std::prelude::v1::*;
 /// one operation's work.
 pub const WALK_ITEMS_PER_OPERATION: usize = 16;
 
+/// The operations a call that a native function makes back into the engine counts for, besides
+/// the operations it runs (proxy-rhai patch). `a.map(|x| x + 1)` calls the closure once per
+/// item, and `a.contains(v)` calls `==` once per item, each in a fresh copy of the call state
+/// with empty caches: ~6,600 and ~7,800 wasm instructions, the cost of 15 or so operations,
+/// and they counted one or two. Charged 8, so that a loop of such calls ends within about twice
+/// the time of a loop of plain operations, while a script's own `map` over a few thousand items
+/// stays well within the default limit.
+pub const CALLBACK_OPERATIONS: usize = 8;
+
+/// How many bytes of a string or a blob count as one item of [`data_items`] (proxy-rhai patch):
+/// 8, so 128 bytes are one operation. A native function's time grows with the data it is given
+/// or gives back (`s.contains(x)`, `s.to_upper()`, `s + t`, a blob's `contains`), and one call
+/// counted one operation: a loop of `s.to_upper()` on a 4 MB string ran for minutes within
+/// `max_operations`. Scanning or copying 128 bytes costs the wasm build about what an operation
+/// does (a few hundred instructions).
+pub const BYTES_PER_ITEM: usize = 8;
+
+/// The items a value counts for when a function gets it or gives it back (proxy-rhai patch): a
+/// string or a blob one per [`BYTES_PER_ITEM`] bytes, an array or a map one per element. Not
+/// nested: it reads a length, never walks (a nested array is walked by the size checks, which
+/// charge their walks).
+#[inline(always)]
+#[must_use]
+pub fn data_items(value: &Dynamic) -> usize {
+    match value.0 {
+        Union::Str(ref s, ..) => s.heap_len() / BYTES_PER_ITEM,
+        #[cfg(not(feature = "no_index"))]
+        Union::Blob(ref b, ..) => b.len() / BYTES_PER_ITEM,
+        #[cfg(not(feature = "no_index"))]
+        Union::Array(ref a, ..) => a.len(),
+        #[cfg(not(feature = "no_object"))]
+        Union::Map(ref m, ..) => m.len(),
+        _ => 0,
+    }
+}
+
+/// Whether a size check walks through `value` (an array or a map), a walk it charges (proxy-rhai
+/// patch); other values are measured by their length.
+#[inline(always)]
+#[must_use]
+pub fn is_walked(value: &Dynamic) -> bool {
+    match value.0 {
+        #[cfg(not(feature = "no_index"))]
+        Union::Array(..) => true,
+        #[cfg(not(feature = "no_object"))]
+        Union::Map(..) => true,
+        _ => false,
+    }
+}
+
 /// Recursively calculate the sizes of an array.
 ///
 /// Sizes returned are `(` [`Array`][crate::Array], [`Map`][crate::Map] and [`String`] `)`.
@@ -349,6 +399,19 @@ impl Engine {
         }
     }
 
+    /// Charges a call a native function makes back into the engine ([`CALLBACK_OPERATIONS`]).
+    #[inline(always)]
+    pub(crate) fn charge_callback(&self) {
+        self.charge_walk(CALLBACK_OPERATIONS * WALK_ITEMS_PER_OPERATION);
+    }
+
+    /// Charges the data `values` hold ([`data_items`]) to the tally the operations take from
+    /// (proxy-rhai patch): what a function call gets and gives back.
+    #[inline(always)]
+    pub(crate) fn charge_data<'a>(&self, values: impl IntoIterator<Item = &'a Dynamic>) {
+        self.charge_walk(values.into_iter().map(data_items).sum());
+    }
+
     /// The operations that the walks since the last operation owe, taken from the tally
     /// (proxy-rhai patch).
     #[inline(always)]
@@ -453,6 +516,29 @@ impl Engine {
             global.num_operations
         };
 
+        self.check_operations(num_operations, step, pos)
+    }
+
+    /// [`track_operation`][Engine::track_operation] on a state shared with the caller, as a
+    /// native function's context holds it (proxy-rhai patch).
+    #[cfg(atomic_ops_count)]
+    #[inline(always)]
+    pub(crate) fn track_operation_shared(
+        &self,
+        global: &GlobalRuntimeState,
+        pos: Position,
+    ) -> RhaiResultOf<()> {
+        let step = 1 + self.walk_operations();
+        let num_operations = global
+            .num_operations
+            .fetch_add(step, std::sync::atomic::Ordering::SeqCst)
+            + step;
+        self.check_operations(num_operations, step, pos)
+    }
+
+    /// The limit and the progress callback, for a count that just went up by `step`.
+    #[inline(always)]
+    fn check_operations(&self, num_operations: u64, step: u64, pos: Position) -> RhaiResultOf<()> {
         // Guard against too many operations
         #[cfg(not(feature = "unchecked"))]
         if self.max_operations() > 0 && num_operations > self.max_operations() {

@@ -27,6 +27,8 @@ pub use data_check::calc_array_sizes;
 #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
 #[allow(unused_imports)] // proxy-rhai patch: only Grain's VM uses it now
 pub use data_check::calc_data_sizes;
+#[cfg(not(feature = "unchecked"))]
+pub use data_check::{is_walked, BYTES_PER_ITEM};
 #[cfg(feature = "debugging")]
 #[cfg(not(feature = "no_function"))]
 #[cfg(not(feature = "no_ast"))]

@@ -148,6 +148,16 @@ impl Engine {
                     // We may not need to bump the level because built-in's do not need it.
                     //defer! { let orig_level = global.level; global.level += 1 }
 
+                    // proxy-rhai patch: the right side counts as operations (`data_items`),
+                    // and so does a string on the left that another value shares, which `+=`
+                    // copies whole first (unshared, it grows in place).
+                    #[cfg(not(feature = "unchecked"))]
+                    {
+                        self.charge_data([&new_val]);
+                        if matches!(lock_guard.0, Union::Str(ref s, ..) if s.strong_count() > 1) {
+                            self.charge_data([&*lock_guard]);
+                        }
+                    }
                     let args = &mut [&mut *lock_guard, &mut new_val];
                     let context = need_context
                         .then(|| (self, op_x_str, global.source(), &*global, pos).into());
@@ -457,6 +467,9 @@ impl Engine {
                 let value = self.eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?;
 
                 if value.is_hashable() {
+                    // proxy-rhai patch: hashing a string reads all of it (`data_items`).
+                    #[cfg(not(feature = "unchecked"))]
+                    self.charge_data([&value]);
                     let hash = calc_switch_value_hash(&value);
 
                     // First check hashes

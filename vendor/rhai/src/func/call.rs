@@ -1081,8 +1081,15 @@ impl Engine {
                     let context =
                         need_context.then(|| (self, name.as_str(), None, &*global, pos).into());
 
-                    return func(context, &mut [&mut lhs, &mut rhs])
-                        .map_err(|err| err.fill_position(pos));
+                    // proxy-rhai patch: the operands and the result count as operations
+                    // (`data_items`): `s + t` copies both, `s == t` reads both.
+                    #[cfg(not(feature = "unchecked"))]
+                    self.charge_data([&lhs, &rhs]);
+                    let result = func(context, &mut [&mut lhs, &mut rhs])
+                        .map_err(|err| err.fill_position(pos))?;
+                    #[cfg(not(feature = "unchecked"))]
+                    self.charge_data([&result]);
+                    return Ok(result);
                 }
             }
 

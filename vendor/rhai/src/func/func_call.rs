@@ -690,6 +690,17 @@ impl Engine {
                 );
             }
 
+            // proxy-rhai patch: the data the function gets counts as operations (`data_items`),
+            // but an array or a map it may change: that one is measured after the call, and
+            // the walk is charged (a `push` is not charged twice).
+            #[cfg(not(feature = "unchecked"))]
+            {
+                let measured_after = is_ref_mut
+                    && !func.is_pure()
+                    && args.first().map_or(false, |a| crate::eval::is_walked(a));
+                self.charge_data(args.iter().skip(usize::from(measured_after)).map(|a| &**a));
+            }
+
             // Run external function
             let context = func
                 .has_context()
@@ -738,6 +749,10 @@ impl Engine {
             }
 
             let result = _result?;
+
+            // proxy-rhai patch: and the data it gives back.
+            #[cfg(not(feature = "unchecked"))]
+            self.charge_data([&result]);
 
             // Check the data size of any `&mut` object, which may be changed.
             // proxy-rhai patch (speed): not after a pure function, which doesn't change it (the

@@ -515,6 +515,10 @@ impl FnPtr {
                 let Some((fn_def, env)) = linked_script else {
                     unreachable!()
                 };
+                // proxy-rhai patch: what this call costs counts as operations
+                // (`CALLBACK_OPERATIONS`; the other forms are charged in `_call_fn_raw`).
+                #[cfg(not(feature = "unchecked"))]
+                context.engine().charge_callback();
                 return context.engine().call_script_fn(
                     global.into(),
                     caches,
@@ -655,11 +659,37 @@ impl FnPtr {
         extras: [Dynamic; E],
         move_this_ptr_to_args: usize,
     ) -> RhaiResult {
-        self.call_raw(ctx, this_ptr.as_deref_mut(), args.clone())
+        // proxy-rhai patch (speed): a closure's number of parameters is known, so the forms of
+        // the call that can't fit it are not tried. Each failed try resolved the call and
+        // formatted its signature for the error: `a.map(|x| ..)` cost ~17,000 wasm
+        // instructions per item, most of it the failed `this` form. The last form is always
+        // tried, so a closure that fits none fails with the same error as before.
+        #[cfg(not(feature = "no_function"))]
+        let arity = match self.typ {
+            FnPtrType::Script { num_params, .. } if self.is_anonymous() => {
+                num_params.checked_sub(self.curry().len())
+            }
+            _ => None,
+        };
+        #[cfg(feature = "no_function")]
+        let arity: Option<usize> = None;
+        let unfit = |n: usize| arity.map_or(false, |a| a != n);
+        let not_found =
+            || Box::new(ERR::ErrorFunctionNotFound(self.fn_name().into(), Position::NONE));
+
+        let first = if unfit(N) {
+            Err(not_found())
+        } else {
+            self.call_raw(ctx, this_ptr.as_deref_mut(), args.clone())
+        };
+        first
             .or_else(|err| match *err {
                 ERR::ErrorFunctionNotFound(sig, ..)
                     if MOVE_PTR && this_ptr.is_some() && sig.starts_with(self.fn_name()) =>
                 {
+                    if unfit(N + 1) {
+                        return Err(not_found());
+                    }
                     let mut args2 = FnArgsVec::with_capacity(args.len() + 1);
                     if move_this_ptr_to_args == 0 {
                         args2.push(this_ptr.as_mut().unwrap().clone());

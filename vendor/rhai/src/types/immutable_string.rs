@@ -721,6 +721,18 @@ impl ImmutableString {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+    /// The length of a string held on the heap, 0 for one held inline (a few bytes): what
+    /// [`data_items`][crate::eval::data_items] needs, without the call that reading an inline
+    /// string's length takes (proxy-rhai patch).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) fn heap_len(&self) -> usize {
+        if self.0.is_inline() {
+            0
+        } else {
+            self.0.len()
+        }
+    }
     /// Strong count of references to the underlying string.
     #[inline(always)]
     #[must_use]
