@@ -232,6 +232,10 @@ fn work_on_large_values_counts_as_operations() {
             "`+=` on a string another variable shares",
             "let t = s; s += \"a\";",
         ),
+        (
+            "a method growing a string in place",
+            "let t = \"x\"; t.pad(1000000, 'x');",
+        ),
         ("a blob's method", "b.contains(7);"),
         // Each `==` `contains` makes is an operation (built-in ones run without a copy of the
         // call state, but they count).
@@ -265,6 +269,28 @@ fn work_on_large_values_counts_as_operations() {
         );
         assert!(run(10).is_empty(), "{what}: {:?}", run(10));
     }
+}
+
+#[test]
+fn padding_with_an_empty_string_ends() {
+    // `s.pad(10, "")` added "" until the string was long enough: a loop inside Rhai's `pad`,
+    // where no limit reaches, that held the VM for good. It runs on a thread here so that a
+    // regression fails the test instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let script = r#"fn on_request_headers() {
+            let s = "ab"; s.pad(10, ""); s.pad(5, "xy"); log_info(s); }"#;
+        let p = configure(json!({ "script": script })).unwrap();
+        let o = p.run(&Request::get("/"), &mut Response::ok(""));
+        let log: Vec<String> = o.log.iter().map(|l| l.message.clone()).collect();
+        let errors: Vec<String> = o.script_errors().iter().map(|e| e.to_string()).collect();
+        let _ = tx.send((errors, log));
+    });
+    let (errors, log) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("s.pad(10, \"\") never returned");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(log, ["abxyx"]);
 }
 
 #[test]

@@ -761,6 +761,12 @@ impl Engine {
             #[cfg(not(feature = "unchecked"))]
             if is_ref_mut && !func.is_pure() && !args.is_empty() {
                 self.check_data_size(&*args[0], pos)?;
+                // proxy-rhai patch: a string or a blob is measured by its length, no walk to
+                // charge: what it holds now counts as what the function gave back
+                // (`s.pad(1000000, 'x')` writes a megabyte).
+                if !crate::eval::is_walked(&*args[0]) {
+                    self.charge_data([&*args[0]]);
+                }
             }
 
             // See if the function match print/debug (which requires special processing)

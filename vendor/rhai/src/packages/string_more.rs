@@ -18,6 +18,15 @@ def_package! {
     }
 }
 
+/// Appends `count` copies of `unit` to `string`, in one allocation and bulk copies (proxy-rhai
+/// patch, speed): `pad` pushed one character at a time, ~33 ns each in wasm (4 MB: 134 ms).
+fn append_repeated(string: &mut SmartString, unit: &str, count: usize) {
+    let mut out = String::with_capacity(string.len() + unit.len().saturating_mul(count));
+    out.push_str(string);
+    out.push_str(&unit.repeat(count));
+    *string = out.into();
+}
+
 #[export_module(manifest)]
 mod string_functions {
     #[rhai_fn(name = "+", pure)]
@@ -1309,11 +1318,12 @@ mod string_functions {
             return Ok(());
         }
 
-        let p = string.make_mut();
-
-        for _ in 0..(len - orig_len) {
-            p.push(character);
-        }
+        let mut unit = [0_u8; 4];
+        super::append_repeated(
+            string.make_mut(),
+            character.encode_utf8(&mut unit),
+            len - orig_len,
+        );
 
         #[cfg(not(feature = "unchecked"))]
         if _ctx.engine().max_string_size() > 0 && string.len() > _ctx.engine().max_string_size() {
@@ -1373,24 +1383,21 @@ mod string_functions {
             .into());
         }
 
-        let mut str_len = string.chars().count();
+        let str_len = string.chars().count();
         let padding_len = padding.chars().count();
 
-        if len <= str_len {
+        // proxy-rhai patch: nothing to pad with, nothing to do. The loop that added the padding
+        // until the string was long enough never ended with an empty one: `s.pad(10, "")` held
+        // the VM forever, where no limit reaches.
+        if len <= str_len || padding_len == 0 {
             return Ok(());
         }
 
+        // proxy-rhai patch (speed): the whole copies at once, then the part of one.
+        let missing = len - str_len;
         let p = string.make_mut();
-
-        while str_len < len {
-            if str_len + padding_len <= len {
-                p.push_str(padding);
-                str_len += padding_len;
-            } else {
-                p.extend(padding.chars().take(len - str_len));
-                str_len = len;
-            }
-        }
+        super::append_repeated(p, padding, missing / padding_len);
+        p.extend(padding.chars().take(missing % padding_len));
 
         #[cfg(not(feature = "unchecked"))]
         if _ctx.engine().max_string_size() > 0 && string.len() > _ctx.engine().max_string_size() {
