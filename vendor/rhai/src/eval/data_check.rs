@@ -500,23 +500,17 @@ impl Engine {
         global: &mut GlobalRuntimeState,
         pos: Position,
     ) -> RhaiResultOf<()> {
-        // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
-        let step = 1 + self.walk_operations();
-
-        // Increment operations count
+        // proxy-rhai patch: an atomic count goes up the same way through a shared state.
         #[cfg(atomic_ops_count)]
-        let num_operations = global
-            .num_operations
-            .fetch_add(step, std::sync::atomic::Ordering::SeqCst)
-            + step;
+        return self.track_operation_shared(global, pos);
 
         #[cfg(not(atomic_ops_count))]
-        let num_operations = {
+        {
+            // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
+            let step = 1 + self.walk_operations();
             global.num_operations += step;
-            global.num_operations
-        };
-
-        self.check_operations(num_operations, step, pos)
+            self.check_operations(global.num_operations, step, pos)
+        }
     }
 
     /// [`track_operation`][Engine::track_operation] on a state shared with the caller, as a
@@ -528,6 +522,7 @@ impl Engine {
         global: &GlobalRuntimeState,
         pos: Position,
     ) -> RhaiResultOf<()> {
+        // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
         let step = 1 + self.walk_operations();
         let num_operations = global
             .num_operations
