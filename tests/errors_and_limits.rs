@@ -250,6 +250,8 @@ fn work_on_large_values_counts_as_operations() {
             "a closure's own operations",
             "tiny.map(|x| { let y = 0; for i in 0..1000 { y += i; } y });",
         ),
+        // Each comparison a sort may make counts one operation (1,000 items: ~10,000).
+        ("a sort's comparisons", "let c = small; c.sort();"),
     ] {
         let run = |passes: u32| {
             let script = format!(

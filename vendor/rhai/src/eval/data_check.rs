@@ -522,8 +522,21 @@ impl Engine {
         global: &GlobalRuntimeState,
         pos: Position,
     ) -> RhaiResultOf<()> {
-        // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
-        let step = 1 + self.walk_operations();
+        self.track_operations_shared(global, 1, pos)
+    }
+
+    /// Counts `count` operations at once, on a state shared with the caller (proxy-rhai patch):
+    /// the work a native function is about to do, so that the limit stops it before it starts.
+    #[cfg(atomic_ops_count)]
+    #[inline(always)]
+    pub(crate) fn track_operations_shared(
+        &self,
+        global: &GlobalRuntimeState,
+        count: u64,
+        pos: Position,
+    ) -> RhaiResultOf<()> {
+        // proxy-rhai patch: the operations, plus what the size walks since the last one owe.
+        let step = count + self.walk_operations();
         let num_operations = global
             .num_operations
             .fetch_add(step, std::sync::atomic::Ordering::SeqCst)

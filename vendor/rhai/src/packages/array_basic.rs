@@ -92,10 +92,32 @@ fn sort_array_by(array: &mut Array, cmp: &mut dyn FnMut(&Dynamic, &Dynamic) -> O
 /// code size): the comparison of the elements' type is picked once per call, and all share
 /// [`sort_array_by`]. Descending compares `(b, a)`, the reverse of `(a, b)` for each of these
 /// (equal stays equal, so both directions are stable).
-fn sort_with_builtin_cmp(array: &mut Array, descending: bool) -> RhaiResultOf<()> {
+///
+/// proxy-rhai patch: each comparison the sort may make counts one operation (as each one
+/// `contains` makes does), counted before it starts: n items take up to n·⌈log2 n⌉. Counted as
+/// one call, a sort of a million strings held the VM for over a second within the limits.
+fn sort_with_builtin_cmp(
+    ctx: &NativeCallContext,
+    array: &mut Array,
+    descending: bool,
+) -> RhaiResultOf<()> {
     if array.len() <= 1 {
         return Ok(());
     }
+
+    #[cfg(atomic_ops_count)]
+    #[cfg(not(feature = "unchecked"))]
+    {
+        let rounds = usize::BITS - (array.len() - 1).leading_zeros();
+        let comparisons = (array.len() as u64).saturating_mul(u64::from(rounds));
+        ctx.engine().track_operations_shared(
+            ctx.global_runtime_state(),
+            comparisons,
+            ctx.call_position(),
+        )?;
+    }
+    #[cfg(any(not(atomic_ops_count), feature = "unchecked"))]
+    let _ = ctx;
 
     let type_id = array[0].type_id();
 
@@ -1737,8 +1759,8 @@ pub mod array_functions {
     /// print(x);       // prints "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
     /// ```
     #[rhai_fn(name = "sort", return_raw)]
-    pub fn sort_with_builtin(array: &mut Array) -> RhaiResultOf<()> {
-        sort_with_builtin_cmp(array, false)
+    pub fn sort_with_builtin(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<()> {
+        sort_with_builtin_cmp(&ctx, array, false)
     }
     /// Sort the array in descending order.
     ///
@@ -1764,8 +1786,8 @@ pub mod array_functions {
     /// print(x);       // prints "[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]"
     /// ```
     #[rhai_fn(name = "sort_desc", return_raw)]
-    pub fn sort_with_builtin_desc(array: &mut Array) -> RhaiResultOf<()> {
-        sort_with_builtin_cmp(array, true)
+    pub fn sort_with_builtin_desc(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<()> {
+        sort_with_builtin_cmp(&ctx, array, true)
     }
     /// Sort the array based on applying the `comparer` function and return it as a new array.
     ///
@@ -1840,9 +1862,9 @@ pub mod array_functions {
     /// print(y);       // prints "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
     /// ```
     #[rhai_fn(name = "order", return_raw)]
-    pub fn order_with_builtin(array: &mut Array) -> RhaiResultOf<Array> {
+    pub fn order_with_builtin(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<Array> {
         let mut array = array.clone();
-        sort_with_builtin(&mut array)?;
+        sort_with_builtin(ctx, &mut array)?;
         Ok(array)
     }
     /// Sort the array in descending order and return it as a new array.
@@ -1869,9 +1891,9 @@ pub mod array_functions {
     /// print(y);       // prints "[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]"
     /// ```
     #[rhai_fn(name = "order_desc", return_raw)]
-    pub fn order_with_builtin_desc(array: &mut Array) -> RhaiResultOf<Array> {
+    pub fn order_with_builtin_desc(ctx: NativeCallContext, array: &mut Array) -> RhaiResultOf<Array> {
         let mut array = array.clone();
-        sort_with_builtin_desc(&mut array)?;
+        sort_with_builtin_desc(ctx, &mut array)?;
         Ok(array)
     }
     /// Remove all elements in the array that returns `true` when applied the `filter` function and
