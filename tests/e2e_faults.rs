@@ -147,6 +147,45 @@ fn callout_targets_that_answer_garbage_or_hang_up() {
     envoy.assert_healthy();
 }
 
+/// One call that makes a huge value out of a small one. Rhai made the value and then checked its
+/// size: the memory it took stayed with the VM for good, or, past the VM's 1 GB, the failed
+/// allocation trapped it.
+const AMPLIFY_SCRIPT: &str = r#"
+fn on_request_headers() {
+    let s = "x";
+    s.pad(8000000, 'x');
+    switch get_request_header("x-op") {
+        // 8 MB times 1,000: 8 GB asked for.
+        "replace" => { let t = "y"; t.pad(1000, 'y'); s.replace("x", t); }
+        // A value per character, most with a string of their own: ~380 MB, and 128 MB.
+        "split" => s.split(""),
+        "chars" => s.to_chars(),
+    }
+}
+"#;
+
+#[test]
+fn one_call_cannot_make_a_value_far_past_the_limits() {
+    let envoy = Envoy::with_script(AMPLIFY_SCRIPT);
+    let op = |op: &str| envoy.request("GET", "/", &[("x-op", op)], b"");
+    assert_eq!(op("none").status, 200);
+    let rss = envoy.rss_bytes();
+    for (what, phrase) in [
+        ("replace", "Length of string too large"),
+        ("split", "Size of array/BLOB too large"),
+        ("chars", "Size of array/BLOB too large"),
+    ] {
+        // 503 would be the trapped VM.
+        assert_eq!(op(what).status, 500, "{what}");
+        assert_eq!(op("none").status, 200, "after {what}");
+        envoy.wait_for_log(phrase);
+    }
+    // Refused before they were made, they took no more than the 8 MB string.
+    let grown = envoy.rss_bytes().saturating_sub(rss);
+    assert!(grown < 64 << 20, "Envoy's memory grew by {} MiB", grown >> 20);
+    envoy.assert_healthy();
+}
+
 /// Values that nest deep, closures that capture themselves, and both handed to `to_json`.
 const VALUES_SCRIPT: &str = r#"
 fn nest(calls, depth) {

@@ -1385,6 +1385,20 @@ impl Envoy {
         }
     }
 
+    /// Envoy's resident memory (`VmRSS`), in bytes. A wasm VM's memory never shrinks, so what a
+    /// request made the VM take shows here for good.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = fs::read_to_string(self.dir.join("envoy.pid")).expect("Envoy's pid file");
+        let status = fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+            .expect("Envoy's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect("VmRSS in Envoy's /proc status")
+    }
+
     /// Asserts the plugin's VM never failed (the log is the only witness: Envoy 1.40 counts no
     /// failed VM in its stats) and Envoy still answers.
     pub fn assert_healthy(&self) {

@@ -27,6 +27,75 @@ fn append_repeated(string: &mut SmartString, unit: &str, count: usize) {
     *string = out.into();
 }
 
+/// Replaces every `find` in `string` with `substitute` (proxy-rhai patch): the length of the
+/// result is worked out first, and one over the string size limit is refused before it is made.
+/// A short `find` and a long `substitute` multiply a string: `s.replace("x", t)` with a 1 MB `s`
+/// and a 1,000-character `t` asked for 1 GB, and the failed allocation trapped the VM (Rhai
+/// checked the size only afterwards).
+fn replace_within_limits(
+    ctx: &NativeCallContext,
+    string: &mut ImmutableString,
+    find: &str,
+    substitute: &str,
+) -> RhaiResultOf<()> {
+    if string.is_empty() {
+        return Ok(());
+    }
+    #[cfg(not(feature = "unchecked"))]
+    {
+        let max = ctx.engine().max_string_size();
+        if max > 0 && substitute.len() > find.len() {
+            // An empty `find` matches before each character and at the end.
+            let matches = if find.is_empty() {
+                string.chars().count() + 1
+            } else {
+                string.matches(find).count()
+            };
+            let growth = matches.saturating_mul(substitute.len() - find.len());
+            if string.len().saturating_add(growth) > max {
+                return Err(crate::ERR::ErrorDataTooLarge(
+                    "Length of string".to_string(),
+                    crate::Position::NONE,
+                )
+                .into());
+            }
+        }
+    }
+    #[cfg(feature = "unchecked")]
+    let _ = ctx;
+    *string = string.replace(find, substitute).into();
+    Ok(())
+}
+
+/// The pieces a `split`, `split_rev` or `to_chars` of a `len`-byte string makes, as an array
+/// (proxy-rhai patch). When the string is long enough to make more pieces than the array size
+/// limit allows, they are counted first, and too many are refused before any is made. Each piece
+/// is a value of its own, most with a string of their own (~60 bytes in wasm): `split("")` of
+/// an 8 MB string took ~700 MB before Rhai's size check refused the result, and a longer string
+/// asks for more than the VM's 1 GB, where the failed allocation traps it.
+#[cfg(not(feature = "no_index"))]
+fn collect_pieces<T: Into<Dynamic>>(
+    ctx: &NativeCallContext,
+    len: usize,
+    pieces: impl Iterator<Item = T> + Clone,
+) -> RhaiResultOf<crate::Array> {
+    #[cfg(not(feature = "unchecked"))]
+    {
+        let max = ctx.engine().max_array_size();
+        // `split("")` makes the most pieces: one per character, and an empty one at each end.
+        if max > 0 && len.saturating_add(2) > max && pieces.clone().count() > max {
+            return Err(crate::ERR::ErrorDataTooLarge(
+                "Size of array/BLOB".to_string(),
+                crate::Position::NONE,
+            )
+            .into());
+        }
+    }
+    #[cfg(feature = "unchecked")]
+    let _ = (ctx, len);
+    Ok(pieces.map(Into::into).collect())
+}
+
 #[export_module(manifest)]
 mod string_functions {
     #[rhai_fn(name = "+", pure)]
@@ -1177,13 +1246,14 @@ mod string_functions {
     ///
     /// print(text);        // prints "hey, world! hey, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
-    pub fn replace(string: &mut ImmutableString, find_string: &str, substitute_string: &str) {
-        if string.is_empty() {
-            return;
-        }
-
-        *string = string.replace(find_string, substitute_string).into();
+    #[rhai_fn(name = "replace", return_raw)]
+    pub fn replace(
+        ctx: NativeCallContext,
+        string: &mut ImmutableString,
+        find_string: &str,
+        substitute_string: &str,
+    ) -> RhaiResultOf<()> {
+        replace_within_limits(&ctx, string, find_string, substitute_string)
     }
     /// Replace all occurrences of the specified sub-string in the string with the specified character.
     ///
@@ -1196,19 +1266,16 @@ mod string_functions {
     ///
     /// print(text);        // prints "*, world! *, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
+    #[rhai_fn(name = "replace", return_raw)]
     pub fn replace_string_with_char(
+        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_string: &str,
         substitute_character: char,
-    ) {
-        if string.is_empty() {
-            return;
-        }
-
-        *string = string
-            .replace(find_string, &substitute_character.to_string())
-            .into();
+    ) -> RhaiResultOf<()> {
+        let mut substitute = [0; 4];
+        let substitute = substitute_character.encode_utf8(&mut substitute);
+        replace_within_limits(&ctx, string, find_string, substitute)
     }
     /// Replace all occurrences of the specified character in the string with another string.
     ///
@@ -1221,19 +1288,16 @@ mod string_functions {
     ///
     /// print(text);        // prints "he(^)(^)o, wor(^)d! he(^)(^)o, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
+    #[rhai_fn(name = "replace", return_raw)]
     pub fn replace_char_with_string(
+        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_character: char,
         substitute_string: &str,
-    ) {
-        if string.is_empty() {
-            return;
-        }
-
-        *string = string
-            .replace(&find_character.to_string(), substitute_string)
-            .into();
+    ) -> RhaiResultOf<()> {
+        let mut find = [0; 4];
+        let find = find_character.encode_utf8(&mut find);
+        replace_within_limits(&ctx, string, find, substitute_string)
     }
     /// Replace all occurrences of the specified character in the string with another character.
     ///
@@ -1246,22 +1310,17 @@ mod string_functions {
     ///
     /// print(text);        // prints "he**o, wor*d! he**o, foobar!"
     /// ```
-    #[rhai_fn(name = "replace")]
+    #[rhai_fn(name = "replace", return_raw)]
     pub fn replace_char(
+        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_character: char,
         substitute_character: char,
-    ) {
-        if string.is_empty() {
-            return;
-        }
-
-        *string = string
-            .replace(
-                &find_character.to_string(),
-                &substitute_character.to_string(),
-            )
-            .into();
+    ) -> RhaiResultOf<()> {
+        let (mut find, mut substitute) = ([0; 4], [0; 4]);
+        let find = find_character.encode_utf8(&mut find);
+        let substitute = substitute_character.encode_utf8(&mut substitute);
+        replace_within_limits(&ctx, string, find, substitute)
     }
 
     /// Pad the string to at least the specified number of characters with the specified `character`.
@@ -1539,12 +1598,12 @@ mod string_functions {
         ///
         /// print(text.to_chars());     // prints "['h', 'e', 'l', 'l', 'o']"
         /// ```
-        #[rhai_fn(name = "to_chars")]
-        pub fn to_chars(string: &str) -> Array {
+        #[rhai_fn(name = "to_chars", return_raw)]
+        pub fn to_chars(ctx: NativeCallContext, string: &str) -> RhaiResultOf<Array> {
             if string.is_empty() {
-                Array::new()
+                Ok(Array::new())
             } else {
-                string.chars().map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.chars())
             }
         }
         /// Split the string into segments based on whitespaces, returning an array of the segments.
@@ -1556,12 +1615,15 @@ mod string_functions {
         ///
         /// print(text.split());        // prints ["hello,", "world!", "hello,", "foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure)]
-        pub fn split_whitespace(string: &mut ImmutableString) -> Array {
+        #[rhai_fn(name = "split", pure, return_raw)]
+        pub fn split_whitespace(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString,
+        ) -> RhaiResultOf<Array> {
             if string.is_empty() {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
-                string.split_whitespace().map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.split_whitespace())
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the segments.
@@ -1573,12 +1635,15 @@ mod string_functions {
         ///
         /// print(text.split("ll"));    // prints ["he", "o, world! he", "o, foo!"]
         /// ```
-        #[rhai_fn(pure)]
-        pub fn split(string: &mut ImmutableString, delimiter: &str) -> Array {
+        #[rhai_fn(pure, return_raw)]
+        pub fn split(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: &str,
+        ) -> RhaiResultOf<Array> {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
-                string.split(delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.split(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` string,
@@ -1593,16 +1658,19 @@ mod string_functions {
         ///
         /// print(text.split("ll", 2));     // prints ["he", "o, world! hello, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure)]
-        pub fn splitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
+        #[rhai_fn(name = "split", pure, return_raw)]
+        pub fn splitn(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: &str, segments: INT,
+        ) -> RhaiResultOf<Array> {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
             {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string.splitn(segments, delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.splitn(segments, delimiter))
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of the segments.
@@ -1614,12 +1682,15 @@ mod string_functions {
         ///
         /// print(text.split('l'));     // prints ["he", "", "o, wor", "d! he", "", "o, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure)]
-        pub fn split_char(string: &mut ImmutableString, delimiter: char) -> Array {
+        #[rhai_fn(name = "split", pure, return_raw)]
+        pub fn split_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: char,
+        ) -> RhaiResultOf<Array> {
             if string.is_empty() || !string.contains(delimiter) {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
-                string.split(delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.split(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1634,13 +1705,16 @@ mod string_functions {
         ///
         /// print(text.split('l', 3));      // prints ["he", "", "o, world! hello, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure)]
-        pub fn splitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
+        #[rhai_fn(name = "split", pure, return_raw)]
+        pub fn splitn_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: char, segments: INT,
+        ) -> RhaiResultOf<Array> {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
-                [string.clone().into()].into()
+                Ok([string.clone().into()].into())
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string.splitn(segments, delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.splitn(segments, delimiter))
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the
@@ -1653,12 +1727,15 @@ mod string_functions {
         ///
         /// print(text.split_rev("ll"));    // prints ["o, foo!", "o, world! he", "he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplit(string: &mut ImmutableString, delimiter: &str) -> Array {
+        #[rhai_fn(name = "split_rev", pure, return_raw)]
+        pub fn rsplit(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: &str,
+        ) -> RhaiResultOf<Array> {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
-                string.rsplit(delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.rsplit(delimiter))
             }
         }
         /// Split the string into at most a specified number of `segments` based on a `delimiter` string,
@@ -1673,19 +1750,19 @@ mod string_functions {
         ///
         /// print(text.split_rev("ll", 2));     // prints ["o, foo!", "hello, world! he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
+        #[rhai_fn(name = "split_rev", pure, return_raw)]
+        pub fn rsplitn(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: &str, segments: INT,
+        ) -> RhaiResultOf<Array> {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
             {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string
-                    .rsplitn(segments, delimiter)
-                    .map(Into::into)
-                    .collect()
+                collect_pieces(&ctx, string.len(), string.rsplitn(segments, delimiter))
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of
@@ -1698,12 +1775,15 @@ mod string_functions {
         ///
         /// print(text.split_rev('l'));     // prints ["o, foo!", "", "d! he", "o, wor", "", "he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplit_char(string: &mut ImmutableString, delimiter: char) -> Array {
+        #[rhai_fn(name = "split_rev", pure, return_raw)]
+        pub fn rsplit_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: char,
+        ) -> RhaiResultOf<Array> {
             if string.is_empty() || !string.contains(delimiter) {
-                vec![string.clone().into()]
+                Ok(vec![string.clone().into()])
             } else {
-                string.rsplit(delimiter).map(Into::into).collect()
+                collect_pieces(&ctx, string.len(), string.rsplit(delimiter))
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1718,16 +1798,16 @@ mod string_functions {
         ///
         /// print(text.split('l', 3));      // prints ["o, foo!", "", "hello, world! he"
         /// ```
-        #[rhai_fn(name = "split_rev", pure)]
-        pub fn rsplitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
+        #[rhai_fn(name = "split_rev", pure, return_raw)]
+        pub fn rsplitn_char(
+            ctx: NativeCallContext,
+            string: &mut ImmutableString, delimiter: char, segments: INT,
+        ) -> RhaiResultOf<Array> {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
-                [string.clone().into()].into()
+                Ok([string.clone().into()].into())
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                string
-                    .rsplitn(segments, delimiter)
-                    .map(Into::into)
-                    .collect()
+                collect_pieces(&ctx, string.len(), string.rsplitn(segments, delimiter))
             }
         }
     }
