@@ -1269,12 +1269,17 @@ fn on_request_headers() {
     let captured = reg.api.clone();
     reg.engine
         .on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
+    // A document may hold what a script value may: Rhai's size limits, counted while parsing.
+    let json_budget = json::Budget {
+        array_items: reg.engine.max_array_size(),
+        map_entries: reg.engine.max_map_size(),
+    };
     bind!(
         reg,
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where.",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size` (refused while parsing, before it is all made).",
         r#"fn on_request_body() {
     try {
         let order = parse_json(get_request_body());
@@ -1283,9 +1288,11 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |_a, text: &str| serde_json::from_str(text)
-            .map(|json::FromJson(value)| value)
-            .or_else(|e| err(format!("parse_json(): invalid JSON: {e}")))
+        |_a, text: &str| json::parse(text, json_budget).or_else(|e| match e.classify() {
+            // The only data errors are the budget's.
+            serde_json::error::Category::Data => err(format!("parse_json(): document too large: {e}")),
+            _ => err(format!("parse_json(): invalid JSON: {e}")),
+        })
     );
     bind!(
         reg,

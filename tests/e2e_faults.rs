@@ -182,7 +182,11 @@ fn one_call_cannot_make_a_value_far_past_the_limits() {
     }
     // Refused before they were made, they took no more than the 8 MB string.
     let grown = envoy.rss_bytes().saturating_sub(rss);
-    assert!(grown < 64 << 20, "Envoy's memory grew by {} MiB", grown >> 20);
+    assert!(
+        grown < 64 << 20,
+        "Envoy's memory grew by {} MiB",
+        grown >> 20
+    );
     envoy.assert_healthy();
 }
 

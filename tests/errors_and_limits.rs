@@ -317,6 +317,50 @@ fn operations_limit_is_configurable() {
 }
 
 #[test]
+fn parse_json_refuses_a_document_past_the_size_limits_while_parsing() {
+    // Items and entries count over the whole document, as Rhai's size limits count a value:
+    // 2 arrays of 49 items hold 100 items in all, of 50 hold 102.
+    let items = |n: usize| vec![1; n];
+    let entries = |n: usize| {
+        (0..n)
+            .map(|i| (format!("k{i}"), json!(i)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let run = |doc: serde_json::Value| {
+        let script = "fn on_request_body() { log_info(parse_json(get_request_body()).len()); }";
+        let p = configure(
+            json!({"script": script, "limits": {"max_array_size": 100, "max_map_size": 20}}),
+        )
+        .unwrap();
+        let o = p.run(&Request::post("/", doc.to_string()), &mut Response::ok(""));
+        (
+            o.log.iter().map(|l| l.message.clone()).collect::<Vec<_>>(),
+            o.script_errors()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (log, errors) = run(json!([items(49), items(49)]));
+    assert!(errors.is_empty() && log == ["2"], "{log:?} {errors:?}");
+    let (_, errors) = run(json!([items(50), items(50)]));
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("parse_json(): document too large: more than 100 array items (limits.max_array_size)"),
+        "{errors:?}"
+    );
+    let (log, errors) = run(json!({"a": entries(9), "b": entries(9)}));
+    assert!(errors.is_empty() && log == ["2"], "{log:?} {errors:?}");
+    let (_, errors) = run(json!({"a": entries(10), "b": entries(10)}));
+    assert!(
+        errors.len() == 1
+            && errors[0]
+                .contains("document too large: more than 20 object entries (limits.max_map_size)"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn map_size_limit() {
     let p = configure(json!({"script": "fn on_request_headers() { let m = #{}; for i in 0..1000 { m[`k${i}`] = i; } log_info(m.len()); }",
         "limits": {"max_map_size": 100}})).unwrap();

@@ -4,10 +4,11 @@
 //! map holding it (`m.me = || m`) recurses forever. JSON has no functions: here they are an
 //! error. Containers are walked here; every other value is Rhai's to write.
 
+use std::cell::Cell;
 use std::fmt;
 
 use rhai::{Array, Dynamic, Map};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Error, Serialize, SerializeMap, SerializeSeq, Serializer};
 
 /// A script value, serialized as JSON data only.
@@ -48,21 +49,93 @@ impl Serialize for JsonMap<'_> {
     }
 }
 
-/// A script value read from JSON: objects become maps, arrays arrays, `null` `()`, integers
-/// that fit `i64` integers and other numbers floats, as Rhai's own `Deserialize` makes them.
-/// Written here because Rhai's builds each object twice (a `BTreeMap` it then converts item by
-/// item): a 10 kB document parsed ~1.6× slower.
-pub(super) struct FromJson(pub Dynamic);
+/// What one document may hold in all, counted as Rhai's size limits count a value: the items of
+/// all its arrays, the entries of all its maps (0: no limit).
+#[derive(Clone, Copy)]
+pub(super) struct Budget {
+    pub array_items: usize,
+    pub map_entries: usize,
+}
 
-impl<'de> Deserialize<'de> for FromJson {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        de.deserialize_any(ValueVisitor).map(FromJson)
+/// Parses a JSON document into a script value: objects become maps, arrays arrays, `null` `()`,
+/// integers that fit `i64` integers and other numbers floats, as Rhai's own `Deserialize` makes
+/// them. Written here because Rhai's builds each object twice (a `BTreeMap` it then converts item
+/// by item): a 10 kB document parsed ~1.6× slower.
+///
+/// Items and entries are counted as they are read, and a document holding more than `budget`
+/// is refused there. Rhai measured the value once it was whole: each `[]` of a document is ~50
+/// bytes of heap, and with `max_string_size` at 64 MiB a 40 MB `[[],[],...]` asked for more
+/// than the VM's 1 GB, which trapped it.
+pub(super) fn parse(text: &str, budget: Budget) -> Result<Dynamic, serde_json::Error> {
+    let most = |max: usize| if max == 0 { usize::MAX } else { max };
+    let document = Document {
+        most_items: most(budget.array_items),
+        most_entries: most(budget.map_entries),
+        array_items: Cell::new(0),
+        map_entries: Cell::new(0),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Value(&document).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A document's budget (`usize::MAX`: no limit), and what it has used so far.
+struct Document {
+    most_items: usize,
+    most_entries: usize,
+    array_items: Cell<usize>,
+    map_entries: Cell<usize>,
+}
+
+/// One value of a document.
+#[derive(Clone, Copy)]
+struct Value<'a>(&'a Document);
+
+impl Value<'_> {
+    /// Counts one more array item; an error past the budget.
+    #[inline]
+    fn count_item<E: de::Error>(self) -> Result<(), E> {
+        let n = self.0.array_items.get() + 1;
+        self.0.array_items.set(n);
+        if n > self.0.most_items {
+            return Err(too_large(
+                self.0.most_items,
+                "array items (limits.max_array_size)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts one more map entry; an error past the budget.
+    #[inline]
+    fn count_entry<E: de::Error>(self) -> Result<(), E> {
+        let n = self.0.map_entries.get() + 1;
+        self.0.map_entries.set(n);
+        if n > self.0.most_entries {
+            return Err(too_large(
+                self.0.most_entries,
+                "object entries (limits.max_map_size)",
+            ));
+        }
+        Ok(())
     }
 }
 
-struct ValueVisitor;
+#[cold]
+fn too_large<E: de::Error>(max: usize, what: &str) -> E {
+    E::custom(format_args!("more than {max} {what}"))
+}
 
-impl<'de> Visitor<'de> for ValueVisitor {
+impl<'de> DeserializeSeed<'de> for Value<'_> {
+    type Value = Dynamic;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Dynamic, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Value<'_> {
     type Value = Dynamic;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -100,7 +173,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
         let mut array = Array::new();
-        while let Some(FromJson(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(self)? {
+            self.count_item()?;
             array.push(item);
         }
         Ok(Dynamic::from_array(array))
@@ -109,7 +183,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut object: A) -> Result<Dynamic, A::Error> {
         let mut map = Map::new();
         while let Some(Key(key)) = object.next_key()? {
-            let FromJson(item) = object.next_value()?;
+            self.count_entry()?;
+            let item = object.next_value_seed(self)?;
             map.insert(key, item);
         }
         Ok(Dynamic::from_map(map))
