@@ -92,34 +92,15 @@ struct Document {
 #[derive(Clone, Copy)]
 struct Value<'a>(&'a Document);
 
-impl Value<'_> {
-    /// Counts one more array item; an error past the budget.
-    #[inline]
-    fn count_item<E: de::Error>(self) -> Result<(), E> {
-        let n = self.0.array_items.get() + 1;
-        self.0.array_items.set(n);
-        if n > self.0.most_items {
-            return Err(too_large(
-                self.0.most_items,
-                "array items (limits.max_array_size)",
-            ));
-        }
-        Ok(())
+/// Counts one more item (or entry) of the document against `most`; an error past it.
+#[inline]
+fn count<E: de::Error>(used: &Cell<usize>, most: usize, what: &str) -> Result<(), E> {
+    let n = used.get() + 1;
+    used.set(n);
+    if n > most {
+        return Err(too_large(most, what));
     }
-
-    /// Counts one more map entry; an error past the budget.
-    #[inline]
-    fn count_entry<E: de::Error>(self) -> Result<(), E> {
-        let n = self.0.map_entries.get() + 1;
-        self.0.map_entries.set(n);
-        if n > self.0.most_entries {
-            return Err(too_large(
-                self.0.most_entries,
-                "object entries (limits.max_map_size)",
-            ));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cold]
@@ -174,7 +155,12 @@ impl<'de> Visitor<'de> for Value<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
         let mut array = Array::new();
         while let Some(item) = seq.next_element_seed(self)? {
-            self.count_item()?;
+            let doc = self.0;
+            count(
+                &doc.array_items,
+                doc.most_items,
+                "array items (limits.max_array_size)",
+            )?;
             array.push(item);
         }
         Ok(Dynamic::from_array(array))
@@ -183,7 +169,12 @@ impl<'de> Visitor<'de> for Value<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut object: A) -> Result<Dynamic, A::Error> {
         let mut map = Map::new();
         while let Some(Key(key)) = object.next_key()? {
-            self.count_entry()?;
+            let doc = self.0;
+            count(
+                &doc.map_entries,
+                doc.most_entries,
+                "object entries (limits.max_map_size)",
+            )?;
             let item = object.next_value_seed(self)?;
             map.insert(key, item);
         }
