@@ -274,6 +274,20 @@ fn work_on_large_values_counts_as_operations() {
 }
 
 #[test]
+fn an_array_a_function_gives_back_counts_once() {
+    // 16,001 pieces: the size check's walk counts them (~1,000 operations); their number was
+    // counted again as data given back. 30 splits (and the `let`s) took 80,000-95,000
+    // operations; now 60,000-65,000.
+    let script = r#"fn on_request_headers() {
+        let s = ","; s.pad(16000, ',');
+        for i in 0..30 { let pieces = s.split(","); }
+    }"#;
+    let p = configure(json!({"script": script, "limits": {"max_operations": 75000}})).unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    assert!(o.script_errors().is_empty(), "{:?}", o.script_errors());
+}
+
+#[test]
 fn padding_with_an_empty_string_ends() {
     // `s.pad(10, "")` added "" until the string was long enough: a loop inside Rhai's `pad`,
     // where no limit reaches, that held the VM for good. It runs on a thread here so that a

@@ -750,9 +750,12 @@ impl Engine {
 
             let result = _result?;
 
-            // proxy-rhai patch: and the data it gives back.
+            // proxy-rhai patch: and the data it gives back. An array or a map was charged by
+            // the size check's walk above, so not by its length again.
             #[cfg(not(feature = "unchecked"))]
-            self.charge_data([&result]);
+            if !(crate::eval::is_walked(&result) && self.has_data_size_limit()) {
+                self.charge_data([&result]);
+            }
 
             // Check the data size of any `&mut` object, which may be changed.
             // proxy-rhai patch (speed): not after a pure function, which doesn't change it (the
