@@ -1269,6 +1269,8 @@ fn on_request_headers() {
     let captured = reg.api.clone();
     reg.engine
         .on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
+    // JSON text is a string: no longer than a string may be.
+    let max_string = reg.engine.max_string_size();
     // A document may hold what a script value may: Rhai's size limits, counted while parsing.
     let json_budget = json::Budget {
         array_items: reg.engine.max_array_size(),
@@ -1303,13 +1305,13 @@ fn on_request_headers() {
         r#"fn on_request_headers() {
     send_http_response(200, #{ "content-type": "application/json" }, to_json(#{ ok: true, path: get_request_header(":path") }));
 }"#,
-        |_a, value: Dynamic| serde_json::to_string(&json::Json(&value))
+        |_a, value: Dynamic| json::to_text(&json::Json(&value), max_string)
             .or_else(|e| err(format!("to_json(): {e}")))
     );
     // Rhai's map package has its own `to_json(map)`, which a call with a map would find before
     // the one above: this one, in the global namespace, is found first.
-    reg.engine.register_fn("to_json", |map: &mut Map| {
-        serde_json::to_string(&json::JsonMap(map)).or_else(|e| err(format!("to_json(): {e}")))
+    reg.engine.register_fn("to_json", move |map: &mut Map| {
+        json::to_text(&json::JsonMap(map), max_string).or_else(|e| err(format!("to_json(): {e}")))
     });
     // Rhai's core package has `sleep`, which would block the proxy's worker thread; in Envoy it
     // traps the VM (no WASI clock to wait on). These, in the global namespace, are found first.

@@ -375,6 +375,27 @@ fn parse_json_refuses_a_document_past_the_size_limits_while_parsing() {
 }
 
 #[test]
+fn to_json_stops_at_the_string_size_limit_while_writing() {
+    // 300 control characters are 300 bytes, and 1,802 of JSON text (`"\u0001..."`).
+    let script = r#"fn on_request_headers() {
+        let s = ""; s.pad(300, '\x01');
+        log_info(to_json(#{ s: "short" }));
+        to_json(s);
+    }"#;
+    let p = configure(json!({"script": script, "limits": {"max_string_size": 1024}})).unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok(""));
+    assert_eq!(o.log[0].message, r#"{"s":"short"}"#);
+    let errors = o.script_errors();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains(
+                "to_json(): the JSON text is longer than 1024 bytes (limits.max_string_size)"
+            ),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn map_size_limit() {
     let p = configure(json!({"script": "fn on_request_headers() { let m = #{}; for i in 0..1000 { m[`k${i}`] = i; } log_info(m.len()); }",
         "limits": {"max_map_size": 100}})).unwrap();

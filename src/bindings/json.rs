@@ -5,7 +5,7 @@
 //! error. Containers are walked here; every other value is Rhai's to write.
 
 use std::cell::Cell;
-use std::fmt;
+use std::{fmt, io};
 
 use rhai::{Array, Dynamic, Map};
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -46,6 +46,57 @@ impl Serialize for JsonMap<'_> {
             out.serialize_entry(key.as_str(), &Json(item))?;
         }
         out.end()
+    }
+}
+
+/// `value` as JSON text of at most `max` bytes (0: no limit), the string size limit. The text is
+/// refused while it is written, when its buffer would grow past `max`, not once whole: escapes
+/// make it up to six times longer than the strings it holds (`\u0001`), so a large string asked
+/// for several times its size. (A text the buffer's last growth let past `max` is still refused
+/// by Rhai's size check of the result.)
+pub(super) fn to_text<T: Serialize>(value: &T, max: usize) -> Result<String, String> {
+    let mut out = Bounded {
+        bytes: Vec::with_capacity(128),
+        most: if max == 0 { usize::MAX } else { max },
+    };
+    serde_json::to_writer(&mut out, value).map_err(|e| {
+        if e.is_io() {
+            format!("the JSON text is longer than {max} bytes (limits.max_string_size)")
+        } else {
+            e.to_string()
+        }
+    })?;
+    // SAFETY: serde_json writes only UTF-8 (its own `to_string` relies on it the same way).
+    Ok(unsafe { String::from_utf8_unchecked(out.bytes) })
+}
+
+/// A buffer that refuses to grow past `most` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    most: usize,
+}
+
+impl io::Write for Bounded {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_all(data).map(|()| data.len())
+    }
+
+    // serde_json writes through `write_all`, a piece at a time. The limit is checked only when
+    // the buffer must grow (a test `extend_from_slice` makes anyway): checked on every piece, it
+    // cost the JSON workload 1.6 % more instructions.
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let len = self.bytes.len();
+        if data.len() > self.bytes.capacity() - len && data.len() > self.most - len {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
