@@ -1290,11 +1290,8 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |_a, text: &str| json::parse(text, json_budget).or_else(|e| match e.classify() {
-            // The only data errors are the budget's.
-            serde_json::error::Category::Data => err(format!("parse_json(): document too large: {e}")),
-            _ => err(format!("parse_json(): invalid JSON: {e}")),
-        })
+        |_a, text: &str| json::parse(text, json_budget)
+            .or_else(|e| err(format!("parse_json(): {e}")))
     );
     bind!(
         reg,

@@ -57,7 +57,7 @@ impl Serialize for JsonMap<'_> {
 pub(super) fn to_text<T: Serialize>(value: &T, max: usize) -> Result<String, String> {
     let mut out = Bounded {
         bytes: Vec::with_capacity(128),
-        most: if max == 0 { usize::MAX } else { max },
+        most: at_most(max),
     };
     serde_json::to_writer(&mut out, value).map_err(|e| {
         if e.is_io() {
@@ -68,6 +68,15 @@ pub(super) fn to_text<T: Serialize>(value: &T, max: usize) -> Result<String, Str
     })?;
     // SAFETY: serde_json writes only UTF-8 (its own `to_string` relies on it the same way).
     Ok(unsafe { String::from_utf8_unchecked(out.bytes) })
+}
+
+/// A limit of Rhai's (0: none) as a bound to compare with.
+fn at_most(max: usize) -> usize {
+    if max == 0 {
+        usize::MAX
+    } else {
+        max
+    }
 }
 
 /// A buffer that refuses to grow past `most` bytes.
@@ -117,18 +126,22 @@ pub(super) struct Budget {
 /// is refused there. Rhai measured the value once it was whole: each `[]` of a document is ~50
 /// bytes of heap, and with `max_string_size` at 64 MiB a 40 MB `[[],[],...]` asked for more
 /// than the VM's 1 GB, which trapped it.
-pub(super) fn parse(text: &str, budget: Budget) -> Result<Dynamic, serde_json::Error> {
-    let most = |max: usize| if max == 0 { usize::MAX } else { max };
+pub(super) fn parse(text: &str, budget: Budget) -> Result<Dynamic, String> {
     let document = Document {
-        most_items: most(budget.array_items),
-        most_entries: most(budget.map_entries),
+        most_items: at_most(budget.array_items),
+        most_entries: at_most(budget.map_entries),
         array_items: Cell::new(0),
         map_entries: Cell::new(0),
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = Value(&document).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+    Value(&document)
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value))
+        .map_err(|e| match e.classify() {
+            // `deserialize_any` makes no data error but the budget's.
+            serde_json::error::Category::Data => format!("document too large: {e}"),
+            _ => format!("invalid JSON: {e}"),
+        })
 }
 
 /// A document's budget (`usize::MAX`: no limit), and what it has used so far.

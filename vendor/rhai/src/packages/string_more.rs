@@ -52,13 +52,8 @@ fn replace_within_limits(
                 string.matches(find).count()
             };
             let growth = matches.saturating_mul(substitute.len() - find.len());
-            if string.len().saturating_add(growth) > max {
-                return Err(crate::ERR::ErrorDataTooLarge(
-                    "Length of string".to_string(),
-                    crate::Position::NONE,
-                )
-                .into());
-            }
+            ctx.engine()
+                .throw_on_size((0, 0, string.len().saturating_add(growth)))?;
         }
     }
     #[cfg(feature = "unchecked")]
@@ -83,12 +78,8 @@ fn collect_pieces<T: Into<Dynamic>>(
     {
         let max = ctx.engine().max_array_size();
         // `split("")` makes the most pieces: one per character, and an empty one at each end.
-        if max > 0 && len.saturating_add(2) > max && pieces.clone().count() > max {
-            return Err(crate::ERR::ErrorDataTooLarge(
-                "Size of array/BLOB".to_string(),
-                crate::Position::NONE,
-            )
-            .into());
+        if max > 0 && len.saturating_add(2) > max {
+            ctx.engine().throw_on_size((pieces.clone().count(), 0, 0))?;
         }
     }
     #[cfg(feature = "unchecked")]
