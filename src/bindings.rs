@@ -558,6 +558,8 @@ pub(crate) struct Registrar<'a, H> {
     pub engine: &'a mut Engine,
     pub api: Rc<Api<H>>,
     pub docs: Option<&'a mut Vec<FnDoc>>,
+    /// `limits.max_memory`, for the functions that check it while they work.
+    pub max_memory: usize,
 }
 
 impl<H> Registrar<'_, H> {
@@ -631,14 +633,15 @@ impl<H: Host + 'static> Api<H> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Stops a call that grew the heap by more than `budget` bytes.
-    pub(crate) fn over_memory_budget(&self, budget: usize) -> Option<Dynamic> {
+    /// The error that stops a call that grew the heap by more than `budget` bytes (`None`
+    /// while it hasn't, or when the host doesn't count the heap).
+    pub(crate) fn over_memory_budget(&self, budget: usize) -> Option<String> {
         let grown = self
             .host
             .heap_in_use()?
             .saturating_sub(self.frame.borrow().heap_baseline);
         (grown > budget).then(|| {
-            format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)").into()
+            format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)")
         })
     }
 
@@ -1276,12 +1279,13 @@ fn on_request_headers() {
         array_items: reg.engine.max_array_size(),
         map_entries: reg.engine.max_map_size(),
     };
+    let max_memory = reg.max_memory;
     bind!(
         reg,
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size` (refused while parsing, before it is all made).",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` (each refused while parsing, before it is all made).",
         r#"fn on_request_body() {
     try {
         let order = parse_json(get_request_body());
@@ -1290,7 +1294,7 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |_a, text: &str| json::parse(text, json_budget)
+        |a, text: &str| json::parse(text, json_budget, &|| a.over_memory_budget(max_memory))
             .or_else(|e| err(format!("parse_json(): {e}")))
     );
     bind!(

@@ -22,6 +22,7 @@ use rhai::{ASTNode, Engine, Expr, FnCallExpr, Position, Stmt, AST};
 use serde_json::Value;
 
 use crate::bindings::{self, Api, Registrar};
+use crate::config::Limits;
 use crate::emulator::EmulatorHost;
 use crate::phase::Phase;
 use crate::plugin::{Plugin, TICK_FUNCTION};
@@ -115,6 +116,7 @@ pub(crate) fn with_api(mut engine: Engine) -> Engine {
         engine: &mut engine,
         api: Rc::new(Api::new(EmulatorHost::default())),
         docs: None,
+        max_memory: Limits::default().max_memory,
     });
     engine
 }

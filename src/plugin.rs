@@ -404,12 +404,15 @@ fn new_engine<H: Host + 'static>(
         let api = api.clone();
         let budget = limits.max_memory;
         // Every 64 operations: one operation allocates at most a few limited values.
-        engine.on_progress_every(64, move |_| api.over_memory_budget(budget));
+        engine.on_progress_every(64, move |_| {
+            api.over_memory_budget(budget).map(Dynamic::from)
+        });
     }
     bindings::register(&mut Registrar {
         engine: &mut engine,
         api,
         docs,
+        max_memory: limits.max_memory,
     });
     engine
 }

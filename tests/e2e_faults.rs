@@ -190,6 +190,33 @@ fn one_call_cannot_make_a_value_far_past_the_limits() {
     envoy.assert_healthy();
 }
 
+/// Within the size limits a JSON document can take ~30 times its text in heap (`[[[[]]]]`: four
+/// arrays in 8 bytes), all in one call, where the engine's check of `limits.max_memory` (every
+/// 64 operations) doesn't look: `parse_json` checks the limit while it parses.
+#[test]
+fn parse_json_stops_at_the_memory_limit_while_parsing() {
+    let envoy = Envoy::builder(json!({
+        "script": "fn on_request_body() { parse_json(get_request_body()); }",
+        "limits": {"max_memory": 4 << 20},
+    }))
+    .start();
+    assert_eq!(envoy.request("POST", "/", &[], b"[]").status, 200);
+    let rss = envoy.rss_bytes();
+    // 990 kB of text, 440,000 arrays: ~33 MB of heap once parsed (measured in Envoy).
+    let doc = format!("[{}]", vec!["[[[[]]]]"; 110_000].join(","));
+    let r = envoy.request("POST", "/", &[], doc.as_bytes());
+    assert_eq!(r.status, 500);
+    envoy.wait_for_log("parse_json(): document too large: memory limit");
+    assert_eq!(envoy.request("POST", "/", &[], b"[]").status, 200);
+    let grown = envoy.rss_bytes().saturating_sub(rss);
+    assert!(
+        grown < 16 << 20,
+        "Envoy's memory grew by {} MiB",
+        grown >> 20
+    );
+    envoy.assert_healthy();
+}
+
 /// Values that nest deep, closures that capture themselves, and both handed to `to_json`.
 const VALUES_SCRIPT: &str = r#"
 fn nest(calls, depth) {

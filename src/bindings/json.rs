@@ -126,12 +126,22 @@ pub(super) struct Budget {
 /// is refused there. Rhai measured the value once it was whole: each `[]` of a document is ~50
 /// bytes of heap, and with `max_string_size` at 64 MiB a 40 MB `[[],[],...]` asked for more
 /// than the VM's 1 GB, which trapped it.
-pub(super) fn parse(text: &str, budget: Budget) -> Result<Dynamic, String> {
+///
+/// Every [`HEAP_CHECK_EVERY`] items (or entries), `heap_over` says whether the call is over
+/// its memory limit, and the parse stops with its error: within the size limits a document can
+/// still be ~30 times its text in heap (`[[[[]]]]`: four arrays in 8 bytes), and the engine's
+/// own check of the limit comes only after the call.
+pub(super) fn parse(
+    text: &str,
+    budget: Budget,
+    heap_over: &dyn Fn() -> Option<String>,
+) -> Result<Dynamic, String> {
     let document = Document {
         most_items: at_most(budget.array_items),
         most_entries: at_most(budget.map_entries),
         array_items: Cell::new(0),
         map_entries: Cell::new(0),
+        heap_over,
     };
     let mut de = serde_json::Deserializer::from_str(text);
     Value(&document)
@@ -145,24 +155,40 @@ pub(super) fn parse(text: &str, budget: Budget) -> Result<Dynamic, String> {
 }
 
 /// A document's budget (`usize::MAX`: no limit), and what it has used so far.
-struct Document {
+struct Document<'a> {
     most_items: usize,
     most_entries: usize,
     array_items: Cell<usize>,
     map_entries: Cell<usize>,
+    heap_over: &'a dyn Fn() -> Option<String>,
 }
+
+/// How often (in items, and in entries) the parse asks whether the call is over its memory
+/// limit: at ~100 bytes an item at most, every ~100 kB of heap.
+const HEAP_CHECK_EVERY: usize = 1024;
 
 /// One value of a document.
 #[derive(Clone, Copy)]
-struct Value<'a>(&'a Document);
+struct Value<'a>(&'a Document<'a>);
 
-/// Counts one more item (or entry) of the document against `most`; an error past it.
+/// Counts one more item (or entry) of the document against `most`; an error past it, or once
+/// the call is over its memory limit.
 #[inline]
-fn count<E: de::Error>(used: &Cell<usize>, most: usize, what: &str) -> Result<(), E> {
+fn count<E: de::Error>(
+    doc: &Document,
+    used: &Cell<usize>,
+    most: usize,
+    what: &str,
+) -> Result<(), E> {
     let n = used.get() + 1;
     used.set(n);
     if n > most {
         return Err(too_large(most, what));
+    }
+    if n.is_multiple_of(HEAP_CHECK_EVERY) {
+        if let Some(error) = (doc.heap_over)() {
+            return Err(E::custom(error));
+        }
     }
     Ok(())
 }
@@ -221,6 +247,7 @@ impl<'de> Visitor<'de> for Value<'_> {
         while let Some(item) = seq.next_element_seed(self)? {
             let doc = self.0;
             count(
+                doc,
                 &doc.array_items,
                 doc.most_items,
                 "array items (limits.max_array_size)",
@@ -235,6 +262,7 @@ impl<'de> Visitor<'de> for Value<'_> {
         while let Some(Key(key)) = object.next_key()? {
             let doc = self.0;
             count(
+                doc,
                 &doc.map_entries,
                 doc.most_entries,
                 "object entries (limits.max_map_size)",
