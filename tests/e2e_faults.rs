@@ -190,6 +190,39 @@ fn one_call_cannot_make_a_value_far_past_the_limits() {
     envoy.assert_healthy();
 }
 
+/// A debug text escapes control characters (`\u{1}`: five bytes for one, `\u{1f}` six), and
+/// Rhai checked its length only once it was whole: with the limits at their highest, `to_debug`
+/// of a 120 MB string of `\x01` made a 600 MB text, growing it to 1 GiB, and trapped the VM.
+/// Every way of formatting a value stops at the string size limit.
+#[test]
+fn a_text_being_formatted_stops_at_the_string_size_limit() {
+    let envoy = Envoy::builder(json!({
+        "script": r#"
+            fn on_request_headers() {
+                let s = "\x01";
+                s.pad(120000000, '\x01');
+                switch get_request_header("x-op") {
+                    "to_debug" => s.to_debug(),
+                    "debug" => debug(s),
+                    "array" => `${[s]}`,
+                    "map" => `${#{ k: s }}`,
+                    "plus" => "x" + [s],
+                }
+            }
+        "#,
+        "limits": {"max_string_size": 256 << 20, "max_memory": 1 << 30, "max_operations": 20_000_000},
+    }))
+    .start();
+    for op in ["to_debug", "debug", "array", "map", "plus"] {
+        // 503 would be the trapped VM.
+        let r = envoy.request("GET", "/", &[("x-op", op)], b"");
+        assert_eq!(r.status, 500, "{op}");
+    }
+    envoy.wait_for_log("Length of string too large");
+    assert_eq!(envoy.request("GET", "/", &[], b"").status, 200);
+    envoy.assert_healthy();
+}
+
 /// Within the size limits a JSON document can take ~30 times its text in heap (`[[[[]]]]`: four
 /// arrays in 8 bytes), all in one call, where the engine's check of `limits.max_memory` (every
 /// 64 operations) doesn't look: `parse_json` checks the limit while it parses.

@@ -396,6 +396,74 @@ fn to_json_stops_at_the_string_size_limit_while_writing() {
 }
 
 #[test]
+fn formatting_a_value_stops_at_the_string_size_limit() {
+    // With a 1,024-byte limit: the debug form of 1,022 `a`s is 1,024 bytes (the quotes added),
+    // of 1,023 one too many; each `\x01` is five (`\u{1}`). Every way of formatting a value
+    // gives a text up to the limit whole, and refuses one past it.
+    let script = r#"fn on_request_headers() {
+        let n = parse_int(get_request_header("x-n"));
+        let c = get_request_header("x-c");
+        let s = ""; s.pad(n, if c == "a" { 'a' } else { '\x01' });
+        let text = switch get_request_header("x-op") {
+            "to_debug" => s.to_debug(),
+            "debug" => debug(s), // logs the text
+            "array" => `${[s]}`,
+            "map" => `${#{ k: s }}`,
+            "plus" => "" + [s],
+        };
+        if text != () { add_request_header("x-len", `${text.len()}`); }
+    }"#;
+    let p = configure(json!({"script": script, "limits": {"max_string_size": 1024}})).unwrap();
+    let run = |op: &str, c: &str, n: usize| {
+        let n = n.to_string();
+        let request = Request::get("/")
+            .header("x-op", op)
+            .header("x-c", c)
+            .header("x-n", n.as_str());
+        p.run(&request, &mut Response::ok(""))
+    };
+    // What each form writes around the string `s`: `"…"`, `["…"]`, `#{"k": "…"}`.
+    for (op, around) in [
+        ("to_debug", 2),
+        ("debug", 2),
+        ("array", 4),
+        ("map", 10),
+        ("plus", 4),
+    ] {
+        let at_limit = run(op, "a", 1024 - around);
+        assert!(
+            at_limit.script_errors().is_empty(),
+            "{op}: {:?}",
+            at_limit.log
+        );
+        if op != "debug" {
+            assert_eq!(
+                at_limit.upstream_header("x-len"),
+                Some("1024".into()),
+                "{op}"
+            );
+        }
+        let past = run(op, "a", 1025 - around);
+        assert!(
+            past.script_errors()
+                .iter()
+                .any(|e| e.contains("Length of string too large")),
+            "{op}: {:?}",
+            past.log
+        );
+        let escaped = run(op, "x01", 250);
+        assert!(
+            escaped
+                .script_errors()
+                .iter()
+                .any(|e| e.contains("Length of string too large")),
+            "{op}: {:?}",
+            escaped.log
+        );
+    }
+}
+
+#[test]
 fn map_size_limit() {
     let p = configure(json!({"script": "fn on_request_headers() { let m = #{}; for i in 0..1000 { m[`k${i}`] = i; } log_info(m.len()); }",
         "limits": {"max_map_size": 100}})).unwrap();

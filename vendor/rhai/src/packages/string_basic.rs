@@ -1,8 +1,10 @@
 use super::iter_basic::CharsStream;
 use crate::plugin::*;
-use crate::{def_package, Dynamic, FnPtr, ImmutableString, NativeCallContext, INT};
+use crate::{
+    def_package, Dynamic, Engine, FnPtr, ImmutableString, NativeCallContext, RhaiResultOf, INT,
+};
 use std::any::TypeId;
-use std::fmt::{Binary, LowerHex, Octal, Write};
+use std::fmt::{self, Binary, LowerHex, Octal, Write};
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
 
@@ -40,13 +42,102 @@ def_package! {
     }
 }
 
+/// A text being formatted that refuses to grow past the string size limit (proxy-rhai patch
+/// (size)). Rhai formatted a whole text, then checked its size: escapes make a string's debug
+/// form up to six times its length (`\u{1f}`), so with `max_string_size` at 256 MiB, `to_debug`
+/// of a 200 MB string asked for 1.2 GB, and the failed allocation trapped the VM. A text that
+/// would cross the limit is now refused there, with the size check's own error.
+struct Capped {
+    text: String,
+    limit: usize,
+    over: bool,
+}
+
+impl Capped {
+    fn new(engine: &Engine) -> Self {
+        #[cfg(not(feature = "unchecked"))]
+        let limit = match engine.max_string_size() {
+            0 => usize::MAX,
+            max => max,
+        };
+        #[cfg(feature = "unchecked")]
+        let limit = {
+            let _ = engine;
+            usize::MAX
+        };
+        Self {
+            text: String::new(),
+            limit,
+            over: false,
+        }
+    }
+
+    /// Appends `s`; `false` (and nothing appended) where that would take the text past the limit.
+    fn push(&mut self, s: &str) -> bool {
+        let len = self.text.len().saturating_add(s.len());
+        if len > self.limit {
+            self.over = true;
+            return false;
+        }
+        if len > self.text.capacity() {
+            // Doubling as `String` does, but never past the limit.
+            let want = self.text.capacity().saturating_mul(2).max(len).min(self.limit);
+            self.text.reserve_exact(want - self.text.len());
+        }
+        self.text.push_str(s);
+        true
+    }
+
+    /// The text, or the size check's error if it would have been longer than the limit.
+    fn finish(self, engine: &Engine) -> RhaiResultOf<String> {
+        #[cfg(not(feature = "unchecked"))]
+        if self.over {
+            engine.throw_on_size((0, 0, usize::MAX))?;
+        }
+        #[cfg(feature = "unchecked")]
+        let _ = engine;
+        Ok(self.text)
+    }
+}
+
+impl Write for Capped {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.push(s) {
+            Ok(())
+        } else {
+            Err(fmt::Error)
+        }
+    }
+}
+
+/// `args` formatted, within the string size limit (proxy-rhai patch (size)).
+fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<String> {
+    let mut text = Capped::new(engine);
+    // An error only says the text would have crossed the limit: `finish` tells.
+    let _ = text.write_fmt(args);
+    text.finish(engine)
+}
+
+/// `text`, or the name it is mapped to when it is a type's name; not copied when it isn't
+/// (proxy-rhai patch (size): a text may be as long as the limit).
+fn mapped_type_name(engine: &Engine, text: String) -> ImmutableString {
+    let mapped = engine.map_type_name(&text);
+    if std::ptr::eq(mapped, text.as_str()) {
+        text.into()
+    } else {
+        mapped.into()
+    }
+}
+
 /// Print a value using a named function.
+///
+/// proxy-rhai patch (size): an error when the text would be longer than the string size limit.
 #[inline]
 pub fn print_with_func(
     fn_name: &str,
     ctx: &NativeCallContext,
     value: &mut Dynamic,
-) -> ImmutableString {
+) -> RhaiResultOf<ImmutableString> {
     let result = ctx.call_native_fn_raw(fn_name, true, &mut [value]);
     printed_value(ctx.engine(), fn_name, value, result)
 }
@@ -63,7 +154,7 @@ pub(crate) fn print_with_func_raw(
     fn_name: &str,
     value: &mut Dynamic,
     pos: Position,
-) -> ImmutableString {
+) -> RhaiResultOf<ImmutableString> {
     let hash = crate::calc_fn_hash(None, fn_name, 1);
 
     defer! { let orig_level = global.level; global.level += 1 }
@@ -91,46 +182,55 @@ fn printed_value(
     fn_name: &str,
     value: &Dynamic,
     result: crate::RhaiResult,
-) -> ImmutableString {
-    match result {
+) -> RhaiResultOf<ImmutableString> {
+    Ok(match result {
         Ok(result) if result.is_string() => result.into_immutable_string().unwrap(),
         Ok(result) => engine.map_type_name(result.type_name()).into(),
         Err(_) => {
-            let mut buf = crate::new_smart_string();
-            match fn_name {
-                FUNC_TO_DEBUG => write!(&mut buf, "{value:?}").unwrap(),
-                _ => write!(&mut buf, "{value}").unwrap(),
-            }
-            engine.map_type_name(&buf).into()
+            let text = match fn_name {
+                FUNC_TO_DEBUG => format_within(engine, format_args!("{value:?}"))?,
+                _ => format_within(engine, format_args!("{value}"))?,
+            };
+            mapped_type_name(engine, text)
         }
-    }
+    })
 }
 
 #[export_module(manifest)]
 mod print_debug_functions {
     /// Convert the value of the `item` into a string.
-    #[rhai_fn(name = "print", pure)]
-    pub fn print_generic(ctx: NativeCallContext, item: &mut Dynamic) -> ImmutableString {
+    #[rhai_fn(name = "print", pure, return_raw)]
+    pub fn print_generic(
+        ctx: NativeCallContext,
+        item: &mut Dynamic,
+    ) -> RhaiResultOf<ImmutableString> {
         print_with_func(FUNC_TO_STRING, &ctx, item)
     }
     /// Convert the value of the `item` into a string.
-    #[rhai_fn(name = "to_string", pure)]
-    pub fn to_string_generic(ctx: NativeCallContext, item: &mut Dynamic) -> ImmutableString {
-        let mut buf = crate::new_smart_string();
-        write!(&mut buf, "{item}").unwrap();
-        ctx.engine().map_type_name(&buf).into()
+    #[rhai_fn(name = "to_string", pure, return_raw)]
+    pub fn to_string_generic(
+        ctx: NativeCallContext,
+        item: &mut Dynamic,
+    ) -> RhaiResultOf<ImmutableString> {
+        let text = format_within(ctx.engine(), format_args!("{item}"))?;
+        Ok(mapped_type_name(ctx.engine(), text))
     }
     /// Convert the value of the `item` into a string in debug format.
-    #[rhai_fn(name = "debug", pure)]
-    pub fn debug_generic(ctx: NativeCallContext, item: &mut Dynamic) -> ImmutableString {
+    #[rhai_fn(name = "debug", pure, return_raw)]
+    pub fn debug_generic(
+        ctx: NativeCallContext,
+        item: &mut Dynamic,
+    ) -> RhaiResultOf<ImmutableString> {
         print_with_func(FUNC_TO_DEBUG, &ctx, item)
     }
     /// Convert the value of the `item` into a string in debug format.
-    #[rhai_fn(name = "to_debug", pure)]
-    pub fn to_debug_generic(ctx: NativeCallContext, item: &mut Dynamic) -> ImmutableString {
-        let mut buf = crate::new_smart_string();
-        write!(&mut buf, "{item:?}").unwrap();
-        ctx.engine().map_type_name(&buf).into()
+    #[rhai_fn(name = "to_debug", pure, return_raw)]
+    pub fn to_debug_generic(
+        ctx: NativeCallContext,
+        item: &mut Dynamic,
+    ) -> RhaiResultOf<ImmutableString> {
+        let text = format_within(ctx.engine(), format_args!("{item:?}"))?;
+        Ok(mapped_type_name(ctx.engine(), text))
     }
 
     /// Return the empty string.
@@ -145,11 +245,9 @@ mod print_debug_functions {
         string
     }
     /// Convert the string into debug format.
-    #[rhai_fn(name = "debug", name = "to_debug")]
-    pub fn debug_string(string: &str) -> ImmutableString {
-        let mut buf = crate::new_smart_string();
-        write!(&mut buf, "{string:?}").unwrap();
-        buf.into()
+    #[rhai_fn(name = "debug", name = "to_debug", return_raw)]
+    pub fn debug_string(ctx: NativeCallContext, string: &str) -> RhaiResultOf<ImmutableString> {
+        format_within(ctx.engine(), format_args!("{string:?}")).map(Into::into)
     }
 
     /// Return the character into a string.
@@ -243,22 +341,26 @@ mod print_debug_functions {
         name = "to_string",
         name = "debug",
         name = "to_debug",
-        pure
+        pure,
+        return_raw
     )]
-    pub fn format_array(ctx: NativeCallContext, array: &mut Array) -> ImmutableString {
+    pub fn format_array(
+        ctx: NativeCallContext,
+        array: &mut Array,
+    ) -> RhaiResultOf<ImmutableString> {
         let len = array.len();
-        let mut result = crate::new_smart_string();
-        result.push_str("[");
+        let mut result = Capped::new(ctx.engine());
+        result.push("[");
 
-        array.iter_mut().enumerate().for_each(|(i, x)| {
-            result.push_str(&print_with_func(FUNC_TO_DEBUG, &ctx, x));
-            if i < len - 1 {
-                result.push_str(", ");
+        for (i, x) in array.iter_mut().enumerate() {
+            let item = print_with_func(FUNC_TO_DEBUG, &ctx, x)?;
+            if !result.push(&item) || (i < len - 1 && !result.push(", ")) {
+                break;
             }
-        });
+        }
 
-        result.push_str("]");
-        result.into()
+        result.push("]");
+        result.finish(ctx.engine()).map(Into::into)
     }
 
     /// Convert the object map into a string.
@@ -268,26 +370,24 @@ mod print_debug_functions {
         name = "to_string",
         name = "debug",
         name = "to_debug",
-        pure
+        pure,
+        return_raw
     )]
-    pub fn format_map(ctx: NativeCallContext, map: &mut Map) -> ImmutableString {
+    pub fn format_map(ctx: NativeCallContext, map: &mut Map) -> RhaiResultOf<ImmutableString> {
         let len = map.len();
-        let mut result = crate::new_smart_string();
-        result.push_str("#{");
+        let mut result = Capped::new(ctx.engine());
+        result.push("#{");
 
-        map.iter_mut().enumerate().for_each(|(i, (k, v))| {
-            write!(
-                result,
-                "{:?}: {}{}",
-                k,
-                print_with_func(FUNC_TO_DEBUG, &ctx, v),
-                if i < len - 1 { ", " } else { "" }
-            )
-            .unwrap();
-        });
+        for (i, (k, v)) in map.iter_mut().enumerate() {
+            let item = print_with_func(FUNC_TO_DEBUG, &ctx, v)?;
+            let sep = if i < len - 1 { ", " } else { "" };
+            if write!(result, "{k:?}: {item}{sep}").is_err() {
+                break;
+            }
+        }
 
-        result.push_str("}");
-        result.into()
+        result.push("}");
+        result.finish(ctx.engine()).map(Into::into)
     }
 }
 

@@ -89,47 +89,53 @@ fn collect_pieces<T: Into<Dynamic>>(
 
 #[export_module(manifest)]
 mod string_functions {
-    #[rhai_fn(name = "+", pure)]
+    // proxy-rhai patch (size): `print_with_func` refuses a text longer than the string limit.
+    #[rhai_fn(name = "+", pure, return_raw)]
     pub fn add_append(
         ctx: NativeCallContext,
         string: &mut ImmutableString,
         mut item: Dynamic,
-    ) -> ImmutableString {
-        let s = print_with_func(FUNC_TO_STRING, &ctx, &mut item);
+    ) -> RhaiResultOf<ImmutableString> {
+        let s = print_with_func(FUNC_TO_STRING, &ctx, &mut item)?;
 
         if s.is_empty() {
-            return string.clone();
+            return Ok(string.clone());
         }
 
         let mut buf = <ImmutableString as AsRef<SmartString>>::as_ref(string).clone();
         buf.push_str(&s);
-        buf.into()
+        Ok(buf.into())
     }
-    #[rhai_fn(name = "+=", name = "append")]
-    pub fn add(ctx: NativeCallContext, string: &mut ImmutableString, mut item: Dynamic) {
-        let s = print_with_func(FUNC_TO_STRING, &ctx, &mut item);
+    #[rhai_fn(name = "+=", name = "append", return_raw)]
+    pub fn add(
+        ctx: NativeCallContext,
+        string: &mut ImmutableString,
+        mut item: Dynamic,
+    ) -> RhaiResultOf<()> {
+        let s = print_with_func(FUNC_TO_STRING, &ctx, &mut item)?;
 
         if s.is_empty() {
-            return;
+            return Ok(());
         }
 
         let mut buf = <ImmutableString as AsRef<SmartString>>::as_ref(string).clone();
         buf.push_str(&s);
         *string = buf.into();
+        Ok(())
     }
-    #[rhai_fn(name = "+", pure)]
+    #[rhai_fn(name = "+", pure, return_raw)]
     pub fn add_prepend(
         ctx: NativeCallContext,
         item: &mut Dynamic,
         string: &str,
-    ) -> ImmutableString {
-        let mut s = print_with_func(FUNC_TO_STRING, &ctx, item);
+    ) -> RhaiResultOf<ImmutableString> {
+        let mut s = print_with_func(FUNC_TO_STRING, &ctx, item)?;
 
         if !string.is_empty() {
             s.make_mut().push_str(string);
         }
 
-        s
+        Ok(s)
     }
 
     // The following are needed in order to override the generic versions with `Dynamic` parameters.

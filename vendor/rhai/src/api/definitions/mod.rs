@@ -551,7 +551,12 @@ fn def_type_name<'a>(ty: &'a str, engine: &'a Engine) -> Cow<'a, str> {
         .replace(type_name::<INT>(), "int")
         .replace("FLOAT", "float")
         .replace("&str", "String")
-        .replace("ImmutableString", "String");
+        // proxy-rhai patch: the string a `RhaiResultOf<ImmutableString>` holds is named as every
+        // other string is (`string`), not `String`.
+        .replace(
+            "ImmutableString",
+            engine.map_type_name(type_name::<crate::ImmutableString>()),
+        );
 
     #[cfg(not(feature = "no_float"))]
     let ty = ty.replace(type_name::<crate::FLOAT>(), "float");

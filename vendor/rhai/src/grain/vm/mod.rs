@@ -2435,14 +2435,17 @@ impl<'e> Vm<'e> {
         // host's `to_string` for strings is not consulted here even though `+`
         // would consult it.
         if !item.is_string() {
-            rendered = Some(print_with_func_raw(
-                self.engine,
-                &mut self.global,
-                &mut self.caches,
-                FUNC_TO_STRING,
-                &mut item,
-                pos,
-            ));
+            rendered = Some(
+                print_with_func_raw(
+                    self.engine,
+                    &mut self.global,
+                    &mut self.caches,
+                    FUNC_TO_STRING,
+                    &mut item,
+                    pos,
+                )
+                .map_err(|err| err.fill_position(pos))?,
+            );
         }
 
         let mut buffer = self
