@@ -190,30 +190,50 @@ fn one_call_cannot_make_a_value_far_past_the_limits() {
     envoy.assert_healthy();
 }
 
-/// A debug text escapes control characters (`\u{1}`: five bytes for one, `\u{1f}` six), and
-/// Rhai checked its length only once it was whole: with the limits at their highest, `to_debug`
-/// of a 120 MB string of `\x01` made a 600 MB text, growing it to 1 GiB, and trapped the VM.
-/// Every way of formatting a value stops at the string size limit.
+/// Texts that grow in one call, with the limits at their highest. Rhai checked a text's length
+/// only once it was whole, and a VM that asks for more than its 1 GB traps:
+/// - a debug text escapes control characters (`\u{1}`: five bytes for one, `\u{1f}` six):
+///   `to_debug` of a 120 MB string of `\x01` made a 600 MB text, growing its buffer to 1 GiB;
+/// - a character's upper case can take three times its bytes (`ΐ` to `Ϊ́`): `to_upper` of a
+///   160 MB string made a 480 MB text, growing its buffer to 640 MB.
+///
+/// Each is refused where it would cross the string size limit.
 #[test]
-fn a_text_being_formatted_stops_at_the_string_size_limit() {
+fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
     let envoy = Envoy::builder(json!({
         "script": r#"
             fn on_request_headers() {
-                let s = "\x01";
-                s.pad(120000000, '\x01');
-                switch get_request_header("x-op") {
+                let op = get_request_header("x-op") ?? "";
+                if op == "" { return; }
+                let s = "";
+                if op.ends_with("upper") {
+                    s.pad(80000000, 'ΐ');
+                } else {
+                    s.pad(120000000, '\x01');
+                }
+                switch op {
                     "to_debug" => s.to_debug(),
                     "debug" => debug(s),
                     "array" => `${[s]}`,
                     "map" => `${#{ k: s }}`,
                     "plus" => "x" + [s],
+                    "to_upper" => s.to_upper(),
+                    "make_upper" => s.make_upper(),
                 }
             }
         "#,
         "limits": {"max_string_size": 256 << 20, "max_memory": 1 << 30, "max_operations": 20_000_000},
     }))
     .start();
-    for op in ["to_debug", "debug", "array", "map", "plus"] {
+    for op in [
+        "to_debug",
+        "debug",
+        "array",
+        "map",
+        "plus",
+        "to_upper",
+        "make_upper",
+    ] {
         // 503 would be the trapped VM.
         let r = envoy.request("GET", "/", &[("x-op", op)], b"");
         assert_eq!(r.status, 500, "{op}");

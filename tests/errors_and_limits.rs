@@ -396,6 +396,45 @@ fn to_json_stops_at_the_string_size_limit_while_writing() {
 }
 
 #[test]
+fn changing_case_keeps_to_the_string_size_limit() {
+    // Under a 1,024-byte limit: `ß` (2 bytes) is `SS` (2), `ΐ` (2) is `Ϊ́` (6); a string over a
+    // third of the limit is measured before its case changes, and must come out as Rust's own
+    // change of case does (`Σ` at the end of a word is `ς`).
+    let script = r#"fn on_request_headers() {
+        let s = get_request_header("x-s");
+        let t = if get_request_header("x-op") == "upper" { s.to_upper() } else { s.to_lower() };
+        add_request_header("x-t", t);
+    }"#;
+    let p = configure(json!({"script": script, "limits": {"max_string_size": 1024}})).unwrap();
+    let run = |op: &str, s: &str| {
+        let request = Request::get("/").header("x-op", op).header("x-s", s);
+        p.run(&request, &mut Response::ok(""))
+    };
+    let fits = run("upper", &"ß".repeat(512));
+    assert_eq!(
+        fits.upstream_header("x-t"),
+        Some("SS".repeat(512)),
+        "{:?}",
+        fits.log
+    );
+    let lower = run("lower", &["ΑΣ"; 80].join(" "));
+    assert_eq!(
+        lower.upstream_header("x-t"),
+        Some(["ας"; 80].join(" ")),
+        "{:?}",
+        lower.log
+    );
+    let past = run("upper", &"ΐ".repeat(200));
+    assert!(
+        past.script_errors()
+            .iter()
+            .any(|e| e.contains("Length of string too large")),
+        "{:?}",
+        past.log
+    );
+}
+
+#[test]
 fn formatting_a_value_stops_at_the_string_size_limit() {
     // With a 1,024-byte limit: the debug form of 1,022 `a`s is 1,024 bytes (the quotes added),
     // of 1,023 one too many; each `\x01` is five (`\u{1}`). Every way of formatting a value

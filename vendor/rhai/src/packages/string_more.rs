@@ -62,6 +62,30 @@ fn replace_within_limits(
     Ok(())
 }
 
+/// Refuses a change of case whose result would be longer than the string size limit, before it
+/// is made (proxy-rhai patch (size)). A character's other case can take three times its bytes
+/// (`ΐ` to `Ϊ́`: 2 to 6), so with `max_string_size` at 256 MiB, `to_upper` of a 160 MB string
+/// made a 480 MB text, growing its buffer to 640 MB on the way, and trapped the VM. Only a
+/// string longer than a third of the limit is measured: a shorter one can't make a longer text.
+/// (Lowercase `Σ` is `ς` at the end of a word, and `σ` elsewhere: the same length.)
+fn check_case_change(ctx: &NativeCallContext, string: &str, upper: bool) -> RhaiResultOf<()> {
+    #[cfg(not(feature = "unchecked"))]
+    {
+        let max = ctx.engine().max_string_size();
+        if max > 0 && string.len() > max / 3 {
+            let len: usize = if upper {
+                string.chars().flat_map(char::to_uppercase).map(char::len_utf8).sum()
+            } else {
+                string.chars().flat_map(char::to_lowercase).map(char::len_utf8).sum()
+            };
+            ctx.engine().throw_on_size((0, 0, len))?;
+        }
+    }
+    #[cfg(feature = "unchecked")]
+    let _ = (ctx, string, upper);
+    Ok(())
+}
+
 /// The pieces a `split`, `split_rev` or `to_chars` of a `len`-byte string makes, as an array
 /// (proxy-rhai patch). When the string is long enough to make more pieces than the array size
 /// limit allows, they are counted first, and too many are refused before any is made. Each piece
@@ -462,12 +486,17 @@ mod string_functions {
     ///
     /// print(text);                // prints "hello, world!"
     /// ```
-    pub fn to_upper(string: ImmutableString) -> ImmutableString {
+    #[rhai_fn(return_raw)]
+    pub fn to_upper(
+        ctx: NativeCallContext,
+        string: ImmutableString,
+    ) -> RhaiResultOf<ImmutableString> {
         if string.chars().all(char::is_uppercase) {
-            return string;
+            return Ok(string);
         }
 
-        string.to_uppercase().into()
+        check_case_change(&ctx, &string, true)?;
+        Ok(string.to_uppercase().into())
     }
     /// Convert the string to all upper-case.
     ///
@@ -480,12 +509,15 @@ mod string_functions {
     ///
     /// print(text);        // prints "HELLO, WORLD!";
     /// ```
-    pub fn make_upper(string: &mut ImmutableString) {
+    #[rhai_fn(return_raw)]
+    pub fn make_upper(ctx: NativeCallContext, string: &mut ImmutableString) -> RhaiResultOf<()> {
         if string.is_empty() || string.chars().all(char::is_uppercase) {
-            return;
+            return Ok(());
         }
 
+        check_case_change(&ctx, string, true)?;
         *string = string.to_uppercase().into();
+        Ok(())
     }
     /// Convert the string to all lower-case and return it as a new string.
     ///
@@ -498,12 +530,17 @@ mod string_functions {
     ///
     /// print(text);                // prints "HELLO, WORLD!"
     /// ```
-    pub fn to_lower(string: ImmutableString) -> ImmutableString {
+    #[rhai_fn(return_raw)]
+    pub fn to_lower(
+        ctx: NativeCallContext,
+        string: ImmutableString,
+    ) -> RhaiResultOf<ImmutableString> {
         if string.is_empty() || string.chars().all(char::is_lowercase) {
-            return string;
+            return Ok(string);
         }
 
-        string.to_lowercase().into()
+        check_case_change(&ctx, &string, false)?;
+        Ok(string.to_lowercase().into())
     }
     /// Convert the string to all lower-case.
     ///
@@ -516,12 +553,15 @@ mod string_functions {
     ///
     /// print(text);        // prints "hello, world!";
     /// ```
-    pub fn make_lower(string: &mut ImmutableString) {
+    #[rhai_fn(return_raw)]
+    pub fn make_lower(ctx: NativeCallContext, string: &mut ImmutableString) -> RhaiResultOf<()> {
         if string.is_empty() || string.chars().all(char::is_lowercase) {
-            return;
+            return Ok(());
         }
 
+        check_case_change(&ctx, string, false)?;
         *string = string.to_lowercase().into();
+        Ok(())
     }
 
     /// Convert the character to upper-case and return it as a new character.
