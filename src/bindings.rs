@@ -458,7 +458,51 @@ pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
 
 /// Bytes as a string, invalid UTF-8 replaced by U+FFFD; valid text is not copied.
 pub(crate) fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes()))
+}
+
+/// [`lossy`] for a text a script asks for: an error for `f` if the text would be longer than
+/// `max` bytes (the string size limit; 0: none), said before it is made. Each invalid byte
+/// becomes three (U+FFFD): with `max_body_size` at 200 MiB, a 150 MB body of `0xff` made a
+/// 450 MB text, and the failed allocation trapped the VM (Envoy 1.40).
+pub(crate) fn text_within(f: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<String> {
+    let (text, len) = match String::from_utf8(bytes) {
+        Ok(text) => {
+            let len = text.len();
+            (Ok(text), len)
+        }
+        Err(e) => {
+            let len = replaced_len(e.as_bytes());
+            (Err(e), len)
+        }
+    };
+    if max != 0 && len > max {
+        return err(format!(
+            "{f}(): the text would be {len} bytes, more than limits.max_string_size ({max})"
+        ));
+    }
+    Ok(text.unwrap_or_else(|e| replaced(e.as_bytes())))
+}
+
+/// The length of `bytes` with each invalid UTF-8 sequence replaced by U+FFFD (3 bytes).
+fn replaced_len(bytes: &[u8]) -> usize {
+    bytes
+        .utf8_chunks()
+        .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
+        .sum()
+}
+
+/// `bytes` with each invalid UTF-8 sequence replaced by U+FFFD, as `String::from_utf8_lossy`
+/// does, in a buffer of the exact size (growing one by doubling asked for up to twice that).
+fn replaced(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(replaced_len(bytes));
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    text
 }
 
 /// [`lossy`] of borrowed bytes: a short text goes straight into the script's string.
@@ -669,6 +713,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     use BufferType::{HttpRequestBody as REQ_BODY, HttpResponseBody as RESP_BODY};
     use MapType::{HttpRequestHeaders as REQ, HttpResponseHeaders as RESP};
 
+    // A text a function makes (a body, JSON) is a string: no longer than a string may be.
+    let max_string = reg.engine.max_string_size();
+
     let mut constants = rhai::Module::new();
     constants.set_var("PAUSE", PhaseAction::Pause);
     constants.set_var("CONTINUE", PhaseAction::Continue);
@@ -812,12 +859,12 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "get_request_body",
         RQB,
         "string",
-        "The whole request body as a string (invalid UTF-8 replaced by U+FFFD). Defining `on_request_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
+        "The whole request body as a string (invalid UTF-8 replaced by U+FFFD; a text longer than `limits.max_string_size` is an error). Defining `on_request_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
         r#"fn on_request_body() {
     let order = parse_json(get_request_body());
     set_context("items", order.items.len());
 }"#,
-        |a| Ok(lossy(a.get_body("get_request_body", REQ_BODY)?))
+        |a| text_within("get_request_body", a.get_body("get_request_body", REQ_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -874,13 +921,13 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "get_response_body",
         RSB,
         "string",
-        "The whole response body as a string (invalid UTF-8 replaced by U+FFFD). Defining `on_response_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
+        "The whole response body as a string (invalid UTF-8 replaced by U+FFFD; a text longer than `limits.max_string_size` is an error). Defining `on_response_body` makes the proxy buffer the body (up to `limits.max_body_size`); the function runs once, on the whole body.",
         r#"fn on_response_body() {
     if get_response_body().contains("internal stack trace") {
         replace_response_body("error hidden by the proxy");
     }
 }"#,
-        |a| Ok(lossy(a.get_body("get_response_body", RESP_BODY)?))
+        |a| text_within("get_response_body", a.get_body("get_response_body", RESP_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -1160,7 +1207,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         add_request_header("authorization", `Bearer ${token}`);
     });
 }"#,
-        |a| Ok(lossy(call_body(a)?))
+        |a| text_within("get_http_call_response_body", call_body(a)?, max_string)
     );
     bind!(
         reg,
@@ -1272,8 +1319,6 @@ fn on_request_headers() {
     let captured = reg.api.clone();
     reg.engine
         .on_debug(move |s, _, pos| captured.host.log(LogLevel::Debug, &format!("{s} ({pos})")));
-    // JSON text is a string: no longer than a string may be.
-    let max_string = reg.engine.max_string_size();
     // A document may hold what a script value may: Rhai's size limits, counted while parsing.
     let json_budget = json::Budget {
         array_items: reg.engine.max_array_size(),

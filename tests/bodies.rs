@@ -102,6 +102,35 @@ fn binary_bodies_are_exact_as_bytes_and_lossy_as_strings() {
 }
 
 #[test]
+fn a_body_is_text_only_within_the_string_size_limit() {
+    let p = Emulator::new(
+        &json!({
+            "script": "fn on_request_body() { log_info(get_request_body()); }",
+            "limits": {"max_string_size": 1024},
+        })
+        .to_string(),
+    )
+    .expect("script configures");
+    let run = |body: Vec<u8>| p.run(&Request::post("/", body), &mut Response::ok(""));
+    // Each invalid sequence is one U+FFFD, as `String::from_utf8_lossy` makes it: a cut-short
+    // `€` (e2 82), a cut-short emoji (f0 9f 98), a lone ff.
+    let mixed = vec![0xe2, 0x82, b'A', 0xf0, 0x9f, 0x98, 0xff, b'B'];
+    let o = run(mixed.clone());
+    assert_eq!(o.log[0].message, String::from_utf8_lossy(&mixed));
+    // 341 bytes of ff are 1,023 bytes of text; 342 are 1,026, over the limit.
+    let o = run(vec![0xff; 341]);
+    assert_eq!(o.log[0].message, "\u{fffd}".repeat(341));
+    let o = run(vec![0xff; 342]);
+    assert!(
+        o.script_errors()[0].contains(
+            "get_request_body(): the text would be 1026 bytes, more than limits.max_string_size (1024)"
+        ),
+        "{:?}",
+        o.log
+    );
+}
+
+#[test]
 fn body_phase_does_not_run_without_a_body_and_body_functions_fail_elsewhere() {
     let p = plugin(r#"fn on_request_body() { log_info("ran"); }"#);
     let o = p.run(&Request::get("/"), &mut Response::ok(""));

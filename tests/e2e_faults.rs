@@ -243,6 +243,29 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
     envoy.assert_healthy();
 }
 
+/// A body's text has each invalid UTF-8 byte replaced by U+FFFD, three bytes: with
+/// `max_body_size` at 200 MiB (and Envoy's buffers raised to match), a 150 MB body of `0xff`
+/// made a 450 MB text in one call, and the failed allocation trapped the VM. The text's length
+/// is now worked out first, and one over the string size limit refused.
+#[test]
+fn a_body_whose_text_is_too_long_is_refused_before_it_is_made() {
+    let envoy = Envoy::builder(json!({
+        "script": "fn on_request_body() { get_request_body(); }",
+        "limits": {"max_body_size": 200 << 20},
+    }))
+    .buffer_limit(256 << 20)
+    .start();
+    let r = envoy.request("POST", "/", &[], &vec![0xff; 150_000_000]);
+    // 503 would be the trapped VM.
+    assert_eq!(r.status, 500);
+    envoy.wait_for_log(
+        "get_request_body(): the text would be 450000000 bytes, more than \
+         limits.max_string_size (8388608)",
+    );
+    assert_eq!(envoy.request("POST", "/", &[], b"ok").status, 200);
+    envoy.assert_healthy();
+}
+
 /// Within the size limits a JSON document can take ~30 times its text in heap (`[[[[]]]]`: four
 /// arrays in 8 bytes), all in one call, where the engine's check of `limits.max_memory` (every
 /// 64 operations) doesn't look: `parse_json` checks the limit while it parses.

@@ -7,7 +7,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use rhai::{Blob, Dynamic};
 use sha2::{Digest, Sha256};
 
-use super::{bytes_of, err, lossy, refused, Allowed, Registrar, ScriptResult};
+use super::{bytes_of, err, refused, text_within, Allowed, Registrar, ScriptResult};
 use crate::host::Host;
 
 fn hex(bytes: &[u8]) -> String {
@@ -50,6 +50,7 @@ fn base64_decode(f: &str, text: &str, url_safe: bool) -> ScriptResult<Blob> {
 
 pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     use Allowed::Anywhere;
+    let max_string = reg.engine.max_string_size();
 
     bind!(
         reg,
@@ -70,7 +71,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         add_request_header("x-user", user);
     }
 }"#,
-        |_a, text: &str| Ok(lossy(base64_decode("base64_decode", text, false)?)));
+        |_a, text: &str| text_within("base64_decode", base64_decode("base64_decode", text, false)?, max_string));
     bind!(
         reg,
         "base64_decode_bytes",
@@ -105,7 +106,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let parts = jwt.split(".");
     if parts.len() == 3 { log_info(base64url_decode(parts[1])); }
 }"#,
-        |_a, text: &str| Ok(lossy(base64_decode("base64url_decode", text, true)?))
+        |_a, text: &str| text_within(
+            "base64url_decode",
+            base64_decode("base64url_decode", text, true)?,
+            max_string
+        )
     );
     bind!(
         reg,
