@@ -476,12 +476,20 @@ pub(crate) fn text_within(f: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<S
             (Err(e), len)
         }
     };
+    check_text_len(f, len, max)?;
+    Ok(text.unwrap_or_else(|e| replaced(e.as_bytes())))
+}
+
+/// An error for `f` when the text it is about to make, `len` bytes, would be longer than `max`
+/// (the string size limit; 0: none). Rhai checks a result's size after the call: a text
+/// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
+pub(crate) fn check_text_len(f: &str, len: usize, max: usize) -> ScriptResult<()> {
     if max != 0 && len > max {
         return err(format!(
             "{f}(): the text would be {len} bytes, more than limits.max_string_size ({max})"
         ));
     }
-    Ok(text.unwrap_or_else(|e| replaced(e.as_bytes())))
+    Ok(())
 }
 
 /// The length of `bytes` with each invalid UTF-8 sequence replaced by U+FFFD (3 bytes).

@@ -465,7 +465,7 @@ pub(crate) enum Value {
 }
 
 impl Value {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Text(text) => text.as_bytes(),
             Value::Bytes(bytes) => bytes,

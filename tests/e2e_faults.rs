@@ -195,7 +195,9 @@ fn one_call_cannot_make_a_value_far_past_the_limits() {
 /// - a debug text escapes control characters (`\u{1}`: five bytes for one, `\u{1f}` six):
 ///   `to_debug` of a 120 MB string of `\x01` made a 600 MB text, growing its buffer to 1 GiB;
 /// - a character's upper case can take three times its bytes (`ΐ` to `Ϊ́`): `to_upper` of a
-///   160 MB string made a 480 MB text, growing its buffer to 640 MB.
+///   160 MB string made a 480 MB text, growing its buffer to 640 MB;
+/// - `url_encode` writes three bytes for each but a letter or a digit: of a 120 MB string of
+///   `\x01`, 360 MB, in a buffer grown by doubling.
 ///
 /// Each is refused where it would cross the string size limit.
 #[test]
@@ -219,6 +221,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
                     "plus" => "x" + [s],
                     "to_upper" => s.to_upper(),
                     "make_upper" => s.make_upper(),
+                    "url_encode" => url_encode(s),
                 }
             }
         "#,
@@ -233,6 +236,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
         "plus",
         "to_upper",
         "make_upper",
+        "url_encode",
     ] {
         // 503 would be the trapped VM.
         let r = envoy.request("GET", "/", &[("x-op", op)], b"");

@@ -396,6 +396,53 @@ fn to_json_stops_at_the_string_size_limit_while_writing() {
 }
 
 #[test]
+fn encoding_keeps_to_the_string_size_limit() {
+    // Under a 1,024-byte limit, each encoder's text from the largest input that fits, and from
+    // one byte more: `url_encode` writes `%2F` for `/`, hex two digits a byte, base64 four
+    // characters for three bytes (padded) or 4/3 of them (unpadded).
+    let script = r#"fn on_request_headers() {
+        let s = ""; s.pad(parse_int(get_request_header("x-n")), '/');
+        let t = switch get_request_header("x-op") {
+            "url_encode" => url_encode(s),
+            "hex_encode" => hex_encode(s),
+            "base64_encode" => base64_encode(s),
+            "base64url_encode" => base64url_encode(s),
+        };
+        add_request_header("x-len", `${t.len()}`);
+    }"#;
+    let p = configure(json!({"script": script, "limits": {"max_string_size": 1024}})).unwrap();
+    for (op, fits, at) in [
+        ("url_encode", 341, "1023"),
+        ("hex_encode", 512, "1024"),
+        ("base64_encode", 768, "1024"),
+        ("base64url_encode", 768, "1024"),
+    ] {
+        let run = |n: usize| {
+            let request = Request::get("/")
+                .header("x-op", op)
+                .header("x-n", n.to_string().as_str());
+            p.run(&request, &mut Response::ok(""))
+        };
+        let o = run(fits);
+        assert_eq!(
+            o.upstream_header("x-len"),
+            Some(at.into()),
+            "{op}: {:?}",
+            o.log
+        );
+        let o = run(fits + 1);
+        let errors = o.script_errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(&format!("{op}(): the text would be"))
+                    && e.contains("more than limits.max_string_size (1024)")),
+            "{op}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn changing_case_keeps_to_the_string_size_limit() {
     // Under a 1,024-byte limit: `ß` (2 bytes) is `SS` (2), `ΐ` (2) is `Ϊ́` (6); a string over a
     // third of the limit is measured before its case changes, and must come out as Rust's own

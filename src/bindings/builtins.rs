@@ -7,7 +7,9 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use rhai::{Blob, Dynamic};
 use sha2::{Digest, Sha256};
 
-use super::{bytes_of, err, refused, text_within, Allowed, Registrar, ScriptResult};
+use super::{
+    bytes_of, check_text_len, err, refused, text_within, value_of, Allowed, Registrar, ScriptResult,
+};
 use crate::host::Host;
 
 fn hex(bytes: &[u8]) -> String {
@@ -61,7 +63,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("authorization", "Basic " + base64_encode("user:secret"));
 }"#,
-        |_a, data: Dynamic| Ok(STANDARD.encode(bytes_of("base64_encode", &data)?))
+        |_a, data: Dynamic| {
+            let data = value_of("base64_encode", data)?;
+            let len = base64::encoded_len(data.as_bytes().len(), true).unwrap_or(usize::MAX);
+            check_text_len("base64_encode", len, max_string)?;
+            Ok(STANDARD.encode(data.as_bytes()))
+        }
     );
     bind!(reg, "base64_decode", Anywhere, "string", "Decodes standard base64 into a string (invalid UTF-8 replaced); invalid base64 is an error.",
         r#"fn on_request_headers() {
@@ -93,7 +100,12 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-state", base64url_encode(to_json(#{ path: get_request_header(":path") })));
 }"#,
-        |_a, data: Dynamic| Ok(URL_SAFE_NO_PAD.encode(bytes_of("base64url_encode", &data)?))
+        |_a, data: Dynamic| {
+            let data = value_of("base64url_encode", data)?;
+            let len = base64::encoded_len(data.as_bytes().len(), false).unwrap_or(usize::MAX);
+            check_text_len("base64url_encode", len, max_string)?;
+            Ok(URL_SAFE_NO_PAD.encode(data.as_bytes()))
+        }
     );
     bind!(
         reg,
@@ -129,7 +141,15 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let user = get_request_header("x-user") ?? "";
     http_get("users", "/lookup?name=" + url_encode(user), [], 500, |status, headers, body| {});
 }"#,
-        |_a, text: &str| Ok(utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()));
+        |_a, text: &str| {
+            // Each byte but a letter or a digit becomes three (`%2F`).
+            let escaped = text.bytes().filter(|b| !b.is_ascii_alphanumeric()).count();
+            let len = text.len().saturating_add(escaped.saturating_mul(2));
+            check_text_len("url_encode", len, max_string)?;
+            let mut out = String::with_capacity(len);
+            out.extend(utf8_percent_encode(text, NON_ALPHANUMERIC));
+            Ok(out)
+        });
     bind!(
         reg,
         "url_decode",
@@ -151,7 +171,15 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-user-hex", hex_encode(get_request_header("x-user") ?? ""));
 }"#,
-        |_a, data: Dynamic| Ok(hex(&bytes_of("hex_encode", &data)?))
+        |_a, data: Dynamic| {
+            let data = value_of("hex_encode", data)?;
+            check_text_len(
+                "hex_encode",
+                data.as_bytes().len().saturating_mul(2),
+                max_string,
+            )?;
+            Ok(hex(data.as_bytes()))
+        }
     );
     bind!(
         reg,
