@@ -461,11 +461,12 @@ pub(crate) fn lossy(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes()))
 }
 
-/// [`lossy`] for a text a script asks for: an error for `f` if the text would be longer than
-/// `max` bytes (the string size limit; 0: none), said before it is made. Each invalid byte
+/// [`lossy`] for a text a script asks for: an error about `what` (`get_request_body()`) if the
+/// text would be longer than `max` bytes (the string size limit; 0: none), said before it is
+/// made. Each invalid byte
 /// becomes three (U+FFFD): with `max_body_size` at 200 MiB, a 150 MB body of `0xff` made a
 /// 450 MB text, and the failed allocation trapped the VM (Envoy 1.40).
-pub(crate) fn text_within(f: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<String> {
+pub(crate) fn text_within(what: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<String> {
     let (text, len) = match String::from_utf8(bytes) {
         Ok(text) => {
             let len = text.len();
@@ -476,17 +477,17 @@ pub(crate) fn text_within(f: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<S
             (Err(e), len)
         }
     };
-    check_text_len(f, len, max)?;
+    check_text_len(what, len, max)?;
     Ok(text.unwrap_or_else(|e| replaced(e.as_bytes())))
 }
 
-/// An error for `f` when the text it is about to make, `len` bytes, would be longer than `max`
+/// An error about `what` when the text it is about to make, `len` bytes, would be longer than `max`
 /// (the string size limit; 0: none). Rhai checks a result's size after the call: a text
 /// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
-pub(crate) fn check_text_len(f: &str, len: usize, max: usize) -> ScriptResult<()> {
+pub(crate) fn check_text_len(what: &str, len: usize, max: usize) -> ScriptResult<()> {
     if max != 0 && len > max {
         return err(format!(
-            "{f}(): the text would be {len} bytes, more than limits.max_string_size ({max})"
+            "{what}: the text would be {len} bytes, more than limits.max_string_size ({max})"
         ));
     }
     Ok(())
@@ -872,7 +873,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let order = parse_json(get_request_body());
     set_context("items", order.items.len());
 }"#,
-        |a| text_within("get_request_body", a.get_body("get_request_body", REQ_BODY)?, max_string)
+        |a| text_within("get_request_body()", a.get_body("get_request_body", REQ_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -935,7 +936,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         replace_response_body("error hidden by the proxy");
     }
 }"#,
-        |a| text_within("get_response_body", a.get_body("get_response_body", RESP_BODY)?, max_string)
+        |a| text_within("get_response_body()", a.get_body("get_response_body", RESP_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -1215,7 +1216,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         add_request_header("authorization", `Bearer ${token}`);
     });
 }"#,
-        |a| text_within("get_http_call_response_body", call_body(a)?, max_string)
+        |a| text_within("get_http_call_response_body()", call_body(a)?, max_string)
     );
     bind!(
         reg,

@@ -132,7 +132,14 @@ impl<H: Host + 'static> HttpStream<H> {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let args = self.call_answer(num_headers, body_size, self.callback_arity(&call.callback));
+        let args =
+            match self.call_answer(num_headers, body_size, self.callback_arity(&call.callback)) {
+                Ok(args) => args,
+                Err(e) => {
+                    self.fail(call.phase, &e, true);
+                    return;
+                }
+            };
         let answer = CallAnswer { body_size };
         let result = self.enter(
             call.phase,
@@ -166,10 +173,17 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// The callback's arguments — status (0 without an answer), headers, body — as many as it
-    /// takes: the headers and body are only converted for a callback that reads them.
-    fn call_answer(&self, num_headers: usize, body_size: usize, arity: usize) -> Vec<Dynamic> {
+    /// takes: the headers and body are only converted for a callback that reads them. The body
+    /// is the text `get_http_call_response_body()` gives, and refused as it is when that text
+    /// would be longer than the string size limit (the callback doesn't run).
+    fn call_answer(
+        &self,
+        num_headers: usize,
+        body_size: usize,
+        arity: usize,
+    ) -> Result<Vec<Dynamic>, Box<EvalAltResult>> {
         if arity == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let host = &self.plugin.api.host;
         let mut args = Vec::with_capacity(arity);
@@ -200,11 +214,12 @@ impl<H: Host + 'static> HttpStream<H> {
                 .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
-                .map(crate::bindings::lossy)
                 .unwrap_or_default();
-            args.push(body.into());
+            let max = self.plugin.engine.max_string_size();
+            let what = "the callout answer's body (the callback's `body`)";
+            args.push(crate::bindings::text_within(what, body, max)?.into());
         }
-        args
+        Ok(args)
     }
 
     /// How many of `|status, headers, body|` a callback takes (a closure's captured variables

@@ -400,3 +400,50 @@ fn tag() {{ "{tag}" }}"#
         names.push(name);
     }
 }
+
+#[test]
+fn a_callback_body_is_text_only_within_the_string_size_limit() {
+    // 400 bytes of ff are 1,200 bytes of text (U+FFFD is three): over a 1,024-byte limit, the
+    // callback that takes `body` is refused it, as `get_http_call_response_body()` is; one
+    // that takes only status and headers runs.
+    let script = r#"fn on_request_headers() {
+        if get_request_header("x-body") == "yes" {
+            http_get("auth", "/", [], 1000, |status, headers, body| {
+                add_request_header("x-len", `${body.len()}`);
+            });
+        } else {
+            http_get("auth", "/", [], 1000, |status, headers| {
+                add_request_header("x-status", `${status}`);
+            });
+        }
+    }"#;
+    let p =
+        Emulator::new(&json!({"script": script, "limits": {"max_string_size": 1024}}).to_string())
+            .expect("script configures");
+    p.add_cluster("auth");
+    let binary = || Reply::Answer {
+        status: 200,
+        headers: vec![],
+        body: vec![0xff; 400],
+    };
+    let o = p.run_with(
+        &Request::get("/").header("x-body", "yes"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| binary(),
+    );
+    assert_eq!(o.response.status, 500, "{:?}", o.log);
+    assert!(
+        o.script_errors().iter().any(|e| e.contains(
+            "the callout answer's body (the callback's `body`): the text would be 1200 bytes, \
+             more than limits.max_string_size (1024)"
+        )),
+        "{:?}",
+        o.log
+    );
+    let o = p.run_with(
+        &Request::get("/").header("x-body", "no"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| binary(),
+    );
+    assert_eq!(o.upstream_header("x-status").as_deref(), Some("200"));
+}

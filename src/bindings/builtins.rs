@@ -66,7 +66,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |_a, data: Dynamic| {
             let data = value_of("base64_encode", data)?;
             let len = base64::encoded_len(data.as_bytes().len(), true).unwrap_or(usize::MAX);
-            check_text_len("base64_encode", len, max_string)?;
+            check_text_len("base64_encode()", len, max_string)?;
             Ok(STANDARD.encode(data.as_bytes()))
         }
     );
@@ -78,7 +78,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         add_request_header("x-user", user);
     }
 }"#,
-        |_a, text: &str| text_within("base64_decode", base64_decode("base64_decode", text, false)?, max_string));
+        |_a, text: &str| text_within("base64_decode()", base64_decode("base64_decode", text, false)?, max_string));
     bind!(
         reg,
         "base64_decode_bytes",
@@ -103,7 +103,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |_a, data: Dynamic| {
             let data = value_of("base64url_encode", data)?;
             let len = base64::encoded_len(data.as_bytes().len(), false).unwrap_or(usize::MAX);
-            check_text_len("base64url_encode", len, max_string)?;
+            check_text_len("base64url_encode()", len, max_string)?;
             Ok(URL_SAFE_NO_PAD.encode(data.as_bytes()))
         }
     );
@@ -119,7 +119,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     if parts.len() == 3 { log_info(base64url_decode(parts[1])); }
 }"#,
         |_a, text: &str| text_within(
-            "base64url_decode",
+            "base64url_decode()",
             base64_decode("base64url_decode", text, true)?,
             max_string
         )
@@ -145,7 +145,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             // Each byte but a letter or a digit becomes three (`%2F`).
             let escaped = text.bytes().filter(|b| !b.is_ascii_alphanumeric()).count();
             let len = text.len().saturating_add(escaped.saturating_mul(2));
-            check_text_len("url_encode", len, max_string)?;
+            check_text_len("url_encode()", len, max_string)?;
             let mut out = String::with_capacity(len);
             out.extend(utf8_percent_encode(text, NON_ALPHANUMERIC));
             Ok(out)
@@ -174,7 +174,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |_a, data: Dynamic| {
             let data = value_of("hex_encode", data)?;
             check_text_len(
-                "hex_encode",
+                "hex_encode()",
                 data.as_bytes().len().saturating_mul(2),
                 max_string,
             )?;
