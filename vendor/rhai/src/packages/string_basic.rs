@@ -46,9 +46,11 @@ def_package! {
 /// (size)). Rhai formatted a whole text, then checked its size: escapes make a string's debug
 /// form up to six times its length (`\u{1f}`), so with `max_string_size` at 256 MiB, `to_debug`
 /// of a 200 MB string asked for 1.2 GB, and the failed allocation trapped the VM. A text that
-/// would cross the limit is now refused there, with the size check's own error.
+/// would cross the limit is now refused there, with the size check's own error. (Its buffer
+/// grows by doubling, so it is at most the next power of two above the limit; a short text
+/// stays inline, as Rhai's own texts do.)
 struct Capped {
-    text: String,
+    text: crate::SmartString,
     limit: usize,
     over: bool,
 }
@@ -66,7 +68,7 @@ impl Capped {
             usize::MAX
         };
         Self {
-            text: String::new(),
+            text: crate::new_smart_string(),
             limit,
             over: false,
         }
@@ -74,22 +76,16 @@ impl Capped {
 
     /// Appends `s`; `false` (and nothing appended) where that would take the text past the limit.
     fn push(&mut self, s: &str) -> bool {
-        let len = self.text.len().saturating_add(s.len());
-        if len > self.limit {
+        if self.text.len().saturating_add(s.len()) > self.limit {
             self.over = true;
             return false;
-        }
-        if len > self.text.capacity() {
-            // Doubling as `String` does, but never past the limit.
-            let want = self.text.capacity().saturating_mul(2).max(len).min(self.limit);
-            self.text.reserve_exact(want - self.text.len());
         }
         self.text.push_str(s);
         true
     }
 
     /// The text, or the size check's error if it would have been longer than the limit.
-    fn finish(self, engine: &Engine) -> RhaiResultOf<String> {
+    fn finish(self, engine: &Engine) -> RhaiResultOf<crate::SmartString> {
         #[cfg(not(feature = "unchecked"))]
         if self.over {
             engine.throw_on_size((0, 0, usize::MAX))?;
@@ -111,7 +107,7 @@ impl Write for Capped {
 }
 
 /// `args` formatted, within the string size limit (proxy-rhai patch (size)).
-fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<String> {
+fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<crate::SmartString> {
     let mut text = Capped::new(engine);
     // An error only says the text would have crossed the limit: `finish` tells.
     let _ = text.write_fmt(args);
@@ -120,7 +116,7 @@ fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<String> 
 
 /// `text`, or the name it is mapped to when it is a type's name; not copied when it isn't
 /// (proxy-rhai patch (size): a text may be as long as the limit).
-fn mapped_type_name(engine: &Engine, text: String) -> ImmutableString {
+fn mapped_type_name(engine: &Engine, text: crate::SmartString) -> ImmutableString {
     let mapped = engine.map_type_name(&text);
     if std::ptr::eq(mapped, text.as_str()) {
         text.into()
