@@ -458,31 +458,26 @@ pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
 
 /// Bytes as a string, invalid UTF-8 replaced by U+FFFD; valid text is not copied.
 pub(crate) fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes()))
+    String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes(), replaced_len(e.as_bytes())))
 }
 
 /// [`lossy`] for a text a script asks for: an error about `what` (`get_request_body()`) if the
 /// text would be longer than `max` bytes (the string size limit; 0: none), said before it is
-/// made. Each invalid byte
-/// becomes three (U+FFFD): with `max_body_size` at 200 MiB, a 150 MB body of `0xff` made a
-/// 450 MB text, and the failed allocation trapped the VM (Envoy 1.40).
+/// made. Each invalid byte becomes three (U+FFFD): with `max_body_size` at 200 MiB, a 150 MB
+/// body of `0xff` made a 450 MB text, and the failed allocation trapped the VM (Envoy 1.40).
 pub(crate) fn text_within(what: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<String> {
-    let (text, len) = match String::from_utf8(bytes) {
-        Ok(text) => {
-            let len = text.len();
-            (Ok(text), len)
-        }
+    match String::from_utf8(bytes) {
+        Ok(text) => check_text_len(what, text.len(), max).map(|()| text),
         Err(e) => {
             let len = replaced_len(e.as_bytes());
-            (Err(e), len)
+            check_text_len(what, len, max)?;
+            Ok(replaced(e.as_bytes(), len))
         }
-    };
-    check_text_len(what, len, max)?;
-    Ok(text.unwrap_or_else(|e| replaced(e.as_bytes())))
+    }
 }
 
-/// An error about `what` when the text it is about to make, `len` bytes, would be longer than `max`
-/// (the string size limit; 0: none). Rhai checks a result's size after the call: a text
+/// An error about `what` when the text it is about to make, `len` bytes, would be longer than
+/// `max` (the string size limit; 0: none). Rhai checks a result's size after the call: a text
 /// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
 pub(crate) fn check_text_len(what: &str, len: usize, max: usize) -> ScriptResult<()> {
     if max != 0 && len > max {
@@ -502,9 +497,10 @@ fn replaced_len(bytes: &[u8]) -> usize {
 }
 
 /// `bytes` with each invalid UTF-8 sequence replaced by U+FFFD, as `String::from_utf8_lossy`
-/// does, in a buffer of the exact size (growing one by doubling asked for up to twice that).
-fn replaced(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(replaced_len(bytes));
+/// does, in a buffer of the exact size, `len` ([`replaced_len`]); growing one by doubling asked
+/// for up to twice that.
+fn replaced(bytes: &[u8], len: usize) -> String {
+    let mut text = String::with_capacity(len);
     for chunk in bytes.utf8_chunks() {
         text.push_str(chunk.valid());
         if !chunk.invalid().is_empty() {
