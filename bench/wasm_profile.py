@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the plugin's own wasm code spends its time, per request, by function.
 
-    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE] [--fuel]
+    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE] [--fuel [--allocs]]
 
 V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This runs the same
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
@@ -19,7 +19,9 @@ Python host excluded) and the top functions. `--fuel` counts instead the wasm in
 request executes (wasmtime's fuel), exact and the same on every run: the measure to compare two
 builds by. Cranelift's code is not V8's, but the plugin's
 time per request came out close to what perf shows for V8's JIT code in Envoy (trivial.rhai:
-~8 µs in both, before the resolution cache).
+~8 µs in both, before the resolution cache). `--allocs` adds the heap allocations, frees and
+reallocations per request, counted on a copy of the wasm whose allocator entry points bump a
+counter (fuel can't show what an allocation costs: dlmalloc runs 100-300 instructions each).
 """
 import argparse
 import json
@@ -60,10 +62,12 @@ def deserialize(data):
     return pairs
 
 
-def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n"):
+def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n",
+          counters=()):
     """Runs `requests` requests through the plugin (inside perf, when profiling). With `fuel`,
     returns the wasm instructions they executed (wasmtime's fuel: one unit per instruction,
-    none for the host), after as many requests again to warm up."""
+    none for the host), after as many requests again to warm up, and how much each of the
+    exported globals named in `counters` grew over them."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -186,6 +190,7 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
     for i in range(2 * requests if fuel else requests):
         if fuel and i == requests:
             start = store.get_fuel()
+            counted = [ex[c].value(store) for c in counters]
         ctx = 2 + i
         maps.clear()
         maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(response)
@@ -201,7 +206,7 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
         ex["proxy_on_done"](store, ctx)
         ex["proxy_on_delete"](store, ctx)
     if fuel:
-        return start - store.get_fuel()
+        return start - store.get_fuel(), [ex[c].value(store) - n for c, n in zip(counters, counted)]
 
 
 def named_wasm(path):
@@ -216,6 +221,29 @@ def named_wasm(path):
     return str(out)
 
 
+# The allocator's entry points in the release build (Rust's default wasm32-wasip1 allocator).
+ALLOCATOR = {"dlmalloc": "allocations", "dlfree": "frees", "realloc": "reallocations"}
+
+
+def counting_allocations(wasm):
+    """A copy of `wasm` that counts the calls of each ALLOCATOR function in an exported global
+    (binaryen's wasm-dis and wasm-as: the text form is binaryen's own, read back exactly)."""
+    text = subprocess.run(["wasm-dis", wasm], capture_output=True, text=True, check=True).stdout
+    for name in ALLOCATOR:
+        head = re.search(rf"^ \(func \${re.escape(name)} .*\n((?:  \(local .*\n)*)", text, re.M)
+        if not head:
+            sys.exit(f"{wasm}: no function ${name} to count (another allocator?)")
+        bump = f"  (global.set $__count_{name} (i32.add (global.get $__count_{name}) (i32.const 1)))\n"
+        text = text[:head.end()] + bump + text[head.end():]
+    globals_ = "".join(f" (global $__count_{n} (mut i32) (i32.const 0))\n"
+                       f" (export \"__count_{n}\" (global $__count_{n}))\n" for n in ALLOCATOR)
+    at = text.index("\n (global ") + 1 if "\n (global " in text else text.index("\n (func ") + 1
+    text = text[:at] + globals_ + text[at:]
+    out = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.counting.wasm"
+    subprocess.run(["wasm-as", "--all-features", "-", "-o", str(out)], input=text, text=True, check=True)
+    return str(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("script")
@@ -226,6 +254,9 @@ def main():
                     "only a label): to run another plugin, e.g. the native one of bench/native-plugin")
     ap.add_argument("--fuel", action="store_true",
                     help="count the wasm instructions per request instead (exact and repeatable; no perf)")
+    ap.add_argument("--allocs", action="store_true",
+                    help="with --fuel: also count the heap allocations, frees and reallocations per "
+                    "request (on a copy of the wasm that counts them; needs wasm-dis and wasm-as)")
     ap.add_argument("--response-body", metavar="FILE",
                     help="the upstream's response body (default: 3 bytes), e.g. bench/data/body-10k.json "
                     "for bench/scripts/json.rhai")
@@ -241,10 +272,16 @@ def main():
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "wasmtime"], check=True)
     wasm = named_wasm(args.wasm)
     if args.fuel:
-        used = serve(wasm, args.script, args.requests, fuel=True, configuration=args.configuration,
-                     response_body=body)
+        used, _ = serve(wasm, args.script, args.requests, fuel=True,
+                        configuration=args.configuration, response_body=body)
         print(f"{args.script}: {used / args.requests:.0f} wasm instructions per request "
               f"({args.requests} requests after as many to warm up)")
+        if args.allocs:
+            counters = [f"__count_{n}" for n in ALLOCATOR]
+            _, counts = serve(counting_allocations(wasm), args.script, args.requests, fuel=True,
+                              configuration=args.configuration, response_body=body, counters=counters)
+            print(", ".join(f"{c / args.requests:.1f} {what}" for c, what in zip(counts, ALLOCATOR.values()))
+                  + " per request")
         return
     data = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.wasm_profile.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, __file__, "--serve",

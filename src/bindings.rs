@@ -83,7 +83,7 @@ pub(crate) struct CallAnswer {
 #[derive(Default)]
 pub(crate) struct Frame {
     pub answer: Option<CallAnswer>,
-    pub stream: StreamState,
+    pub stream: Box<StreamState>,
     /// What `config()` returns: the stream's (or rule's) config, shared and read-only.
     pub config: Dynamic,
     /// Heap in use when the current call into Rhai began (for `limits.max_memory`).
