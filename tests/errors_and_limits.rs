@@ -168,6 +168,31 @@ fn methods_that_grow_their_object_hit_the_size_limits() {
 }
 
 #[test]
+fn the_operations_limit_says_where_it_stopped_the_script() {
+    // Where the count crosses the limit: a statement, an expression, a method in a dot chain.
+    // (In a phase function Rhai gives limit errors the call's position, which has none.)
+    let statement = "let x = 0;\nloop {\n  x += 1;\n}\nfn on_request_headers() {}";
+    let expressions = "let s = \"abc\";\nfor i in 0..100000 {\n  let n = s.len() + [1, 2].len();\n}\nfn on_request_headers() {}";
+    for (script, max_operations, position) in [
+        (statement, 1000, "line 3, position 8"),
+        (statement, 1001, "line 3, position 3"),
+        (statement, 1002, "line 3, position 5"),
+        (expressions, 1000, "line 3, position 27"),
+        (expressions, 1001, "line 3, position 21"),
+        (expressions, 1002, "line 3, position 28"),
+        (expressions, 1004, "line 3, position 19"),
+    ] {
+        let refused =
+            configure(json!({"script": script, "limits": {"max_operations": max_operations}}));
+        assert_eq!(
+            refused.err().as_deref(),
+            Some(format!("script failed while loading: Too many operations ({position})").as_str()),
+            "{max_operations}"
+        );
+    }
+}
+
+#[test]
 fn size_checks_count_as_operations() {
     // Every push measures the whole array again: 40,000 pushes walked 800 million items, seconds
     // of CPU within 120,000 operations. The walks are charged (one operation per 16 items), so

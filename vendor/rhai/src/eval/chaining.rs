@@ -149,7 +149,9 @@ impl Engine {
         expr: &Expr,
         idx_values: &mut FnArgsVec<Dynamic>,
     ) -> RhaiResultOf<()> {
-        self.track_operation(global, expr.position())?;
+        // proxy-rhai patch (speed): the position is worked out only for an error.
+        self.track_operation(global, crate::Position::NONE)
+            .map_err(|err| err.fill_position(expr.position()))?;
 
         match (expr, ChainType::from(parent)) {
             #[cfg(not(feature = "no_object"))]

@@ -213,7 +213,9 @@ impl Engine {
         mut this_ptr: Option<&mut Dynamic>,
         expr: &Expr,
     ) -> RhaiResult {
-        self.track_operation(global, expr.position())?;
+        // proxy-rhai patch (speed): the position is worked out only for an error.
+        self.track_operation(global, crate::Position::NONE)
+            .map_err(|err| err.fill_position(expr.position()))?;
 
         #[cfg(feature = "debugging")]
         let reset = self.dbg_reset(global, caches, scope, this_ptr.as_deref_mut(), expr)?;

@@ -217,7 +217,9 @@ impl Engine {
         stmt: &Stmt,
         rewind_scope: bool,
     ) -> RhaiResult {
-        self.track_operation(global, stmt.position())?;
+        // proxy-rhai patch (speed): the position is worked out only for an error.
+        self.track_operation(global, crate::Position::NONE)
+            .map_err(|err| err.fill_position(stmt.position()))?;
 
         #[cfg(feature = "debugging")]
         let reset = self.dbg_reset(global, caches, scope, this_ptr.as_deref_mut(), stmt)?;
