@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    CallFnOptions, Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, ImmutableString,
-    OptimizationLevel, Scope, SharedCells, AST,
+    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, ImmutableString, OptimizationLevel, Scope,
+    ScriptFnWithoutParams, SharedCells, AST,
 };
 
 use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
@@ -25,7 +25,10 @@ pub const DEFAULT_TICK_PERIOD_MS: u32 = 1_000;
 pub struct Script {
     pub(crate) ast: AST,
     pub(crate) phases: Phases,
-    pub(crate) has_tick: bool,
+    /// Its phase functions (by `Phase as usize`) and `on_tick`, found once: a call by name
+    /// would search the script's functions for them on every call.
+    functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()],
+    tick: Option<ScriptFnWithoutParams>,
     /// What calls into the script keep from one request to the next.
     calls: RefCell<Calls>,
 }
@@ -47,21 +50,40 @@ struct Calls {
 const MAX_RESOLVED: usize = 1024;
 
 impl Script {
-    /// Calls the script's function `name` (a phase, or `on_tick`) with no arguments.
-    pub(crate) fn call(&self, engine: &Engine, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+    /// Calls the script's function for `phase`, or `on_tick` for `None`; one it doesn't
+    /// define returns `()`.
+    pub(crate) fn call(
+        &self,
+        engine: &Engine,
+        phase: Option<Phase>,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let function = match phase {
+            Some(phase) => self.functions.get(phase as usize).and_then(Option::as_ref),
+            None => self.tick.as_ref(),
+        };
+        let Some(function) = function else {
+            return Ok(Dynamic::UNIT);
+        };
         match self.calls.try_borrow_mut() {
             Ok(mut calls) => {
                 let Calls { resolved, scope } = &mut *calls;
-                let result =
-                    engine.call_fn_with_cache(options, scope, &self.ast, name, (), resolved);
+                let result = engine.call_fn_without_params(scope, &self.ast, function, resolved);
                 scope.clear();
                 bound(resolved);
                 result
             }
             // A call made from inside another (none is today) resolves on its own.
-            Err(_) => engine.call_fn_with_options(options, &mut Scope::new(), &self.ast, name, ()),
+            Err(_) => engine.call_fn_without_params(
+                &mut Scope::new(),
+                &self.ast,
+                function,
+                &mut FnCallCache::default(),
+            ),
         }
+    }
+
+    pub(crate) fn has_tick(&self) -> bool {
+        self.tick.is_some()
     }
 
     /// Calls a callback of the script (a closure, or a `Fn` of one of its functions).
@@ -209,7 +231,7 @@ impl<H: Host + 'static> Plugin<H> {
         let global = self.global.as_ref()?;
         global
             .script
-            .has_tick
+            .has_tick()
             .then_some(match self.config.tick_period_ms {
                 0 => DEFAULT_TICK_PERIOD_MS,
                 period => period,
@@ -218,7 +240,7 @@ impl<H: Host + 'static> Plugin<H> {
 
     /// The plugin-level timer: runs the global script's `on_tick()`; an error is logged.
     pub fn on_tick(&self) {
-        let Some(global) = self.global.as_ref().filter(|g| g.script.has_tick) else {
+        let Some(global) = self.global.as_ref().filter(|g| g.script.has_tick()) else {
             return;
         };
         self.api
@@ -226,7 +248,7 @@ impl<H: Host + 'static> Plugin<H> {
         // A tick can't dispatch callouts, so nothing it makes outlives it: cycles among its
         // closures' cells are freed at once.
         let mut cells = SharedCells::default();
-        let result = cells.record(|| global.script.call(&self.engine, TICK_FUNCTION));
+        let result = cells.record(|| global.script.call(&self.engine, None));
         cells.release();
         self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
@@ -342,7 +364,8 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
         )
     })?;
     let mut phases = Phases::NONE;
-    let mut has_tick = false;
+    let mut functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()] = Default::default();
+    let mut tick = None;
     for f in ast.iter_functions() {
         let phase = Phase::ALL.into_iter().find(|p| p.function_name() == f.name);
         if phase.is_none() && f.name != TICK_FUNCTION {
@@ -354,12 +377,18 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
                 f.name
             ));
         }
+        let function = ast.function_without_params(f.name);
         match phase {
-            Some(phase) => phases.insert(phase),
-            None => has_tick = true,
+            Some(phase) => {
+                phases.insert(phase);
+                if let Some(slot) = functions.get_mut(phase as usize) {
+                    *slot = function;
+                }
+            }
+            None => tick = function,
         }
     }
-    if phases.is_empty() && !has_tick {
+    if phases.is_empty() && tick.is_none() {
         return Err("script defines no phase function: define at least one of on_request_headers(), \
                     on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
                     on_response_trailers(), on_log(), on_tick()"
@@ -368,7 +397,8 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
     Ok(Script {
         ast,
         phases,
-        has_tick,
+        functions,
+        tick,
         calls: RefCell::default(),
     })
 }
@@ -436,7 +466,10 @@ mod tests {
         // A closure, as callouts take: it resolves through the script's cache.
         let source = "fn on_request_headers() { |name| is_def_fn(name, 0) }";
         let script = compile(&engine, source).unwrap();
-        let probe: FnPtr = script.call(&engine, "on_request_headers").unwrap().cast();
+        let probe: FnPtr = script
+            .call(&engine, Some(Phase::RequestHeaders))
+            .unwrap()
+            .cast();
         let mut largest = 0;
         for i in 0..3 * MAX_RESOLVED {
             let name = Dynamic::from(format!("missing_{i}"));

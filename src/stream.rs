@@ -303,7 +303,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let script = &selection.script;
         let result = self.cells.record(|| match call {
-            Call::Phase => script.call(&plugin.engine, phase.function_name()),
+            Call::Phase => script.call(&plugin.engine, Some(phase)),
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
         plugin.api.flush_headers();

@@ -193,6 +193,33 @@ fn the_operations_limit_says_where_it_stopped_the_script() {
 }
 
 #[test]
+fn each_phase_call_counts_its_own_operations_and_exit_ends_only_that_call() {
+    // ~150 operations per call: 40 calls (two phases, 20 requests) stay under a limit of 1,000
+    // only if each call starts counting from zero.
+    let p = configure(json!({"script": r#"
+        fn on_request_headers() {
+            let n = 0;
+            for i in 0..30 { n += i; }
+            add_request_header("x-sum", `${n}`);
+            exit();
+            add_request_header("x-after-exit", "1");
+        }
+        fn on_response_headers() {
+            let n = 0;
+            for i in 0..30 { n += i; }
+            add_response_header("x-sum", `${n}`);
+        }"#, "limits": {"max_operations": 1000}}))
+    .unwrap();
+    for _ in 0..20 {
+        let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+        assert_eq!(o.script_errors(), Vec::<&str>::new());
+        assert_eq!(o.upstream_header("x-sum").as_deref(), Some("435"));
+        assert_eq!(o.upstream_header("x-after-exit"), None);
+        assert_eq!(o.response_header("x-sum").as_deref(), Some("435"));
+    }
+}
+
+#[test]
 fn size_checks_count_as_operations() {
     // Every push measures the whole array again: 40,000 pushes walked 800 million items, seconds
     // of CPU within 120,000 operations. The walks are charged (one operation per 16 items), so

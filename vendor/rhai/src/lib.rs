@@ -238,6 +238,9 @@ pub use api::files::{eval_file, run_file};
 pub use api::{eval::eval, run::run};
 #[cfg(not(feature = "no_ast"))]
 pub use ast::AST;
+/// proxy-rhai patch (speed).
+#[cfg(not(feature = "no_function"))]
+pub use ast::ScriptFnWithoutParams;
 use defer::Deferred;
 pub use engine::{Engine, OP_CONTAINS, OP_EQUALS};
 pub use eval::EvalContext;

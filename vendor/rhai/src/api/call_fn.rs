@@ -110,59 +110,6 @@ impl Engine {
         fn_name: impl AsRef<str>,
         args: impl FuncArgs,
     ) -> RhaiResultOf<T> {
-        self.call_fn_with_caches(options, scope, ast, fn_name, args, &mut Caches::new())
-    }
-    /// proxy-rhai patch (speed): [`call_fn_with_options`][Engine::call_fn_with_options], keeping
-    /// the function resolutions it makes in `cache` for the next call into the same `ast`.
-    ///
-    /// Each call otherwise starts with an empty cache: every function call in it searches the
-    /// modules for its function again, and a function called once per call is never cached.
-    /// A cache is only valid for one `ast` and one engine, the two things a resolution depends on.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
-    /// use rhai::{CallFnOptions, Engine, FnCallCache, Scope};
-    ///
-    /// let engine = Engine::new();
-    /// let ast = engine.compile("fn add(x) { x + 1 }")?;
-    /// let mut cache = FnCallCache::default();
-    /// for _ in 0..3 {
-    ///     let options = CallFnOptions::new().eval_ast(false);
-    ///     let r = engine.call_fn_with_cache::<i64>(options, &mut Scope::new(), &ast, "add", (41_i64,), &mut cache)?;
-    ///     assert_eq!(r, 42);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[inline(always)]
-    pub fn call_fn_with_cache<T: Variant + Clone>(
-        &self,
-        options: CallFnOptions,
-        scope: &mut Scope,
-        ast: &AST,
-        fn_name: impl AsRef<str>,
-        args: impl FuncArgs,
-        cache: &mut FnCallCache,
-    ) -> RhaiResultOf<T> {
-        // The called function's body would push the first level and pop it when it returns:
-        // the cache keeps a level of its own.
-        if cache.0.fn_resolution_caches_len() == 0 {
-            cache.0.push_fn_resolution_cache();
-        }
-        self.call_fn_with_caches(options, scope, ast, fn_name, args, &mut cache.0)
-    }
-    #[inline(always)]
-    fn call_fn_with_caches<T: Variant + Clone>(
-        &self,
-        options: CallFnOptions,
-        scope: &mut Scope,
-        ast: &AST,
-        fn_name: impl AsRef<str>,
-        args: impl FuncArgs,
-        caches: &mut Caches,
-    ) -> RhaiResultOf<T> {
         let mut arg_values = FnArgsVec::new_const();
         args.parse(&mut arg_values);
 
@@ -173,7 +120,7 @@ impl Engine {
             fn_name.as_ref(),
             arg_values.as_mut(),
             &mut self.new_global_runtime_state(),
-            caches,
+            &mut Caches::new(),
         )
         .and_then(|result| {
             result.try_cast_result().map_err(|r| {
@@ -185,6 +132,62 @@ impl Engine {
                 ERR::ErrorMismatchOutputType(cast_type.into(), result_type.into(), Position::NONE)
                     .into()
             })
+        })
+    }
+    /// proxy-rhai patch (speed): calls `function` of `ast`, a function taking no arguments
+    /// found once with [`AST::function_without_params`], as
+    /// [`call_fn_with_options`][Engine::call_fn_with_options] does with `eval_ast(false)` and
+    /// `rewind_scope(false)`, with resolutions kept from call to call in `cache`, and without
+    /// what that repeats on each call: searching the script's functions for it by name,
+    /// collecting the arguments, and saving and restoring a runtime state made for this call
+    /// alone. (Under feature `debugging`, the debugger is not told that the script ended.)
+    ///
+    /// A cache is only valid for one `ast` and one engine, the two things a resolution depends
+    /// on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
+    /// use rhai::{Engine, FnCallCache, Scope};
+    ///
+    /// let engine = Engine::new();
+    /// let ast = engine.compile("fn answer() { 40 + 2 }")?;
+    /// let answer = ast.function_without_params("answer").expect("defined");
+    /// let mut cache = FnCallCache::default();
+    /// let r = engine.call_fn_without_params(&mut Scope::new(), &ast, &answer, &mut cache)?;
+    /// assert_eq!(r.as_int().unwrap(), 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn call_fn_without_params(
+        &self,
+        scope: &mut Scope,
+        ast: &AST,
+        function: &crate::ScriptFnWithoutParams,
+        cache: &mut FnCallCache,
+    ) -> RhaiResult {
+        let global = &mut self.new_global_runtime_state();
+        global.source = ast.source_raw().cloned();
+        global.lib.push(ast.shared_lib().clone());
+        #[cfg(not(feature = "no_module"))]
+        {
+            global.embedded_module_resolver = ast.resolver.clone();
+        }
+        self.call_script_fn(
+            global.into(),
+            cache.for_call(),
+            scope,
+            None,
+            None,
+            &function.0,
+            &mut [],
+            false,
+            Position::NONE,
+        )
+        .or_else(|err| match *err {
+            ERR::Exit(out, ..) => Ok(out),
+            _ => Err(err),
         })
     }
     /// Make a function call with multiple [`Dynamic`] arguments.

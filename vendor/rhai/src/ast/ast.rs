@@ -674,6 +674,17 @@ impl AST {
     fn iter_fn_def(&self) -> impl Iterator<Item = &crate::Shared<crate::func::ScriptFuncDef>> {
         self.lib.iter_script_fn().map(|(.., fn_def)| fn_def)
     }
+    /// proxy-rhai patch (speed): the script function `name` that takes no parameters, found
+    /// once, to call with [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
+    ///
+    /// Not available under `no_function`.
+    #[cfg(not(feature = "no_function"))]
+    #[must_use]
+    pub fn function_without_params(&self, name: &str) -> Option<ScriptFnWithoutParams> {
+        self.shared_lib()
+            .get_script_fn(name, 0)
+            .map(|f| ScriptFnWithoutParams(f.clone()))
+    }
     /// Iterate through all function definitions.
     ///
     /// Not available under `no_function`.
@@ -937,3 +948,10 @@ impl ASTNode<'_> {
         }
     }
 }
+
+/// proxy-rhai patch (speed): a script function taking no parameters, found in its [`AST`] once
+/// ([`AST::function_without_params`]) and called with
+/// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
+#[cfg(not(feature = "no_function"))]
+#[derive(Debug, Clone)]
+pub struct ScriptFnWithoutParams(pub(crate) crate::Shared<crate::func::ScriptFuncDef>);

@@ -55,7 +55,7 @@ pub struct Caches {
 }
 
 /// proxy-rhai patch (speed): the function resolutions of calls into one [`AST`][crate::AST],
-/// kept from one call to the next by [`Engine::call_fn_with_cache`][crate::Engine::call_fn_with_cache].
+/// kept from one call to the next by [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
 ///
 /// The resolutions, and those its calls leave in the [`AST`]'s call sites ([`CallSite`]), stay
 /// right as long as the engine's functions and the [`AST`]'s stay as they are: use one per
@@ -87,6 +87,14 @@ impl FnCallCache {
     /// Forgets every resolution (call sites keep theirs: there are as many as the AST has).
     pub fn clear(&mut self) {
         *self = Self::default();
+    }
+    /// The caches for a call. They hold a level of their own: the called function's body pushes
+    /// the first level and pops it when it returns, which would empty a cache that had none.
+    pub(crate) fn for_call(&mut self) -> &mut Caches {
+        if self.0.fn_resolution_caches_len() == 0 {
+            self.0.push_fn_resolution_cache();
+        }
+        &mut self.0
     }
 }
 

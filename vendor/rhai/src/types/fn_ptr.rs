@@ -279,7 +279,7 @@ impl FnPtr {
     }
     /// proxy-rhai patch (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
     /// in `cache` for the next call into the same `ast` (see
-    /// [`Engine::call_fn_with_cache`][crate::Engine::call_fn_with_cache]).
+    /// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params]).
     ///
     /// # Example
     ///
@@ -308,11 +308,7 @@ impl FnPtr {
         args: impl FuncArgs,
         cache: &mut crate::FnCallCache,
     ) -> RhaiResultOf<T> {
-        // A level of its own, as in `Engine::call_fn_with_cache`.
-        if cache.0.fn_resolution_caches_len() == 0 {
-            cache.0.push_fn_resolution_cache();
-        }
-        self.call_with_caches(engine, ast, scope, args, &mut cache.0)
+        self.call_with_caches(engine, ast, scope, args, cache.for_call())
     }
     #[cfg(not(feature = "no_ast"))]
     fn call_with_caches<T: Variant + Clone>(
@@ -332,9 +328,29 @@ impl FnPtr {
         #[cfg(not(feature = "no_function"))]
         global.lib.push(_ast.shared_lib().clone());
 
-        let ctx = (engine, self.fn_name(), None, &*global, Position::NONE).into();
+        let mut args_data = FnArgsVec::new_const();
+        let args = self.with_curry(&mut arg_values, &mut args_data);
 
-        self._call_raw(&ctx, scope, None, arg_values, caches).and_then(|result| {
+        // proxy-rhai patch (speed): a function of the script runs on this call's state itself;
+        // `_call_raw` would run it on a copy.
+        #[cfg(not(feature = "no_function"))]
+        let linked = self
+            .typ
+            .get_linked_script(global, args.len())
+            .map(|(fn_def, env)| (fn_def.clone(), env.cloned()))
+            .map(|(fn_def, env)| {
+                let env = env.as_deref();
+                let global = global.into();
+                Self::call_linked_script(engine, global, caches, scope, None, &fn_def, env, args, Position::NONE)
+            });
+        #[cfg(feature = "no_function")]
+        let linked = None;
+
+        linked.unwrap_or_else(|| {
+            let ctx = (engine, self.fn_name(), None, &*global, Position::NONE).into();
+            self.call_curried(&ctx, scope, None, args, caches)
+        })
+        .and_then(|result| {
             result.try_cast_result().map_err(|r| {
                 let result_type = engine.map_type_name(r.type_name());
                 let cast_type = match type_name::<T>() {
@@ -487,50 +503,77 @@ impl FnPtr {
         &self,
         context: &NativeCallContext,
         scope: &mut Scope,
-        mut this_ptr: Option<&mut Dynamic>,
+        this_ptr: Option<&mut Dynamic>,
         mut arg_values: impl AsMut<[Dynamic]>,
         caches: &mut crate::eval::Caches,
     ) -> RhaiResult {
-        let global = context.global_runtime_state();
-        let mut arg_values = arg_values.as_mut();
-        let mut args_data: FnArgsVec<_>;
-
-        if self.is_curried() {
-            args_data = self
-                .curry()
+        let mut args_data = FnArgsVec::new_const();
+        let arg_values = self.with_curry(arg_values.as_mut(), &mut args_data);
+        self.call_curried(context, scope, this_ptr, arg_values, caches)
+    }
+    /// `arg_values` after the curried arguments (gathered in `args_data` when there are any).
+    #[inline(always)]
+    fn with_curry<'a>(
+        &self,
+        arg_values: &'a mut [Dynamic],
+        args_data: &'a mut FnArgsVec<Dynamic>,
+    ) -> &'a mut [Dynamic] {
+        if !self.is_curried() {
+            return arg_values;
+        }
+        args_data.extend(
+            self.curry()
                 .iter()
                 .cloned()
-                .chain(arg_values.iter_mut().map(mem::take))
-                .collect();
-            arg_values = &mut *args_data;
-        }
+                .chain(arg_values.iter_mut().map(mem::take)),
+        );
+        args_data
+    }
+    /// Calls `fn_def`, the script function a pointer is linked to, on `global` (`arg_values`
+    /// with the curried arguments first).
+    #[cfg(not(feature = "no_function"))]
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn call_linked_script(
+        engine: &Engine,
+        global: crate::eval::GlobalRef,
+        caches: &mut crate::eval::Caches,
+        scope: &mut Scope,
+        this_ptr: Option<&mut Dynamic>,
+        fn_def: &crate::func::ScriptFuncDef,
+        env: Option<&crate::func::EncapsulatedEnviron>,
+        arg_values: &mut [Dynamic],
+        pos: Position,
+    ) -> RhaiResult {
+        // proxy-rhai patch: what this call costs counts as operations
+        // (`CALLBACK_OPERATIONS`; the other forms are charged in `_call_fn_raw`).
+        #[cfg(not(feature = "unchecked"))]
+        engine.charge_callback();
+        let args = &mut arg_values.iter_mut().collect::<FnArgsVec<_>>();
+        engine.call_script_fn(global, caches, scope, this_ptr, env, fn_def, args, true, pos)
+    }
+    /// [`_call_raw`][Self::_call_raw] with the curried arguments first in `arg_values`.
+    fn call_curried(
+        &self,
+        context: &NativeCallContext,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        arg_values: &mut [Dynamic],
+        caches: &mut crate::eval::Caches,
+    ) -> RhaiResult {
+        let global = context.global_runtime_state();
 
         #[cfg(not(feature = "no_function"))]
-        let linked_script = self.typ.get_linked_script(global, arg_values.len());
+        if let Some((fn_def, env)) = self.typ.get_linked_script(global, arg_values.len()) {
+            let engine = context.engine();
+            let pos = context.call_position();
+            let env = env.map(|e| &**e);
+            return Self::call_linked_script(
+                engine, global.into(), caches, scope, this_ptr, fn_def, env, arg_values, pos,
+            );
+        }
 
         match self.typ {
-            // Linked to scripted function
-            #[cfg(not(feature = "no_function"))]
-            _ if linked_script.is_some() => {
-                let Some((fn_def, env)) = linked_script else {
-                    unreachable!()
-                };
-                // proxy-rhai patch: what this call costs counts as operations
-                // (`CALLBACK_OPERATIONS`; the other forms are charged in `_call_fn_raw`).
-                #[cfg(not(feature = "unchecked"))]
-                context.engine().charge_callback();
-                return context.engine().call_script_fn(
-                    global.into(),
-                    caches,
-                    scope,
-                    this_ptr,
-                    env.map(|e| &**e),
-                    fn_def,
-                    &mut arg_values.iter_mut().collect::<FnArgsVec<_>>(),
-                    true,
-                    context.call_position(),
-                );
-            }
             // Embedded native Rust function
             FnPtrType::Native(ref func) => {
                 let mut cloned_this_ptr;
