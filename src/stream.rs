@@ -228,13 +228,18 @@ impl<H: Host + 'static> HttpStream<H> {
         let Some(selection) = &self.selection else {
             return 0;
         };
-        selection
-            .script
-            .ast
-            .iter_functions()
-            .find(|f| f.name == callback.fn_name())
-            .map_or(3, |f| {
-                f.params.len().saturating_sub(callback.curry().len()).min(3)
+        // A closure knows its function's parameters; a `Fn("name")` is looked up by name (a
+        // walk through all of the script's functions: ~800 wasm instructions for two).
+        callback
+            .num_params()
+            .or_else(|| {
+                let mut functions = selection.script.ast.iter_functions();
+                functions
+                    .find(|f| f.name == callback.fn_name())
+                    .map(|f| f.params.len())
+            })
+            .map_or(3, |params| {
+                params.saturating_sub(callback.curry().len()).min(3)
             })
     }
 

@@ -221,6 +221,32 @@ impl FnPtr {
         self.curry = values.into_iter().collect();
         self
     }
+    /// proxy-rhai patch (speed): how many parameters the script function this pointer was made
+    /// for takes (a closure's count its captured variables, curried first); `None` for a
+    /// pointer made from a name (`Fn("f")`) or for a native function.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<rhai::EvalAltResult>> {
+    /// use rhai::{Engine, FnPtr};
+    ///
+    /// let engine = Engine::new();
+    /// let closure: FnPtr = engine.eval("let x = 1; |a, b| a + b + x")?;
+    /// assert_eq!(closure.num_params(), Some(3));
+    /// assert_eq!(FnPtr::new("f")?.num_params(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(not(feature = "no_function"))]
+    #[inline]
+    #[must_use]
+    pub fn num_params(&self) -> Option<usize> {
+        match self.typ {
+            FnPtrType::Script { num_params, .. } => Some(num_params),
+            _ => None,
+        }
+    }
     /// Is the function pointer curried?
     #[inline(always)]
     #[must_use]
