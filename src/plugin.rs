@@ -82,6 +82,7 @@ impl Script {
         }
     }
 
+    /// Whether the script defines `on_tick()`.
     pub(crate) fn has_tick(&self) -> bool {
         self.tick.is_some()
     }

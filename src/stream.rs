@@ -233,8 +233,10 @@ impl<H: Host + 'static> HttpStream<H> {
         callback
             .num_params()
             .or_else(|| {
-                let mut functions = selection.script.ast.iter_functions();
-                functions
+                selection
+                    .script
+                    .ast
+                    .iter_functions()
                     .find(|f| f.name == callback.fn_name())
                     .map(|f| f.params.len())
             })

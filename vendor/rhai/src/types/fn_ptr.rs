@@ -358,25 +358,29 @@ impl FnPtr {
         let args = self.with_curry(&mut arg_values, &mut args_data);
 
         // proxy-rhai patch (speed): a function of the script runs on this call's state itself;
-        // `_call_raw` would run it on a copy.
+        // `_call_raw` would run it on a copy. (The function is found in the state, and taken
+        // out of it, shared, before the call borrows the state.)
         #[cfg(not(feature = "no_function"))]
         let linked = self
             .typ
             .get_linked_script(global, args.len())
             .map(|(fn_def, env)| (fn_def.clone(), env.cloned()))
             .map(|(fn_def, env)| {
-                let env = env.as_deref();
+                let (env, pos) = (env.as_deref(), Position::NONE);
                 let global = global.into();
-                Self::call_linked_script(engine, global, caches, scope, None, &fn_def, env, args, Position::NONE)
+                Self::call_linked_script(
+                    engine, global, caches, scope, None, &fn_def, env, args, pos,
+                )
             });
         #[cfg(feature = "no_function")]
         let linked = None;
 
-        linked.unwrap_or_else(|| {
+        let result = linked.unwrap_or_else(|| {
             let ctx = (engine, self.fn_name(), None, &*global, Position::NONE).into();
             self.call_curried(&ctx, scope, None, args, caches)
-        })
-        .and_then(|result| {
+        });
+
+        result.and_then(|result| {
             result.try_cast_result().map_err(|r| {
                 let result_type = engine.map_type_name(r.type_name());
                 let cast_type = match type_name::<T>() {
