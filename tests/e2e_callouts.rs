@@ -40,6 +40,14 @@ fn on_request_headers() {
                 add_request_header("x-callout-body", get_http_call_response_body());
             });
         }
+        "arity" => {
+            // Callbacks are given as many of status, headers, body as they take: a named
+            // function, and a closure with a captured variable.
+            http_get("callout", "/token", [], 2000, Fn("token_callback"));
+            http_get("callout", "/token", [], 2000, |status| {
+                add_request_header("x-closure", `${status}/${id}`);
+            });
+        }
         "deny-401" => {
             http_get("callout", "/status/401", [], 2000, |status, headers, body| {
                 if status == 401 {
@@ -129,6 +137,10 @@ fn on_request_headers() {
     }
 }
 
+fn token_callback(status, headers, body) {
+    add_request_header("x-named", `${status}/${headers.len() > 0}/${body}`);
+}
+
 fn on_request_body() {
     if get_context("op") == "request-body" {
         http_post("callout", "/scan", #{ "content-type": "text/plain" }, get_request_body(), 2000, |status, headers, body| {
@@ -190,6 +202,19 @@ fn callbacks_add_headers_and_answer_locally() {
     assert_eq!(echo.header("x-callout-status"), Some("200"));
     assert_eq!(echo.header("x-callout-body"), Some(r#"{"token":"abc"}"#));
     assert_eq!(envoy.callout.hits("/token"), 1);
+
+    // A named callback gets all three; a closure taking one, with what it captured.
+    let r = envoy.request(
+        "GET",
+        "/api/arity",
+        &[("x-op", "arity"), ("x-id", "id-7")],
+        b"",
+    );
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-named"), Some(r#"200/true/{"token":"abc"}"#));
+    assert_eq!(echo.header("x-closure"), Some("200/id-7"));
+    assert_eq!(envoy.callout.hits("/token"), 3);
 
     // A callback answering 401 locally: the upstream never sees the request.
     let r = op(&envoy, "deny-401", "/api/deny-401");
