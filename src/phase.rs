@@ -64,7 +64,6 @@ impl fmt::Display for Phase {
 pub struct Phases(u8);
 
 impl Phases {
-    pub const NONE: Phases = Phases(0);
     pub const ALL: Phases = Phases(0b111_1111);
     pub const REQUEST_HEADERS: Phases = Phases::of(&[Phase::RequestHeaders]);
     pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody]);
@@ -94,14 +93,6 @@ impl Phases {
 
     pub const fn contains(self, phase: Phase) -> bool {
         self.0 & phase.bit() != 0
-    }
-
-    pub fn insert(&mut self, phase: Phase) {
-        self.0 |= phase.bit();
-    }
-
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
     }
 
     /// The phases in the set, in stream order.

@@ -14,7 +14,7 @@ use rhai::{
 use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
-use crate::phase::{Phase, Phases};
+use crate::phase::Phase;
 
 /// Name of the plugin-level timer function.
 pub const TICK_FUNCTION: &str = "on_tick";
@@ -24,7 +24,6 @@ pub const DEFAULT_TICK_PERIOD_MS: u32 = 1_000;
 /// A compiled script and the phase functions it defines (the others never enter Rhai).
 pub struct Script {
     pub(crate) ast: AST,
-    pub(crate) phases: Phases,
     /// Its phase functions (by `Phase as usize`) and `on_tick`, found once: a call by name
     /// would search the script's functions for them on every call.
     functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()],
@@ -80,6 +79,13 @@ impl Script {
                 &mut FnCallCache::default(),
             ),
         }
+    }
+
+    /// Whether the script defines the function of `phase` (the others never enter Rhai).
+    pub(crate) fn defines(&self, phase: Phase) -> bool {
+        self.functions
+            .get(phase as usize)
+            .is_some_and(Option::is_some)
     }
 
     /// Whether the script defines `on_tick()`.
@@ -224,7 +230,7 @@ impl<H: Host + 'static> Plugin<H> {
     pub fn handles(&self, phase: Phase) -> bool {
         self.global
             .as_ref()
-            .is_some_and(|g| g.script.phases.contains(phase))
+            .is_some_and(|g| g.script.defines(phase))
     }
 
     /// The tick period to ask the proxy for, when the global script defines `on_tick`.
@@ -364,7 +370,6 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
             position(e.position())
         )
     })?;
-    let mut phases = Phases::NONE;
     let mut functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
     for f in ast.iter_functions() {
@@ -381,7 +386,6 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
         let function = ast.function_without_params(f.name);
         match phase {
             Some(phase) => {
-                phases.insert(phase);
                 if let Some(slot) = functions.get_mut(phase as usize) {
                     *slot = function;
                 }
@@ -389,7 +393,7 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
             None => tick = function,
         }
     }
-    if phases.is_empty() && tick.is_none() {
+    if functions.iter().all(Option::is_none) && tick.is_none() {
         return Err("script defines no phase function: define at least one of on_request_headers(), \
                     on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
                     on_response_trailers(), on_log(), on_tick()"
@@ -397,7 +401,6 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
     }
     Ok(Script {
         ast,
-        phases,
         functions,
         tick,
         calls: RefCell::default(),

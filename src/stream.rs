@@ -255,7 +255,7 @@ impl<H: Host + 'static> HttpStream<H> {
             && self
                 .selection
                 .as_ref()
-                .is_some_and(|s| s.script.phases.contains(phase))
+                .is_some_and(|s| s.script.defines(phase))
     }
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
