@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where the plugin's own wasm code spends its time, per request, by function.
 
-    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE] [--fuel [--allocs]]
+    python3 bench/wasm_profile.py SCRIPT.rhai [--requests 20000] [--top 30] [--wasm FILE]
+        [--fuel [--allocs] [--by-function [--callers NAME]]]
 
 V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This runs the same
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
@@ -22,12 +23,17 @@ time per request came out close to what perf shows for V8's JIT code in Envoy (t
 ~8 µs in both, before the resolution cache). `--allocs` adds the heap allocations, frees and
 reallocations per request, counted on a copy of the wasm whose allocator entry points bump a
 counter: fuel includes what they cost (dlmalloc runs 100-300 instructions each), not how many.
+`--by-function` splits the fuel count by function, exactly (own and inclusive instructions,
+calls per request), on a copy of the wasm whose functions report their entry and exit to the
+host; `--callers NAME` adds who calls the functions whose name contains NAME.
 """
 import argparse
+import collections
 import json
 import os
 import pathlib
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -63,11 +69,12 @@ def deserialize(data):
 
 
 def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n",
-          counters=()):
+          counters=(), tracer=None):
     """Runs `requests` requests through the plugin (inside perf, when profiling). With `fuel`,
     returns the wasm instructions they executed (wasmtime's fuel: one unit per instruction,
     none for the host), after as many requests again to warm up, and how much each of the
-    exported globals named in `counters` grew over them."""
+    exported globals named in `counters` grew over them. `tracer` answers the imports of a
+    module made by `traced` (a `FunctionTracer`)."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -170,6 +177,10 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
         "proxy_set_effective_context": lambda *a: OK,
     }
     for imp in module.imports:
+        if tracer and imp.module == TRACE_MODULE:
+            hook = tracer.enter if imp.name == "enter" else tracer.exit
+            linker.define(store, imp.module, imp.name,
+                          wasmtime.Func(store, imp.type, lambda i, hook=hook: hook(i, store.get_fuel())))
         if imp.module != "env":
             continue
         results = len(imp.type.results)
@@ -189,6 +200,8 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
     start = None
     for i in range(2 * requests if fuel else requests):
         if fuel and i == requests:
+            if tracer:
+                tracer.counting = True
             start = store.get_fuel()
             counted = [ex[c].value(store) for c in counters]
         ctx = 2 + i
@@ -244,6 +257,106 @@ def counting_allocations(wasm):
     return str(out)
 
 
+TRACE_MODULE = "proxy_rhai_trace"
+FUNC_HEAD = re.compile(r"^ \(func \$(\S+)((?: \(type \$?\w+\))?)((?: \(param \$\w+ \w+\))*)((?: \(result \w+\))?)\n", re.M)
+
+
+def traced(wasm):
+    """A copy of `wasm` where every function tells the host when it is entered and when it
+    returns: each function is renamed, and a wrapper of the old name (which every call, table
+    entry and export refers to) calls the imports `enter(i)` and `exit(i)` around it. Returns
+    the copy, the functions' names (by `i`), and the instructions each one's wrapper executes
+    between the two hooks (`FunctionTracer` takes them back out)."""
+    text = subprocess.run(["wasm-dis", wasm], capture_output=True, text=True, check=True).stdout
+    names, overheads, wrappers, parts, at = [], [], [], [], 0
+    for m in FUNC_HEAD.finditer(text):
+        name, typ, params, result = m.groups()
+        i = len(names)
+        names.append(name)
+        parts += [text[at:m.start()], f" (func ${name}__traced{typ}{params}{result}\n"]
+        at = m.end()
+        args = " ".join(f"(local.get ${p})" for p in re.findall(r"\(param \$(\w+) ", params))
+        # Between the hooks: the arguments, the call, the result kept, `exit`'s argument and call.
+        overheads.append(len(re.findall(r"\(param ", params)) + (4 if result else 3))
+        call = f"(call ${name}__traced {args})"
+        if result:
+            body = (f"  (local $result {result[len(' (result '):-1]})\n  (call $__enter (i32.const {i}))\n"
+                    f"  (local.set $result {call})\n  (call $__exit (i32.const {i}))\n  (local.get $result)\n")
+        else:
+            body = f"  (call $__enter (i32.const {i}))\n  {call}\n  (call $__exit (i32.const {i}))\n"
+        wrappers.append(f" (func ${name}{typ}{params}{result}\n{body} )\n")
+    parts.append(text[at:])
+    text = "".join(parts)
+    imports = "".join(f' (import "{TRACE_MODULE}" "{n}" (func $__{n} (param i32)))\n' for n in ("enter", "exit"))
+    after_imports = [m.end() for m in re.finditer(r"^ \(import .*\n", text, re.M)][-1]
+    text = text[:after_imports] + imports + text[after_imports:]
+    end = text.rindex("\n)")
+    text = text[:end] + "\n" + "".join(wrappers) + text[end:]
+    out = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.traced.wasm"
+    subprocess.run(["wasm-as", "--all-features", "-", "-o", str(out)], input=text, text=True, check=True)
+    return str(out), names, overheads
+
+
+# A wrapper's instructions before its `enter` hook reads the fuel (`enter`'s argument and call),
+# and after its `exit` hook (the result read back, the return): the caller's window has them.
+CALLER_SIDE = 3
+
+
+class FunctionTracer:
+    """Each function's instructions (fuel) while the counted requests run: its own ("self")
+    and with what it called ("inclusive"), its calls, and who called it. The wrappers'
+    instructions (`overheads`, by function) are taken out, so the figures add up to the
+    untraced module's."""
+
+    def __init__(self, overheads):
+        self.overheads = overheads
+        self.counting = False
+        # [function, fuel at entry, fuel its callees used, tracing instructions in its window]
+        self.stack = []
+        self.own = collections.Counter()
+        self.inclusive = collections.Counter()
+        self.calls = collections.Counter()
+        self.callers = collections.Counter()
+
+    def enter(self, function, fuel):
+        self.stack.append([function, fuel, 0, self.overheads[function]])
+
+    def exit(self, function, fuel):
+        function, entered, callees, tracing = self.stack.pop()
+        used = entered - fuel - tracing
+        if self.stack:
+            self.stack[-1][2] += used
+            self.stack[-1][3] += tracing + CALLER_SIDE
+        if self.counting:
+            self.own[function] += used - callees
+            self.inclusive[function] += used
+            self.calls[function] += 1
+            if self.stack:
+                self.callers[(self.stack[-1][0], function)] += 1
+
+
+def by_function(wasm, args, body):
+    """Prints `--by-function`'s table (and `--callers`')."""
+    module, names, overheads = traced(wasm)
+    tracer = FunctionTracer(overheads)
+    serve(module, args.script, args.requests, fuel=True, configuration=args.configuration,
+          response_body=body, tracer=tracer)
+    if shutil.which("rustfilt"):
+        names = subprocess.run(["rustfilt"], input="\n".join(names), capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+    names = [re.sub(r"::h[0-9a-f]{16}$", "", n) for n in names]
+    n = args.requests
+    print(f"wasm instructions per request, by function ({sum(tracer.own.values()) / n:.0f} in all)")
+    print(f"{'own':>8} {'inclusive':>9} {'calls':>7}  function")
+    for f, own in tracer.own.most_common(args.top):
+        print(f"{own / n:8.0f} {tracer.inclusive[f] / n:9.0f} {tracer.calls[f] / n:7.1f}  {names[f]}")
+    for wanted in args.callers:
+        print(f"\ncallers of functions named *{wanted}*, calls per request:")
+        for (caller, f), calls in tracer.callers.most_common():
+            if wanted in names[f]:
+                print(f"{calls / n:7.1f}  {names[caller]} -> {names[f]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("script")
@@ -257,12 +370,18 @@ def main():
     ap.add_argument("--allocs", action="store_true",
                     help="--fuel, and also count the heap allocations, frees and reallocations per "
                     "request (on a copy of the wasm that counts them; needs wasm-dis and wasm-as)")
+    ap.add_argument("--by-function", action="store_true",
+                    help="--fuel, by function: each function's own and inclusive instructions and "
+                    "calls per request, exact (on a copy of the wasm whose functions report their "
+                    "entry and exit; needs wasm-dis and wasm-as)")
+    ap.add_argument("--callers", metavar="NAME", action="append", default=[],
+                    help="with --by-function: who calls the functions whose name contains NAME")
     ap.add_argument("--response-body", metavar="FILE",
                     help="the upstream's response body (default: 3 bytes), e.g. bench/data/body-10k.json "
                     "for bench/scripts/json.rhai")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.fuel = args.fuel or args.allocs
+    args.fuel = args.fuel or args.allocs or args.by_function
     body = pathlib.Path(args.response_body).read_bytes() if args.response_body else b"ok\n"
     if args.serve:
         serve(args.wasm, args.script, args.requests, response_body=body)
@@ -277,6 +396,8 @@ def main():
                         configuration=args.configuration, response_body=body)
         print(f"{args.script}: {used / args.requests:.0f} wasm instructions per request "
               f"({args.requests} requests after as many to warm up)")
+        if args.by_function:
+            by_function(wasm, args, body)
         if args.allocs:
             counters = [f"__count_{n}" for n in ALLOCATOR]
             _, counts = serve(counting_allocations(wasm), args.script, args.requests, fuel=True,
