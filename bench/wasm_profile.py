@@ -297,8 +297,9 @@ def traced(wasm):
     return str(out), names, overheads
 
 
-# A wrapper's instructions before its `enter` hook reads the fuel (`enter`'s argument and call),
-# and after its `exit` hook (the result read back, the return): the caller's window has them.
+# A wrapper's instructions before its `enter` hook reads the fuel (`enter`'s argument and call)
+# and after its `exit` hook (the result read back, the return), which the caller's window has:
+# 3 makes the functions' figures add up to the untraced count within 0.5 % (the four workloads).
 CALLER_SIDE = 3
 
 
