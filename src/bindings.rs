@@ -90,6 +90,8 @@ pub(crate) struct Frame {
     pub heap_baseline: usize,
     /// The top-level constants of the running script.
     pub constants: Constants,
+    /// This call's private copies of the constants it has read, by index in `constants`.
+    pub constant_copies: Vec<Option<Dynamic>>,
     /// This call's request and response header operations, sent to the proxy when it ends.
     pub request_headers: Batch,
     pub response_headers: Batch,
@@ -107,14 +109,95 @@ impl Frame {
     }
 }
 
-/// Top-level constants of a script, by name; values are shared, so handing one out is cheap.
+/// Top-level constants of a script, by name, as its top-level statements made them. Nothing a
+/// call does reaches these: each call reads a private copy ([`Api::constant`]).
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Constants(pub std::rc::Rc<[(ImmutableString, Dynamic)]>);
+pub(crate) struct Constants(pub Rc<[Constant]>);
 
 impl Constants {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// One top-level constant.
+#[derive(Debug)]
+pub(crate) struct Constant {
+    pub name: ImmutableString,
+    value: Dynamic,
+    /// Whether `value` holds shared cells (a closure's captured variables, a shared value):
+    /// a plain clone would share those with every call.
+    has_cells: bool,
+}
+
+impl Constant {
+    pub fn new(name: ImmutableString, value: Dynamic) -> Self {
+        let value = value.flatten();
+        let has_cells = holds_cells(&value);
+        Self {
+            name,
+            value,
+            has_cells,
+        }
+    }
+
+    /// A copy that shares nothing with the original, read-only (so `C.push(x)` or `C[0] = x`
+    /// is refused as on any constant) and shared for the rest of the call.
+    fn private_copy(&self) -> Dynamic {
+        let copy = if self.has_cells {
+            copy_cells(&self.value)
+        } else {
+            self.value.clone()
+        };
+        copy.into_read_only().into_shared()
+    }
+}
+
+/// Whether `value` holds a shared cell anywhere inside it.
+fn holds_cells(value: &Dynamic) -> bool {
+    if value.is_shared() {
+        return true;
+    }
+    if let Some(array) = value.read_lock::<Array>() {
+        return array.iter().any(holds_cells);
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return map.values().any(holds_cells);
+    }
+    if let Some(f) = value.read_lock::<FnPtr>() {
+        return f.iter_curry().any(holds_cells);
+    }
+    false
+}
+
+/// A deep copy of `value` in which every shared cell is a new one. The depth is bounded by
+/// `limits.max_value_depth`, which the value passed when the top level made it.
+fn copy_cells(value: &Dynamic) -> Dynamic {
+    if value.is_shared() {
+        let inner = match value.read_lock::<Dynamic>() {
+            Some(inner) => copy_cells(&inner),
+            None => Dynamic::UNIT,
+        };
+        return inner.into_shared();
+    }
+    if let Some(array) = value.read_lock::<Array>() {
+        return Dynamic::from_array(array.iter().map(copy_cells).collect());
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        let copy: Map = map
+            .iter()
+            .map(|(k, v)| (k.clone(), copy_cells(v)))
+            .collect();
+        return Dynamic::from_map(copy);
+    }
+    if let Some(f) = value.read_lock::<FnPtr>() {
+        let mut f = f.clone();
+        for arg in f.iter_curry_mut() {
+            *arg = copy_cells(arg);
+        }
+        return Dynamic::from(f);
+    }
+    value.clone()
 }
 
 /// The object every binding closes over.
@@ -671,15 +754,34 @@ impl<H: Host + 'static> Api<H> {
         frame.heap_baseline = self.host.heap_in_use().unwrap_or(0);
     }
 
-    /// The running script's top-level constant `name`, if it defined one.
+    /// Lets go of what a call into Rhai was lent (its config, its copies of the constants).
+    pub(crate) fn end_call(&self) {
+        self.phase.set(None);
+        let mut frame = self.frame.borrow_mut();
+        frame.answer = None;
+        frame.config = Dynamic::UNIT;
+        if !frame.constant_copies.is_empty() {
+            frame.constant_copies.clear();
+        }
+    }
+
+    /// The running script's top-level constant `name`, if it defined one: the call's own copy,
+    /// made when the call first reads it. Whatever a call does to it (`push`, a closure changing
+    /// what it captured, a `this` method) no other call sees.
     pub(crate) fn constant(&self, name: &str) -> Option<Dynamic> {
-        let frame = self.frame.borrow();
-        frame
-            .constants
-            .0
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v.clone())
+        let mut frame = self.frame.borrow_mut();
+        let Frame {
+            constants,
+            constant_copies,
+            ..
+        } = &mut *frame;
+        let index = constants.0.iter().position(|c| c.name.as_str() == name)?;
+        let constant = constants.0.get(index)?;
+        if constant_copies.len() <= index {
+            constant_copies.resize(constants.0.len(), None);
+        }
+        let slot = constant_copies.get_mut(index)?;
+        Some(slot.get_or_insert_with(|| constant.private_copy()).clone())
     }
 
     /// The error that stops a call that grew the heap by more than `budget` bytes (`None`

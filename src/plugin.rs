@@ -7,11 +7,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, ImmutableString, OptimizationLevel, Scope,
+    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, OptimizationLevel, Scope,
     ScriptFnWithoutParams, SharedCells, AST,
 };
 
-use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
+use crate::bindings::{self, Api, Constant, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::Phase;
@@ -256,8 +256,8 @@ impl<H: Host + 'static> Plugin<H> {
         // closures' cells are freed at once.
         let mut cells = SharedCells::default();
         let result = cells.record(|| global.script.call(&self.engine, None));
+        self.api.end_call();
         cells.release();
-        self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
             self.api.count_script_error();
             self.api.host.log(
@@ -339,17 +339,17 @@ fn run_top_level<H: Host + 'static>(
     api.begin_call(None, selection.config.clone(), Constants::default());
     let mut scope = Scope::new();
     let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
-    api.frame.borrow_mut().config = Dynamic::UNIT;
+    api.end_call();
     result.map_err(|e| {
         format!(
             "script failed while loading: {}",
             crate::stream::describe_error(&e)
         )
     })?;
-    let constants: Vec<(ImmutableString, Dynamic)> = scope
+    let constants: Vec<Constant> = scope
         .iter_raw()
         .filter(|(_, is_constant, _)| *is_constant)
-        .map(|(name, _, value)| (name.into(), value.clone().into_shared()))
+        .map(|(name, _, value)| Constant::new(name.into(), value.clone()))
         .collect();
     Ok(Constants(constants.into()))
 }

@@ -314,11 +314,8 @@ impl<H: Host + 'static> HttpStream<H> {
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
         plugin.api.flush_headers();
-        plugin.api.phase.set(None);
-        let mut frame = plugin.api.frame.borrow_mut();
-        frame.answer = None;
-        frame.config = Dynamic::UNIT;
-        std::mem::swap(&mut frame.stream, &mut self.state);
+        plugin.api.end_call();
+        std::mem::swap(&mut plugin.api.frame.borrow_mut().stream, &mut self.state);
         result
     }
 
