@@ -49,6 +49,24 @@ pub(crate) struct StreamState {
     pub deferred_errors: Vec<String>,
 }
 
+impl StreamState {
+    /// The length of a buffered body, as the script's writes left it.
+    fn body_len_mut(&mut self, buffer: BufferType) -> &mut usize {
+        match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body_len,
+            _ => &mut self.response_body_len,
+        }
+    }
+}
+
+/// The maps a call batches.
+const BATCHED: [MapType; 4] = [
+    MapType::HttpRequestHeaders,
+    MapType::HttpResponseHeaders,
+    MapType::HttpRequestTrailers,
+    MapType::HttpResponseTrailers,
+];
+
 /// A callout waiting for its answer.
 pub(crate) struct PendingCall {
     pub id: u32,
@@ -92,18 +110,46 @@ pub(crate) struct Frame {
     pub constants: Constants,
     /// This call's private copies of the constants it has read, by index in `constants`.
     pub constant_copies: Vec<Option<Dynamic>>,
-    /// This call's request and response header operations, sent to the proxy when it ends.
+    /// This call's header and trailer operations, sent to the proxy when it ends well.
     pub request_headers: Batch,
     pub response_headers: Batch,
+    pub request_trailers: Batch,
+    pub response_trailers: Batch,
+    /// This call's body writes, made in the proxy when it ends well.
+    pub body_writes: Vec<BodyWrite>,
+    /// The local response this call sent, handed to the proxy when it ends well.
+    pub local_response: Option<LocalResponse>,
+    /// Header maps as they were before this call's writes reached the proxy ahead of its end
+    /// (for a property read): put back if the call fails.
+    pub undo: Vec<(MapType, HeaderMap)>,
+}
+
+/// A body write waiting for its call to end: `data` over `size` bytes at `start`, as the
+/// proxy takes it (the body is then as the script saw it when it wrote).
+pub(crate) struct BodyWrite {
+    buffer: BufferType,
+    start: usize,
+    size: usize,
+    data: Vec<u8>,
+    /// The body's length before this write.
+    len_before: usize,
+}
+
+/// A local response waiting for its call to end.
+pub(crate) struct LocalResponse {
+    status: u32,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
 }
 
 impl Frame {
-    /// The batch of a header map; `None` for the maps that are not batched (trailers, the
-    /// callout answer's headers).
+    /// The batch of a header map; `None` for the callout answer's maps, which are read-only.
     fn batch(&mut self, map: MapType) -> Option<&mut Batch> {
         match map {
             MapType::HttpRequestHeaders => Some(&mut self.request_headers),
             MapType::HttpResponseHeaders => Some(&mut self.response_headers),
+            MapType::HttpRequestTrailers => Some(&mut self.request_trailers),
+            MapType::HttpResponseTrailers => Some(&mut self.response_trailers),
             _ => None,
         }
     }
@@ -362,14 +408,87 @@ impl<H: Host> Api<H> {
         result.or_else(|s| refused(f, s))
     }
 
-    /// Hands this call's header writes to the proxy (at the end of the call, and before
-    /// anything that could read the maps from the proxy's side, such as a property).
-    pub(crate) fn flush_headers(&self) {
+    /// Hands this call's header writes to the proxy before it ends, for a property read
+    /// (`request.path` reads the request headers), keeping what the maps were: if the call
+    /// fails, they are put back.
+    pub(crate) fn flush_headers_early(&self) {
         let mut frame = self.frame.borrow_mut();
         for map in [MapType::HttpRequestHeaders, MapType::HttpResponseHeaders] {
+            let written = frame.batch(map).is_some_and(|batch| batch.has_writes());
+            if written && !frame.undo.iter().any(|(m, _)| *m == map) {
+                if let Ok(before) = self.host.get_map(map) {
+                    frame.undo.push((map, before));
+                }
+            }
             if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
                 self.writes_refused(map, status);
             }
+        }
+    }
+
+    /// The call ended well (or resumes the stream): its header, trailer and body writes and
+    /// its local response go to the proxy, in that order.
+    pub(crate) fn commit(&self) {
+        let mut frame = self.frame.borrow_mut();
+        for map in BATCHED {
+            if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
+                self.writes_refused(map, status);
+            }
+        }
+        frame.undo.clear();
+        for write in frame.body_writes.drain(..) {
+            let BodyWrite {
+                buffer,
+                start,
+                size,
+                data,
+                ..
+            } = write;
+            if let Err(status) = self.host.set_buffer(buffer, start, size, &data) {
+                self.host.log(
+                    LogLevel::Warn,
+                    &format!("the proxy refused this call's write to {buffer:?} ({status:?})"),
+                );
+            }
+        }
+        if let Some(LocalResponse {
+            status,
+            headers,
+            body,
+        }) = frame.local_response.take()
+        {
+            drop(frame);
+            let refs: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+            if let Err(s) = self.host.send_http_response(status, &refs, &body) {
+                self.host.log(
+                    LogLevel::Warn,
+                    &format!("the local response {status} was refused by the proxy ({s:?})"),
+                );
+            }
+        }
+    }
+
+    /// The call failed: none of its writes reach the proxy (those it made before resuming
+    /// the stream already have), and its local response is not sent.
+    pub(crate) fn roll_back(&self) {
+        let mut frame = self.frame.borrow_mut();
+        for map in BATCHED {
+            if let Some(batch) = frame.batch(map) {
+                batch.discard();
+            }
+        }
+        for (map, headers) in std::mem::take(&mut frame.undo) {
+            if let Err(status) = self.host.set_map(map, &headers) {
+                self.writes_refused(map, status);
+            }
+        }
+        let writes = std::mem::take(&mut frame.body_writes);
+        for write in writes.iter().rev() {
+            *frame.stream.body_len_mut(write.buffer) = write.len_before;
+        }
+        if frame.local_response.take().is_some() {
+            frame.stream.local_response_sent = false;
         }
     }
 
@@ -382,20 +501,35 @@ impl<H: Host> Api<H> {
     }
 
     fn body_len(&self, buffer: BufferType) -> usize {
-        let frame = self.frame.borrow();
-        match buffer {
-            BufferType::HttpRequestBody => frame.stream.request_body_len,
-            _ => frame.stream.response_body_len,
-        }
+        *self.frame.borrow_mut().stream.body_len_mut(buffer)
     }
 
+    /// The body as the script sees it: the proxy's, with this call's writes applied.
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
-        let len = self.body_len(buffer);
-        let body = self
+        let frame = self.frame.borrow();
+        let writes: Vec<&BodyWrite> = frame
+            .body_writes
+            .iter()
+            .filter(|w| w.buffer == buffer)
+            .collect();
+        let len = match writes.first() {
+            Some(first) => first.len_before,
+            None => match buffer {
+                BufferType::HttpRequestBody => frame.stream.request_body_len,
+                _ => frame.stream.response_body_len,
+            },
+        };
+        let mut body = self
             .host
             .get_buffer(buffer, 0, len)
-            .or_else(|s| refused(f, s))?;
-        Ok(body.unwrap_or_default())
+            .or_else(|s| refused(f, s))?
+            .unwrap_or_default();
+        for w in writes {
+            let end = w.start.saturating_add(w.size).min(body.len());
+            let start = w.start.min(end);
+            body.splice(start..end, w.data.iter().copied());
+        }
+        Ok(body)
     }
 
     /// Writes a body the three ways Envoy supports: prepend (0, 0), replace (0, len), append
@@ -414,14 +548,15 @@ impl<H: Host> Api<H> {
             BodyEdit::Append => (len, 0, len + data.len()),
             BodyEdit::Replace => (0, len, data.len()),
         };
-        self.host
-            .set_buffer(buffer, start, size, &data)
-            .or_else(|s| refused(f, s))?;
         let mut frame = self.frame.borrow_mut();
-        match buffer {
-            BufferType::HttpRequestBody => frame.stream.request_body_len = new_len,
-            _ => frame.stream.response_body_len = new_len,
-        }
+        *frame.stream.body_len_mut(buffer) = new_len;
+        frame.body_writes.push(BodyWrite {
+            buffer,
+            start,
+            size,
+            data,
+            len_before: len,
+        });
         Ok(())
     }
 
@@ -441,15 +576,15 @@ impl<H: Host> Api<H> {
                 "{f}(): a local response was already sent for this request"
             ));
         }
-        let pairs = header_pairs(f, headers)?;
+        let headers = header_pairs(f, headers)?;
         let body = bytes_of(f, body)?;
-        let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-        // The proxy sees the stream's changes in the order the script made them.
-        self.flush_headers();
-        self.host
-            .send_http_response(status as u32, &refs, &body)
-            .or_else(|s| refused(f, s))?;
-        self.frame.borrow_mut().stream.local_response_sent = true;
+        let mut frame = self.frame.borrow_mut();
+        frame.stream.local_response_sent = true;
+        frame.local_response = Some(LocalResponse {
+            status: status as u32,
+            headers,
+            body,
+        });
         Ok(())
     }
 
@@ -461,7 +596,7 @@ impl<H: Host> Api<H> {
         }
         frame.stream.paused = None;
         drop(frame);
-        self.flush_headers();
+        self.commit();
         match side {
             Side::Request => self.host.resume_http_request()?,
             Side::Response => self.host.resume_http_response()?,

@@ -313,7 +313,12 @@ impl<H: Host + 'static> HttpStream<H> {
             Call::Phase => script.call(&plugin.engine, Some(phase)),
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
-        plugin.api.flush_headers();
+        // A call is all or nothing: what a failed one wrote never reaches the proxy.
+        if result.is_ok() {
+            plugin.api.commit();
+        } else {
+            plugin.api.roll_back();
+        }
         plugin.api.end_call();
         std::mem::swap(&mut plugin.api.frame.borrow_mut().stream, &mut self.state);
         result

@@ -67,12 +67,16 @@ fn error_policy_status_body_and_fail_open() {
         (503, &b"try later"[..])
     );
 
-    let p = configure(json!({"script": "fn on_request_headers() { add_request_header(\"x-before\", \"1\"); throw 1; }",
+    // The failed call changes nothing: not its header writes, not its path rewrite, not even
+    // those a property read sent to the proxy before the error.
+    let p = configure(json!({"script": "fn on_request_headers() { add_request_header(\"x-before\", \"1\"); replace_request_header(\":path\", \"/rewritten\"); get_property(\"request.path\"); throw 1; }",
         "error_policy": {"mode": "fail_open"}})).unwrap();
-    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    let o = p.run(&Request::get("/original"), &mut Response::ok("up"));
     assert_eq!(o.response.status, 200);
     assert_eq!(o.response.body, b"up");
     assert_eq!(o.script_errors().len(), 1);
+    assert_eq!(o.upstream_header("x-before"), None);
+    assert_eq!(o.upstream_header(":path").as_deref(), Some("/original"));
 }
 
 #[test]
