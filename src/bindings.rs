@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
+use crate::config::Limits;
 use crate::header_map::{Batch, HeaderMap, Value, Write};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
@@ -246,9 +247,27 @@ fn copy_cells(value: &Dynamic) -> Dynamic {
     value.clone()
 }
 
+/// `limits.max_memory` and `limits.max_vm_memory`, as the bindings check them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryLimits {
+    pub per_call: usize,
+    pub vm: usize,
+}
+
+impl From<&Limits> for MemoryLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            per_call: limits.max_memory,
+            vm: limits.max_vm_memory,
+        }
+    }
+}
+
 /// The object every binding closes over.
 pub(crate) struct Api<H> {
     pub host: H,
+    /// The heap limits, checked where the heap counted by the host grows.
+    pub memory: MemoryLimits,
     /// The phase of the call into Rhai that runs now; `None` outside a request (top-level
     /// statements, `on_tick`). Apart from the frame: every binding reads it.
     pub phase: Cell<Option<Phase>>,
@@ -298,6 +317,44 @@ fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
 }
 
 impl<H: Host> Api<H> {
+    /// The error that stops a call whose heap, with `more` bytes it is about to ask for, is
+    /// past a limit: the call has added more than `max_memory` since it began, or the VM's
+    /// whole heap would be over `max_vm_memory` and this call adds to it (a call that holds
+    /// no more than when it began and asks for nothing goes on, so requests that only read
+    /// are served while others hold the heap). `None` when the host doesn't count the heap.
+    pub(crate) fn over_memory_budget(&self, more: usize) -> Option<String> {
+        let in_use = self.host.heap_in_use()?;
+        let baseline = self.frame.borrow().heap_baseline;
+        let after = in_use.saturating_add(more);
+        let MemoryLimits { per_call, vm } = self.memory;
+        let (added, would_be) = if more > 0 {
+            ("would add", "would be")
+        } else {
+            ("added", "is")
+        };
+        if after.saturating_sub(baseline) > per_call {
+            return Some(format!(
+                "memory limit: the call {added} over {per_call} bytes to the VM's heap \
+                 (limits.max_memory)"
+            ));
+        }
+        (after > vm && (more > 0 || in_use > baseline)).then(|| {
+            format!(
+                "memory limit: the VM's heap {would_be} over {vm} bytes, the limit of all \
+                 requests together (limits.max_vm_memory); {in_use} bytes are in use"
+            )
+        })
+    }
+
+    /// A script error about `what` if asking for `more` bytes would take the heap past a
+    /// limit: checked before a large allocation, which would trap the VM if it failed.
+    pub(crate) fn reserve(&self, what: &str, more: usize) -> ScriptResult<()> {
+        match self.over_memory_budget(more) {
+            Some(message) => err(format!("{what}: {message}")),
+            None => Ok(()),
+        }
+    }
+
     /// Checks where `function` is called from and returns the phase.
     #[inline]
     fn enter(&self, function: &str, allowed: Allowed) -> ScriptResult<Phase> {
@@ -506,6 +563,7 @@ impl<H: Host> Api<H> {
 
     /// The body as the script sees it: the proxy's, with this call's writes applied.
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
+        self.reserve(&format!("{f}()"), self.body_len(buffer))?;
         let frame = self.frame.borrow();
         let writes: Vec<&BodyWrite> = frame
             .body_writes
@@ -825,8 +883,6 @@ pub(crate) struct Registrar<'a, H> {
     pub engine: &'a mut Engine,
     pub api: Rc<Api<H>>,
     pub docs: Option<&'a mut Vec<FnDoc>>,
-    /// `limits.max_memory`, for the functions that check it while they work.
-    pub max_memory: usize,
 }
 
 impl<H> Registrar<'_, H> {
@@ -919,21 +975,10 @@ impl<H: Host + 'static> Api<H> {
         Some(slot.get_or_insert_with(|| constant.private_copy()).clone())
     }
 
-    /// The error that stops a call that grew the heap by more than `budget` bytes (`None`
-    /// while it hasn't, or when the host doesn't count the heap).
-    pub(crate) fn over_memory_budget(&self, budget: usize) -> Option<String> {
-        let grown = self
-            .host
-            .heap_in_use()?
-            .saturating_sub(self.frame.borrow().heap_baseline);
-        (grown > budget).then(|| {
-            format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)")
-        })
-    }
-
-    pub(crate) fn new(host: H) -> Self {
+    pub(crate) fn new(host: H, memory: MemoryLimits) -> Self {
         Self {
             host,
+            memory,
             phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
@@ -1486,7 +1531,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",
-        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it.",
+        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it. Refused (a script error) once the call is past `limits.max_memory` or the VM's heap past `limits.max_vm_memory`: what requests keep while they wait is what fills the heap.",
         r#"fn on_request_headers() {
     set_context("path", get_request_header(":path"));
 }
@@ -1494,6 +1539,8 @@ fn on_response_headers() {
     add_response_header("x-original-path", get_context("path"));
 }"#,
         |a, key: &str, value: Dynamic| {
+            // What a request keeps outlives the call: past the heap limits, it keeps no more.
+            a.reserve("set_context()", 0)?;
             a.frame.borrow_mut().stream.context.insert(key.into(), value);
             Ok(())
         });
@@ -1566,13 +1613,12 @@ fn on_request_headers() {
         array_items: reg.engine.max_array_size(),
         map_entries: reg.engine.max_map_size(),
     };
-    let max_memory = reg.max_memory;
     bind!(
         reg,
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` (each refused while parsing, before it is all made).",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` or the VM past `limits.max_vm_memory` (each refused while parsing, before it is all made).",
         r#"fn on_request_body() {
     try {
         let order = parse_json(get_request_body());
@@ -1581,7 +1627,7 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |a, text: &str| json::parse(text, json_budget, &|| a.over_memory_budget(max_memory))
+        |a, text: &str| json::parse(text, json_budget, &|| a.over_memory_budget(0))
             .or_else(|e| err(format!("parse_json(): {e}")))
     );
     bind!(
@@ -1625,6 +1671,7 @@ fn on_request_headers() {
 
 fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
     let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
+    a.reserve("get_http_call_response_body()", size)?;
     let body = a
         .host
         .get_buffer(BufferType::HttpCallResponseBody, 0, size)

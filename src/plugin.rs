@@ -144,7 +144,7 @@ impl<H: Host + 'static> Plugin<H> {
     /// (for a script, with line and column).
     pub fn configure(host: H, configuration: &[u8]) -> Result<Self, String> {
         let config = PluginConfig::parse(configuration)?;
-        let api = Rc::new(Api::new(host));
+        let api = Rc::new(Api::new(host, (&config.limits).into()));
         let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
@@ -411,7 +411,12 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let mut docs = Vec::new();
-    new_engine(&Limits::default(), Rc::new(Api::new(host)), Some(&mut docs));
+    let limits = Limits::default();
+    new_engine(
+        &limits,
+        Rc::new(Api::new(host, (&limits).into())),
+        Some(&mut docs),
+    );
     docs
 }
 
@@ -435,18 +440,27 @@ fn new_engine<H: Host + 'static>(
         .disable_symbol("eval")
         .disable_symbol("import");
     if api.host.heap_in_use().is_some() {
-        let api = api.clone();
-        let budget = limits.max_memory;
-        // Every 64 operations: one operation allocates at most a few limited values.
+        // Every 64 operations: one operation makes at most a few values, each within Rhai's
+        // size limits (what `Limits::largest_step` plans for past the budget).
+        let captured = api.clone();
         engine.on_progress_every(64, move |_| {
-            api.over_memory_budget(budget).map(Dynamic::from)
+            captured.over_memory_budget(0).map(Dynamic::from)
+        });
+        // And at each `let`: values kept in variables could otherwise pile up between two
+        // of those checks. (Rhai marks `on_def_var` "volatile", not deprecated.)
+        let captured = api.clone();
+        #[allow(deprecated)]
+        engine.on_def_var(move |at_run_time, _, _| match at_run_time {
+            true => captured
+                .over_memory_budget(0)
+                .map_or(Ok(true), |message| Err(message.into())),
+            false => Ok(true),
         });
     }
     bindings::register(&mut Registrar {
         engine: &mut engine,
         api,
         docs,
-        max_memory: limits.max_memory,
     });
     engine
 }

@@ -210,6 +210,10 @@ impl<H: Host + 'static> HttpStream<H> {
             args.push(crate::bindings::header_pairs_of(&headers).into());
         }
         if arity >= 3 {
+            self.plugin.api.reserve(
+                "the callout answer's body (the callback's `body`)",
+                body_size,
+            )?;
             let body = host
                 .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()

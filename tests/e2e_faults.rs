@@ -209,7 +209,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
                 if op == "" { return; }
                 let s = "";
                 if op.ends_with("upper") {
-                    s.pad(80000000, 'ΐ');
+                    s.pad(60000000, 'ΐ');
                 } else {
                     s.pad(120000000, '\x01');
                 }
@@ -225,7 +225,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
                 }
             }
         "#,
-        "limits": {"max_string_size": 256 << 20, "max_memory": 1 << 30, "max_operations": 20_000_000},
+        "limits": {"max_string_size": 128 << 20, "max_memory": 256 << 20, "max_operations": 20_000_000},
     }))
     .start();
     for op in [
@@ -250,20 +250,21 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
 /// A body's text has each invalid UTF-8 byte replaced by U+FFFD, three bytes: with
 /// `max_body_size` at 200 MiB (and Envoy's buffers raised to match), a 150 MB body of `0xff`
 /// made a 450 MB text in one call, and the failed allocation trapped the VM. The text's length
-/// is now worked out first, and one over the string size limit refused.
+/// is now worked out first, and one over the string size limit refused; here at the highest
+/// `max_body_size`, 128 MiB.
 #[test]
 fn a_body_whose_text_is_too_long_is_refused_before_it_is_made() {
     let envoy = Envoy::builder(json!({
         "script": "fn on_request_body() { get_request_body(); }",
-        "limits": {"max_body_size": 200 << 20},
+        "limits": {"max_body_size": 128 << 20, "max_memory": 256 << 20},
     }))
     .buffer_limit(256 << 20)
     .start();
-    let r = envoy.request("POST", "/", &[], &vec![0xff; 150_000_000]);
+    let r = envoy.request("POST", "/", &[], &vec![0xff; 120_000_000]);
     // 503 would be the trapped VM.
     assert_eq!(r.status, 500);
     envoy.wait_for_log(
-        "get_request_body(): the text would be 450000000 bytes, more than \
+        "get_request_body(): the text would be 360000000 bytes, more than \
          limits.max_string_size (8388608)",
     );
     assert_eq!(envoy.request("POST", "/", &[], b"ok").status, 200);
