@@ -67,6 +67,15 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
         self.state.request_has_body = !end_of_stream;
+        if !end_of_stream
+            && (self.defines(Phase::RequestBody) || self.defines(Phase::ResponseBody))
+            && self.is_upgrade()
+        {
+            // An upgraded stream (websocket, CONNECT) ends when the connection does: a body
+            // phase waiting for its end would hold every byte of it. Its bodies pass untouched.
+            self.state.skip_request_body = true;
+            self.state.skip_response_body = true;
+        }
         let action = self.run_phase(Phase::RequestHeaders);
         self.prepare_body(
             Phase::RequestBody,
@@ -260,6 +269,19 @@ impl<H: Host + 'static> HttpStream<H> {
                 .selection
                 .as_ref()
                 .is_some_and(|s| s.script.defines(phase))
+    }
+
+    /// Whether the request asks to become a tunnel: an `upgrade` header (websocket, HTTP/1.1)
+    /// or the CONNECT method (HTTP/2's extended CONNECT too).
+    fn is_upgrade(&self) -> bool {
+        let host = &self.plugin.api.host;
+        let header = |name| {
+            host.get_map_value(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+        };
+        header("upgrade").is_some_and(|v| !v.is_empty())
+            || header(":method").is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT"))
     }
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
