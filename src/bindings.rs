@@ -116,6 +116,8 @@ pub(crate) struct Frame {
     pub response_headers: Batch,
     pub request_trailers: Batch,
     pub response_trailers: Batch,
+    /// Whether the call used a batch: the end of a call that didn't has none to look at.
+    batched: bool,
     /// This call's body writes, made in the proxy when it ends well.
     pub body_writes: Vec<BodyWrite>,
     /// The local response this call sent, handed to the proxy when it ends well.
@@ -146,6 +148,7 @@ pub(crate) struct LocalResponse {
 impl Frame {
     /// The batch of a header map; `None` for the callout answer's maps, which are read-only.
     fn batch(&mut self, map: MapType) -> Option<&mut Batch> {
+        self.batched = true;
         match map {
             MapType::HttpRequestHeaders => Some(&mut self.request_headers),
             MapType::HttpResponseHeaders => Some(&mut self.response_headers),
@@ -346,11 +349,11 @@ impl<H: Host> Api<H> {
         })
     }
 
-    /// A script error about `what` if asking for `more` bytes would take the heap past a
-    /// limit: checked before a large allocation, which would trap the VM if it failed.
-    pub(crate) fn reserve(&self, what: &str, more: usize) -> ScriptResult<()> {
+    /// A script error from `function` if asking for `more` bytes would take the heap past
+    /// a limit: checked before a large allocation, which would trap the VM if it failed.
+    pub(crate) fn reserve(&self, function: &str, more: usize) -> ScriptResult<()> {
         match self.over_memory_budget(more) {
-            Some(message) => err(format!("{what}: {message}")),
+            Some(message) => err(format!("{function}(): {message}")),
             None => Ok(()),
         }
     }
@@ -487,10 +490,15 @@ impl<H: Host> Api<H> {
     /// its local response go to the proxy, in that order.
     pub(crate) fn commit(&self) {
         let mut frame = self.frame.borrow_mut();
-        for map in BATCHED {
-            if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
-                self.writes_refused(map, status);
+        if std::mem::take(&mut frame.batched) {
+            for map in BATCHED {
+                if let Some(Err(status)) =
+                    frame.batch(map).map(|batch| batch.flush(&self.host, map))
+                {
+                    self.writes_refused(map, status);
+                }
             }
+            frame.batched = false;
         }
         frame.undo.clear();
         for write in frame.body_writes.drain(..) {
@@ -530,10 +538,13 @@ impl<H: Host> Api<H> {
     /// the stream already have), and its local response is not sent.
     pub(crate) fn roll_back(&self) {
         let mut frame = self.frame.borrow_mut();
-        for map in BATCHED {
-            if let Some(batch) = frame.batch(map) {
-                batch.discard();
+        if std::mem::take(&mut frame.batched) {
+            for map in BATCHED {
+                if let Some(batch) = frame.batch(map) {
+                    batch.discard();
+                }
             }
+            frame.batched = false;
         }
         for (map, headers) in std::mem::take(&mut frame.undo) {
             if let Err(status) = self.host.set_map(map, &headers) {
@@ -563,7 +574,7 @@ impl<H: Host> Api<H> {
 
     /// The body as the script sees it: the proxy's, with this call's writes applied.
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
-        self.reserve(&format!("{f}()"), self.body_len(buffer))?;
+        self.reserve(f, self.body_len(buffer))?;
         let frame = self.frame.borrow();
         let writes: Vec<&BodyWrite> = frame
             .body_writes
@@ -1540,7 +1551,7 @@ fn on_response_headers() {
 }"#,
         |a, key: &str, value: Dynamic| {
             // What a request keeps outlives the call: past the heap limits, it keeps no more.
-            a.reserve("set_context()", 0)?;
+            a.reserve("set_context", 0)?;
             a.frame.borrow_mut().stream.context.insert(key.into(), value);
             Ok(())
         });
@@ -1671,7 +1682,7 @@ fn on_request_headers() {
 
 fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
     let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
-    a.reserve("get_http_call_response_body()", size)?;
+    a.reserve("get_http_call_response_body", size)?;
     let body = a
         .host
         .get_buffer(BufferType::HttpCallResponseBody, 0, size)

@@ -219,17 +219,16 @@ impl<H: Host + 'static> HttpStream<H> {
             args.push(crate::bindings::header_pairs_of(&headers).into());
         }
         if arity >= 3 {
-            self.plugin.api.reserve(
-                "the callout answer's body (the callback's `body`)",
-                body_size,
-            )?;
+            let what = "the callout answer's body (the callback's `body`)";
+            if let Some(message) = self.plugin.api.over_memory_budget(body_size) {
+                return Err(format!("{what}: {message}").into());
+            }
             let body = host
                 .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .flatten()
                 .unwrap_or_default();
             let max = self.plugin.engine.max_string_size();
-            let what = "the callout answer's body (the callback's `body`)";
             args.push(crate::bindings::text_within(what, body, max)?.into());
         }
         Ok(args)

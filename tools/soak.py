@@ -36,8 +36,11 @@ fn on_response_headers() {
 
 # Each request keeps its body (or its parse) in its context while its callout waits ~1 s.
 FLOOD_SCRIPT = r'''
+fn on_request_headers() {
+    set_context("json", get_request_header(":path").starts_with("/flood/json"));
+}
 fn on_request_body() {
-    if get_property("request.path").starts_with("/flood/json") {
+    if get_context("json") {
         set_context("kept", parse_json(get_request_body()));
     } else {
         set_context("kept", get_request_body_bytes());
@@ -134,7 +137,9 @@ def start_envoys(work, plugin, flood):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
             "name": "proxy-rhai", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": os.path.abspath(plugin["wasm"])}}},
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin["config"])}}}}
-    cluster = lambda name: {"name": name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
+    # The backend gets as many connections as the front has requests in flight: with a short
+    # connect timeout, a flood of hundreds made Envoy answer some with its own 503.
+    cluster = lambda name: {"name": name, "connect_timeout": "5s", "type": "STATIC", "load_assignment": {
         "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(backend)}}]}]}}
     listener = {"name": "front", "address": addr(listen), "filter_chains": [{"filters": [
         hcm("front", [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}], [wasm_filter])]}]}
@@ -148,7 +153,7 @@ def start_envoys(work, plugin, flood):
         path = os.path.join(work, name + ".json")
         json.dump(cfg, open(path, "w"))
         log = open(os.path.join(work, name + ".log"), "w")
-        procs.append(subprocess.Popen(["envoy", "-c", path, "--concurrency", "2" if name == "front" else "1",
+        procs.append(subprocess.Popen(["envoy", "-c", path, "--concurrency", "2" if name == "front" or flood else "1",
                                        "--disable-hot-restart", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT))
     for port in (backend_admin, admin):
         for _ in range(300):
