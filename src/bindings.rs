@@ -126,6 +126,8 @@ pub(crate) struct Api<H> {
     pub frame: RefCell<Frame>,
     /// Metric ids, defined on first use.
     metrics: RefCell<gateway::Metrics>,
+    /// The configuration's secrets, taken out of every line the plugin logs itself.
+    pub redactor: Rc<crate::redact::Redactor>,
 }
 
 /// Where a binding may be called.
@@ -169,6 +171,12 @@ fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
 }
 
 impl<H: Host> Api<H> {
+    /// Logs a line of the plugin's own (an error, a warning), without the configuration's
+    /// secrets. What a script logs itself goes to the host as it is.
+    pub(crate) fn log_plugin(&self, level: LogLevel, message: &str) {
+        self.host.log(level, &self.redactor.redact(message));
+    }
+
     /// Checks where `function` is called from and returns the phase.
     #[inline]
     fn enter(&self, function: &str, allowed: Allowed) -> ScriptResult<Phase> {
@@ -292,7 +300,7 @@ impl<H: Host> Api<H> {
 
     #[cold]
     fn writes_refused(&self, map: MapType, status: Status) {
-        self.host.log(
+        self.log_plugin(
             LogLevel::Warn,
             &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
         );
@@ -694,12 +702,13 @@ impl<H: Host + 'static> Api<H> {
         })
     }
 
-    pub(crate) fn new(host: H) -> Self {
+    pub(crate) fn new(host: H, redactor: Rc<crate::redact::Redactor>) -> Self {
         Self {
             host,
             phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
+            redactor,
         }
     }
 }

@@ -366,6 +366,15 @@ impl PluginConfig {
     /// assert_eq!(config.user_config["a"], 1);
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        // A refusal quotes what it refused (serde: `invalid type: string "…"`): never a secret.
+        Self::check(bytes).map_err(|e| {
+            crate::redact::Redactor::of_json(bytes)
+                .redact(&e)
+                .into_owned()
+        })
+    }
+
+    fn check(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes)
             .map_err(|e| format!("plugin configuration is not valid: {e}"))?;
         let rules = raw

@@ -118,8 +118,7 @@ impl<H: Host + 'static> HttpStream<H> {
             for message in deferred {
                 self.plugin
                     .api
-                    .host
-                    .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
+                    .log_plugin(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
             }
         }
         if self.defines(Phase::Log) {
@@ -333,7 +332,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let max = self.plugin.config.limits.max_body_size;
         if body_size > max {
-            self.plugin.api.host.log(
+            self.plugin.api.log_plugin(
                 LogLevel::Warn,
                 &format!("{phase}: body of {body_size} bytes is over limits.max_body_size ({max})"),
             );
@@ -401,7 +400,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let resumed = api.resume(side);
         std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
         if let Err(status) = resumed {
-            api.host.log(
+            api.log_plugin(
                 LogLevel::Warn,
                 &format!("resuming the {side:?} failed: {status:?}"),
             );
@@ -441,8 +440,7 @@ impl<H: Host + 'static> HttpStream<H> {
             Some(id) => self
                 .plugin
                 .api
-                .host
-                .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1)),
+                .log_plugin(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1)),
             None => self.state.deferred_errors.push(message),
         }
     }
@@ -478,7 +476,7 @@ impl<H: Host + 'static> HttpStream<H> {
                     .host
                     .send_http_response(status, &headers, body.as_bytes())
             {
-                self.plugin.api.host.log(
+                self.plugin.api.log_plugin(
                     LogLevel::Warn,
                     &format!("local response {status} refused by the proxy: {s:?}"),
                 );

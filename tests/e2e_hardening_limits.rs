@@ -7,7 +7,8 @@
 
 mod support;
 
-use support::Envoy;
+use serde_json::json;
+use support::{assert_status, Envoy};
 
 /// An error in a callout callback that runs after the script resumed the request is logged
 /// with the request's id (it was `-`): Envoy gives `request.id` in the request headers phase
@@ -45,4 +46,71 @@ fn an_error_after_a_resume_keeps_the_request_id() {
         assert!(line.contains(&format!("(request {id})")), "{line}");
     }
     envoy.assert_healthy();
+}
+
+/// No secret of the configuration reaches a line the plugin logs: script errors that quote
+/// it (in every kind of phase, and in `on_tick`), a refused callout, a refused configuration.
+#[test]
+fn no_configuration_secret_in_the_log() {
+    const SECRET: &str = "sk_live_51Hx9QzTe2e";
+    let envoy = Envoy::builder(json!({
+        "script": r#"
+            fn on_request_headers() {
+                let c = config();
+                switch get_request_header("x-op") {
+                    "int" => parse_int(c.key),
+                    "fn" => Fn(c.key).call(),
+                    "cluster" => http_get(c.key, "/", [], 100, |s| {}),
+                    "throw" => throw c.key,
+                    "callback" => http_get("callout", "/token", [], 2000, |s| { parse_int(c.key); }),
+                    "response" => set_context("op", "response"),
+                    "log" => log_info(`the script logs it itself: ${c.key}`),
+                    _ => {}
+                }
+            }
+            fn on_response_headers() {
+                if get_context("op") == "response" { parse_int(config().key); }
+            }
+            fn on_tick() { if shared_get("tick").version == 0 { shared_set("tick", "1", 0); parse_int(config().key); } }
+        "#,
+        "config": {"key": SECRET},
+        "tick_period_ms": 100,
+    }))
+    .start();
+    for op in ["int", "fn", "cluster", "throw", "callback", "response"] {
+        let r = envoy.request("GET", "/", &[("x-op", op)], b"");
+        assert_status(&r, 500);
+        assert!(!r.text().contains(SECRET));
+    }
+    envoy.wait_for_log("script error in on_tick");
+    let errors = envoy.plugin_log_lines("script error in ");
+    assert_eq!(errors.len(), 7, "{errors:#?}");
+    for line in &errors {
+        assert!(line.contains("[redacted]"), "{line}");
+    }
+    let r = envoy.request("GET", "/", &[("x-op", "log")], b"");
+    assert_status(&r, 200);
+    envoy.wait_for_log("the script logs it itself");
+    let with_secret: Vec<String> = envoy
+        .log()
+        .lines()
+        .filter(|l| l.contains(SECRET))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(with_secret.len(), 1, "{with_secret:#?}");
+    assert!(with_secret[0].contains("wasm log proxy-rhai: the script logs it itself"));
+    envoy.assert_healthy();
+
+    // A refused configuration: Envoy logs the reason and does not start.
+    let log = Envoy::try_start(json!({
+        "script": "parse_int(config().token); fn on_request_headers() {}",
+        "config": {"token": SECRET},
+    }))
+    .err()
+    .expect("refused");
+    assert!(
+        log.contains("configuration refused: script failed while loading"),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET), "{log}");
 }
