@@ -47,6 +47,8 @@ pub(crate) struct StreamState {
     pub skip_response_body: bool,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
+    /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
+    pub callouts_made: usize,
 }
 
 /// A callout waiting for its answer.
@@ -128,6 +130,8 @@ pub(crate) struct Api<H> {
     metrics: RefCell<gateway::Metrics>,
     /// The configuration's secrets, taken out of every line the plugin logs itself.
     pub redactor: Rc<crate::redact::Redactor>,
+    /// The configuration's limits (those on the proxy's resources are checked here).
+    pub limits: crate::config::Limits,
 }
 
 /// Where a binding may be called.
@@ -413,6 +417,12 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
+        let max = self.limits.max_callouts;
+        if self.frame.borrow().stream.callouts_made >= max {
+            return err(format!(
+                "{f}(): this request already made {max} callouts (limits.max_callouts)"
+            ));
+        }
         let values: Vec<Cow<'_, str>> = headers
             .iter()
             .map(|(_, v)| String::from_utf8_lossy(v))
@@ -443,7 +453,9 @@ impl<H: Host> Api<H> {
                      is the cluster defined, and are :method, :path and :authority set?"
                 ))
             })?;
-        self.frame.borrow_mut().stream.calls.push(PendingCall {
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.callouts_made += 1;
+        stream.calls.push(PendingCall {
             id,
             phase,
             callback,
@@ -702,13 +714,18 @@ impl<H: Host + 'static> Api<H> {
         })
     }
 
-    pub(crate) fn new(host: H, redactor: Rc<crate::redact::Redactor>) -> Self {
+    pub(crate) fn new(
+        host: H,
+        redactor: Rc<crate::redact::Redactor>,
+        limits: crate::config::Limits,
+    ) -> Self {
         Self {
             host,
             phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
             redactor,
+            limits,
         }
     }
 }
@@ -1077,7 +1094,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
         r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {

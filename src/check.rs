@@ -114,7 +114,11 @@ fn error(message: String) -> Diagnostic {
 pub(crate) fn with_api(mut engine: Engine) -> Engine {
     bindings::register(&mut Registrar {
         engine: &mut engine,
-        api: Rc::new(Api::new(EmulatorHost::default(), Rc::default())),
+        api: Rc::new(Api::new(
+            EmulatorHost::default(),
+            Rc::default(),
+            Limits::default(),
+        )),
         docs: None,
         max_memory: Limits::default().max_memory,
     });

@@ -52,6 +52,16 @@ pub struct Limits {
     /// Bytes one phase call or callback may add to the VM's heap (enforced in the proxy,
     /// where the heap is counted; not in the emulator).
     pub max_memory: usize,
+    /// Callouts one request may make, counting those its callbacks make.
+    pub max_callouts: usize,
+    /// Distinct metrics (kind and name) a script may define in one plugin configuration.
+    pub max_metrics: usize,
+    /// Bytes in one shared-data key.
+    pub max_shared_key_size: usize,
+    /// Bytes in one shared-data value.
+    pub max_shared_value_size: usize,
+    /// Bytes of keys and values in the VM's shared data (one store for every worker).
+    pub max_shared_bytes: usize,
 }
 
 impl Default for Limits {
@@ -66,13 +76,18 @@ impl Default for Limits {
             max_value_depth: 128,
             max_body_size: 4 << 20,
             max_memory: 64 << 20,
+            max_callouts: 32,
+            max_metrics: 256,
+            max_shared_key_size: 256,
+            max_shared_value_size: 64 << 10,
+            max_shared_bytes: 16 << 20,
         }
     }
 }
 
 impl Limits {
     /// Allowed range of each limit, inclusive.
-    pub const RANGES: [(&'static str, u64, u64); 9] = [
+    pub const RANGES: [(&'static str, u64, u64); 14] = [
         ("max_operations", 1_000, 100_000_000),
         // Rhai recurses on the VM's native stack (V8 gives wasm about 1 MiB): measured in Envoy,
         // 32 levels with the deepest expressions max_expr_depth allows run; 48 levels trap.
@@ -86,9 +101,14 @@ impl Limits {
         ("max_value_depth", 8, 512),
         ("max_body_size", 0, 256 << 20),
         ("max_memory", 1 << 20, 1 << 30),
+        ("max_callouts", 0, 1_000),
+        ("max_metrics", 0, 10_000),
+        ("max_shared_key_size", 1, 64 << 10),
+        ("max_shared_value_size", 0, 16 << 20),
+        ("max_shared_bytes", 0, 1 << 30),
     ];
 
-    fn values(&self) -> [u64; 9] {
+    fn values(&self) -> [u64; 14] {
         [
             self.max_operations,
             self.max_call_depth as u64,
@@ -99,6 +119,11 @@ impl Limits {
             self.max_value_depth as u64,
             self.max_body_size as u64,
             self.max_memory as u64,
+            self.max_callouts as u64,
+            self.max_metrics as u64,
+            self.max_shared_key_size as u64,
+            self.max_shared_value_size as u64,
+            self.max_shared_bytes as u64,
         ]
     }
 

@@ -154,7 +154,7 @@ impl<H: Host + 'static> Plugin<H> {
     }
 
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, String> {
-        let api = Rc::new(Api::new(host, redactor));
+        let api = Rc::new(Api::new(host, redactor, config.limits.clone()));
         let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
@@ -423,7 +423,7 @@ pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let mut docs = Vec::new();
     new_engine(
         &Limits::default(),
-        Rc::new(Api::new(host, Rc::default())),
+        Rc::new(Api::new(host, Rc::default(), Limits::default())),
         Some(&mut docs),
     );
     docs

@@ -114,3 +114,130 @@ fn no_configuration_secret_in_the_log() {
     );
     assert!(!log.contains(SECRET), "{log}");
 }
+
+/// Callbacks that dispatch again: one request made ~3,800 callouts in under a second. Now
+/// it makes `max_callouts` (32 by default), and the next one is a script error.
+#[test]
+fn callouts_per_request_are_limited() {
+    let envoy = Envoy::with_script(
+        r#"
+        fn again(n) {
+            http_get("callout", `/token?n=${n}`, [], 2000, |status| { again(n + 1); });
+        }
+        fn on_request_headers() { if get_request_header("x-op") == "chain" { again(1); } }
+        "#,
+    );
+    let r = envoy.request("GET", "/", &[("x-op", "chain")], b"");
+    assert_status(&r, 500);
+    let line = envoy.wait_for_log("callouts (limits.max_callouts)");
+    assert!(
+        line.contains("this request already made 32 callouts"),
+        "{line}"
+    );
+    let made = envoy.callout.received();
+    assert_eq!(made.len(), 32, "{made:?}");
+    assert_eq!(made.last().map(String::as_str), Some("/token?n=32"));
+    // The next request has its own count.
+    let r = envoy.request("GET", "/", &[("x-op", "chain")], b"");
+    assert_status(&r, 500);
+    assert_eq!(envoy.callout.received().len(), 64);
+    envoy.assert_healthy();
+}
+
+/// A metric name made from client input: past `max_metrics` a new name is a script error and
+/// no stat; the metrics defined keep counting.
+#[test]
+fn metric_names_are_limited() {
+    let envoy = Envoy::start(json!({
+        "script": r#"fn on_request_headers() { increment_counter(get_request_header("x-name"), 1); }"#,
+        "limits": {"max_metrics": 4},
+    }));
+    for i in 0..8 {
+        let name = format!("m{i}");
+        let r = envoy.request("GET", "/", &[("x-name", &name)], b"");
+        assert_status(&r, if i < 4 { 200 } else { 500 });
+    }
+    let r = envoy.request("GET", "/", &[("x-name", "m0")], b"");
+    assert_status(&r, 200);
+    assert_eq!(envoy.wait_for_stat("wasmcustom.m0", |v| v == 2), 2);
+    for i in 1..4 {
+        assert_eq!(envoy.stat(&format!("wasmcustom.m{i}")), Some(1));
+    }
+    for i in 4..8 {
+        assert_eq!(envoy.stat(&format!("wasmcustom.m{i}")), None, "m{i}");
+    }
+    let errors = envoy.plugin_log_lines("(limits.max_metrics): no new metric");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    envoy.assert_healthy();
+}
+
+/// A path-keyed cache on two workers: the store, one for both, stops at `max_shared_bytes`;
+/// the plugin's count (in the store) is exactly what was written; reads and same-size
+/// overwrites go on.
+#[test]
+fn shared_data_is_limited_across_workers() {
+    const MAX: usize = 2_000;
+    const VALUE: usize = 100;
+    let envoy = Envoy::builder(json!({
+        "script": r#"
+            fn on_request_headers() {
+                let key = get_request_header(":path");
+                let value = "v";
+                value.pad(100, 'v');
+                let result = "";
+                try { result = shared_set(key, value, 0); } catch (e) { result = e; }
+                send_http_response(200, #{
+                    "x-result": `${result}`,
+                    "x-usage": `${shared_get("proxy-rhai:shared-bytes").value}`,
+                }, "");
+            }
+        "#,
+        "limits": {"max_shared_bytes": MAX},
+    }))
+    .concurrency(2)
+    .start();
+    let stored: Vec<(String, String)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let envoy = &envoy;
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            let path = format!("/k/{}", t * 10 + i);
+                            let r = envoy.request("GET", &path, &[], b"");
+                            assert_status(&r, 200);
+                            (path, r.header("x-result").unwrap_or_default().to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    let written: usize = stored
+        .iter()
+        .filter(|(_, result)| result == "true")
+        .map(|(path, _)| path.len() + VALUE)
+        .sum();
+    let refused: Vec<_> = stored.iter().filter(|(_, r)| r != "true").collect();
+    assert!(
+        written <= MAX && written > MAX - 110,
+        "{written} bytes written"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|(_, r)| r.contains("shared data is full")),
+        "{refused:?}"
+    );
+    // The count is what was written, whichever worker wrote it; a read and a same-size
+    // overwrite still work.
+    let first = stored.iter().find(|(_, r)| r == "true").unwrap().0.clone();
+    let r = envoy.get(&first);
+    assert_eq!(r.header("x-result"), Some("true"));
+    assert_eq!(r.header("x-usage"), Some(written.to_string().as_str()));
+    envoy.assert_healthy();
+}
