@@ -7,13 +7,15 @@
 //! what a script logs itself (`log_*`, `print`, `debug`) does not.
 //!
 //! Which values count, in `config` and in every rule's `config`:
-//! - every string of at least [`MIN_LEN`] characters, anywhere;
+//! - every string of at least [`MIN_LEN`] characters, anywhere, unless it reads as a name: only
+//!   lowercase ASCII letters and `-_./:` ([`is_name`]: a cluster `token-svc`, a header
+//!   `x-tenant-id`, a path `/token`), which an error about it had better show;
 //! - under a key whose name looks like a secret's ([`SECRET_NAMES`], any case, anywhere in the
 //!   name: `api_key`, `X-Auth-Token`, `passwords`), every string and number of at least
 //!   [`MIN_NAMED_LEN`] characters, and the names of the keys of maps nested there (a map of API
 //!   keys to tenants).
 //!
-//! Shorter values (`"on"`, `"x-user"`, `42`) stay readable in messages. Each occurrence of a
+//! Shorter values (`"on"`, `"x-user"`, `42`) and names stay readable in messages. Each occurrence of a
 //! secret, as it is or escaped as Rhai quotes strings, becomes [`REDACTED`].
 
 use std::borrow::Cow;
@@ -90,6 +92,13 @@ impl Redactor {
     }
 }
 
+/// A string of lowercase letters and `-_./:` only: the shape of cluster, host, header and path
+/// names. Keys, tokens and passwords have digits or capitals (or sit under a key named so).
+pub fn is_name(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_lowercase() || b"-_./:".contains(&b))
+}
+
 fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SECRET_NAMES.iter().any(|part| name.contains(part))
@@ -103,7 +112,7 @@ fn collect(value: &Value, named: bool, out: &mut Vec<String>) {
         }
     };
     match value {
-        Value::String(s) => keep(s, out),
+        Value::String(s) if named || !is_name(s) => keep(s, out),
         Value::Number(n) if named => keep(&n.to_string(), out),
         Value::Array(items) => {
             for item in items {
@@ -133,6 +142,7 @@ mod tests {
             "mode": "on",
             "header": "x-user",
             "upstream": "billing-service",
+            "backup": "billing-service-2",
             "api_key": "k-12",
             "limits": {"retries": 12345},
             "Auth": {"pin": 98765, "tenants": {"t-001": "acme"}},
@@ -142,8 +152,9 @@ mod tests {
         let line = "on x-user billing-service k-12 12345 98765 t-001 acme a-long-value short";
         assert_eq!(
             r.redact(line),
-            "on x-user [redacted] [redacted] 12345 [redacted] [redacted] [redacted] [redacted] short"
+            "on x-user billing-service [redacted] 12345 [redacted] [redacted] [redacted] a-long-value short"
         );
+        assert_eq!(r.redact("billing-service-2"), "[redacted]");
         assert_eq!(r.redact(r#"'say \"hi\" now'"#), "'[redacted]'");
         assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
     }
@@ -157,11 +168,11 @@ mod tests {
     #[test]
     fn secrets_of_a_configuration_text() {
         let r = Redactor::of_json(
-            br#"{"script": "s", "config": {"k": "global-secret"},
+            br#"{"script": "s", "config": {"k": "global-Secret-1"},
                  "_rules_": [{"_match_route_": ["r"], "config": {"token": "rule1"}}]}"#,
         );
         assert_eq!(
-            r.redact("global-secret rule1 r s"),
+            r.redact("global-Secret-1 rule1 r s"),
             "[redacted] [redacted] r s"
         );
         assert!(Redactor::of_json(b"{not json").secrets.is_empty());

@@ -786,4 +786,20 @@ fn the_plugin_never_logs_a_configuration_secret() {
     }));
     assert!(reason.contains("unknown variant"), "{reason}");
     assert!(!reason.contains("tok_abcdef"), "{reason}");
+    // Text that is not JSON: the parser says where, never what (so nothing to take out).
+    let reason = Emulator::new(&format!(
+        r#"{{"script": "s", "config": {{"key": "{SECRET}" "b": 1}}}}"#
+    ))
+    .err()
+    .expect("refused");
+    assert!(reason.contains("at line 1 column"), "{reason}");
+    assert!(!reason.contains(SECRET), "{reason}");
+    // Names (lowercase letters and -_./:) stay readable, as a cluster must.
+    let p = configure(json!({
+        "script": r#"fn on_request_headers() { http_get(config().cluster, "/", [], 100, |s| {}); }"#,
+        "config": {"cluster": "token-svc"},
+    }))
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert!(o.script_errors()[0].contains("refused the call to cluster 'token-svc'"));
 }
