@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
+use crate::config::Limits;
 use crate::header_map::{Batch, HeaderMap, Value, Write};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
@@ -50,6 +51,24 @@ pub(crate) struct StreamState {
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
     pub callouts_made: usize,
 }
+
+impl StreamState {
+    /// The length of a buffered body, as the script's writes left it.
+    fn body_len_mut(&mut self, buffer: BufferType) -> &mut usize {
+        match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body_len,
+            _ => &mut self.response_body_len,
+        }
+    }
+}
+
+/// The maps a call batches.
+const BATCHED: [MapType; 4] = [
+    MapType::HttpRequestHeaders,
+    MapType::HttpResponseHeaders,
+    MapType::HttpRequestTrailers,
+    MapType::HttpResponseTrailers,
+];
 
 /// A callout waiting for its answer.
 pub(crate) struct PendingCall {
@@ -92,26 +111,57 @@ pub(crate) struct Frame {
     pub heap_baseline: usize,
     /// The top-level constants of the running script.
     pub constants: Constants,
-    /// This call's request and response header operations, sent to the proxy when it ends.
+    /// This call's private copies of the constants it has read, by index in `constants`.
+    pub constant_copies: Vec<Option<Dynamic>>,
+    /// This call's header and trailer operations, sent to the proxy when it ends well.
     pub request_headers: Batch,
     pub response_headers: Batch,
+    pub request_trailers: Batch,
+    pub response_trailers: Batch,
+    /// This call's body writes, made in the proxy when it ends well.
+    pub body_writes: Vec<BodyWrite>,
+    /// The local response this call sent, handed to the proxy when it ends well.
+    pub local_response: Option<LocalResponse>,
+    /// Header maps as they were before this call's writes reached the proxy ahead of its end
+    /// (for a property read): put back if the call fails.
+    pub undo: Vec<(MapType, HeaderMap)>,
+}
+
+/// A body write waiting for its call to end: `data` over `size` bytes at `start`, as the
+/// proxy takes it (the body is then as the script saw it when it wrote).
+pub(crate) struct BodyWrite {
+    buffer: BufferType,
+    start: usize,
+    size: usize,
+    data: Vec<u8>,
+    /// The body's length before this write.
+    len_before: usize,
+}
+
+/// A local response waiting for its call to end.
+pub(crate) struct LocalResponse {
+    status: u32,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
 }
 
 impl Frame {
-    /// The batch of a header map; `None` for the maps that are not batched (trailers, the
-    /// callout answer's headers).
+    /// The batch of a header map; `None` for the callout answer's maps, which are read-only.
     fn batch(&mut self, map: MapType) -> Option<&mut Batch> {
         match map {
             MapType::HttpRequestHeaders => Some(&mut self.request_headers),
             MapType::HttpResponseHeaders => Some(&mut self.response_headers),
+            MapType::HttpRequestTrailers => Some(&mut self.request_trailers),
+            MapType::HttpResponseTrailers => Some(&mut self.response_trailers),
             _ => None,
         }
     }
 }
 
-/// Top-level constants of a script, by name; values are shared, so handing one out is cheap.
+/// Top-level constants of a script, by name, as its top-level statements made them. Nothing a
+/// call does reaches these: each call reads a private copy ([`Api::constant`]).
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Constants(pub std::rc::Rc<[(ImmutableString, Dynamic)]>);
+pub(crate) struct Constants(pub Rc<[Constant]>);
 
 impl Constants {
     pub fn is_empty(&self) -> bool {
@@ -119,9 +169,107 @@ impl Constants {
     }
 }
 
+/// One top-level constant.
+#[derive(Debug)]
+pub(crate) struct Constant {
+    pub name: ImmutableString,
+    value: Dynamic,
+    /// Whether `value` holds shared cells (a closure's captured variables, a shared value):
+    /// a plain clone would share those with every call.
+    has_cells: bool,
+}
+
+impl Constant {
+    pub fn new(name: ImmutableString, value: Dynamic) -> Self {
+        let value = value.flatten();
+        let has_cells = holds_cells(&value);
+        Self {
+            name,
+            value,
+            has_cells,
+        }
+    }
+
+    /// A copy that shares nothing with the original, read-only (so `C.push(x)` or `C[0] = x`
+    /// is refused as on any constant) and shared for the rest of the call.
+    fn private_copy(&self) -> Dynamic {
+        let copy = if self.has_cells {
+            copy_cells(&self.value)
+        } else {
+            self.value.clone()
+        };
+        copy.into_read_only().into_shared()
+    }
+}
+
+/// Whether `value` holds a shared cell anywhere inside it.
+fn holds_cells(value: &Dynamic) -> bool {
+    if value.is_shared() {
+        return true;
+    }
+    if let Some(array) = value.read_lock::<Array>() {
+        return array.iter().any(holds_cells);
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return map.values().any(holds_cells);
+    }
+    if let Some(f) = value.read_lock::<FnPtr>() {
+        return f.iter_curry().any(holds_cells);
+    }
+    false
+}
+
+/// A deep copy of `value` in which every shared cell is a new one. The depth is bounded by
+/// `limits.max_value_depth`, which the value passed when the top level made it.
+fn copy_cells(value: &Dynamic) -> Dynamic {
+    if value.is_shared() {
+        let inner = match value.read_lock::<Dynamic>() {
+            Some(inner) => copy_cells(&inner),
+            None => Dynamic::UNIT,
+        };
+        return inner.into_shared();
+    }
+    if let Some(array) = value.read_lock::<Array>() {
+        return Dynamic::from_array(array.iter().map(copy_cells).collect());
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        let copy: Map = map
+            .iter()
+            .map(|(k, v)| (k.clone(), copy_cells(v)))
+            .collect();
+        return Dynamic::from_map(copy);
+    }
+    if let Some(f) = value.read_lock::<FnPtr>() {
+        let mut f = f.clone();
+        for arg in f.iter_curry_mut() {
+            *arg = copy_cells(arg);
+        }
+        return Dynamic::from(f);
+    }
+    value.clone()
+}
+
+/// `limits.max_memory` and `limits.max_vm_memory`, as the bindings check them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryLimits {
+    pub per_call: usize,
+    pub vm: usize,
+}
+
+impl From<&Limits> for MemoryLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            per_call: limits.max_memory,
+            vm: limits.max_vm_memory,
+        }
+    }
+}
+
 /// The object every binding closes over.
 pub(crate) struct Api<H> {
     pub host: H,
+    /// The heap limits, checked where the heap counted by the host grows.
+    pub memory: MemoryLimits,
     /// The phase of the call into Rhai that runs now; `None` outside a request (top-level
     /// statements, `on_tick`). Apart from the frame: every binding reads it.
     pub phase: Cell<Option<Phase>>,
@@ -179,6 +327,44 @@ impl<H: Host> Api<H> {
     /// secrets. What a script logs itself goes to the host as it is.
     pub(crate) fn log_plugin(&self, level: LogLevel, message: &str) {
         self.host.log(level, &self.redactor.redact(message));
+    }
+
+    /// The error that stops a call whose heap, with `more` bytes it is about to ask for, is
+    /// past a limit: the call has added more than `max_memory` since it began, or the VM's
+    /// whole heap would be over `max_vm_memory` and this call adds to it (a call that holds
+    /// no more than when it began and asks for nothing goes on, so requests that only read
+    /// are served while others hold the heap). `None` when the host doesn't count the heap.
+    pub(crate) fn over_memory_budget(&self, more: usize) -> Option<String> {
+        let in_use = self.host.heap_in_use()?;
+        let baseline = self.frame.borrow().heap_baseline;
+        let after = in_use.saturating_add(more);
+        let MemoryLimits { per_call, vm } = self.memory;
+        let (added, would_be) = if more > 0 {
+            ("would add", "would be")
+        } else {
+            ("added", "is")
+        };
+        if after.saturating_sub(baseline) > per_call {
+            return Some(format!(
+                "memory limit: the call {added} over {per_call} bytes to the VM's heap \
+                 (limits.max_memory)"
+            ));
+        }
+        (after > vm && (more > 0 || in_use > baseline)).then(|| {
+            format!(
+                "memory limit: the VM's heap {would_be} over {vm} bytes, the limit of all \
+                 requests together (limits.max_vm_memory); {in_use} bytes are in use"
+            )
+        })
+    }
+
+    /// A script error about `what` if asking for `more` bytes would take the heap past a
+    /// limit: checked before a large allocation, which would trap the VM if it failed.
+    pub(crate) fn reserve(&self, what: &str, more: usize) -> ScriptResult<()> {
+        match self.over_memory_budget(more) {
+            Some(message) => err(format!("{what}: {message}")),
+            None => Ok(()),
+        }
     }
 
     /// Checks where `function` is called from and returns the phase.
@@ -291,14 +477,87 @@ impl<H: Host> Api<H> {
         result.or_else(|s| refused(f, s))
     }
 
-    /// Hands this call's header writes to the proxy (at the end of the call, and before
-    /// anything that could read the maps from the proxy's side, such as a property).
-    pub(crate) fn flush_headers(&self) {
+    /// Hands this call's header writes to the proxy before it ends, for a property read
+    /// (`request.path` reads the request headers), keeping what the maps were: if the call
+    /// fails, they are put back.
+    pub(crate) fn flush_headers_early(&self) {
         let mut frame = self.frame.borrow_mut();
         for map in [MapType::HttpRequestHeaders, MapType::HttpResponseHeaders] {
+            let written = frame.batch(map).is_some_and(|batch| batch.has_writes());
+            if written && !frame.undo.iter().any(|(m, _)| *m == map) {
+                if let Ok(before) = self.host.get_map(map) {
+                    frame.undo.push((map, before));
+                }
+            }
             if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
                 self.writes_refused(map, status);
             }
+        }
+    }
+
+    /// The call ended well (or resumes the stream): its header, trailer and body writes and
+    /// its local response go to the proxy, in that order.
+    pub(crate) fn commit(&self) {
+        let mut frame = self.frame.borrow_mut();
+        for map in BATCHED {
+            if let Some(Err(status)) = frame.batch(map).map(|batch| batch.flush(&self.host, map)) {
+                self.writes_refused(map, status);
+            }
+        }
+        frame.undo.clear();
+        for write in frame.body_writes.drain(..) {
+            let BodyWrite {
+                buffer,
+                start,
+                size,
+                data,
+                ..
+            } = write;
+            if let Err(status) = self.host.set_buffer(buffer, start, size, &data) {
+                self.log_plugin(
+                    LogLevel::Warn,
+                    &format!("the proxy refused this call's write to {buffer:?} ({status:?})"),
+                );
+            }
+        }
+        if let Some(LocalResponse {
+            status,
+            headers,
+            body,
+        }) = frame.local_response.take()
+        {
+            drop(frame);
+            let refs: Vec<(&str, &[u8])> =
+                headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+            if let Err(s) = self.host.send_http_response(status, &refs, &body) {
+                self.log_plugin(
+                    LogLevel::Warn,
+                    &format!("the local response {status} was refused by the proxy ({s:?})"),
+                );
+            }
+        }
+    }
+
+    /// The call failed: none of its writes reach the proxy (those it made before resuming
+    /// the stream already have), and its local response is not sent.
+    pub(crate) fn roll_back(&self) {
+        let mut frame = self.frame.borrow_mut();
+        for map in BATCHED {
+            if let Some(batch) = frame.batch(map) {
+                batch.discard();
+            }
+        }
+        for (map, headers) in std::mem::take(&mut frame.undo) {
+            if let Err(status) = self.host.set_map(map, &headers) {
+                self.writes_refused(map, status);
+            }
+        }
+        let writes = std::mem::take(&mut frame.body_writes);
+        for write in writes.iter().rev() {
+            *frame.stream.body_len_mut(write.buffer) = write.len_before;
+        }
+        if frame.local_response.take().is_some() {
+            frame.stream.local_response_sent = false;
         }
     }
 
@@ -311,20 +570,36 @@ impl<H: Host> Api<H> {
     }
 
     fn body_len(&self, buffer: BufferType) -> usize {
-        let frame = self.frame.borrow();
-        match buffer {
-            BufferType::HttpRequestBody => frame.stream.request_body_len,
-            _ => frame.stream.response_body_len,
-        }
+        *self.frame.borrow_mut().stream.body_len_mut(buffer)
     }
 
+    /// The body as the script sees it: the proxy's, with this call's writes applied.
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
-        let len = self.body_len(buffer);
-        let body = self
+        self.reserve(&format!("{f}()"), self.body_len(buffer))?;
+        let frame = self.frame.borrow();
+        let writes: Vec<&BodyWrite> = frame
+            .body_writes
+            .iter()
+            .filter(|w| w.buffer == buffer)
+            .collect();
+        let len = match writes.first() {
+            Some(first) => first.len_before,
+            None => match buffer {
+                BufferType::HttpRequestBody => frame.stream.request_body_len,
+                _ => frame.stream.response_body_len,
+            },
+        };
+        let mut body = self
             .host
             .get_buffer(buffer, 0, len)
-            .or_else(|s| refused(f, s))?;
-        Ok(body.unwrap_or_default())
+            .or_else(|s| refused(f, s))?
+            .unwrap_or_default();
+        for w in writes {
+            let end = w.start.saturating_add(w.size).min(body.len());
+            let start = w.start.min(end);
+            body.splice(start..end, w.data.iter().copied());
+        }
+        Ok(body)
     }
 
     /// Writes a body the three ways Envoy supports: prepend (0, 0), replace (0, len), append
@@ -343,14 +618,15 @@ impl<H: Host> Api<H> {
             BodyEdit::Append => (len, 0, len + data.len()),
             BodyEdit::Replace => (0, len, data.len()),
         };
-        self.host
-            .set_buffer(buffer, start, size, &data)
-            .or_else(|s| refused(f, s))?;
         let mut frame = self.frame.borrow_mut();
-        match buffer {
-            BufferType::HttpRequestBody => frame.stream.request_body_len = new_len,
-            _ => frame.stream.response_body_len = new_len,
-        }
+        *frame.stream.body_len_mut(buffer) = new_len;
+        frame.body_writes.push(BodyWrite {
+            buffer,
+            start,
+            size,
+            data,
+            len_before: len,
+        });
         Ok(())
     }
 
@@ -370,15 +646,15 @@ impl<H: Host> Api<H> {
                 "{f}(): a local response was already sent for this request"
             ));
         }
-        let pairs = header_pairs(f, headers)?;
+        let headers = header_pairs(f, headers)?;
         let body = bytes_of(f, body)?;
-        let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-        // The proxy sees the stream's changes in the order the script made them.
-        self.flush_headers();
-        self.host
-            .send_http_response(status as u32, &refs, &body)
-            .or_else(|s| refused(f, s))?;
-        self.frame.borrow_mut().stream.local_response_sent = true;
+        let mut frame = self.frame.borrow_mut();
+        frame.stream.local_response_sent = true;
+        frame.local_response = Some(LocalResponse {
+            status: status as u32,
+            headers,
+            body,
+        });
         Ok(())
     }
 
@@ -390,7 +666,7 @@ impl<H: Host> Api<H> {
         }
         frame.stream.paused = None;
         drop(frame);
-        self.flush_headers();
+        self.commit();
         match side {
             Side::Request => self.host.resume_http_request()?,
             Side::Response => self.host.resume_http_response()?,
@@ -627,8 +903,6 @@ pub(crate) struct Registrar<'a, H> {
     pub engine: &'a mut Engine,
     pub api: Rc<Api<H>>,
     pub docs: Option<&'a mut Vec<FnDoc>>,
-    /// `limits.max_memory`, for the functions that check it while they work.
-    pub max_memory: usize,
 }
 
 impl<H> Registrar<'_, H> {
@@ -691,41 +965,45 @@ impl<H: Host + 'static> Api<H> {
         frame.heap_baseline = self.host.heap_in_use().unwrap_or(0);
     }
 
-    /// The running script's top-level constant `name`, if it defined one.
+    /// Lets go of what a call into Rhai was lent (its config, its copies of the constants).
+    pub(crate) fn end_call(&self) {
+        self.phase.set(None);
+        let mut frame = self.frame.borrow_mut();
+        frame.answer = None;
+        frame.config = Dynamic::UNIT;
+        if !frame.constant_copies.is_empty() {
+            frame.constant_copies.clear();
+        }
+    }
+
+    /// The running script's top-level constant `name`, if it defined one: the call's own copy,
+    /// made when the call first reads it. Whatever a call does to it (`push`, a closure changing
+    /// what it captured, a `this` method) no other call sees.
     pub(crate) fn constant(&self, name: &str) -> Option<Dynamic> {
-        let frame = self.frame.borrow();
-        frame
-            .constants
-            .0
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v.clone())
+        let mut frame = self.frame.borrow_mut();
+        let Frame {
+            constants,
+            constant_copies,
+            ..
+        } = &mut *frame;
+        let index = constants.0.iter().position(|c| c.name.as_str() == name)?;
+        let constant = constants.0.get(index)?;
+        if constant_copies.len() <= index {
+            constant_copies.resize(constants.0.len(), None);
+        }
+        let slot = constant_copies.get_mut(index)?;
+        Some(slot.get_or_insert_with(|| constant.private_copy()).clone())
     }
 
-    /// The error that stops a call that grew the heap by more than `budget` bytes (`None`
-    /// while it hasn't, or when the host doesn't count the heap).
-    pub(crate) fn over_memory_budget(&self, budget: usize) -> Option<String> {
-        let grown = self
-            .host
-            .heap_in_use()?
-            .saturating_sub(self.frame.borrow().heap_baseline);
-        (grown > budget).then(|| {
-            format!("memory limit: the call added over {budget} bytes to the VM's heap (limits.max_memory)")
-        })
-    }
-
-    pub(crate) fn new(
-        host: H,
-        redactor: Rc<crate::redact::Redactor>,
-        limits: crate::config::Limits,
-    ) -> Self {
+    pub(crate) fn new(host: H, limits: &Limits, redactor: Rc<crate::redact::Redactor>) -> Self {
         Self {
             host,
+            memory: limits.into(),
             phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
             redactor,
-            limits,
+            limits: limits.clone(),
         }
     }
 }
@@ -1275,7 +1553,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",
-        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it.",
+        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it. Refused (a script error) once the call is past `limits.max_memory` or the VM's heap past `limits.max_vm_memory`: what requests keep while they wait is what fills the heap.",
         r#"fn on_request_headers() {
     set_context("path", get_request_header(":path"));
 }
@@ -1283,6 +1561,8 @@ fn on_response_headers() {
     add_response_header("x-original-path", get_context("path"));
 }"#,
         |a, key: &str, value: Dynamic| {
+            // What a request keeps outlives the call: past the heap limits, it keeps no more.
+            a.reserve("set_context()", 0)?;
             a.frame.borrow_mut().stream.context.insert(key.into(), value);
             Ok(())
         });
@@ -1355,13 +1635,12 @@ fn on_request_headers() {
         array_items: reg.engine.max_array_size(),
         map_entries: reg.engine.max_map_size(),
     };
-    let max_memory = reg.max_memory;
     bind!(
         reg,
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` (each refused while parsing, before it is all made).",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` or the VM past `limits.max_vm_memory` (each refused while parsing, before it is all made).",
         r#"fn on_request_body() {
     try {
         let order = parse_json(get_request_body());
@@ -1370,7 +1649,7 @@ fn on_request_headers() {
         send_http_response(400, [], "the body is not JSON");
     }
 }"#,
-        |a, text: &str| json::parse(text, json_budget, &|| a.over_memory_budget(max_memory))
+        |a, text: &str| json::parse(text, json_budget, &|| a.over_memory_budget(0))
             .or_else(|e| err(format!("parse_json(): {e}")))
     );
     bind!(
@@ -1414,6 +1693,7 @@ fn on_request_headers() {
 
 fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
     let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
+    a.reserve("get_http_call_response_body()", size)?;
     let body = a
         .host
         .get_buffer(BufferType::HttpCallResponseBody, 0, size)

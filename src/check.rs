@@ -116,11 +116,10 @@ pub(crate) fn with_api(mut engine: Engine) -> Engine {
         engine: &mut engine,
         api: Rc::new(Api::new(
             EmulatorHost::default(),
+            &Limits::default(),
             Rc::default(),
-            Limits::default(),
         )),
         docs: None,
-        max_memory: Limits::default().max_memory,
     });
     engine
 }

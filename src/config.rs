@@ -28,7 +28,13 @@ pub struct PluginConfig {
     pub error_policy: ErrorPolicy,
 }
 
-/// Sandbox limits; each is checked against [`Limits::RANGES`] when configured.
+/// How much of the VM's heap the limits together may plan for: the host caps a wasm VM's
+/// memory at 1 GiB (V8's 16,384 pages), and a failed allocation traps the VM. The quarter
+/// left is for what no limit counts: the plugin itself, the allocator's fragmentation.
+pub const SAFE_VM_HEAP: u64 = 768 << 20;
+
+/// Sandbox limits; each is checked against [`Limits::RANGES`] when configured, and together
+/// against [`SAFE_VM_HEAP`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -52,6 +58,9 @@ pub struct Limits {
     /// Bytes one phase call or callback may add to the VM's heap (enforced in the proxy,
     /// where the heap is counted; not in the emulator).
     pub max_memory: usize,
+    /// Bytes of heap the whole VM may use, for every request in flight together: past it, a
+    /// call that asks for more fails (enforced in the proxy, like `max_memory`).
+    pub max_vm_memory: usize,
     /// Callouts one request may make, counting those its callbacks make.
     pub max_callouts: usize,
     /// Distinct metrics (kind and name) a script may define in one plugin configuration.
@@ -76,6 +85,7 @@ impl Default for Limits {
             max_value_depth: 128,
             max_body_size: 4 << 20,
             max_memory: 64 << 20,
+            max_vm_memory: 256 << 20,
             max_callouts: 32,
             max_metrics: 256,
             max_shared_key_size: 256,
@@ -87,20 +97,21 @@ impl Default for Limits {
 
 impl Limits {
     /// Allowed range of each limit, inclusive.
-    pub const RANGES: [(&'static str, u64, u64); 14] = [
+    pub const RANGES: [(&'static str, u64, u64); 15] = [
         ("max_operations", 1_000, 100_000_000),
         // Rhai recurses on the VM's native stack (V8 gives wasm about 1 MiB): measured in Envoy,
         // 32 levels with the deepest expressions max_expr_depth allows run; 48 levels trap.
         ("max_call_depth", 1, 32),
         ("max_expr_depth", 8, 64),
-        ("max_string_size", 1_024, 256 << 20),
+        ("max_string_size", 1_024, 128 << 20),
         ("max_array_size", 16, 10_000_000),
         ("max_map_size", 16, 1_000_000),
         // Dropping, copying or printing a value recurses once per level on the same stack:
         // measured in Envoy, 512 levels at the deepest call level run.
         ("max_value_depth", 8, 512),
-        ("max_body_size", 0, 256 << 20),
-        ("max_memory", 1 << 20, 1 << 30),
+        ("max_body_size", 0, 128 << 20),
+        ("max_memory", 1 << 20, 512 << 20),
+        ("max_vm_memory", 16 << 20, 512 << 20),
         ("max_callouts", 0, 1_000),
         ("max_metrics", 0, 10_000),
         ("max_shared_key_size", 1, 64 << 10),
@@ -108,7 +119,7 @@ impl Limits {
         ("max_shared_bytes", 0, 1 << 30),
     ];
 
-    fn values(&self) -> [u64; 14] {
+    fn values(&self) -> [u64; 15] {
         [
             self.max_operations,
             self.max_call_depth as u64,
@@ -119,12 +130,25 @@ impl Limits {
             self.max_value_depth as u64,
             self.max_body_size as u64,
             self.max_memory as u64,
+            self.max_vm_memory as u64,
             self.max_callouts as u64,
             self.max_metrics as u64,
             self.max_shared_key_size as u64,
             self.max_shared_value_size as u64,
             self.max_shared_bytes as u64,
         ]
+    }
+
+    /// The most a call can add to the heap past `max_vm_memory` before a check stops it:
+    /// the largest value it can make in one step, with the copy a step makes of it. A string
+    /// grows into a new buffer while the old one is alive; an array doubles its items
+    /// (`Dynamic`s) while copying them; a body is read as bytes and may be given as text
+    /// (at most three bytes per byte, U+FFFD for each invalid one).
+    pub fn largest_step(&self) -> u64 {
+        let item = std::mem::size_of::<rhai::Dynamic>() as u64;
+        (3 * self.max_string_size as u64)
+            .max(3 * self.max_array_size as u64 * item)
+            .max(4 * self.max_body_size as u64)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -134,6 +158,23 @@ impl Limits {
                     "limits.{name} = {value} is out of range {min}..={max}"
                 ));
             }
+        }
+        if self.max_memory > self.max_vm_memory {
+            return Err(format!(
+                "limits.max_memory ({}) is more than limits.max_vm_memory ({})",
+                self.max_memory, self.max_vm_memory
+            ));
+        }
+        let peak = self.max_vm_memory as u64 + self.largest_step();
+        if peak > SAFE_VM_HEAP {
+            return Err(format!(
+                "limits: max_vm_memory ({}) plus the largest step one call can take past it \
+                 ({}: 3 x max_string_size, 3 x max_array_size x {} bytes, or 4 x max_body_size) \
+                 is {peak} bytes, more than the {SAFE_VM_HEAP} the VM can safely reach",
+                self.max_vm_memory,
+                self.largest_step(),
+                std::mem::size_of::<rhai::Dynamic>()
+            ));
         }
         Ok(())
     }

@@ -586,6 +586,19 @@ impl Batch {
         Ok(())
     }
 
+    /// Whether the call wrote to this map.
+    pub fn has_writes(&self) -> bool {
+        self.whole || !self.writes.is_empty()
+    }
+
+    /// Forgets the call's reads and writes: none of them reaches the proxy.
+    pub fn discard(&mut self) {
+        self.map = None;
+        self.writes.clear();
+        self.whole = false;
+        self.asked_one = false;
+    }
+
     pub fn set_all(&mut self, headers: HeaderMap) {
         self.map = Some(headers);
         self.writes.clear();

@@ -7,11 +7,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, ImmutableString, OptimizationLevel, Scope,
+    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, OptimizationLevel, Scope,
     ScriptFnWithoutParams, SharedCells, AST,
 };
 
-use crate::bindings::{self, Api, Constants, FnDoc, Registrar};
+use crate::bindings::{self, Api, Constant, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::Phase;
@@ -154,7 +154,7 @@ impl<H: Host + 'static> Plugin<H> {
     }
 
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, String> {
-        let api = Rc::new(Api::new(host, redactor, config.limits.clone()));
+        let api = Rc::new(Api::new(host, &config.limits, redactor));
         let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
@@ -266,8 +266,8 @@ impl<H: Host + 'static> Plugin<H> {
         // closures' cells are freed at once.
         let mut cells = SharedCells::default();
         let result = cells.record(|| global.script.call(&self.engine, None));
+        self.api.end_call();
         cells.release();
-        self.api.frame.borrow_mut().config = Dynamic::UNIT;
         if let Err(e) = result {
             self.api.count_script_error();
             self.api.log_plugin(
@@ -349,17 +349,17 @@ fn run_top_level<H: Host + 'static>(
     api.begin_call(None, selection.config.clone(), Constants::default());
     let mut scope = Scope::new();
     let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
-    api.frame.borrow_mut().config = Dynamic::UNIT;
+    api.end_call();
     result.map_err(|e| {
         format!(
             "script failed while loading: {}",
             crate::stream::describe_error(&e)
         )
     })?;
-    let constants: Vec<(ImmutableString, Dynamic)> = scope
+    let constants: Vec<Constant> = scope
         .iter_raw()
         .filter(|(_, is_constant, _)| *is_constant)
-        .map(|(name, _, value)| (name.into(), value.clone().into_shared()))
+        .map(|(name, _, value)| Constant::new(name.into(), value.clone()))
         .collect();
     Ok(Constants(constants.into()))
 }
@@ -421,9 +421,10 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let mut docs = Vec::new();
+    let limits = Limits::default();
     new_engine(
-        &Limits::default(),
-        Rc::new(Api::new(host, Rc::default(), Limits::default())),
+        &limits,
+        Rc::new(Api::new(host, &limits, Rc::default())),
         Some(&mut docs),
     );
     docs
@@ -449,18 +450,27 @@ fn new_engine<H: Host + 'static>(
         .disable_symbol("eval")
         .disable_symbol("import");
     if api.host.heap_in_use().is_some() {
-        let api = api.clone();
-        let budget = limits.max_memory;
-        // Every 64 operations: one operation allocates at most a few limited values.
+        // Every 64 operations: one operation makes at most a few values, each within Rhai's
+        // size limits (what `Limits::largest_step` plans for past the budget).
+        let captured = api.clone();
         engine.on_progress_every(64, move |_| {
-            api.over_memory_budget(budget).map(Dynamic::from)
+            captured.over_memory_budget(0).map(Dynamic::from)
+        });
+        // And at each `let`: values kept in variables could otherwise pile up between two
+        // of those checks. (Rhai marks `on_def_var` "volatile", not deprecated.)
+        let captured = api.clone();
+        #[allow(deprecated)]
+        engine.on_def_var(move |at_run_time, _, _| match at_run_time {
+            true => captured
+                .over_memory_budget(0)
+                .map_or(Ok(true), |message| Err(message.into())),
+            false => Ok(true),
         });
     }
     bindings::register(&mut Registrar {
         engine: &mut engine,
         api,
         docs,
-        max_memory: limits.max_memory,
     });
     engine
 }

@@ -71,6 +71,15 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
         self.state.request_has_body = !end_of_stream;
+        if !end_of_stream
+            && (self.defines(Phase::RequestBody) || self.defines(Phase::ResponseBody))
+            && self.is_upgrade()
+        {
+            // An upgraded stream (websocket, CONNECT) ends when the connection does: a body
+            // phase waiting for its end would hold every byte of it. Its bodies pass untouched.
+            self.state.skip_request_body = true;
+            self.state.skip_response_body = true;
+        }
         let action = self.run_phase(Phase::RequestHeaders);
         self.prepare_body(
             Phase::RequestBody,
@@ -213,6 +222,10 @@ impl<H: Host + 'static> HttpStream<H> {
             args.push(crate::bindings::header_pairs_of(&headers).into());
         }
         if arity >= 3 {
+            self.plugin.api.reserve(
+                "the callout answer's body (the callback's `body`)",
+                body_size,
+            )?;
             let body = host
                 .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -259,6 +272,19 @@ impl<H: Host + 'static> HttpStream<H> {
                 .selection
                 .as_ref()
                 .is_some_and(|s| s.script.defines(phase))
+    }
+
+    /// Whether the request asks to become a tunnel: an `upgrade` header (websocket, HTTP/1.1)
+    /// or the CONNECT method (HTTP/2's extended CONNECT too).
+    fn is_upgrade(&self) -> bool {
+        let host = &self.plugin.api.host;
+        let header = |name| {
+            host.get_map_value(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+        };
+        header("upgrade").is_some_and(|v| !v.is_empty())
+            || header(":method").is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT"))
     }
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
@@ -316,12 +342,14 @@ impl<H: Host + 'static> HttpStream<H> {
             Call::Phase => script.call(&plugin.engine, Some(phase)),
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
-        plugin.api.flush_headers();
-        plugin.api.phase.set(None);
-        let mut frame = plugin.api.frame.borrow_mut();
-        frame.answer = None;
-        frame.config = Dynamic::UNIT;
-        std::mem::swap(&mut frame.stream, &mut self.state);
+        // A call is all or nothing: what a failed one wrote never reaches the proxy.
+        if result.is_ok() {
+            plugin.api.commit();
+        } else {
+            plugin.api.roll_back();
+        }
+        plugin.api.end_call();
+        std::mem::swap(&mut plugin.api.frame.borrow_mut().stream, &mut self.state);
         result
     }
 

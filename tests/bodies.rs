@@ -184,3 +184,30 @@ fn request_trailers_end_the_body() {
     let o = p.run(&request, &mut Response::ok(""));
     assert_eq!(o.upstream.unwrap().body, b"abc!");
 }
+
+/// An upgraded stream (websocket, CONNECT) never ends while the tunnel is open: its bytes pass
+/// through untouched, and the body phases are not called for it, in either direction.
+#[test]
+fn upgraded_streams_pass_the_body_phases() {
+    let p = Emulator::with_script(
+        r#"fn on_request_headers() { add_request_header("x-seen", "1"); }
+           fn on_request_body() { replace_request_body("changed"); }
+           fn on_response_body() { replace_response_body("changed"); }"#,
+        json!({}),
+    )
+    .unwrap();
+    let websocket = Request::new("GET", "/ws", b"frame".to_vec())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket");
+    let connect = Request::new("CONNECT", "/", b"tunnel".to_vec());
+    for (request, sent) in [(websocket, "frame"), (connect, "tunnel")] {
+        let o = p.run(&request, &mut Response::ok("back"));
+        assert!(o.script_errors().is_empty(), "{:?}", o.log);
+        assert_eq!(o.upstream_header("x-seen").as_deref(), Some("1"));
+        assert_eq!(o.upstream.unwrap().body, sent.as_bytes());
+        assert_eq!(o.response.body, b"back");
+    }
+    let o = p.run(&Request::post("/", "plain"), &mut Response::ok("back"));
+    assert_eq!(o.upstream.unwrap().body, b"changed");
+    assert_eq!(o.response.body, b"changed");
+}

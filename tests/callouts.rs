@@ -483,3 +483,31 @@ fn a_callback_body_is_text_only_within_the_string_size_limit() {
     );
     assert_eq!(o.upstream_header("x-status").as_deref(), Some("200"));
 }
+
+/// A failed callback's writes are undone, except what went on before it resumed the stream
+/// itself; with fail_open the request then goes on.
+#[test]
+fn a_failed_callback_keeps_only_what_went_on_before_its_resume() {
+    let p = Emulator::new(
+        &json!({
+            "script": r#"fn on_request_headers() {
+                http_get("auth", "/check", [], 1000, |status| {
+                    add_request_header("x-kept", "1");
+                    resume_http_request();
+                    add_request_header("x-dropped", "1");
+                    throw "after the resume";
+                });
+            }"#,
+            "error_policy": {"mode": "fail_open"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    p.add_cluster("auth");
+    let mut callouts = |_: &Callout| answer(200, &[], "");
+    let o = p.run_with(&Request::get("/"), &mut Response::ok(""), &mut callouts);
+    assert_eq!(o.script_errors().len(), 1);
+    assert_eq!(o.upstream_header("x-kept").as_deref(), Some("1"));
+    assert_eq!(o.upstream_header("x-dropped"), None);
+    assert_eq!(o.response.status, 200);
+}

@@ -209,7 +209,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
                 if op == "" { return; }
                 let s = "";
                 if op.ends_with("upper") {
-                    s.pad(80000000, 'ΐ');
+                    s.pad(60000000, 'ΐ');
                 } else {
                     s.pad(120000000, '\x01');
                 }
@@ -225,7 +225,7 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
                 }
             }
         "#,
-        "limits": {"max_string_size": 256 << 20, "max_memory": 1 << 30, "max_operations": 20_000_000},
+        "limits": {"max_string_size": 128 << 20, "max_memory": 256 << 20, "max_operations": 20_000_000},
     }))
     .start();
     for op in [
@@ -250,20 +250,21 @@ fn texts_stop_at_the_string_size_limit_even_at_the_highest_limits() {
 /// A body's text has each invalid UTF-8 byte replaced by U+FFFD, three bytes: with
 /// `max_body_size` at 200 MiB (and Envoy's buffers raised to match), a 150 MB body of `0xff`
 /// made a 450 MB text in one call, and the failed allocation trapped the VM. The text's length
-/// is now worked out first, and one over the string size limit refused.
+/// is now worked out first, and one over the string size limit refused; here at the highest
+/// `max_body_size`, 128 MiB.
 #[test]
 fn a_body_whose_text_is_too_long_is_refused_before_it_is_made() {
     let envoy = Envoy::builder(json!({
         "script": "fn on_request_body() { get_request_body(); }",
-        "limits": {"max_body_size": 200 << 20},
+        "limits": {"max_body_size": 128 << 20, "max_memory": 256 << 20},
     }))
     .buffer_limit(256 << 20)
     .start();
-    let r = envoy.request("POST", "/", &[], &vec![0xff; 150_000_000]);
+    let r = envoy.request("POST", "/", &[], &vec![0xff; 120_000_000]);
     // 503 would be the trapped VM.
     assert_eq!(r.status, 500);
     envoy.wait_for_log(
-        "get_request_body(): the text would be 450000000 bytes, more than \
+        "get_request_body(): the text would be 360000000 bytes, more than \
          limits.max_string_size (8388608)",
     );
     assert_eq!(envoy.request("POST", "/", &[], b"ok").status, 200);
@@ -373,5 +374,77 @@ fn deep_and_cyclic_values_cost_only_their_request() {
         after < before + (512 << 10),
         "heap {before} -> {after} bytes over 500 requests"
     );
+    envoy.assert_healthy();
+}
+
+/// A websocket upstream: answers the upgrade with 101, then sends back every byte it gets.
+fn websocket_echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A websocket through a script with body phases: the upgrade is answered 101 and the frames
+/// go both ways untouched (the body phases would otherwise wait for an end that never comes).
+#[test]
+fn upgraded_streams_pass_through_body_phases() {
+    let ws = websocket_echo();
+    let envoy = Envoy::builder(json!({"script": r#"
+        fn on_request_headers() { add_request_header("x-seen", "1"); }
+        fn on_request_body() { replace_request_body("changed"); }
+        fn on_response_body() { replace_response_body("changed"); }
+    "#}))
+    .cluster("ws", ws)
+    .route("ws", "/ws", "ws")
+    .allow_websocket()
+    .start();
+    let mut conn = TcpStream::connect(envoy.addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: example.com\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("the upgrade's answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for frame in [&b"\x81\x05hello"[..], b"\x82\x03\x00\x01\x02"] {
+        conn.write_all(frame).unwrap();
+        let mut back = vec![0u8; frame.len()];
+        conn.read_exact(&mut back)
+            .expect("the frame came back through Envoy");
+        assert_eq!(back, frame);
+    }
+    drop(conn);
     envoy.assert_healthy();
 }

@@ -852,6 +852,46 @@ fn fail_open_lets_the_request_through() {
     envoy.assert_healthy();
 }
 
+/// A failed call is all or nothing: its trailer writes are undone, and a callback that failed
+/// after resuming the stream keeps only what it wrote before the resume.
+#[test]
+fn fail_open_forwards_nothing_a_failed_call_wrote() {
+    let envoy = Envoy::builder(json!({
+        "script": r#"
+            fn on_request_headers() {
+                if get_request_header("x-op") == "resume" {
+                    http_get("callout", "/token", [], 5000, |status| {
+                        add_request_header("x-kept", "1");
+                        resume_http_request();
+                        add_request_header("x-dropped", "1");
+                        throw "failing after the resume";
+                    });
+                }
+            }
+            fn on_request_trailers() {
+                add_request_trailer("x-added", "1");
+                remove_request_trailer("x-t");
+                throw "failing in the trailers";
+            }
+        "#,
+        "error_policy": { "mode": "fail_open" }
+    }))
+    .enable_trailers()
+    .start();
+    let r = envoy.request("GET", "/open/resume", &[("x-op", "resume")], b"");
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-kept"), Some("1"));
+    assert_eq!(echo.header("x-dropped"), None);
+    envoy.wait_for_log("failing after the resume");
+
+    let r = envoy.request_with_trailers("POST", "/open/trailers", &[], b"abc", &[("x-t", "old")]);
+    assert_status(&r, 200);
+    assert_eq!(r.echo().raw["trailers"], json!([["x-t", "old"]]));
+    envoy.wait_for_log("failing in the trailers");
+    envoy.assert_healthy();
+}
+
 #[test]
 fn custom_error_answer_and_body_size_limit() {
     let envoy = Envoy::start(json!({

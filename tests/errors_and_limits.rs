@@ -42,6 +42,49 @@ fn refused_configurations_say_why() {
     .contains("out of range"));
 }
 
+/// Every limit's highest documented value is safe with the others at their defaults, and a
+/// combination that could take the VM's heap past what it can reach is refused.
+#[test]
+fn the_limits_are_safe_together() {
+    use proxy_rhai::config::Limits;
+    let script = "fn on_request_headers() {}";
+    for (name, _, max) in Limits::RANGES {
+        let limits = json!({ name: max });
+        let accepted = configure(json!({"script": script, "limits": limits}));
+        let max_memory_alone = name == "max_memory";
+        match accepted {
+            Ok(_) => assert!(!max_memory_alone, "{name} = {max} above max_vm_memory"),
+            Err(e) => assert!(
+                max_memory_alone && e.contains("more than limits.max_vm_memory"),
+                "{name} = {max}: {e}"
+            ),
+        }
+    }
+    let refused = |limits: serde_json::Value| {
+        configure(json!({"script": script, "limits": limits}))
+            .err()
+            .expect("refused")
+    };
+    let e = refused(json!({"max_vm_memory": 512 << 20, "max_string_size": 128 << 20}));
+    assert!(
+        e.contains("more than the 805306368 the VM can safely reach"),
+        "{e}"
+    );
+    let e = refused(json!({"max_vm_memory": 512 << 20, "max_body_size": 128 << 20}));
+    assert!(e.contains("can safely reach"), "{e}");
+    // The old maxima: each could trap the VM on its own.
+    for (name, old_max) in [
+        ("max_memory", 1u64 << 30),
+        ("max_string_size", 256 << 20),
+        ("max_body_size", 256 << 20),
+    ] {
+        assert!(refused(json!({ name: old_max })).contains("out of range"));
+    }
+    assert!(configure(json!({"script": script,
+        "limits": {"max_vm_memory": 512 << 20, "max_memory": 512 << 20}}))
+    .is_ok());
+}
+
 #[test]
 fn script_error_fails_closed_by_default_without_leaking_internals() {
     let p = configure(json!({"script": "fn on_request_headers() { throw \"secret detail\"; }"}))
@@ -67,12 +110,16 @@ fn error_policy_status_body_and_fail_open() {
         (503, &b"try later"[..])
     );
 
-    let p = configure(json!({"script": "fn on_request_headers() { add_request_header(\"x-before\", \"1\"); throw 1; }",
+    // The failed call changes nothing: not its header writes, not its path rewrite, not even
+    // those a property read sent to the proxy before the error.
+    let p = configure(json!({"script": "fn on_request_headers() { add_request_header(\"x-before\", \"1\"); replace_request_header(\":path\", \"/rewritten\"); get_property(\"request.path\"); throw 1; }",
         "error_policy": {"mode": "fail_open"}})).unwrap();
-    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    let o = p.run(&Request::get("/original"), &mut Response::ok("up"));
     assert_eq!(o.response.status, 200);
     assert_eq!(o.response.body, b"up");
     assert_eq!(o.script_errors().len(), 1);
+    assert_eq!(o.upstream_header("x-before"), None);
+    assert_eq!(o.upstream_header(":path").as_deref(), Some("/original"));
 }
 
 #[test]

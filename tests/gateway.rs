@@ -159,6 +159,30 @@ fn trailers_have_their_own_phases() {
 }
 
 #[test]
+fn a_failed_trailers_phase_changes_no_trailer() {
+    let p = Emulator::new(
+        &json!({
+            "script": r#"fn on_request_trailers() {
+                add_request_trailer("x-added", "1");
+                remove_request_trailer("x-t");
+                if get_request_trailers().len() == 1 { throw "boom"; }
+            }"#,
+            "error_policy": {"mode": "fail_open"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut request = Request::post("/", "abc");
+    request.trailers = vec![("x-t".into(), b"old".to_vec())];
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(o.script_errors().len(), 1, "{:?}", o.log);
+    assert_eq!(
+        o.upstream.unwrap().trailers,
+        vec![("x-t".to_string(), b"old".to_vec())]
+    );
+}
+
+#[test]
 fn shared_data_compare_and_swap() {
     let p = Emulator::with_script(
         r#"fn on_request_headers() {

@@ -138,6 +138,77 @@ fn config_cannot_be_changed_by_a_request() {
     }
 }
 
+/// Whatever a call does to the script's top-level values, every other call (request, callback
+/// or tick) sees them as configuration made them: a change is refused, or made to the call's
+/// own copy.
+#[test]
+fn top_level_values_are_the_same_for_every_call() {
+    let p = Emulator::with_script(
+        r#"
+        let seen = #{ last: "" };
+        const REMEMBER = |x| { let prev = seen.last; seen.last = x; prev };
+        const LIST = [1, 2];
+        const NESTED = #{ inner: [1], m: #{ x: 1 } };
+        fn grow() { this.push(9); }
+        fn keep(a) { a.push(1); a.len() }
+        fn attack(user) {
+            let refused = [];
+            for name in ["push", "nested push", "index", "nested property", "append", "clear", "this"] {
+                try {
+                    switch name {
+                        "push" => LIST.push(3),
+                        "nested push" => NESTED.inner.push(user),
+                        "index" => { LIST[0] = user; }
+                        "nested property" => { NESTED.m.x = user; }
+                        "append" => { LIST += [5]; }
+                        "clear" => LIST.clear(),
+                        "this" => LIST.grow(),
+                    }
+                } catch (e) {
+                    refused.push(name);
+                }
+            }
+            // Changes made to copies are the caller's own.
+            push(LIST, 4);
+            let copy = LIST;
+            copy.push(user);
+            let nested = NESTED.inner;
+            nested.push(user);
+            keep(LIST);
+            let c = config();
+            c.keys.push(user);
+            let prev = REMEMBER.call(user);
+            let again = REMEMBER.call(user);
+            `prev=${prev} again=${again} refused=${refused.len()} list=${LIST} nested=${NESTED} config=${config()} copy=${copy.len()}`
+        }
+        fn on_tick() { log_info("tick " + attack("tick")); }
+        fn on_request_headers() { log_info(attack(get_request_header("x-user"))); }
+        "#,
+        json!({"keys": ["k"]}),
+    )
+    .unwrap();
+    let expected = |user: &str| {
+        format!(
+            r#"prev= again={user} refused=7 list=[1, 2] nested=#{{"inner": [1], "m": #{{"x": 1}}}} config=#{{"keys": ["k"]}} copy=3"#
+        )
+    };
+    p.tick();
+    let tick = p
+        .log()
+        .last()
+        .map(|l| l.message.clone())
+        .unwrap_or_default();
+    assert_eq!(tick, format!("tick {}", expected("tick")));
+    for user in ["ann", "bob", "cid"] {
+        let o = p.run(
+            &Request::get("/").header("x-user", user),
+            &mut Response::ok(""),
+        );
+        assert!(o.script_errors().is_empty(), "{:?}", o.script_errors());
+        assert_eq!(o.log[0].message, expected(user));
+    }
+}
+
 #[test]
 fn sleep_is_refused_and_a_bad_sort_comparer_is_harmless() {
     // Rhai's `sleep` would block the worker (and traps the VM in Envoy).

@@ -7,6 +7,13 @@ failed VMs, zero unexpected status codes, and reports Envoy's memory before, dur
 and last minute) and after the load.
 
 usage: tools/soak.py [--seconds 180] [--connections 32] [--wasm target/proxy_rhai.wasm]
+       tools/soak.py --flood [--seconds 60] [--connections 300] [--body-kb 1000]
+
+--flood: the heap budget (limits.max_vm_memory, default limits) under floods of requests that
+each keep a large value while a callout to a slow backend is pending: half keep their 1 MB body,
+half its parsed JSON. Two floods with a pause between them; reports Envoy's RSS before, during
+and after each, and the plugin's heap gauge; checks no failed VM, only 200 or the error
+policy's 500, and the heap gauge back at its baseline after each flood.
 Not part of CI (it takes minutes and a whole machine). Needs tools/setup.sh's envoy and wrk.
 """
 import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, time
@@ -45,6 +52,38 @@ fn on_response_headers() {
 }
 '''
 
+# Each request keeps its body (or its parse) in its context while its callout waits ~1 s.
+FLOOD_SCRIPT = r'''
+fn on_request_body() {
+    if get_property("request.path").starts_with("/flood/json") {
+        set_context("kept", parse_json(get_request_body()));
+    } else {
+        set_context("kept", get_request_body_bytes());
+    }
+    http_get("backend", "/hold", [], 5000, |status| {});
+}
+fn on_response_headers() {
+    add_response_header("x-kept", `${get_context("kept")?.len()}`);
+}
+'''
+
+FLOOD_LUA = r'''
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+    n = 0; ok = 0; policy = 0; unexpected = 0; first_bad = ""
+    local items = {}
+    for i = 1, math.floor(BODY_KB * 1000 / 24) do items[i] = string.format("\"item-%016d\"", i) end
+    body = "[" .. table.concat(items, ",") .. "]"
+end
+function request()
+    n = n + 1
+    local path = "/flood/bytes"
+    if n % 2 == 0 then path = "/flood/json" end
+    return wrk.format("POST", path, {["content-type"] = "application/json"}, body)
+end
+'''
+
 # wrk: every 10th request is a script error, every 10th a callout; statuses are counted per
 # thread and checked at the end (500 only with the error policy's body).
 WRK_LUA = r'''
@@ -59,6 +98,10 @@ function request()
     elseif n % 50 == 1 then path = "/chain" end
     return wrk.format("GET", path)
 end
+'''
+
+# Both loads count statuses the same way.
+RESPONSE_LUA = r'''
 function response(status, headers, body)
     if status == 200 then ok = ok + 1
     elseif status == 500 and body == "Internal Server Error\n" then policy = policy + 1
@@ -75,6 +118,7 @@ function done(summary, latency, requests)
         t.ok, t.policy, t.unexpected, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, t.first_bad))
 end
 '''
+WRK_LUA += RESPONSE_LUA
 
 
 def free_port():
@@ -95,78 +139,138 @@ def hcm(name, routes, filters):
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=180)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--wasm", default="target/proxy_rhai.wasm")
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="proxy-rhai-soak-")
+def start_envoys(work, plugin, flood):
+    """The backend (upstream and callout target: a second Envoy answering directly, `/hold`
+    after a 1 s delay) and the front Envoy with the plugin. Returns (procs, listen, admin)."""
     listen, admin, backend, backend_admin = free_port(), free_port(), free_port(), free_port()
-    # The backend (upstream and callout target) is a second Envoy answering directly.
+    delay = {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "delay": {"fixed_delay": "1s", "percentage": {"numerator": 100}},
+        "headers": [{"name": ":path", "string_match": {"exact": "/hold"}}]}}
     backend_cfg = {"admin": {"address": addr(backend_admin)}, "static_resources": {"listeners": [{
         "name": "backend", "address": addr(backend), "filter_chains": [{"filters": [hcm("backend", [
-            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}], [])]}]}]}}
-    plugin = {"script": SCRIPT}
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}], [delay])]}]}]}}
     wasm_filter = {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
-            "name": "proxy-rhai", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": os.path.abspath(args.wasm)}}},
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin)}}}}
+            "name": "proxy-rhai", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": os.path.abspath(plugin["wasm"])}}},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin["config"])}}}}
     cluster = lambda name: {"name": name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
         "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(backend)}}]}]}}
+    listener = {"name": "front", "address": addr(listen), "filter_chains": [{"filters": [
+        hcm("front", [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}], [wasm_filter])]}]}
+    if flood:
+        # Room for the flood's 1 MB bodies in Envoy's own buffers.
+        listener["per_connection_buffer_limit_bytes"] = 2 << 20
     front_cfg = {"admin": {"address": addr(admin)}, "static_resources": {
-        "listeners": [{"name": "front", "address": addr(listen), "filter_chains": [{"filters": [
-            hcm("front", [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}], [wasm_filter])]}]}],
-        "clusters": [cluster("upstream"), cluster("backend")]}}
+        "listeners": [listener], "clusters": [cluster("upstream"), cluster("backend")]}}
+    procs = []
+    for name, cfg in [("backend", backend_cfg), ("front", front_cfg)]:
+        path = os.path.join(work, name + ".json")
+        json.dump(cfg, open(path, "w"))
+        log = open(os.path.join(work, name + ".log"), "w")
+        procs.append(subprocess.Popen(["envoy", "-c", path, "--concurrency", "2" if name == "front" else "1",
+                                       "--disable-hot-restart", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT))
+    for port in (backend_admin, admin):
+        for _ in range(300):
+            try:
+                if b"LIVE" in subprocess.run(["curl", "-sf", f"127.0.0.1:{port}/ready"], capture_output=True).stdout:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+    return procs, listen, admin
+
+
+def failed_vm_lines(work):
+    log = open(os.path.join(work, "front.log")).read()
+    return [l for l in log.splitlines() if "Uncaught" in l or "panicked at" in l or re.search(r"Function: proxy_on_\w+ failed", l)]
+
+
+def wasm_stats(admin):
+    return subprocess.run(["curl", "-s", f"127.0.0.1:{admin}/stats?filter=wasmcustom"], capture_output=True, text=True).stdout
+
+
+def heap_gauge(admin):
+    m = re.search(r"wasmcustom\.proxy_rhai_heap_bytes: (\d+)", wasm_stats(admin))
+    return int(m.group(1)) if m else None
+
+
+def run_wrk(work, lua_text, listen, seconds, connections, rss):
+    """Runs wrk with `lua_text`, sampling Envoy's RSS every 5 s; returns (output, samples)."""
+    lua = os.path.join(work, "load.lua")
+    open(lua, "w").write(lua_text)
+    samples = []
+    wrk = subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", lua,
+                            f"http://127.0.0.1:{listen}/"], stdout=subprocess.PIPE, text=True)
+    start = time.time()
+    while wrk.poll() is None:
+        time.sleep(5)
+        samples.append((round(time.time() - start), rss()))
+    return wrk.stdout.read(), samples
+
+
+def soak_ok(out):
+    m = re.search(r"SOAK ok=(\d+) policy=(\d+) unexpected=(\d+) errors=(\d+) first_bad=(.*)", out)
+    return bool(m) and int(m.group(3)) == 0 and int(m.group(4)) == 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=None)
+    ap.add_argument("--connections", type=int, default=None)
+    ap.add_argument("--flood", action="store_true")
+    ap.add_argument("--body-kb", type=int, default=1000)
+    ap.add_argument("--wasm", default="target/proxy_rhai.wasm")
+    args = ap.parse_args()
+    seconds = args.seconds or (60 if args.flood else 180)
+    connections = args.connections or (300 if args.flood else 32)
+    work = tempfile.mkdtemp(prefix="proxy-rhai-soak-")
+    plugin = {"wasm": args.wasm, "config": {"script": FLOOD_SCRIPT if args.flood else SCRIPT}}
     procs = []
     try:
-        for name, cfg in [("backend", backend_cfg), ("front", front_cfg)]:
-            path = os.path.join(work, name + ".json")
-            json.dump(cfg, open(path, "w"))
-            log = open(os.path.join(work, name + ".log"), "w")
-            procs.append(subprocess.Popen(["envoy", "-c", path, "--concurrency", "2" if name == "front" else "1",
-                                           "--disable-hot-restart", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT))
-        for port in (backend_admin, admin):
-            for _ in range(300):
-                try:
-                    if b"LIVE" in subprocess.run(["curl", "-sf", f"127.0.0.1:{port}/ready"], capture_output=True).stdout:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
-        lua = os.path.join(work, "soak.lua")
-        open(lua, "w").write(WRK_LUA)
+        procs, listen, admin = start_envoys(work, plugin, args.flood)
         front = procs[1]
         rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{front.pid}/status").read()).group(1)) // 1024
-        samples = []
-        before = rss()
-        wrk = subprocess.Popen(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "-s", lua,
-                                f"http://127.0.0.1:{listen}/"], stdout=subprocess.PIPE, text=True)
-        start = time.time()
-        while wrk.poll() is None:
+        if not args.flood:
+            before = rss()
+            out, samples = run_wrk(work, WRK_LUA, listen, seconds, connections, rss)
+            print(out)
             time.sleep(5)
-            samples.append((round(time.time() - start), rss()))
-        out = wrk.stdout.read()
-        print(out)
-        time.sleep(5)
-        after = rss()
-        log = open(os.path.join(work, "front.log")).read()
-        failed_vm = [l for l in log.splitlines() if "Uncaught" in l or "panicked at" in l or re.search(r"Function: proxy_on_\w+ failed", l)]
-        stats = subprocess.run(["curl", "-s", f"127.0.0.1:{admin}/stats?filter=wasmcustom"], capture_output=True, text=True).stdout
-        first = [m for t, m in samples if t <= 60]
-        last = [m for t, m in samples if t >= args.seconds - 60]
-        m = re.search(r"SOAK ok=(\d+) policy=(\d+) unexpected=(\d+) errors=(\d+) first_bad=(.*)", out)
-        print(f"Envoy RSS (MiB), before: {before}, first minute: {min(first)}-{max(first)}, "
-              f"last minute: {min(last)}-{max(last)}, 5 s after: {after}")
-        print("samples (s, MiB):", samples)
-        metrics = stats.strip().splitlines()
-        print(f"{len(metrics)} wasmcustom stats; the plugin's own and the soak's:")
-        print("\n".join(l for l in metrics if not l.startswith("wasmcustom.") or "proxy_rhai" in l or "soak" in l))
-        shared = subprocess.run(["curl", "-s", "-H", "x-shared: 1", f"127.0.0.1:{listen}/shared"],
-                                capture_output=True, text=True).stdout
-        print(f"shared-data bytes counted: {shared}")
+            after = rss()
+            first = [m for t, m in samples if t <= 60]
+            last = [m for t, m in samples if t >= seconds - 60]
+            print(f"Envoy RSS (MiB), before: {before}, first minute: {min(first)}-{max(first)}, "
+                  f"last minute: {min(last)}-{max(last)}, 5 s after: {after}")
+            print("samples (s, MiB):", samples)
+            metrics = wasm_stats(admin).strip().splitlines()
+            print(f"{len(metrics)} wasmcustom stats; the plugin's own and the soak's:")
+            print("\n".join(l for l in metrics if "proxy_rhai" in l or "soak" in l))
+            shared = subprocess.run(["curl", "-s", f"127.0.0.1:{listen}/shared"],
+                                    capture_output=True, text=True).stdout
+            print(f"shared-data bytes counted: {shared}")
+            ok = soak_ok(out)
+        else:
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"127.0.0.1:{listen}/warm"])
+            time.sleep(1)
+            baseline = heap_gauge(admin)
+            print(f"before: Envoy RSS {rss()} MiB, heap gauge {baseline}")
+            lua = FLOOD_LUA.replace("BODY_KB", str(args.body_kb)) + RESPONSE_LUA
+            ok = True
+            for flood in (1, 2):
+                out, samples = run_wrk(work, lua, listen, seconds, connections, rss)
+                print(f"flood {flood}:", out.strip().splitlines()[-1])
+                print(f"flood {flood}: RSS during (MiB): {min(m for _, m in samples)}-{max(m for _, m in samples)}; samples (s, MiB): {samples}")
+                # The last streams end once their callouts are answered.
+                time.sleep(3)
+                heap = heap_gauge(admin)
+                print(f"flood {flood}: after: Envoy RSS {rss()} MiB, heap gauge {heap} (baseline {baseline})")
+                back = heap is not None and baseline is not None and heap < baseline + (1 << 20)
+                ok = ok and soak_ok(out) and back
+                time.sleep(5)
+            print(wasm_stats(admin).strip())
+        failed_vm = failed_vm_lines(work)
         print(f"failed-VM log lines: {len(failed_vm)}")
-        ok = m and int(m.group(3)) == 0 and int(m.group(4)) == 0 and not failed_vm
+        ok = ok and not failed_vm
         print("SOAK PASSED" if ok else "SOAK FAILED")
         return 0 if ok else 1
     finally:

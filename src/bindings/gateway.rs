@@ -51,7 +51,7 @@ fn get_property_raw<H: Host>(
     let path = property_path(f, path)?;
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     // Properties such as `request.path` read the header maps: they must see this call's writes.
-    a.flush_headers();
+    a.flush_headers_early();
     let value = a.host.get_property(&parts).or_else(|s| refused(f, s))?;
     Ok((path.join("."), value))
 }

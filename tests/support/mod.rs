@@ -715,6 +715,7 @@ pub struct EnvoyBuilder {
     /// More clusters pointing at the route's upstream server.
     upstream_aliases: Vec<String>,
     trailers: bool,
+    websocket: bool,
     /// The wasm HTTP filter as text (JSON or YAML flow style), spliced into the bootstrap.
     filter_text: Option<String>,
     /// The listener comes from an LDS file, so [`Envoy::reconfigure`] can update it.
@@ -767,6 +768,12 @@ impl EnvoyBuilder {
     }
 
     /// HTTP/1.1 trailers, on the listener and on every cluster (`enable_trailers`).
+    /// Lets websocket upgrades through the connection manager (`upgrade_configs`).
+    pub fn allow_websocket(mut self) -> Self {
+        self.websocket = true;
+        self
+    }
+
     pub fn enable_trailers(mut self) -> Self {
         self.trailers = true;
         self
@@ -990,6 +997,9 @@ wait "$pid""#;
         if self.trailers {
             hcm["http_protocol_options"] = json!({"enable_trailers": true});
         }
+        if self.websocket {
+            hcm["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
+        }
         let mut listener = json!({
             "name": "main",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
@@ -1107,6 +1117,7 @@ impl Envoy {
             routes: Vec::new(),
             upstream_aliases: Vec::new(),
             trailers: false,
+            websocket: false,
             filter_text: None,
             dynamic_listener: false,
         }
