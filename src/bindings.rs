@@ -48,6 +48,8 @@ pub(crate) struct StreamState {
     pub skip_response_body: bool,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
+    /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
+    pub callouts_made: usize,
 }
 
 impl StreamState {
@@ -277,6 +279,10 @@ pub(crate) struct Api<H> {
     pub frame: RefCell<Frame>,
     /// Metric ids, defined on first use.
     metrics: RefCell<gateway::Metrics>,
+    /// The configuration's secrets, taken out of every line the plugin logs itself.
+    pub redactor: Rc<crate::redact::Redactor>,
+    /// The configuration's limits (those on the proxy's resources are checked here).
+    pub limits: crate::config::Limits,
 }
 
 /// Where a binding may be called.
@@ -320,6 +326,12 @@ fn refused<T>(function: &str, status: Status) -> ScriptResult<T> {
 }
 
 impl<H: Host> Api<H> {
+    /// Logs a line of the plugin's own (an error, a warning), without the configuration's
+    /// secrets. What a script logs itself goes to the host as it is.
+    pub(crate) fn log_plugin(&self, level: LogLevel, message: &str) {
+        self.host.log(level, &self.redactor.redact(message));
+    }
+
     /// The error that stops a call whose heap, with `more` bytes it is about to ask for, is
     /// past a limit: the call has added more than `max_memory` since it began, or the VM's
     /// whole heap would be over `max_vm_memory` and this call adds to it (a call that holds
@@ -510,7 +522,7 @@ impl<H: Host> Api<H> {
                 ..
             } = write;
             if let Err(status) = self.host.set_buffer(buffer, start, size, &data) {
-                self.host.log(
+                self.log_plugin(
                     LogLevel::Warn,
                     &format!("the proxy refused this call's write to {buffer:?} ({status:?})"),
                 );
@@ -526,7 +538,7 @@ impl<H: Host> Api<H> {
             let refs: Vec<(&str, &[u8])> =
                 headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
             if let Err(s) = self.host.send_http_response(status, &refs, &body) {
-                self.host.log(
+                self.log_plugin(
                     LogLevel::Warn,
                     &format!("the local response {status} was refused by the proxy ({s:?})"),
                 );
@@ -562,7 +574,7 @@ impl<H: Host> Api<H> {
 
     #[cold]
     fn writes_refused(&self, map: MapType, status: Status) {
-        self.host.log(
+        self.log_plugin(
             LogLevel::Warn,
             &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
         );
@@ -692,6 +704,12 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
+        let max = self.limits.max_callouts;
+        if self.frame.borrow().stream.callouts_made >= max {
+            return err(format!(
+                "{f}(): this request already made {max} callouts (limits.max_callouts)"
+            ));
+        }
         let values: Vec<Cow<'_, str>> = headers
             .iter()
             .map(|(_, v)| String::from_utf8_lossy(v))
@@ -722,7 +740,9 @@ impl<H: Host> Api<H> {
                      is the cluster defined, and are :method, :path and :authority set?"
                 ))
             })?;
-        self.frame.borrow_mut().stream.calls.push(PendingCall {
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.callouts_made += 1;
+        stream.calls.push(PendingCall {
             id,
             phase,
             callback,
@@ -986,13 +1006,15 @@ impl<H: Host + 'static> Api<H> {
         Some(slot.get_or_insert_with(|| constant.private_copy()).clone())
     }
 
-    pub(crate) fn new(host: H, memory: MemoryLimits) -> Self {
+    pub(crate) fn new(host: H, limits: &Limits, redactor: Rc<crate::redact::Redactor>) -> Self {
         Self {
             host,
-            memory,
+            memory: limits.into(),
             phase: Cell::new(None),
             frame: RefCell::default(),
             metrics: RefCell::default(),
+            redactor,
+            limits: limits.clone(),
         }
     }
 }
@@ -1361,7 +1383,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range.",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
         r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {

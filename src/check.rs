@@ -116,7 +116,8 @@ pub(crate) fn with_api(mut engine: Engine) -> Engine {
         engine: &mut engine,
         api: Rc::new(Api::new(
             EmulatorHost::default(),
-            (&Limits::default()).into(),
+            &Limits::default(),
+            Rc::default(),
         )),
         docs: None,
     });

@@ -61,6 +61,16 @@ pub struct Limits {
     /// Bytes of heap the whole VM may use, for every request in flight together: past it, a
     /// call that asks for more fails (enforced in the proxy, like `max_memory`).
     pub max_vm_memory: usize,
+    /// Callouts one request may make, counting those its callbacks make.
+    pub max_callouts: usize,
+    /// Distinct metrics (kind and name) a script may define in one plugin configuration.
+    pub max_metrics: usize,
+    /// Bytes in one shared-data key.
+    pub max_shared_key_size: usize,
+    /// Bytes in one shared-data value.
+    pub max_shared_value_size: usize,
+    /// Bytes of keys and values in the VM's shared data (one store for every worker).
+    pub max_shared_bytes: usize,
 }
 
 impl Default for Limits {
@@ -76,13 +86,18 @@ impl Default for Limits {
             max_body_size: 4 << 20,
             max_memory: 64 << 20,
             max_vm_memory: 256 << 20,
+            max_callouts: 32,
+            max_metrics: 256,
+            max_shared_key_size: 256,
+            max_shared_value_size: 64 << 10,
+            max_shared_bytes: 16 << 20,
         }
     }
 }
 
 impl Limits {
     /// Allowed range of each limit, inclusive.
-    pub const RANGES: [(&'static str, u64, u64); 10] = [
+    pub const RANGES: [(&'static str, u64, u64); 15] = [
         ("max_operations", 1_000, 100_000_000),
         // Rhai recurses on the VM's native stack (V8 gives wasm about 1 MiB): measured in Envoy,
         // 32 levels with the deepest expressions max_expr_depth allows run; 48 levels trap.
@@ -97,9 +112,14 @@ impl Limits {
         ("max_body_size", 0, 128 << 20),
         ("max_memory", 1 << 20, 512 << 20),
         ("max_vm_memory", 16 << 20, 512 << 20),
+        ("max_callouts", 0, 1_000),
+        ("max_metrics", 0, 10_000),
+        ("max_shared_key_size", 1, 64 << 10),
+        ("max_shared_value_size", 0, 16 << 20),
+        ("max_shared_bytes", 0, 1 << 30),
     ];
 
-    fn values(&self) -> [u64; 10] {
+    fn values(&self) -> [u64; 15] {
         [
             self.max_operations,
             self.max_call_depth as u64,
@@ -111,6 +131,11 @@ impl Limits {
             self.max_body_size as u64,
             self.max_memory as u64,
             self.max_vm_memory as u64,
+            self.max_callouts as u64,
+            self.max_metrics as u64,
+            self.max_shared_key_size as u64,
+            self.max_shared_value_size as u64,
+            self.max_shared_bytes as u64,
         ]
     }
 
@@ -407,6 +432,15 @@ impl PluginConfig {
     /// assert_eq!(config.user_config["a"], 1);
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        // A refusal quotes what it refused (serde: `invalid type: string "…"`): never a secret.
+        Self::check(bytes).map_err(|e| {
+            crate::redact::Redactor::of_json(bytes)
+                .redact(&e)
+                .into_owned()
+        })
+    }
+
+    fn check(bytes: &[u8]) -> Result<Self, String> {
         let raw: RawConfig = serde_json::from_slice(bytes)
             .map_err(|e| format!("plugin configuration is not valid: {e}"))?;
         let rules = raw

@@ -4,6 +4,7 @@
 //! - [`plugin`]: the compiled script and its engine, one per configuration.
 //! - [`bindings`]: every function a script can call, written once for every host.
 //! - [`stream`]: the phase driver, how a stream runs through the script.
+//! - [`redact`]: the configuration's secrets, kept out of the lines the plugin logs.
 //! - [`host`]: the host trait between the bindings and a proxy.
 //! - [`header_map`]: Envoy's header map rules, and a call's header operations batched.
 //! - `wasm_host` / `wasm`: the host and the proxy-wasm entry points of the wasm build.
@@ -25,6 +26,7 @@ pub mod header_map;
 pub mod host;
 pub mod phase;
 pub mod plugin;
+pub mod redact;
 pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -15,6 +15,7 @@ use crate::bindings::{self, Api, Constant, Constants, FnDoc, Registrar};
 use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::Phase;
+use crate::redact::Redactor;
 
 /// Name of the plugin-level timer function.
 pub const TICK_FUNCTION: &str = "on_tick";
@@ -141,10 +142,19 @@ pub struct Plugin<H> {
 
 impl<H: Host + 'static> Plugin<H> {
     /// Parses the configuration and compiles its scripts; the error is one line that says why
-    /// (for a script, with line and column).
+    /// (for a script, with line and column), without the configuration's secrets.
     pub fn configure(host: H, configuration: &[u8]) -> Result<Self, String> {
         let config = PluginConfig::parse(configuration)?;
-        let api = Rc::new(Api::new(host, (&config.limits).into()));
+        let rule_configs = config.rules.iter().filter_map(|r| r.config.as_ref());
+        let redactor = Rc::new(Redactor::new(
+            std::iter::once(&config.user_config).chain(rule_configs),
+        ));
+        Self::build(host, config, redactor.clone())
+            .map_err(|reason| redactor.redact(&reason).into_owned())
+    }
+
+    fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, String> {
+        let api = Rc::new(Api::new(host, &config.limits, redactor));
         let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
@@ -260,7 +270,7 @@ impl<H: Host + 'static> Plugin<H> {
         cells.release();
         if let Err(e) = result {
             self.api.count_script_error();
-            self.api.host.log(
+            self.api.log_plugin(
                 LogLevel::Error,
                 &format!(
                     "script error in {TICK_FUNCTION}: {}",
@@ -414,7 +424,7 @@ pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
     let limits = Limits::default();
     new_engine(
         &limits,
-        Rc::new(Api::new(host, (&limits).into())),
+        Rc::new(Api::new(host, &limits, Rc::default())),
         Some(&mut docs),
     );
     docs

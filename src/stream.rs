@@ -29,6 +29,9 @@ pub struct HttpStream<H: Host> {
     /// The closures' shared cells this stream's script made: emptied when the stream is gone,
     /// which frees the reference cycles among them (`let f = 0; f = || f;`).
     cells: SharedCells,
+    /// The request id, once an error needed it and the proxy gave it: read on the first
+    /// error, not on every request.
+    request_id: Option<String>,
 }
 
 /// Where one direction of the stream stands with its body and trailers.
@@ -61,6 +64,7 @@ impl<H: Host + 'static> HttpStream<H> {
             request: SideState::default(),
             response: SideState::default(),
             cells: SharedCells::default(),
+            request_id: None,
         }
     }
 
@@ -119,12 +123,11 @@ impl<H: Host + 'static> HttpStream<H> {
         // Errors of the phases where the proxy hides the request id are logged now, with it.
         let deferred = std::mem::take(&mut self.state.deferred_errors);
         if !deferred.is_empty() {
-            let id = self.request_id();
+            let id = self.request_id().unwrap_or_else(|| "-".into());
             for message in deferred {
                 self.plugin
                     .api
-                    .host
-                    .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
+                    .log_plugin(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
             }
         }
         if self.defines(Phase::Log) {
@@ -356,7 +359,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let max = self.plugin.config.limits.max_body_size;
         if body_size > max {
-            self.plugin.api.host.log(
+            self.plugin.api.log_plugin(
                 LogLevel::Warn,
                 &format!("{phase}: body of {body_size} bytes is over limits.max_body_size ({max})"),
             );
@@ -424,21 +427,26 @@ impl<H: Host + 'static> HttpStream<H> {
         let resumed = api.resume(side);
         std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
         if let Err(status) = resumed {
-            api.host.log(
+            api.log_plugin(
                 LogLevel::Warn,
                 &format!("resuming the {side:?} failed: {status:?}"),
             );
         }
     }
 
-    fn request_id(&self) -> String {
-        self.property_text(&["request", "id"])
-            .unwrap_or_else(|| "-".into())
+    /// The request id, kept once the proxy gave it. Envoy gives `request.id` (like every
+    /// `request.*` property) only while the request headers phase holds the request, and in
+    /// the log phase: not in the other phases, nor after a resume (measured in Envoy 1.40).
+    fn request_id(&mut self) -> Option<String> {
+        if self.request_id.is_none() {
+            self.request_id = self.property_text(&["request", "id"]);
+        }
+        self.request_id.clone()
     }
 
-    /// Logs a script error once, with its request id. Envoy gives the id only in the request
-    /// headers and log phases: an error elsewhere is logged when the stream ends (`on_log`),
-    /// which costs the requests that don't fail nothing.
+    /// Logs a script error once, with its request id. When the proxy doesn't give the id now
+    /// (see [`Self::request_id`]) the line is logged when the stream ends (`on_log`), where it
+    /// does; the requests that don't fail never read it.
     fn log_error(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) {
         self.plugin.api.count_script_error();
         let place = if in_callback {
@@ -450,14 +458,17 @@ impl<H: Host + 'static> HttpStream<H> {
             "script error in {place}{phase} (request {REQUEST_ID_SLOT}): {}",
             describe_error(error)
         );
-        if matches!(phase, Phase::RequestHeaders | Phase::Log) {
-            let id = self.request_id();
-            self.plugin
+        let id = match phase {
+            Phase::RequestHeaders => self.request_id(),
+            Phase::Log => Some(self.request_id().unwrap_or_else(|| "-".into())),
+            _ => self.request_id.clone(),
+        };
+        match id {
+            Some(id) => self
+                .plugin
                 .api
-                .host
-                .log(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1));
-        } else {
-            self.state.deferred_errors.push(message);
+                .log_plugin(LogLevel::Error, &message.replacen(REQUEST_ID_SLOT, &id, 1)),
+            None => self.state.deferred_errors.push(message),
         }
     }
 
@@ -492,7 +503,7 @@ impl<H: Host + 'static> HttpStream<H> {
                     .host
                     .send_http_response(status, &headers, body.as_bytes())
             {
-                self.plugin.api.host.log(
+                self.plugin.api.log_plugin(
                     LogLevel::Warn,
                     &format!("local response {status} refused by the proxy: {s:?}"),
                 );

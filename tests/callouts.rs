@@ -228,6 +228,42 @@ fn error_in_a_callback_follows_the_policy_and_the_plugin_keeps_serving() {
     assert_eq!(o.response.status, 200);
 }
 
+/// Envoy lets go of the request when the script resumes it: the request id is no longer given
+/// then (nor are the headers), so an error after the resume is logged when the stream ends,
+/// with the id, not with `-`.
+#[test]
+fn an_error_after_a_resume_is_logged_with_the_request_id() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/a", [], 100, |s, h, b| {
+            resume_http_request();
+            let after = get_property("request.id");
+            try { get_request_header("x-a"); } catch (e) { log_info(`after the resume: ${after}|${e}`); }
+            throw "failed after the resume";
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/").header("x-request-id", "rid-7"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(200, &[], ""),
+    );
+    let lines: Vec<_> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        lines[0].starts_with("after the resume: |get_request_header(): the proxy refused"),
+        "{lines:?}"
+    );
+    assert_eq!(o.script_errors().len(), 1);
+    assert!(
+        o.script_errors()[0].starts_with(
+            "script error in callout callback of on_request_headers (request rid-7): \
+             Runtime error: failed after the resume"
+        ),
+        "{:?}",
+        o.script_errors()
+    );
+}
+
 #[test]
 fn callouts_from_every_phase() {
     let p = plugin(

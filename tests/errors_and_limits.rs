@@ -744,3 +744,109 @@ fn values_within_the_nesting_limit_work_and_the_limit_is_configurable() {
         .unwrap_or_default()
         .contains("limits.max_value_depth = 513 is out of range"));
 }
+
+/// No secret of the configuration (`config`, a rule's `config`) reaches a line the plugin logs
+/// itself, whatever message quotes it; the script's own log lines are its choice.
+#[test]
+fn the_plugin_never_logs_a_configuration_secret() {
+    const SECRET: &str = "sk_live_51Hx9QzT";
+    const RULE_SECRET: &str = "rk_rule_7Kp2mW4v";
+    let script = r#"
+        fn on_request_headers() {
+            let c = config();
+            switch get_request_header("x-op") {
+                "int" => parse_int(c.key),
+                "fn" => Fn(c.key).call(),
+                "cluster" => http_get(c.key, "/", [], 100, |s| {}),
+                "throw" => throw c.key,
+                "deferred" => set_context("op", "deferred"),
+                "log" => log_warn(`the script's own choice: ${c.key}`),
+                _ => {}
+            }
+        }
+        fn on_response_headers() {
+            if get_context("op") == "deferred" { parse_int(config().key); }
+        }
+        fn on_tick() { parse_int(config().key); }
+    "#;
+    let p = configure(json!({
+        "script": script,
+        "config": {"key": SECRET, "mode": "on"},
+        "_rules_": [{"_match_route_": ["r"], "config": {"key": RULE_SECRET}}],
+    }))
+    .unwrap();
+    for op in ["int", "fn", "cluster", "throw", "deferred"] {
+        let o = p.run(
+            &Request::get("/").header("x-op", op),
+            &mut Response::ok("up"),
+        );
+        assert_eq!(o.script_errors().len(), 1, "{op}: {:?}", o.log);
+        let line = o.script_errors()[0];
+        assert!(!line.contains(SECRET), "{op}: {line}");
+        assert!(line.contains("[redacted]"), "{op}: {line}");
+    }
+    p.tick();
+    let last = p.log().last().unwrap().message.clone();
+    assert!(last.starts_with("script error in on_tick"), "{last}");
+    assert!(
+        !last.contains(SECRET) && last.contains("[redacted]"),
+        "{last}"
+    );
+    // What the script logs itself is its own choice.
+    let o = p.run(
+        &Request::get("/").header("x-op", "log"),
+        &mut Response::ok("up"),
+    );
+    assert_eq!(
+        o.log[0].message,
+        format!("the script's own choice: {SECRET}")
+    );
+
+    // Configure-time refusals: a failing top-level statement, a rule's config, and a value
+    // the parser quotes.
+    let refused = |c: serde_json::Value| Emulator::new(&c.to_string()).err().expect("refused");
+    let reason = refused(json!({
+        "script": "parse_int(config().key); fn on_request_headers() {}",
+        "config": {"key": SECRET},
+    }));
+    assert!(
+        reason.starts_with("script failed while loading"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains(SECRET) && reason.contains("[redacted]"),
+        "{reason}"
+    );
+    let reason = refused(json!({
+        "script": "fn on_request_headers() {}",
+        "_rules_": [{"_match_route_": ["r"], "config": {"password": "hunter2"},
+                     "script": "parse_int(config().password); fn on_request_headers() {}"}],
+    }));
+    assert!(
+        !reason.contains("hunter2") && reason.contains("[redacted]"),
+        "{reason}"
+    );
+    let reason = refused(json!({
+        "script": "fn on_request_headers() {}",
+        "config": {"token": "tok_abcdef"},
+        "error_policy": {"mode": "tok_abcdef"},
+    }));
+    assert!(reason.contains("unknown variant"), "{reason}");
+    assert!(!reason.contains("tok_abcdef"), "{reason}");
+    // Text that is not JSON: the parser says where, never what (so nothing to take out).
+    let reason = Emulator::new(&format!(
+        r#"{{"script": "s", "config": {{"key": "{SECRET}" "b": 1}}}}"#
+    ))
+    .err()
+    .expect("refused");
+    assert!(reason.contains("at line 1 column"), "{reason}");
+    assert!(!reason.contains(SECRET), "{reason}");
+    // Names (lowercase letters and -_./:) stay readable, as a cluster must.
+    let p = configure(json!({
+        "script": r#"fn on_request_headers() { http_get(config().cluster, "/", [], 100, |s| {}); }"#,
+        "config": {"cluster": "token-svc"},
+    }))
+    .unwrap();
+    let o = p.run(&Request::get("/"), &mut Response::ok("up"));
+    assert!(o.script_errors()[0].contains("refused the call to cluster 'token-svc'"));
+}

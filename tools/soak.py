@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Soak: real Envoy with proxy-rhai under high load for a few minutes, with a mix of good
-requests, script errors and callouts. Checks zero failed VMs, zero unexpected status codes,
-and reports Envoy's memory at the first and the last minute.
+requests, script errors and callouts, and of requests that ask the proxy to keep more: a
+metric named by the path, a path-keyed shared-data cache (1 KiB a key), a chain of callouts
+made by callbacks (limits.max_callouts, max_metrics, max_shared_bytes stop them). Checks zero
+failed VMs, zero unexpected status codes, and reports Envoy's memory before, during (first
+and last minute) and after the load.
 
 usage: tools/soak.py [--seconds 180] [--connections 32] [--wasm target/proxy_rhai.wasm]
        tools/soak.py --flood [--seconds 60] [--connections 300] [--body-kb 1000]
@@ -20,13 +23,28 @@ fn on_request_headers() {
     let path = get_request_header(":path");
     set_context("path", path);
     if path.starts_with("/error") { throw "soak: a script error on purpose"; }
+    if path.starts_with("/metric/") { increment_counter(path.sub_string(8), 1); return; }
+    if path.starts_with("/cache/") {
+        let value = "x";
+        value.pad(1024, 'x');
+        shared_set(path, value, 0);
+        return;
+    }
+    if path == "/chain" { chain(1); return; }
     if path.starts_with("/callout") {
         http_get("backend", "/token", [], 1000, |status, headers, body| {
             add_request_header("x-token-status", status.to_string());
         });
         return;
     }
+    if path == "/shared" {
+        send_http_response(200, [], `${shared_get("proxy-rhai:shared-bytes").value}`);
+        return;
+    }
     add_request_header("x-soak", "1");
+}
+fn chain(n) {
+    http_get("backend", `/token?n=${n}`, [], 1000, |status| { chain(n + 1); });
 }
 fn on_response_headers() {
     add_response_header("x-soak-path", get_context("path"));
@@ -73,12 +91,14 @@ end
 # thread and checked at the end (500 only with the error policy's body).
 WRK_LUA = r'''
 local threads = {}
-function setup(thread) table.insert(threads, thread) end
+function setup(thread) table.insert(threads, thread); thread:set("id", #threads) end
 function init(args) n = 0; ok = 0; policy = 0; unexpected = 0; first_bad = "" end
 function request()
     n = n + 1
     local path = "/ok"
-    if n % 10 == 3 then path = "/error" elseif n % 10 == 7 then path = "/callout" end
+    if n % 10 == 3 then path = "/error" elseif n % 10 == 7 then path = "/callout"
+    elseif n % 10 == 5 then path = "/metric/" .. n elseif n % 10 == 9 then path = "/cache/" .. id .. "/" .. n
+    elseif n % 50 == 1 then path = "/chain" end
     return wrk.format("GET", path)
 end
 '''
@@ -217,12 +237,22 @@ def main():
         front = procs[1]
         rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{front.pid}/status").read()).group(1)) // 1024
         if not args.flood:
+            before = rss()
             out, samples = run_wrk(work, WRK_LUA, listen, seconds, connections, rss)
             print(out)
+            time.sleep(5)
+            after = rss()
             first = [m for t, m in samples if t <= 60]
             last = [m for t, m in samples if t >= seconds - 60]
-            print(f"Envoy RSS (MiB), first minute: {min(first)}-{max(first)}, last minute: {min(last)}-{max(last)}")
+            print(f"Envoy RSS (MiB), before: {before}, first minute: {min(first)}-{max(first)}, "
+                  f"last minute: {min(last)}-{max(last)}, 5 s after: {after}")
             print("samples (s, MiB):", samples)
+            metrics = wasm_stats(admin).strip().splitlines()
+            print(f"{len(metrics)} wasmcustom stats; the plugin's own and the soak's:")
+            print("\n".join(l for l in metrics if "proxy_rhai" in l or "soak" in l))
+            shared = subprocess.run(["curl", "-s", f"127.0.0.1:{listen}/shared"],
+                                    capture_output=True, text=True).stdout
+            print(f"shared-data bytes counted: {shared}")
             ok = soak_ok(out)
         else:
             subprocess.run(["curl", "-s", "-o", "/dev/null", f"127.0.0.1:{listen}/warm"])

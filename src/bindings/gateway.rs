@@ -58,19 +58,145 @@ fn get_property_raw<H: Host>(
 
 /// Metric ids by kind and name, defined on first use; and the heap size last reported.
 #[derive(Default)]
-pub(crate) struct Metrics(HashMap<(u8, String), u32>, Option<usize>);
+pub(crate) struct Metrics {
+    ids: HashMap<(u8, String), u32>,
+    heap_reported: Option<usize>,
+    /// How many of `ids` scripts defined: the plugin's own metrics don't count against
+    /// `limits.max_metrics`.
+    by_scripts: usize,
+}
 
+/// A script's metric: one more past `limits.max_metrics` is refused (each name a client's
+/// input makes would be a stat in Envoy for as long as it runs).
 fn metric_id<H: Host>(a: &Api<H>, f: &str, kind: MetricType, name: &str) -> ScriptResult<u32> {
+    define_metric(a, f, kind, name, Some(a.limits.max_metrics))
+}
+
+/// The id of a metric, defined on first use; `max`: how many scripts may define.
+fn define_metric<H: Host>(
+    a: &Api<H>,
+    f: &str,
+    kind: MetricType,
+    name: &str,
+    max: Option<usize>,
+) -> ScriptResult<u32> {
     let key = (kind as u8, name.to_string());
-    if let Some(id) = a.metrics.borrow().0.get(&key) {
+    if let Some(id) = a.metrics.borrow().ids.get(&key) {
         return Ok(*id);
+    }
+    if let Some(max) = max.filter(|max| a.metrics.borrow().by_scripts >= *max) {
+        return err(format!(
+            "{f}(): the script already defined {max} metrics (limits.max_metrics): \
+             no new metric '{name}'"
+        ));
     }
     let id = a
         .host
         .define_metric(kind, name)
         .or_else(|s| refused(f, s))?;
-    a.metrics.borrow_mut().0.insert(key, id);
+    let mut metrics = a.metrics.borrow_mut();
+    metrics.ids.insert(key, id);
+    metrics.by_scripts += usize::from(max.is_some());
     Ok(id)
+}
+
+/// The shared-data key where the plugin counts the bytes of keys and values in the store, as
+/// decimal text, for `limits.max_shared_bytes`. Scripts may read it, not write it.
+pub const SHARED_USAGE_KEY: &str = "proxy-rhai:shared-bytes";
+
+/// Attempts at a compare-and-swap another worker keeps beating before the call gives up.
+const SHARED_ATTEMPTS: usize = 32;
+
+/// `shared_set`: within the size limits, and within `limits.max_shared_bytes` over the whole
+/// store. The store is one per VM id for every worker and has no delete, so the bytes are
+/// counted in the store itself ([`SHARED_USAGE_KEY`]), by every worker, with
+/// compare-and-swap: a write that grows the store takes its growth from the budget first, one
+/// that shrinks it gives back. The value is then written only over the version that was
+/// measured, so the count stays exact (a key two workers create at the same moment may be
+/// counted twice: over, never under).
+fn shared_set<H: Host>(a: &Api<H>, key: &str, value: &[u8], version: u32) -> ScriptResult<bool> {
+    const F: &str = "shared_set";
+    let limits = &a.limits;
+    if key == SHARED_USAGE_KEY {
+        return err(format!(
+            "{F}(): '{SHARED_USAGE_KEY}' is the plugin's own key"
+        ));
+    }
+    if key.len() > limits.max_shared_key_size {
+        return err(format!(
+            "{F}(): a key of {} bytes is over limits.max_shared_key_size ({})",
+            key.len(),
+            limits.max_shared_key_size
+        ));
+    }
+    if value.len() > limits.max_shared_value_size {
+        return err(format!(
+            "{F}(): a value of {} bytes is over limits.max_shared_value_size ({})",
+            value.len(),
+            limits.max_shared_value_size
+        ));
+    }
+    for _ in 0..SHARED_ATTEMPTS {
+        let (old, current) = a.host.get_shared_data(key).or_else(|s| refused(F, s))?;
+        if version != 0 && old.is_some() && version != current {
+            return Ok(false); // what the proxy would answer
+        }
+        let old_size = old.as_ref().map_or(0, |v| key.len() + v.len());
+        let growth = (key.len() + value.len()) as i64 - old_size as i64;
+        count_shared_bytes(a, growth)?;
+        let cas = if old.is_some() { current } else { version };
+        match a.host.set_shared_data(key, value, cas) {
+            Ok(()) => return Ok(true),
+            Err(status) => {
+                let _ = count_shared_bytes(a, -growth);
+                match status {
+                    Status::CasMismatch if version == 0 => continue,
+                    Status::CasMismatch => return Ok(false),
+                    other => return refused(F, other),
+                }
+            }
+        }
+    }
+    err(format!(
+        "{F}(): other workers kept changing '{key}'; try again"
+    ))
+}
+
+/// Adds `growth` (may be negative) to the bytes counted under [`SHARED_USAGE_KEY`]; an error
+/// when that would go past `limits.max_shared_bytes`.
+fn count_shared_bytes<H: Host>(a: &Api<H>, growth: i64) -> ScriptResult<()> {
+    const F: &str = "shared_set";
+    if growth == 0 {
+        return Ok(());
+    }
+    let max = a.limits.max_shared_bytes as i64;
+    for _ in 0..SHARED_ATTEMPTS {
+        let (usage, version) = a
+            .host
+            .get_shared_data(SHARED_USAGE_KEY)
+            .or_else(|s| refused(F, s))?;
+        let used: i64 = usage
+            .and_then(|u| std::str::from_utf8(&u).ok()?.parse().ok())
+            .unwrap_or(0);
+        let next = used.saturating_add(growth).max(0);
+        if growth > 0 && next > max {
+            return err(format!(
+                "{F}(): shared data is full: {used} of limits.max_shared_bytes ({max}) bytes \
+                 in use, {growth} more asked; reads, and writes that don't grow it, still work"
+            ));
+        }
+        match a
+            .host
+            .set_shared_data(SHARED_USAGE_KEY, next.to_string().as_bytes(), version)
+        {
+            Ok(()) => return Ok(()),
+            Err(Status::CasMismatch) => continue,
+            Err(s) => return refused(F, s),
+        }
+    }
+    err(format!(
+        "{F}(): other workers kept changing '{SHARED_USAGE_KEY}'; try again"
+    ))
 }
 
 /// Sets a gauge or records a histogram value; both take values ≥ 0.
@@ -306,7 +432,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             Ok(map)
         });
     bind!(reg, "shared_set", Anywhere, "bool: false when `version` is stale",
-        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap). Version 0 stores whatever is there, as Envoy does — so create a key once (e.g. at top level) before updating it with compare-and-swap.",
+        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap). Version 0 stores whatever is there, as Envoy does — so create a key once (e.g. at top level) before updating it with compare-and-swap. The store has no delete: a key may hold `limits.max_shared_key_size` bytes, a value `limits.max_shared_value_size`, and all keys and values together `limits.max_shared_bytes` (for every worker; the plugin keeps the count under `proxy-rhai:shared-bytes`, which scripts may read). Past them the call is an error; reads, and writes that don't grow the store, still work.",
         r#"// Created once, when the plugin loads: from then on every update is a compare-and-swap.
 if shared_get("hits").version == 0 { shared_set("hits", "0", 0); }
 
@@ -321,11 +447,7 @@ fn on_request_headers() {
         |a, key: &str, value: Dynamic, version: i64| {
             let bytes = bytes_of("shared_set", &value)?;
             let version = u32::try_from(version).or_else(|_| err(format!("shared_set(): version {version} is not a version")))?;
-            match a.host.set_shared_data(key, &bytes, version) {
-                Ok(()) => Ok(true),
-                Err(Status::CasMismatch) => Ok(false),
-                Err(s) => refused("shared_set", s),
-            }
+            shared_set(a, key, &bytes, version)
         });
 
     // Metrics, defined on first use; Envoy shows them in its stats.
@@ -334,7 +456,7 @@ fn on_request_headers() {
         "increment_counter",
         Anywhere,
         "()",
-        "Adds `delta` (≥ 0) to the counter `name`, defining it on first use.",
+        "Adds `delta` (≥ 0) to the counter `name`, defining it on first use. A script may define `limits.max_metrics` distinct metrics (counters, gauges and histograms together); a new name past that is an error, the ones defined keep working.",
         r#"fn on_request_headers() {
     increment_counter("requests_seen", 1);
 }"#,
@@ -450,11 +572,12 @@ const HEAP_REPORT_STEP: usize = 64 << 10;
 impl<H: Host> Api<H> {
     /// Counts one script error in [`SCRIPT_ERRORS_METRIC`]; a proxy without metrics loses it.
     pub(crate) fn count_script_error(&self) {
-        if let Ok(id) = metric_id(
+        if let Ok(id) = define_metric(
             self,
             "count_script_error",
             MetricType::Counter,
             SCRIPT_ERRORS_METRIC,
+            None,
         ) {
             let _ = self.host.increment_metric(id, 1);
         }
@@ -466,14 +589,14 @@ impl<H: Host> Api<H> {
         let Some(in_use) = self.host.heap_in_use() else {
             return;
         };
-        if let Some(last) = self.metrics.borrow().1 {
+        if let Some(last) = self.metrics.borrow().heap_reported {
             if in_use.abs_diff(last) < HEAP_REPORT_STEP {
                 return;
             }
         }
-        if let Ok(id) = metric_id(self, "report_heap", MetricType::Gauge, HEAP_METRIC) {
+        if let Ok(id) = define_metric(self, "report_heap", MetricType::Gauge, HEAP_METRIC, None) {
             if self.host.record_metric(id, in_use as u64).is_ok() {
-                self.metrics.borrow_mut().1 = Some(in_use);
+                self.metrics.borrow_mut().heap_reported = Some(in_use);
             }
         }
     }

@@ -3,9 +3,10 @@
 //! Envoy facts it reproduces (each checked in Envoy; the end-to-end tests keep checking):
 //! - header maps follow Envoy's rules ([`crate::header_map`]): lowercase names, the first value
 //!   read by name, inline headers joined, a replaced header moved to the end;
-//! - request headers are there only while the request headers phase runs (or is paused), and
-//!   response headers only during the response headers phase: otherwise reads find nothing
-//!   and writes are refused (BadArgument);
+//! - request headers are there only while the request headers phase runs (or is paused, until
+//!   a resume), and response headers only during the response headers phase: otherwise reads
+//!   find nothing and writes are refused (BadArgument); the `request.*` properties are empty
+//!   outside the request headers phase and the log phase;
 //! - a body write is a prepend (0, 0), a replace (0, length) or an append (start ≥ length),
 //!   anything else is BadArgument;
 //! - a local response and a resume take effect after the callback returns;
@@ -48,8 +49,8 @@ pub struct CalloutAnswer {
 }
 
 /// Which maps Envoy currently gives the filter: each header or trailer map only during its
-/// own callback (or while paused there), both header maps again in the log phase; the
-/// request's properties (`request.*`) are missing while the response body streams.
+/// own callback (or while paused there, until a resume), both header maps again in the log
+/// phase; the request's properties (`request.*`) are empty outside those two windows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Window {
     #[default]
@@ -308,7 +309,13 @@ impl Host for EmulatorHost {
 
     fn resume_http_request(&self) -> Result<(), Status> {
         self.trace("resume_http_request()".into());
-        self.0.borrow_mut().stream.resume_request = true;
+        let mut state = self.0.borrow_mut();
+        state.stream.resume_request = true;
+        // Envoy lets go of the request headers at once: reads and writes after a resume in
+        // the same callback are refused (BadArgument), `request.*` properties are empty.
+        if state.stream.window == Window::RequestHeaders {
+            state.stream.window = Window::None;
+        }
         Ok(())
     }
 
@@ -359,12 +366,11 @@ impl Host for EmulatorHost {
         let state = self.0.borrow();
         let path = path.join(".");
         if path.starts_with("request.")
-            && matches!(
-                state.stream.window,
-                Window::ResponseBody | Window::ResponseTrailers
-            )
+            && !matches!(state.stream.window, Window::RequestHeaders | Window::Log)
         {
-            return Ok(Some(Vec::new())); // as Envoy: empty while the response body streams
+            // As Envoy: empty once the request headers phase let the request go (measured:
+            // in the body, trailers and response phases, and after a resume).
+            return Ok(Some(Vec::new()));
         }
         Ok(state.properties.get(&path).cloned())
     }
