@@ -59,7 +59,7 @@ impl fmt::Display for Phase {
     }
 }
 
-/// A set of phases: where a binding is allowed, or which phases a script defines.
+/// A set of phases: where a binding is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Phases(u8);
 

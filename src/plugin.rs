@@ -231,18 +231,6 @@ impl<H: Host + 'static> Plugin<H> {
         Ok(plugin)
     }
 
-    /// The configuration, as checked.
-    pub fn config(&self) -> &PluginConfig {
-        &self.config
-    }
-
-    /// Whether the global script defines a function for `phase`.
-    pub fn handles(&self, phase: Phase) -> bool {
-        self.global
-            .as_ref()
-            .is_some_and(|g| g.script.defines(phase))
-    }
-
     /// The tick period to ask the proxy for, when the global script defines `on_tick`.
     pub fn tick_period_ms(&self) -> Option<u32> {
         let global = self.global.as_ref()?;
