@@ -81,13 +81,12 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
     };
     configuration.insert("script".into(), script.into());
     let bytes = Value::Object(configuration).to_string();
-    if let Err(message) = Plugin::configure(EmulatorHost::default(), bytes.as_bytes()) {
-        let (line, column) = position_in(&message);
+    if let Err(e) = Plugin::configure(EmulatorHost::default(), bytes.as_bytes()) {
         found.push(Diagnostic {
             severity: Severity::Error,
-            line,
-            column,
-            message,
+            line: e.line,
+            column: e.column,
+            message: e.to_string(),
         });
     }
     let engine = with_api(Engine::new());
@@ -122,24 +121,6 @@ pub(crate) fn with_api(mut engine: Engine) -> Engine {
         docs: None,
     });
     engine
-}
-
-/// The first `line N, column M` (or `position M`) in a plugin error.
-fn position_in(message: &str) -> (Option<usize>, Option<usize>) {
-    let Some(at) = message.find("line ") else {
-        return (None, None);
-    };
-    let rest = &message[at + 5..];
-    let number = |s: &str| -> Option<usize> {
-        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    };
-    let line = number(rest);
-    let column = [", column ", ", position "].iter().find_map(|sep| {
-        let after = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        after.strip_prefix(sep).and_then(number)
-    });
-    (line, column)
 }
 
 /// Where `fn NAME(` is defined in `source` (1-based line and column of `fn`).

@@ -10,6 +10,76 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Why a plugin configuration is refused: the kind of mistake, where in the script it is (for
+/// the script's own errors) and the one line that says it.
+///
+/// ```
+/// use proxy_rhai::config::{ConfigErrorKind, PluginConfig};
+/// let e = PluginConfig::parse(b"{not json").unwrap_err();
+/// assert_eq!(e.kind, ConfigErrorKind::Invalid);
+/// assert!(e.to_string().starts_with("plugin configuration is not valid"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub kind: ConfigErrorKind,
+    /// Line of the script (1-based) a compile error or a top-level failure points at.
+    pub line: Option<usize>,
+    /// Column (1-based) on that line, when known.
+    pub column: Option<usize>,
+    message: String,
+}
+
+/// See [`ConfigError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigErrorKind {
+    /// Not JSON, an unknown key, no script, a limit out of range, a bad rule or error policy.
+    Invalid,
+    /// A script that doesn't compile.
+    Compile,
+    /// A script whose top-level statements fail when they run, at configuration.
+    Load,
+    /// A script without a phase function, or with one that takes parameters.
+    Phases,
+}
+
+impl ConfigError {
+    pub(crate) fn new(kind: ConfigErrorKind, message: String) -> Self {
+        Self {
+            kind,
+            line: None,
+            column: None,
+            message,
+        }
+    }
+
+    /// The same error, pointing at `line` and `column` of the script.
+    pub(crate) fn at(mut self, line: Option<usize>, column: Option<usize>) -> Self {
+        (self.line, self.column) = (line, column);
+        self
+    }
+
+    /// The same error with its message passed through `f` (to take secrets out of it).
+    pub(crate) fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        self.message = f(&self.message);
+        self
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The checks of the configuration's JSON say what is wrong as text.
+impl From<String> for ConfigError {
+    fn from(message: String) -> Self {
+        Self::new(ConfigErrorKind::Invalid, message)
+    }
+}
+
 /// A configuration that passed every check.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
@@ -431,12 +501,14 @@ impl PluginConfig {
     /// ).unwrap();
     /// assert_eq!(config.user_config["a"], 1);
     /// ```
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         // A refusal quotes what it refused (serde: `invalid type: string "…"`): never a secret.
         Self::check(bytes).map_err(|e| {
-            crate::redact::Redactor::of_json(bytes)
-                .redact(&e)
-                .into_owned()
+            ConfigError::from(
+                crate::redact::Redactor::of_json(bytes)
+                    .redact(&e)
+                    .into_owned(),
+            )
         })
     }
 
@@ -485,7 +557,11 @@ mod tests {
 
     #[test]
     fn refuses_what_it_does_not_know() {
-        let err = |json: &str| PluginConfig::parse(json.as_bytes()).unwrap_err();
+        let err = |json: &str| {
+            PluginConfig::parse(json.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("{").contains("not valid"));
         assert!(err(r#"{"config": {}}"#).contains("no \"script\""));
         assert!(err(r#"{"script": "", "scirpt": ""}"#).contains("unknown field `scirpt`"));
@@ -529,7 +605,11 @@ mod tests {
         assert!(m(2, facts("", "", "plain")));
         assert!(m(3, facts("", "admin-users", "")));
 
-        let err = |json: &str| PluginConfig::parse(json.as_bytes()).unwrap_err();
+        let err = |json: &str| {
+            PluginConfig::parse(json.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(r#"{"script": "", "_rules_": [{"config": {}}]}"#)
             .contains("_rules_[0]: needs one of"));
         assert!(err(

@@ -12,7 +12,7 @@ use rhai::{
 };
 
 use crate::bindings::{self, Api, Constant, Constants, FnDoc, Registrar};
-use crate::config::{Limits, Matcher, PluginConfig, RequestFacts};
+use crate::config::{ConfigError, ConfigErrorKind, Limits, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::redact::Redactor;
@@ -143,25 +143,27 @@ pub struct Plugin<H> {
 impl<H: Host + 'static> Plugin<H> {
     /// Parses the configuration and compiles its scripts; the error is one line that says why
     /// (for a script, with line and column), without the configuration's secrets.
-    pub fn configure(host: H, configuration: &[u8]) -> Result<Self, String> {
+    pub fn configure(host: H, configuration: &[u8]) -> Result<Self, ConfigError> {
         let config = PluginConfig::parse(configuration)?;
         let rule_configs = config.rules.iter().filter_map(|r| r.config.as_ref());
         let redactor = Rc::new(Redactor::new(
             std::iter::once(&config.user_config).chain(rule_configs),
         ));
         Self::build(host, config, redactor.clone())
-            .map_err(|reason| redactor.redact(&reason).into_owned())
+            .map_err(|e| e.map_message(|m| redactor.redact(m).into_owned()))
     }
 
-    fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, String> {
+    fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, ConfigError> {
         let api = Rc::new(Api::new(host, &config.limits, redactor));
         let mut engine = new_engine(&config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
-        let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, String> {
+        let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, ConfigError> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
                 return Ok(script.clone());
             }
-            let script = Rc::new(compile(&engine, source).map_err(|e| format!("{what}{e}"))?);
+            let script =
+                compile(&engine, source).map_err(|e| e.map_message(|m| format!("{what}{m}")))?;
+            let script = Rc::new(script);
             compiled.push((source.to_string(), script.clone()));
             Ok(script)
         };
@@ -180,9 +182,9 @@ impl<H: Host + 'static> Plugin<H> {
                 (Some(source), _) => compile(source, &format!("_rules_[{i}]: "))?,
                 (None, Some(global)) => global.script.clone(),
                 (None, None) => {
-                    return Err(format!(
-                        "_rules_[{i}] has no script and there is no global one"
-                    ))
+                    return Err(
+                        format!("_rules_[{i}] has no script and there is no global one").into(),
+                    )
                 }
             };
             let config = match &rule.config {
@@ -333,16 +335,18 @@ fn run_top_level<H: Host + 'static>(
     engine: &Engine,
     api: &Api<H>,
     selection: &Selection,
-) -> Result<Constants, String> {
+) -> Result<Constants, ConfigError> {
     api.begin_call(None, selection.config.clone(), Constants::default());
     let mut scope = Scope::new();
     let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
     api.end_call();
     result.map_err(|e| {
-        format!(
+        let message = format!(
             "script failed while loading: {}",
             crate::stream::describe_error(&e)
-        )
+        );
+        let at = crate::stream::error_position(&e);
+        ConfigError::new(ConfigErrorKind::Load, message).at(at.line(), at.position())
     })?;
     let constants: Vec<Constant> = scope
         .iter_raw()
@@ -352,7 +356,7 @@ fn run_top_level<H: Host + 'static>(
     Ok(Constants(constants.into()))
 }
 
-fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, String> {
+fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError> {
     let value = rhai::serde::to_dynamic(value)
         .map_err(|e| format!("plugin configuration: {what} cannot be given to Rhai: {e}"))?;
     // Shared and read-only: `config()` hands out the same value to every call, uncopied.
@@ -360,13 +364,15 @@ fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, String> {
 }
 
 /// Compiles one script and finds its phase functions.
-fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
+fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
     let ast = engine.compile(source).map_err(|e| {
-        format!(
+        let at = e.position();
+        let message = format!(
             "script does not compile: {} at {}",
             e.err_type(),
-            position(e.position())
-        )
+            position(at)
+        );
+        ConfigError::new(ConfigErrorKind::Compile, message).at(at.line(), at.position())
     })?;
     let mut functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
@@ -376,10 +382,8 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
             continue;
         }
         if !f.params.is_empty() {
-            return Err(format!(
-                "script error: {}() must take no parameters",
-                f.name
-            ));
+            let message = format!("script error: {}() must take no parameters", f.name);
+            return Err(ConfigError::new(ConfigErrorKind::Phases, message));
         }
         let function = ast.function_without_params(f.name);
         match phase {
@@ -392,10 +396,13 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, String> {
         }
     }
     if functions.iter().all(Option::is_none) && tick.is_none() {
-        return Err("script defines no phase function: define at least one of on_request_headers(), \
-                    on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
-                    on_response_trailers(), on_log(), on_tick()"
-            .into());
+        return Err(ConfigError::new(
+            ConfigErrorKind::Phases,
+            "script defines no phase function: define at least one of on_request_headers(), \
+             on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
+             on_response_trailers(), on_log(), on_tick()"
+                .into(),
+        ));
     }
     Ok(Script {
         ast,

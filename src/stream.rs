@@ -529,6 +529,22 @@ impl<H: Host> Drop for HttpStream<H> {
     }
 }
 
+/// Where in the script an error happened: the innermost position, else the call that led to it.
+pub fn error_position(error: &EvalAltResult) -> rhai::Position {
+    let mut inner = error;
+    let mut call_site = rhai::Position::NONE;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, err, pos) = inner {
+        if !pos.is_none() {
+            call_site = *pos;
+        }
+        inner = err;
+    }
+    match inner.position() {
+        pos if pos.is_none() => call_site,
+        pos => pos,
+    }
+}
+
 /// A script error in one line: the innermost message, where in the script it happened, and
 /// the chain of calls that led there.
 pub fn describe_error(error: &EvalAltResult) -> String {

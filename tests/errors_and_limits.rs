@@ -42,6 +42,40 @@ fn refused_configurations_say_why() {
     .contains("out of range"));
 }
 
+/// A refusal says what kind of mistake it is, and where in the script the script's own are.
+#[test]
+fn refusals_are_typed_with_the_script_position() {
+    use proxy_rhai::config::ConfigErrorKind::{Compile, Invalid, Load, Phases};
+    use proxy_rhai::emulator::EmulatorHost;
+    use proxy_rhai::plugin::Plugin;
+    let refusal = |config: serde_json::Value| {
+        Plugin::configure(EmulatorHost::default(), config.to_string().as_bytes())
+            .err()
+            .expect("refused")
+    };
+    let e =
+        refusal(json!({"script": "fn on_request_headers() {}", "limits": {"max_operations": 1}}));
+    assert_eq!((e.kind, e.line, e.column), (Invalid, None, None));
+    let e = refusal(json!({"script": "fn on_request_headers() {\n  let x = ;\n}"}));
+    assert_eq!((e.kind, e.line, e.column), (Compile, Some(2), Some(11)));
+    let e =
+        refusal(json!({"script": "let a = 1;\nthrow \"at load\";\nfn on_request_headers() {}"}));
+    assert_eq!((e.kind, e.line, e.column), (Load, Some(2), Some(1)));
+    assert!(e.to_string().contains("at load"), "{e}");
+    let e = refusal(json!({"script": "fn f() { throw 1; }\nf();\nfn on_request_headers() {}"}));
+    assert_eq!((e.kind, e.line), (Load, Some(1)));
+    let e = refusal(json!({"script": "fn helper() {}"}));
+    assert_eq!(e.kind, Phases);
+    let e = refusal(json!({"script": "fn on_request_headers() {}",
+        "_rules_": [{"_match_route_": ["r"], "script": "fn on_request_headers() {\n x ++ }"}]}));
+    assert_eq!((e.kind, e.line), (Compile, Some(2)));
+    assert!(
+        e.to_string()
+            .starts_with("_rules_[0]: script does not compile"),
+        "{e}"
+    );
+}
+
 /// Every limit's highest documented value is safe with the others at their defaults, and a
 /// combination that could take the VM's heap past what it can reach is refused.
 #[test]

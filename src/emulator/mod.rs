@@ -351,7 +351,8 @@ impl Emulator {
     /// the error is what the plugin logged when refusing it.
     pub fn new(configuration: &str) -> Result<Self, String> {
         let host = EmulatorHost::default();
-        let plugin = Plugin::configure(host.clone(), configuration.as_bytes())?;
+        let plugin =
+            Plugin::configure(host.clone(), configuration.as_bytes()).map_err(|e| e.to_string())?;
         host.0.borrow_mut().calls.clear();
         Ok(Self {
             host,
