@@ -21,7 +21,7 @@ use std::rc::Rc;
 use rhai::{ASTNode, Engine, Expr, FnCallExpr, Position, Stmt, AST};
 use serde_json::Value;
 
-use crate::bindings::{self, Api, Registrar};
+use crate::bindings::Api;
 use crate::config::Limits;
 use crate::emulator::EmulatorHost;
 use crate::phase::Phase;
@@ -108,19 +108,12 @@ fn error(message: String) -> Diagnostic {
     }
 }
 
-/// `engine` with the script API registered, for analysis and documentation (never to run a
-/// request): `Engine::new()` gives the plugin's set of functions.
-pub(crate) fn with_api(mut engine: Engine) -> Engine {
-    bindings::register(&mut Registrar {
-        engine: &mut engine,
-        api: Rc::new(Api::new(
-            EmulatorHost::default(),
-            &Limits::default(),
-            Rc::default(),
-        )),
-        docs: None,
-    });
-    engine
+/// `engine` in the plugin's sandbox (default limits, the script API), for analysis and
+/// documentation, never to run a request: `Engine::new()` gives the plugin's set of functions.
+pub(crate) fn with_api(engine: Engine) -> Engine {
+    let limits = Limits::default();
+    let api = Api::new(EmulatorHost::default(), &limits, Rc::default());
+    crate::sandbox::engine(engine, &limits, Rc::new(api), None)
 }
 
 /// Where `fn NAME(` is defined in `source` (1-based line and column of `fn`).

@@ -27,6 +27,7 @@ pub mod host;
 pub mod phase;
 pub mod plugin;
 pub mod redact;
+pub mod sandbox;
 pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -7,15 +7,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use rhai::{
-    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, OptimizationLevel, Scope,
-    ScriptFnWithoutParams, SharedCells, AST,
+    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, Scope, ScriptFnWithoutParams, SharedCells,
+    AST,
 };
 
-use crate::bindings::{self, Api, Constant, Constants, FnDoc, Registrar};
-use crate::config::{ConfigError, ConfigErrorKind, Limits, Matcher, PluginConfig, RequestFacts};
+use crate::bindings::{Api, Constant, Constants};
+use crate::config::{ConfigError, ConfigErrorKind, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::redact::Redactor;
+use crate::sandbox;
 
 /// Name of the plugin-level timer function.
 pub const TICK_FUNCTION: &str = "on_tick";
@@ -155,7 +156,7 @@ impl<H: Host + 'static> Plugin<H> {
 
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, ConfigError> {
         let api = Rc::new(Api::new(host, &config.limits, redactor));
-        let mut engine = new_engine(&config.limits, api.clone(), None);
+        let mut engine = sandbox::engine(Engine::new(), &config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, ConfigError> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
@@ -264,7 +265,7 @@ impl<H: Host + 'static> Plugin<H> {
                 LogLevel::Error,
                 &format!(
                     "script error in {TICK_FUNCTION}: {}",
-                    crate::stream::describe_error(&e)
+                    sandbox::describe_error(&e)
                 ),
             );
         }
@@ -343,9 +344,9 @@ fn run_top_level<H: Host + 'static>(
     result.map_err(|e| {
         let message = format!(
             "script failed while loading: {}",
-            crate::stream::describe_error(&e)
+            sandbox::describe_error(&e)
         );
-        let at = crate::stream::error_position(&e);
+        let at = sandbox::error_position(&e);
         ConfigError::new(ConfigErrorKind::Load, message).at(at.line(), at.position())
     })?;
     let constants: Vec<Constant> = scope
@@ -414,60 +415,16 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
 
 /// The API reference, as the bindings declare it (native only: the wasm build has no texts).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn api_reference<H: Host + 'static>(host: H) -> Vec<FnDoc> {
+pub fn api_reference<H: Host + 'static>(host: H) -> Vec<crate::bindings::FnDoc> {
     let mut docs = Vec::new();
-    let limits = Limits::default();
-    new_engine(
+    let limits = crate::config::Limits::default();
+    sandbox::engine(
+        Engine::new(),
         &limits,
         Rc::new(Api::new(host, &limits, Rc::default())),
         Some(&mut docs),
     );
     docs
-}
-
-/// An engine with the sandbox limits and the script API, and nothing else: no `eval`, and no
-/// module loading (Rhai's module system is not even built in: feature `no_module`).
-fn new_engine<H: Host + 'static>(
-    limits: &Limits,
-    api: Rc<Api<H>>,
-    docs: Option<&mut Vec<FnDoc>>,
-) -> Engine {
-    let mut engine = Engine::new();
-    engine
-        .set_max_operations(limits.max_operations)
-        .set_max_call_levels(limits.max_call_depth)
-        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
-        .set_max_string_size(limits.max_string_size)
-        .set_max_array_size(limits.max_array_size)
-        .set_max_map_size(limits.max_map_size)
-        .set_max_value_depth(limits.max_value_depth)
-        .set_optimization_level(OptimizationLevel::Simple)
-        .disable_symbol("eval")
-        .disable_symbol("import");
-    if api.host.heap_in_use().is_some() {
-        // Every 64 operations: one operation makes at most a few values, each within Rhai's
-        // size limits (what `Limits::largest_step` plans for past the budget).
-        let captured = api.clone();
-        engine.on_progress_every(64, move |_| {
-            captured.over_memory_budget(0).map(Dynamic::from)
-        });
-        // And at each `let`: values kept in variables could otherwise pile up between two
-        // of those checks. (Rhai marks `on_def_var` "volatile", not deprecated.)
-        let captured = api.clone();
-        #[allow(deprecated)]
-        engine.on_def_var(move |at_run_time, _, _| match at_run_time {
-            true => captured
-                .over_memory_budget(0)
-                .map_or(Ok(true), |message| Err(message.into())),
-            false => Ok(true),
-        });
-    }
-    bindings::register(&mut Registrar {
-        engine: &mut engine,
-        api,
-        docs,
-    });
-    engine
 }
 
 fn position(pos: rhai::Position) -> String {

@@ -16,6 +16,7 @@ use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
+use crate::sandbox::describe_error;
 
 /// One HTTP stream (a request and its response) handled by a plugin.
 pub struct HttpStream<H: Host> {
@@ -527,46 +528,4 @@ impl<H: Host> Drop for HttpStream<H> {
         self.cells.release();
         self.plugin.api.report_heap();
     }
-}
-
-/// Where in the script an error happened: the innermost position, else the call that led to it.
-pub fn error_position(error: &EvalAltResult) -> rhai::Position {
-    let mut inner = error;
-    let mut call_site = rhai::Position::NONE;
-    while let EvalAltResult::ErrorInFunctionCall(_, _, err, pos) = inner {
-        if !pos.is_none() {
-            call_site = *pos;
-        }
-        inner = err;
-    }
-    match inner.position() {
-        pos if pos.is_none() => call_site,
-        pos => pos,
-    }
-}
-
-/// A script error in one line: the innermost message, where in the script it happened, and
-/// the chain of calls that led there.
-pub fn describe_error(error: &EvalAltResult) -> String {
-    let mut inner = error;
-    let mut calls = Vec::new();
-    let mut call_site = rhai::Position::NONE;
-    while let EvalAltResult::ErrorInFunctionCall(name, _, err, pos) = inner {
-        if !pos.is_none() {
-            calls.push(format!("{name}() called at {pos}"));
-            call_site = *pos;
-        }
-        inner = err;
-    }
-    let mut text = match inner {
-        EvalAltResult::ErrorTerminated(reason, _) => format!("Script terminated: {reason}"),
-        _ => inner.to_string(),
-    };
-    if inner.position().is_none() && !call_site.is_none() {
-        text.push_str(&format!(" ({call_site})"));
-    }
-    if !calls.is_empty() {
-        text.push_str(&format!(" [in {}]", calls.join(", in ")));
-    }
-    text
 }

@@ -1,0 +1,117 @@
+//! The sandbox: the engine every script runs in, and where each bound on a script is enforced.
+//!
+//! A script can reach only the API in `api-docs/` and Rhai's pure functions: the engine below
+//! has no `eval`, no module loading (Rhai is built with `no_module`), and nothing of the host
+//! but the bindings. What it can use up is bounded as follows (limits are `limits.*` of the
+//! configuration, [`Limits`], each with its range; their combination is checked by
+//! `Limits::check`, so that no mix of maxima can take the VM past what it can allocate).
+//!
+//! | bound | enforced in |
+//! | --- | --- |
+//! | `max_operations` | Rhai's operation counter, set here; Rhai patches 9–11 count the work on whole values and closure calls, 15 the comparisons a sort may make |
+//! | `max_call_depth`, `max_expr_depth` | Rhai, set here (ranges: the VM's native stack) |
+//! | `max_string_size` | Rhai's size check after each operation; before a text is made: `bindings::text_within` / `check_text_len` (bodies, callout answers, encodings), Rhai patch 17 (formatting) |
+//! | `max_array_size`, `max_map_size` | Rhai's size check; while parsing JSON: `bindings/json.rs` |
+//! | `max_value_depth` | Rhai patch 1 (drop, copy, print and serialize recurse per level) |
+//! | `max_body_size` | the phase driver, `stream.rs` (`on_body`: 413 for a request, a reset for a response) |
+//! | `max_memory`, `max_vm_memory` | here, every 64 operations and at each `let`; `Api::over_memory_budget` / `Api::reserve` in the bindings (`set_context`, body and callout answer reads, `parse_json`) |
+//! | `max_callouts` | `Api::dispatch` in the bindings |
+//! | `max_metrics`, shared data (`max_shared_*`) | `bindings/gateway.rs` |
+//! | header names and values a script writes | the bindings, before a write is batched or sent |
+//! | what one request leaves to another | constants: `bindings::Constant` (a private copy per call); closure cycles: Rhai patch 2, freed by `stream.rs` when the stream ends; per-request state lives in the stream |
+//! | what a failed call leaves in the proxy | `Api::commit` / `Api::roll_back`: a call's writes reach the proxy only when it ends well |
+//! | secrets in the plugin's log lines | `redact.rs` |
+
+use std::rc::Rc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, OptimizationLevel};
+
+use crate::bindings::{self, Api, FnDoc, Registrar};
+use crate::config::Limits;
+use crate::host::Host;
+
+/// `base` (a plugin's `Engine::new()`) with the limits and the script API, and nothing else;
+/// `docs` collects the API reference when given.
+pub(crate) fn engine<H: Host + 'static>(
+    mut base: Engine,
+    limits: &Limits,
+    api: Rc<Api<H>>,
+    docs: Option<&mut Vec<FnDoc>>,
+) -> Engine {
+    base.set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_depth)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_value_depth(limits.max_value_depth)
+        .set_optimization_level(OptimizationLevel::Simple)
+        .disable_symbol("eval")
+        .disable_symbol("import");
+    if api.host.heap_in_use().is_some() {
+        // Every 64 operations: one operation makes at most a few values, each within Rhai's
+        // size limits (what `Limits::largest_step` plans for past the budget).
+        let captured = api.clone();
+        base.on_progress_every(64, move |_| {
+            captured.over_memory_budget(0).map(Dynamic::from)
+        });
+        // And at each `let`: values kept in variables could otherwise pile up between two
+        // of those checks. (Rhai marks `on_def_var` "volatile", not deprecated.)
+        let captured = api.clone();
+        #[allow(deprecated)]
+        base.on_def_var(move |at_run_time, _, _| match at_run_time {
+            true => captured
+                .over_memory_budget(0)
+                .map_or(Ok(true), |message| Err(message.into())),
+            false => Ok(true),
+        });
+    }
+    bindings::register(&mut Registrar {
+        engine: &mut base,
+        api,
+        docs,
+    });
+    base
+}
+
+/// Where in the script an error happened: the innermost position, else the call that led to it.
+pub fn error_position(error: &EvalAltResult) -> rhai::Position {
+    let mut inner = error;
+    let mut call_site = rhai::Position::NONE;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, err, pos) = inner {
+        if !pos.is_none() {
+            call_site = *pos;
+        }
+        inner = err;
+    }
+    match inner.position() {
+        pos if pos.is_none() => call_site,
+        pos => pos,
+    }
+}
+
+/// A script error in one line: the innermost message, where in the script it happened, and
+/// the chain of calls that led there.
+pub fn describe_error(error: &EvalAltResult) -> String {
+    let mut inner = error;
+    let mut calls = Vec::new();
+    let mut call_site = rhai::Position::NONE;
+    while let EvalAltResult::ErrorInFunctionCall(name, _, err, pos) = inner {
+        if !pos.is_none() {
+            calls.push(format!("{name}() called at {pos}"));
+            call_site = *pos;
+        }
+        inner = err;
+    }
+    let mut text = match inner {
+        EvalAltResult::ErrorTerminated(reason, _) => format!("Script terminated: {reason}"),
+        _ => inner.to_string(),
+    };
+    if inner.position().is_none() && !call_site.is_none() {
+        text.push_str(&format!(" ({call_site})"));
+    }
+    if !calls.is_empty() {
+        text.push_str(&format!(" [in {}]", calls.join(", in ")));
+    }
+    text
+}
