@@ -26,6 +26,8 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import envoy_bootstrap as eb  # noqa: E402
 OPS = 200
 LOOPS = 10
 
@@ -65,37 +67,18 @@ CASES = [
 ]
 
 
-def wasm_filter(vm_id, filename, configuration):
-    return {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
-                                 "code": {"local": {"filename": str(filename)}}},
-                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                     "value": json.dumps(configuration)}}}}
-
-
 def filter_for(kind, source, wasm):
     if kind == "native":
-        return wasm_filter("native", wasm["native"], {"workload": source})
+        return eb.wasm_filter(wasm["native"], {"workload": source}, vm_id="native")
     if kind == "lua":
-        return {"name": "envoy.filters.http.lua", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": source}}}
-    return wasm_filter("proxy-rhai", wasm["rhai"], {"script": source})
+        return eb.lua_filter(source)
+    return eb.wasm_filter(wasm["rhai"], {"script": source}, vm_id="proxy-rhai")
 
 
 def listener(index, port, kind, source, wasm):
     filters = [filter_for(kind, source, wasm)] if kind else []
-    filters.append({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
-    return {"name": f"case{index}",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": f"case{index}", "http_filters": filters,
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
-                    "match": {"prefix": "/"},
-                    "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]}}}]}]}
+    ok = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+    return eb.listener(f"case{index}", port, [eb.hcm(f"case{index}", eb.direct_routes([ok]), filters, name="hcm")])
 
 
 def main():
@@ -115,10 +98,8 @@ def main():
         sock.close()
     work = pathlib.Path(f"/tmp/proxy-rhai-per-op-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
-    config = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-              "static_resources": {"listeners": [
-                  listener(i, ports[i], kind, source, wasm)
-                  for i, (_, kind, source, _) in enumerate(CASES)]}}
+    config = eb.bootstrap(admin, [listener(i, ports[i], kind, source, wasm)
+                                  for i, (_, kind, source, _) in enumerate(CASES)])
     (work / "envoy.json").write_text(json.dumps(config))
     envoy = subprocess.Popen(
         ["taskset", "-c", "0", "envoy", "-c", str(work / "envoy.json"), "--concurrency", "1",

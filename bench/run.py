@@ -52,6 +52,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import envoy_bootstrap as eb  # noqa: E402
 
 VARIANTS = ["none", "lua", "native", "rhai"]
 FILTERED = ["lua", "native", "rhai"]
@@ -169,26 +171,6 @@ def run(argv, cwd=None, timeout=None, cpus=None, check=True, capture=True):
 # Envoy configurations
 # ----------------------------------------------------------------------------------------------
 
-def address(port):
-    return {"socket_address": {"address": "127.0.0.1", "port_value": int(port)}}
-
-
-def static_cluster(name, port):
-    return {"name": name, "connect_timeout": "1s", "type": "STATIC",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": address(port)}}]}]}}
-
-
-def hcm(stat_prefix, route_config, http_filters):
-    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_prefix,
-        "route_config": route_config,
-        "http_filters": http_filters + [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-    }}
-
-
 def upstream_bootstrap(port, admin_port, json_body):
     def answer(prefix, body, headers=()):
         return {"match": {"prefix": prefix},
@@ -200,57 +182,30 @@ def upstream_bootstrap(port, admin_port, json_body):
         answer("/echo", "ok\n", [(f"x-echo-{h}", f"%REQ({h})%") for h in ECHOED]),
         answer("/", "ok\n"),
     ]
-    route_config = {"max_direct_response_body_size_bytes": 1 << 20,
-                    "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}
-    return {
-        "admin": {"address": address(admin_port)},
-        "static_resources": {"listeners": [{
-            "name": "upstream", "address": address(port),
-            "filter_chains": [{"filters": [hcm("upstream", route_config, [])]}]}]},
-    }
+    route_config = eb.direct_routes(routes, max_direct_response_body_size_bytes=1 << 20)
+    return eb.bootstrap(admin_port, [eb.listener("upstream", port, [eb.hcm("upstream", route_config, [])])])
 
 
 def filter_for(variant, workload, wasm, lua_code):
     if variant == "none":
         return []
     if variant == "lua":
-        return [{"name": "envoy.filters.http.lua", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": lua_code[workload]}}}]
+        return [eb.lua_filter(lua_code[workload])]
     if variant == "native":
         configuration = json.dumps({"workload": workload, "cluster": "callout"})
     else:
         configuration = json.dumps({"script": (BENCH / "scripts" / f"{workload}.rhai").read_text(),
                                     "config": {}})
-    return [wasm_filter(f"{variant}-{workload}", variant, wasm[variant], configuration)]
-
-
-def wasm_filter(name, vm_id, filename, configuration):
-    return {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {
-            "name": name,
-            "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
-                          "code": {"local": {"filename": str(filename)}}},
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                              "value": configuration},
-        }}}
+    return [eb.wasm_filter(wasm[variant], configuration, name=f"{variant}-{workload}", vm_id=variant)]
 
 
 def proxy_bootstrap(admin_port, listeners, upstream_port):
     """listeners: [(name, port, http_filters)]"""
-    route_config = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]}
-    return {
-        "admin": {"address": address(admin_port)},
-        "static_resources": {
-            "listeners": [{"name": name, "address": address(port),
-                           "filter_chains": [{"filters": [hcm(name, route_config, filters)]}]}
-                          for name, port, filters in listeners],
-            "clusters": [static_cluster("upstream", upstream_port),
-                         static_cluster("callout", upstream_port)],
-        },
-    }
+    route_config = eb.routes_to("upstream")
+    return eb.bootstrap(
+        admin_port,
+        [eb.listener(name, port, [eb.hcm(name, route_config, filters)]) for name, port, filters in listeners],
+        [eb.static_cluster("upstream", upstream_port), eb.static_cluster("callout", upstream_port)])
 
 
 class Envoy:
@@ -640,25 +595,15 @@ def isolated_bootstrap(admin_port, listeners, json_body, service_port):
     answers = {"match": {"prefix": "/json"},
                "direct_response": {"status": 200, "body": {"inline_string": json_body}},
                "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]}
-    route_config = {"max_direct_response_body_size_bytes": 1 << 20,
-                    "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                        answers,
-                        {"match": {"prefix": "/"},
-                         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]}]}
-    service_routes = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
-         "response_headers_to_add": [{"header": {"key": "x-auth-token", "value": CALLOUT_TOKEN}}]}]}]}
-    return {
-        "admin": {"address": address(admin_port)},
-        "static_resources": {
-            "listeners": [{"name": name, "address": address(port),
-                           "filter_chains": [{"filters": [hcm(name, route_config, filters)]}]}
-                          for name, port, filters in listeners]
-                         + [{"name": "callout-service", "address": address(service_port),
-                             "filter_chains": [{"filters": [hcm("callout-service", service_routes, [])]}]}],
-            "clusters": [static_cluster("callout", service_port)],
-        },
-    }
+    ok = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+    route_config = eb.direct_routes([answers, ok], max_direct_response_body_size_bytes=1 << 20)
+    service_routes = eb.direct_routes([dict(ok, response_headers_to_add=[
+        {"header": {"key": "x-auth-token", "value": CALLOUT_TOKEN}}])])
+    return eb.bootstrap(
+        admin_port,
+        [eb.listener(name, port, [eb.hcm(name, route_config, filters)]) for name, port, filters in listeners]
+        + [eb.listener("callout-service", service_port, [eb.hcm("callout-service", service_routes, [])])],
+        [eb.static_cluster("callout", service_port)])
 
 
 def isolated_phase(args, wasm, workdir, json_body, pins, results):
@@ -780,8 +725,8 @@ def configure_phase(args, wasm, workdir, results):
     for rep in range(args.configure_repeats):
         for kind in ("big", "tiny"):
             scripts = [tiny.format(m="a"), big if kind == "big" else tiny.format(m="b"), tiny.format(m="c")]
-            filters = [wasm_filter(f"cfg-{i}", "rhai", wasm["rhai"],
-                                   json.dumps({"script": s, "config": {}})) for i, s in enumerate(scripts)]
+            filters = [eb.wasm_filter(wasm["rhai"], {"script": s, "config": {}}, name=f"cfg-{i}", vm_id="rhai")
+                       for i, s in enumerate(scripts)]
             envoy, events, main, c_ms = start_and_read(f"configure-{kind}-{rep}", filters)
             if c_ms is not None:
                 compile_ms["rhai"].append(c_ms)
@@ -796,8 +741,8 @@ def configure_phase(args, wasm, workdir, results):
                 raise RuntimeError(f"configure-{kind}-{rep}: no configure marks from a worker in the "
                                    f"Envoy log:\n{envoy.log_tail()}")
             samples[kind].append(statistics.median(diffs))
-        native_filter = [wasm_filter("cfg-native", "native", wasm["native"],
-                                     json.dumps({"workload": "trivial", "cluster": "callout"}))]
+        native_filter = [eb.wasm_filter(wasm["native"], {"workload": "trivial", "cluster": "callout"},
+                                        name="cfg-native", vm_id="native")]
         _, _, _, c_ms = start_and_read(f"compile-native-{rep}", native_filter)
         if c_ms is not None:
             compile_ms["native"].append(c_ms)

@@ -18,6 +18,8 @@ Not part of CI (it takes minutes and a whole machine). Needs tools/setup.sh's en
 """
 import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, time
 
+import envoy_bootstrap as eb
+
 SCRIPT = r'''
 fn on_request_headers() {
     let path = get_request_header(":path");
@@ -130,18 +132,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def addr(port):
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def hcm(name, routes, filters):
-    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": name, "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-        "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
-
-
 def start_envoys(work, plugin, flood):
     """The backend (upstream and callout target: a second Envoy answering directly, `/hold`
     after a 1 s delay) and the front Envoy with the plugin. Returns (procs, listen, admin)."""
@@ -150,24 +140,17 @@ def start_envoys(work, plugin, flood):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "delay": {"fixed_delay": "1s", "percentage": {"numerator": 100}},
         "headers": [{"name": ":path", "string_match": {"exact": "/hold"}}]}}
-    backend_cfg = {"admin": {"address": addr(backend_admin)}, "static_resources": {"listeners": [{
-        "name": "backend", "address": addr(backend), "filter_chains": [{"filters": [hcm("backend", [
-            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}], [delay])]}]}]}}
-    wasm_filter = {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": {
-            "name": "proxy-rhai", "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": os.path.abspath(plugin["wasm"])}}},
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin["config"])}}}}
+    ok = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+    backend_cfg = eb.bootstrap(backend_admin, [eb.listener("backend", backend, [
+        eb.hcm("backend", eb.direct_routes([ok]), [delay])])])
+    wasm_filter = eb.wasm_filter(os.path.abspath(plugin["wasm"]), plugin["config"], name="proxy-rhai")
+    # Room for the flood's 1 MB bodies in Envoy's own buffers.
+    buffers = {"per_connection_buffer_limit_bytes": 2 << 20} if flood else {}
+    listener = eb.listener("front", listen, [eb.hcm("front", eb.routes_to("upstream"), [wasm_filter])], **buffers)
     # The backend gets as many connections as the front has requests in flight: with a short
     # connect timeout, a flood of hundreds made Envoy answer some with its own 503.
-    cluster = lambda name: {"name": name, "connect_timeout": "5s", "type": "STATIC", "load_assignment": {
-        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(backend)}}]}]}}
-    listener = {"name": "front", "address": addr(listen), "filter_chains": [{"filters": [
-        hcm("front", [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}], [wasm_filter])]}]}
-    if flood:
-        # Room for the flood's 1 MB bodies in Envoy's own buffers.
-        listener["per_connection_buffer_limit_bytes"] = 2 << 20
-    front_cfg = {"admin": {"address": addr(admin)}, "static_resources": {
-        "listeners": [listener], "clusters": [cluster("upstream"), cluster("backend")]}}
+    front_cfg = eb.bootstrap(admin, [listener], [eb.static_cluster(name, backend, connect_timeout="5s")
+                                                 for name in ("upstream", "backend")])
     procs = []
     for name, cfg in [("backend", backend_cfg), ("front", front_cfg)]:
         path = os.path.join(work, name + ".json")
