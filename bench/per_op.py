@@ -13,7 +13,7 @@ with an empty script) / 200. proxy-rhai batches a call's header operations (src/
 so its per-operation figures for headers are what a batched operation costs.
 
 The last cases run the bench's workloads 1 and 2 whole, for Lua, the native plugin (as
-bench/run.py builds it: bench/native-plugin/target/bench_native_plugin.wasm) and proxy-rhai.
+bench/run.py builds it: target/bench_native_plugin.wasm) and proxy-rhai.
 """
 import argparse
 import json
@@ -85,7 +85,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--wasm", default=str(ROOT / "target" / "proxy_rhai.wasm"))
-    parser.add_argument("--native", default=str(ROOT / "bench" / "native-plugin" / "target" / "bench_native_plugin.wasm"),
+    parser.add_argument("--native", default=str(ROOT / "target" / "bench_native_plugin.wasm"),
                         help="the native plugin, as bench/run.py builds it")
     args = parser.parse_args()
     wasm = {"rhai": args.wasm, "native": args.native}

@@ -465,17 +465,17 @@ def build(args, out):
         run([str(ROOT / "tools" / "build-wasm.sh")], cwd=ROOT, capture=False)
         wasm["rhai"] = ROOT / "target" / "proxy_rhai.wasm"
     log("== building the native plugin (bench/native-plugin)")
-    native_dir = BENCH / "native-plugin"
-    run(["cargo", "build", "--release", "--target", "wasm32-wasip1"], cwd=native_dir, capture=False)
-    raw = native_dir / "target" / "wasm32-wasip1" / "release" / "bench_native_plugin.wasm"
-    opt = native_dir / "target" / "bench_native_plugin.wasm"
+    run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "bench-native-plugin"],
+        cwd=ROOT, capture=False)
+    raw = ROOT / "target" / "wasm32-wasip1" / "release" / "bench_native_plugin.wasm"
+    opt = ROOT / "target" / "bench_native_plugin.wasm"
     run(["wasm-opt", "-O3", "--strip-debug", "--strip-producers", str(raw), "-o", str(opt)])
     wasm["native"] = opt
     micro = None
     if not args.skip_micro:
         log("== building the micro-benchmarks (bench/micro)")
-        run(["cargo", "build", "--release"], cwd=BENCH / "micro", capture=False)
-        micro = BENCH / "micro" / "target" / "release" / "bench-micro"
+        run(["cargo", "build", "--profile", "bench-micro", "-p", "bench-micro"], cwd=ROOT, capture=False)
+        micro = ROOT / "target" / "bench-micro" / "bench-micro"
     sizes = {v: p.stat().st_size for v, p in wasm.items()}
     raw_rhai = ROOT / "target" / "wasm32-wasip1" / "release" / "proxy_rhai.wasm"
     sizes_raw = {"native": raw.stat().st_size}
