@@ -286,7 +286,23 @@ impl<H: Host> Api<H> {
             Some(batch) => batch.write(&self.host, map, write, added),
             None => write.send(&self.host, map).map_err(WriteError::Refused),
         };
-        result.or_else(|e| write_refused(f, map, e))
+        result.or_else(|e| self.write_refused(f, map, e))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_refused(&self, f: &str, map: MapType, error: WriteError) -> ScriptResult<()> {
+        match error {
+            WriteError::Refused(status) => refused(f, status),
+            WriteError::TooLarge => {
+                let (pairs, bytes) = self
+                    .frame
+                    .borrow_mut()
+                    .batch(map)
+                    .map_or((0, 0), |b| b.too_large());
+                header_check::check_size(f, Target::of(map), pairs, bytes).or_else(err)
+            }
+        }
     }
 
     /// Hands this call's header writes to the proxy (at the end of the call, and before
@@ -565,17 +581,6 @@ fn check_write_rest(
         false => header_check::check(f, target, name, value),
     }
     .or_else(err)
-}
-
-#[cold]
-#[inline(never)]
-fn write_refused(f: &str, map: MapType, error: WriteError) -> ScriptResult<()> {
-    match error {
-        WriteError::Refused(status) => refused(f, status),
-        WriteError::TooLarge { pairs, bytes } => {
-            header_check::check_size(f, Target::of(map), pairs, bytes).or_else(err)
-        }
-    }
 }
 
 /// Checks a list of headers sent as one pair list (a local response's, a callout's): each

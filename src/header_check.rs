@@ -122,9 +122,9 @@ pub(crate) fn check(f: &str, target: Target, name: &str, value: &[u8]) -> Result
 }
 
 /// Whether a header is an ordinary one, which [`check`] lets into any map but a callout's: a
-/// non-empty name of lowercase letters, digits and `-`, and a value with no byte below space
+/// non-empty name of lowercase letters, digits, `-` and `.`, and a value with no byte below space
 /// (tab included: the slow way) and no DEL. `false` says nothing: ask [`check`].
-#[inline]
+#[inline(always)]
 pub(crate) fn is_plain(name: &[u8], value: &[u8]) -> bool {
     plain_name(name) && plain_value(value)
 }
@@ -147,16 +147,48 @@ fn check_rest(f: &str, target: Target, name: &str, value: &[u8]) -> Result<(), S
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// `bytes` eight at a time, as little-endian words; a last shorter piece is filled with `a`
-/// (which every test below lets through).
-fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    bytes.chunks(8).map(|chunk| {
-        let mut word = [b'a'; 8];
-        if let Some(dst) = word.get_mut(..chunk.len()) {
-            dst.copy_from_slice(chunk);
+/// Whether `test` holds for every word of `bytes`, read eight bytes at a time as little-endian
+/// words straight from the slice: the full ones, then the last eight (overlapping, which
+/// tests no byte wrongly); fewer than eight are read in two overlapping halves, the rest of
+/// the word filled with `a` (which every test lets through).
+#[inline(always)]
+fn all_words(bytes: &[u8], test: impl Fn(u64) -> bool) -> bool {
+    let n = bytes.len();
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let half = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as u64
+    };
+    let quarter = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_le_bytes) as u64
+    };
+    const FILL: u64 = 0x6161_6161_6161_6161;
+    match n {
+        0 => true,
+        1 => test(bytes.first().map_or(0, |&b| b as u64) | (FILL & !0xff)),
+        2..=3 => test(quarter(0) | quarter(n - 2) << 16 | (FILL & !0xffff_ffff)),
+        4..=8 => test(half(0) | half(n - 4) << 32),
+        _ => {
+            let mut at = 0;
+            while at + 8 < n {
+                if !test(word(at)) {
+                    return false;
+                }
+                at += 8;
+            }
+            test(word(n - 8))
         }
-        u64::from_le_bytes(word)
-    })
+    }
 }
 
 /// The high bit of each byte of `x` that is strictly between `m` and `n` (`m` < 128, `n` ≤ 128;
@@ -166,21 +198,28 @@ const fn between(x: u64, m: u64, n: u64) -> u64 {
     (ONES * (127 + n)).wrapping_sub(low7) & !x & low7.wrapping_add(ONES * (127 - m)) & HIGHS
 }
 
+/// The high bit of each byte of `x` that is `b` (exact for the question "is there one").
+const fn has_byte(x: u64, b: u64) -> u64 {
+    let y = x ^ (ONES * b);
+    y.wrapping_sub(ONES) & !y & HIGHS
+}
+
+/// Lowercase letters, and `-`, `.` and digits (0x2d-0x39 but `/`): all tokens.
+#[inline(always)]
 fn plain_name(name: &[u8]) -> bool {
     !name.is_empty()
-        && words(name).all(|w| {
+        && all_words(name, |w| {
             between(w, b'a' as u64 - 1, b'z' as u64 + 1)
-                | between(w, b'0' as u64 - 1, b'9' as u64 + 1)
-                | between(w, b'-' as u64 - 1, b'-' as u64 + 1)
+                | between(w, b'-' as u64 - 1, b'9' as u64 + 1)
                 == HIGHS
+                && has_byte(w, b'/' as u64) == 0
         })
 }
 
+#[inline(always)]
 fn plain_value(value: &[u8]) -> bool {
-    words(value).all(|w| {
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-        let del = w ^ (ONES * 0x7f);
-        control | (del.wrapping_sub(ONES) & !del & HIGHS) == 0
+    all_words(value, |w| {
+        w.wrapping_sub(ONES * 0x20) & !w & HIGHS | has_byte(w, 0x7f) == 0
     })
 }
 
@@ -389,12 +428,13 @@ mod tests {
     #[test]
     fn the_word_at_a_time_checks_agree_with_the_table_for_every_byte() {
         for b in 0..=255u8 {
-            for len in [1, 7, 8, 9, 17] {
-                for at in [0, len - 1] {
+            for len in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17] {
+                for at in 0..len {
                     let mut bytes = vec![b'x'; len];
                     bytes[at] = b;
                     let plain = plain_name(&bytes);
-                    let lower_token = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+                    let lower_token =
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
                     assert_eq!(plain, lower_token, "name byte {b:#x} at {at} of {len}");
                     let value_ok = CLASSES[b as usize] & VALUE != 0;
                     // Tab is left to the slow way, which takes it.

@@ -532,8 +532,9 @@ impl Write {
 pub(crate) enum WriteError {
     /// The proxy refused a call.
     Refused(Status),
-    /// The map would be more than the proxy reads in one piece: its pairs and bytes.
-    TooLarge { pairs: usize, bytes: usize },
+    /// The map would be more than the proxy reads in one piece ([`Batch::too_large`] says
+    /// how much: kept apart, the error stays one word on the path that doesn't fail).
+    TooLarge,
 }
 
 /// Up to this many writes in one call are sent one by one when it ends; from one more on (or
@@ -559,6 +560,8 @@ pub(crate) struct Batch {
     /// A first single read goes straight to the proxy: fetching the whole map only pays from
     /// the second.
     asked_one: bool,
+    /// The pairs and bytes the last refused write would have made.
+    too_large: (usize, usize),
 }
 
 impl Batch {
@@ -630,13 +633,19 @@ impl Batch {
             write.apply(map, &mut after);
             let (pairs, bytes) = (after.len(), after.abi_size());
             if pairs > header_check::MAX_PAIRS || bytes > header_check::MAX_PAIR_BYTES {
-                return Err(WriteError::TooLarge { pairs, bytes });
+                self.too_large = (pairs, bytes);
+                return Err(WriteError::TooLarge);
             }
             *headers = after;
         }
         self.writes.clear();
         self.whole = true;
         Ok(())
+    }
+
+    /// The pairs and bytes of the map the last [`WriteError::TooLarge`] refused.
+    pub fn too_large(&self) -> (usize, usize) {
+        self.too_large
     }
 
     /// Replaces the whole map, when the proxy can read it in one piece.
