@@ -11,7 +11,8 @@ use std::time::Duration;
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
 use crate::config::Limits;
-use crate::header_map::{Batch, HeaderMap, Value, Write};
+use crate::header_check::{self, Target};
+use crate::header_map::{Batch, HeaderMap, Value, Write, WriteError};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 
@@ -435,16 +436,21 @@ impl<H: Host> Api<H> {
 
     fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
         let pairs = header_pairs(f, headers)?;
-        let headers = HeaderMap::from_pairs(map, pairs.iter().map(|(k, v)| (k.as_str(), &v[..])));
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), &v[..]));
+        header_check::check_list(f, Target::of(map), pairs.clone()).or_else(err)?;
+        let headers = HeaderMap::from_pairs(map, pairs);
         match self.frame.borrow_mut().batch(map) {
-            Some(batch) => {
-                batch.set_all(headers);
-                Ok(())
+            Some(batch) => batch.set_all(headers, map, f).or_else(err),
+            None => {
+                header_check::check_size(f, Target::of(map), headers.len(), headers.abi_size())
+                    .or_else(err)?;
+                self.host.set_map(map, &headers).or_else(|s| refused(f, s))
             }
-            None => self.host.set_map(map, &headers).or_else(|s| refused(f, s)),
         }
     }
 
+    // Inlined into each binding, as before the checks: ~150 wasm instructions a write less.
+    #[inline(always)]
     fn replace_header(
         &self,
         f: &str,
@@ -453,9 +459,11 @@ impl<H: Host> Api<H> {
         value: Dynamic,
     ) -> ScriptResult<()> {
         let value = value_of(f, value)?;
-        self.write_header(f, map, Write::Replace(name, value))
+        let added = check_write(f, map, &name, value.as_bytes(), false)?;
+        self.write_header(f, map, Write::Replace(name, value), added)
     }
 
+    #[inline(always)]
     fn add_header(
         &self,
         f: &str,
@@ -464,20 +472,38 @@ impl<H: Host> Api<H> {
         value: Dynamic,
     ) -> ScriptResult<()> {
         let value = value_of(f, value)?;
-        self.write_header(f, map, Write::Add(name, value))
+        let added = check_write(f, map, &name, value.as_bytes(), true)?;
+        self.write_header(f, map, Write::Add(name, value), added)
     }
 
     fn remove_header(&self, f: &str, map: MapType, name: ImmutableString) -> ScriptResult<()> {
-        self.write_header(f, map, Write::Remove(name))
+        self.write_header(f, map, Write::Remove(name), 0)
     }
 
-    /// A header write: into the call's batch for the batched maps, else to the proxy at once.
-    fn write_header(&self, f: &str, map: MapType, write: Write) -> ScriptResult<()> {
+    /// A header write (of `added` bytes of name and value): into the call's batch for the
+    /// batched maps, else to the proxy at once.
+    fn write_header(&self, f: &str, map: MapType, write: Write, added: usize) -> ScriptResult<()> {
         let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.write(&self.host, map, write),
-            None => write.send(&self.host, map),
+            Some(batch) => batch.write(&self.host, map, write, added),
+            None => write.send(&self.host, map).map_err(WriteError::Refused),
         };
-        result.or_else(|s| refused(f, s))
+        result.or_else(|e| self.write_refused(f, map, e))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_refused(&self, f: &str, map: MapType, error: WriteError) -> ScriptResult<()> {
+        match error {
+            WriteError::Refused(status) => refused(f, status),
+            WriteError::TooLarge => {
+                let (pairs, bytes) = self
+                    .frame
+                    .borrow_mut()
+                    .batch(map)
+                    .map_or((0, 0), |b| b.too_large());
+                header_check::check_size(f, Target::of(map), pairs, bytes).or_else(err)
+            }
+        }
     }
 
     /// Hands this call's header writes to the proxy before it ends, for a property read
@@ -659,6 +685,8 @@ impl<H: Host> Api<H> {
         }
         let headers = header_pairs(f, headers)?;
         let body = bytes_of(f, body)?;
+        let refs = headers.iter().map(|(k, v)| (k.as_str(), &v[..]));
+        check_pair_list(f, Target::LocalResponse, refs)?;
         let mut frame = self.frame.borrow_mut();
         frame.stream.local_response_sent = true;
         frame.local_response = Some(LocalResponse {
@@ -726,6 +754,11 @@ impl<H: Host> Api<H> {
                 .zip(&values)
                 .map(|((k, _), v)| (k.as_str(), v.as_ref())),
         );
+        check_pair_list(
+            f,
+            Target::Callout,
+            refs.iter().map(|(k, v)| (*k, v.as_bytes())),
+        )?;
         let id = self
             .host
             .dispatch_http_call(
@@ -823,6 +856,57 @@ fn text(bytes: &[u8]) -> ImmutableString {
         Ok(text) => text.into(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned().into(),
     }
+}
+
+/// Checks one header write ([`header_check`]) and gives the bytes of its name and value. An
+/// ordinary header is decided inline; the rest, and every error, out of the way.
+#[inline(always)]
+fn check_write(
+    f: &str,
+    map: MapType,
+    name: &str,
+    value: &[u8],
+    adding: bool,
+) -> ScriptResult<usize> {
+    if !header_check::is_plain(name.as_bytes(), value) {
+        check_write_rest(f, map, name, value, adding)?;
+    }
+    Ok(name.len() + value.len())
+}
+
+#[cold]
+#[inline(never)]
+fn check_write_rest(
+    f: &str,
+    map: MapType,
+    name: &str,
+    value: &[u8],
+    adding: bool,
+) -> ScriptResult<()> {
+    let target = Target::of(map);
+    match adding {
+        true => header_check::check_add(f, target, name, value),
+        false => header_check::check(f, target, name, value),
+    }
+    .or_else(err)
+}
+
+/// Checks a list of headers sent as one pair list (a local response's, a callout's): each
+/// header, and the list's size.
+fn check_pair_list<'a>(
+    f: &str,
+    target: Target,
+    pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+) -> ScriptResult<()> {
+    header_check::check_list(f, target, pairs.clone()).or_else(err)?;
+    let (count, bytes) = pairs.fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+    header_check::check_size(
+        f,
+        target,
+        count,
+        header_check::pair_list_bytes(count, bytes),
+    )
+    .or_else(err)
 }
 
 /// A header value given to a script's write: a string as it is (shared, not copied), a blob's
@@ -1084,7 +1168,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "add_request_header",
         RQH,
         "()",
-        "Adds a request header value (string or blob), keeping the values it already had. For a header Envoy keeps inline (`user-agent`, `accept`, `authorization`, `x-forwarded-for`, …) the value is appended to the existing one after a comma, as Envoy does.",
+        "Adds a request header value (string or blob), keeping the values it already had. For a header Envoy keeps inline (`user-agent`, `accept`, `authorization`, `x-forwarded-for`, …) the value is appended to the existing one after a comma, as Envoy does. Every header write is checked as HTTP allows, and a bad one is an error naming it: a name is a token (letters, digits, ``!#$%&'*+-.^_`|~``; lowercased), a value has no control character but tab (no CR, LF or NUL); pseudo-headers only where the message has them (`:method`, `:path`, `:authority`, `:scheme`, `:protocol` in a request, `:status` 200..=599 in a response), set with `replace_*`, with values that fit the request or status line. Past a call's third write the map goes to the proxy whole, which takes at most 1,024 headers and 1 MiB: a write that would make it larger is an error.",
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
@@ -1348,7 +1432,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Local responses and resuming.
     bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
-        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. Once per request: a second call, or a status out of range, is an error. Too late once the response body is streaming (the response headers are gone).",
+        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. Once per request: a second call, or a status out of range, is an error; so is a header HTTP does not allow (see `add_request_header`; no pseudo-header), or more than 1,024 headers or 1 MiB of them. Too late once the response body is streaming (the response headers are gone).",
         r#"fn on_request_headers() {
     if get_request_header("x-api-key") != config().api_key {
         send_http_response(401, #{ "www-authenticate": "ApiKey" }, "missing or wrong API key");
@@ -1383,7 +1467,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
+        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
         r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {

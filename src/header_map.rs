@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use rhai::ImmutableString;
 
+use crate::header_check::{self, Target};
 use crate::host::{Bytes, Host, MapType, Status};
 
 /// A header map: lowercase names, in order, duplicates kept.
@@ -311,6 +312,15 @@ impl HeaderMap {
         self.entries.len()
     }
 
+    /// The size of [`HeaderMap::to_abi`], without making it: every byte of the buffer that is
+    /// not garbage belongs to a live name or value.
+    pub fn abi_size(&self) -> usize {
+        header_check::pair_list_bytes(
+            self.entries.len(),
+            self.bytes.len().saturating_sub(self.garbage),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -489,6 +499,17 @@ pub(crate) enum Write {
 }
 
 impl Write {
+    /// The most this write can add to a map's encoding, given the bytes of its name and value
+    /// (known to the caller, which checked them): one pair, those bytes, and a comma when it
+    /// joins an inline header.
+    fn growth(&self, added: usize) -> (usize, usize) {
+        match self {
+            // The two sizes and two NULs of a pair are 10 bytes; a comma is one more.
+            Write::Replace(..) | Write::Add(..) => (1, added + 11),
+            Write::Remove(_) => (0, 0),
+        }
+    }
+
     fn apply(&self, map: MapType, headers: &mut HeaderMap) {
         match self {
             Write::Replace(name, value) => headers.replace(map, name, value.as_bytes()),
@@ -505,6 +526,15 @@ impl Write {
             Write::Remove(name) => host.remove_map_value(map, name),
         }
     }
+}
+
+/// Why a header write was not taken.
+pub(crate) enum WriteError {
+    /// The proxy refused a call.
+    Refused(Status),
+    /// The map would be more than the proxy reads in one piece ([`Batch::too_large`] says
+    /// how much: kept apart, the error stays one word on the path that doesn't fail).
+    TooLarge,
 }
 
 /// Up to this many writes in one call are sent one by one when it ends; from one more on (or
@@ -530,6 +560,8 @@ pub(crate) struct Batch {
     /// A first single read goes straight to the proxy: fetching the whole map only pays from
     /// the second.
     asked_one: bool,
+    /// The pairs and bytes the last refused write would have made.
+    too_large: (usize, usize),
 }
 
 impl Batch {
@@ -571,18 +603,43 @@ impl Batch {
     }
 
     /// Records a write: in the list while there are few, then in the map only (read from the
-    /// proxy then, if the call hasn't read it yet).
-    pub fn write<H: Host>(&mut self, host: &H, map: MapType, write: Write) -> Result<(), Status> {
+    /// proxy then, if the call hasn't read it yet). A map that goes whole must stay within
+    /// what the proxy reads in one piece ([`header_check::MAX_PAIRS`]): a write that would take
+    /// it past is refused, and the map stays as it was.
+    pub fn write<H: Host>(
+        &mut self,
+        host: &H,
+        map: MapType,
+        write: Write,
+        added: usize,
+    ) -> Result<(), WriteError> {
         if !self.whole && self.writes.len() < SINGLE_WRITES {
             if let Some(headers) = &mut self.map {
                 write.apply(map, headers);
             }
             self.writes.push(write);
-        } else {
-            write.apply(map, self.map(host, map)?);
-            self.writes.clear();
-            self.whole = true;
+            return Ok(());
         }
+        let headers = self.map(host, map).map_err(WriteError::Refused)?;
+        let (pairs, bytes) = write.growth(added);
+        if headers.len() + pairs <= header_check::MAX_PAIRS
+            && headers.abi_size() + bytes <= header_check::MAX_PAIR_BYTES
+        {
+            write.apply(map, headers);
+        } else {
+            // Near the limit: the write's exact effect (an inline header joins, a replaced
+            // one drops its other values), on a copy.
+            let mut after = headers.clone();
+            write.apply(map, &mut after);
+            let (pairs, bytes) = (after.len(), after.abi_size());
+            if pairs > header_check::MAX_PAIRS || bytes > header_check::MAX_PAIR_BYTES {
+                self.too_large = (pairs, bytes);
+                return Err(WriteError::TooLarge);
+            }
+            *headers = after;
+        }
+        self.writes.clear();
+        self.whole = true;
         Ok(())
     }
 
@@ -599,10 +656,18 @@ impl Batch {
         self.asked_one = false;
     }
 
-    pub fn set_all(&mut self, headers: HeaderMap) {
+    /// The pairs and bytes of the map the last [`WriteError::TooLarge`] refused.
+    pub fn too_large(&self) -> (usize, usize) {
+        self.too_large
+    }
+
+    /// Replaces the whole map, when the proxy can read it in one piece.
+    pub fn set_all(&mut self, headers: HeaderMap, map: MapType, f: &str) -> Result<(), String> {
+        header_check::check_size(f, Target::of(map), headers.len(), headers.abi_size())?;
         self.map = Some(headers);
         self.writes.clear();
         self.whole = true;
+        Ok(())
     }
 
     /// Sends the pending writes to the proxy and forgets the map (the proxy may change it
@@ -699,6 +764,20 @@ mod tests {
         past[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(HeaderMap::from_abi(past).is_empty());
         assert!(HeaderMap::from_abi(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn abi_size_is_the_encoding_s_size_through_every_change() {
+        let mut h = HeaderMap::from_abi(map(&[(":path", "/"), ("x-a", "1")]).to_abi());
+        let check = |h: &HeaderMap| assert_eq!(h.abi_size(), h.to_abi().len());
+        check(&h);
+        for i in 0..3000 {
+            h.add(REQ, "accept", b"a");
+            h.add(REQ, &format!("x-{}", i % 7), b"vv");
+            h.replace(REQ, "x-3", &[b'r'; 50]);
+            h.remove("x-5");
+            check(&h);
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - a body write is a prepend (0, 0), a replace (0, length) or an append (start ≥ length),
 //!   anything else is BadArgument;
 //! - a local response and a resume take effect after the callback returns;
-//! - a callout needs a known cluster and `:method`, `:path`, `:authority`.
+//! - a callout needs a known cluster and `:method`, `:path`, `:authority`;
+//! - a pair list (a whole map, a local response's headers, a callout's) over 1,024 pairs or
+//!   1 MiB reads as no pairs at all.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
 
+use crate::header_check::{pair_list_bytes, MAX_PAIRS, MAX_PAIR_BYTES};
 use crate::header_map::HeaderMap;
 pub use crate::header_map::Headers;
 
@@ -123,6 +126,12 @@ pub struct Metric {
 #[derive(Clone, Default)]
 pub struct EmulatorHost(pub(crate) Rc<RefCell<HostState>>);
 
+/// Whether Envoy reads a pair list of this size: past the limits its pair parser gives no
+/// pairs at all (measured, see [`crate::header_check::MAX_PAIRS`]).
+fn fits_one_piece(pairs: usize, bytes: usize) -> bool {
+    pairs <= MAX_PAIRS && bytes <= MAX_PAIR_BYTES
+}
+
 fn lower(name: &str) -> String {
     name.to_ascii_lowercase()
 }
@@ -201,8 +210,16 @@ impl Host for EmulatorHost {
     fn set_map(&self, map: MapType, headers: &HeaderMap) -> Result<(), Status> {
         self.trace(format!("set_map({map:?}, {} pairs)", headers.len()));
         // Envoy removes every header and adds the given ones one by one, with its rules: the
-        // plugin built the map with the same rules, so that gives the map as it is.
-        self.with_map(map, |h| *h = headers.clone())
+        // plugin built the map with the same rules, so that gives the map as it is. A list
+        // over the pair limits reads as no pairs: the map is left empty.
+        let fits = fits_one_piece(headers.len(), headers.abi_size());
+        self.with_map(map, |h| {
+            *h = if fits {
+                headers.clone()
+            } else {
+                HeaderMap::new()
+            }
+        })
     }
 
     fn get_map_value(&self, map: MapType, name: &str) -> Result<Option<Bytes>, Status> {
@@ -295,10 +312,15 @@ impl Host for EmulatorHost {
             show(body)
         ));
         let mut state = self.0.borrow_mut();
-        let headers = headers
-            .iter()
-            .map(|(k, v)| (lower(k), v.to_vec()))
-            .collect();
+        let bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let headers = if fits_one_piece(headers.len(), pair_list_bytes(headers.len(), bytes)) {
+            headers
+                .iter()
+                .map(|(k, v)| (lower(k), v.to_vec()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         state.stream.local_response = Some(LocalResponse {
             status,
             headers,
@@ -338,6 +360,12 @@ impl Host for EmulatorHost {
             timeout.as_millis()
         ));
         let mut state = self.0.borrow_mut();
+        let bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let headers = if fits_one_piece(headers.len(), pair_list_bytes(headers.len(), bytes)) {
+            headers
+        } else {
+            &[]
+        };
         let has = |name: &str| headers.iter().any(|(k, v)| *k == name && !v.is_empty());
         if !state.clusters.contains(cluster)
             || !has(":method")
