@@ -134,6 +134,19 @@ pub(crate) fn is_plain(name: &[u8], value: &[u8]) -> bool {
 #[inline(never)]
 fn check_rest(f: &str, target: Target, name: &str, value: &[u8]) -> Result<(), String> {
     let name_bytes = name.as_bytes();
+    if name_bytes.first() == Some(&b':') {
+        // A pseudo-header the message has, with a value of its kind (a callout sets three on
+        // every call: no allocation here).
+        let known = target
+            .pseudo_headers()
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(name));
+        // Every pseudo-header's value rule allows only bytes a value may hold.
+        if known.is_some_and(|known| pseudo_value_error(known, value).is_none()) {
+            return Ok(());
+        }
+        return refuse(f, target, name, value);
+    }
     if !name_bytes.is_empty()
         && all(name_bytes, TOKEN)
         && all(value, VALUE)
@@ -356,7 +369,7 @@ fn pseudo_value_error(name: &str, value: &[u8]) -> Option<&'static str> {
         // A callout's `:authority` is the cluster's name by default, and Istio's have `|`:
         // no stricter than the request line needs.
         ":path" | ":authority" => {
-            !value.is_empty() && value.iter().all(|b| (0x21..0x7f).contains(b))
+            !value.is_empty() && all_words(value, |w| between(w, 0x20, 0x7f) == HIGHS)
         }
         ":scheme" => {
             value.first().is_some_and(u8::is_ascii_alphabetic)
