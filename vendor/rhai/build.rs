@@ -1,4 +1,4 @@
-//! proxy-rhai: only the part of upstream's build script that sets `atomic_ops_count` (the
+//! proxy-rhai patch 10: only the part of upstream's build script that sets `atomic_ops_count` (the
 //! crate as published has no build script, so the cfg was never set). Without it the
 //! operations a native function runs through its context (`a.map(|x| ...)`, the `==` of each
 //! item in `a.contains(x)`) are counted in a copy of the count that is then dropped: a loop of

@@ -141,11 +141,11 @@ pub struct Engine {
     /// Callback closure for progress reporting.
     #[cfg(not(feature = "unchecked"))]
     pub(crate) progress: Option<Box<crate::func::native::OnProgressCallback>>,
-    /// proxy-rhai patch (speed): `progress` is called when the operation count has none of
+    /// proxy-rhai patch 6 (speed): `progress` is called when the operation count has none of
     /// these bits set (0: on every operation).
     #[cfg(not(feature = "unchecked"))]
     pub(crate) progress_mask: u64,
-    /// proxy-rhai patch: items the size walks visited and the operation count has not been
+    /// proxy-rhai patch 9: items the size walks visited and the operation count has not been
     /// charged for yet (`WALK_ITEMS_PER_OPERATION`). Emptied when a call begins.
     #[cfg(not(feature = "unchecked"))]
     pub(crate) data_walked: std::sync::atomic::AtomicUsize,

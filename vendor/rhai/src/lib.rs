@@ -238,7 +238,7 @@ pub use api::files::{eval_file, run_file};
 pub use api::{eval::eval, run::run};
 #[cfg(not(feature = "no_ast"))]
 pub use ast::AST;
-/// proxy-rhai patch (speed).
+/// proxy-rhai patch 18 (speed).
 #[cfg(not(feature = "no_function"))]
 pub use ast::ScriptFnWithoutParams;
 use defer::Deferred;
@@ -399,10 +399,10 @@ pub use ast::CustomExpr;
 pub use eval::GlobalRef;
 #[cfg(feature = "internals")]
 pub use eval::{Caches, GlobalRuntimeState, RangeCase, Target};
-// proxy-rhai patch (speed)
+// proxy-rhai patch 5 (speed)
 #[cfg(feature = "internals")]
 pub use eval::{CallSite, CallSiteEntry};
-// proxy-rhai patch (speed)
+// proxy-rhai patch 6 (speed)
 #[cfg(not(feature = "no_function"))]
 pub use eval::FnCallCache;
 #[cfg(not(feature = "no_ast"))]

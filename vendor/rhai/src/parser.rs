@@ -3905,7 +3905,7 @@ impl Engine {
 
         params.append(&mut params_list);
 
-        // proxy-rhai patch (code size): a unique function name from a count of the closures
+        // proxy-rhai patch 4 (code size): a unique function name from a count of the closures
         // this process has parsed, instead of a hash of the parameters and body: hashing a body
         // takes the derived `Hash` of every statement and expression type (~45 kB of wasm), and
         // nothing else uses it. Unique in the whole process, so never shared by two closures

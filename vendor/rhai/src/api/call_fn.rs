@@ -134,7 +134,7 @@ impl Engine {
             })
         })
     }
-    /// proxy-rhai patch (speed): calls `function` of `ast`, a function taking no arguments
+    /// proxy-rhai patch 18 (speed): calls `function` of `ast`, a function taking no arguments
     /// found once with [`AST::function_without_params`], as
     /// [`call_fn_with_options`][Engine::call_fn_with_options] does with `eval_ast(false)` and
     /// `rewind_scope(false)`, with resolutions kept from call to call in `cache`, and without

@@ -249,7 +249,7 @@ impl Engine {
         self.progress_mask = 0;
         self
     }
-    /// proxy-rhai patch (speed): [`on_progress`][Engine::on_progress], called only when the
+    /// proxy-rhai patch 6 (speed): [`on_progress`][Engine::on_progress], called only when the
     /// number of operations is a multiple of `every` (rounded up to a power of two), which
     /// spares the call on the other operations.
     ///

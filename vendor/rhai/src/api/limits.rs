@@ -89,7 +89,7 @@ pub struct Limits {
     #[cfg(not(feature = "no_object"))]
     pub map_size: Option<NonZeroUsize>,
     /// Maximum nesting depth of a value: arrays, maps and function pointers' curried arguments
-    /// within one another (proxy-rhai patch).
+    /// within one another (proxy-rhai patch 1).
     ///
     /// Dropping, cloning and printing a value recurse once per level, so a deep enough value
     /// overflows a small native stack (a WebAssembly VM's) however few bytes it holds.
@@ -329,7 +329,7 @@ impl Engine {
         return 0;
     }
     /// Set the maximum nesting depth of a value (0 for unlimited): arrays, maps and function
-    /// pointers' curried arguments within one another (proxy-rhai patch).
+    /// pointers' curried arguments within one another (proxy-rhai patch 1).
     ///
     /// Not available under `unchecked`.
     ///

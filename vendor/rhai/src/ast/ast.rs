@@ -674,7 +674,7 @@ impl AST {
     fn iter_fn_def(&self) -> impl Iterator<Item = &crate::Shared<crate::func::ScriptFuncDef>> {
         self.lib.iter_script_fn().map(|(.., fn_def)| fn_def)
     }
-    /// proxy-rhai patch (speed): the script function `name` that takes no parameters, found
+    /// proxy-rhai patch 18 (speed): the script function `name` that takes no parameters, found
     /// once, to call with [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
     ///
     /// Not available under `no_function`.
@@ -949,7 +949,7 @@ impl ASTNode<'_> {
     }
 }
 
-/// proxy-rhai patch (speed): a script function taking no parameters, found in its [`AST`] once
+/// proxy-rhai patch 18 (speed): a script function taking no parameters, found in its [`AST`] once
 /// ([`AST::function_without_params`]) and called with
 /// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
 #[cfg(not(feature = "no_function"))]

@@ -80,7 +80,7 @@ pub struct FnCallExpr {
     pub capture_parent_scope: bool,
     /// Is this function call a native operator?
     pub op_token: Option<Token>,
-    /// proxy-rhai patch (speed): the native function this call resolved to last.
+    /// proxy-rhai patch 6 (speed): the native function this call resolved to last.
     pub site: crate::eval::CallSite,
 }
 

@@ -49,12 +49,12 @@ impl FnResolutionCache {
 #[derive(Debug, Clone, Default)]
 pub struct Caches {
     fn_resolution: StaticVec<FnResolutionCache>,
-    /// proxy-rhai patch (speed): set in a [`FnCallCache`]'s, whose resolutions outlive the call;
+    /// proxy-rhai patch 6 (speed): set in a [`FnCallCache`]'s, whose resolutions outlive the call;
     /// only then do call sites remember theirs ([`CallSite`]).
     persistent: bool,
 }
 
-/// proxy-rhai patch (speed): the function resolutions of calls into one [`AST`][crate::AST],
+/// proxy-rhai patch 5 (speed): the function resolutions of calls into one [`AST`][crate::AST],
 /// kept from one call to the next by [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
 ///
 /// The resolutions, and those its calls leave in the [`AST`]'s call sites ([`CallSite`]), stay
@@ -98,7 +98,7 @@ impl FnCallCache {
     }
 }
 
-/// _(internals)_ proxy-rhai patch (speed): the native function a call site (a function or method
+/// _(internals)_ proxy-rhai patch 6 (speed): the native function a call site (a function or method
 /// call in an [`AST`][crate::AST]) resolved to, with the types of the arguments it was called
 /// with. A call with the same types calls it again without resolving: no hash, no search, and
 /// none of the checks a resolution starts with (the call site already passed them). Filled and
@@ -188,7 +188,7 @@ impl Caches {
             persistent: false,
         }
     }
-    /// proxy-rhai patch (speed): whether the resolutions outlive the call ([`FnCallCache`]), so
+    /// proxy-rhai patch 6 (speed): whether the resolutions outlive the call ([`FnCallCache`]), so
     /// that call sites may remember theirs ([`CallSite`]).
     #[inline(always)]
     #[must_use]

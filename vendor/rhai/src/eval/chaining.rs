@@ -32,7 +32,7 @@ impl From<&Expr> for ChainType {
     }
 }
 
-/// The number of keys of a map, `None` for any other value (proxy-rhai patch).
+/// The number of keys of a map, `None` for any other value (proxy-rhai patch 8).
 #[cfg(not(feature = "no_object"))]
 fn map_len(value: &Dynamic) -> Option<usize> {
     match value.0 {
@@ -149,7 +149,7 @@ impl Engine {
         expr: &Expr,
         idx_values: &mut FnArgsVec<Dynamic>,
     ) -> RhaiResultOf<()> {
-        // proxy-rhai patch (speed): the position is worked out only for an error.
+        // proxy-rhai patch 6 (speed): the position is worked out only for an error.
         self.track_operation(global, crate::Position::NONE)
             .map_err(|err| err.fill_position(expr.position()))?;
 
@@ -375,7 +375,7 @@ impl Engine {
                             Err(err) => return Err(err),
                         };
 
-                        // proxy-rhai patch: a map that gained a key is measured whole, as after
+                        // proxy-rhai patch 8: a map that gained a key is measured whole, as after
                         // `map.key = value`. Only the item was, so `m[k] = v` in a loop grew a map
                         // past `max_map_size` unnoticed.
                         #[cfg(not(feature = "no_object"))]

@@ -8,7 +8,7 @@ use std::borrow::Borrow;
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
 
-/// How many items a walk through a value visits for one operation (proxy-rhai patch). A walk is as long
+/// How many items a walk through a value visits for one operation (proxy-rhai patch 9). A walk is as long
 /// as the value: after every `a.push(x)` the whole of `a` is measured again, so a loop of pushes
 /// did quadratic work that the operation count never saw (40,000 pushes: seconds of CPU, well
 /// within `max_operations`). Charged to the operation count, walks are bounded by it like the
@@ -18,7 +18,7 @@ use std::prelude::v1::*;
 pub const WALK_ITEMS_PER_OPERATION: usize = 16;
 
 /// The operations a call that a native function makes back into the engine counts for, besides
-/// the operations it runs (proxy-rhai patch). `a.map(|x| x + 1)` calls the closure once per
+/// the operations it runs (proxy-rhai patch 10). `a.map(|x| x + 1)` calls the closure once per
 /// item, and `a.contains(v)` calls `==` once per item, each in a fresh copy of the call state
 /// with empty caches: ~6,600 and ~7,800 wasm instructions, the cost of 15 or so operations,
 /// and they counted one or two. Charged 8, so that a loop of such calls ends within about twice
@@ -26,7 +26,7 @@ pub const WALK_ITEMS_PER_OPERATION: usize = 16;
 /// stays well within the default limit.
 pub const CALLBACK_OPERATIONS: usize = 8;
 
-/// How many bytes of a string or a blob count as one item of [`data_items`] (proxy-rhai patch):
+/// How many bytes of a string or a blob count as one item of [`data_items`] (proxy-rhai patch 11):
 /// 8, so 128 bytes are one operation. A native function's time grows with the data it is given
 /// or gives back (`s.contains(x)`, `s.to_upper()`, `s + t`, a blob's `contains`), and one call
 /// counted one operation: a loop of `s.to_upper()` on a 4 MB string ran for minutes within
@@ -34,7 +34,7 @@ pub const CALLBACK_OPERATIONS: usize = 8;
 /// does (a few hundred instructions).
 pub const BYTES_PER_ITEM: usize = 8;
 
-/// The items a value counts for when a function gets it or gives it back (proxy-rhai patch): a
+/// The items a value counts for when a function gets it or gives it back (proxy-rhai patch 11): a
 /// string or a blob one per [`BYTES_PER_ITEM`] bytes, an array or a map one per element. Not
 /// nested: it reads a length, never walks (a nested array is walked by the size checks, which
 /// charge their walks).
@@ -54,7 +54,7 @@ pub fn data_items(value: &Dynamic) -> usize {
 }
 
 /// Whether a size check walks through `value` (an array or a map), a walk it charges (proxy-rhai
-/// patch); other values are measured by their length.
+/// patch 11); other values are measured by their length.
 #[inline(always)]
 #[must_use]
 pub fn is_walked(value: &Dynamic) -> bool {
@@ -164,7 +164,7 @@ pub fn calc_map_sizes(map: &crate::Map) -> (usize, usize, usize) {
 }
 
 /// Recursively calculate the sizes of the arguments curried into a function pointer, each
-/// counted as an array item (proxy-rhai patch: curried arguments are data too, and
+/// counted as an array item (proxy-rhai patch 1: curried arguments are data too, and
 /// `f = f.curry(f)` doubles it each time).
 ///
 /// Sizes returned are `(` [`Array`][crate::Array], [`Map`][crate::Map] and [`String`] `)`.
@@ -208,7 +208,7 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
         Union::Str(ref s, ..) => (0, 0, s.len()),
         Union::FnPtr(ref f, ..) => calc_curry_sizes(f),
         #[cfg(not(feature = "no_closure"))]
-        // proxy-rhai patch: a cell being written right now is measured when the write is checked.
+        // proxy-rhai patch 1: a cell being written right now is measured when the write is checked.
         Union::Shared(..) if _top => value
             .read_lock::<Dynamic>()
             .map_or((0, 0, 0), |inner| calc_data_sizes(&inner, true)),
@@ -221,7 +221,7 @@ pub fn calc_data_sizes(value: &Dynamic, _top: bool) -> (usize, usize, usize) {
 }
 
 /// The sizes of a value, as [`calc_data_sizes`] counts them, and how deeply it nests, in one
-/// walk (proxy-rhai patch).
+/// walk (proxy-rhai patch 1).
 ///
 /// Depth counts arrays, maps and function pointers' curried arguments, looking through shared
 /// cells: a plain value is at depth 0, `[1]` at 1. The walk stops once it is deeper than
@@ -235,7 +235,7 @@ pub fn calc_data_sizes_and_depth(value: &Dynamic, limit: usize) -> ((usize, usiz
     (sizes, depth)
 }
 
-/// [`calc_data_sizes_and_depth`], and the number of items the walk visited (proxy-rhai patch).
+/// [`calc_data_sizes_and_depth`], and the number of items the walk visited (proxy-rhai patch 9).
 fn walk_data(value: &Dynamic, limit: usize) -> ((usize, usize, usize), usize, usize) {
     struct Walk {
         sizes: (usize, usize, usize),
@@ -320,7 +320,7 @@ fn walk_data(value: &Dynamic, limit: usize) -> ((usize, usize, usize), usize, us
     (walk.sizes, depth, walk.visited)
 }
 
-/// The error [`Engine::throw_on_size`] gives for a string over the limit (proxy-rhai patch).
+/// The error [`Engine::throw_on_size`] gives for a string over the limit (proxy-rhai patch 6).
 #[cold]
 #[inline(never)]
 fn string_too_long(pos: Position) -> crate::RhaiError {
@@ -357,7 +357,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Raise an error if a value nested `depth` levels deep is over the limit (proxy-rhai patch).
+    /// Raise an error if a value nested `depth` levels deep is over the limit (proxy-rhai patch 1).
     ///
     /// [`Position`] in [`EvalAltResult`][crate::EvalAltResult] is always [`NONE`][Position::NONE]
     /// and should be set afterwards.
@@ -374,7 +374,7 @@ impl Engine {
 
     /// The sizes of a value and, when a depth limit is set, its nesting depth (0 otherwise),
     /// for [`throw_on_size`][Engine::throw_on_size] and
-    /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch). Every walk is charged to
+    /// [`throw_on_depth`][Engine::throw_on_depth] (proxy-rhai patch 9). Every walk is charged to
     /// the operation count ([`WALK_ITEMS_PER_OPERATION`]).
     #[inline]
     pub(crate) fn data_sizes_and_depth(&self, value: &Dynamic) -> ((usize, usize, usize), usize) {
@@ -390,7 +390,7 @@ impl Engine {
     }
 
     /// Adds `items` visited by a walk through a value to the tally the operations take from
-    /// (proxy-rhai patch).
+    /// (proxy-rhai patch 9).
     #[inline(always)]
     pub(crate) fn charge_walk(&self, items: usize) {
         if items > 0 {
@@ -406,14 +406,14 @@ impl Engine {
     }
 
     /// Charges the data `values` hold ([`data_items`]) to the tally the operations take from
-    /// (proxy-rhai patch): what a function call gets and gives back.
+    /// (proxy-rhai patch 11): what a function call gets and gives back.
     #[inline(always)]
     pub(crate) fn charge_data<'a>(&self, values: impl IntoIterator<Item = &'a Dynamic>) {
         self.charge_walk(values.into_iter().map(data_items).sum());
     }
 
     /// The operations that the walks since the last operation owe, taken from the tally
-    /// (proxy-rhai patch).
+    /// (proxy-rhai patch 9).
     #[inline(always)]
     fn walk_operations(&self) -> u64 {
         use std::sync::atomic::Ordering::Relaxed;
@@ -434,7 +434,7 @@ impl Engine {
         value: T,
         pos: Position,
     ) -> RhaiResultOf<T> {
-        // proxy-rhai patch (speed): a value holding no data (a number, `()`, ...) is within any
+        // proxy-rhai patch 6 (speed): a value holding no data (a number, `()`, ...) is within any
         // limit, a string is its length; only the others are measured, out of line.
         match value.borrow().0 {
             Union::Str(ref s, ..) => {
@@ -465,7 +465,7 @@ impl Engine {
             return Ok(());
         }
 
-        // proxy-rhai patch (speed): a blob is its own size, without the walk.
+        // proxy-rhai patch 6 (speed): a blob is its own size, without the walk.
         let sizes = match value.0 {
             #[cfg(not(feature = "no_index"))]
             Union::Blob(ref b, ..) => Some((b.len(), 0, 0)),
@@ -500,13 +500,13 @@ impl Engine {
         global: &mut GlobalRuntimeState,
         pos: Position,
     ) -> RhaiResultOf<()> {
-        // proxy-rhai patch: an atomic count goes up the same way through a shared state.
+        // proxy-rhai patch 10: an atomic count goes up the same way through a shared state.
         #[cfg(atomic_ops_count)]
         return self.track_operation_shared(global, pos);
 
         #[cfg(not(atomic_ops_count))]
         {
-            // proxy-rhai patch: one operation, plus what the size walks since the last one owe.
+            // proxy-rhai patch 10: one operation, plus what the size walks since the last one owe.
             let step = 1 + self.walk_operations();
             global.num_operations += step;
             self.check_operations(global.num_operations, step, pos)
@@ -514,7 +514,7 @@ impl Engine {
     }
 
     /// [`track_operation`][Engine::track_operation] on a state shared with the caller, as a
-    /// native function's context holds it (proxy-rhai patch).
+    /// native function's context holds it (proxy-rhai patch 10).
     #[cfg(atomic_ops_count)]
     #[inline(always)]
     pub(crate) fn track_operation_shared(
@@ -525,7 +525,7 @@ impl Engine {
         self.track_operations_shared(global, 1, pos)
     }
 
-    /// Counts `count` operations at once, on a state shared with the caller (proxy-rhai patch):
+    /// Counts `count` operations at once, on a state shared with the caller (proxy-rhai patch 15):
     /// the work a native function is about to do, so that the limit stops it before it starts.
     #[cfg(atomic_ops_count)]
     #[inline(always)]
@@ -535,7 +535,7 @@ impl Engine {
         count: u64,
         pos: Position,
     ) -> RhaiResultOf<()> {
-        // proxy-rhai patch: the operations, plus what the size walks since the last one owe.
+        // proxy-rhai patch 15: the operations, plus what the size walks since the last one owe.
         let step = count + self.walk_operations();
         let num_operations = global
             .num_operations
@@ -554,7 +554,7 @@ impl Engine {
         }
 
         if let Some(progress) = self.progress.as_ref() {
-            // proxy-rhai patch (speed): `Engine::on_progress_every`: only when the count passed
+            // proxy-rhai patch 9 (speed): `Engine::on_progress_every`: only when the count passed
             // a multiple of `progress_mask + 1` (it may step over one: see `step`).
             if num_operations & self.progress_mask >= step {
                 return Ok(());

@@ -213,7 +213,7 @@ impl Engine {
         mut this_ptr: Option<&mut Dynamic>,
         expr: &Expr,
     ) -> RhaiResult {
-        // proxy-rhai patch (speed): the position is worked out only for an error.
+        // proxy-rhai patch 6 (speed): the position is worked out only for an error.
         self.track_operation(global, crate::Position::NONE)
             .map_err(|err| err.fill_position(expr.position()))?;
 
@@ -266,7 +266,7 @@ impl Engine {
                     if item.is_string() {
                         write!(concat, "{item}").unwrap();
                     } else {
-                        // proxy-rhai patch (size): an error for a text past the string limit.
+                        // proxy-rhai patch 17 (size): an error for a text past the string limit.
                         let display =
                             print_with_func_raw(self, global, caches, FUNC_TO_STRING, item, pos)
                                 .map_err(|err| err.fill_position(pos))?;

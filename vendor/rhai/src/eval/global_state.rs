@@ -89,7 +89,7 @@ impl Engine {
     #[inline(always)]
     #[must_use]
     fn new_global_runtime_state(&self) -> GlobalRuntimeState {
-        // proxy-rhai patch: a call is charged for its own size walks only.
+        // proxy-rhai patch 9: a call is charged for its own size walks only.
         #[cfg(not(feature = "unchecked"))]
         self.data_walked
             .store(0, std::sync::atomic::Ordering::Relaxed);

@@ -229,7 +229,7 @@ impl Engine {
 
             #[cfg(not(feature = "no_index"))]
             Dynamic(Union::Str(s, ..)) => {
-                // proxy-rhai patch: the characters are counted from the start, a read of the
+                // proxy-rhai patch 11: the characters are counted from the start, a read of the
                 // whole string (`data_items`).
                 #[cfg(not(feature = "unchecked"))]
                 self.charge_walk(s.len() / crate::eval::BYTES_PER_ITEM);

@@ -25,7 +25,7 @@ pub use cache::FnResolutionCacheEntry;
 pub use data_check::calc_array_sizes;
 #[cfg(not(feature = "unchecked"))]
 #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
-#[allow(unused_imports)] // proxy-rhai patch: only Grain's VM uses it now
+#[allow(unused_imports)] // proxy-rhai patch 1: only Grain's VM uses it now
 pub use data_check::calc_data_sizes;
 #[cfg(not(feature = "unchecked"))]
 pub use data_check::{is_walked, BYTES_PER_ITEM};

@@ -12,7 +12,7 @@ use std::prelude::v1::*;
 
 impl Engine {
     /// Sets `value`'s access mode all the way down, and charges the walk through it as
-    /// operations (proxy-rhai patch, `WALK_ITEMS_PER_OPERATION`).
+    /// operations (proxy-rhai patch 9, `WALK_ITEMS_PER_OPERATION`).
     fn set_access_mode_charged(&self, value: &mut Dynamic, access: AccessMode) {
         let _items = value.set_access_mode_counting(access);
         #[cfg(not(feature = "unchecked"))]
@@ -148,7 +148,7 @@ impl Engine {
                     // We may not need to bump the level because built-in's do not need it.
                     //defer! { let orig_level = global.level; global.level += 1 }
 
-                    // proxy-rhai patch: the right side counts as operations (`data_items`),
+                    // proxy-rhai patch 11: the right side counts as operations (`data_items`),
                     // and so does a string on the left that another value shares, which `+=`
                     // copies whole first (unshared, it grows in place).
                     #[cfg(not(feature = "unchecked"))]
@@ -217,7 +217,7 @@ impl Engine {
         stmt: &Stmt,
         rewind_scope: bool,
     ) -> RhaiResult {
-        // proxy-rhai patch (speed): the position is worked out only for an error.
+        // proxy-rhai patch 6 (speed): the position is worked out only for an error.
         self.track_operation(global, crate::Position::NONE)
             .map_err(|err| err.fill_position(stmt.position()))?;
 
@@ -469,7 +469,7 @@ impl Engine {
                 let value = self.eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?;
 
                 if value.is_hashable() {
-                    // proxy-rhai patch: hashing a string reads all of it (`data_items`).
+                    // proxy-rhai patch 11: hashing a string reads all of it (`data_items`).
                     #[cfg(not(feature = "unchecked"))]
                     self.charge_data([&value]);
                     let hash = calc_switch_value_hash(&value);

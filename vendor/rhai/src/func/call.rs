@@ -22,7 +22,7 @@ use std::prelude::v1::*;
 use num_traits::Float;
 
 impl Engine {
-    /// proxy-rhai patch (speed): evaluates `N` arguments into an array and makes the call with
+    /// proxy-rhai patch 6 (speed): evaluates `N` arguments into an array and makes the call with
     /// them (what the general case of [`make_function_call`][Self::make_function_call] does
     /// with two lists).
     fn call_with_values<'e, const N: usize>(
@@ -65,7 +65,7 @@ impl Engine {
         this_ptr: Option<&mut Dynamic>,
         arg_expr: &Expr,
     ) -> RhaiResultOf<(Dynamic, Position)> {
-        // proxy-rhai patch (speed): the usual literals without the general match below.
+        // proxy-rhai patch 6 (speed): the usual literals without the general match below.
         #[cfg(not(feature = "debugging"))]
         match arg_expr {
             Expr::StringConstant(s, pos) => {
@@ -313,7 +313,7 @@ impl Engine {
                 // Append the new curried arguments to the existing list.
                 fn_ptr.extend(call_args.iter_mut().map(std::mem::take));
 
-                // Curried arguments nest values too (proxy-rhai patch).
+                // Curried arguments nest values too (proxy-rhai patch 1).
                 Ok((self.check_data_size(Dynamic::from(fn_ptr), pos)?, false))
             }
 
@@ -339,7 +339,7 @@ impl Engine {
                             // Remap the function name
                             _redirected = fn_ptr.fn_name_raw().clone();
                             fn_name = &_redirected;
-                            // proxy-rhai patch: the call site remembers the function of its
+                            // proxy-rhai patch 6: the call site remembers the function of its
                             // own name; this one is the map's, which may be another next time.
                             site = None;
                             // Add curried arguments
@@ -591,7 +591,7 @@ impl Engine {
                 // Redirect function name
                 redirected = name;
                 fn_name = &redirected;
-                // proxy-rhai patch: the call site remembers the function of its own name, not
+                // proxy-rhai patch 6: the call site remembers the function of its own name, not
                 // of the pointer's, which may be another on the next call.
                 site = None;
 
@@ -647,7 +647,7 @@ impl Engine {
                     fn_ptr.add_curry(value);
                 }
 
-                // Curried arguments nest values too; closures are built this way (proxy-rhai patch).
+                // Curried arguments nest values too; closures are built this way (proxy-rhai patch 1).
                 return self.check_data_size(fn_ptr.into(), pos);
             }
 
@@ -715,7 +715,7 @@ impl Engine {
             _ => (),
         }
 
-        // proxy-rhai patch (speed): with no curried arguments, the parent scope not captured and
+        // proxy-rhai patch 6 (speed): with no curried arguments, the parent scope not captured and
         // no first argument to pass by reference, up to three arguments go into an array.
         if curry.is_empty()
             && !(capture_parent_scope && !scope.is_empty())
@@ -1081,7 +1081,7 @@ impl Engine {
                     let context =
                         need_context.then(|| (self, name.as_str(), None, &*global, pos).into());
 
-                    // proxy-rhai patch: the operands and the result count as operations
+                    // proxy-rhai patch 11: the operands and the result count as operations
                     // (`data_items`): `s + t` copies both, `s == t` reads both.
                     #[cfg(not(feature = "unchecked"))]
                     self.charge_data([&lhs, &rhs]);

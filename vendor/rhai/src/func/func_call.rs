@@ -227,7 +227,7 @@ impl Drop for ArgBackup<'_> {
 #[cfg(not(feature = "unchecked"))]
 #[inline]
 pub fn ensure_no_data_race(fn_name: &str, args: &FnCallArgs, is_ref_mut: bool) -> RhaiResultOf<()> {
-    // proxy-rhai patch (speed): this runs on every call, and a value that is no container and
+    // proxy-rhai patch 6 (speed): this runs on every call, and a value that is no container and
     // not shared can't be locked; the error is built out of line.
     use crate::types::dynamic::Union;
     let may_be_locked = |a: &&mut Dynamic| match a.0 {
@@ -587,7 +587,7 @@ impl Engine {
         )
     }
 
-    /// proxy-rhai patch (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
+    /// proxy-rhai patch 6 (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
     /// checks (operations, data race, syntactic functions), which the caller made; the function
     /// found is remembered in `site`, when given.
     fn exec_resolved_native_fn_call(
@@ -626,7 +626,7 @@ impl Engine {
         self.native_fn_not_found(name, args, pos)
     }
 
-    /// proxy-rhai patch (speed): calls a resolved native function (the second half of
+    /// proxy-rhai patch 6 (speed): calls a resolved native function (the second half of
     /// [`exec_native_fn_call`][Self::exec_native_fn_call], shared with the call sites that
     /// remember their function).
     fn call_native_fn(
@@ -653,7 +653,7 @@ impl Engine {
 
             return self.call_native_fn_raw(global, name, func, source, args, is_ref_mut, pos);
         }
-        // proxy-rhai patch (speed): no backup to make and drop when no argument is copied.
+        // proxy-rhai patch 6 (speed): no backup to make and drop when no argument is copied.
         self.call_native_fn_raw(global, name, func, source, args, is_ref_mut, pos)
     }
 
@@ -690,7 +690,7 @@ impl Engine {
                 );
             }
 
-            // proxy-rhai patch: the data the function gets counts as operations (`data_items`),
+            // proxy-rhai patch 11: the data the function gets counts as operations (`data_items`),
             // but an array or a map it may change: that one is measured after the call, and
             // the walk is charged (a `push` is not charged twice).
             #[cfg(not(feature = "unchecked"))]
@@ -750,7 +750,7 @@ impl Engine {
 
             let result = _result?;
 
-            // proxy-rhai patch: and the data it gives back. An array or a map was charged by
+            // proxy-rhai patch 11: and the data it gives back. An array or a map was charged by
             // the size check's walk above, so not by its length again.
             #[cfg(not(feature = "unchecked"))]
             if !(crate::eval::is_walked(&result) && self.has_data_size_limit()) {
@@ -758,13 +758,13 @@ impl Engine {
             }
 
             // Check the data size of any `&mut` object, which may be changed.
-            // proxy-rhai patch (speed): not after a pure function, which doesn't change it (the
+            // proxy-rhai patch 7 (speed): not after a pure function, which doesn't change it (the
             // promise that lets it be called on a constant). The check walks the whole value:
             // `doc.len()` or `to_json(doc)` measured all of a large `doc` again on every call.
             #[cfg(not(feature = "unchecked"))]
             if is_ref_mut && !func.is_pure() && !args.is_empty() {
                 self.check_data_size(&*args[0], pos)?;
-                // proxy-rhai patch: a string or a blob is measured by its length, no walk to
+                // proxy-rhai patch 14: a string or a blob is measured by its length, no walk to
                 // charge: what it holds now counts as what the function gave back
                 // (`s.pad(1000000, 'x')` writes a megabyte).
                 if !crate::eval::is_walked(&*args[0]) {
@@ -934,7 +934,7 @@ impl Engine {
         #[cfg(not(feature = "unchecked"))]
         ensure_no_data_race(fn_name, args, is_ref_mut)?;
 
-        // proxy-rhai patch (speed): a call site that resolved to a native function for these
+        // proxy-rhai patch 6 (speed): a call site that resolved to a native function for these
         // argument types calls it again directly. What it skips (the syntactic functions, a
         // script function of that name and arity, the resolution) depends only on the name,
         // the number and the types of the arguments, and functions that don't change.

@@ -28,7 +28,7 @@ pub use function::is_anonymous_fn;
 pub use function::{is_valid_function_name, FnAccess, RhaiFunc};
 #[cfg(not(feature = "no_function"))]
 #[cfg(not(feature = "no_ast"))]
-#[allow(unused_imports)] // proxy-rhai patch (code size): the parser no longer names closures by it
+#[allow(unused_imports)] // proxy-rhai patch 4 (code size): the parser no longer names closures by it
 pub use hashing::calc_closure_hash;
 #[cfg(not(feature = "no_object"))]
 #[cfg(not(feature = "no_function"))]

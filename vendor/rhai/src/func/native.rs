@@ -506,7 +506,7 @@ impl<'a> NativeCallContext<'a> {
     }
 
     /// The built-in version of the operator `fn_name` for the two values in `args`, called, if
-    /// there is one (proxy-rhai patch).
+    /// there is one (proxy-rhai patch 13).
     fn call_builtin_operator(
         &self,
         fn_name: &str,
@@ -543,7 +543,7 @@ impl<'a> NativeCallContext<'a> {
     ) -> RhaiResult {
         let fn_name = fn_name.as_ref();
 
-        // proxy-rhai patch (speed): an operator on two values it has a built-in version for
+        // proxy-rhai patch 13 (speed): an operator on two values it has a built-in version for
         // runs that directly, as the evaluator runs `x == y` under fast operators. The general
         // path below copies the call state and resolves the call with empty caches: ~7,800
         // wasm instructions for each `==` that `a.contains(v)` makes.
@@ -554,7 +554,7 @@ impl<'a> NativeCallContext<'a> {
             }
         }
 
-        // proxy-rhai patch: what this call costs counts as operations (`CALLBACK_OPERATIONS`).
+        // proxy-rhai patch 10: what this call costs counts as operations (`CALLBACK_OPERATIONS`).
         #[cfg(not(feature = "unchecked"))]
         self.engine().charge_callback();
 

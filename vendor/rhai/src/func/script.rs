@@ -297,7 +297,7 @@ impl Engine {
 
         let global = global_ref.as_mut_level_up();
 
-        // proxy-rhai patch: each argument was copied in (`data_items`).
+        // proxy-rhai patch 11: each argument was copied in (`data_items`).
         #[cfg(not(feature = "unchecked"))]
         self.charge_data(args.iter().map(|a| &**a));
 
@@ -547,7 +547,7 @@ impl Engine {
         // Restore state
         caches.rewind_fn_resolution_caches(orig_fn_resolution_caches_len);
 
-        // proxy-rhai patch: a call from a native function (the closure of `a.map(|x| ..)`) ran
+        // proxy-rhai patch 10: a call from a native function (the closure of `a.map(|x| ..)`) ran
         // on a copy of the caller's state; its operations go back to the caller's count, as
         // `NativeCallContext::_call_fn_raw` does for the calls it makes. They were dropped
         // with the copy: a closure's work never counted.

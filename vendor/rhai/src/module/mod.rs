@@ -525,7 +525,7 @@ impl FuncRegistration {
         self.set_into_module_raw_slice(module, arg_types.as_ref(), func)
     }
 
-    /// proxy-rhai patch (code size): the body of [`set_into_module_raw`][Self::set_into_module_raw],
+    /// proxy-rhai patch 4 (code size): the body of [`set_into_module_raw`][Self::set_into_module_raw],
     /// once, instead of once per `[TypeId; N]` it is called with (~5.7 kB of wasm each).
     fn set_into_module_raw_slice<'m>(
         self,

@@ -236,7 +236,7 @@ def_package! {
         // Basic arithmetic for floating-point
         #[cfg(not(feature = "no_float"))]
         {
-            // proxy-rhai patch (code size): no functions of f32 unless it is the script float
+            // proxy-rhai patch 4 (code size): no functions of f32 unless it is the script float
             // type (feature f32_float): no script value is one (float literals, Rhai's
             // functions, serde and our bindings all give f64).
             #[cfg(feature = "f32_float")]

@@ -18,7 +18,7 @@ def_package! {
         lib.set_standard_lib(true);
 
         combine_with_exported_manifest!(lib, "array", array_functions);
-        // proxy-rhai patch (code size): not the deprecated functions that take a function's
+        // proxy-rhai patch 4 (code size): not the deprecated functions that take a function's
         // name as a string (`map("f")`, `sort("f")`, ...): 37 kB of wasm for a form Rhai will
         // remove, and one that made `index_of("x")` call a function named "x".
 
@@ -54,12 +54,12 @@ pub(crate) fn index_of_start_inner(
     Ok(-1 as INT)
 }
 
-/// Sort `array` by `cmp` (proxy-rhai patch). `slice::sort_by` may panic when `cmp` is not a
+/// Sort `array` by `cmp` (proxy-rhai patch 3). `slice::sort_by` may panic when `cmp` is not a
 /// total order (a script's comparer, or floats with NaN), and with `panic = "abort"` the
 /// `catch_unwind` around it catches nothing: the VM traps. A merge sort can't panic, and is
 /// stable like `sort_by`.
 ///
-/// proxy-rhai patch (code size): `cmp` is a trait object, so every sort (a script's comparer,
+/// proxy-rhai patch 3 (code size): `cmp` is a trait object, so every sort (a script's comparer,
 /// each built-in type, ascending or descending) runs this one body, not an instance each.
 fn sort_array_by(array: &mut Array, cmp: &mut dyn FnMut(&Dynamic, &Dynamic) -> Ordering) {
     fn merge_sort(
@@ -88,12 +88,12 @@ fn sort_array_by(array: &mut Array, cmp: &mut dyn FnMut(&Dynamic, &Dynamic) -> O
     *array = merge_sort(items, cmp);
 }
 
-/// `sort` and `sort_desc` (and `order`, `order_desc`) of the built-in types (proxy-rhai patch,
+/// `sort` and `sort_desc` (and `order`, `order_desc`) of the built-in types (proxy-rhai patch 3,
 /// code size): the comparison of the elements' type is picked once per call, and all share
 /// [`sort_array_by`]. Descending compares `(b, a)`, the reverse of `(a, b)` for each of these
 /// (equal stays equal, so both directions are stable).
 ///
-/// proxy-rhai patch: each comparison the sort may make counts one operation (as each one
+/// proxy-rhai patch 15: each comparison the sort may make counts one operation (as each one
 /// `contains` makes does), counted before it starts: n items take up to n·⌈log2 n⌉. Counted as
 /// one call, a sort of a million strings held the VM for over a second within the limits.
 fn sort_with_builtin_cmp(
@@ -152,7 +152,7 @@ fn sort_with_builtin_cmp(
     Ok(())
 }
 
-/// The order of a built-in type (proxy-rhai patch, code size: see [`sort_with_builtin_cmp`]).
+/// The order of a built-in type (proxy-rhai patch 3, code size: see [`sort_with_builtin_cmp`]).
 /// Both values are of `type_id`, so the casts succeed; were one to fail, the pair would
 /// compare equal (or the failed one first) rather than panic.
 fn builtin_cmp(type_id: TypeId) -> Option<fn(&Dynamic, &Dynamic) -> Ordering> {
@@ -1715,7 +1715,7 @@ pub mod array_functions {
                             .or_else(|_| v.as_bool().map(|v| if v { -1 } else { 1 }))
                             .ok()
                     })
-                    // proxy-rhai patch: `v.cmp(&0)`, as upstream's match on the sign of `v`
+                    // proxy-rhai patch 3: `v.cmp(&0)`, as upstream's match on the sign of `v`
                     // did, without its `unreachable!` arm.
                     .map_or_else(|| x.type_id().cmp(&y.type_id()), |v| v.cmp(&0))
             });

@@ -7,7 +7,7 @@ use std::prelude::v1::*;
     not(feature = "no_float"),
     all(not(feature = "only_i32"), not(feature = "only_i64"))
 ))]
-#[allow(unused_macros)] // proxy-rhai patch (code size): with only_i64, f32 was its only use
+#[allow(unused_macros)] // proxy-rhai patch 4 (code size): with only_i64, f32 was its only use
 macro_rules! gen_cmp_functions {
     ($mod_name:ident => $($arg_type:ident),+) => {
         $({
@@ -47,7 +47,7 @@ def_package! {
         {
             combine_with_exported_manifest!(lib, "float", float_functions);
 
-            // proxy-rhai patch (code size): no functions of f32, as no script value is one
+            // proxy-rhai patch 4 (code size): no functions of f32, as no script value is one
             // (float literals, Rhai's functions, serde and our bindings all give f64).
             // Upstream: `#[cfg(not(feature = "f32_float"))]`; `#[cfg(any())]` is never true.
             #[cfg(any())]

@@ -42,7 +42,7 @@ def_package! {
     }
 }
 
-/// A text being formatted that refuses to grow past the string size limit (proxy-rhai patch
+/// A text being formatted that refuses to grow past the string size limit (proxy-rhai patch 17
 /// (size)). Rhai formatted a whole text, then checked its size: escapes make a string's debug
 /// form up to six times its length (`\u{1f}`), so with `max_string_size` at 256 MiB, `to_debug`
 /// of a 200 MB string asked for 1.2 GB, and the failed allocation trapped the VM. A text that
@@ -106,7 +106,7 @@ impl Write for Capped {
     }
 }
 
-/// `args` formatted, within the string size limit (proxy-rhai patch (size)).
+/// `args` formatted, within the string size limit (proxy-rhai patch 17 (size)).
 fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<crate::SmartString> {
     let mut text = Capped::new(engine);
     // An error only says the text would have crossed the limit: `finish` tells.
@@ -115,7 +115,7 @@ fn format_within(engine: &Engine, args: fmt::Arguments) -> RhaiResultOf<crate::S
 }
 
 /// `text`, or the name it is mapped to when it is a type's name; not copied when it isn't
-/// (proxy-rhai patch (size): a text may be as long as the limit).
+/// (proxy-rhai patch 17 (size): a text may be as long as the limit).
 fn mapped_type_name(engine: &Engine, text: crate::SmartString) -> ImmutableString {
     let mapped = engine.map_type_name(&text);
     if std::ptr::eq(mapped, text.as_str()) {
@@ -127,7 +127,7 @@ fn mapped_type_name(engine: &Engine, text: crate::SmartString) -> ImmutableStrin
 
 /// Print a value using a named function.
 ///
-/// proxy-rhai patch (size): an error when the text would be longer than the string size limit.
+/// proxy-rhai patch 17 (size): an error when the text would be longer than the string size limit.
 #[inline]
 pub fn print_with_func(
     fn_name: &str,

@@ -19,7 +19,7 @@ def_package! {
 }
 
 /// Appends `count` copies of `unit` to `string`, in one allocation and bulk copies (proxy-rhai
-/// patch, speed): `pad` pushed one character at a time, ~33 ns each in wasm (4 MB: 134 ms).
+/// patch 14, speed): `pad` pushed one character at a time, ~33 ns each in wasm (4 MB: 134 ms).
 fn append_repeated(string: &mut SmartString, unit: &str, count: usize) {
     let mut out = String::with_capacity(string.len() + unit.len().saturating_mul(count));
     out.push_str(string);
@@ -27,7 +27,7 @@ fn append_repeated(string: &mut SmartString, unit: &str, count: usize) {
     *string = out.into();
 }
 
-/// Replaces every `find` in `string` with `substitute` (proxy-rhai patch): the length of the
+/// Replaces every `find` in `string` with `substitute` (proxy-rhai patch 16): the length of the
 /// result is worked out first, and one over the string size limit is refused before it is made.
 /// A short `find` and a long `substitute` multiply a string: `s.replace("x", t)` with a 1 MB `s`
 /// and a 1,000-character `t` asked for 1 GB, and the failed allocation trapped the VM (Rhai
@@ -63,7 +63,7 @@ fn replace_within_limits(
 }
 
 /// Refuses a change of case whose result would be longer than the string size limit, before it
-/// is made (proxy-rhai patch (size)). A character's other case can take three times its bytes
+/// is made (proxy-rhai patch 16 (size)). A character's other case can take three times its bytes
 /// (`ΐ` to `Ϊ́`: 2 to 6), so with `max_string_size` at 256 MiB, `to_upper` of a 160 MB string
 /// made a 480 MB text, growing its buffer to 640 MB on the way, and trapped the VM. Only a
 /// string longer than a third of the limit is measured: a shorter one can't make a longer text.
@@ -87,7 +87,7 @@ fn check_case_change(ctx: &NativeCallContext, string: &str, upper: bool) -> Rhai
 }
 
 /// The pieces a `split`, `split_rev` or `to_chars` of a `len`-byte string makes, as an array
-/// (proxy-rhai patch). When the string is long enough to make more pieces than the array size
+/// (proxy-rhai patch 16). When the string is long enough to make more pieces than the array size
 /// limit allows, they are counted first, and too many are refused before any is made. Each piece
 /// is a value of its own, most with a string of their own (~60 bytes in wasm): `split("")` of
 /// an 8 MB string grew Envoy by 383 MB for good before Rhai's size check refused the result,
@@ -113,7 +113,7 @@ fn collect_pieces<T: Into<Dynamic>>(
 
 #[export_module(manifest)]
 mod string_functions {
-    // proxy-rhai patch (size): `print_with_func` refuses a text longer than the string limit.
+    // proxy-rhai patch 17 (size): `print_with_func` refuses a text longer than the string limit.
     #[rhai_fn(name = "+", pure, return_raw)]
     pub fn add_append(
         ctx: NativeCallContext,
@@ -1482,14 +1482,14 @@ mod string_functions {
         let str_len = string.chars().count();
         let padding_len = padding.chars().count();
 
-        // proxy-rhai patch: nothing to pad with, nothing to do. The loop that added the padding
+        // proxy-rhai patch 14: nothing to pad with, nothing to do. The loop that added the padding
         // until the string was long enough never ended with an empty one: `s.pad(10, "")` held
         // the VM forever, where no limit reaches.
         if len <= str_len || padding_len == 0 {
             return Ok(());
         }
 
-        // proxy-rhai patch (speed): the whole copies at once, then the part of one.
+        // proxy-rhai patch 14 (speed): the whole copies at once, then the part of one.
         let missing = len - str_len;
         let p = string.make_mut();
         super::append_repeated(p, padding, missing / padding_len);

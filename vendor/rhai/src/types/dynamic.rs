@@ -1111,7 +1111,7 @@ impl Dynamic {
         self
     }
     /// [`set_access_mode`][Self::set_access_mode], answering how many items of arrays and maps
-    /// it went through (proxy-rhai patch: the walk is charged as operations).
+    /// it went through (proxy-rhai patch 9: the walk is charged as operations).
     pub(crate) fn set_access_mode_counting(&mut self, typ: AccessMode) -> usize {
         match self.0 {
             Union::Unit(.., ref mut access)
@@ -1649,7 +1649,7 @@ impl Dynamic {
             return reify! { self => !!! T };
         }
 
-        // proxy-rhai patch (speed): no type name worked out on every cast for a panic message.
+        // proxy-rhai patch 6 (speed): no type name worked out on every cast for a panic message.
         self.try_cast::<T>()
             .unwrap_or_else(|| cast_failed(type_name::<T>()))
     }
@@ -1731,7 +1731,7 @@ impl Dynamic {
     /// These normally shouldn't occur since most operations in Rhai are single-threaded.
     #[inline(always)]
     pub fn flatten(self) -> Self {
-        // proxy-rhai patch (speed): on every argument of every call; most values are not shared.
+        // proxy-rhai patch 6 (speed): on every argument of every call; most values are not shared.
         #[cfg(not(feature = "no_closure"))]
         if matches!(self.0, Union::Shared(..)) {
             return self.flatten_shared();
@@ -3086,7 +3086,7 @@ impl From<InclusiveRange> for Dynamic {
     }
 }
 
-/// The panic of [`Dynamic::cast`] (proxy-rhai patch: out of line; the message no longer names
+/// The panic of [`Dynamic::cast`] (proxy-rhai patch 6: out of line; the message no longer names
 /// the value's type, which every cast had to work out beforehand).
 #[cold]
 #[inline(never)]

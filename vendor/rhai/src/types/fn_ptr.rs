@@ -221,7 +221,7 @@ impl FnPtr {
         self.curry = values.into_iter().collect();
         self
     }
-    /// proxy-rhai patch (speed): how many parameters the script function this pointer was made
+    /// proxy-rhai patch 18 (speed): how many parameters the script function this pointer was made
     /// for takes (a closure's count its captured variables, curried first); `None` for a
     /// pointer made from a name (`Fn("f")`) or for a native function.
     ///
@@ -303,7 +303,7 @@ impl FnPtr {
     ) -> RhaiResultOf<T> {
         self.call_with_caches(engine, ast, &mut Scope::new(), args, &mut crate::eval::Caches::new())
     }
-    /// proxy-rhai patch (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
+    /// proxy-rhai patch 5 (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
     /// in `cache` for the next call into the same `ast` (see
     /// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params]).
     ///
@@ -357,7 +357,7 @@ impl FnPtr {
         let mut args_data = FnArgsVec::new_const();
         let args = self.with_curry(&mut arg_values, &mut args_data);
 
-        // proxy-rhai patch (speed): a function of the script runs on this call's state itself;
+        // proxy-rhai patch 18 (speed): a function of the script runs on this call's state itself;
         // `_call_raw` would run it on a copy. (The function is found in the state, and taken
         // out of it, shared, before the call borrows the state.)
         #[cfg(not(feature = "no_function"))]
@@ -575,7 +575,7 @@ impl FnPtr {
         arg_values: &mut [Dynamic],
         pos: Position,
     ) -> RhaiResult {
-        // proxy-rhai patch: what this call costs counts as operations
+        // proxy-rhai patch 18: what this call costs counts as operations
         // (`CALLBACK_OPERATIONS`; the other forms are charged in `_call_fn_raw`).
         #[cfg(not(feature = "unchecked"))]
         engine.charge_callback();
@@ -732,7 +732,7 @@ impl FnPtr {
         extras: [Dynamic; E],
         move_this_ptr_to_args: usize,
     ) -> RhaiResult {
-        // proxy-rhai patch (speed): a closure's number of parameters is known, so the forms of
+        // proxy-rhai patch 12 (speed): a closure's number of parameters is known, so the forms of
         // the call that can't fit it are not tried. Each failed try resolved the call and
         // formatted its signature for the error: `a.map(|x| ..)` cost ~17,000 wasm
         // instructions per item, most of it the failed `this` form. The last form is always

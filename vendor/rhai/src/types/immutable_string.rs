@@ -723,7 +723,7 @@ impl ImmutableString {
     }
     /// The length of a string held on the heap, 0 for one held inline (a few bytes): what
     /// [`data_items`][crate::eval::data_items] needs, without the call that reading an inline
-    /// string's length takes (proxy-rhai patch).
+    /// string's length takes (proxy-rhai patch 11).
     #[inline(always)]
     #[must_use]
     pub(crate) fn heap_len(&self) -> usize {

@@ -358,7 +358,7 @@ impl Scope<'_> {
         self.push_entry_as_is(name, value)
     }
     /// [`push_entry`][Self::push_entry] of a value whose access mode is already the entry's
-    /// (proxy-rhai patch: the caller set it, and charged the walk).
+    /// (proxy-rhai patch 9: the caller set it, and charged the walk).
     pub(crate) fn push_entry_as_is(&mut self, name: ImmutableString, value: Dynamic) -> &mut Self {
         if self.is_empty() {
             self.names.reserve(MIN_SCOPE_ENTRIES);

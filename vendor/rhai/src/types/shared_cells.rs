@@ -1,4 +1,4 @@
-//! _(proxy-rhai patch)_ Breaking the reference cycles closures can make.
+//! _(proxy-rhai patch 2)_ Breaking the reference cycles closures can make.
 //!
 //! A closure captures variables by turning them into shared cells (`Rc<RefCell<Dynamic>>`). A
 //! closure stored in a variable it captures (`let f = 0; f = || f;`) is a cycle `Rc` never

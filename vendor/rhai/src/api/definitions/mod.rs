@@ -551,7 +551,7 @@ fn def_type_name<'a>(ty: &'a str, engine: &'a Engine) -> Cow<'a, str> {
         .replace(type_name::<INT>(), "int")
         .replace("FLOAT", "float")
         .replace("&str", "String")
-        // proxy-rhai patch: the string a `RhaiResultOf<ImmutableString>` holds is named as every
+        // proxy-rhai patch 17: the string a `RhaiResultOf<ImmutableString>` holds is named as every
         // other string is (`string`), not `String`.
         .replace(
             "ImmutableString",
