@@ -1014,13 +1014,15 @@ impl<H> Registrar<'_, H> {
 }
 
 /// Declares one binding: registers it and records its documentation and its example (a
-/// binding without one still builds, but the api-docs test asks for it).
+/// binding without one still builds, but the api-docs test asks for it). `|a as f, …|` gives
+/// the body the bound name as `f`, for its error messages.
 macro_rules! bind {
     ($reg:expr, $name:literal, $allowed:expr, $returns:literal, $doc:literal, $($example:literal,)?
-     |$api:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {{
+     |$api:ident $(as $f:ident)? $(, $arg:ident : $ty:ty)*| $body:expr) => {{
         let captured = $reg.api.clone();
         $reg.engine.register_fn($name, move |$($arg: $ty),*| {
             let $api = &*captured;
+            $(let $f: &'static str = $name;)?
             if !matches!($allowed, $crate::bindings::Allowed::Anywhere) || $api.phase.get().is_some() {
                 $api.enter($name, $allowed)?;
             }
@@ -1134,7 +1136,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         log_debug(`${h[0]}: ${h[1]}`);
     }
 }"#,
-        |a| a.get_headers("get_request_headers", REQ));
+        |a as f| a.get_headers(f, REQ));
     bind!(reg, "get_request_header", READ_RQH, "string, or () when absent",
         "The value of one request header (name case-insensitive); with several values, the first (Envoy's rule); `get_request_headers()` has them all.",
         r#"fn on_request_headers() {
@@ -1143,7 +1145,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         send_http_response(401, [], "who are you?");
     }
 }"#,
-        |a, name: &str| a.get_header("get_request_header", REQ, name));
+        |a as f, name: &str| a.get_header(f, REQ, name));
     bind!(reg, "replace_request_headers", RQH, "()",
         "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings (names are lowercased). Keep the pseudo-headers (`:method`, `:path`, …) unless you mean to drop them. Anything else than pairs or a map is an error.",
         r#"fn on_request_headers() {
@@ -1151,7 +1153,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let kept = get_request_headers().filter(|h| h[0].starts_with(":") || h[0] == "accept");
     replace_request_headers(kept);
 }"#,
-        |a, headers: Dynamic| a.set_headers("replace_request_headers", REQ, &headers));
+        |a as f, headers: Dynamic| a.set_headers(f, REQ, &headers));
     bind!(
         reg,
         "replace_request_header",
@@ -1161,7 +1163,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     replace_request_header(":path", "/v2" + get_request_header(":path"));
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.replace_header("replace_request_header", REQ, name, value)
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(f, REQ, name, value)
     );
     bind!(
         reg,
@@ -1172,7 +1174,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.add_header("add_request_header", REQ, name, value)
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(f, REQ, name, value)
     );
     bind!(
         reg,
@@ -1183,7 +1185,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     remove_request_header("cookie");
 }"#,
-        |a, name: ImmutableString| a.remove_header("remove_request_header", REQ, name)
+        |a as f, name: ImmutableString| a.remove_header(f, REQ, name)
     );
 
     // Response headers.
@@ -1197,7 +1199,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let n = get_response_headers().len();
     log_info(`upstream sent ${n} headers`);
 }"#,
-        |a| a.get_headers("get_response_headers", RESP)
+        |a as f| a.get_headers(f, RESP)
     );
     bind!(
         reg,
@@ -1210,7 +1212,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         replace_response_header("cache-control", "no-store");
     }
 }"#,
-        |a, name: &str| a.get_header("get_response_header", RESP, name)
+        |a as f, name: &str| a.get_header(f, RESP, name)
     );
     bind!(
         reg,
@@ -1221,7 +1223,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     replace_response_headers(#{ ":status": "200", "content-type": "text/plain" });
 }"#,
-        |a, headers: Dynamic| a.set_headers("replace_response_headers", RESP, &headers)
+        |a as f, headers: Dynamic| a.set_headers(f, RESP, &headers)
     );
     bind!(
         reg,
@@ -1232,7 +1234,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     replace_response_header("server", "proxy-rhai");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.replace_header("replace_response_header", RESP, name, value)
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(f, RESP, name, value)
     );
     bind!(
         reg,
@@ -1243,7 +1245,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     add_response_header("set-cookie", "seen=1; Path=/");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.add_header("add_response_header", RESP, name, value)
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(f, RESP, name, value)
     );
     bind!(
         reg,
@@ -1254,7 +1256,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     remove_response_header("x-powered-by");
 }"#,
-        |a, name: ImmutableString| a.remove_header("remove_response_header", RESP, name)
+        |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
     );
 
     // Bodies.
@@ -1268,7 +1270,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let order = parse_json(get_request_body());
     set_context("items", order.items.len());
 }"#,
-        |a| text_within("get_request_body()", a.get_body("get_request_body", REQ_BODY)?, max_string)
+        |a as f| text_within("get_request_body()", a.get_body(f, REQ_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -1282,7 +1284,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         log_info("gzip request body");
     }
 }"#,
-        |a| a.get_body("get_request_body_bytes", REQ_BODY)
+        |a as f| a.get_body(f, REQ_BODY)
     );
     bind!(
         reg,
@@ -1293,7 +1295,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_body() {
     append_request_body("\n-- checked by proxy-rhai");
 }"#,
-        |a, data: Dynamic| a.write_body("append_request_body", REQ_BODY, BodyEdit::Append, &data)
+        |a as f, data: Dynamic| a.write_body(f, REQ_BODY, BodyEdit::Append, &data)
     );
     bind!(
         reg,
@@ -1305,7 +1307,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     prepend_request_body("[");
     append_request_body("]");
 }"#,
-        |a, data: Dynamic| a.write_body("prepend_request_body", REQ_BODY, BodyEdit::Prepend, &data)
+        |a as f, data: Dynamic| a.write_body(f, REQ_BODY, BodyEdit::Prepend, &data)
     );
     bind!(
         reg,
@@ -1318,7 +1320,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     doc.password = "***";
     replace_request_body(to_json(doc));
 }"#,
-        |a, data: Dynamic| a.write_body("replace_request_body", REQ_BODY, BodyEdit::Replace, &data)
+        |a as f, data: Dynamic| a.write_body(f, REQ_BODY, BodyEdit::Replace, &data)
     );
     bind!(
         reg,
@@ -1331,7 +1333,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         replace_response_body("error hidden by the proxy");
     }
 }"#,
-        |a| text_within("get_response_body()", a.get_body("get_response_body", RESP_BODY)?, max_string)
+        |a as f| text_within("get_response_body()", a.get_body(f, RESP_BODY)?, max_string)
     );
     bind!(
         reg,
@@ -1342,7 +1344,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_body() {
     log_info(`response of ${get_response_body_bytes().len()} bytes`);
 }"#,
-        |a| a.get_body("get_response_body_bytes", RESP_BODY)
+        |a as f| a.get_body(f, RESP_BODY)
     );
     bind!(
         reg,
@@ -1353,7 +1355,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_body() {
     append_response_body("<!-- served through proxy-rhai -->");
 }"#,
-        |a, data: Dynamic| a.write_body("append_response_body", RESP_BODY, BodyEdit::Append, &data)
+        |a as f, data: Dynamic| a.write_body(f, RESP_BODY, BodyEdit::Append, &data)
     );
     bind!(
         reg,
@@ -1364,8 +1366,8 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_body() {
     prepend_response_body(")]}',\n");
 }"#,
-        |a, data: Dynamic| a.write_body(
-            "prepend_response_body",
+        |a as f, data: Dynamic| a.write_body(
+            f,
             RESP_BODY,
             BodyEdit::Prepend,
             &data
@@ -1381,8 +1383,8 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let data = parse_json(get_response_body());
     replace_response_body(to_json(#{ data: data, served_by: "proxy-rhai" }));
 }"#,
-        |a, data: Dynamic| a.write_body(
-            "replace_response_body",
+        |a as f, data: Dynamic| a.write_body(
+            f,
             RESP_BODY,
             BodyEdit::Replace,
             &data
@@ -1438,7 +1440,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         send_http_response(401, #{ "www-authenticate": "ApiKey" }, "missing or wrong API key");
     }
 }"#,
-        |a, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response("send_http_response", status, &headers, &body));
+        |a as f, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response(f, status, &headers, &body));
     bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
         "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
         r#"fn on_request_headers() {
@@ -1448,7 +1450,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
     });
     http_post("audit", "/log", [], get_request_header(":path"), 5000, |status, headers, body| {});
 }"#,
-        |a| a.resume(Side::Request).or_else(|s| refused("resume_http_request", s)));
+        |a as f| a.resume(Side::Request).or_else(|s| refused(f, s)));
     bind!(
         reg,
         "resume_http_response",
@@ -1460,15 +1462,15 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         resume_http_response();
     });
 }"#,
-        |a| a
+        |a as f| a
             .resume(Side::Response)
-            .or_else(|s| refused("resume_http_response", s))
+            .or_else(|s| refused(f, s))
     );
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-        "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
-        r#"fn on_request_headers() {
+    "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
+    r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {
         if status != 200 {
@@ -1478,23 +1480,22 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         add_request_header("authorization", "Bearer " + parse_json(body).token);
     });
 }"#,
-        |a, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let f = "dispatch_http_call";
-            a.dispatch(f, cluster, &[], &header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
-        });
+    |a as f, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        a.dispatch(f, cluster, &[], &header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
     bind!(reg, "http_get", ALL, "int: the call id",
-        "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
-        r#"fn on_request_headers() {
+    "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
     http_get("users", "/users/" + get_request_header("x-user"), #{ accept: "application/json" }, 300, |status, headers, body| {
         if status == 200 {
             add_request_header("x-user-plan", parse_json(body).plan);
         }
     });
 }"#,
-        |a, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = header_pairs("http_get", &headers)?;
-            a.dispatch("http_get", cluster, &pseudo("GET", cluster, path), &h, &[], timeout_ms, callback)
-        });
+    |a as f, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo("GET", cluster, path), &h, &[], timeout_ms, callback)
+    });
     bind!(
         reg,
         "http_get",
@@ -1506,10 +1507,10 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         set_context("checkout_v2", status == 200 && body == "on");
     });
 }"#,
-        |a, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
-            let h = header_pairs("http_get", &headers)?;
+        |a as f, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
+            let h = header_pairs(f, &headers)?;
             a.dispatch(
-                "http_get",
+                f,
                 cluster,
                 &pseudo("GET", cluster, path),
                 &h,
@@ -1520,16 +1521,16 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         }
     );
     bind!(reg, "http_post", ALL, "int: the call id",
-        "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
-        r#"fn on_request_headers() {
+    "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
     http_post("audit", "/events", #{ "content-type": "application/json" }, to_json(#{ path: get_request_header(":path") }), 1000, |status, headers, body| {
         if status != 202 { log_warn(`audit answered ${status}`); }
     });
 }"#,
-        |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = header_pairs("http_post", &headers)?;
-            a.dispatch("http_post", cluster, &pseudo("POST", cluster, path), &h, &bytes_of("http_post", &body)?, timeout_ms, callback)
-        });
+    |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo("POST", cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
     bind!(
         reg,
         "http_post",
@@ -1541,30 +1542,30 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         if body == "infected" { send_http_response(422, [], "rejected by the scanner"); }
     });
 }"#,
-        |a, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
-            let h = header_pairs("http_post", &headers)?;
+        |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
+            let h = header_pairs(f, &headers)?;
             a.dispatch(
-                "http_post",
+                f,
                 cluster,
                 &pseudo("POST", cluster, path),
                 &h,
-                &bytes_of("http_post", &body)?,
+                &bytes_of(f, &body)?,
                 DEFAULT_CALL_TIMEOUT_MS,
                 callback,
             )
         }
     );
     bind!(reg, "http_call", ALL, "int: the call id",
-        "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
-        r#"fn on_request_headers() {
+    "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
     http_call("DELETE", "sessions", "/sessions/" + get_request_header("x-session"), [], (), 500, |status, headers, body| {
         log_info(`session delete: ${status}`);
     });
 }"#,
-        |a, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-            let h = header_pairs("http_call", &headers)?;
-            a.dispatch("http_call", cluster, &pseudo(method, cluster, path), &h, &bytes_of("http_call", &body)?, timeout_ms, callback)
-        });
+    |a as f, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo(method, cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
     bind!(
         reg,
         "get_http_call_response_headers",
@@ -1578,8 +1579,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         }
     });
 }"#,
-        |a| a.get_headers(
-            "get_http_call_response_headers",
+        |a as f| a.get_headers(
+            f,
             MapType::HttpCallResponseHeaders
         )
     );
@@ -1594,8 +1595,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         log_debug(get_http_call_response_trailers());
     });
 }"#,
-        |a| a.get_headers(
-            "get_http_call_response_trailers",
+        |a as f| a.get_headers(
+            f,
             MapType::HttpCallResponseTrailers
         )
     );
@@ -1611,7 +1612,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         add_request_header("authorization", `Bearer ${token}`);
     });
 }"#,
-        |a| text_within("get_http_call_response_body()", call_body(a)?, max_string)
+        |a as f| text_within("get_http_call_response_body()", call_body(a, f)?, max_string)
     );
     bind!(
         reg,
@@ -1624,7 +1625,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         set_context("key_size", get_http_call_response_body_bytes().len());
     });
 }"#,
-        |a| call_body(a)
+        |a as f| call_body(a, f)
     );
 
     bind!(
@@ -1639,8 +1640,8 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
         if token != () { add_request_header("authorization", token); }
     });
 }"#,
-        |a, name: &str| a.get_header(
-            "get_http_call_response_header",
+        |a as f, name: &str| a.get_header(
+            f,
             MapType::HttpCallResponseHeaders,
             name
         )
@@ -1648,19 +1649,19 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 
     // Per-request state, configuration, logs, JSON.
     bind!(reg, "set_context", ALL, "()",
-        "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it. Refused (a script error) once the call is past `limits.max_memory` or the VM's heap past `limits.max_vm_memory`: what requests keep while they wait is what fills the heap.",
-        r#"fn on_request_headers() {
+    "Keeps `value` under `key` for the rest of this request (every later phase and callback); other requests never see it. Refused (a script error) once the call is past `limits.max_memory` or the VM's heap past `limits.max_vm_memory`: what requests keep while they wait is what fills the heap.",
+    r#"fn on_request_headers() {
     set_context("path", get_request_header(":path"));
 }
 fn on_response_headers() {
     add_response_header("x-original-path", get_context("path"));
 }"#,
-        |a, key: &str, value: Dynamic| {
-            // What a request keeps outlives the call: past the heap limits, it keeps no more.
-            a.reserve("set_context", 0)?;
-            a.frame.borrow_mut().stream.context.insert(key.into(), value);
-            Ok(())
-        });
+    |a as f, key: &str, value: Dynamic| {
+        // What a request keeps outlives the call: past the heap limits, it keeps no more.
+        a.reserve(f, 0)?;
+        a.frame.borrow_mut().stream.context.insert(key.into(), value);
+        Ok(())
+    });
     bind!(
         reg,
         "get_context",
@@ -1786,13 +1787,14 @@ fn on_request_headers() {
     builtins::register(reg);
 }
 
-fn call_body<H: Host>(a: &Api<H>) -> ScriptResult<Vec<u8>> {
+/// The callout answer's body, for `f`.
+fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
     let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
-    a.reserve("get_http_call_response_body", size)?;
+    a.reserve(f, size)?;
     let body = a
         .host
         .get_buffer(BufferType::HttpCallResponseBody, 0, size)
-        .or_else(|s| refused("get_http_call_response_body", s))?;
+        .or_else(|s| refused(f, s))?;
     Ok(body.unwrap_or_default())
 }
 

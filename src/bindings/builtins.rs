@@ -63,8 +63,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("authorization", "Basic " + base64_encode("user:secret"));
 }"#,
-        |_a, data: Dynamic| {
-            let data = value_of("base64_encode", data)?;
+        |_a as f, data: Dynamic| {
+            let data = value_of(f, data)?;
             let len = base64::encoded_len(data.as_bytes().len(), true).unwrap_or(usize::MAX);
             check_text_len("base64_encode()", len, max_string)?;
             Ok(STANDARD.encode(data.as_bytes()))
@@ -78,7 +78,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         add_request_header("x-user", user);
     }
 }"#,
-        |_a, text: &str| text_within("base64_decode()", base64_decode("base64_decode", text, false)?, max_string));
+        |_a as f, text: &str| text_within("base64_decode()", base64_decode(f, text, false)?, max_string));
     bind!(
         reg,
         "base64_decode_bytes",
@@ -89,7 +89,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let key = base64_decode_bytes(get_request_header("x-key") ?? "");
     if key.len() != 32 { send_http_response(400, [], "x-key must be 32 bytes"); }
 }"#,
-        |_a, text: &str| base64_decode("base64_decode_bytes", text, false)
+        |_a as f, text: &str| base64_decode(f, text, false)
     );
     bind!(
         reg,
@@ -100,8 +100,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-state", base64url_encode(to_json(#{ path: get_request_header(":path") })));
 }"#,
-        |_a, data: Dynamic| {
-            let data = value_of("base64url_encode", data)?;
+        |_a as f, data: Dynamic| {
+            let data = value_of(f, data)?;
             let len = base64::encoded_len(data.as_bytes().len(), false).unwrap_or(usize::MAX);
             check_text_len("base64url_encode()", len, max_string)?;
             Ok(URL_SAFE_NO_PAD.encode(data.as_bytes()))
@@ -118,9 +118,9 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let parts = jwt.split(".");
     if parts.len() == 3 { log_info(base64url_decode(parts[1])); }
 }"#,
-        |_a, text: &str| text_within(
+        |_a as f, text: &str| text_within(
             "base64url_decode()",
-            base64_decode("base64url_decode", text, true)?,
+            base64_decode(f, text, true)?,
             max_string
         )
     );
@@ -134,7 +134,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let sig = base64url_decode_bytes(get_request_header("x-signature") ?? "");
     log_debug(`signature of ${sig.len()} bytes`);
 }"#,
-        |_a, text: &str| base64_decode("base64url_decode_bytes", text, true)
+        |_a as f, text: &str| base64_decode(f, text, true)
     );
     bind!(reg, "url_encode", Anywhere, "string", "Percent-encodes every byte but ASCII letters and digits (for a query value or a path segment).",
         r#"fn on_request_headers() {
@@ -171,8 +171,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_headers() {
     add_request_header("x-user-hex", hex_encode(get_request_header("x-user") ?? ""));
 }"#,
-        |_a, data: Dynamic| {
-            let data = value_of("hex_encode", data)?;
+        |_a as f, data: Dynamic| {
+            let data = value_of(f, data)?;
             check_text_len(
                 "hex_encode()",
                 data.as_bytes().len().saturating_mul(2),
@@ -190,7 +190,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_body() {
     add_request_header("x-body-sha256", sha256(get_request_body_bytes()));
 }"#,
-        |_a, data: Dynamic| Ok(hex(&Sha256::digest(bytes_of("sha256", &data)?)))
+        |_a as f, data: Dynamic| Ok(hex(&Sha256::digest(bytes_of(f, &data)?)))
     );
     bind!(
         reg,
@@ -201,7 +201,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_body() {
     add_request_header("x-content-digest", "sha-256=" + base64_encode(sha256_bytes(get_request_body_bytes())));
 }"#,
-        |_a, data: Dynamic| Ok(Sha256::digest(bytes_of("sha256_bytes", &data)?).to_vec())
+        |_a as f, data: Dynamic| Ok(Sha256::digest(bytes_of(f, &data)?).to_vec())
     );
     bind!(
         reg,
@@ -213,9 +213,9 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let expected = hmac_sha256(config().secret, get_request_header(":path"));
     if get_request_header("x-signature") != expected { send_http_response(401, [], "bad signature"); }
 }"#,
-        |_a, key: Dynamic, data: Dynamic| Ok(hex(&hmac_sha256(
-            &bytes_of("hmac_sha256", &key)?,
-            &bytes_of("hmac_sha256", &data)?
+        |_a as f, key: Dynamic, data: Dynamic| Ok(hex(&hmac_sha256(
+            &bytes_of(f, &key)?,
+            &bytes_of(f, &data)?
         )))
     );
     bind!(
@@ -228,9 +228,9 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let mac = hmac_sha256_bytes(config().secret, get_request_header(":path"));
     add_request_header("x-signature", base64url_encode(mac));
 }"#,
-        |_a, key: Dynamic, data: Dynamic| Ok(hmac_sha256(
-            &bytes_of("hmac_sha256_bytes", &key)?,
-            &bytes_of("hmac_sha256_bytes", &data)?
+        |_a as f, key: Dynamic, data: Dynamic| Ok(hmac_sha256(
+            &bytes_of(f, &key)?,
+            &bytes_of(f, &data)?
         ))
     );
     bind!(
@@ -242,11 +242,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_headers() {
     add_response_header("x-served-at", now_ms().to_string());
 }"#,
-        |a| a
+        |a as f| a
             .host
             .current_time_nanos()
             .map(|n| (n / 1_000_000) as i64)
-            .or_else(|s| refused("now_ms", s))
+            .or_else(|s| refused(f, s))
     );
     bind!(
         reg,
@@ -260,11 +260,11 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 fn on_response_headers() {
     add_response_header("x-script-ns", (now_nanos() - get_context("t0")).to_string());
 }"#,
-        |a| a
+        |a as f| a
             .host
             .current_time_nanos()
             .map(|n| n as i64)
-            .or_else(|s| refused("now_nanos", s))
+            .or_else(|s| refused(f, s))
     );
     bind!(
         reg,
@@ -275,7 +275,7 @@ fn on_response_headers() {
         r#"fn on_request_headers() {
     if get_request_header("x-trace-id") == () { add_request_header("x-trace-id", random_id()); }
 }"#,
-        |_a| Ok(hex(&random_bytes::<16>("random_id")?))
+        |_a as f| Ok(hex(&random_bytes::<16>(f)?))
     );
     bind!(
         reg,
@@ -287,8 +287,8 @@ fn on_response_headers() {
     // Envoy already gives every request an `x-request-id`; a second id for another system:
     add_request_header("x-correlation-id", uuid_v4());
 }"#,
-        |_a| {
-            let mut b = random_bytes::<16>("uuid_v4")?;
+        |_a as f| {
+            let mut b = random_bytes::<16>(f)?;
             b[6] = (b[6] & 0x0f) | 0x40;
             b[8] = (b[8] & 0x3f) | 0x80;
             let h = hex(&b);
@@ -312,12 +312,12 @@ fn on_response_headers() {
     // Send 10% of the traffic to the canary.
     if random_int(1, 100) <= 10 { add_request_header("x-canary", "true"); }
 }"#,
-        |_a, min: i64, max: i64| {
+        |_a as f, min: i64, max: i64| {
             if min > max {
                 return err(format!("random_int(): min {min} is above max {max}"));
             }
             let span = (max as i128 - min as i128 + 1) as u128;
-            let draw = u128::from(u64::from_le_bytes(random_bytes::<8>("random_int")?));
+            let draw = u128::from(u64::from_le_bytes(random_bytes::<8>(f)?));
             Ok((min as i128 + (draw % span) as i128) as i64)
         }
     );

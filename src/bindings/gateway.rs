@@ -218,22 +218,22 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Properties.
     bind!(reg, "get_property", Anywhere, "string, int, or () when absent",
-        "A property of the request or the proxy, by path: `[\"request\", \"path\"]` or `\"request.path\"`. Sizes, ports, codes, times and durations come as integers; everything else as a string. Useful: `request.path`, `request.method`, `request.host`, `request.id`, `source.address`, `destination.address`, `route_name`, `cluster_name`, `plugin_name`, `response.code` (response phases).",
-        r#"fn on_request_headers() {
+    "A property of the request or the proxy, by path: `[\"request\", \"path\"]` or `\"request.path\"`. Sizes, ports, codes, times and durations come as integers; everything else as a string. Useful: `request.path`, `request.method`, `request.host`, `request.id`, `source.address`, `destination.address`, `route_name`, `cluster_name`, `plugin_name`, `response.code` (response phases).",
+    r#"fn on_request_headers() {
     add_request_header("x-client", get_property(["source", "address"]));
 }"#,
-        |a, path: Dynamic| {
-            let (name, value) = get_property_raw(a, "get_property", &path)?;
-            Ok(match value {
-                None => Dynamic::UNIT,
-                Some(bytes) if INTEGER_PROPERTIES.contains(&name.as_str()) && bytes.len() == 8 => {
-                    let mut le = [0u8; 8];
-                    le.copy_from_slice(&bytes);
-                    Dynamic::from(i64::from_le_bytes(le))
-                }
-                Some(bytes) => lossy(bytes).into(),
-            })
-        });
+    |a as f, path: Dynamic| {
+        let (name, value) = get_property_raw(a, f, &path)?;
+        Ok(match value {
+            None => Dynamic::UNIT,
+            Some(bytes) if INTEGER_PROPERTIES.contains(&name.as_str()) && bytes.len() == 8 => {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(&bytes);
+                Dynamic::from(i64::from_le_bytes(le))
+            }
+            Some(bytes) => lossy(bytes).into(),
+        })
+    });
     bind!(
         reg,
         "get_property_bytes",
@@ -244,21 +244,21 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     let raw = get_property_bytes(["source", "address"]);
     if raw != () { log_debug(`source address: ${raw.len()} bytes`); }
 }"#,
-        |a, path: Dynamic| {
-            let (_, value) = get_property_raw(a, "get_property_bytes", &path)?;
+        |a as f, path: Dynamic| {
+            let (_, value) = get_property_raw(a, f, &path)?;
             Ok(value.map_or(Dynamic::UNIT, Dynamic::from_blob))
         }
     );
     bind!(reg, "set_property", In(Phases::ALL), "()",
-        "Sets a property of the stream (Envoy filter state), e.g. for later filters or access logs.",
-        r#"fn on_request_headers() {
+    "Sets a property of the stream (Envoy filter state), e.g. for later filters or access logs.",
+    r#"fn on_request_headers() {
     set_property("tenant", "acme");
 }"#,
-        |a, path: Dynamic, value: Dynamic| {
-            let path = property_path("set_property", &path)?;
-            let parts: Vec<&str> = path.iter().map(String::as_str).collect();
-            a.host.set_property(&parts, &bytes_of("set_property", &value)?).or_else(|s| refused("set_property", s))
-        });
+    |a as f, path: Dynamic, value: Dynamic| {
+        let path = property_path(f, &path)?;
+        let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+        a.host.set_property(&parts, &bytes_of(f, &value)?).or_else(|s| refused(f, s))
+    });
 
     // Trailers: the header table, in the trailer phases.
     const RQT: Allowed = In(Phases::REQUEST_TRAILERS);
@@ -273,7 +273,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     for t in get_request_trailers() { log_debug(`${t[0]}: ${t[1]}`); }
 }"#,
-        |a| a.get_headers("get_request_trailers", REQ)
+        |a as f| a.get_headers(f, REQ)
     );
     bind!(
         reg,
@@ -284,7 +284,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     if get_request_trailer("grpc-status") != () { log_info("a gRPC request trailer"); }
 }"#,
-        |a, name: &str| a.get_header("get_request_trailer", REQ, name)
+        |a as f, name: &str| a.get_header(f, REQ, name)
     );
     bind!(
         reg,
@@ -295,7 +295,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     replace_request_trailers(#{ "x-checksum": "ok" });
 }"#,
-        |a, trailers: Dynamic| a.set_headers("replace_request_trailers", REQ, &trailers)
+        |a as f, trailers: Dynamic| a.set_headers(f, REQ, &trailers)
     );
     bind!(
         reg,
@@ -306,8 +306,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     replace_request_trailer("x-checked-by", "proxy-rhai");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.replace_header(
-            "replace_request_trailer",
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
+            f,
             REQ,
             name,
             value
@@ -322,8 +322,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     add_request_trailer("x-seen", "1");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.add_header(
-            "add_request_trailer",
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
+            f,
             REQ,
             name,
             value
@@ -338,7 +338,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_request_trailers() {
     remove_request_trailer("x-debug");
 }"#,
-        |a, name: ImmutableString| a.remove_header("remove_request_trailer", REQ, name)
+        |a as f, name: ImmutableString| a.remove_header(f, REQ, name)
     );
     bind!(
         reg,
@@ -349,7 +349,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     log_info(`${get_response_trailers().len()} response trailers`);
 }"#,
-        |a| a.get_headers("get_response_trailers", RESP)
+        |a as f| a.get_headers(f, RESP)
     );
     bind!(
         reg,
@@ -360,7 +360,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     if get_response_trailer("grpc-status") != "0" { increment_counter("grpc_errors", 1); }
 }"#,
-        |a, name: &str| a.get_header("get_response_trailer", RESP, name)
+        |a as f, name: &str| a.get_header(f, RESP, name)
     );
     bind!(
         reg,
@@ -371,7 +371,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     replace_response_trailers([["grpc-status", "0"]]);
 }"#,
-        |a, trailers: Dynamic| a.set_headers("replace_response_trailers", RESP, &trailers)
+        |a as f, trailers: Dynamic| a.set_headers(f, RESP, &trailers)
     );
     bind!(
         reg,
@@ -382,8 +382,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     replace_response_trailer("grpc-message", "");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.replace_header(
-            "replace_response_trailer",
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
+            f,
             RESP,
             name,
             value
@@ -398,8 +398,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     add_response_trailer("x-served-by", "proxy-rhai");
 }"#,
-        |a, name: ImmutableString, value: Dynamic| a.add_header(
-            "add_response_trailer",
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
+            f,
             RESP,
             name,
             value
@@ -414,26 +414,26 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         r#"fn on_response_trailers() {
     remove_response_trailer("x-internal-timing");
 }"#,
-        |a, name: ImmutableString| a.remove_header("remove_response_trailer", RESP, name)
+        |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
     );
 
     // Shared data.
     bind!(reg, "shared_get", Anywhere, "#{value: string or (), version: int}",
-        "A value shared by every worker of the proxy, and its version (0 when absent). Pass the version to `shared_set` to update it only if nobody else did meanwhile.",
-        r#"fn on_request_headers() {
+    "A value shared by every worker of the proxy, and its version (0 when absent). Pass the version to `shared_set` to update it only if nobody else did meanwhile.",
+    r#"fn on_request_headers() {
     let hits = shared_get("hits");
     log_info(`hits so far: ${hits.value ?? "0"}`);
 }"#,
-        |a, key: &str| {
-            let (value, version) = a.host.get_shared_data(key).or_else(|s| refused("shared_get", s))?;
-            let mut map = Map::new();
-            map.insert("value".into(), value.map_or(Dynamic::UNIT, |v| lossy(v).into()));
-            map.insert("version".into(), Dynamic::from(i64::from(version)));
-            Ok(map)
-        });
+    |a as f, key: &str| {
+        let (value, version) = a.host.get_shared_data(key).or_else(|s| refused(f, s))?;
+        let mut map = Map::new();
+        map.insert("value".into(), value.map_or(Dynamic::UNIT, |v| lossy(v).into()));
+        map.insert("version".into(), Dynamic::from(i64::from(version)));
+        Ok(map)
+    });
     bind!(reg, "shared_set", Anywhere, "bool: false when `version` is stale",
-        "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap). Version 0 stores whatever is there, as Envoy does — so create a key once (e.g. at top level) before updating it with compare-and-swap. The store has no delete: a key may hold `limits.max_shared_key_size` bytes, a value `limits.max_shared_value_size`, and all keys and values together `limits.max_shared_bytes` (for every worker; the plugin keeps the count under `proxy-rhai:shared-bytes`, which scripts may read). Past them the call is an error; reads, and writes that don't grow the store, still work.",
-        r#"// Created once, when the plugin loads: from then on every update is a compare-and-swap.
+    "Stores `value` (string or blob) under `key` for every worker, if its version is still `version` (compare-and-swap). Version 0 stores whatever is there, as Envoy does — so create a key once (e.g. at top level) before updating it with compare-and-swap. The store has no delete: a key may hold `limits.max_shared_key_size` bytes, a value `limits.max_shared_value_size`, and all keys and values together `limits.max_shared_bytes` (for every worker; the plugin keeps the count under `proxy-rhai:shared-bytes`, which scripts may read). Past them the call is an error; reads, and writes that don't grow the store, still work.",
+    r#"// Created once, when the plugin loads: from then on every update is a compare-and-swap.
 if shared_get("hits").version == 0 { shared_set("hits", "0", 0); }
 
 fn on_request_headers() {
@@ -444,11 +444,11 @@ fn on_request_headers() {
         if shared_set("hits", next.to_string(), current.version) { break; }
     }
 }"#,
-        |a, key: &str, value: Dynamic, version: i64| {
-            let bytes = bytes_of("shared_set", &value)?;
-            let version = u32::try_from(version).or_else(|_| err(format!("shared_set(): version {version} is not a version")))?;
-            shared_set(a, key, &bytes, version)
-        });
+    |a as f, key: &str, value: Dynamic, version: i64| {
+        let bytes = bytes_of(f, &value)?;
+        let version = u32::try_from(version).or_else(|_| err(format!("shared_set(): version {version} is not a version")))?;
+        shared_set(a, key, &bytes, version)
+    });
 
     // Metrics, defined on first use; Envoy shows them in its stats.
     bind!(
@@ -460,16 +460,16 @@ fn on_request_headers() {
         r#"fn on_request_headers() {
     increment_counter("requests_seen", 1);
 }"#,
-        |a, name: &str, delta: i64| {
+        |a as f, name: &str, delta: i64| {
             if delta < 0 {
                 return err(format!(
                     "increment_counter(): a counter only grows, got {delta}"
                 ));
             }
-            let id = metric_id(a, "increment_counter", MetricType::Counter, name)?;
+            let id = metric_id(a, f, MetricType::Counter, name)?;
             a.host
                 .increment_metric(id, delta)
-                .or_else(|s| refused("increment_counter", s))
+                .or_else(|s| refused(f, s))
         }
     );
     bind!(
@@ -481,7 +481,7 @@ fn on_request_headers() {
         r#"fn on_request_headers() {
     set_gauge("last_request_size", (get_request_header("content-length") ?? "0").parse_int());
 }"#,
-        |a, name: &str, value: i64| record(a, "set_gauge", MetricType::Gauge, name, value)
+        |a as f, name: &str, value: i64| record(a, f, MetricType::Gauge, name, value)
     );
     bind!(
         reg,
@@ -495,11 +495,11 @@ fn on_request_headers() {
 fn on_log() {
     add_to_gauge("in_flight", -1);
 }"#,
-        |a, name: &str, delta: i64| {
-            let id = metric_id(a, "add_to_gauge", MetricType::Gauge, name)?;
+        |a as f, name: &str, delta: i64| {
+            let id = metric_id(a, f, MetricType::Gauge, name)?;
             a.host
                 .increment_metric(id, delta)
-                .or_else(|s| refused("add_to_gauge", s))
+                .or_else(|s| refused(f, s))
         }
     );
     bind!(
@@ -514,9 +514,9 @@ fn on_log() {
 fn on_log() {
     record_histogram("script_latency_ms", now_ms() - get_context("start"));
 }"#,
-        |a, name: &str, value: i64| record(
+        |a as f, name: &str, value: i64| record(
             a,
-            "record_histogram",
+            f,
             MetricType::Histogram,
             name,
             value
@@ -532,12 +532,12 @@ fn on_log() {
     increment_counter("requests", 1);
     if get_counter("requests") % 1000 == 0 { log_info("another thousand requests"); }
 }"#,
-        |a, name: &str| {
-            let id = metric_id(a, "get_counter", MetricType::Counter, name)?;
+        |a as f, name: &str| {
+            let id = metric_id(a, f, MetricType::Counter, name)?;
             a.host
                 .get_metric(id)
                 .map(|v| v as i64)
-                .or_else(|s| refused("get_counter", s))
+                .or_else(|s| refused(f, s))
         }
     );
     bind!(
@@ -549,12 +549,12 @@ fn on_log() {
         r#"fn on_request_headers() {
     if get_gauge("in_flight") > 100 { send_http_response(503, [], "busy"); }
 }"#,
-        |a, name: &str| {
-            let id = metric_id(a, "get_gauge", MetricType::Gauge, name)?;
+        |a as f, name: &str| {
+            let id = metric_id(a, f, MetricType::Gauge, name)?;
             a.host
                 .get_metric(id)
                 .map(|v| v as i64)
-                .or_else(|s| refused("get_gauge", s))
+                .or_else(|s| refused(f, s))
         }
     );
 }
