@@ -296,3 +296,49 @@ impl Visitor<'_> for KeyVisitor {
         Ok(Key(v.into()))
     }
 }
+
+/// Registers `parse_json` and `to_json`.
+pub(super) fn register<H: crate::host::Host + 'static>(reg: &mut super::Registrar<'_, H>) {
+    use super::err;
+    use super::Allowed::Anywhere;
+    let max_string = reg.engine.max_string_size();
+    // A document may hold what a script value may: Rhai's size limits, counted while parsing.
+    let json_budget = Budget {
+        array_items: reg.engine.max_array_size(),
+        map_entries: reg.engine.max_map_size(),
+    };
+    bind!(
+        reg,
+        "parse_json",
+        Anywhere,
+        "map, array, string, number, bool or ()",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` or the VM past `limits.max_vm_memory` (each refused while parsing, before it is all made).",
+        r#"fn on_request_body() {
+    try {
+        let order = parse_json(get_request_body());
+        set_context("order_id", order.id);
+    } catch (e) {
+        send_http_response(400, [], "the body is not JSON");
+    }
+}"#,
+        |a, text: &str| parse(text, json_budget, &|| a.over_memory_budget(0))
+            .or_else(|e| err(format!("parse_json(): {e}")))
+    );
+    bind!(
+        reg,
+        "to_json",
+        Anywhere,
+        "string",
+        "Serializes a value (map, array, string, number, bool, ()) as compact JSON; a value JSON can't hold (such as a function pointer) is an error.",
+        r#"fn on_request_headers() {
+    send_http_response(200, #{ "content-type": "application/json" }, to_json(#{ ok: true, path: get_request_header(":path") }));
+}"#,
+        |_a, value: Dynamic| to_text(&Json(&value), max_string)
+            .or_else(|e| err(format!("to_json(): {e}")))
+    );
+    // Rhai's map package has its own `to_json(map)`, which a call with a map would find before
+    // the one above: this one, in the global namespace, is found first.
+    reg.engine.register_fn("to_json", move |map: &mut Map| {
+        to_text(&JsonMap(map), max_string).or_else(|e| err(format!("to_json(): {e}")))
+    });
+}

@@ -1,0 +1,248 @@
+//! Local responses, resuming, and callouts with their answers.
+
+use rhai::{Dynamic, FnPtr};
+
+use super::*;
+
+pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
+    use Allowed::{Callback, In};
+
+    // A text a function makes (a body, JSON) is a string: no longer than a string may be.
+    let max_string = reg.engine.max_string_size();
+
+    // Local responses and resuming.
+    bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
+        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. Once per request: a second call, or a status out of range, is an error; so is a header HTTP does not allow (see `add_request_header`; no pseudo-header), or more than 1,024 headers or 1 MiB of them. Too late once the response body is streaming (the response headers are gone).",
+        r#"fn on_request_headers() {
+    if get_request_header("x-api-key") != config().api_key {
+        send_http_response(401, #{ "www-authenticate": "ApiKey" }, "missing or wrong API key");
+    }
+}"#,
+        |a as f, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response(f, status, &headers, &body));
+    bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
+        "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
+        r#"fn on_request_headers() {
+    http_get("flags", "/flags", [], 200, |status, headers, body| {
+        set_context("flags", body);
+        resume_http_request(); // don't wait for the slow audit call below
+    });
+    http_post("audit", "/log", [], get_request_header(":path"), 5000, |status, headers, body| {});
+}"#,
+        |a as f| a.resume(Side::Request).or_else(|s| refused(f, s)));
+    bind!(
+        reg,
+        "resume_http_response",
+        Callback,
+        "bool: whether the response was paused",
+        "Lets a response paused for callouts go on now (see `resume_http_request`).",
+        r#"fn on_response_headers() {
+    http_get("stats", "/hit", [], 100, |status, headers, body| {
+        resume_http_response();
+    });
+}"#,
+        |a as f| a
+            .resume(Side::Response)
+            .or_else(|s| refused(f, s))
+    );
+
+    // Callouts.
+    bind!(reg, "dispatch_http_call", ALL, "int: the call id",
+    "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
+    r#"fn on_request_headers() {
+    let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
+    dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {
+        if status != 200 {
+            send_http_response(403, [], "forbidden");
+            return;
+        }
+        add_request_header("authorization", "Bearer " + parse_json(body).token);
+    });
+}"#,
+    |a as f, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        a.dispatch(f, cluster, &[], &header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
+    bind!(reg, "http_get", ALL, "int: the call id",
+    "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
+    http_get("users", "/users/" + get_request_header("x-user"), #{ accept: "application/json" }, 300, |status, headers, body| {
+        if status == 200 {
+            add_request_header("x-user-plan", parse_json(body).plan);
+        }
+    });
+}"#,
+    |a as f, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo("GET", cluster, path), &h, &[], timeout_ms, callback)
+    });
+    bind!(
+        reg,
+        "http_get",
+        ALL,
+        "int: the call id",
+        "`http_get` with the default timeout (500 ms).",
+        r#"fn on_request_headers() {
+    http_get("flags", "/flags/checkout", [], |status, headers, body| {
+        set_context("checkout_v2", status == 200 && body == "on");
+    });
+}"#,
+        |a as f, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
+            let h = header_pairs(f, &headers)?;
+            a.dispatch(
+                f,
+                cluster,
+                &pseudo("GET", cluster, path),
+                &h,
+                &[],
+                DEFAULT_CALL_TIMEOUT_MS,
+                callback,
+            )
+        }
+    );
+    bind!(reg, "http_post", ALL, "int: the call id",
+    "POST `body` to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
+    http_post("audit", "/events", #{ "content-type": "application/json" }, to_json(#{ path: get_request_header(":path") }), 1000, |status, headers, body| {
+        if status != 202 { log_warn(`audit answered ${status}`); }
+    });
+}"#,
+    |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo("POST", cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
+    bind!(
+        reg,
+        "http_post",
+        ALL,
+        "int: the call id",
+        "`http_post` with the default timeout (500 ms).",
+        r#"fn on_request_body() {
+    http_post("scanner", "/scan", [], get_request_body_bytes(), |status, headers, body| {
+        if body == "infected" { send_http_response(422, [], "rejected by the scanner"); }
+    });
+}"#,
+        |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
+            let h = header_pairs(f, &headers)?;
+            a.dispatch(
+                f,
+                cluster,
+                &pseudo("POST", cluster, path),
+                &h,
+                &bytes_of(f, &body)?,
+                DEFAULT_CALL_TIMEOUT_MS,
+                callback,
+            )
+        }
+    );
+    bind!(reg, "http_call", ALL, "int: the call id",
+    "Any `method` (PUT, PATCH, DELETE, …) to `path` on `cluster`, then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    r#"fn on_request_headers() {
+    http_call("DELETE", "sessions", "/sessions/" + get_request_header("x-session"), [], (), 500, |status, headers, body| {
+        log_info(`session delete: ${status}`);
+    });
+}"#,
+    |a as f, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
+        let h = header_pairs(f, &headers)?;
+        a.dispatch(f, cluster, &pseudo(method, cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+    });
+    bind!(
+        reg,
+        "get_http_call_response_headers",
+        Callback,
+        "array of [name, value]",
+        "Headers of the callout answer being handled (empty when it got none).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/whoami", [], 500, |status, headers, body| {
+        for h in get_http_call_response_headers() {
+            if h[0] == "x-user-id" { add_request_header("x-user-id", h[1]); }
+        }
+    });
+}"#,
+        |a as f| a.get_headers(
+            f,
+            MapType::HttpCallResponseHeaders
+        )
+    );
+    bind!(
+        reg,
+        "get_http_call_response_trailers",
+        Callback,
+        "array of [name, value]",
+        "Trailers of the callout answer being handled.",
+        r#"fn on_request_headers() {
+    http_get("grpc-gw", "/check", [], 500, |status, headers, body| {
+        log_debug(get_http_call_response_trailers());
+    });
+}"#,
+        |a as f| a.get_headers(
+            f,
+            MapType::HttpCallResponseTrailers
+        )
+    );
+    bind!(
+        reg,
+        "get_http_call_response_body",
+        Callback,
+        "string",
+        "Body of the callout answer being handled, as a string (the same text the callback gets as `body`).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/token", [], 500, |status, headers, body| {
+        let token = parse_json(get_http_call_response_body()).token;
+        add_request_header("authorization", `Bearer ${token}`);
+    });
+}"#,
+        |a as f| text_within("get_http_call_response_body()", call_body(a, f)?, max_string)
+    );
+    bind!(
+        reg,
+        "get_http_call_response_body_bytes",
+        Callback,
+        "blob",
+        "Body of the callout answer being handled, byte for byte.",
+        r#"fn on_request_headers() {
+    http_get("keys", "/key.bin", [], 500, |status, headers, body| {
+        set_context("key_size", get_http_call_response_body_bytes().len());
+    });
+}"#,
+        |a as f| call_body(a, f)
+    );
+
+    bind!(
+        reg,
+        "get_http_call_response_header",
+        Callback,
+        "string, or () when absent",
+        "One header of the callout answer being handled (the first value; name case-insensitive).",
+        r#"fn on_request_headers() {
+    http_get("auth", "/token", [], 500, |status, headers, body| {
+        let token = get_http_call_response_header("x-token");
+        if token != () { add_request_header("authorization", token); }
+    });
+}"#,
+        |a as f, name: &str| a.get_header(
+            f,
+            MapType::HttpCallResponseHeaders,
+            name
+        )
+    );
+}
+
+/// The callout answer's body, for `f`.
+fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
+    let size = a.frame.borrow().answer.map_or(0, |x| x.body_size);
+    a.reserve(f, size)?;
+    let body = a
+        .host
+        .get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .or_else(|s| refused(f, s))?;
+    Ok(body.unwrap_or_default())
+}
+
+/// The pseudo-headers of a callout to `path` on `cluster` (the script's own headers may
+/// override them).
+fn pseudo<'a>(method: &'a str, cluster: &'a str, path: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        (":method", method),
+        (":path", path),
+        (":authority", cluster),
+    ]
+}
