@@ -279,7 +279,7 @@ pub(crate) struct Api<H> {
     pub phase: Cell<Option<Phase>>,
     pub frame: RefCell<Frame>,
     /// Metric ids, defined on first use.
-    metrics: RefCell<gateway::Metrics>,
+    metrics: RefCell<metrics::Metrics>,
     /// The configuration's secrets, taken out of every line the plugin logs itself.
     pub redactor: Rc<crate::redact::Redactor>,
     /// The configuration's limits (those on the proxy's resources are checked here).
@@ -1044,11 +1044,13 @@ mod bodies;
 mod builtins;
 mod callouts;
 mod context;
-mod gateway;
 mod headers;
 mod json;
+mod metrics;
+mod properties;
+mod shared_data;
 
-pub use gateway::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
+pub use metrics::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
 
 /// The constants scripts see.
 pub const CONSTANTS: [ConstDoc; 2] = [
@@ -1151,6 +1153,9 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         .register_fn("sleep", |_: rhai::FLOAT| -> ScriptResult<()> {
             err(NO_SLEEP.into())
         });
-    gateway::register(reg);
+    properties::register(reg);
+    headers::register_trailers(reg);
+    shared_data::register(reg);
+    metrics::register(reg);
     builtins::register(reg);
 }

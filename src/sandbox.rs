@@ -16,7 +16,8 @@
 //! | `max_body_size` | the phase driver, `stream.rs` (`on_body`: 413 for a request, a reset for a response) |
 //! | `max_memory`, `max_vm_memory` | here, every 64 operations and at each `let`; `Api::over_memory_budget` / `Api::reserve` in the bindings (`set_context`, body and callout answer reads, `parse_json`) |
 //! | `max_callouts` | `Api::dispatch` in the bindings |
-//! | `max_metrics`, shared data (`max_shared_*`) | `bindings/gateway.rs` |
+//! | `max_metrics` | `bindings/metrics.rs` |
+//! | shared data (`max_shared_*`) | `bindings/shared_data.rs` |
 //! | header names and values a script writes | the bindings, before a write is batched or sent |
 //! | what one request leaves to another | constants: `bindings::Constant` (a private copy per call); closure cycles: Rhai patch 2, freed by `stream.rs` when the stream ends; per-request state lives in the stream |
 //! | what a failed call leaves in the proxy | `Api::commit` / `Api::roll_back`: a call's writes reach the proxy only when it ends well |

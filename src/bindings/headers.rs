@@ -140,3 +140,163 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
     );
 }
+
+/// Trailers: the header table, in the trailer phases.
+pub(super) fn register_trailers<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
+    use Allowed::In;
+    const RQT: Allowed = In(Phases::REQUEST_TRAILERS);
+    const RST: Allowed = In(Phases::RESPONSE_TRAILERS);
+    use MapType::{HttpRequestTrailers as REQ, HttpResponseTrailers as RESP};
+    bind!(
+        reg,
+        "get_request_trailers",
+        RQT,
+        "array of [name, value]",
+        "All request trailers, in order.",
+        r#"fn on_request_trailers() {
+    for t in get_request_trailers() { log_debug(`${t[0]}: ${t[1]}`); }
+}"#,
+        |a as f| a.get_headers(f, REQ)
+    );
+    bind!(
+        reg,
+        "get_request_trailer",
+        RQT,
+        "string, or () when absent",
+        "The first value of one request trailer.",
+        r#"fn on_request_trailers() {
+    if get_request_trailer("grpc-status") != () { log_info("a gRPC request trailer"); }
+}"#,
+        |a as f, name: &str| a.get_header(f, REQ, name)
+    );
+    bind!(
+        reg,
+        "replace_request_trailers",
+        RQT,
+        "()",
+        "Replaces all request trailers (pairs or map).",
+        r#"fn on_request_trailers() {
+    replace_request_trailers(#{ "x-checksum": "ok" });
+}"#,
+        |a as f, trailers: Dynamic| a.set_headers(f, REQ, &trailers)
+    );
+    bind!(
+        reg,
+        "replace_request_trailer",
+        RQT,
+        "()",
+        "Sets one request trailer; adds it when absent.",
+        r#"fn on_request_trailers() {
+    replace_request_trailer("x-checked-by", "proxy-rhai");
+}"#,
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
+            f,
+            REQ,
+            name,
+            value
+        )
+    );
+    bind!(
+        reg,
+        "add_request_trailer",
+        RQT,
+        "()",
+        "Adds a request trailer value.",
+        r#"fn on_request_trailers() {
+    add_request_trailer("x-seen", "1");
+}"#,
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
+            f,
+            REQ,
+            name,
+            value
+        )
+    );
+    bind!(
+        reg,
+        "remove_request_trailer",
+        RQT,
+        "()",
+        "Removes a request trailer.",
+        r#"fn on_request_trailers() {
+    remove_request_trailer("x-debug");
+}"#,
+        |a as f, name: ImmutableString| a.remove_header(f, REQ, name)
+    );
+    bind!(
+        reg,
+        "get_response_trailers",
+        RST,
+        "array of [name, value]",
+        "All response trailers, in order.",
+        r#"fn on_response_trailers() {
+    log_info(`${get_response_trailers().len()} response trailers`);
+}"#,
+        |a as f| a.get_headers(f, RESP)
+    );
+    bind!(
+        reg,
+        "get_response_trailer",
+        RST,
+        "string, or () when absent",
+        "The first value of one response trailer.",
+        r#"fn on_response_trailers() {
+    if get_response_trailer("grpc-status") != "0" { increment_counter("grpc_errors", 1); }
+}"#,
+        |a as f, name: &str| a.get_header(f, RESP, name)
+    );
+    bind!(
+        reg,
+        "replace_response_trailers",
+        RST,
+        "()",
+        "Replaces all response trailers (pairs or map).",
+        r#"fn on_response_trailers() {
+    replace_response_trailers([["grpc-status", "0"]]);
+}"#,
+        |a as f, trailers: Dynamic| a.set_headers(f, RESP, &trailers)
+    );
+    bind!(
+        reg,
+        "replace_response_trailer",
+        RST,
+        "()",
+        "Sets one response trailer; adds it when absent.",
+        r#"fn on_response_trailers() {
+    replace_response_trailer("grpc-message", "");
+}"#,
+        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
+            f,
+            RESP,
+            name,
+            value
+        )
+    );
+    bind!(
+        reg,
+        "add_response_trailer",
+        RST,
+        "()",
+        "Adds a response trailer value.",
+        r#"fn on_response_trailers() {
+    add_response_trailer("x-served-by", "proxy-rhai");
+}"#,
+        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
+            f,
+            RESP,
+            name,
+            value
+        )
+    );
+    bind!(
+        reg,
+        "remove_response_trailer",
+        RST,
+        "()",
+        "Removes a response trailer.",
+        r#"fn on_response_trailers() {
+    remove_response_trailer("x-internal-timing");
+}"#,
+        |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
+    );
+}
