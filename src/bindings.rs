@@ -15,6 +15,7 @@ use crate::header_check::{self, Target};
 use crate::header_map::{Batch, HeaderMap, Value, Write, WriteError};
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
+use crate::stream::{PendingCall, Side, StreamState};
 
 /// Result of a binding: a script error carries a message the script author can act on.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -26,43 +27,6 @@ pub enum PhaseAction {
     Pause,
 }
 
-/// State of one HTTP stream that outlives a single phase call.
-#[derive(Default)]
-pub(crate) struct StreamState {
-    /// `set_context` / `get_context` values.
-    pub context: Map,
-    /// Callouts in flight, in dispatch order.
-    pub calls: Vec<PendingCall>,
-    /// A local response was sent: the stream is finished for the script.
-    pub local_response_sent: bool,
-    /// The side (request or response) the plugin paused, waiting for callouts to be answered.
-    pub paused: Option<Side>,
-    /// Current length of the buffered request body (kept in step with the script's writes).
-    pub request_body_len: usize,
-    /// Current length of the buffered response body.
-    pub response_body_len: usize,
-    /// Whether a body (or trailers) follows the request / response headers.
-    pub request_has_body: bool,
-    pub response_has_body: bool,
-    /// The script asked not to run the body phase for this request / response.
-    pub skip_request_body: bool,
-    pub skip_response_body: bool,
-    /// Script errors waiting for the log phase, where the request id is known again.
-    pub deferred_errors: Vec<String>,
-    /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
-    pub callouts_made: usize,
-}
-
-impl StreamState {
-    /// The length of a buffered body, as the script's writes left it.
-    fn body_len_mut(&mut self, buffer: BufferType) -> &mut usize {
-        match buffer {
-            BufferType::HttpRequestBody => &mut self.request_body_len,
-            _ => &mut self.response_body_len,
-        }
-    }
-}
-
 /// The maps a call batches.
 const BATCHED: [MapType; 4] = [
     MapType::HttpRequestHeaders,
@@ -70,30 +34,6 @@ const BATCHED: [MapType; 4] = [
     MapType::HttpRequestTrailers,
     MapType::HttpResponseTrailers,
 ];
-
-/// A callout waiting for its answer.
-pub(crate) struct PendingCall {
-    pub id: u32,
-    pub phase: Phase,
-    pub callback: FnPtr,
-}
-
-/// The two directions of a stream, each paused and resumed on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Request,
-    Response,
-}
-
-impl Side {
-    pub fn of(phase: Phase) -> Side {
-        if phase.is_request() {
-            Side::Request
-        } else {
-            Side::Response
-        }
-    }
-}
 
 /// The answer a running callback may read.
 #[derive(Clone, Copy)]

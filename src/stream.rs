@@ -6,17 +6,78 @@
 
 use std::rc::Rc;
 
-use rhai::{Dynamic, EvalAltResult, FnPtr, SharedCells};
+use rhai::{Dynamic, EvalAltResult, FnPtr, Map, SharedCells};
 
 pub use proxy_wasm::types::Action;
 
-use crate::bindings::{CallAnswer, PhaseAction, Side, StreamState};
+use crate::bindings::{CallAnswer, PhaseAction};
 use crate::config::FailMode;
 use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
 use crate::sandbox::describe_error;
+
+/// State of one HTTP stream that outlives a single phase call.
+#[derive(Default)]
+pub(crate) struct StreamState {
+    /// `set_context` / `get_context` values.
+    pub context: Map,
+    /// Callouts in flight, in dispatch order.
+    pub calls: Vec<PendingCall>,
+    /// A local response was sent: the stream is finished for the script.
+    pub local_response_sent: bool,
+    /// The side (request or response) the plugin paused, waiting for callouts to be answered.
+    pub paused: Option<Side>,
+    /// Current length of the buffered request body (kept in step with the script's writes).
+    pub request_body_len: usize,
+    /// Current length of the buffered response body.
+    pub response_body_len: usize,
+    /// Whether a body (or trailers) follows the request / response headers.
+    pub request_has_body: bool,
+    pub response_has_body: bool,
+    /// The script asked not to run the body phase for this request / response.
+    pub skip_request_body: bool,
+    pub skip_response_body: bool,
+    /// Script errors waiting for the log phase, where the request id is known again.
+    pub deferred_errors: Vec<String>,
+    /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
+    pub callouts_made: usize,
+}
+
+impl StreamState {
+    /// The length of a buffered body, as the script's writes left it.
+    pub(crate) fn body_len_mut(&mut self, buffer: BufferType) -> &mut usize {
+        match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body_len,
+            _ => &mut self.response_body_len,
+        }
+    }
+}
+
+/// A callout waiting for its answer.
+pub(crate) struct PendingCall {
+    pub id: u32,
+    pub phase: Phase,
+    pub callback: FnPtr,
+}
+
+/// The two directions of a stream, each paused and resumed on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    pub fn of(phase: Phase) -> Side {
+        if phase.is_request() {
+            Side::Request
+        } else {
+            Side::Response
+        }
+    }
+}
 
 /// One HTTP stream (a request and its response) handled by a plugin.
 pub struct HttpStream<H: Host> {
