@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
+use crate::batch::{Batch, Value, Write, WriteError};
 use crate::config::Limits;
 use crate::header_check::{self, Target};
-use crate::header_map::{Batch, HeaderMap, Value, Write, WriteError};
+use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
+use crate::sandbox::{check_text_len, lossy, text_within};
 use crate::stream::{PendingCall, Side, StreamState};
 
 /// Result of a binding: a script error carries a message the script author can act on.
@@ -735,60 +737,6 @@ enum BodyEdit {
 pub const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
 /// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
 pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
-
-/// Bytes as a string, invalid UTF-8 replaced by U+FFFD; valid text is not copied.
-pub(crate) fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes(), replaced_len(e.as_bytes())))
-}
-
-/// [`lossy`] for a text a script asks for: an error about `what` (`get_request_body()`) if the
-/// text would be longer than `max` bytes (the string size limit; 0: none), said before it is
-/// made. Each invalid byte becomes three (U+FFFD): with `max_body_size` at 200 MiB, a 150 MB
-/// body of `0xff` made a 450 MB text, and the failed allocation trapped the VM (Envoy 1.40).
-pub(crate) fn text_within(what: &str, bytes: Vec<u8>, max: usize) -> ScriptResult<String> {
-    match String::from_utf8(bytes) {
-        Ok(text) => check_text_len(what, text.len(), max).map(|()| text),
-        Err(e) => {
-            let len = replaced_len(e.as_bytes());
-            check_text_len(what, len, max)?;
-            Ok(replaced(e.as_bytes(), len))
-        }
-    }
-}
-
-/// An error about `what` when the text it is about to make, `len` bytes, would be longer than
-/// `max` (the string size limit; 0: none). Rhai checks a result's size after the call: a text
-/// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
-pub(crate) fn check_text_len(what: &str, len: usize, max: usize) -> ScriptResult<()> {
-    if max != 0 && len > max {
-        return err(format!(
-            "{what}: the text would be {len} bytes, more than limits.max_string_size ({max})"
-        ));
-    }
-    Ok(())
-}
-
-/// The length of `bytes` with each invalid UTF-8 sequence replaced by U+FFFD (3 bytes).
-fn replaced_len(bytes: &[u8]) -> usize {
-    bytes
-        .utf8_chunks()
-        .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
-        .sum()
-}
-
-/// `bytes` with each invalid UTF-8 sequence replaced by U+FFFD, as `String::from_utf8_lossy`
-/// does, in a buffer of the exact size, `len` ([`replaced_len`]); growing one by doubling asked
-/// for up to twice that.
-fn replaced(bytes: &[u8], len: usize) -> String {
-    let mut text = String::with_capacity(len);
-    for chunk in bytes.utf8_chunks() {
-        text.push_str(chunk.valid());
-        if !chunk.invalid().is_empty() {
-            text.push(char::REPLACEMENT_CHARACTER);
-        }
-    }
-    text
-}
 
 /// [`lossy`] of borrowed bytes: a short text goes straight into the script's string.
 fn text(bytes: &[u8]) -> ImmutableString {

@@ -16,6 +16,7 @@
 //! - [`check`]: a script checked as the plugin would load it, with warnings.
 //! - [`docs`]: `api-docs/`, the script API reference, generated from the bindings.
 
+mod batch;
 pub mod bindings;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod check;

@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | `max_operations` | Rhai's operation counter, set here; Rhai patches 9–11 count the work on whole values and closure calls, 15 the comparisons a sort may make |
 //! | `max_call_depth`, `max_expr_depth` | Rhai, set here (ranges: the VM's native stack) |
-//! | `max_string_size` | Rhai's size check after each operation; before a text is made: `bindings::text_within` / `check_text_len` (bodies, callout answers, encodings), Rhai patch 17 (formatting) |
+//! | `max_string_size` | Rhai's size check after each operation; before a text is made: [`text_within`] / [`check_text_len`] here (bodies, callout answers, encodings), Rhai patch 17 (formatting) |
 //! | `max_array_size`, `max_map_size` | Rhai's size check; while parsing JSON: `bindings/json.rs` |
 //! | `max_value_depth` | Rhai patch 1 (drop, copy, print and serialize recurse per level) |
 //! | `max_body_size` | the phase driver, `stream.rs` (`on_body`: 413 for a request, a reset for a response) |
@@ -73,6 +73,67 @@ pub(crate) fn engine<H: Host + 'static>(
         docs,
     });
     base
+}
+
+// Text size guards: a text a function makes is refused before it is made when it would be
+// longer than `max_string_size`.
+
+/// Bytes as a string, invalid UTF-8 replaced by U+FFFD; valid text is not copied.
+pub(crate) fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| replaced(e.as_bytes(), replaced_len(e.as_bytes())))
+}
+
+/// [`lossy`] for a text a script asks for: an error about `what` (`get_request_body()`) if the
+/// text would be longer than `max` bytes (the string size limit; 0: none), said before it is
+/// made. Each invalid byte becomes three (U+FFFD), and a failed allocation traps the VM.
+pub(crate) fn text_within(
+    what: &str,
+    bytes: Vec<u8>,
+    max: usize,
+) -> Result<String, Box<EvalAltResult>> {
+    match String::from_utf8(bytes) {
+        Ok(text) => check_text_len(what, text.len(), max).map(|()| text),
+        Err(e) => {
+            let len = replaced_len(e.as_bytes());
+            check_text_len(what, len, max)?;
+            Ok(replaced(e.as_bytes(), len))
+        }
+    }
+}
+
+/// An error about `what` when the text it is about to make, `len` bytes, would be longer than
+/// `max` (the string size limit; 0: none). Rhai checks a result's size after the call: a text
+/// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
+pub(crate) fn check_text_len(what: &str, len: usize, max: usize) -> Result<(), Box<EvalAltResult>> {
+    if max != 0 && len > max {
+        return Err(format!(
+            "{what}: the text would be {len} bytes, more than limits.max_string_size ({max})"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The length of `bytes` with each invalid UTF-8 sequence replaced by U+FFFD (3 bytes).
+fn replaced_len(bytes: &[u8]) -> usize {
+    bytes
+        .utf8_chunks()
+        .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
+        .sum()
+}
+
+/// `bytes` with each invalid UTF-8 sequence replaced by U+FFFD, as `String::from_utf8_lossy`
+/// does, in a buffer of the exact size, `len` ([`replaced_len`]); growing one by doubling asked
+/// for up to twice that.
+fn replaced(bytes: &[u8], len: usize) -> String {
+    let mut text = String::with_capacity(len);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    text
 }
 
 /// Where in the script an error happened: the innermost position, else the call that led to it.

@@ -294,7 +294,7 @@ impl<H: Host + 'static> HttpStream<H> {
                 .flatten()
                 .unwrap_or_default();
             let max = self.plugin.engine.max_string_size();
-            args.push(crate::bindings::text_within(what, body, max)?.into());
+            args.push(crate::sandbox::text_within(what, body, max)?.into());
         }
         Ok(args)
     }
@@ -350,7 +350,7 @@ impl<H: Host + 'static> HttpStream<H> {
 
     fn property_text(&self, path: &[&str]) -> Option<String> {
         let value = self.plugin.api.host.get_property(path).ok().flatten()?;
-        (!value.is_empty()).then(|| crate::bindings::lossy(value))
+        (!value.is_empty()).then(|| crate::sandbox::lossy(value))
     }
 
     fn pending(&self, side: Side) -> bool {
