@@ -65,6 +65,8 @@ pub(crate) struct Frame {
     batched: bool,
     /// This call's body writes, made in the proxy when it ends well.
     pub body_writes: Vec<BodyWrite>,
+    /// The phase functions the running script defines.
+    pub defines: Phases,
     /// The local response this call sent, handed to the proxy when it ends well.
     pub local_response: Option<LocalResponse>,
     /// Header maps as they were before this call's writes reached the proxy ahead of its end
@@ -72,14 +74,14 @@ pub(crate) struct Frame {
     pub undo: Vec<(MapType, HeaderMap)>,
 }
 
-/// A body write waiting for its call to end: `data` over `size` bytes at `start`, as the
-/// proxy takes it (the body is then as the script saw it when it wrote).
+/// A body write waiting for its call to end: `data` over `size` bytes at `start` of the part
+/// of the body the call acts on ([`crate::stream::BodyView`]), as the script saw it then.
 pub(crate) struct BodyWrite {
     buffer: BufferType,
     start: usize,
     size: usize,
     data: Vec<u8>,
-    /// The body's length before this write.
+    /// That part's length before this write.
     len_before: usize,
 }
 
@@ -481,20 +483,8 @@ impl<H: Host> Api<H> {
             frame.batched = false;
         }
         frame.undo.clear();
-        for write in frame.body_writes.drain(..) {
-            let BodyWrite {
-                buffer,
-                start,
-                size,
-                data,
-                ..
-            } = write;
-            if let Err(status) = self.host.set_buffer(buffer, start, size, &data) {
-                self.log_plugin(
-                    LogLevel::Warn,
-                    &format!("the proxy refused this call's write to {buffer:?} ({status:?})"),
-                );
-            }
+        if !frame.body_writes.is_empty() {
+            self.commit_body_writes(&mut frame);
         }
         if let Some(LocalResponse {
             status,
@@ -533,7 +523,7 @@ impl<H: Host> Api<H> {
         }
         let writes = std::mem::take(&mut frame.body_writes);
         for write in writes.iter().rev() {
-            *frame.stream.body_len_mut(write.buffer) = write.len_before;
+            frame.stream.view_mut(write.buffer).len = write.len_before;
         }
         if frame.local_response.take().is_some() {
             frame.stream.local_response_sent = false;
@@ -546,67 +536,6 @@ impl<H: Host> Api<H> {
             LogLevel::Warn,
             &format!("the proxy refused this call's writes to {map:?} ({status:?})"),
         );
-    }
-
-    fn body_len(&self, buffer: BufferType) -> usize {
-        *self.frame.borrow_mut().stream.body_len_mut(buffer)
-    }
-
-    /// The body as the script sees it: the proxy's, with this call's writes applied.
-    fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
-        self.reserve(f, self.body_len(buffer))?;
-        let frame = self.frame.borrow();
-        let writes: Vec<&BodyWrite> = frame
-            .body_writes
-            .iter()
-            .filter(|w| w.buffer == buffer)
-            .collect();
-        let len = match writes.first() {
-            Some(first) => first.len_before,
-            None => match buffer {
-                BufferType::HttpRequestBody => frame.stream.request_body_len,
-                _ => frame.stream.response_body_len,
-            },
-        };
-        let mut body = self
-            .host
-            .get_buffer(buffer, 0, len)
-            .or_else(|s| refused(f, s))?
-            .unwrap_or_default();
-        for w in writes {
-            let end = w.start.saturating_add(w.size).min(body.len());
-            let start = w.start.min(end);
-            body.splice(start..end, w.data.iter().copied());
-        }
-        Ok(body)
-    }
-
-    /// Writes a body the three ways Envoy supports: prepend (0, 0), replace (0, len), append
-    /// (len, 0); then keeps the known length in step.
-    fn write_body(
-        &self,
-        f: &str,
-        buffer: BufferType,
-        edit: BodyEdit,
-        data: &Dynamic,
-    ) -> ScriptResult<()> {
-        let data = bytes_of(f, data)?;
-        let len = self.body_len(buffer);
-        let (start, size, new_len) = match edit {
-            BodyEdit::Prepend => (0, 0, len + data.len()),
-            BodyEdit::Append => (len, 0, len + data.len()),
-            BodyEdit::Replace => (0, len, data.len()),
-        };
-        let mut frame = self.frame.borrow_mut();
-        *frame.stream.body_len_mut(buffer) = new_len;
-        frame.body_writes.push(BodyWrite {
-            buffer,
-            start,
-            size,
-            data,
-            len_before: len,
-        });
-        Ok(())
     }
 
     /// Sends a local response, once per stream.
@@ -724,13 +653,6 @@ impl<H: Host> Api<H> {
         });
         Ok(i64::from(id))
     }
-}
-
-#[derive(Clone, Copy)]
-enum BodyEdit {
-    Prepend,
-    Append,
-    Replace,
 }
 
 /// Longest timeout a callout may ask for.
@@ -937,6 +859,7 @@ mod json;
 mod metrics;
 mod properties;
 mod shared_data;
+pub(crate) mod streaming;
 
 pub use metrics::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
 
@@ -1020,6 +943,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     headers::register(reg);
     bodies::register(reg);
+    streaming::register(reg);
     callouts::register(reg);
     context::register(reg);
     json::register(reg);

@@ -6,10 +6,14 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     RequestHeaders,
+    /// The whole request body, buffered.
     RequestBody,
+    /// One piece of a streamed request body.
+    RequestChunk,
     RequestTrailers,
     ResponseHeaders,
     ResponseBody,
+    ResponseChunk,
     ResponseTrailers,
     /// After the response went out, for access-log-style work.
     Log,
@@ -17,12 +21,14 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in stream order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::RequestHeaders,
         Phase::RequestBody,
+        Phase::RequestChunk,
         Phase::RequestTrailers,
         Phase::ResponseHeaders,
         Phase::ResponseBody,
+        Phase::ResponseChunk,
         Phase::ResponseTrailers,
         Phase::Log,
     ];
@@ -32,9 +38,11 @@ impl Phase {
         match self {
             Phase::RequestHeaders => "on_request_headers",
             Phase::RequestBody => "on_request_body",
+            Phase::RequestChunk => "on_request_chunk",
             Phase::RequestTrailers => "on_request_trailers",
             Phase::ResponseHeaders => "on_response_headers",
             Phase::ResponseBody => "on_response_body",
+            Phase::ResponseChunk => "on_response_chunk",
             Phase::ResponseTrailers => "on_response_trailers",
             Phase::Log => "on_log",
         }
@@ -44,11 +52,19 @@ impl Phase {
     pub const fn is_request(self) -> bool {
         matches!(
             self,
-            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
+            Phase::RequestHeaders
+                | Phase::RequestBody
+                | Phase::RequestChunk
+                | Phase::RequestTrailers
         )
     }
 
-    const fn bit(self) -> u8 {
+    /// Whether this phase's function takes the chunk and `last` (the others take nothing).
+    pub const fn is_chunk(self) -> bool {
+        matches!(self, Phase::RequestChunk | Phase::ResponseChunk)
+    }
+
+    const fn bit(self) -> u16 {
         1 << self as u8
     }
 }
@@ -61,15 +77,17 @@ impl fmt::Display for Phase {
 
 /// A set of phases: where a binding is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Phases(u8);
+pub struct Phases(u16);
 
 impl Phases {
-    pub const ALL: Phases = Phases(0b111_1111);
+    pub const ALL: Phases = Phases(0b1_1111_1111);
     pub const REQUEST_HEADERS: Phases = Phases::of(&[Phase::RequestHeaders]);
-    pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody]);
+    /// Where a script reads and writes the request body: all of it, or the current chunk.
+    pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody, Phase::RequestChunk]);
     pub const REQUEST_TRAILERS: Phases = Phases::of(&[Phase::RequestTrailers]);
     pub const RESPONSE_HEADERS: Phases = Phases::of(&[Phase::ResponseHeaders]);
-    pub const RESPONSE_BODY: Phases = Phases::of(&[Phase::ResponseBody]);
+    pub const RESPONSE_BODY: Phases = Phases::of(&[Phase::ResponseBody, Phase::ResponseChunk]);
+    pub const CHUNKS: Phases = Phases::of(&[Phase::RequestChunk, Phase::ResponseChunk]);
     pub const RESPONSE_TRAILERS: Phases = Phases::of(&[Phase::ResponseTrailers]);
     /// Where the stream can still be paused, answered or sent a callout.
     pub const STREAMING: Phases = Phases(Phases::ALL.0 & !Phase::Log.bit());
@@ -77,6 +95,7 @@ impl Phases {
     pub const BEFORE_RESPONSE_BODY: Phases = Phases::of(&[
         Phase::RequestHeaders,
         Phase::RequestBody,
+        Phase::RequestChunk,
         Phase::RequestTrailers,
         Phase::ResponseHeaders,
     ]);

@@ -14,7 +14,7 @@ use rhai::{
 use crate::bindings::{Api, Constant, Constants};
 use crate::config::{ConfigError, ConfigErrorKind, Matcher, PluginConfig, RequestFacts};
 use crate::host::{Host, LogLevel, MapType};
-use crate::phase::Phase;
+use crate::phase::{Phase, Phases};
 use crate::redact::Redactor;
 use crate::sandbox;
 
@@ -29,6 +29,10 @@ pub struct Script {
     /// Its phase functions (by `Phase as usize`) and `on_tick`, found once: a call by name
     /// would search the script's functions for them on every call.
     functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()],
+    /// `on_request_chunk(chunk, last)` and `on_response_chunk(chunk, last)`, called by name.
+    request_chunk: Option<FnPtr>,
+    response_chunk: Option<FnPtr>,
+    phases: Phases,
     tick: Option<ScriptFnWithoutParams>,
     /// What calls into the script keep from one request to the next.
     calls: RefCell<Calls>,
@@ -83,11 +87,39 @@ impl Script {
         }
     }
 
+    /// Calls the chunk function of `phase` with one piece of the body.
+    pub(crate) fn call_chunk(
+        &self,
+        engine: &Engine,
+        phase: Phase,
+        chunk: Dynamic,
+        last: bool,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        match self.chunk_function(phase) {
+            Some(function) => self.call_back(engine, function, vec![chunk, last.into()]),
+            None => Ok(Dynamic::UNIT),
+        }
+    }
+
+    fn chunk_function(&self, phase: Phase) -> Option<&FnPtr> {
+        match phase {
+            Phase::RequestChunk => self.request_chunk.as_ref(),
+            Phase::ResponseChunk => self.response_chunk.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether the script defines the function of `phase` (the others never enter Rhai).
     pub(crate) fn defines(&self, phase: Phase) -> bool {
         self.functions
             .get(phase as usize)
             .is_some_and(Option::is_some)
+            || self.chunk_function(phase).is_some()
+    }
+
+    /// The phase functions the script defines.
+    pub(crate) fn phases(&self) -> Phases {
+        self.phases
     }
 
     /// Whether the script defines `on_tick()`.
@@ -377,9 +409,26 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
     })?;
     let mut functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
+    let (mut request_chunk, mut response_chunk) = (None, None);
     for f in ast.iter_functions() {
         let phase = Phase::ALL.into_iter().find(|p| p.function_name() == f.name);
         if phase.is_none() && f.name != TICK_FUNCTION {
+            continue;
+        }
+        if let Some(phase) = phase.filter(|p| p.is_chunk()) {
+            if f.params.len() != 2 {
+                let message = format!(
+                    "script error: {}(chunk, last) must take two parameters",
+                    f.name
+                );
+                return Err(ConfigError::new(ConfigErrorKind::Phases, message));
+            }
+            let function = FnPtr::new(f.name).map_err(|e| e.to_string())?;
+            if phase == Phase::RequestChunk {
+                request_chunk = Some(function);
+            } else {
+                response_chunk = Some(function);
+            }
             continue;
         }
         if !f.params.is_empty() {
@@ -396,21 +445,35 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
             None => tick = function,
         }
     }
-    if functions.iter().all(Option::is_none) && tick.is_none() {
+    if functions.iter().all(Option::is_none)
+        && tick.is_none()
+        && request_chunk.is_none()
+        && response_chunk.is_none()
+    {
         return Err(ConfigError::new(
             ConfigErrorKind::Phases,
             "script defines no phase function: define at least one of on_request_headers(), \
-             on_request_body(), on_request_trailers(), on_response_headers(), on_response_body(), \
+             on_request_body(), on_request_chunk(chunk, last), on_request_trailers(), \
+             on_response_headers(), on_response_body(), on_response_chunk(chunk, last), \
              on_response_trailers(), on_log(), on_tick()"
                 .into(),
         ));
     }
-    Ok(Script {
+    let mut script = Script {
         ast,
         functions,
+        request_chunk,
+        response_chunk,
+        phases: Phases::default(),
         tick,
         calls: RefCell::default(),
-    })
+    };
+    let defined: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|p| script.defines(*p))
+        .collect();
+    script.phases = Phases::of(&defined);
+    Ok(script)
 }
 
 /// The API reference, as the bindings declare it (native only: the wasm build has no texts).

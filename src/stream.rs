@@ -10,6 +10,7 @@ use rhai::{Dynamic, EvalAltResult, FnPtr, Map, SharedCells};
 
 pub use proxy_wasm::types::Action;
 
+use crate::bindings::streaming::Splitter;
 use crate::bindings::{CallAnswer, PhaseAction};
 use crate::config::FailMode;
 use crate::header_map::HeaderMap;
@@ -29,16 +30,18 @@ pub(crate) struct StreamState {
     pub local_response_sent: bool,
     /// The side (request or response) the plugin paused, waiting for callouts to be answered.
     pub paused: Option<Side>,
-    /// Current length of the buffered request body (kept in step with the script's writes).
-    pub request_body_len: usize,
-    /// Current length of the buffered response body.
-    pub response_body_len: usize,
+    /// The part of the request body the body functions act on, kept in step with the writes.
+    pub request_body: BodyView,
+    pub response_body: BodyView,
     /// Whether a body (or trailers) follows the request / response headers.
     pub request_has_body: bool,
     pub response_has_body: bool,
-    /// The script asked not to run the body phase for this request / response.
-    pub skip_request_body: bool,
-    pub skip_response_body: bool,
+    /// How the header phase asked for the request / response body to be handled.
+    pub request_body_choice: BodyChoice,
+    pub response_body_choice: BodyChoice,
+    /// The incomplete event or line `sse_events` / `lines` carry to the next chunk.
+    pub request_splitter: Splitter,
+    pub response_splitter: Splitter,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
@@ -46,13 +49,69 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
-    /// The length of a buffered body, as the script's writes left it.
-    pub(crate) fn body_len_mut(&mut self, buffer: BufferType) -> &mut usize {
+    pub(crate) fn view(&self, buffer: BufferType) -> BodyView {
         match buffer {
-            BufferType::HttpRequestBody => &mut self.request_body_len,
-            _ => &mut self.response_body_len,
+            BufferType::HttpRequestBody => self.request_body,
+            _ => self.response_body,
         }
     }
+
+    /// The part of a body the body functions act on.
+    pub(crate) fn view_mut(&mut self, buffer: BufferType) -> &mut BodyView {
+        match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body,
+            _ => &mut self.response_body,
+        }
+    }
+
+    pub(crate) fn choice_mut(&mut self, side: Side) -> &mut BodyChoice {
+        match side {
+            Side::Request => &mut self.request_body_choice,
+            Side::Response => &mut self.response_body_choice,
+        }
+    }
+
+    pub(crate) fn splitter_mut(&mut self, side: Side) -> &mut Splitter {
+        match side {
+            Side::Request => &mut self.request_splitter,
+            Side::Response => &mut self.response_splitter,
+        }
+    }
+}
+
+/// The part of the proxy's body buffer a call reads and writes: the whole body in a body
+/// phase, the current chunk in a chunk phase (the buffer may hold chunks already handled
+/// before it, and an incomplete UTF-8 character after it).
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct BodyView {
+    /// Bytes of the buffer before it.
+    pub start: usize,
+    /// Its length, as the call's writes left it.
+    pub len: usize,
+    /// Bytes of the buffer after it.
+    pub after: usize,
+    /// The proxy holds no buffer to write to: the data went on before the trailers came.
+    pub closed: bool,
+}
+
+/// What the header phase chose for a message's body (`buffer_*_body()`, `stream_*_body()`,
+/// `skip_*_body()`).
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BodyChoice {
+    /// The script's phase functions decide: streamed when it defines the chunk function.
+    #[default]
+    Default,
+    Buffer,
+    Stream,
+    Skip,
+}
+
+/// How a message's body goes through the plugin.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BodyMode {
+    Untouched,
+    Buffered,
+    Streamed,
 }
 
 /// A callout waiting for its answer.
@@ -77,6 +136,34 @@ impl Side {
             Side::Response
         }
     }
+
+    fn body_phase(self) -> Phase {
+        match self {
+            Side::Request => Phase::RequestBody,
+            Side::Response => Phase::ResponseBody,
+        }
+    }
+
+    fn chunk_phase(self) -> Phase {
+        match self {
+            Side::Request => Phase::RequestChunk,
+            Side::Response => Phase::ResponseChunk,
+        }
+    }
+
+    fn trailers_phase(self) -> Phase {
+        match self {
+            Side::Request => Phase::RequestTrailers,
+            Side::Response => Phase::ResponseTrailers,
+        }
+    }
+
+    pub(crate) fn buffer(self) -> BufferType {
+        match self {
+            Side::Request => BufferType::HttpRequestBody,
+            Side::Response => BufferType::HttpResponseBody,
+        }
+    }
 }
 
 /// One HTTP stream (a request and its response) handled by a plugin.
@@ -94,15 +181,29 @@ pub struct HttpStream<H: Host> {
     /// The request id, once an error needed it and the proxy gave it: read on the first
     /// error, not on every request.
     request_id: Option<String>,
+    /// The stream became a tunnel (websocket, CONNECT): its bodies pass untouched.
+    upgraded: bool,
 }
 
 /// Where one direction of the stream stands with its body and trailers.
 #[derive(Default)]
 struct SideState {
-    /// Size of the body buffered so far while a body phase waits for the end.
+    /// Buffered: size of the body buffered so far while the body phase waits for the end.
     body_seen: Option<usize>,
-    /// Trailers arrived while the body phase waited for callouts: their phase runs after.
+    /// Trailers arrived while a body or chunk call waited for callouts: their phase runs after.
     trailers_deferred: bool,
+    /// Streamed: bytes in the proxy's buffer (what the plugin holds, then new data).
+    size: usize,
+    /// Streamed: bytes at the start of that buffer the chunk function already had.
+    done: usize,
+    /// Streamed: where the chunk that waits for its callouts starts (their callbacks act on it).
+    paused_chunk: Option<usize>,
+    /// Streamed: the data ended (end of stream, or the trailers came).
+    ended: bool,
+    /// Streamed: the trailers came (then the proxy holds no buffer unless the plugin held data).
+    trailers_came: bool,
+    /// Streamed: the call with `last = true` was made.
+    last_given: bool,
 }
 
 /// Where the request id goes in an error line logged later.
@@ -114,6 +215,7 @@ type CallResult = Result<Dynamic, Box<EvalAltResult>>;
 /// What to call in the script.
 enum Call {
     Phase,
+    Chunk(Dynamic, bool),
     Callback(FnPtr, Vec<Dynamic>),
 }
 
@@ -127,6 +229,7 @@ impl<H: Host + 'static> HttpStream<H> {
             response: SideState::default(),
             cells: SharedCells::default(),
             request_id: None,
+            upgraded: false,
         }
     }
 
@@ -134,49 +237,41 @@ impl<H: Host + 'static> HttpStream<H> {
         self.selection = self.plugin.select();
         self.state.request_has_body = !end_of_stream;
         if !end_of_stream
-            && (self.defines(Phase::RequestBody) || self.defines(Phase::ResponseBody))
+            && (self.body_mode(Side::Request) != BodyMode::Untouched
+                || self.body_mode(Side::Response) != BodyMode::Untouched)
             && self.is_upgrade()
         {
             // An upgraded stream (websocket, CONNECT) ends when the connection does: a body
             // phase waiting for its end would hold every byte of it. Its bodies pass untouched.
-            self.state.skip_request_body = true;
-            self.state.skip_response_body = true;
+            self.upgraded = true;
         }
         let action = self.run_phase(Phase::RequestHeaders);
-        self.prepare_body(
-            Phase::RequestBody,
-            MapType::HttpRequestHeaders,
-            end_of_stream,
-        );
+        self.prepare_body(Side::Request, MapType::HttpRequestHeaders, end_of_stream);
         action
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_body(Phase::RequestBody, body_size, end_of_stream)
+        self.on_data(Side::Request, body_size, end_of_stream)
     }
 
-    /// Trailers end the body: a body phase still waiting for the end runs first.
+    /// Trailers end the body: a body or chunk call still waiting for the end runs first.
     pub fn on_request_trailers(&mut self) -> Action {
-        self.on_trailers(Phase::RequestBody, Phase::RequestTrailers)
+        self.on_trailers(Side::Request)
     }
 
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         self.state.response_has_body = !end_of_stream;
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(
-            Phase::ResponseBody,
-            MapType::HttpResponseHeaders,
-            end_of_stream,
-        );
+        self.prepare_body(Side::Response, MapType::HttpResponseHeaders, end_of_stream);
         action
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_body(Phase::ResponseBody, body_size, end_of_stream)
+        self.on_data(Side::Response, body_size, end_of_stream)
     }
 
     pub fn on_response_trailers(&mut self) -> Action {
-        self.on_trailers(Phase::ResponseBody, Phase::ResponseTrailers)
+        self.on_trailers(Side::Response)
     }
 
     /// The stream is over: `on_log()` runs (its errors are only logged).
@@ -215,33 +310,50 @@ impl<H: Host + 'static> HttpStream<H> {
                 }
             };
         let answer = CallAnswer { body_size };
+        let side = Side::of(call.phase);
+        let chunk = call.phase.is_chunk();
+        if chunk {
+            self.view_paused_chunk(side);
+        }
         let result = self.enter(
             call.phase,
             Some(answer),
             Call::Callback(call.callback, args),
         );
+        if chunk {
+            // The callback may have rewritten the chunk: what the buffer holds moved with it.
+            let view = *self.state.view_mut(side.buffer());
+            let s = self.side_mut(side);
+            s.done = view.start + view.len;
+            s.size = s.done + view.after;
+        }
         if let Err(e) = result {
             self.fail(call.phase, &e, true);
             return;
         }
-        let side = Side::of(call.phase);
         if self.state.local_response_sent || self.pending(side) {
             return;
         }
-        let side_state = if side == Side::Request {
-            &mut self.request
-        } else {
-            &mut self.response
-        };
-        if std::mem::take(&mut side_state.trailers_deferred) {
-            let trailers = if side == Side::Request {
-                Phase::RequestTrailers
-            } else {
-                Phase::ResponseTrailers
-            };
-            if self.run_phase(trailers) == Action::Pause {
-                return; // paused again: its own callouts (or a local response) take over
+        if self.body_mode(side) == BodyMode::Streamed {
+            self.side_mut(side).paused_chunk = None;
+            // What arrived while the callouts held the stream goes through the chunk function
+            // before it resumes: Envoy forwards held data without calling the filter again.
+            let s = self.side(side);
+            let unseen = s.size > s.done || (s.ended && !s.last_given);
+            if unseen && self.run_chunks(side) == Action::Pause {
+                if !self.pending(side) {
+                    // Held without a callout: the next data goes through the chunk function.
+                    self.state.paused = None;
+                }
+                return;
             }
+            let s = self.side_mut(side);
+            (s.done, s.size) = (0, 0);
+        }
+        if std::mem::take(&mut self.side_mut(side).trailers_deferred)
+            && self.run_phase(side.trailers_phase()) == Action::Pause
+        {
+            return; // paused again: its own callouts (or a local response) take over
         }
         self.resume(side);
     }
@@ -323,16 +435,43 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     fn defines(&self, phase: Phase) -> bool {
-        let skipped = match phase {
-            Phase::RequestBody => self.state.skip_request_body,
-            Phase::ResponseBody => self.state.skip_response_body,
-            _ => false,
+        self.selection
+            .as_ref()
+            .is_some_and(|s| s.script.defines(phase))
+    }
+
+    /// How a message's body goes through the plugin: see `Body phases` in the README.
+    fn body_mode(&self, side: Side) -> BodyMode {
+        if self.upgraded {
+            return BodyMode::Untouched;
+        }
+        let choice = match side {
+            Side::Request => self.state.request_body_choice,
+            Side::Response => self.state.response_body_choice,
         };
-        !skipped
-            && self
-                .selection
-                .as_ref()
-                .is_some_and(|s| s.script.defines(phase))
+        let buffered = self.defines(side.body_phase());
+        let streamed = self.defines(side.chunk_phase());
+        match choice {
+            BodyChoice::Skip => BodyMode::Untouched,
+            BodyChoice::Buffer if buffered => BodyMode::Buffered,
+            _ if streamed => BodyMode::Streamed,
+            _ if buffered => BodyMode::Buffered,
+            _ => BodyMode::Untouched,
+        }
+    }
+
+    fn side(&self, side: Side) -> &SideState {
+        match side {
+            Side::Request => &self.request,
+            Side::Response => &self.response,
+        }
+    }
+
+    fn side_mut(&mut self, side: Side) -> &mut SideState {
+        match side {
+            Side::Request => &mut self.request,
+            Side::Response => &mut self.response,
+        }
     }
 
     /// Whether the request asks to become a tunnel: an `upgrade` header (websocket, HTTP/1.1)
@@ -394,6 +533,7 @@ impl<H: Host + 'static> HttpStream<H> {
         {
             let mut frame = plugin.api.frame.borrow_mut();
             frame.answer = answer;
+            frame.defines = selection.script.phases();
             // Boxes swapped, not states: moving a whole state in and out cost ~280 wasm
             // instructions per call, more than the box's one allocation per stream.
             std::mem::swap(&mut frame.stream, &mut self.state);
@@ -401,6 +541,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let script = &selection.script;
         let result = self.cells.record(|| match call {
             Call::Phase => script.call(&plugin.engine, Some(phase)),
+            Call::Chunk(chunk, last) => script.call_chunk(&plugin.engine, phase, chunk, last),
             Call::Callback(callback, args) => script.call_back(&plugin.engine, &callback, args),
         });
         // A call is all or nothing: what a failed one wrote never reaches the proxy.
@@ -414,11 +555,30 @@ impl<H: Host + 'static> HttpStream<H> {
         result
     }
 
-    /// A body phase runs once, on the whole body: until the end the proxy buffers.
-    fn on_body(&mut self, phase: Phase, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.defines(phase) || self.state.local_response_sent {
+    /// A piece of the body arrived (`size`: what the proxy's buffer holds now).
+    fn on_data(&mut self, side: Side, size: usize, end_of_stream: bool) -> Action {
+        if self.state.local_response_sent {
             return Action::Continue;
         }
+        match self.body_mode(side) {
+            BodyMode::Untouched => Action::Continue,
+            BodyMode::Buffered => self.on_body(side.body_phase(), size, end_of_stream),
+            BodyMode::Streamed => {
+                let s = self.side_mut(side);
+                s.size = size;
+                s.ended = end_of_stream;
+                if self.state.paused == Some(side) {
+                    // A chunk's callouts hold the stream: the proxy buffers what arrives, and
+                    // the chunk function gets it when they are answered.
+                    return Action::Pause;
+                }
+                self.run_chunks(side)
+            }
+        }
+    }
+
+    /// A body phase runs once, on the whole body: until the end the proxy buffers.
+    fn on_body(&mut self, phase: Phase, body_size: usize, end_of_stream: bool) -> Action {
         let max = self.plugin.config.limits.max_body_size;
         if body_size > max {
             self.plugin.api.log_plugin(
@@ -431,49 +591,166 @@ impl<H: Host + 'static> HttpStream<H> {
                 self.answer_locally(500, "Internal Server Error\n")
             };
         }
-        let side = if phase.is_request() {
-            &mut self.request
-        } else {
-            &mut self.response
-        };
+        let side = Side::of(phase);
         if !end_of_stream {
-            side.body_seen = Some(body_size);
+            self.side_mut(side).body_seen = Some(body_size);
             return Action::Pause;
         }
-        side.body_seen = None;
-        if phase.is_request() {
-            self.state.request_body_len = body_size;
-        } else {
-            self.state.response_body_len = body_size;
-        }
+        self.side_mut(side).body_seen = None;
+        *self.state.view_mut(side.buffer()) = BodyView {
+            len: body_size,
+            ..BodyView::default()
+        };
         self.run_phase(phase)
     }
 
-    fn on_trailers(&mut self, body_phase: Phase, trailers_phase: Phase) -> Action {
-        let side = if body_phase.is_request() {
-            &mut self.request
-        } else {
-            &mut self.response
-        };
-        if let Some(size) = side.body_seen {
-            if self.on_body(body_phase, size, true) == Action::Pause {
-                // Waiting for the body phase's callouts: the trailers phase runs after them.
-                let side = if body_phase.is_request() {
-                    &mut self.request
-                } else {
-                    &mut self.response
-                };
-                side.trailers_deferred = !self.state.local_response_sent;
-                return Action::Pause;
-            }
+    /// Gives the chunk function what the proxy's buffer holds past what it already had, and
+    /// decides whether the buffer goes on (`Continue`) or stays held (`Pause`): for the chunk's
+    /// callouts, for an incomplete UTF-8 character at its end (it comes with the next chunk),
+    /// or because the function returned `PAUSE`.
+    fn run_chunks(&mut self, side: Side) -> Action {
+        let phase = side.chunk_phase();
+        let buffer = side.buffer();
+        let s = self.side(side);
+        let (start, size, ended) = (s.done, s.size, s.ended);
+        let closed = s.trailers_came && size == 0;
+        if ended && s.last_given {
+            return Action::Continue;
         }
-        self.run_phase(trailers_phase)
+        let api = &self.plugin.api;
+        let fresh = if size > start {
+            match api.host.get_buffer(buffer, start, size - start) {
+                Ok(bytes) => bytes.unwrap_or_default(),
+                Err(status) => {
+                    api.log_plugin(
+                        LogLevel::Warn,
+                        &format!("{phase}: the proxy refused to read the chunk ({status:?})"),
+                    );
+                    return Action::Continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let cut = if ended {
+            fresh.len()
+        } else {
+            crate::bindings::streaming::complete_utf8_len(&fresh)
+        };
+        if cut == 0 && !ended {
+            return if size > 0 {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        let tail = fresh.len() - cut;
+        let chunk = match self.chunk_text(phase, fresh, cut) {
+            Ok(chunk) => chunk,
+            Err(e) => return self.fail(phase, &e, false),
+        };
+        *self.state.view_mut(buffer) = BodyView {
+            start,
+            len: cut,
+            after: tail,
+            closed,
+        };
+        self.side_mut(side).last_given = ended;
+        let returned = match self.enter(phase, None, Call::Chunk(chunk, ended)) {
+            Ok(value) => value,
+            Err(e) => return self.fail(phase, &e, false),
+        };
+        if self.state.local_response_sent {
+            self.state.calls.clear();
+            return Action::Pause;
+        }
+        let written = self.state.view_mut(buffer).len;
+        let waiting = self.state.calls.iter().any(|c| c.phase == phase);
+        let s = self.side_mut(side);
+        s.done = start + written;
+        s.size = s.done + tail;
+        if waiting {
+            s.paused_chunk = Some(start);
+            self.state.paused = Some(side);
+            return Action::Pause;
+        }
+        let hold = !ended && returned.try_cast::<PhaseAction>() == Some(PhaseAction::Pause);
+        if tail > 0 || hold {
+            return Action::Pause;
+        }
+        (s.done, s.size) = (0, 0);
+        Action::Continue
     }
 
-    /// A body phase may change the body's length, and the headers have gone on before it:
-    /// drop `content-length` so the message stays well-formed (the proxy frames it anew).
-    fn prepare_body(&mut self, body_phase: Phase, headers: MapType, end_of_stream: bool) {
-        if !end_of_stream && self.defines(body_phase) && !self.state.local_response_sent {
+    /// The chunk as the chunk function's first argument: a string, invalid UTF-8 replaced.
+    fn chunk_text(
+        &self,
+        phase: Phase,
+        mut bytes: Vec<u8>,
+        cut: usize,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        bytes.truncate(cut);
+        let what = format!("the chunk given to {phase}");
+        if let Some(message) = self.plugin.api.over_memory_budget(bytes.len()) {
+            return Err(format!("{what}: {message}").into());
+        }
+        let max = self.plugin.engine.max_string_size();
+        Ok(crate::sandbox::text_within(&what, bytes, max)?.into())
+    }
+
+    /// Before a callback of a chunk phase: the body functions act on that chunk.
+    fn view_paused_chunk(&mut self, side: Side) {
+        let s = self.side(side);
+        if let Some(start) = s.paused_chunk {
+            let view = BodyView {
+                start,
+                len: s.done - start,
+                after: s.size.saturating_sub(s.done),
+                closed: false,
+            };
+            *self.state.view_mut(side.buffer()) = view;
+        }
+    }
+
+    fn on_trailers(&mut self, side: Side) -> Action {
+        match self.body_mode(side) {
+            BodyMode::Buffered => {
+                if let Some(size) = self.side(side).body_seen {
+                    if self.on_body(side.body_phase(), size, true) == Action::Pause {
+                        // Waiting for the body phase's callouts: the trailers phase runs after.
+                        self.side_mut(side).trailers_deferred = !self.state.local_response_sent;
+                        return Action::Pause;
+                    }
+                }
+            }
+            BodyMode::Streamed if !self.state.local_response_sent => {
+                let paused = self.state.paused == Some(side);
+                let s = self.side_mut(side);
+                s.ended = true;
+                s.trailers_came = true;
+                if paused {
+                    s.trailers_deferred = true;
+                    return Action::Pause;
+                }
+                // The data is over: the chunk function's call with `last = true`.
+                if self.run_chunks(side) == Action::Pause {
+                    self.side_mut(side).trailers_deferred = !self.state.local_response_sent;
+                    return Action::Pause;
+                }
+            }
+            _ => {}
+        }
+        self.run_phase(side.trailers_phase())
+    }
+
+    /// A body or chunk phase may change the body's length, and the headers have gone on
+    /// before it: drop `content-length` so the message stays well-formed (the proxy frames it
+    /// anew).
+    fn prepare_body(&mut self, side: Side, headers: MapType, end_of_stream: bool) {
+        if !end_of_stream
+            && self.body_mode(side) != BodyMode::Untouched
+            && !self.state.local_response_sent
+        {
             let _ = self
                 .plugin
                 .api

@@ -93,8 +93,11 @@ fn rules_without_a_global_script_leave_other_requests_untouched() {
     assert_eq!(o.response.status, 200);
     assert_eq!(
         o.trace,
-        [r#"get_header(HttpRequestHeaders, ":authority")"#],
-        "only the rule matching looked"
+        [
+            r#"get_header(HttpRequestHeaders, ":authority")"#,
+            "-- response data: 4 bytes, end of stream"
+        ],
+        "only the rule matching looked (the trace shows the body's arrival)"
     );
 }
 

@@ -105,8 +105,9 @@ fn pause_without_anything_pending_stalls_and_other_values_continue() {
 fn undefined_phases_never_enter_the_script() {
     let p = plugin(r#"fn on_response_headers() { add_response_header("x", "1"); }"#);
     let o = p.run(&Request::post("/", "body"), &mut Response::ok("resp"));
+    let calls: Vec<&String> = o.trace.iter().filter(|l| !l.starts_with("-- ")).collect();
     assert_eq!(
-        o.trace,
+        calls,
         ["add_header(HttpResponseHeaders, \"x\", \"1\")"],
         "no host call but the script's own"
     );

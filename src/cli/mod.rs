@@ -56,6 +56,14 @@ struct RunArgs {
     /// or in a file, or a file holding an HTTP/1.1 response.
     #[arg(long, value_name = "FILE|JSON")]
     response: Option<String>,
+    /// The request body arrives in chunks of these sizes, in bytes (`5,100,7`; what is left
+    /// comes in 16 KiB chunks). Each chunk shows in the trace.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    request_chunks: Vec<usize>,
+    /// The response body arrives in chunks of these sizes (e.g. an SSE file given with
+    /// `--response`, cut where its events should be split).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    response_chunks: Vec<usize>,
     /// Answers callouts to CLUSTER (and PATH: exact, or a prefix ending with `*`); ANSWER is
     /// STATUS, STATUS:BODY, timeout, reset, JSON, or @FILE (JSON or an HTTP response). May be
     /// repeated; other callouts time out.
@@ -189,7 +197,7 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     configuration.insert("script".into(), script.into());
     let emulator = Emulator::new(&Value::Object(configuration).to_string())
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
-    let request = match &args.request {
+    let mut request = match &args.request {
         Some(arg) => input::request(arg)?,
         None => Request::get("/"),
     };
@@ -197,6 +205,12 @@ fn run(args: &RunArgs) -> Result<bool, String> {
         Some(arg) => input::response(arg)?,
         None => Response::ok("upstream response\n").header("content-type", "text/plain"),
     };
+    if !args.request_chunks.is_empty() {
+        request.chunk_sizes.clone_from(&args.request_chunks);
+    }
+    if !args.response_chunks.is_empty() {
+        response.chunk_sizes.clone_from(&args.response_chunks);
+    }
     let rules = args
         .callout
         .iter()

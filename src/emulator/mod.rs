@@ -71,6 +71,8 @@ pub struct Request {
     pub trailers: Headers,
     /// The body arrives in chunks of at most this many bytes.
     pub chunk_size: usize,
+    /// The body's first chunks, by size, when they are given (the rest in `chunk_size` pieces).
+    pub chunk_sizes: Vec<usize>,
     /// The route Envoy matched (property `xds.route_name`).
     pub route_name: String,
     /// The upstream cluster of that route (property `xds.cluster_name`).
@@ -97,6 +99,7 @@ impl Request {
             body,
             trailers: Vec::new(),
             chunk_size: 16 << 10,
+            chunk_sizes: Vec::new(),
             route_name: "default".into(),
             cluster_name: "upstream".into(),
         }
@@ -156,6 +159,8 @@ pub struct Response {
     pub body: Vec<u8>,
     pub trailers: Headers,
     pub chunk_size: usize,
+    /// The body's first chunks, by size (the rest in `chunk_size` pieces).
+    pub chunk_sizes: Vec<usize>,
 }
 
 impl Response {
@@ -171,6 +176,7 @@ impl Response {
             body: body.into(),
             trailers: Vec::new(),
             chunk_size: 16 << 10,
+            chunk_sizes: Vec::new(),
         }
     }
 
@@ -256,6 +262,8 @@ impl<F: FnMut(&Callout) -> Reply> Callouts for F {
 pub struct Forwarded {
     pub headers: Headers,
     pub body: Vec<u8>,
+    /// The body as it went on, piece by piece (what the proxy passed at once).
+    pub chunks: Vec<Vec<u8>>,
     pub trailers: Headers,
 }
 
@@ -265,6 +273,8 @@ pub struct ClientResponse {
     pub status: u32,
     pub headers: Headers,
     pub body: Vec<u8>,
+    /// The body as it reached the client, piece by piece (empty for a local response).
+    pub chunks: Vec<Vec<u8>>,
     /// Sent by the plugin (or by the proxy on its behalf), not by the upstream.
     pub local: bool,
     /// The stream was reset after the headers went out (a local response or an error too late
@@ -283,7 +293,8 @@ pub struct Outcome {
     pub callouts: Vec<Callout>,
     /// The proxy log lines the request produced.
     pub log: Vec<LogLine>,
-    /// Every host call made, in order.
+    /// Every host call made, in order, with the body's pieces as they arrived
+    /// (`-- request data: N bytes`).
     pub trace: Vec<String>,
     /// Set when the stream stopped with nothing left to resume it (a phase returned `PAUSE`
     /// with no callout pending): Envoy would hold it until a timeout.
@@ -313,6 +324,22 @@ impl Outcome {
     }
 }
 
+/// A body cut in the pieces it arrives in: `sizes` first, then `chunk_size` pieces.
+fn pieces<'a>(body: &'a [u8], sizes: &[usize], chunk_size: usize) -> Vec<&'a [u8]> {
+    let mut pieces = Vec::new();
+    let mut rest = body;
+    for size in sizes {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at((*size).min(rest.len()));
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.extend(rest.chunks(chunk_size.max(1)));
+    pieces
+}
+
 fn has(headers: &Headers, name: &str) -> bool {
     headers.iter().any(|(k, _)| k == name)
 }
@@ -334,6 +361,9 @@ pub struct Emulator {
     plugin: Rc<Plugin<EmulatorHost>>,
     /// Envoy's buffer limit for bodies a filter buffers.
     pub buffer_limit: usize,
+    /// Callouts made in a chunk phase are answered after this many more chunks arrived (0:
+    /// before the next one), so a test can have chunks arrive while a callout holds the stream.
+    pub callout_delay_chunks: usize,
 }
 
 /// Where the stream stands after the plugin handled an event.
@@ -358,6 +388,7 @@ impl Emulator {
             host,
             plugin: Rc::new(plugin),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            callout_delay_chunks: 0,
         })
     }
 
@@ -420,6 +451,7 @@ impl Emulator {
             stream: HttpStream::new(self.plugin.clone()),
             callouts,
             buffer_limit: self.buffer_limit,
+            callout_delay_chunks: self.callout_delay_chunks,
             delivered: Vec::new(),
         };
         let mut outcome = Outcome::default();
@@ -442,6 +474,7 @@ struct Run<'a> {
     stream: HttpStream<EmulatorHost>,
     callouts: &'a mut dyn Callouts,
     buffer_limit: usize,
+    callout_delay_chunks: usize,
     /// Callouts already answered.
     delivered: Vec<u32>,
 }
@@ -467,12 +500,8 @@ impl Run<'_> {
             flow => return self.finish(flow, outcome, None),
         }
         self.state().window = Window::None;
-        let mut body = match self.body(
-            &request.body,
-            request.chunk_size,
-            request.trailers.is_empty(),
-            true,
-        ) {
+        let chunks = pieces(&request.body, &request.chunk_sizes, request.chunk_size);
+        let mut body = match self.body(&chunks, request.trailers.is_empty(), true) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, None),
         };
@@ -480,7 +509,7 @@ impl Run<'_> {
             self.state().window = Window::RequestTrailers;
             let action = self.stream.on_request_trailers();
             match self.settle(action, true) {
-                Flow::Proceed => body.extend(self.take_held(true)),
+                Flow::Proceed => self.pass_held(true, &mut body),
                 flow => return self.finish(flow, outcome, None),
             }
         }
@@ -489,7 +518,8 @@ impl Run<'_> {
             s.window = Window::None;
             Forwarded {
                 headers: s.request_headers.to_pairs(),
-                body,
+                body: body.concat(),
+                chunks: body,
                 trailers: s.request_trailers.to_pairs(),
             }
         };
@@ -526,12 +556,8 @@ impl Run<'_> {
             headers,
             ..Default::default()
         };
-        let mut body = match self.body(
-            &response.body,
-            response.chunk_size,
-            response.trailers.is_empty(),
-            false,
-        ) {
+        let chunks = pieces(&response.body, &response.chunk_sizes, response.chunk_size);
+        let mut body = match self.body(&chunks, response.trailers.is_empty(), false) {
             Ok(body) => body,
             Err(flow) => return self.finish(flow, outcome, Some(sent)),
         };
@@ -539,11 +565,15 @@ impl Run<'_> {
             self.state().window = Window::ResponseTrailers;
             let action = self.stream.on_response_trailers();
             match self.settle(action, false) {
-                Flow::Proceed => body.extend(self.take_held(false)),
+                Flow::Proceed => self.pass_held(false, &mut body),
                 flow => return self.finish(flow, outcome, Some(sent)),
             }
         }
-        outcome.response = ClientResponse { body, ..sent };
+        outcome.response = ClientResponse {
+            body: body.concat(),
+            chunks: body,
+            ..sent
+        };
     }
 
     /// The properties Envoy gives for this stream (the useful ones, in Envoy's encodings).
@@ -596,18 +626,26 @@ impl Run<'_> {
         })
     }
 
-    /// Feeds a body in chunks, buffering while the plugin pauses, and returns what went on;
-    /// what is still buffered at the end stays in the host's body buffer.
+    /// The filter let its buffer go on: one piece of the body as the next hop gets it.
+    fn pass_held(&mut self, request: bool, passed: &mut Vec<Vec<u8>>) {
+        let held = self.take_held(request);
+        if !held.is_empty() {
+            passed.push(held);
+        }
+    }
+
+    /// Feeds a body in chunks, buffering while the plugin pauses, and returns the pieces that
+    /// went on; what is still buffered at the end stays in the host's body buffer.
     fn body(
         &mut self,
-        body: &[u8],
-        chunk_size: usize,
+        chunks: &[&[u8]],
         ends_stream: bool,
         request: bool,
-    ) -> Result<Vec<u8>, Flow> {
+    ) -> Result<Vec<Vec<u8>>, Flow> {
         let mut passed = Vec::new();
-        let chunks: Vec<&[u8]> = body.chunks(chunk_size.max(1)).collect();
         let mut buffering = false;
+        // Chunks that arrived since a chunk call paused for its callouts.
+        let mut waited = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             let end = ends_stream && i + 1 == chunks.len();
             let size = {
@@ -623,6 +661,13 @@ impl Run<'_> {
                 buffer.extend_from_slice(chunk);
                 buffer.len()
             };
+            let side = if request { "request" } else { "response" };
+            let end_note = if end { ", end of stream" } else { "" };
+            self.host
+                .0
+                .borrow_mut()
+                .calls
+                .push(format!("-- {side} data: {} bytes{end_note}", chunk.len()));
             let action = if request {
                 self.stream.on_request_body(size, end)
             } else {
@@ -631,31 +676,68 @@ impl Run<'_> {
             if self.state().local_response.is_some() {
                 return Err(Flow::Local);
             }
-            match (action, end) {
-                (Action::Continue, _) => buffering = false,
-                (_, false) => {
-                    buffering = true;
-                    let held = {
-                        let s = self.state();
-                        if request {
-                            s.request_body.len()
-                        } else {
-                            s.response_body.len()
-                        }
-                    };
-                    if held > self.buffer_limit {
-                        return Err(self.proxy_answers(if request { 413 } else { 500 }));
+            if action == Action::Continue {
+                buffering = false;
+                self.pass_held(request, &mut passed);
+                continue;
+            }
+            buffering = true;
+            if end {
+                match self.settle(action, request) {
+                    Flow::Proceed => {
+                        buffering = false;
+                        self.pass_held(request, &mut passed);
                     }
+                    flow => return Err(flow),
+                }
+                continue;
+            }
+            let held = {
+                let s = self.state();
+                if request {
+                    s.request_body.len()
+                } else {
+                    s.response_body.len()
+                }
+            };
+            if held > self.buffer_limit {
+                return Err(self.proxy_answers(if request { 413 } else { 500 }));
+            }
+            if self.undelivered().is_some() {
+                if waited < self.callout_delay_chunks {
+                    waited += 1;
                     continue;
                 }
-                (_, true) => match self.settle(action, request) {
-                    Flow::Proceed => buffering = false,
-                    flow => return Err(flow),
-                },
+                waited = 0;
+                while let Some(call) = self.undelivered() {
+                    self.deliver(&call);
+                }
+                let mut s = self.state();
+                if s.local_response.is_some() {
+                    return Err(Flow::Local);
+                }
+                let resumed = if request {
+                    &mut s.resume_request
+                } else {
+                    &mut s.resume_response
+                };
+                if std::mem::take(resumed) {
+                    drop(s);
+                    buffering = false;
+                    self.pass_held(request, &mut passed);
+                }
             }
-            passed.extend(self.take_held(request));
         }
         Ok(passed)
+    }
+
+    /// The first callout not answered yet.
+    fn undelivered(&self) -> Option<Callout> {
+        self.state()
+            .callouts
+            .iter()
+            .find(|c| !self.delivered.contains(&c.token))
+            .cloned()
     }
 
     /// Envoy's own local reply (buffer limit exceeded).
@@ -690,10 +772,8 @@ impl Run<'_> {
                 if action == Action::Continue || std::mem::take(resumed) {
                     return Flow::Proceed;
                 }
-                s.callouts
-                    .iter()
-                    .find(|c| !self.delivered.contains(&c.token))
-                    .cloned()
+                drop(s);
+                self.undelivered()
             };
             let Some(call) = next else {
                 return Flow::Stalled;
@@ -707,14 +787,7 @@ impl Run<'_> {
     /// resumed explicitly): Envoy delivers them whenever they come back.
     fn answer_late_callouts(&mut self) {
         self.state().window = Window::None;
-        loop {
-            let next = self
-                .state()
-                .callouts
-                .iter()
-                .find(|c| !self.delivered.contains(&c.token))
-                .cloned();
-            let Some(call) = next else { return };
+        while let Some(call) = self.undelivered() {
             self.deliver(&call);
         }
     }
@@ -797,6 +870,7 @@ impl Run<'_> {
                             status: local.status,
                             headers,
                             body: local.body,
+                            chunks: Vec::new(),
                             local: true,
                             reset: false,
                         }

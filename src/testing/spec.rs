@@ -20,9 +20,17 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "body",
     "trailers",
     "chunk_size",
+    "chunks",
 ];
 /// The fields a response (or a callout answer) may have.
-pub const RESPONSE_FIELDS: &[&str] = &["status", "headers", "body", "trailers", "chunk_size"];
+pub const RESPONSE_FIELDS: &[&str] = &[
+    "status",
+    "headers",
+    "body",
+    "trailers",
+    "chunk_size",
+    "chunks",
+];
 
 /// A request from its description; defaults: `GET /` for `example.com`, no body.
 ///
@@ -56,6 +64,9 @@ pub fn request(value: &Value) -> Result<Request, String> {
     if let Some(v) = fields.get("chunk_size") {
         r.chunk_size = chunk_size("request.chunk_size", v)?;
     }
+    if let Some(v) = fields.get("chunks") {
+        (r.body, r.chunk_sizes) = chunks("request", fields, v)?;
+    }
     Ok(r)
 }
 
@@ -77,6 +88,9 @@ pub fn response(value: &Value) -> Result<Response, String> {
     }
     if let Some(v) = fields.get("chunk_size") {
         r.chunk_size = chunk_size("response.chunk_size", v)?;
+    }
+    if let Some(v) = fields.get("chunks") {
+        (r.body, r.chunk_sizes) = chunks("response", fields, v)?;
     }
     Ok(r)
 }
@@ -123,6 +137,7 @@ pub fn forwarded(request: &Forwarded) -> Value {
         "authority": header(&request.headers, ":authority"),
         "headers": pairs(&request.headers),
         "body": lossy(&request.body),
+        "chunks": pieces(&request.chunks),
         "trailers": pairs(&request.trailers),
     })
 }
@@ -159,6 +174,7 @@ pub fn outcome(outcome: &Outcome) -> Value {
             "status": r.status,
             "headers": pairs(&r.headers),
             "body": lossy(&r.body),
+            "chunks": pieces(&r.chunks),
             "local": r.local,
             "reset": r.reset,
         },
@@ -194,6 +210,35 @@ pub fn level_name(level: LogLevel) -> &'static str {
 /// Headers as `[name, value]` pairs, values as text.
 pub fn pairs(headers: &Headers) -> Value {
     headers.iter().map(|(k, v)| json!([k, lossy(v)])).collect()
+}
+
+/// A body as it went on, piece by piece.
+fn pieces(chunks: &[Vec<u8>]) -> Value {
+    chunks.iter().map(|c| json!(lossy(c))).collect()
+}
+
+/// A body given as its chunks (strings or byte arrays): the body, and the chunks' sizes.
+fn chunks(
+    what: &str,
+    fields: &Map<String, Value>,
+    value: &Value,
+) -> Result<(Vec<u8>, Vec<usize>), String> {
+    if fields.contains_key("body") {
+        return Err(format!("{what}: give `body` or `chunks`, not both"));
+    }
+    let Value::Array(items) = value else {
+        return Err(format!(
+            "{what}.chunks must be an array of bodies, got {value}"
+        ));
+    };
+    let mut all = Vec::new();
+    let mut sizes = Vec::with_capacity(items.len());
+    for item in items {
+        let chunk = body(&format!("{what}.chunks"), item)?;
+        sizes.push(chunk.len());
+        all.extend(chunk);
+    }
+    Ok((all, sizes))
 }
 
 fn lossy(bytes: &[u8]) -> String {

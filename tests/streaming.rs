@@ -1,0 +1,376 @@
+//! Chunk phases: bodies seen and changed piece by piece as they pass, the choice between a
+//! buffered and a streamed body, and the `sse_events` / `lines` splitters.
+
+use proxy_rhai::emulator::{Emulator, Reply, Request, Response};
+use serde_json::json;
+
+fn plugin(script: &str) -> Emulator {
+    Emulator::with_script(script, json!({})).expect("script configures")
+}
+
+fn response(body: &str, sizes: &[usize]) -> Response {
+    let mut response = Response::ok(body);
+    response.chunk_sizes = sizes.to_vec();
+    response
+}
+
+fn messages(o: &proxy_rhai::emulator::Outcome) -> Vec<String> {
+    o.log.iter().map(|l| l.message.clone()).collect()
+}
+
+#[test]
+fn each_chunk_is_seen_in_order_and_passes_when_its_call_returns() {
+    let p = plugin(
+        r#"fn on_response_chunk(chunk, last) {
+            log_info(`${chunk}|${last}|${get_response_body()}|${get_response_body_bytes().len()}`);
+        }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut response("abcdefgh", &[3, 3]));
+    assert_eq!(
+        messages(&o),
+        ["abc|false|abc|3", "def|false|def|3", "gh|true|gh|2"]
+    );
+    assert_eq!(
+        o.response.chunks,
+        [b"abc".to_vec(), b"def".to_vec(), b"gh".to_vec()]
+    );
+    assert_eq!(o.response.body, b"abcdefgh");
+    assert!(o.script_errors().is_empty());
+}
+
+#[test]
+fn a_chunk_is_replaced_dropped_or_framed() {
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) {
+            if chunk == "drop" { replace_request_body(""); return; }
+            replace_request_body(chunk.to_upper());
+            prepend_request_body("<");
+            append_request_body(">");
+            if last { append_request_body("END"); }
+        }"#,
+    );
+    let mut request = Request::post("/", "abdropcd");
+    request.chunk_sizes = vec![2, 4];
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(
+        o.upstream_header("content-length"),
+        None,
+        "rewritten: no stale length"
+    );
+    let up = o.upstream.unwrap();
+    assert_eq!(up.chunks, [b"<AB>".to_vec(), b"<CD>END".to_vec()]);
+    assert_eq!(up.body, b"<AB><CD>END");
+}
+
+#[test]
+fn a_chunk_never_splits_a_utf8_character() {
+    // "é" is two bytes: the first chunk ends inside it.
+    let p = plugin(
+        r#"fn on_response_chunk(chunk, last) {
+            log_info(`${chunk}:${get_response_body_bytes().len()}`);
+            replace_response_body(`[${chunk}]`);
+        }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut response("caf\u{e9}s", &[4]));
+    assert_eq!(messages(&o), ["caf:3", "\u{e9}s:3"]);
+    // The incomplete character was held back with the bytes after it, and went on with the
+    // next chunk: replacing a chunk never cuts a character.
+    assert_eq!(
+        String::from_utf8(o.response.body).unwrap(),
+        "[caf][\u{e9}s]"
+    );
+}
+
+#[test]
+fn binary_chunks_are_not_held_back() {
+    let p = plugin(
+        r#"fn on_response_chunk(chunk, last) { log_info(get_response_body_bytes().len()); }"#,
+    );
+    // Not text (0xff): the lead byte 0xc3 at the end is not held.
+    let mut body = vec![0xff, b'a', 0xc3];
+    body.extend_from_slice(b"xyz");
+    let mut r = Response::ok(body.clone());
+    r.chunk_sizes = vec![3];
+    let o = p.run(&Request::get("/"), &mut r);
+    assert_eq!(messages(&o), ["3", "3"]);
+    assert_eq!(o.response.body, body);
+}
+
+#[test]
+fn a_streamed_body_is_not_limited_by_max_body_size() {
+    let p = Emulator::new(
+        &json!({
+            "script": r#"fn on_request_chunk(chunk, last) {
+                set_context("n", (get_context("n") ?? 0) + chunk.len());
+                if last { log_info(get_context("n")); }
+            }"#,
+            "limits": { "max_body_size": 1000 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut request = Request::post("/", vec![b'x'; 100_000]);
+    request.chunk_size = 700;
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(messages(&o), ["100000"]);
+    assert_eq!(o.upstream.unwrap().body.len(), 100_000);
+}
+
+#[test]
+fn the_header_phase_chooses_buffered_or_streamed() {
+    let script = r#"
+        fn on_request_headers() {
+            let how = get_request_header("x-how");
+            if how == "buffer" { buffer_request_body(); }
+            if how == "stream" { stream_request_body(); }
+            if how == "skip" { skip_request_body(); }
+        }
+        fn on_request_body() { log_info("body " + get_request_body().len()); }
+        fn on_request_chunk(chunk, last) { log_info("chunk " + chunk.len()); }
+    "#;
+    let p = plugin(script);
+    let run = |how: &str| {
+        let mut request = Request::post("/", "0123456789").header("x-how", how);
+        request.chunk_size = 4;
+        messages(&p.run(&request, &mut Response::ok("")))
+    };
+    assert_eq!(run("buffer"), ["body 10"]);
+    assert_eq!(run("stream"), ["chunk 4", "chunk 4", "chunk 2"]);
+    assert_eq!(run("default"), ["chunk 4", "chunk 4", "chunk 2"]);
+    assert!(run("skip").is_empty());
+
+    // Choosing a phase the script doesn't define is an error.
+    let p = plugin(
+        r#"fn on_request_headers() { buffer_request_body(); }
+           fn on_request_chunk(chunk, last) { }"#,
+    );
+    let o = p.run(&Request::post("/", "x"), &mut Response::ok(""));
+    let errors = o.script_errors();
+    assert_eq!(errors.len(), 1, "{:?}", o.log);
+    assert!(
+        errors[0].contains("buffer_request_body(): the script defines no on_request_body"),
+        "{}",
+        errors[0]
+    );
+    let p = plugin(
+        r#"fn on_response_headers() { stream_response_body(); }
+           fn on_response_body() { }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut Response::ok("x"));
+    assert!(o.script_errors()[0].contains("the script defines no on_response_chunk"));
+}
+
+#[test]
+fn with_trailers_the_last_call_comes_with_them() {
+    let p = plugin(
+        r#"fn on_request_headers() { set_context("add", get_request_header("x-add") == "1"); }
+        fn on_request_chunk(chunk, last) {
+            log_info(`${chunk}|${last}`);
+            if last && get_context("add") { append_request_body("more"); }
+        }
+        fn on_request_trailers() { log_info("trailers"); }"#,
+    );
+    let mut request = Request::post("/", "abcd");
+    request.chunk_size = 2;
+    request.trailers.push(("x-sum".into(), b"1".to_vec()));
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(messages(&o), ["ab|false", "cd|false", "|true", "trailers"]);
+    assert_eq!(o.upstream.unwrap().body, b"abcd");
+
+    // With the data gone on, nothing can be added at the trailers: a clear error (and the
+    // default error policy answers 500).
+    let o = p.run(&request.clone().header("x-add", "1"), &mut Response::ok(""));
+    let errors = o.script_errors();
+    assert_eq!(errors.len(), 1, "{:?}", o.log);
+    assert!(
+        errors[0].contains("can't add body data once the trailers came"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(o.response.status, 500);
+}
+
+#[test]
+fn pause_holds_chunks_until_a_later_call_lets_them_go() {
+    let p = plugin(
+        r#"fn on_response_chunk(chunk, last) {
+            log_info(`${chunk}:${get_response_body()}`);
+            if chunk.contains("hold") { return PAUSE; }
+        }"#,
+    );
+    let o = p.run(&Request::get("/"), &mut response("hold1hold2rest", &[5, 5]));
+    assert_eq!(messages(&o), ["hold1:hold1", "hold2:hold2", "rest:rest"]);
+    assert_eq!(o.response.chunks, [b"hold1hold2rest".to_vec()]);
+}
+
+#[test]
+fn a_callout_from_a_chunk_holds_the_stream_until_its_callback() {
+    let script = r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`chunk ${chunk} ${last}`);
+            if chunk.starts_with("check") {
+                http_get("auth", "/", [], 100,
+                    |status, headers, body| {
+                        log_info(`callback ${status} sees ${get_request_body()}`);
+                        replace_request_body("checked");
+                    });
+            }
+        }
+    "#;
+    let answer = |_: &proxy_rhai::emulator::Callout| Reply::Answer {
+        status: 200,
+        headers: vec![],
+        body: vec![],
+    };
+    let mut request = Request::post("/", "check123456");
+    request.chunk_sizes = vec![5, 2, 2];
+
+    // Answered before the next chunk arrives.
+    let mut p = plugin(script);
+    p.add_cluster("auth");
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answer.clone());
+    assert_eq!(
+        messages(&o),
+        [
+            "chunk check false",
+            "callback 200 sees check",
+            "chunk 12 false",
+            "chunk 34 false",
+            "chunk 56 true"
+        ]
+    );
+    assert_eq!(o.upstream.as_ref().unwrap().chunks[0], b"checked");
+    assert_eq!(o.upstream.unwrap().body, b"checked123456");
+
+    // Answered after two more chunks arrived: the proxy held them, and they go through the
+    // chunk function (as one chunk) before the stream resumes.
+    p.callout_delay_chunks = 2;
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answer.clone());
+    assert_eq!(
+        messages(&o),
+        [
+            "chunk check false",
+            "callback 200 sees check",
+            "chunk 1234 false",
+            "chunk 56 true"
+        ]
+    );
+    let up = o.upstream.unwrap();
+    assert_eq!(up.chunks, [b"checked1234".to_vec(), b"56".to_vec()]);
+}
+
+#[test]
+fn local_responses_from_chunks() {
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) {
+            if chunk.contains("EVIL") { send_http_response(403, [], "refused"); }
+        }
+        fn on_response_chunk(chunk, last) {
+            try { send_http_response(500, [], "late"); } catch (e) { log_info(e); }
+        }"#,
+    );
+    let mut request = Request::post("/", "fine EVIL more");
+    request.chunk_size = 5;
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(o.response.status, 403);
+    assert!(o.upstream.is_none());
+
+    let o = p.run(&Request::post("/", "ok"), &mut Response::ok("body"));
+    assert_eq!(o.response.status, 200);
+    assert_eq!(o.response.body, b"body");
+    assert!(
+        messages(&o)[0].contains("send_http_response"),
+        "{:?}",
+        o.log
+    );
+}
+
+#[test]
+fn sse_events_are_complete_when_split_across_chunks() {
+    let p = plugin(
+        r#"fn on_response_chunk(chunk, last) {
+            for e in sse_events(chunk, last) {
+                log_info(`event=${e.event} data=${e.data} id=${e.id} retry=${e.retry}`);
+            }
+        }"#,
+    );
+    let stream = "event: greet\r\ndata: h\u{e9}llo\r\ndata: world\r\n\r\n: comment\n\nid: 7\nretry: 150\ndata:x\n\ndata: {\"done\":1}\r\rdata: incomplete";
+    for sizes in [vec![], vec![1; 200], vec![9, 15, 3, 7, 20], vec![14, 1, 30]] {
+        let o = p.run(&Request::get("/"), &mut response(stream, &sizes));
+        assert_eq!(
+            messages(&o),
+            [
+                "event=greet data=h\u{e9}llo\nworld id= retry=",
+                "event= data=x id=7 retry=150",
+                "event= data={\"done\":1} id= retry=",
+            ],
+            "chunks {sizes:?}"
+        );
+    }
+}
+
+#[test]
+fn lines_keep_the_incomplete_line_for_the_next_chunk() {
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) {
+            for l in lines(chunk, last) { log_info(`[${l}]`); }
+        }"#,
+    );
+    let mut request = Request::post("/", "{\"a\":1}\r\n{\"b\":\u{e9}}\n\nlast");
+    for size in [1, 2, 3, 5, 100] {
+        request.chunk_size = size;
+        let o = p.run(&request, &mut Response::ok(""));
+        assert_eq!(
+            messages(&o),
+            ["[{\"a\":1}]", "[{\"b\":\u{e9}}]", "[]", "[last]"],
+            "{size}"
+        );
+    }
+    // Without `last`, a final line with no ending is not returned.
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) { for l in lines(blob(0) + chunk) { log_info(l); } }"#,
+    );
+    let o = p.run(&Request::post("/", "one\ntwo"), &mut Response::ok(""));
+    assert_eq!(messages(&o), ["one"]);
+}
+
+#[test]
+fn splitters_work_only_in_chunk_phases_and_are_bounded() {
+    let p = plugin(
+        r#"fn on_request_headers() { try { lines("a\n"); } catch (e) { log_info(e); } }
+           fn on_request_chunk(chunk, last) { }"#,
+    );
+    let o = p.run(&Request::post("/", "x"), &mut Response::ok(""));
+    assert!(messages(&o)[0].contains("lines"), "{:?}", o.log);
+    assert!(messages(&o)[0].contains("on_request_chunk"), "{:?}", o.log);
+
+    // A stream that never ends a line can't grow the carried tail past the string limit.
+    let p = Emulator::new(
+        &json!({
+            "script": r#"fn on_response_chunk(chunk, last) { try { sse_events(chunk); } catch (e) { log_info(e); } }"#,
+            "limits": { "max_string_size": 10000 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut r = Response::ok(vec![b'x'; 30_000]);
+    r.chunk_size = 4000;
+    let o = p.run(&Request::get("/"), &mut r);
+    let log = messages(&o);
+    assert!(
+        !log.is_empty() && log[0].contains("longer than limits.max_string_size"),
+        "{log:?}"
+    );
+    assert_eq!(o.response.body.len(), 30_000);
+}
+
+#[test]
+fn a_chunk_function_must_take_chunk_and_last() {
+    let e = Emulator::with_script("fn on_response_chunk(chunk) { }", json!({}))
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("on_response_chunk(chunk, last) must take two parameters"),
+        "{e}"
+    );
+}
