@@ -1,0 +1,481 @@
+//! End-to-end, in real Envoy (V8): bodies streamed through chunk phases. Events reach the
+//! client as the upstream sends them, scripts read and rewrite them across chunk boundaries,
+//! callouts hold a stream, trailers end one, and large bodies stream with flat memory.
+//!
+//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{assert_status, vm_failures, Envoy};
+
+/// Longest the gated stream waits for the test (so a broken proxy fails the test, not hangs it).
+const GATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A streaming upstream on 127.0.0.1:
+///
+/// | path | answer |
+/// | --- | --- |
+/// | `/sse/gated` | event `one`, then, once the test opens the gate, event `two` |
+/// | `/sse/llm` | an OpenAI-style answer: deltas, a `usage` event, `[DONE]`, in split pieces |
+/// | `/sse/redact` | events with a card number split across pieces |
+/// | `/stream/N` | N bytes (`content-length`), written 64 KiB at a time |
+/// | `/discard` | reads the request body without keeping it; answers `{"received": N}` |
+struct StreamServer {
+    port: u16,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+    /// The second event was written.
+    second_sent: AtomicBool,
+}
+
+impl StreamServer {
+    fn start() -> StreamServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let g = g.clone();
+                thread::spawn(move || {
+                    let _ = serve(conn, &g);
+                });
+            }
+        });
+        StreamServer { port, gate }
+    }
+
+    fn open_gate(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.opened.notify_all();
+    }
+}
+
+fn serve(conn: TcpStream, gate: &Gate) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut w = conn;
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_string());
+    }
+    let target = head
+        .first()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_string();
+    let header = |name: &str| {
+        head.iter().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let sse_head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = |w: &mut TcpStream, piece: &[u8]| -> std::io::Result<()> {
+        w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+        w.write_all(piece)?;
+        w.write_all(b"\r\n")?;
+        w.flush()
+    };
+    let pieces = |w: &mut TcpStream, pieces: &[&[u8]]| -> std::io::Result<()> {
+        w.write_all(sse_head.as_bytes())?;
+        for piece in pieces {
+            chunk(w, piece)?;
+            // Separate reads for Envoy (the scripts are right however the pieces are cut).
+            thread::sleep(Duration::from_millis(20));
+        }
+        w.write_all(b"0\r\n\r\n")?;
+        w.flush()
+    };
+    match target.as_str() {
+        "/sse/gated" => {
+            w.write_all(sse_head.as_bytes())?;
+            chunk(&mut w, b"data: one\n\n")?;
+            let deadline = Instant::now() + GATE_TIMEOUT;
+            let mut open = gate.open.lock().unwrap();
+            while !*open && Instant::now() < deadline {
+                open = gate.opened.wait_timeout(open, GATE_TIMEOUT).unwrap().0;
+            }
+            drop(open);
+            gate.second_sent.store(true, Ordering::SeqCst);
+            chunk(&mut w, b"data: two\n\n")?;
+            w.write_all(b"0\r\n\r\n")?;
+            w.flush()
+        }
+        "/sse/llm" => pieces(&mut w, &LLM_PIECES.map(str::as_bytes)),
+        "/sse/redact" => pieces(
+            &mut w,
+            &[
+                b"event: card\ndata: paid with 4111-11",
+                b"11-1111-1111 today\n\n",
+                b"data: bye\n\n",
+            ],
+        ),
+        "/discard" => {
+            // The plugin drops `content-length` of a body it streams: it comes chunked.
+            let mut received = 0u64;
+            if let Some(len) = header("content-length").and_then(|v| v.parse().ok()) {
+                received = std::io::copy(&mut reader.by_ref().take(len), &mut std::io::sink())?;
+            } else {
+                loop {
+                    let mut size = String::new();
+                    reader.read_line(&mut size)?;
+                    let size = u64::from_str_radix(size.trim(), 16).unwrap_or(0);
+                    received +=
+                        std::io::copy(&mut reader.by_ref().take(size), &mut std::io::sink())?;
+                    let mut end = String::new();
+                    reader.read_line(&mut end)?;
+                    if size == 0 {
+                        break;
+                    }
+                }
+            }
+            let body =
+                json!({ "received": received, "chunked": header("content-length").is_none() })
+                    .to_string();
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+            w.flush()
+        }
+        path if path.starts_with("/stream/") => {
+            let n: u64 = path["/stream/".len()..].parse().unwrap_or(0);
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {n}\r\n\r\n"
+            )?;
+            let block = [b'a'; 64 << 10];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block.len() as u64) as usize;
+                w.write_all(&block[..k])?;
+                left -= k as u64;
+            }
+            w.flush()
+        }
+        _ => {
+            w.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")?;
+            w.flush()
+        }
+    }
+}
+
+/// An OpenAI-style streamed answer, cut inside events and inside a UTF-8 character (`é`).
+const LLM_PIECES: [&str; 4] = [
+    "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+    "data: {\"choices\":[{\"delta\":{\"content\":\"lo \u{e9}\"}}]}\n\nda",
+    "ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"compl",
+    "etion_tokens\":34}}\n\ndata: [DONE]\n\n",
+];
+
+/// An Envoy whose `/sse`, `/stream` and `/discard` routes go to `server`.
+fn envoy(server: &StreamServer, plugin: serde_json::Value) -> Envoy {
+    Envoy::builder(plugin)
+        .cluster("streams", server.port)
+        .route("sse", "/sse", "streams")
+        .route("stream", "/stream", "streams")
+        .route("discard", "/discard", "streams")
+        .start()
+}
+
+/// Sends `GET path` and returns the connection, to read the response as it comes.
+fn open(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GATE_TIMEOUT * 2)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// Reads from `s` until `needle` has arrived (or the connection ends); returns all read.
+fn read_until(s: &mut TcpStream, seen: &mut Vec<u8>, needle: &[u8]) {
+    let mut buf = [0u8; 4096];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The body of a chunked HTTP/1.1 response (its head and chunk framing removed).
+fn dechunk(raw: &[u8]) -> Vec<u8> {
+    let text_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut rest = &raw[text_end..];
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+}
+
+/// The client gets the first event while the upstream still holds the second: the response
+/// streams through the chunk function. The event the script adds at the end arrives last.
+#[test]
+fn events_reach_the_client_as_the_upstream_sends_them() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({ "script": r#"
+            fn on_response_chunk(chunk, last) {
+                let n = (get_context("n") ?? 0) + sse_events(chunk, last).len();
+                set_context("n", n);
+                if last { append_response_body("data: " + n + " events\n\n"); }
+            }"# }),
+    );
+    let mut s = open(envoy.addr(), "/sse/gated");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"data: one\n\n");
+    assert!(
+        String::from_utf8_lossy(&seen).contains("data: one"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(
+        !server.gate.second_sent.load(Ordering::SeqCst),
+        "the first event came only after the upstream sent the second"
+    );
+    server.open_gate();
+    s.read_to_end(&mut seen).unwrap();
+    let body = String::from_utf8(dechunk(&seen)).unwrap();
+    assert_eq!(body, "data: one\n\ndata: two\n\ndata: 2 events\n\n");
+    let head =
+        String::from_utf8_lossy(&seen[..seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap()])
+            .to_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn llm_token_usage_counts_events_and_tokens() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({ "script": include_str!("../scripts/llm_token_usage.rhai") }),
+    );
+    let reply = envoy.request(
+        "POST",
+        "/sse/llm",
+        &[("content-type", "application/json")],
+        b"{}",
+    );
+    assert_status(&reply, 200);
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        LLM_PIECES.concat(),
+        "untouched"
+    );
+    envoy.wait_for_log("llm stream: 3 events, prompt_tokens=12 completion_tokens=34");
+    assert_eq!(
+        envoy.wait_for_stat("wasmcustom.llm_prompt_tokens", |v| v > 0),
+        12
+    );
+    assert_eq!(envoy.stat("wasmcustom.llm_completion_tokens"), Some(34));
+    assert_eq!(envoy.stat("wasmcustom.llm_events"), Some(3));
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_secret_split_across_chunks_is_redacted() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({
+            "script": include_str!("../scripts/sse_redact.rhai"),
+            "config": { "secrets": ["4111-1111-1111-1111"], "mask": "****" }
+        }),
+    );
+    let reply = envoy.get("/sse/redact");
+    assert_status(&reply, 200);
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        "event: card\ndata: paid with **** today\n\ndata: bye\n\n"
+    );
+    envoy.assert_healthy();
+}
+
+/// A callout from the first chunk holds the upload; what arrives meanwhile is buffered by Envoy
+/// and goes through the chunk function before the stream resumes.
+#[test]
+fn a_callout_from_a_chunk_holds_the_stream_and_no_chunk_is_skipped() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            if get_context("checked") == () {
+                set_context("checked", false);
+                http_get("callout", "/delay/300", [], 5000, |status| {
+                    set_context("checked", status == 200);
+                    append_request_body("|checked|");
+                });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let chunks: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("part{i:02};").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    let reply = envoy.request_chunked("POST", "/upload", &[], &refs);
+    assert_status(&reply, 200);
+    let body = reply.echo().body;
+    // The callback's write follows the chunk that made the call (Envoy may have read several
+    // of the client's pieces as one); every later chunk went through the function too.
+    assert!(body.starts_with("PART00;"), "{body}");
+    assert_eq!(body.matches("|checked|").count(), 1, "{body}");
+    let all = String::from_utf8(chunks.concat()).unwrap().to_uppercase();
+    assert_eq!(body.replace("|checked|", ""), all);
+    envoy.assert_healthy();
+}
+
+/// A message that ends with trailers has no data with end of stream: the chunk function's
+/// call with `last = true` comes with the trailers, before `on_request_trailers`.
+#[test]
+fn trailers_end_a_streamed_body() {
+    let envoy = Envoy::builder(json!({ "script": r#"
+        fn on_request_chunk(chunk, last) {
+            let calls = get_context("calls") ?? [];
+            calls.push(`${chunk.len()}:${last}`);
+            set_context("calls", calls);
+            if last && get_context("add") == true { append_request_body("late"); }
+        }
+        fn on_request_headers() { set_context("add", get_request_header("x-add") == "1"); }
+        fn on_request_trailers() {
+            add_request_trailer("x-chunk-calls", (get_context("calls") ?? []).map(|c| c.to_string()).reduce(|a, b| a + " " + b));
+        }"# }))
+    .enable_trailers()
+    .start();
+    let reply = envoy.request_with_trailers("POST", "/t", &[], b"hello", &[("x-sum", "5")]);
+    assert_status(&reply, 200);
+    let echo = reply.echo();
+    assert_eq!(echo.body, "hello");
+    let trailers = &echo.raw["trailers"];
+    assert!(
+        trailers
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-chunk-calls", "5:false 0:true"])),
+        "{trailers}"
+    );
+
+    // Nothing can be added once the data went on: a script error, and the default policy's 500.
+    let reply =
+        envoy.request_with_trailers("POST", "/t", &[("x-add", "1")], b"hello", &[("x-sum", "5")]);
+    assert_status(&reply, 500);
+    envoy.wait_for_log("can't add body data once the trailers came");
+    envoy.assert_healthy();
+}
+
+/// Streaming 1 GiB down and 200 MiB up through scripts that look at every chunk leaves the
+/// VM's heap and Envoy's memory where they were.
+#[test]
+fn large_bodies_stream_with_flat_memory() {
+    const DOWN: u64 = 1 << 30;
+    const UP: u64 = 200 << 20;
+    let server = StreamServer::start();
+    let script = r#"
+        fn on_response_chunk(chunk, last) {
+            let n = (get_context("n") ?? 0) + get_response_body_bytes().len();
+            set_context("n", n);
+            if chunk.contains("needle") { log_warn("needle"); }
+            if last { log_info(`download of ${n} bytes seen`); }
+        }
+        fn on_request_chunk(chunk, last) {
+            let n = (get_context("up") ?? 0) + chunk.len();
+            set_context("up", n);
+            if last { log_info(`upload of ${n} bytes seen`); }
+        }"#;
+    let envoy = envoy(&server, json!({ "script": script }));
+    const HEAP: &str = "wasmcustom.proxy_rhai_heap_bytes";
+    // Warm up both paths, then measure.
+    assert_status(&envoy.get("/stream/1000000"), 200);
+    upload(envoy.addr(), 1 << 20);
+    let heap_before = envoy.wait_for_stat(HEAP, |_| true);
+    let rss_before = envoy.rss_bytes();
+
+    let mut s = open(envoy.addr(), &format!("/stream/{DOWN}"));
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n as u64,
+            Err(e) => panic!("download broke after {received} bytes: {e}"),
+        }
+    }
+    assert!(received > DOWN, "{received}");
+    envoy.wait_for_log(&format!("download of {DOWN} bytes seen"));
+    let reply = upload(envoy.addr(), UP);
+    assert!(reply.contains(&format!("\"received\":{UP}")), "{reply}");
+    envoy.wait_for_log(&format!("upload of {UP} bytes seen"));
+
+    let heap_after = envoy.wait_for_stat(HEAP, |_| true);
+    let rss_after = envoy.rss_bytes();
+    eprintln!(
+        "heap {heap_before} -> {heap_after} bytes; Envoy RSS {} -> {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(
+        heap_after < heap_before + (4 << 20),
+        "heap {heap_before} -> {heap_after}"
+    );
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "Envoy grew from {} to {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(vm_failures(&envoy.log()).is_empty());
+    envoy.assert_healthy();
+}
+
+/// Uploads `len` bytes with `content-length`, 64 KiB at a time; returns the raw response.
+fn upload(addr: SocketAddr, len: u64) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST /discard HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let block = [b'u'; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let k = left.min(block.len() as u64) as usize;
+        s.write_all(&block[..k]).unwrap();
+        left -= k as u64;
+    }
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply).into_owned()
+}
