@@ -95,6 +95,57 @@ fn run_json_parses_and_shows_a_local_response() {
 }
 
 #[test]
+fn run_gives_a_body_in_pieces_and_traces_each() {
+    let dir = folder(
+        "run_chunks",
+        &[(
+            "answer.http",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: a\n\ndata: b\n\n",
+        )],
+    );
+    let script = "fn on_response_chunk(chunk, last) { replace_response_body(chunk.to_upper()); }";
+    let dir_script = dir.join("up.rhai");
+    std::fs::write(&dir_script, script).unwrap();
+    let o = proxy_rhai(&[
+        "run",
+        &dir_script.to_string_lossy(),
+        "--response",
+        &path(&dir, "answer.http"),
+        "--response-chunks",
+        "4,6",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v["response"]["chunks"],
+        serde_json::json!(["DATA", ": A\n\nD", "ATA: B\n\n"])
+    );
+    let trace: Vec<&str> = v["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(trace.contains(&"-- response data: 4 bytes"), "{trace:?}");
+    assert!(
+        trace.contains(&"-- response data: 8 bytes, end of stream"),
+        "{trace:?}"
+    );
+
+    // The request too, and the text output shows the pieces.
+    let o = proxy_rhai(&[
+        "run",
+        &dir_script.to_string_lossy(),
+        "--request",
+        r#"{"method": "POST", "chunks": ["ab", "cd"]}"#,
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("-- request data: 2 bytes"), "{out}");
+    assert!(out.contains("piece 2 (2 bytes)"), "{out}");
+}
+
+#[test]
 fn run_answers_callouts_and_reads_requests_and_responses_from_files() {
     let dir = folder(
         "run_callouts",

@@ -267,6 +267,20 @@ fn show_body(text: &mut String, body: &[u8]) {
     }
 }
 
+/// A body that went on in several pieces: each piece.
+fn show_pieces(text: &mut String, pieces: &[Vec<u8>]) {
+    if pieces.len() > 1 {
+        for (i, piece) in pieces.iter().enumerate() {
+            let shown = String::from_utf8_lossy(piece);
+            text.push_str(&format!(
+                "    piece {} ({} bytes): {shown:?}\n",
+                i + 1,
+                piece.len()
+            ));
+        }
+    }
+}
+
 /// The trace and the outcome, for a person.
 fn show_outcome(request: &Request, outcome: &Outcome) -> String {
     let mut text = format!(
@@ -298,6 +312,7 @@ fn show_outcome(request: &Request, outcome: &Outcome) -> String {
             text.push_str("\n== forwarded to the upstream\n");
             show_headers(&mut text, &up.headers);
             show_body(&mut text, &up.body);
+            show_pieces(&mut text, &up.chunks);
         }
         None => text.push_str("\n== the request never reached the upstream\n"),
     }
@@ -321,6 +336,7 @@ fn show_outcome(request: &Request, outcome: &Outcome) -> String {
         ));
         show_headers(&mut text, &r.headers);
         show_body(&mut text, &r.body);
+        show_pieces(&mut text, &r.chunks);
     }
     if !outcome.log.is_empty() {
         text.push_str("\n== log\n");
