@@ -479,3 +479,50 @@ fn upload(addr: SocketAddr, len: u64) -> String {
     s.read_to_end(&mut reply).unwrap();
     String::from_utf8_lossy(&reply).into_owned()
 }
+
+/// Over HTTP/2 (nghttp, prior knowledge): the request's DATA frames and trailers, and the
+/// response's, keep their framing when chunk functions change the pieces' sizes.
+#[test]
+fn http2_frames_stay_correct_when_chunks_change_size() {
+    let envoy = Envoy::builder(json!({ "script": r#"
+        fn on_request_chunk(chunk, last) {
+            replace_request_body(chunk.to_upper() + chunk.to_upper());
+        }
+        fn on_response_chunk(chunk, last) {
+            if last { append_response_body("!"); }
+        }"# }))
+    .allow_http2()
+    .enable_trailers()
+    .start();
+    let dir = std::env::temp_dir().join(format!("e2e-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("body");
+    std::fs::write(&data, "ab").unwrap();
+    let out = std::process::Command::new("nghttp")
+        .arg("-d")
+        .arg(&data)
+        .args(["--trailer", "x-sum: 2"])
+        .arg(format!("http://{}/h2", envoy.addr()))
+        .output()
+        .expect("nghttp (tools/setup.sh installs nghttp2-client)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echo = body
+        .strip_suffix('!')
+        .unwrap_or_else(|| panic!("no ! at the end: {body}"));
+    let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
+    assert_eq!(echo["body"], "ABAB");
+    assert!(
+        echo["trailers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-sum", "2"])),
+        "{echo}"
+    );
+    envoy.assert_healthy();
+}

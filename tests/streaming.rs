@@ -191,6 +191,21 @@ fn with_trailers_the_last_call_comes_with_them() {
 }
 
 #[test]
+fn rewriting_every_chunk_works_when_trailers_end_the_body() {
+    // The call at the trailers has an empty chunk: replacing it with nothing changes nothing.
+    let p =
+        plugin(r#"fn on_request_chunk(chunk, last) { replace_request_body(chunk.to_upper()); }"#);
+    let mut request = Request::post("/", "abcd");
+    request.chunk_size = 3;
+    request.trailers.push(("x-sum".into(), b"1".to_vec()));
+    let o = p.run(&request, &mut Response::ok(""));
+    assert!(o.script_errors().is_empty(), "{:?}", o.log);
+    let up = o.upstream.unwrap();
+    assert_eq!(up.body, b"ABCD");
+    assert_eq!(up.trailers, [("x-sum".to_string(), b"1".to_vec())]);
+}
+
+#[test]
 fn pause_holds_chunks_until_a_later_call_lets_them_go() {
     let p = plugin(
         r#"fn on_response_chunk(chunk, last) {

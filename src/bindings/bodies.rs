@@ -60,6 +60,9 @@ impl<H: Host> Api<H> {
         let data = bytes_of(f, data)?;
         let view = self.view(buffer);
         if view.closed {
+            if data.is_empty() {
+                return Ok(()); // nothing to add: the (empty) chunk stays as it is
+            }
             return err(format!(
                 "{f}(): the message ended with trailers and its data already went on: a wasm \
                  filter can't add body data once the trailers came (write in an earlier chunk, \
