@@ -314,7 +314,10 @@ fn section(name: &str) -> &'static str {
 fn intro() -> String {
     let phases: Vec<String> = Phase::ALL
         .iter()
-        .map(|p| format!("`{}()`", p.function_name()))
+        .map(|p| {
+            let params = if p.is_chunk() { "chunk, last" } else { "" };
+            format!("`{}({params})`", p.function_name())
+        })
         .collect();
     let status = ErrorPolicy::default().status;
     format!(
@@ -326,7 +329,8 @@ it is out of date). Editors with the Rhai language server can use the definition
 [`definitions/`](definitions/) for completion and checks.
 
 A script defines phase functions, which the proxy calls as a request goes through: {phases}.
-Each is optional; none takes parameters. The plugin's global script may also define
+Each is optional; only the chunk functions take parameters: the piece of the body as a string,
+and whether it is the last. The plugin's global script may also define
 `{tick}()`, which the proxy calls on a timer, outside any request. What a function may touch depends on the phase: the
 proxy gives the request headers only while they are handled, the body only in its body phase,
 and so on. A callout callback runs in the phase that dispatched it. The script's top-level
