@@ -111,10 +111,7 @@ impl Script {
 
     /// Whether the script defines the function of `phase` (the others never enter Rhai).
     pub(crate) fn defines(&self, phase: Phase) -> bool {
-        self.functions
-            .get(phase as usize)
-            .is_some_and(Option::is_some)
-            || self.chunk_function(phase).is_some()
+        self.phases.contains(phase)
     }
 
     /// The phase functions the script defines.
@@ -459,21 +456,23 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
                 .into(),
         ));
     }
-    let mut script = Script {
+    let defined: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|p| match p {
+            Phase::RequestChunk => request_chunk.is_some(),
+            Phase::ResponseChunk => response_chunk.is_some(),
+            _ => functions.get(*p as usize).is_some_and(Option::is_some),
+        })
+        .collect();
+    Ok(Script {
         ast,
         functions,
         request_chunk,
         response_chunk,
-        phases: Phases::default(),
+        phases: Phases::of(&defined),
         tick,
         calls: RefCell::default(),
-    };
-    let defined: Vec<Phase> = Phase::ALL
-        .into_iter()
-        .filter(|p| script.defines(*p))
-        .collect();
-    script.phases = Phases::of(&defined);
-    Ok(script)
+    })
 }
 
 /// The API reference, as the bindings declare it (native only: the wasm build has no texts).

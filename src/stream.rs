@@ -39,9 +39,9 @@ pub(crate) struct StreamState {
     /// How the header phase asked for the request / response body to be handled.
     pub request_body_choice: BodyChoice,
     pub response_body_choice: BodyChoice,
-    /// The incomplete event or line `sse_events` / `lines` carry to the next chunk.
-    pub request_splitter: Splitter,
-    pub response_splitter: Splitter,
+    /// The incomplete events or lines `sse_events` / `lines` carry to the next chunk, made
+    /// when a script first uses them.
+    pub splitters: Option<Box<[Splitter; 2]>>,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
@@ -72,9 +72,10 @@ impl StreamState {
     }
 
     pub(crate) fn splitter_mut(&mut self, side: Side) -> &mut Splitter {
+        let [request, response] = &mut **self.splitters.get_or_insert_with(Box::default);
         match side {
-            Side::Request => &mut self.request_splitter,
-            Side::Response => &mut self.response_splitter,
+            Side::Request => request,
+            Side::Response => response,
         }
     }
 }
