@@ -1,4 +1,5 @@
-//! Numbers read out of the plugin's error messages.
+//! Numbers read out of the plugin's error messages. Also used alone by the emulator's header
+//! tests (`tests/header_hardening.rs`), which include just this file.
 
 /// The number just before `word` in `text`: "… would be 1025 headers, 1048577 bytes: …".
 pub fn number_before(text: &str, word: &str) -> usize {

@@ -15,9 +15,6 @@
 //!   and [`Echo`], what it saw.
 //! - [`messages`]: numbers read out of error messages.
 
-// Each test binary uses a part of the harness.
-#![allow(dead_code, unused_imports)]
-
 mod bootstrap;
 mod envoy;
 mod http;
