@@ -2,7 +2,7 @@
 //! its maps with these rules, and the bindings use them to answer a call's header reads and
 //! writes locally (`crate::batch`), sending the result to the proxy once when the call ends.
 //!
-//! Envoy's rules (each checked in Envoy by `tests/e2e_plugin.rs`, `header_map_rules_match_envoy`):
+//! Envoy's rules (each checked in Envoy by `tests/e2e/plugin.rs`, `header_map_rules_match_envoy`):
 //! - names are lowercased; a read by name gives the first value;
 //! - pseudo-headers (`:path`, …) stay in front: a new one goes after the last of them;
 //! - *adding* a value to an "inline" header Envoy already has (`user-agent`, `accept`, …: the

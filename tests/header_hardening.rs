@@ -1,14 +1,16 @@
-//! What a script may write into a header (issue 23, items 3 and 6), against the emulator: every
-//! write path refuses a name or value that would split the message or break its first line,
-//! and a pair list the proxy would drop (1,024 pairs, 1 MiB) is a script error at the call that
-//! makes it. `tests/e2e_hardening_headers.rs` checks the same in Envoy.
+//! What a script may write into a header, against the emulator: every write path refuses a
+//! name or value that would split the message or break its first line, and a pair list the
+//! proxy would drop (1,024 pairs, 1 MiB) is a script error at the call that makes it.
+//! `tests/e2e/hardening_headers.rs` checks the same in Envoy.
 
-mod support;
+#[path = "support/messages.rs"]
+mod messages;
 
 use proxy_rhai::emulator::{Callout, Emulator, Outcome, Reply, Request, Response};
 use proxy_rhai::header_check::{MAX_PAIRS, MAX_PAIR_BYTES};
 use serde_json::json;
-use support::number_before;
+
+use messages::number_before;
 
 /// Runs one case of [`CASES_SCRIPT`]: the script reads what to do from `x-case`, and the value
 /// to write from `x-v` (percent-decoded).

@@ -6,7 +6,7 @@
         [eb.static_cluster("upstream", upstream_port)])
 
 Everything listens on and connects to 127.0.0.1. The Rust tests build theirs in
-tests/support/mod.rs.
+tests/support/bootstrap.rs.
 """
 import json
 

@@ -1,7 +1,7 @@
 //! `proxy-rhai deploy envoy` and `proxy-rhai deploy higress`: the printed configuration parses
 //! back (as JSON, and as YAML when python3 has PyYAML), the script round-trips byte for byte,
 //! options land where Envoy and Higress read them, and bad input is refused in one line.
-//! (tests/e2e_gateway.rs loads the Envoy output into a real Envoy.)
+//! (tests/e2e/gateway.rs loads the Envoy output into a real Envoy.)
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,14 +1,9 @@
-//! End-to-end: the plugin built for wasm, in a real Envoy (V8), in front of an echo upstream.
-//!
-//! Build the plugin first: `cargo build --release --target wasm32-wasip1 --lib`, then
-//! `cargo test --test e2e_plugin`. Each test starts its own Envoy (V8 compiles the plugin in
-//! 1–3 s), so one script per test covers several rows, chosen by an `x-op` request header.
-//! Every test that got an Envoy running ends with `assert_healthy()`: the VM never failed.
-
-mod support;
+//! The plugin's core: header and body phases, local responses, context, the error policy,
+//! limits, configurations Envoy refuses, and Envoy's header map rules.
 
 use serde_json::{json, Value};
-use support::{assert_status, pattern, Envoy, Reply};
+
+use crate::support::{assert_status, pattern, Envoy, Reply};
 
 /// Every value of a header joined by `,` (HTTP's equivalence for repeated headers).
 fn joined(values: Vec<&str>) -> String {
@@ -981,7 +976,7 @@ fn context_values_cannot_exhaust_the_vm_memory() {
 
 #[test]
 fn builder_options_buffer_limit_route_timeout_extra_cluster_and_http2_listener() {
-    let extra = support::Upstream::start();
+    let extra = crate::support::Upstream::start();
     let envoy = Envoy::builder(json!({
         "script": r#"
             fn on_request_headers() { add_request_header("x-plugin", "ran"); }
@@ -1024,11 +1019,11 @@ fn builder_options_buffer_limit_route_timeout_extra_cluster_and_http2_listener()
 }
 
 // ---------------------------------------------------------------------------------------------
-// Configurations the plugin refuses: Envoy does not start (see tests/support/mod.rs)
+// Configurations the plugin refuses: Envoy does not start (see tests/support/envoy.rs)
 // ---------------------------------------------------------------------------------------------
 
 /// Starts Envoy with a configuration the plugin must refuse; returns the refusal line.
-fn refused(builder: support::EnvoyBuilder) -> String {
+fn refused(builder: crate::support::EnvoyBuilder) -> String {
     let log = match builder.try_start() {
         Ok(envoy) => panic!(
             "Envoy started with a configuration the plugin should refuse; log:\n{}",

@@ -1,10 +1,9 @@
 //! Configuration faults while Envoy runs: a refused configuration leaves the running one
 //! serving, and a later good one loads (the listener comes from an LDS file).
 
-mod support;
-
 use serde_json::json;
-use support::Envoy;
+
+use crate::support::Envoy;
 
 fn marker(envoy: &Envoy) -> Option<String> {
     envoy
@@ -62,7 +61,7 @@ fn a_refused_configuration_keeps_the_running_one_and_a_later_good_one_loads() {
     // The refusals log "Wasm VM failed Failed to configure base Wasm plugin" (a refused
     // configuration, as intended); nothing else may fail, and nothing may trap.
     let log = envoy.log();
-    let failures: Vec<&str> = support::vm_failures(&log)
+    let failures: Vec<&str> = crate::support::vm_failures(&log)
         .into_iter()
         .filter(|l| !l.contains("Failed to configure base Wasm plugin"))
         .collect();

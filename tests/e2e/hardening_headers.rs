@@ -1,21 +1,17 @@
-//! End-to-end: header injection and pair-list limits (issue 23, items 3 and 6) in a real Envoy
-//! (V8). Before the fix, a `location` from `url_decode` of the query let `%0d%0a` append
-//! headers and a body to the response an HTTP/1.1 client read; an empty name reached the
-//! upstream as `: 1`; `:method` `GET POST` made the request line `GET POST /path`; a callout's
-//! `transfer-encoding: chunked` let its target read a second request from the body; and a header
-//! map over 1,024 pairs (or 1 MiB) was dropped whole (the request lost every header: 404).
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then
-//! `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`). Every test ends with `assert_healthy()`.
-
-mod support;
+//! Header injection and pair-list limits. Without the header checks, a `location` from
+//! `url_decode` of the query let `%0d%0a` append headers and a body to the response an HTTP/1.1
+//! client read; an empty name reached the upstream as `: 1`; `:method` `GET POST` made the
+//! request line `GET POST /path`; a callout's `transfer-encoding: chunked` let its target read
+//! a second request from the body; and a header map over 1,024 pairs (or 1 MiB) was dropped
+//! whole (the request lost every header: 404).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{assert_status, number_before, vm_failures, Envoy};
+
+use crate::support::{assert_status, number_before, vm_failures, Envoy};
 
 /// Sends `request` on its own connection (`connection: close`) and reads every byte Envoy
 /// sends back, so that whatever an injection appended would be seen.

@@ -1,19 +1,14 @@
-//! End-to-end: the gateway features (issue 7) in a real Envoy (V8): Higress rules, shared
-//! data across workers, metrics in Envoy's stats, properties, trailers, `on_log`, `on_tick`,
-//! and the filter `proxy-rhai deploy envoy` prints, loaded by Envoy as YAML.
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`,
-//! or `cargo build --release --target wasm32-wasip1 --lib`). Every test ends with
-//! `assert_healthy()`: the VM never failed.
-
-mod support;
+//! The gateway features: Higress rules, shared data across workers, metrics in Envoy's stats,
+//! properties, trailers, `on_log`, `on_tick`, and the filter `proxy-rhai deploy envoy` prints,
+//! loaded by Envoy as YAML.
 
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 
 use serde_json::json;
-use support::{assert_status, Envoy};
+
+use crate::support::{assert_status, Envoy};
 
 // ---------------------------------------------------------------------------------------------
 // Higress rules
@@ -420,7 +415,7 @@ fn deploy_envoy_output_runs_in_envoy() {
     );
     let script_path = dir.join("deployed.rhai");
     std::fs::write(&script_path, &script).unwrap();
-    let wasm = support::wasm_path();
+    let wasm = crate::support::wasm_path();
     let out = Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
         .args(["deploy", "envoy"])
         .arg(&script_path)

@@ -1,12 +1,6 @@
-//! End-to-end: callouts (issue 3) in a real Envoy (V8). The harness's `callout` cluster is a
-//! second echo server (see tests/support/mod.rs for its paths: `/token`, `/status/N`,
-//! `/delay/MS`, `/barrier/NAME/N`, …).
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`,
-//! or `cargo build --release --target wasm32-wasip1 --lib`). Every test ends with
-//! `assert_healthy()`: the VM never failed.
-
-mod support;
+//! Callouts: the harness's `callout` cluster is a second echo server (see
+//! `tests/support/upstream.rs` for its paths: `/token`, `/status/N`, `/delay/MS`,
+//! `/barrier/NAME/N`, …).
 
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,7 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{assert_status, Envoy, Reply};
+
+use crate::support::{assert_status, Envoy, Reply};
 
 /// A port on 127.0.0.1 where nothing listens (bound, then closed).
 fn closed_port() -> u16 {
@@ -465,7 +460,7 @@ fn a_client_that_goes_away_mid_callout_leaves_no_trace() {
         thread::sleep(Duration::from_millis(200));
         if i == 2 {
             // An abortive close: a reset, not a FIN.
-            support::set_linger_zero(&s);
+            crate::support::set_linger_zero(&s);
         } else {
             s.shutdown(Shutdown::Both).unwrap();
         }

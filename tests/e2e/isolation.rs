@@ -1,13 +1,9 @@
-//! End-to-end, in real Envoy (V8): what one request does never reaches another, however the
-//! requests interleave on the worker.
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`).
-
-mod support;
+//! What one request does never reaches another, however the requests interleave on the
+//! worker.
 
 use std::thread;
 
-use support::{assert_status, Envoy};
+use crate::support::{assert_status, Envoy};
 
 /// Requests held at a barrier in the callout server, so that every request's header phase
 /// runs (and changes what it can) before any callback reads.

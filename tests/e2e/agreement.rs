@@ -1,16 +1,15 @@
-//! The emulator must agree with Envoy: every case in `tests/agreement/cases.json` (script,
+//! The emulator must agree with Envoy: every case in `tests/e2e/agreement.json` (script,
 //! request, expected outcome) runs in the emulator and in real Envoy, against the same
 //! expectations, so a difference between them shows up as a failure of one of the two tests.
 //!
 //! The upstream is the harness's echo server in Envoy and an echo upstream in the emulator:
 //! both answer 200 `application/json`, so expectations only look at what the script decides.
 
-mod support;
-
 use proxy_rhai::emulator::{Emulator, Forwarded, Request, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use support::Envoy;
+
+use crate::support::Envoy;
 
 #[derive(Deserialize)]
 struct Case {
@@ -78,7 +77,7 @@ fn text_pairs(pairs: &[(String, Vec<u8>)]) -> Pairs {
 fn cases() -> Vec<Case> {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/agreement/cases.json"
+        "/tests/e2e/agreement.json"
     ))
     .unwrap();
     serde_json::from_str(&text).unwrap()

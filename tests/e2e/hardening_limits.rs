@@ -1,14 +1,10 @@
-//! End-to-end (issue 23, items 5, 7 and 9) in a real Envoy (V8): bounds on host-side
-//! resources (callouts, metric names, shared data), no configuration secret in the plugin's
-//! own log lines, and the request id of an error in a callback after a resume.
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`).
-//! Every test ends with `assert_healthy()`: the VM never failed.
-
-mod support;
+//! Bounds on host-side resources (callouts, metric names, shared data), no configuration
+//! secret in the plugin's own log lines, and the request id of an error in a callback after a
+//! resume.
 
 use serde_json::json;
-use support::{assert_status, Envoy};
+
+use crate::support::{assert_status, Envoy};
 
 /// An error in a callout callback that runs after the script resumed the request is logged
 /// with the request's id (it was `-`): Envoy gives `request.id` in the request headers phase

@@ -1,14 +1,13 @@
 //! Traffic and service faults in real Envoy: each costs at most its own request, and the VM
 //! keeps serving.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use serde_json::json;
-use support::Envoy;
+
+use crate::support::Envoy;
 
 const HEADERS_SCRIPT: &str = r#"
 fn on_request_headers() {
@@ -106,7 +105,7 @@ fn clients_that_reset_mid_body() {
         )
         .unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        support::set_linger_zero(&s); // an abortive close: a reset, not a FIN
+        crate::support::set_linger_zero(&s); // an abortive close: a reset, not a FIN
         drop(s);
     }
     assert_eq!(envoy.get("/after").status, 200);

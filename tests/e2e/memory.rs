@@ -1,10 +1,6 @@
-//! End-to-end, in real Envoy (V8): the VM's heap has one budget for all requests together
-//! (`limits.max_vm_memory`). Requests that keep large values while they wait fail one by one
-//! once it is spent; the VM and the other requests go on, and the heap comes back.
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`).
-
-mod support;
+//! The VM's heap has one budget for all requests together (`limits.max_vm_memory`). Requests
+//! that keep large values while they wait fail one by one once it is spent; the VM and the
+//! other requests go on, and the heap comes back.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{assert_status, Envoy, Reply};
+
+use crate::support::{assert_status, Envoy, Reply};
 
 /// A callout target that holds every request it gets until the test releases them, so that
 /// the requests waiting on it keep what they hold for as long as the test needs.
