@@ -26,3 +26,4 @@ mod isolation;
 mod memory;
 mod plugin;
 mod reload;
+mod streaming;

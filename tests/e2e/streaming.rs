@@ -1,10 +1,6 @@
-//! End-to-end, in real Envoy (V8): bodies streamed through chunk phases. Events reach the
+//! Bodies streamed through chunk phases. Events reach the
 //! client as the upstream sends them, scripts read and rewrite them across chunk boundaries,
 //! callouts hold a stream, trailers end one, and large bodies stream with flat memory.
-//!
-//! Build the plugin first (`tools/build-wasm.sh`, then `PROXY_RHAI_WASM=$PWD/target/proxy_rhai.wasm`).
-
-mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,8 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::{assert_status, vm_failures, Envoy};
 use serde_json::json;
-use support::{assert_status, vm_failures, Envoy};
 
 /// Longest the gated stream waits for the test (so a broken proxy fails the test, not hangs it).
 const GATE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -282,7 +278,7 @@ fn llm_token_usage_counts_events_and_tokens() {
     let server = StreamServer::start();
     let envoy = envoy(
         &server,
-        json!({ "script": include_str!("../scripts/llm_token_usage.rhai") }),
+        json!({ "script": include_str!("../../scripts/llm_token_usage.rhai") }),
     );
     let reply = envoy.request(
         "POST",
@@ -312,7 +308,7 @@ fn a_secret_split_across_chunks_is_redacted() {
     let envoy = envoy(
         &server,
         json!({
-            "script": include_str!("../scripts/sse_redact.rhai"),
+            "script": include_str!("../../scripts/sse_redact.rhai"),
             "config": { "secrets": ["4111-1111-1111-1111"], "mask": "****" }
         }),
     );
