@@ -3,10 +3,8 @@
 //! Each binding is declared with [`bind!`]: its Rhai name, the phases it is allowed in, its
 //! documentation, and its body. The same declarations feed the engine and `api-docs/`.
 
-use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
@@ -17,7 +15,7 @@ use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 use crate::sandbox::{check_text_len, lossy, text_within};
-use crate::stream::{PendingCall, Side, StreamState};
+use crate::stream::{Side, StreamState};
 
 /// Result of a binding: a script error carries a message the script author can act on.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -554,76 +552,6 @@ impl<H: Host> Api<H> {
         }
         Ok(true)
     }
-
-    /// Sends a callout with the `pseudo` headers a convenience function sets (unless the
-    /// script's `headers` set them too), then the script's.
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch(
-        &self,
-        f: &str,
-        cluster: &str,
-        pseudo: &[(&str, &str)],
-        headers: &[(String, Vec<u8>)],
-        body: &[u8],
-        timeout_ms: i64,
-        callback: FnPtr,
-    ) -> ScriptResult<i64> {
-        let phase = self.enter(f, Allowed::In(Phases::STREAMING))?;
-        if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
-            return err(format!(
-                "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
-            ));
-        }
-        let max = self.limits.max_callouts;
-        if self.frame.borrow().stream.callouts_made >= max {
-            return err(format!(
-                "{f}(): this request already made {max} callouts (limits.max_callouts)"
-            ));
-        }
-        let values: Vec<Cow<'_, str>> = headers
-            .iter()
-            .map(|(_, v)| String::from_utf8_lossy(v))
-            .collect();
-        let mut refs: Vec<(&str, &str)> = Vec::with_capacity(pseudo.len() + headers.len());
-        refs.extend(
-            pseudo
-                .iter()
-                .filter(|(k, _)| !headers.iter().any(|(n, _)| n == k)),
-        );
-        refs.extend(
-            headers
-                .iter()
-                .zip(&values)
-                .map(|((k, _), v)| (k.as_str(), v.as_ref())),
-        );
-        check_pair_list(
-            f,
-            Target::Callout,
-            refs.iter().map(|(k, v)| (*k, v.as_bytes())),
-        )?;
-        let id = self
-            .host
-            .dispatch_http_call(
-                cluster,
-                &refs,
-                body,
-                Duration::from_millis(timeout_ms as u64),
-            )
-            .or_else(|s| {
-                err(format!(
-                    "{f}(): the proxy refused the call to cluster '{cluster}' ({s:?}): \
-                     is the cluster defined, and are :method, :path and :authority set?"
-                ))
-            })?;
-        let stream = &mut self.frame.borrow_mut().stream;
-        stream.callouts_made += 1;
-        stream.calls.push(PendingCall {
-            id,
-            phase,
-            callback,
-        });
-        Ok(i64::from(id))
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -632,11 +560,6 @@ enum BodyEdit {
     Append,
     Replace,
 }
-
-/// Longest timeout a callout may ask for.
-pub const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
-/// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
-pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
 
 /// A header value given to a script's write: a string as it is (shared, not copied), a blob's
 /// bytes, or nothing for `()`.
