@@ -64,7 +64,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        a.dispatch(f, Callout::new(f, cluster, &headers, timeout_ms, callback)?.body(f, &body)?)
+        a.dispatch(f, Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback).body(f, &body)?)
     });
     bind!(reg, "http_get", ALL, "int: the call id",
     "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
@@ -76,7 +76,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        a.dispatch(f, Callout::new(f, cluster, &headers, timeout_ms, callback)?.to("GET", path))
+        a.dispatch(f, Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback).to("GET", path))
     });
     bind!(
         reg,
@@ -90,7 +90,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
         |a as f, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
-            let call = Callout::new(f, cluster, &headers, DEFAULT_CALL_TIMEOUT_MS, callback)?;
+            let call = Callout::new(cluster, header_pairs(f, &headers)?, DEFAULT_CALL_TIMEOUT_MS, callback);
             a.dispatch(f, call.to("GET", path))
         }
     );
@@ -102,7 +102,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        let call = Callout::new(f, cluster, &headers, timeout_ms, callback)?;
+        let call = Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback);
         a.dispatch(f, call.to("POST", path).body(f, &body)?)
     });
     bind!(
@@ -117,7 +117,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
         |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
-            let call = Callout::new(f, cluster, &headers, DEFAULT_CALL_TIMEOUT_MS, callback)?;
+            let call = Callout::new(cluster, header_pairs(f, &headers)?, DEFAULT_CALL_TIMEOUT_MS, callback);
             a.dispatch(f, call.to("POST", path).body(f, &body)?)
         }
     );
@@ -129,7 +129,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        let call = Callout::new(f, cluster, &headers, timeout_ms, callback)?;
+        let call = Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback);
         a.dispatch(f, call.to(method, path).body(f, &body)?)
     });
     bind!(
@@ -243,22 +243,21 @@ struct Callout<'a> {
 }
 
 impl<'a> Callout<'a> {
-    /// A call of `f` to `cluster` with the script's `headers` (pairs or map) and no body.
+    /// A call to `cluster` with the script's `headers` and no body.
     fn new(
-        f: &str,
         cluster: &'a str,
-        headers: &Dynamic,
+        headers: Vec<(String, Vec<u8>)>,
         timeout_ms: i64,
         callback: FnPtr,
-    ) -> ScriptResult<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             cluster,
             pseudo: None,
-            headers: header_pairs(f, headers)?,
+            headers,
             body: Vec::new(),
             timeout_ms,
             callback,
-        })
+        }
     }
 
     /// The call as `method` to `path` (its `:authority` is the cluster's name).
