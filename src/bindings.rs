@@ -3,21 +3,19 @@
 //! Each binding is declared with [`bind!`]: its Rhai name, the phases it is allowed in, its
 //! documentation, and its body. The same declarations feed the engine and `api-docs/`.
 
-use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map};
 
-use crate::batch::{Batch, Value, Write, WriteError};
+use crate::batch::{Batch, Value};
 use crate::config::Limits;
 use crate::header_check::{self, Target};
 use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType, Status};
 use crate::phase::{Phase, Phases};
 use crate::sandbox::{check_text_len, lossy, text_within};
-use crate::stream::{PendingCall, Side, StreamState};
+use crate::stream::{Side, StreamState};
 
 /// Result of a binding: a script error carries a message the script author can act on.
 pub type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
@@ -350,106 +348,6 @@ impl<H: Host> Api<H> {
         }
     }
 
-    fn get_headers(&self, f: &str, map: MapType) -> ScriptResult<Array> {
-        let mut frame = self.frame.borrow_mut();
-        match frame.batch(map) {
-            Some(batch) => batch.get_all(&self.host, map).map(header_pairs_of),
-            None => self
-                .host
-                .get_map(map)
-                .map(|headers| header_pairs_of(&headers)),
-        }
-        .or_else(|s| refused(f, s))
-    }
-
-    fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
-        let mut frame = self.frame.borrow_mut();
-        let value = match frame.batch(map) {
-            Some(batch) => batch.get(&self.host, map, name),
-            None => self
-                .host
-                .get_map_value(map, name)
-                .map(|v| v.map(Cow::Owned)),
-        };
-        Ok(match value.or_else(|s| refused(f, s))? {
-            Some(Cow::Owned(v)) => lossy(v).into(),
-            Some(Cow::Borrowed(v)) => text(v).into(),
-            None => Dynamic::UNIT,
-        })
-    }
-
-    fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
-        let pairs = header_pairs(f, headers)?;
-        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), &v[..]));
-        header_check::check_list(f, Target::of(map), pairs.clone()).or_else(err)?;
-        let headers = HeaderMap::from_pairs(map, pairs);
-        match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.set_all(headers, map, f).or_else(err),
-            None => {
-                header_check::check_size(f, Target::of(map), headers.len(), headers.abi_size())
-                    .or_else(err)?;
-                self.host.set_map(map, &headers).or_else(|s| refused(f, s))
-            }
-        }
-    }
-
-    // Inlined into each binding, as before the checks: ~150 wasm instructions a write less.
-    #[inline(always)]
-    fn replace_header(
-        &self,
-        f: &str,
-        map: MapType,
-        name: ImmutableString,
-        value: Dynamic,
-    ) -> ScriptResult<()> {
-        let value = value_of(f, value)?;
-        let added = check_write(f, map, &name, value.as_bytes(), false)?;
-        self.write_header(f, map, Write::Replace(name, value), added)
-    }
-
-    #[inline(always)]
-    fn add_header(
-        &self,
-        f: &str,
-        map: MapType,
-        name: ImmutableString,
-        value: Dynamic,
-    ) -> ScriptResult<()> {
-        let value = value_of(f, value)?;
-        let added = check_write(f, map, &name, value.as_bytes(), true)?;
-        self.write_header(f, map, Write::Add(name, value), added)
-    }
-
-    fn remove_header(&self, f: &str, map: MapType, name: ImmutableString) -> ScriptResult<()> {
-        self.write_header(f, map, Write::Remove(name), 0)
-    }
-
-    /// A header write (of `added` bytes of name and value): into the call's batch for the
-    /// batched maps, else to the proxy at once.
-    fn write_header(&self, f: &str, map: MapType, write: Write, added: usize) -> ScriptResult<()> {
-        let result = match self.frame.borrow_mut().batch(map) {
-            Some(batch) => batch.write(&self.host, map, write, added),
-            None => write.send(&self.host, map).map_err(WriteError::Refused),
-        };
-        result.or_else(|e| self.write_refused(f, map, e))
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn write_refused(&self, f: &str, map: MapType, error: WriteError) -> ScriptResult<()> {
-        match error {
-            WriteError::Refused(status) => refused(f, status),
-            WriteError::TooLarge => {
-                let (pairs, bytes) = self
-                    .frame
-                    .borrow_mut()
-                    .batch(map)
-                    .map_or((0, 0), |b| b.too_large());
-                header_check::check_size(f, Target::of(map), pairs, bytes).or_else(err)
-            }
-        }
-    }
-
     /// Hands this call's header writes to the proxy before it ends, for a property read
     /// (`request.path` reads the request headers), keeping what the maps were: if the call
     /// fails, they are put back.
@@ -583,141 +481,8 @@ impl<H: Host> Api<H> {
         }
         Ok(true)
     }
-
-    /// Sends a callout with the `pseudo` headers a convenience function sets (unless the
-    /// script's `headers` set them too), then the script's.
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch(
-        &self,
-        f: &str,
-        cluster: &str,
-        pseudo: &[(&str, &str)],
-        headers: &[(String, Vec<u8>)],
-        body: &[u8],
-        timeout_ms: i64,
-        callback: FnPtr,
-    ) -> ScriptResult<i64> {
-        let phase = self.enter(f, Allowed::In(Phases::STREAMING))?;
-        if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
-            return err(format!(
-                "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
-            ));
-        }
-        let max = self.limits.max_callouts;
-        if self.frame.borrow().stream.callouts_made >= max {
-            return err(format!(
-                "{f}(): this request already made {max} callouts (limits.max_callouts)"
-            ));
-        }
-        let values: Vec<Cow<'_, str>> = headers
-            .iter()
-            .map(|(_, v)| String::from_utf8_lossy(v))
-            .collect();
-        let mut refs: Vec<(&str, &str)> = Vec::with_capacity(pseudo.len() + headers.len());
-        refs.extend(
-            pseudo
-                .iter()
-                .filter(|(k, _)| !headers.iter().any(|(n, _)| n == k)),
-        );
-        refs.extend(
-            headers
-                .iter()
-                .zip(&values)
-                .map(|((k, _), v)| (k.as_str(), v.as_ref())),
-        );
-        check_pair_list(
-            f,
-            Target::Callout,
-            refs.iter().map(|(k, v)| (*k, v.as_bytes())),
-        )?;
-        let id = self
-            .host
-            .dispatch_http_call(
-                cluster,
-                &refs,
-                body,
-                Duration::from_millis(timeout_ms as u64),
-            )
-            .or_else(|s| {
-                err(format!(
-                    "{f}(): the proxy refused the call to cluster '{cluster}' ({s:?}): \
-                     is the cluster defined, and are :method, :path and :authority set?"
-                ))
-            })?;
-        let stream = &mut self.frame.borrow_mut().stream;
-        stream.callouts_made += 1;
-        stream.calls.push(PendingCall {
-            id,
-            phase,
-            callback,
-        });
-        Ok(i64::from(id))
-    }
 }
 
-/// Longest timeout a callout may ask for.
-pub const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
-/// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
-pub const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
-
-/// [`lossy`] of borrowed bytes: a short text goes straight into the script's string.
-fn text(bytes: &[u8]) -> ImmutableString {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.into(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned().into(),
-    }
-}
-
-/// Checks one header write ([`header_check`]) and gives the bytes of its name and value. An
-/// ordinary header is decided inline; the rest, and every error, out of the way.
-#[inline(always)]
-fn check_write(
-    f: &str,
-    map: MapType,
-    name: &str,
-    value: &[u8],
-    adding: bool,
-) -> ScriptResult<usize> {
-    if !header_check::is_plain(name.as_bytes(), value) {
-        check_write_rest(f, map, name, value, adding)?;
-    }
-    Ok(name.len() + value.len())
-}
-
-#[cold]
-#[inline(never)]
-fn check_write_rest(
-    f: &str,
-    map: MapType,
-    name: &str,
-    value: &[u8],
-    adding: bool,
-) -> ScriptResult<()> {
-    let target = Target::of(map);
-    match adding {
-        true => header_check::check_add(f, target, name, value),
-        false => header_check::check(f, target, name, value),
-    }
-    .or_else(err)
-}
-
-/// Checks a list of headers sent as one pair list (a local response's, a callout's): each
-/// header, and the list's size.
-fn check_pair_list<'a>(
-    f: &str,
-    target: Target,
-    pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
-) -> ScriptResult<()> {
-    header_check::check_list(f, target, pairs.clone()).or_else(err)?;
-    let (count, bytes) = pairs.fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
-    header_check::check_size(
-        f,
-        target,
-        count,
-        header_check::pair_list_bytes(count, bytes),
-    )
-    .or_else(err)
-}
 
 /// A header value given to a script's write: a string as it is (shared, not copied), a blob's
 /// bytes, or nothing for `()`.
@@ -741,66 +506,9 @@ fn value_of(f: &str, value: Dynamic) -> ScriptResult<Value> {
         })
 }
 
-/// A header map as scripts see it: `[name, value]` pairs, in order.
-pub(crate) fn header_pairs_of(headers: &HeaderMap) -> Array {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let pair: Array = vec![text(name).into(), text(value).into()];
-            pair.into()
-        })
-        .collect()
-}
-
 /// The bytes of a string or blob argument.
 fn bytes_of(f: &str, value: &Dynamic) -> ScriptResult<Vec<u8>> {
     value_of(f, value.clone()).map(Value::into_bytes)
-}
-
-/// Header pairs from `[[name, value], ...]` or `#{name: value}` (a map value may be an array
-/// of values, one header each).
-fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>)>> {
-    let mut pairs = Vec::new();
-    if headers.is_unit() {
-        return Ok(pairs);
-    }
-    if let Some(array) = headers.read_lock::<Array>() {
-        for item in array.iter() {
-            let bad = || {
-                err(format!(
-                    "{f}(): each header must be a [name, value] pair, got {item}"
-                ))
-            };
-            let Some(p) = item.read_lock::<Array>() else {
-                return bad();
-            };
-            let [name, value] = p.as_slice() else {
-                return bad();
-            };
-            let Some(name) = name.read_lock::<ImmutableString>() else {
-                return bad();
-            };
-            pairs.push((name.to_string(), bytes_of(f, value)?));
-        }
-        return Ok(pairs);
-    }
-    if let Some(map) = headers.read_lock::<Map>() {
-        for (name, value) in map.iter() {
-            match value.read_lock::<Array>() {
-                Some(values) => {
-                    for v in values.iter() {
-                        pairs.push((name.to_string(), bytes_of(f, v)?));
-                    }
-                }
-                None => pairs.push((name.to_string(), bytes_of(f, value)?)),
-            }
-        }
-        return Ok(pairs);
-    }
-    err(format!(
-        "{f}(): headers must be an array of [name, value] pairs or a map, got {}",
-        headers.type_name()
-    ))
 }
 
 /// Collects the bindings into an engine (and, when asked, into the API reference).
@@ -827,7 +535,7 @@ impl<H> Registrar<'_, H> {
 /// binding without one still builds, but the api-docs test asks for it). `|a as f, …|` gives
 /// the body the bound name as `f`, for its error messages.
 macro_rules! bind {
-    ($reg:expr, $name:literal, $allowed:expr, $returns:literal, $doc:literal, $($example:literal,)?
+    ($reg:expr, $name:expr, $allowed:expr, $returns:literal, $doc:expr, $($example:literal,)?
      |$api:ident $(as $f:ident)? $(, $arg:ident : $ty:ty)*| $body:expr) => {{
         let captured = $reg.api.clone();
         $reg.engine.register_fn($name, move |$($arg: $ty),*| {
@@ -861,6 +569,8 @@ mod properties;
 mod shared_data;
 pub(crate) mod streaming;
 
+pub(crate) use headers::header_pairs_of;
+use headers::{check_pair_list, header_pairs};
 pub use metrics::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
 
 /// The constants scripts see.
@@ -966,7 +676,6 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             err(NO_SLEEP.into())
         });
     properties::register(reg);
-    headers::register_trailers(reg);
     shared_data::register(reg);
     metrics::register(reg);
     builtins::register(reg);

@@ -199,10 +199,11 @@ fn definition_type(rust: &str) -> String {
     }
 }
 
-/// A Rust parameter type as a script author reads it.
+/// A Rust parameter type as a script author reads it (`& str` is `&str` as `stringify!`
+/// writes it when a macro passed it on).
 fn script_type(rust: &str) -> &str {
     match rust {
-        "&str" | "ImmutableString" | "String" => "string",
+        "&str" | "& str" | "ImmutableString" | "String" => "string",
         "()" => "()",
         "i64" | "INT" => "int",
         "f64" | "FLOAT" => "float",

@@ -1,6 +1,11 @@
 //! Local responses, resuming, and callouts with their answers.
 
+use std::borrow::Cow;
+use std::time::Duration;
+
 use rhai::{Dynamic, FnPtr};
+
+use crate::stream::PendingCall;
 
 use super::*;
 
@@ -59,7 +64,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        a.dispatch(f, cluster, &[], &header_pairs(f, &headers)?, &bytes_of(f, &body)?, timeout_ms, callback)
+        a.dispatch(f, Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback).body(f, &body)?)
     });
     bind!(reg, "http_get", ALL, "int: the call id",
     "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
@@ -71,8 +76,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, path: &str, headers: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        let h = header_pairs(f, &headers)?;
-        a.dispatch(f, cluster, &pseudo("GET", cluster, path), &h, &[], timeout_ms, callback)
+        a.dispatch(f, Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback).to("GET", path))
     });
     bind!(
         reg,
@@ -86,16 +90,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
         |a as f, cluster: &str, path: &str, headers: Dynamic, callback: FnPtr| {
-            let h = header_pairs(f, &headers)?;
-            a.dispatch(
-                f,
-                cluster,
-                &pseudo("GET", cluster, path),
-                &h,
-                &[],
-                DEFAULT_CALL_TIMEOUT_MS,
-                callback,
-            )
+            let call = Callout::new(cluster, header_pairs(f, &headers)?, DEFAULT_CALL_TIMEOUT_MS, callback);
+            a.dispatch(f, call.to("GET", path))
         }
     );
     bind!(reg, "http_post", ALL, "int: the call id",
@@ -106,8 +102,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        let h = header_pairs(f, &headers)?;
-        a.dispatch(f, cluster, &pseudo("POST", cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+        let call = Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback);
+        a.dispatch(f, call.to("POST", path).body(f, &body)?)
     });
     bind!(
         reg,
@@ -121,16 +117,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
         |a as f, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, callback: FnPtr| {
-            let h = header_pairs(f, &headers)?;
-            a.dispatch(
-                f,
-                cluster,
-                &pseudo("POST", cluster, path),
-                &h,
-                &bytes_of(f, &body)?,
-                DEFAULT_CALL_TIMEOUT_MS,
-                callback,
-            )
+            let call = Callout::new(cluster, header_pairs(f, &headers)?, DEFAULT_CALL_TIMEOUT_MS, callback);
+            a.dispatch(f, call.to("POST", path).body(f, &body)?)
         }
     );
     bind!(reg, "http_call", ALL, "int: the call id",
@@ -141,8 +129,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
 }"#,
     |a as f, method: &str, cluster: &str, path: &str, headers: Dynamic, body: Dynamic, timeout_ms: i64, callback: FnPtr| {
-        let h = header_pairs(f, &headers)?;
-        a.dispatch(f, cluster, &pseudo(method, cluster, path), &h, &bytes_of(f, &body)?, timeout_ms, callback)
+        let call = Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback);
+        a.dispatch(f, call.to(method, path).body(f, &body)?)
     });
     bind!(
         reg,
@@ -237,12 +225,119 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
     Ok(body.unwrap_or_default())
 }
 
-/// The pseudo-headers of a callout to `path` on `cluster` (the script's own headers may
-/// override them).
-fn pseudo<'a>(method: &'a str, cluster: &'a str, path: &'a str) -> [(&'a str, &'a str); 3] {
-    [
-        (":method", method),
-        (":path", path),
-        (":authority", cluster),
-    ]
+/// Longest timeout a callout may ask for.
+const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
+/// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
+const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
+
+/// One outgoing call, as a callout function builds it from the script's arguments.
+struct Callout<'a> {
+    cluster: &'a str,
+    /// `:method`, `:path` and `:authority` of a convenience function (`http_get`, …), sent
+    /// unless the script's `headers` set them too; `dispatch_http_call` has none.
+    pseudo: Option<[(&'a str, &'a str); 3]>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    timeout_ms: i64,
+    callback: FnPtr,
+}
+
+impl<'a> Callout<'a> {
+    /// A call to `cluster` with the script's `headers` and no body.
+    fn new(
+        cluster: &'a str,
+        headers: Vec<(String, Vec<u8>)>,
+        timeout_ms: i64,
+        callback: FnPtr,
+    ) -> Self {
+        Self {
+            cluster,
+            pseudo: None,
+            headers,
+            body: Vec::new(),
+            timeout_ms,
+            callback,
+        }
+    }
+
+    /// The call as `method` to `path` (its `:authority` is the cluster's name).
+    fn to(mut self, method: &'a str, path: &'a str) -> Self {
+        self.pseudo = Some([
+            (":method", method),
+            (":path", path),
+            (":authority", self.cluster),
+        ]);
+        self
+    }
+
+    /// The call with `body` (string, blob or ()).
+    fn body(mut self, f: &str, body: &Dynamic) -> ScriptResult<Self> {
+        self.body = bytes_of(f, body)?;
+        Ok(self)
+    }
+}
+
+impl<H: Host> Api<H> {
+    /// Sends `call` for `f`, once it passes the checks (phase, timeout, `limits.max_callouts`,
+    /// headers); its callback runs when the answer arrives.
+    fn dispatch(&self, f: &str, call: Callout<'_>) -> ScriptResult<i64> {
+        let phase = self.enter(f, Allowed::In(Phases::STREAMING))?;
+        // Fields read in place: moving them out first costs ~35 wasm instructions a call.
+        let (cluster, headers, timeout_ms) = (call.cluster, &call.headers, call.timeout_ms);
+        if !(1..=MAX_CALL_TIMEOUT_MS).contains(&timeout_ms) {
+            return err(format!(
+                "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
+            ));
+        }
+        let max = self.limits.max_callouts;
+        if self.frame.borrow().stream.callouts_made >= max {
+            return err(format!(
+                "{f}(): this request already made {max} callouts (limits.max_callouts)"
+            ));
+        }
+        let pseudo: &[(&str, &str)] = call.pseudo.as_ref().map_or(&[], |p| p);
+        let values: Vec<Cow<'_, str>> = headers
+            .iter()
+            .map(|(_, v)| String::from_utf8_lossy(v))
+            .collect();
+        let mut refs: Vec<(&str, &str)> = Vec::with_capacity(pseudo.len() + headers.len());
+        refs.extend(
+            pseudo
+                .iter()
+                .filter(|(k, _)| !headers.iter().any(|(n, _)| n == k)),
+        );
+        refs.extend(
+            headers
+                .iter()
+                .zip(&values)
+                .map(|((k, _), v)| (k.as_str(), v.as_ref())),
+        );
+        check_pair_list(
+            f,
+            Target::Callout,
+            refs.iter().map(|(k, v)| (*k, v.as_bytes())),
+        )?;
+        let id = self
+            .host
+            .dispatch_http_call(
+                cluster,
+                &refs,
+                &call.body,
+                Duration::from_millis(timeout_ms as u64),
+            )
+            .or_else(|s| {
+                err(format!(
+                    "{f}(): the proxy refused the call to cluster '{cluster}' ({s:?}): \
+                     is the cluster defined, and are :method, :path and :authority set?"
+                ))
+            })?;
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.callouts_made += 1;
+        stream.calls.push(PendingCall {
+            id,
+            phase,
+            callback: call.callback,
+        });
+        Ok(i64::from(id))
+    }
 }

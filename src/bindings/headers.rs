@@ -1,302 +1,387 @@
-//! Request and response headers: read, replace, add, remove.
+//! Request and response headers and trailers: read, replace, add, remove. The four maps are
+//! one table (`header_maps!`); the functions they call are below it.
 
-use rhai::{Dynamic, ImmutableString};
+use std::borrow::Cow;
+
+use rhai::{Array, Dynamic, ImmutableString, Map};
 
 use super::*;
+use crate::batch::{Write, WriteError};
+
+/// Registers, for each header map of the table, `get_<stem>s`, `get_<stem>`, `replace_<stem>s`,
+/// `replace_<stem>`, `add_<stem>` and `remove_<stem>`. A function's doc is a sentence shared by
+/// the four maps (with the map's `noun`) and, where the maps differ, the row's own ending.
+macro_rules! header_maps {
+    ($reg:expr; $({
+        map: $map:expr, stem: $stem:literal, noun: $noun:literal, all: $all:ident,
+        read: $read:expr, write: $write:expr,
+        get_all: $get_all_doc:literal, $get_all_ex:literal,
+        get: $get_ex:literal,
+        replace_all: $replace_all_doc:literal, $replace_all_ex:literal,
+        replace: $replace_doc:literal, $replace_ex:literal,
+        add: $add_doc:literal, $add_ex:literal,
+        remove: $remove_ex:literal $(,)?
+    })*) => {$(
+        bind!($reg, concat!("get_", $stem, "s"), $read, "array of [name, value]",
+            concat!("All ", $noun, "s, in order, duplicates kept", $get_all_doc),
+            $get_all_ex,
+            |a as f| a.get_headers(f, $map));
+        bind!($reg, concat!("get_", $stem), $read, "string, or () when absent",
+            concat!("The value of one ", $noun, " (name case-insensitive); with several values, \
+                the first (Envoy's rule); `get_", $stem, "s()` has them all."),
+            $get_ex,
+            |a as f, name: &str| a.get_header(f, $map, name));
+        bind!($reg, concat!("replace_", $stem, "s"), $write, "()",
+            concat!("Replaces all ", $noun, "s", $replace_all_doc),
+            $replace_all_ex,
+            |a as f, $all: Dynamic| a.set_headers(f, $map, &$all));
+        bind!($reg, concat!("replace_", $stem), $write, "()",
+            concat!("Sets a ", $noun, " to one value (string or blob): every value it had is \
+                removed and the new one added at the end (Envoy's rule)", $replace_doc),
+            $replace_ex,
+            |a as f, name: ImmutableString, value: Dynamic| a.put_header(f, $map, name, value, false));
+        bind!($reg, concat!("add_", $stem), $write, "()",
+            concat!("Adds a ", $noun, " value (string or blob), keeping the values it already \
+                had", $add_doc),
+            $add_ex,
+            |a as f, name: ImmutableString, value: Dynamic| a.put_header(f, $map, name, value, true));
+        bind!($reg, concat!("remove_", $stem), $write, "()",
+            concat!("Removes every value of a ", $noun, "; nothing happens when it is absent."),
+            $remove_ex,
+            |a as f, name: ImmutableString| a.remove_header(f, $map, name));
+    )*};
+}
+
+/// The trailer phases (the header ones, shared with the body functions, are in `bindings.rs`).
+const RQT: Allowed = Allowed::In(Phases::REQUEST_TRAILERS);
+const RST: Allowed = Allowed::In(Phases::RESPONSE_TRAILERS);
 
 pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
-    use MapType::{HttpRequestHeaders as REQ, HttpResponseHeaders as RESP};
-    // A text a function makes (a body, JSON) is a string: no longer than a string may be.
-    let _max_string = reg.engine.max_string_size();
-
-    // Request headers.
-    bind!(reg, "get_request_headers", READ_RQH, "array of [name, value]",
-        "All request headers, in order, duplicates kept. Pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) come first.",
+    header_maps! { reg;
+    {
+        map: MapType::HttpRequestHeaders, stem: "request_header", noun: "request header",
+        all: headers, read: READ_RQH, write: RQH,
+        get_all: ". Pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) come first.",
         r#"fn on_request_headers() {
     for h in get_request_headers() {
         log_debug(`${h[0]}: ${h[1]}`);
     }
 }"#,
-        |a as f| a.get_headers(f, REQ));
-    bind!(reg, "get_request_header", READ_RQH, "string, or () when absent",
-        "The value of one request header (name case-insensitive); with several values, the first (Envoy's rule); `get_request_headers()` has them all.",
-        r#"fn on_request_headers() {
+        get: r#"fn on_request_headers() {
     let user = get_request_header("x-user");
     if user == () {
         send_http_response(401, [], "who are you?");
     }
 }"#,
-        |a as f, name: &str| a.get_header(f, REQ, name));
-    bind!(reg, "replace_request_headers", RQH, "()",
-        "Replaces all request headers with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings (names are lowercased). Keep the pseudo-headers (`:method`, `:path`, …) unless you mean to drop them. Anything else than pairs or a map is an error.",
+        replace_all: " with `headers`: an array of [name, value] pairs, or a map whose values are strings or arrays of strings (names are lowercased). Keep the pseudo-headers (`:method`, `:path`, …) unless you mean to drop them. Anything else than pairs or a map is an error.",
         r#"fn on_request_headers() {
     // Keep only the pseudo-headers and `accept`.
     let kept = get_request_headers().filter(|h| h[0].starts_with(":") || h[0] == "accept");
     replace_request_headers(kept);
 }"#,
-        |a as f, headers: Dynamic| a.set_headers(f, REQ, &headers));
-    bind!(
-        reg,
-        "replace_request_header",
-        RQH,
-        "()",
-        "Sets a request header to one value (string or blob): every value it had is removed and the new one added at the end (Envoy's rule). Pseudo-headers such as `:path` can be set too.",
+        replace: ". Pseudo-headers such as `:path` can be set too.",
         r#"fn on_request_headers() {
     replace_request_header(":path", "/v2" + get_request_header(":path"));
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(f, REQ, name, value)
-    );
-    bind!(
-        reg,
-        "add_request_header",
-        RQH,
-        "()",
-        "Adds a request header value (string or blob), keeping the values it already had. For a header Envoy keeps inline (`user-agent`, `accept`, `authorization`, `x-forwarded-for`, …) the value is appended to the existing one after a comma, as Envoy does. Every header write is checked as HTTP allows, and a bad one is an error naming it: a name is a token (letters, digits, ``!#$%&'*+-.^_`|~``; lowercased), a value has no control character but tab (no CR, LF or NUL); pseudo-headers only where the message has them (`:method`, `:path`, `:authority`, `:scheme`, `:protocol` in a request, `:status` 200..=599 in a response), set with `replace_*`, with values that fit the request or status line. Past a call's third write the map goes to the proxy whole, which takes at most 1,024 headers and 1 MiB: a write that would make it larger is an error.",
+        add: ". For a header Envoy keeps inline (`user-agent`, `accept`, `authorization`, `x-forwarded-for`, …) the value is appended to the existing one after a comma, as Envoy does. Every header write is checked as HTTP allows, and a bad one is an error naming it: a name is a token (letters, digits, ``!#$%&'*+-.^_`|~``; lowercased), a value has no control character but tab (no CR, LF or NUL); pseudo-headers only where the message has them (`:method`, `:path`, `:authority`, `:scheme`, `:protocol` in a request, `:status` 200..=599 in a response), set with `replace_*`, with values that fit the request or status line. Past a call's third write the map goes to the proxy whole, which takes at most 1,024 headers and 1 MiB: a write that would make it larger is an error.",
         r#"fn on_request_headers() {
     add_request_header("x-forwarded-by", "proxy-rhai");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.add_header(f, REQ, name, value)
-    );
-    bind!(
-        reg,
-        "remove_request_header",
-        RQH,
-        "()",
-        "Removes every value of a request header; nothing happens when it is absent.",
-        r#"fn on_request_headers() {
+        remove: r#"fn on_request_headers() {
     remove_request_header("cookie");
 }"#,
-        |a as f, name: ImmutableString| a.remove_header(f, REQ, name)
-    );
-
-    // Response headers.
-    bind!(
-        reg,
-        "get_response_headers",
-        READ_RSH,
-        "array of [name, value]",
-        "All response headers, in order, duplicates kept; `:status` comes first.",
+    }
+    {
+        map: MapType::HttpResponseHeaders, stem: "response_header", noun: "response header",
+        all: headers, read: READ_RSH, write: RSH,
+        get_all: "; `:status` comes first.",
         r#"fn on_response_headers() {
     let n = get_response_headers().len();
     log_info(`upstream sent ${n} headers`);
 }"#,
-        |a as f| a.get_headers(f, RESP)
-    );
-    bind!(
-        reg,
-        "get_response_header",
-        READ_RSH,
-        "string, or () when absent",
-        "The value of one response header (name case-insensitive).",
-        r#"fn on_response_headers() {
+        get: r#"fn on_response_headers() {
     if get_response_header(":status") == "404" {
         replace_response_header("cache-control", "no-store");
     }
 }"#,
-        |a as f, name: &str| a.get_header(f, RESP, name)
-    );
-    bind!(
-        reg,
-        "replace_response_headers",
-        RSH,
-        "()",
-        "Replaces all response headers, like `replace_request_headers`; keep `:status`.",
+        replace_all: ", like `replace_request_headers`; keep `:status`.",
         r#"fn on_response_headers() {
     replace_response_headers(#{ ":status": "200", "content-type": "text/plain" });
 }"#,
-        |a as f, headers: Dynamic| a.set_headers(f, RESP, &headers)
-    );
-    bind!(
-        reg,
-        "replace_response_header",
-        RSH,
-        "()",
-        "Sets a response header to one value (string or blob): every value it had is removed and the new one added at the end. Setting `:status` changes the status the client sees.",
+        replace: ". Setting `:status` changes the status the client sees.",
         r#"fn on_response_headers() {
     replace_response_header("server", "proxy-rhai");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(f, RESP, name, value)
-    );
-    bind!(
-        reg,
-        "add_response_header",
-        RSH,
-        "()",
-        "Adds a response header value, keeping the values it already had. For a header Envoy keeps inline (`vary`, `cache-control`, `etag`, …) the value is appended to the existing one after a comma.",
+        add: ". For a header Envoy keeps inline (`vary`, `cache-control`, `etag`, …) the value is appended to the existing one after a comma.",
         r#"fn on_response_headers() {
     add_response_header("set-cookie", "seen=1; Path=/");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.add_header(f, RESP, name, value)
-    );
-    bind!(
-        reg,
-        "remove_response_header",
-        RSH,
-        "()",
-        "Removes every value of a response header.",
-        r#"fn on_response_headers() {
+        remove: r#"fn on_response_headers() {
     remove_response_header("x-powered-by");
 }"#,
-        |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
-    );
-}
-
-/// Trailers: the header table, in the trailer phases.
-pub(super) fn register_trailers<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
-    use Allowed::In;
-    const RQT: Allowed = In(Phases::REQUEST_TRAILERS);
-    const RST: Allowed = In(Phases::RESPONSE_TRAILERS);
-    use MapType::{HttpRequestTrailers as REQ, HttpResponseTrailers as RESP};
-    bind!(
-        reg,
-        "get_request_trailers",
-        RQT,
-        "array of [name, value]",
-        "All request trailers, in order.",
+    }
+    {
+        map: MapType::HttpRequestTrailers, stem: "request_trailer", noun: "request trailer",
+        all: trailers, read: RQT, write: RQT,
+        get_all: ".",
         r#"fn on_request_trailers() {
     for t in get_request_trailers() { log_debug(`${t[0]}: ${t[1]}`); }
 }"#,
-        |a as f| a.get_headers(f, REQ)
-    );
-    bind!(
-        reg,
-        "get_request_trailer",
-        RQT,
-        "string, or () when absent",
-        "The first value of one request trailer.",
-        r#"fn on_request_trailers() {
+        get: r#"fn on_request_trailers() {
     if get_request_trailer("grpc-status") != () { log_info("a gRPC request trailer"); }
 }"#,
-        |a as f, name: &str| a.get_header(f, REQ, name)
-    );
-    bind!(
-        reg,
-        "replace_request_trailers",
-        RQT,
-        "()",
-        "Replaces all request trailers (pairs or map).",
+        replace_all: " (pairs or map).",
         r#"fn on_request_trailers() {
     replace_request_trailers(#{ "x-checksum": "ok" });
 }"#,
-        |a as f, trailers: Dynamic| a.set_headers(f, REQ, &trailers)
-    );
-    bind!(
-        reg,
-        "replace_request_trailer",
-        RQT,
-        "()",
-        "Sets one request trailer; adds it when absent.",
+        replace: ".",
         r#"fn on_request_trailers() {
     replace_request_trailer("x-checked-by", "proxy-rhai");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
-            f,
-            REQ,
-            name,
-            value
-        )
-    );
-    bind!(
-        reg,
-        "add_request_trailer",
-        RQT,
-        "()",
-        "Adds a request trailer value.",
+        add: ".",
         r#"fn on_request_trailers() {
     add_request_trailer("x-seen", "1");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
-            f,
-            REQ,
-            name,
-            value
-        )
-    );
-    bind!(
-        reg,
-        "remove_request_trailer",
-        RQT,
-        "()",
-        "Removes a request trailer.",
-        r#"fn on_request_trailers() {
+        remove: r#"fn on_request_trailers() {
     remove_request_trailer("x-debug");
 }"#,
-        |a as f, name: ImmutableString| a.remove_header(f, REQ, name)
-    );
-    bind!(
-        reg,
-        "get_response_trailers",
-        RST,
-        "array of [name, value]",
-        "All response trailers, in order.",
+    }
+    {
+        map: MapType::HttpResponseTrailers, stem: "response_trailer", noun: "response trailer",
+        all: trailers, read: RST, write: RST,
+        get_all: ".",
         r#"fn on_response_trailers() {
     log_info(`${get_response_trailers().len()} response trailers`);
 }"#,
-        |a as f| a.get_headers(f, RESP)
-    );
-    bind!(
-        reg,
-        "get_response_trailer",
-        RST,
-        "string, or () when absent",
-        "The first value of one response trailer.",
-        r#"fn on_response_trailers() {
+        get: r#"fn on_response_trailers() {
     if get_response_trailer("grpc-status") != "0" { increment_counter("grpc_errors", 1); }
 }"#,
-        |a as f, name: &str| a.get_header(f, RESP, name)
-    );
-    bind!(
-        reg,
-        "replace_response_trailers",
-        RST,
-        "()",
-        "Replaces all response trailers (pairs or map).",
+        replace_all: " (pairs or map).",
         r#"fn on_response_trailers() {
     replace_response_trailers([["grpc-status", "0"]]);
 }"#,
-        |a as f, trailers: Dynamic| a.set_headers(f, RESP, &trailers)
-    );
-    bind!(
-        reg,
-        "replace_response_trailer",
-        RST,
-        "()",
-        "Sets one response trailer; adds it when absent.",
+        replace: ".",
         r#"fn on_response_trailers() {
     replace_response_trailer("grpc-message", "");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.replace_header(
-            f,
-            RESP,
-            name,
-            value
-        )
-    );
-    bind!(
-        reg,
-        "add_response_trailer",
-        RST,
-        "()",
-        "Adds a response trailer value.",
+        add: ".",
         r#"fn on_response_trailers() {
     add_response_trailer("x-served-by", "proxy-rhai");
 }"#,
-        |a as f, name: ImmutableString, value: Dynamic| a.add_header(
-            f,
-            RESP,
-            name,
-            value
-        )
-    );
-    bind!(
-        reg,
-        "remove_response_trailer",
-        RST,
-        "()",
-        "Removes a response trailer.",
-        r#"fn on_response_trailers() {
+        remove: r#"fn on_response_trailers() {
     remove_response_trailer("x-internal-timing");
 }"#,
-        |a as f, name: ImmutableString| a.remove_header(f, RESP, name)
-    );
+    }
+    }
+}
+
+impl<H: Host> Api<H> {
+    pub(super) fn get_headers(&self, f: &str, map: MapType) -> ScriptResult<Array> {
+        let mut frame = self.frame.borrow_mut();
+        match frame.batch(map) {
+            Some(batch) => batch.get_all(&self.host, map).map(header_pairs_of),
+            None => self
+                .host
+                .get_map(map)
+                .map(|headers| header_pairs_of(&headers)),
+        }
+        .or_else(|s| refused(f, s))
+    }
+
+    pub(super) fn get_header(&self, f: &str, map: MapType, name: &str) -> ScriptResult<Dynamic> {
+        let mut frame = self.frame.borrow_mut();
+        let value = match frame.batch(map) {
+            Some(batch) => batch.get(&self.host, map, name),
+            None => self
+                .host
+                .get_map_value(map, name)
+                .map(|v| v.map(Cow::Owned)),
+        };
+        Ok(match value.or_else(|s| refused(f, s))? {
+            Some(Cow::Owned(v)) => lossy(v).into(),
+            Some(Cow::Borrowed(v)) => text(v).into(),
+            None => Dynamic::UNIT,
+        })
+    }
+
+    fn set_headers(&self, f: &str, map: MapType, headers: &Dynamic) -> ScriptResult<()> {
+        let pairs = header_pairs(f, headers)?;
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), &v[..]));
+        header_check::check_list(f, Target::of(map), pairs.clone()).or_else(err)?;
+        let headers = HeaderMap::from_pairs(map, pairs);
+        match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.set_all(headers, map, f).or_else(err),
+            None => {
+                header_check::check_size(f, Target::of(map), headers.len(), headers.abi_size())
+                    .or_else(err)?;
+                self.host.set_map(map, &headers).or_else(|s| refused(f, s))
+            }
+        }
+    }
+
+    /// `replace_*` (`adding` false) or `add_*` of one value. Inlined into each binding, as
+    /// before the checks: ~150 wasm instructions a write less.
+    #[inline(always)]
+    fn put_header(
+        &self,
+        f: &str,
+        map: MapType,
+        name: ImmutableString,
+        value: Dynamic,
+        adding: bool,
+    ) -> ScriptResult<()> {
+        let value = value_of(f, value)?;
+        let added = check_write(f, map, &name, value.as_bytes(), adding)?;
+        let write = match adding {
+            true => Write::Add(name, value),
+            false => Write::Replace(name, value),
+        };
+        self.write_header(f, map, write, added)
+    }
+
+    fn remove_header(&self, f: &str, map: MapType, name: ImmutableString) -> ScriptResult<()> {
+        self.write_header(f, map, Write::Remove(name), 0)
+    }
+
+    /// A header write (of `added` bytes of name and value): into the call's batch for the
+    /// batched maps, else to the proxy at once.
+    fn write_header(&self, f: &str, map: MapType, write: Write, added: usize) -> ScriptResult<()> {
+        let result = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch.write(&self.host, map, write, added),
+            None => write.send(&self.host, map).map_err(WriteError::Refused),
+        };
+        result.or_else(|e| self.write_refused(f, map, e))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_refused(&self, f: &str, map: MapType, error: WriteError) -> ScriptResult<()> {
+        match error {
+            WriteError::Refused(status) => refused(f, status),
+            WriteError::TooLarge => {
+                let (pairs, bytes) = self
+                    .frame
+                    .borrow_mut()
+                    .batch(map)
+                    .map_or((0, 0), |b| b.too_large());
+                header_check::check_size(f, Target::of(map), pairs, bytes).or_else(err)
+            }
+        }
+    }
+}
+
+/// [`lossy`] of borrowed bytes: a short text goes straight into the script's string.
+fn text(bytes: &[u8]) -> ImmutableString {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned().into(),
+    }
+}
+
+/// Checks one header write ([`header_check`]) and gives the bytes of its name and value. An
+/// ordinary header is decided inline; the rest, and every error, out of the way.
+#[inline(always)]
+fn check_write(
+    f: &str,
+    map: MapType,
+    name: &str,
+    value: &[u8],
+    adding: bool,
+) -> ScriptResult<usize> {
+    if !header_check::is_plain(name.as_bytes(), value) {
+        check_write_rest(f, map, name, value, adding)?;
+    }
+    Ok(name.len() + value.len())
+}
+
+#[cold]
+#[inline(never)]
+fn check_write_rest(
+    f: &str,
+    map: MapType,
+    name: &str,
+    value: &[u8],
+    adding: bool,
+) -> ScriptResult<()> {
+    let target = Target::of(map);
+    match adding {
+        true => header_check::check_add(f, target, name, value),
+        false => header_check::check(f, target, name, value),
+    }
+    .or_else(err)
+}
+
+/// Checks a list of headers sent as one pair list (a local response's, a callout's): each
+/// header, and the list's size.
+pub(super) fn check_pair_list<'a>(
+    f: &str,
+    target: Target,
+    pairs: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+) -> ScriptResult<()> {
+    header_check::check_list(f, target, pairs.clone()).or_else(err)?;
+    let (count, bytes) = pairs.fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+    header_check::check_size(
+        f,
+        target,
+        count,
+        header_check::pair_list_bytes(count, bytes),
+    )
+    .or_else(err)
+}
+
+/// A header map as scripts see it: `[name, value]` pairs, in order.
+pub(crate) fn header_pairs_of(headers: &HeaderMap) -> Array {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let pair: Array = vec![text(name).into(), text(value).into()];
+            pair.into()
+        })
+        .collect()
+}
+
+/// Header pairs from `[[name, value], ...]` or `#{name: value}` (a map value may be an array
+/// of values, one header each).
+pub(super) fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(String, Vec<u8>)>> {
+    let mut pairs = Vec::new();
+    if headers.is_unit() {
+        return Ok(pairs);
+    }
+    if let Some(array) = headers.read_lock::<Array>() {
+        for item in array.iter() {
+            let bad = || {
+                err(format!(
+                    "{f}(): each header must be a [name, value] pair, got {item}"
+                ))
+            };
+            let Some(p) = item.read_lock::<Array>() else {
+                return bad();
+            };
+            let [name, value] = p.as_slice() else {
+                return bad();
+            };
+            let Some(name) = name.read_lock::<ImmutableString>() else {
+                return bad();
+            };
+            pairs.push((name.to_string(), bytes_of(f, value)?));
+        }
+        return Ok(pairs);
+    }
+    if let Some(map) = headers.read_lock::<Map>() {
+        for (name, value) in map.iter() {
+            match value.read_lock::<Array>() {
+                Some(values) => {
+                    for v in values.iter() {
+                        pairs.push((name.to_string(), bytes_of(f, v)?));
+                    }
+                }
+                None => pairs.push((name.to_string(), bytes_of(f, value)?)),
+            }
+        }
+        return Ok(pairs);
+    }
+    err(format!(
+        "{f}(): headers must be an array of [name, value] pairs or a map, got {}",
+        headers.type_name()
+    ))
 }
