@@ -483,7 +483,6 @@ impl<H: Host> Api<H> {
     }
 }
 
-
 /// A header value given to a script's write: a string as it is (shared, not copied), a blob's
 /// bytes, or nothing for `()`.
 fn value_of(f: &str, value: Dynamic) -> ScriptResult<Value> {

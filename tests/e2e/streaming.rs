@@ -522,3 +522,81 @@ fn http2_frames_stay_correct_when_chunks_change_size() {
     );
     envoy.assert_healthy();
 }
+
+/// `scripts/upload_guard.rhai` stops an upload once it passes its size, without buffering
+/// it: the client gets the 413, and the upstream never gets the whole body.
+#[test]
+fn upload_guard_stops_an_upload_past_its_size() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({
+            "script": include_str!("../../scripts/upload_guard.rhai"),
+            "config": { "max_bytes": 1_000_000, "forbidden": ["MZ"] }
+        }),
+    );
+    let ok = upload(envoy.addr(), 500_000);
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("\"received\":500000"), "{ok}");
+    envoy.wait_for_log("upload of 500000 bytes passed");
+
+    // Announced too large: refused before any byte goes up.
+    let big = upload_answered_early(envoy.addr(), Some(3_000_000), 48);
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert!(big.contains("upload larger than 1000000 bytes"), "{big}");
+
+    // Not announced (chunked): stopped by the chunk that passes the size.
+    let big = upload_answered_early(envoy.addr(), None, 48);
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    envoy.wait_for_log("upload of 500000 bytes passed");
+    assert!(vm_failures(&envoy.log()).is_empty());
+    envoy.assert_healthy();
+}
+
+/// Uploads `pieces` × 64 KiB (with `content-length: len`, or chunked) from one thread while
+/// reading the answer in this one: the writer stops once the answer came (a proxy refusing the
+/// upload answers before it is whole, then closes). Returns the answer's bytes.
+fn upload_answered_early(addr: SocketAddr, len: Option<u64>, pieces: usize) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let framing = match len {
+        Some(len) => format!("content-length: {len}"),
+        None => "transfer-encoding: chunked".to_string(),
+    };
+    write!(
+        s,
+        "POST /discard HTTP/1.1\r\nhost: localhost\r\n{framing}\r\n\r\n"
+    )
+    .unwrap();
+    let answered = Arc::new(AtomicBool::new(false));
+    let (mut w, stop) = (s.try_clone().unwrap(), answered.clone());
+    let writer = thread::spawn(move || {
+        let block = [b'c'; 64 << 10];
+        for _ in 0..pieces {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let sent = match len {
+                Some(_) => w.write_all(&block),
+                None => write!(w, "{:x}\r\n", block.len())
+                    .and_then(|()| w.write_all(&block))
+                    .and_then(|()| w.write_all(b"\r\n")),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"\r\n\r\n");
+    answered.store(true, Ordering::SeqCst);
+    let mut rest = [0u8; 4096];
+    while let Ok(n) = s.read(&mut rest) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&rest[..n]);
+    }
+    let _ = writer.join();
+    String::from_utf8_lossy(&seen).into_owned()
+}
