@@ -95,6 +95,50 @@ fn run_json_parses_and_shows_a_local_response() {
 }
 
 #[test]
+fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
+    let dir = folder(
+        "run_kept",
+        &[(
+            "clock.rhai",
+            r#"log_info(`configured at ${now_ms()}`);
+            shared_set("boot", "yes", 0);
+            fn on_request_headers() {
+                increment_counter("requests", 1);
+                record_histogram("sizes", 7);
+                add_request_header("x-now", now_ms().to_string());
+            }"#,
+        )],
+    );
+    let o = proxy_rhai(&["run", &path(&dir, "clock.rhai"), "--now", "1000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("== log at configure time\n  info   configured at 1000\n"),
+        "{out}"
+    );
+    assert!(out.contains(r#"increment_metric("requests", 1)"#), "{out}");
+    assert!(
+        out.contains(r#"add_header(HttpRequestHeaders, "x-now", "1000")"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("== metrics\n  requests: 1\n  sizes: [7]\n"),
+        "{out}"
+    );
+    assert!(out.contains("== shared data\n  boot: \"yes\""), "{out}");
+
+    // The default clock is fixed: 2026-01-01T00:00:00Z.
+    let o = proxy_rhai(&["run", &path(&dir, "clock.rhai"), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v["configure_log"][0]["message"],
+        "configured at 1767225600000"
+    );
+    assert_eq!(v["metrics"]["sizes"], serde_json::json!([7]));
+    assert_eq!(v["shared_data"]["boot"], "yes");
+}
+
+#[test]
 fn run_gives_a_body_in_pieces_and_traces_each() {
     let dir = folder(
         "run_chunks",

@@ -232,14 +232,19 @@ fn metrics_are_defined_on_first_use() {
     let metrics: Vec<_> = p
         .metrics()
         .into_iter()
-        .map(|m| (m.kind, m.name, m.value))
+        .map(|m| (m.kind, m.name, m.value, m.recorded))
         .collect();
     assert_eq!(
         metrics,
         [
-            (MetricType::Counter, "requests".to_string(), 2),
-            (MetricType::Gauge, "inflight".to_string(), 3),
-            (MetricType::Histogram, "latency_ms".to_string(), 12)
+            (MetricType::Counter, "requests".to_string(), 2, vec![]),
+            (MetricType::Gauge, "inflight".to_string(), 3, vec![]),
+            (
+                MetricType::Histogram,
+                "latency_ms".to_string(),
+                0,
+                vec![12, 12]
+            )
         ]
     );
 }

@@ -38,6 +38,22 @@ fn on_request_body() {
 }
 "#;
 
+const CLOCK: &str = r#"
+log_info(`configured at ${now_ms()}`);
+fn on_request_headers() {
+    add_request_header("x-now", now_ms().to_string());
+    increment_counter("requests", 1);
+    record_histogram("sizes", 7);
+    record_histogram("sizes", 9);
+    set_gauge("last", 42);
+    shared_set("last_path", get_request_header(":path"), 0);
+}
+fn on_tick() {
+    increment_counter("ticks", 1);
+    log_info(`tick at ${now_ms()}`);
+}
+"#;
+
 /// Writes the scripts and `tests` as a test file, and runs it.
 fn run(name: &str, tests: &str) -> FileReport {
     let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -48,6 +64,7 @@ fn run(name: &str, tests: &str) -> FileReport {
         ("auth.rhai", AUTH),
         ("fanout.rhai", FANOUT),
         ("lib/body.rhai", BODY),
+        ("clock.rhai", CLOCK),
     ] {
         std::fs::write(dir.join(file), script).unwrap();
     }
@@ -342,4 +359,45 @@ fn tests_run_in_definition_order() {
     assert_eq!(report.error, None);
     let names: Vec<&str> = report.tests.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["test_b", "test_a"]);
+}
+
+#[test]
+fn the_clock_ticks_metrics_and_shared_data() {
+    passes(
+        "clock",
+        r#"
+        fn test_the_clock_starts_at_a_fixed_time_and_moves_when_told() {
+            let p = plugin("clock.rhai");
+            assert_eq(p.now_ms(), 1767225600000);
+            assert_eq(p.logs[0].message, "configured at 1767225600000");
+            p.get("/").assert_upstream_header("x-now", "1767225600000");
+            p.advance_ms(1500);
+            p.get("/").assert_upstream_header("x-now", "1767225601500");
+            p.set_time_ms(1000);
+            p.get("/").assert_upstream_header("x-now", "1000");
+        }
+        fn test_ticks_fire_as_test_time_passes() {
+            let p = plugin("clock.rhai", (), #{ tick_period_ms: 100 });
+            p.advance_ms(99);
+            assert_eq(p.metric("ticks"), ());
+            p.advance_ms(1);
+            assert_eq(p.metric("ticks"), 1);
+            p.advance_ms(250);
+            assert_eq(p.metric("ticks"), 3);
+            let ticks = p.logs.filter(|l| l.message.starts_with("tick at")).map(|l| l.message);
+            assert_eq(ticks, ["tick at 1767225600100", "tick at 1767225600200", "tick at 1767225600300"]);
+        }
+        fn test_metrics_and_shared_data_by_name() {
+            let p = plugin("clock.rhai");
+            assert_eq(p.metric("requests"), ());
+            assert_eq(p.shared_data("last_path"), ());
+            p.get("/a");
+            p.get("/b");
+            assert_eq(p.metric("requests"), 2);
+            assert_eq(p.metric("last"), 42);
+            assert_eq(p.metric("sizes"), [7, 9, 7, 9]);
+            assert_eq(p.shared_data("last_path"), "/b");
+        }
+        "#,
+    );
 }

@@ -11,7 +11,9 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 use proxy_rhai::check::{check, Severity};
-use proxy_rhai::emulator::{header, Callout, Emulator, Headers, Outcome, Reply, Request, Response};
+use proxy_rhai::emulator::{
+    self, header, Callout, Emulator, Headers, LogLine, Metric, Outcome, Reply, Request, Response,
+};
 use proxy_rhai::testing::{self, spec};
 
 /// Run, test, check and document proxy-rhai scripts, with no proxy: the plugin's own code runs
@@ -69,6 +71,10 @@ struct RunArgs {
     /// repeated; other callouts time out.
     #[arg(long, value_name = "CLUSTER[PATH]=ANSWER")]
     callout: Vec<String>,
+    /// The proxy's clock, in milliseconds since the Unix epoch (`now_ms()`); by default
+    /// 1767225600000 (2026-01-01T00:00:00Z), the same on every run.
+    #[arg(long, value_name = "MS")]
+    now: Option<u64>,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -195,8 +201,10 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     let script = read_script(&args.script)?;
     let mut configuration = args.configuration.settings()?;
     configuration.insert("script".into(), script.into());
-    let emulator = Emulator::new(&Value::Object(configuration).to_string())
+    let now = args.now.unwrap_or(emulator::START_TIME_MS);
+    let emulator = Emulator::new_at(&Value::Object(configuration).to_string(), now)
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
+    let configure_log = emulator.log();
     let mut request = match &args.request {
         Some(arg) => input::request(arg)?,
         None => Request::get("/"),
@@ -235,8 +243,24 @@ fn run(args: &RunArgs) -> Result<bool, String> {
             .map_or(Reply::NoAnswer, |r| r.reply.clone())
     };
     let outcome = emulator.run_with(&request, &mut response, &mut answer);
+    let kept = Kept {
+        configure_log,
+        metrics: emulator.metrics(),
+        shared: emulator.shared_data(),
+    };
     if args.json {
         let mut value = spec::outcome(&outcome);
+        value["configure_log"] = kept.configure_log.iter().map(spec::log_line).collect();
+        value["metrics"] = kept
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), spec::metric_value(m)))
+            .collect();
+        value["shared_data"] = kept
+            .shared
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(String::from_utf8_lossy(v))))
+            .collect();
         value["request"] = json!({
             "method": request.method,
             "path": request.path,
@@ -247,7 +271,7 @@ fn run(args: &RunArgs) -> Result<bool, String> {
         let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
         out(&format!("{text}\n"));
     } else {
-        out(&show_outcome(&request, &outcome));
+        out(&show_outcome(&request, &outcome, &kept));
     }
     Ok(outcome.script_errors().is_empty() && outcome.stalled.is_none())
 }
@@ -281,12 +305,35 @@ fn show_pieces(text: &mut String, pieces: &[Vec<u8>]) {
     }
 }
 
+/// What the plugin keeps beyond one request: shown after it.
+struct Kept {
+    /// What the script's top level logged, at configure time.
+    configure_log: Vec<LogLine>,
+    metrics: Vec<Metric>,
+    shared: Vec<(String, Vec<u8>)>,
+}
+
+fn show_log(text: &mut String, title: &str, log: &[LogLine]) {
+    if !log.is_empty() {
+        text.push_str(&format!("\n== {title}\n"));
+        for l in log {
+            let level = spec::level_name(l.level);
+            text.push_str(&format!("  {level:<5}  {}\n", l.message));
+        }
+    }
+}
+
 /// The trace and the outcome, for a person.
-fn show_outcome(request: &Request, outcome: &Outcome) -> String {
-    let mut text = format!(
+fn show_outcome(request: &Request, outcome: &Outcome, kept: &Kept) -> String {
+    let mut text = String::new();
+    show_log(&mut text, "log at configure time", &kept.configure_log);
+    if !text.is_empty() {
+        text = format!("{}\n\n", text.trim());
+    }
+    text.push_str(&format!(
         "== request: {} {} (authority {})\n",
         request.method, request.path, request.authority
-    );
+    ));
     show_headers(&mut text, &request.headers);
     show_body(&mut text, &request.body);
     text.push_str(&format!("\n== host calls ({})\n", outcome.trace.len()));
@@ -338,14 +385,17 @@ fn show_outcome(request: &Request, outcome: &Outcome) -> String {
         show_body(&mut text, &r.body);
         show_pieces(&mut text, &r.chunks);
     }
-    if !outcome.log.is_empty() {
-        text.push_str("\n== log\n");
-        for l in &outcome.log {
-            text.push_str(&format!(
-                "  {:<5}  {}\n",
-                spec::level_name(l.level),
-                l.message
-            ));
+    show_log(&mut text, "log", &outcome.log);
+    if !kept.metrics.is_empty() {
+        text.push_str("\n== metrics\n");
+        for m in &kept.metrics {
+            text.push_str(&format!("  {}: {}\n", m.name, spec::metric_value(m)));
+        }
+    }
+    if !kept.shared.is_empty() {
+        text.push_str("\n== shared data\n");
+        for (k, v) in &kept.shared {
+            text.push_str(&format!("  {k}: {:?}\n", String::from_utf8_lossy(v)));
         }
     }
     let errors = outcome.script_errors();

@@ -119,7 +119,10 @@ pub(crate) struct HostState {
 pub struct Metric {
     pub kind: MetricType,
     pub name: String,
+    /// A counter's or a gauge's value (a histogram has none).
     pub value: u64,
+    /// A histogram's recorded values, in order.
+    pub recorded: Vec<u64>,
 }
 
 /// A shared handle on the emulated proxy; the plugin holds one, the emulator another.
@@ -152,6 +155,14 @@ fn show(bytes: &[u8]) -> String {
 impl EmulatorHost {
     fn trace(&self, call: String) {
         self.0.borrow_mut().calls.push(call);
+    }
+
+    /// A metric's name for the trace (its id when there is none).
+    fn metric_name(&self, id: u32) -> String {
+        match self.0.borrow().metrics.get(id as usize) {
+            Some(metric) => format!("{:?}", metric.name),
+            None => format!("#{id}"),
+        }
     }
 
     /// The header map `map` of the current stream, when Envoy would give it now.
@@ -454,12 +465,16 @@ impl Host for EmulatorHost {
             kind,
             name: name.to_string(),
             value: 0,
+            recorded: Vec::new(),
         });
         Ok(state.metrics.len() as u32 - 1)
     }
 
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status> {
-        self.trace(format!("increment_metric({id}, {offset})"));
+        self.trace(format!(
+            "increment_metric({}, {offset})",
+            self.metric_name(id)
+        ));
         let mut state = self.0.borrow_mut();
         let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
         if metric.kind == MetricType::Histogram
@@ -471,11 +486,17 @@ impl Host for EmulatorHost {
         Ok(())
     }
 
+    /// As Envoy: a counter adds the value, a gauge takes it, a histogram records it.
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
-        self.trace(format!("record_metric({id}, {value})"));
+        self.trace(format!("record_metric({}, {value})", self.metric_name(id)));
         let mut state = self.0.borrow_mut();
         let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
-        metric.value = value;
+        match metric.kind {
+            MetricType::Counter => metric.value = metric.value.saturating_add(value),
+            MetricType::Gauge => metric.value = value,
+            MetricType::Histogram => metric.recorded.push(value),
+            _ => return Err(Status::BadArgument),
+        }
         Ok(())
     }
 

@@ -30,6 +30,10 @@ use crate::host::{LogLevel, MapType};
 use crate::plugin::Plugin;
 use crate::stream::HttpStream;
 
+/// Where the emulator's clock starts: 2026-01-01T00:00:00Z, in milliseconds since the Unix
+/// epoch. Fixed, so a test's output is the same on every run; tests move it.
+pub const START_TIME_MS: u64 = 1_767_225_600_000;
+
 /// Envoy's default per-connection buffer limit: a body buffered past it is refused by Envoy
 /// itself (413 for a request, 500 for a response).
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
@@ -364,6 +368,9 @@ pub struct Emulator {
     /// Callouts made in a chunk phase are answered after this many more chunks arrived (0:
     /// before the next one), so a test can have chunks arrive while a callout holds the stream.
     pub callout_delay_chunks: usize,
+    /// When `on_tick` is due next, in milliseconds (`None`: one period from the clock's next
+    /// move).
+    next_tick_ms: std::cell::Cell<Option<u64>>,
 }
 
 /// Where the stream stands after the plugin handled an event.
@@ -380,7 +387,14 @@ impl Emulator {
     /// Configures the plugin with a full plugin configuration (JSON text), as Envoy would;
     /// the error is what the plugin logged when refusing it.
     pub fn new(configuration: &str) -> Result<Self, String> {
+        Self::new_at(configuration, START_TIME_MS)
+    }
+
+    /// [`Emulator::new`] with the clock at `now_ms` (milliseconds since the Unix epoch) from
+    /// the start: the script's top level runs at that time.
+    pub fn new_at(configuration: &str, now_ms: u64) -> Result<Self, String> {
         let host = EmulatorHost::default();
+        host.0.borrow_mut().now_nanos = now_ms.saturating_mul(1_000_000);
         let plugin =
             Plugin::configure(host.clone(), configuration.as_bytes()).map_err(|e| e.to_string())?;
         host.0.borrow_mut().calls.clear();
@@ -389,6 +403,7 @@ impl Emulator {
             plugin: Rc::new(plugin),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             callout_delay_chunks: 0,
+            next_tick_ms: std::cell::Cell::new(None),
         })
     }
 
@@ -417,14 +432,72 @@ impl Emulator {
         self.host.0.borrow().metrics.clone()
     }
 
+    /// Every shared-data key and its value, in key order.
+    pub fn shared_data(&self) -> Vec<(String, Vec<u8>)> {
+        let state = self.host.0.borrow();
+        state
+            .shared
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// A shared-data value and its version, as every worker sees it.
     pub fn shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.host.0.borrow().shared.get(key).cloned()
     }
 
-    /// Sets the proxy clock (nanoseconds since the Unix epoch).
+    /// Sets the proxy clock (nanoseconds since the Unix epoch); no tick fires.
     pub fn set_time_nanos(&self, now: u64) {
         self.host.0.borrow_mut().now_nanos = now;
+        self.next_tick_ms.set(None);
+    }
+
+    /// The proxy clock, in milliseconds since the Unix epoch (starts at [`START_TIME_MS`]).
+    pub fn now_ms(&self) -> u64 {
+        self.host.0.borrow().now_nanos / 1_000_000
+    }
+
+    /// Sets the proxy clock, in milliseconds since the Unix epoch; no tick fires.
+    pub fn set_time_ms(&self, now: u64) {
+        self.set_time_nanos(now.saturating_mul(1_000_000));
+    }
+
+    /// Moves the proxy clock forward by `ms`, running `on_tick()` each time a tick period
+    /// passes, with the clock at that tick's time, as the proxy's timer would.
+    pub fn advance_ms(&self, ms: u64) {
+        let start = self.now_ms();
+        let end = start.saturating_add(ms);
+        loop {
+            let period = u64::from(self.tick_period_ms());
+            if period == 0 {
+                self.next_tick_ms.set(None);
+                break;
+            }
+            let due = self
+                .next_tick_ms
+                .get()
+                .unwrap_or(start.saturating_add(period));
+            if due > end {
+                self.next_tick_ms.set(Some(due));
+                break;
+            }
+            self.host.0.borrow_mut().now_nanos = due.saturating_mul(1_000_000);
+            self.next_tick_ms.set(Some(due.saturating_add(period)));
+            self.tick();
+        }
+        self.host.0.borrow_mut().now_nanos = end.saturating_mul(1_000_000);
+    }
+
+    /// A metric the plugin defined, by name.
+    pub fn metric(&self, name: &str) -> Option<host::Metric> {
+        self.host
+            .0
+            .borrow()
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
     }
 
     /// The log lines written at configure time and since.

@@ -815,6 +815,47 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
         "plugin_error",
         move |path: &str, config: Dynamic, settings: Map| load_error(&s, path, &config, &settings),
     );
+    // The clock, and what the plugin keeps across requests.
+    engine.register_fn(
+        "set_time_ms",
+        |p: &mut TestPlugin, now: i64| -> RhaiResult<()> {
+            let now =
+                u64::try_from(now).map_err(|_| format!("set_time_ms(): {now} is before 1970"))?;
+            p.0.emulator.set_time_ms(now);
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "advance_ms",
+        |p: &mut TestPlugin, ms: i64| -> RhaiResult<()> {
+            let ms =
+                u64::try_from(ms).map_err(|_| format!("advance_ms(): {ms} goes back in time"))?;
+            p.0.emulator.advance_ms(ms);
+            Ok(())
+        },
+    );
+    engine.register_fn("now_ms", |p: &mut TestPlugin| {
+        i64::try_from(p.0.emulator.now_ms()).unwrap_or(i64::MAX)
+    });
+    engine.register_fn("metric", |p: &mut TestPlugin, name: &str| -> Dynamic {
+        match p.0.emulator.metric(name) {
+            None => Dynamic::UNIT,
+            Some(m) if m.kind == crate::host::MetricType::Histogram => m
+                .recorded
+                .iter()
+                .map(|v| Dynamic::from(i64::try_from(*v).unwrap_or(i64::MAX)))
+                .collect::<Array>()
+                .into(),
+            Some(m) => Dynamic::from(i64::try_from(m.value).unwrap_or(i64::MAX)),
+        }
+    });
+    engine.register_fn("shared_data", |p: &mut TestPlugin, key: &str| -> Dynamic {
+        p.0.emulator
+            .shared(key)
+            .map_or(Dynamic::UNIT, |(value, _)| {
+                String::from_utf8_lossy(&value).into_owned().into()
+            })
+    });
     engine.register_get("logs", |p: &mut TestPlugin| -> Array {
         p.0.emulator
             .log()

@@ -8,8 +8,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::emulator::{header, Callout, Forwarded, Headers, Outcome, Reply, Request, Response};
-use crate::host::LogLevel;
+use crate::emulator::{
+    header, Callout, Forwarded, Headers, LogLine, Metric, Outcome, Reply, Request, Response,
+};
+use crate::host::{LogLevel, MetricType};
 
 /// The fields a request may have.
 pub const REQUEST_FIELDS: &[&str] = &[
@@ -163,11 +165,7 @@ pub fn outcome(outcome: &Outcome) -> Value {
     let upstream = outcome.upstream.as_ref().map(forwarded);
     let r = &outcome.response;
     let callouts: Vec<Value> = outcome.callouts.iter().map(callout).collect();
-    let log: Vec<Value> = outcome
-        .log
-        .iter()
-        .map(|l| json!({"level": level_name(l.level), "message": l.message}))
-        .collect();
+    let log: Vec<Value> = outcome.log.iter().map(log_line).collect();
     json!({
         "upstream": upstream,
         "response": {
@@ -184,6 +182,19 @@ pub fn outcome(outcome: &Outcome) -> Value {
         "stalled": outcome.stalled,
         "trace": outcome.trace,
     })
+}
+
+/// A log line: `{"level", "message"}`.
+pub fn log_line(line: &LogLine) -> Value {
+    json!({"level": level_name(line.level), "message": line.message})
+}
+
+/// A metric's value: a counter's or gauge's number, a histogram's recorded values.
+pub fn metric_value(metric: &Metric) -> Value {
+    match metric.kind {
+        MetricType::Histogram => json!(metric.recorded),
+        _ => json!(metric.value),
+    }
 }
 
 /// Whether a callout's `:path` matches `pattern`: equal, or starting with what comes before a
