@@ -4,7 +4,9 @@
 - bench/data/body-10k.json: the ~10 kB JSON document the upstream serves for workload 3
   (nested objects, arrays, escapes, \\u escapes including a surrogate pair, floats, null);
 - bench/scripts/big-1000.rhai: a 1,000-line script (helpers, maps, loops, top-level statements)
-  for the configure-time measure.
+  for the configure-time measure;
+- bench/data/stream-1m.txt (not committed): the 1,048,576-byte text the upstream streams for
+  workload 5, lines of ASCII with the marker the workload looks for once, in its first line.
 """
 import json
 from pathlib import Path
@@ -42,6 +44,21 @@ def json_document(target=10 * 1024):
         i += 1
     doc["items"].pop()
     return json.dumps(doc)
+
+
+STREAM_MARKER = "proxy-rhai-marker"
+STREAM_SIZE = 1 << 20
+
+
+def stream_body(size=STREAM_SIZE):
+    out = [f"streamed body for bench workload 5, with the marker {STREAM_MARKER} once\n"]
+    n, i = len(out[0]), 0
+    while n < size:
+        line = f"line {i:06d}: the quick brown fox jumps over the lazy dog, again and again\n"
+        out.append(line)
+        n += len(line)
+        i += 1
+    return "".join(out)[:size]
 
 
 def big_script(lines=1000):
@@ -101,6 +118,7 @@ def main():
     (BENCH / "data").mkdir(exist_ok=True)
     (BENCH / "data" / "body-10k.json").write_text(json_document())
     (BENCH / "scripts" / "big-1000.rhai").write_text(big_script())
+    (BENCH / "data" / "stream-1m.txt").write_text(stream_body())
 
 
 if __name__ == "__main__":

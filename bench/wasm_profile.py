@@ -8,7 +8,8 @@ V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This ru
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
 proxy-wasm host written in Python, and wasmtime's perf map names every wasm function. The host
 is minimal: a GET with the 15 headers of bench workload 2, a 200 response with a 3-byte body
-(or the file given with --response-body),
+(or the file given with --response-body; with --chunk-size N it comes in pieces of N bytes,
+one body call each, the buffer holding what the plugin paused and the new piece, as in Envoy),
 every phase called in Envoy's order; header maps and the plugin configuration are answered,
 a callout is answered at once (200, `x-auth-token`, as bench workload 4's service does), anything
 else (properties, metrics) is refused or ignored.
@@ -69,12 +70,13 @@ def deserialize(data):
 
 
 def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n",
-          counters=(), tracer=None):
+          counters=(), tracer=None, chunk_size=0):
     """Runs `requests` requests through the plugin (inside perf, when profiling). With `fuel`,
     returns the wasm instructions they executed (wasmtime's fuel: one unit per instruction,
     none for the host), after as many requests again to warm up, and how much each of the
     exported globals named in `counters` grew over them. `tracer` answers the imports of a
-    module made by `traced` (a `FunctionTracer`)."""
+    module made by `traced` (a `FunctionTracer`). With `chunk_size`, the response body comes
+    in pieces of that many bytes."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -197,6 +199,8 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
     encode = lambda pairs: [(k.encode(), v.encode()) for k, v in pairs]
     response = [(k, str(len(response_body)) if k == "content-length" else v) for k, v in RESPONSE]
     state["pending"] = []
+    step = chunk_size or max(len(response_body), 1)
+    pieces = range(0, max(len(response_body), 1), step)
     start = None
     for i in range(2 * requests if fuel else requests):
         if fuel and i == requests:
@@ -207,14 +211,19 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
         ctx = 2 + i
         maps.clear()
         maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(response)
-        buffers[HTTP_RESPONSE_BODY] = response_body
         ex["proxy_on_context_create"](store, ctx, 1)
         ex["proxy_on_request_headers"](store, ctx, len(REQUEST), 1)
         while state["pending"]:
             maps[CALLOUT_HEADERS] = encode(CALLOUT_ANSWER)
             ex["proxy_on_http_call_response"](store, ctx, state["pending"].pop(0), len(CALLOUT_ANSWER), 0, 0)
         ex["proxy_on_response_headers"](store, ctx, len(RESPONSE), 0)
-        ex["proxy_on_response_body"](store, ctx, len(response_body), 1)
+        held = b""
+        for at in pieces:
+            # The proxy's buffer: what the plugin held (a call that returned Pause) and the piece.
+            body = buffers[HTTP_RESPONSE_BODY] = held + response_body[at:at + step]
+            last = at + step >= len(response_body)
+            paused = ex["proxy_on_response_body"](store, ctx, len(body), int(last))
+            held = buffers[HTTP_RESPONSE_BODY] if paused else b""
         ex["proxy_on_log"](store, ctx)
         ex["proxy_on_done"](store, ctx)
         ex["proxy_on_delete"](store, ctx)
@@ -341,7 +350,8 @@ def by_function(wasm, args, body):
     module, names, overheads = traced(wasm)
     tracer = FunctionTracer(overheads)
     serve(module, args.script, args.requests, fuel=True, configuration=args.configuration,
-          response_body=body, tracer=tracer)
+          response_body=body, tracer=tracer,
+          chunk_size=args.chunk_size)
     if shutil.which("rustfilt"):
         names = subprocess.run(["rustfilt"], input="\n".join(names), capture_output=True,
                                text=True, check=True).stdout.splitlines()
@@ -380,12 +390,17 @@ def main():
     ap.add_argument("--response-body", metavar="FILE",
                     help="the upstream's response body (default: 3 bytes), e.g. bench/data/body-10k.json "
                     "for bench/scripts/json.rhai")
+    ap.add_argument("--chunk-size", type=int, default=0, metavar="N",
+                    help="give the response body in pieces of N bytes, one body call each (a streamed "
+                    "body: bench/scripts/stream.rhai --response-body bench/data/stream-1m.txt "
+                    "--chunk-size 16384); default: in one call")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.fuel = args.fuel or args.allocs or args.by_function
     body = pathlib.Path(args.response_body).read_bytes() if args.response_body else b"ok\n"
     if args.serve:
-        serve(args.wasm, args.script, args.requests, response_body=body)
+        serve(args.wasm, args.script, args.requests, configuration=args.configuration,
+              response_body=body, chunk_size=args.chunk_size)
         return
     try:
         import wasmtime  # noqa: F401
@@ -394,7 +409,7 @@ def main():
     wasm = named_wasm(args.wasm)
     if args.fuel:
         used, _ = serve(wasm, args.script, args.requests, fuel=True,
-                        configuration=args.configuration, response_body=body)
+                        configuration=args.configuration, response_body=body, chunk_size=args.chunk_size)
         print(f"{args.script}: {used / args.requests:.0f} wasm instructions per request "
               f"({args.requests} requests after as many to warm up)")
         if args.by_function:
@@ -402,14 +417,17 @@ def main():
         if args.allocs:
             counters = [f"__count_{n}" for n in ALLOCATOR]
             _, counts = serve(counting_allocations(wasm), args.script, args.requests, fuel=True,
-                              configuration=args.configuration, response_body=body, counters=counters)
+                              configuration=args.configuration, response_body=body, counters=counters,
+                              chunk_size=args.chunk_size)
             print(", ".join(f"{c / args.requests:.1f} {what}" for c, what in zip(counts, ALLOCATOR.values()))
                   + " per request")
         return
     data = pathlib.Path(tempfile.gettempdir()) / "proxy_rhai.wasm_profile.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, __file__, "--serve",
                     "--wasm", wasm, "--requests", str(args.requests), args.script]
-                   + (["--response-body", args.response_body] if args.response_body else []), check=True)
+                   + (["--response-body", args.response_body] if args.response_body else [])
+                   + (["--configuration", args.configuration] if args.configuration else [])
+                   + ["--chunk-size", str(args.chunk_size)], check=True)
     report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-q", "--no-children",
                              "--sort", "dso,sym", "-F", "period,dso,sym"],
                             capture_output=True, text=True, check=True).stdout

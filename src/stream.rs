@@ -633,11 +633,9 @@ impl<H: Host + 'static> HttpStream<H> {
         } else {
             Vec::new()
         };
-        let cut = if ended {
-            fresh.len()
-        } else {
-            crate::bindings::streaming::complete_utf8_len(&fresh)
-        };
+        let len = fresh.len();
+        let (complete, fresh) = crate::bindings::streaming::complete_utf8(fresh);
+        let cut = if ended { len } else { complete };
         if cut == 0 && !ended {
             return if size > 0 {
                 Action::Pause
@@ -645,7 +643,7 @@ impl<H: Host + 'static> HttpStream<H> {
                 Action::Continue
             };
         }
-        let tail = fresh.len() - cut;
+        let tail = len - cut;
         let chunk = match self.chunk_text(phase, fresh, cut) {
             Ok(chunk) => chunk,
             Err(e) => return self.fail(phase, &e, false),
@@ -683,20 +681,31 @@ impl<H: Host + 'static> HttpStream<H> {
         Action::Continue
     }
 
-    /// The chunk as the chunk function's first argument: a string, invalid UTF-8 replaced.
+    /// The chunk as the chunk function's first argument: a string of its first `cut` bytes,
+    /// invalid UTF-8 replaced. `fresh` is the text when all of it is valid UTF-8 (then `cut` is
+    /// all of it), else the bytes.
     fn chunk_text(
         &self,
         phase: Phase,
-        mut bytes: Vec<u8>,
+        fresh: Result<String, Vec<u8>>,
         cut: usize,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
-        bytes.truncate(cut);
         let what = format!("the chunk given to {phase}");
-        if let Some(message) = self.plugin.api.over_memory_budget(bytes.len()) {
+        if let Some(message) = self.plugin.api.over_memory_budget(cut) {
             return Err(format!("{what}: {message}").into());
         }
         let max = self.plugin.engine.max_string_size();
-        Ok(crate::sandbox::text_within(&what, bytes, max)?.into())
+        let text = match fresh {
+            Ok(text) => {
+                crate::sandbox::check_text_len(&what, text.len(), max)?;
+                text
+            }
+            Err(mut bytes) => {
+                bytes.truncate(cut);
+                crate::sandbox::text_within(&what, bytes, max)?
+            }
+        };
+        Ok(text.into())
     }
 
     /// Before a callback of a chunk phase: the body functions act on that chunk.

@@ -123,12 +123,20 @@ impl SseState {
     }
 }
 
-/// How much of `bytes` ends on a character boundary: all of it, but an incomplete UTF-8
-/// character at its end when the rest is text (binary data is not held back).
-pub(crate) fn complete_utf8_len(bytes: &[u8]) -> usize {
-    match std::str::from_utf8(bytes) {
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        _ => bytes.len(),
+/// `bytes` as text when they are valid UTF-8 (checked once, not copied), else given back; and
+/// how much of them ends on a character boundary: all of them, but an incomplete UTF-8
+/// character at their end when the rest is text (binary data is not held back).
+pub(crate) fn complete_utf8(bytes: Vec<u8>) -> (usize, Result<String, Vec<u8>>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text.len(), Ok(text)),
+        Err(e) => {
+            let error = e.utf8_error();
+            let complete = match error.error_len() {
+                None => error.valid_up_to(),
+                Some(_) => e.as_bytes().len(),
+            };
+            (complete, Err(e.into_bytes()))
+        }
     }
 }
 
