@@ -401,3 +401,26 @@ fn the_clock_ticks_metrics_and_shared_data() {
         "#,
     );
 }
+
+#[test]
+fn test_files_have_the_plugins_builtins_and_constants() {
+    passes(
+        "builtins",
+        r#"
+        const SECRET = "s3cr3t";
+        const EXPECTED = #{ user: "ann" };
+        fn test_builtins_make_fixtures() {
+            assert_eq(hmac_sha256(SECRET, "GET\n/\n0\n").len(), 64);
+            assert_eq(base64url_encode("hi?"), "aGk_");
+            assert_eq(to_json(EXPECTED), `{"user":"ann"}`);
+            assert_eq(parse_json(`{"user":"ann"}`), EXPECTED);
+            assert_eq(now_ms(), 1767225600000);
+            assert_eq(sha256("").len(), 64);
+        }
+        fn test_constants_are_seen_in_helpers() {
+            assert_eq(helper(), "s3cr3t!");
+        }
+        fn helper() { SECRET + "!" }
+        "#,
+    );
+}

@@ -109,7 +109,7 @@ fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
         base,
         ..Session::default()
     });
-    let engine = test_engine(&session);
+    let mut engine = test_engine(&session);
     let ast = match engine.compile(source) {
         Ok(ast) => ast,
         Err(e) => {
@@ -117,6 +117,24 @@ fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
             return report;
         }
     };
+    match top_level_constants(&engine, &ast) {
+        Ok(constants) if !constants.is_empty() => {
+            // (Rhai marks `on_var` "volatile", not deprecated.)
+            #[allow(deprecated)]
+            engine.on_var(move |name, index, _| {
+                Ok(if index > 0 {
+                    None
+                } else {
+                    constants.get(name).cloned()
+                })
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    }
     let mut tests: Vec<(Option<(usize, usize)>, String)> = ast
         .iter_functions()
         .filter(|f| f.name.starts_with("test_") && f.params.is_empty())
@@ -733,7 +751,31 @@ fn test_engine(session: &Rc<Session>) -> Engine {
     register_general(&mut engine);
     register_plugin(&mut engine, session);
     register_exchange(&mut engine);
+    // The plugin's own pure functions, so a test makes its fixtures as a script would: their
+    // clock is the emulator's start (a plugin's own clock is `p.now_ms()`).
+    let host = crate::emulator::EmulatorHost::default();
+    host.0.borrow_mut().now_nanos = crate::emulator::START_TIME_MS * 1_000_000;
+    let limits = crate::config::Limits::default();
+    let api = Rc::new(crate::bindings::Api::new(host, &limits, Rc::default()));
+    crate::bindings::register_builtins(&mut crate::bindings::Registrar {
+        engine: &mut engine,
+        api,
+        docs: None,
+    });
     engine
+}
+
+/// The top-level constants of a test file, which its functions see as a script's do.
+fn top_level_constants(engine: &Engine, ast: &rhai::AST) -> Result<Map, String> {
+    let mut scope = Scope::new();
+    engine
+        .run_ast_with_scope(&mut scope, ast)
+        .map_err(|e| format!("its top level fails: {e}"))?;
+    Ok(scope
+        .iter()
+        .filter(|(_, constant, _)| *constant)
+        .map(|(name, _, value)| (name.into(), value))
+        .collect())
 }
 
 fn register_general(engine: &mut Engine) {
