@@ -359,10 +359,10 @@ impl<H: Host + 'static> HttpStream<H> {
         self.resume(side);
     }
 
-    /// The callback's arguments — status (0 without an answer), headers, body — as many as it
-    /// takes: the headers and body are only converted for a callback that reads them. The body
-    /// is the text `get_http_call_response_body()` gives, and refused as it is when that text
-    /// would be longer than the string size limit (the callback doesn't run).
+    /// The callback's arguments — status (0 without an answer), headers, body, failure — as
+    /// many as it takes: the headers and body are only converted for a callback that reads
+    /// them. The body is the text `get_http_call_response_body()` gives, and refused as it is
+    /// when that text would be longer than the string size limit (the callback doesn't run).
     fn call_answer(
         &self,
         num_headers: usize,
@@ -409,7 +409,57 @@ impl<H: Host + 'static> HttpStream<H> {
             let max = self.plugin.engine.max_string_size();
             args.push(crate::sandbox::text_within(what, body, max)?.into());
         }
+        if arity >= 4 {
+            args.push(
+                self.call_failure(num_headers, status, body_size)
+                    .map_or(Dynamic::UNIT, Dynamic::from),
+            );
+        }
         Ok(args)
+    }
+
+    /// Why a callout got no real answer, told apart from a target's own 504 or 503 by what only
+    /// Envoy sends (measured in Envoy 1.40): no headers at all for a reset after the answer
+    /// began; for a timeout, its own 504 with exactly `:status`, `content-length` and
+    /// `content-type` and the body `upstream request timeout`; for a target it can't reach (or
+    /// that resets before answering), its own 503 with those headers and `upstream connect error
+    /// or disconnect/reset before headers. reset reason: …`.
+    fn call_failure(
+        &self,
+        num_headers: usize,
+        status: i64,
+        body_size: usize,
+    ) -> Option<&'static str> {
+        if num_headers == 0 {
+            return Some("reset");
+        }
+        let own = |expected: &str| -> Option<String> {
+            if num_headers != 3 || body_size > 200 {
+                return None;
+            }
+            let body = self
+                .plugin
+                .api
+                .host
+                .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()?;
+            String::from_utf8(body)
+                .ok()
+                .filter(|body| body.starts_with(expected))
+        };
+        match status {
+            504 => own(crate::emulator::UPSTREAM_TIMEOUT_BODY)
+                .filter(|body| body == crate::emulator::UPSTREAM_TIMEOUT_BODY)
+                .map(|_| "timeout"),
+            503 => own(crate::emulator::UPSTREAM_RESET_BEFORE_HEADERS).map(|body| {
+                match body.contains("connection failure") {
+                    true => "connect_failure",
+                    false => "reset",
+                }
+            }),
+            _ => None,
+        }
     }
 
     /// How many of `|status, headers, body|` a callback takes (a closure's captured variables
@@ -431,7 +481,7 @@ impl<H: Host + 'static> HttpStream<H> {
                     .map(|f| f.params.len())
             })
             .map_or(3, |params| {
-                params.saturating_sub(callback.curry().len()).min(3)
+                params.saturating_sub(callback.curry().len()).min(4)
             })
     }
 

@@ -511,3 +511,38 @@ fn a_failed_callback_keeps_only_what_went_on_before_its_resume() {
     assert_eq!(o.upstream_header("x-dropped"), None);
     assert_eq!(o.response.status, 200);
 }
+
+/// A fourth callback parameter says why there was no real answer: Envoy's own 504 and 503
+/// are told apart from a target's by their exact headers and text.
+#[test]
+fn a_callback_is_told_a_timeout_a_connect_failure_or_a_reset() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+            http_get("auth", "/", [], 100, |status, headers, body, failure| {
+                add_request_header("x-result", `${status} ${failure ?? "answered"}`);
+            });
+        }"#,
+    );
+    let run = |reply: Reply| {
+        let o = p.run_with(
+            &Request::get("/"),
+            &mut Response::ok(""),
+            &mut |_: &Callout| reply.clone(),
+        );
+        assert!(o.script_errors().is_empty(), "{:?}", o.log);
+        o.upstream_header("x-result").unwrap()
+    };
+    assert_eq!(run(Reply::NoAnswer), "504 timeout");
+    assert_eq!(run(Reply::Reset), "503 connect_failure");
+    assert_eq!(run(Reply::Failure), "0 reset");
+    assert_eq!(run(answer(200, &[], "ok")), "200 answered");
+    // A target's own 504 or 503, even with Envoy's texts, is an answer.
+    assert_eq!(
+        run(answer(504, &[], "upstream request timeout")),
+        "504 answered"
+    );
+    assert_eq!(
+        run(answer(503, &[("content-type", "text/plain")], "down")),
+        "503 answered"
+    );
+}

@@ -68,7 +68,8 @@ struct RunArgs {
     response_chunks: Vec<usize>,
     /// Answers callouts to CLUSTER (and PATH: exact, or a prefix ending with `*`); ANSWER is
     /// STATUS, STATUS:BODY, timeout, reset, JSON, or @FILE (JSON or an HTTP response). May be
-    /// repeated; other callouts time out.
+    /// repeated. A call to a cluster named here that no rule answers times out; a call to any
+    /// other cluster is refused, as Envoy refuses an unknown cluster.
     #[arg(long, value_name = "CLUSTER[PATH]=ANSWER")]
     callout: Vec<String>,
     /// The proxy's clock, in milliseconds since the Unix epoch (`now_ms()`); by default

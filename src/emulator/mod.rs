@@ -38,6 +38,11 @@ pub const START_TIME_MS: u64 = 1_767_225_600_000;
 /// itself (413 for a request, 500 for a response).
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 
+/// How the body of the 503 Envoy answers a callout with begins when the target can't be
+/// reached or resets before answering (the reason follows).
+pub const UPSTREAM_RESET_BEFORE_HEADERS: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: ";
+
 /// The body of the 503 Envoy answers a callout with when its target can't be reached.
 pub const UPSTREAM_RESET_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";

@@ -51,8 +51,8 @@ fn on_request_headers() {
             });
         }
         "deny-503" => {
-            dispatch_http_call("callout", [[":method", "GET"], [":path", "/status/503"], [":authority", "auth"]], (), 2000, |status, headers, body| {
-                send_http_response(503, #{ "x-why": "auth unavailable" }, `auth answered ${status}`);
+            dispatch_http_call("callout", [[":method", "GET"], [":path", "/status/503"], [":authority", "auth"]], (), 2000, |status, headers, body, failure| {
+                send_http_response(503, #{ "x-why": "auth unavailable", "x-failure": failure ?? "answered" }, `auth answered ${status}`);
             });
         }
         "parallel" => {
@@ -71,7 +71,8 @@ fn on_request_headers() {
         }
         "timeout" => {
             let start = now_ms();
-            http_get("callout", "/delay/3000", [], 300, |status, headers, body| {
+            http_get("callout", "/delay/3000", [], 300, |status, headers, body, failure| {
+                add_request_header("x-failure", failure ?? "answered");
                 add_request_header("x-status", `${status}`);
                 add_request_header("x-body", body);
                 add_request_header("x-waited-ms", `${now_ms() - start}`);
@@ -91,7 +92,8 @@ fn on_request_headers() {
             http_get("nowhere", "/x", [], 500, |status, headers, body| {});
         }
         "down" => {
-            http_get("down", "/anything", [], 3000, |status, headers, body| {
+            http_get("down", "/anything", [], 3000, |status, headers, body, failure| {
+                add_request_header("x-failure", failure ?? "answered");
                 add_request_header("x-status", `${status}`);
                 add_request_header("x-body", body);
             });
@@ -222,6 +224,11 @@ fn callbacks_add_headers_and_answer_locally() {
     let r = op(&envoy, "deny-503", "/api/deny-503");
     assert_status(&r, 503);
     assert_eq!(r.header("x-why"), Some("auth unavailable"));
+    assert_eq!(
+        r.header("x-failure"),
+        Some("answered"),
+        "a target's own 503 is an answer"
+    );
     assert_eq!(r.text(), "auth answered 503");
     assert_eq!(envoy.upstream.hits("/api/deny-503"), 0);
     assert_eq!(envoy.callout.hits("/status/503"), 1);
@@ -264,6 +271,7 @@ fn refused_dispatches_failed_targets_and_failing_callbacks() {
     assert_status(&r, 200);
     let echo = r.echo();
     assert_eq!(echo.header("x-status"), Some("503"), "{echo:?}");
+    assert_eq!(echo.header("x-failure"), Some("connect_failure"));
     let body = echo.header("x-body").unwrap_or("");
     assert!(
         body.contains("upstream connect error") && body.contains("remote connection failure"),
@@ -369,6 +377,7 @@ fn parallel_calls_timeouts_and_an_early_resume() {
     assert_status(&r, 200);
     let echo = r.echo();
     assert_eq!(echo.header("x-status"), Some("504"), "{echo:?}");
+    assert_eq!(echo.header("x-failure"), Some("timeout"));
     assert_eq!(echo.header("x-body"), Some("upstream request timeout"));
     let waited: u64 = echo.header("x-waited-ms").unwrap().parse().unwrap();
     assert!((250..1500).contains(&waited), "callback after {waited} ms");
