@@ -139,6 +139,71 @@ fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
 }
 
 #[test]
+fn run_takes_several_requests_and_a_script_on_stdin() {
+    let script = r#"fn on_request_headers() {
+        let n = (shared_get("n").value ?? "0").parse_int() + 1;
+        shared_set("n", n.to_string(), 0);
+        if n > 2 { send_http_response(429, [], "slow down"); }
+    }"#;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
+        .args([
+            "run",
+            "-",
+            "--request",
+            r#"[{"path": "/a"}, {"path": "/b"}]"#,
+            "--request",
+            r#"{"path": "/c"}"#,
+            "--repeat",
+            "2",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let runs = v["runs"].as_array().unwrap();
+    let seen: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["request"]["path"].as_str().unwrap().to_string(),
+                r["response"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("/a", 200),
+        ("/b", 200),
+        ("/c", 429),
+        ("/a", 429),
+        ("/b", 429),
+        ("/c", 429),
+    ]
+    .iter()
+    .map(|(p, s)| (p.to_string(), *s))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(v["shared_data"]["n"], "6");
+
+    // In text, each request has its heading, and what was kept comes once at the end.
+    let o = proxy_rhai(&["run", "scripts/hello.rhai", "--repeat", "2"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("=== request 1 of 2") && out.contains("=== request 2 of 2"),
+        "{out}"
+    );
+}
+
+#[test]
 fn run_gives_a_body_in_pieces_and_traces_each() {
     let dir = folder(
         "run_chunks",

@@ -26,9 +26,14 @@ fn read(what: &str, path: &Path) -> Result<String, String> {
     })
 }
 
-/// A request: JSON (inline or in a file), or an HTTP/1.1 request in a file.
-pub fn request(arg: &str) -> Result<Request, String> {
-    message("--request", arg, http_request, spec::request)
+/// Requests: JSON (inline or in a file; an array holds several), or an HTTP/1.1 request in a
+/// file.
+pub fn requests(arg: &str) -> Result<Vec<Request>, String> {
+    let several = |value: &Value| match value {
+        Value::Array(items) => items.iter().map(spec::request).collect(),
+        one => spec::request(one).map(|r| vec![r]),
+    };
+    message("--request", arg, http_request, several)
 }
 
 /// An upstream response: JSON (inline or in a file), or an HTTP/1.1 response in a file.
@@ -46,7 +51,7 @@ fn message<T>(
         Ok(value) => value,
         Err(_) => {
             let text = read(what, Path::new(arg))?;
-            if text.trim_start().starts_with('{') {
+            if text.trim_start().starts_with(['{', '[']) {
                 serde_json::from_str(&text)
                     .map_err(|e| format!("{what}: {arg} is not valid JSON: {e}"))?
             } else {

@@ -46,14 +46,19 @@ enum Command {
                   proxy-rhai run auth.rhai --callout auth=timeout --json"
 )]
 struct RunArgs {
-    /// The script (a .rhai file).
+    /// The script (a .rhai file; `-` reads it from standard input).
     script: PathBuf,
     #[command(flatten)]
     configuration: Configuration,
     /// The request: JSON ({"method", "path", "authority", "headers", "body", "trailers"}) given
-    /// inline or in a file, or a file holding an HTTP/1.1 request.
+    /// inline or in a file, or a file holding an HTTP/1.1 request. May be repeated, and a JSON
+    /// array holds several: they run in order against the one configured plugin (its shared
+    /// data and metrics carry from one to the next).
     #[arg(long, value_name = "FILE|JSON")]
-    request: Option<String>,
+    request: Vec<String>,
+    /// Runs the requests this many times over.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
     /// What the upstream answers: JSON ({"status", "headers", "body", "trailers"}) given inline
     /// or in a file, or a file holding an HTTP/1.1 response.
     #[arg(long, value_name = "FILE|JSON")]
@@ -199,24 +204,40 @@ fn read_script(path: &Path) -> Result<String, String> {
 // ---- run -------------------------------------------------------------------------------------
 
 fn run(args: &RunArgs) -> Result<bool, String> {
-    let script = read_script(&args.script)?;
+    let script = if args.script.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read the script from standard input: {e}"))?;
+        text
+    } else {
+        read_script(&args.script)?
+    };
     let mut configuration = args.configuration.settings()?;
     configuration.insert("script".into(), script.into());
     let now = args.now.unwrap_or(emulator::START_TIME_MS);
     let emulator = Emulator::new_at(&Value::Object(configuration).to_string(), now)
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
     let configure_log = emulator.log();
-    let mut request = match &args.request {
-        Some(arg) => input::request(arg)?,
-        None => Request::get("/"),
-    };
+    let mut requests = Vec::new();
+    for arg in &args.request {
+        requests.extend(input::requests(arg)?);
+    }
+    if requests.is_empty() {
+        requests.push(Request::get("/"));
+    }
+    let requests: Vec<Request> = std::iter::repeat_n(requests, args.repeat.max(1))
+        .flatten()
+        .map(|mut request| {
+            if !args.request_chunks.is_empty() {
+                request.chunk_sizes.clone_from(&args.request_chunks);
+            }
+            request
+        })
+        .collect();
     let mut response = match &args.response {
         Some(arg) => input::response(arg)?,
         None => Response::ok("upstream response\n").header("content-type", "text/plain"),
     };
-    if !args.request_chunks.is_empty() {
-        request.chunk_sizes.clone_from(&args.request_chunks);
-    }
     if !args.response_chunks.is_empty() {
         response.chunk_sizes.clone_from(&args.response_chunks);
     }
@@ -243,14 +264,35 @@ fn run(args: &RunArgs) -> Result<bool, String> {
             .or_else(|| matching(false))
             .map_or(Reply::NoAnswer, |r| r.reply.clone())
     };
-    let outcome = emulator.run_with(&request, &mut response, &mut answer);
+    let outcomes: Vec<Outcome> = requests
+        .iter()
+        .map(|request| emulator.run_with(request, &mut response.clone(), &mut answer))
+        .collect();
     let kept = Kept {
         configure_log,
         metrics: emulator.metrics(),
         shared: emulator.shared_data(),
     };
     if args.json {
-        let mut value = spec::outcome(&outcome);
+        let runs: Vec<Value> = requests
+            .iter()
+            .zip(&outcomes)
+            .map(|(request, outcome)| {
+                let mut value = spec::outcome(outcome);
+                value["request"] = json!({
+                    "method": request.method,
+                    "path": request.path,
+                    "authority": request.authority,
+                    "headers": spec::pairs(&request.headers),
+                    "body": String::from_utf8_lossy(&request.body),
+                });
+                value
+            })
+            .collect();
+        let mut value = match <[Value; 1]>::try_from(runs) {
+            Ok([one]) => one,
+            Err(runs) => json!({ "runs": runs }),
+        };
         value["configure_log"] = kept.configure_log.iter().map(spec::log_line).collect();
         value["metrics"] = kept
             .metrics
@@ -262,19 +304,24 @@ fn run(args: &RunArgs) -> Result<bool, String> {
             .iter()
             .map(|(k, v)| (k.clone(), json!(String::from_utf8_lossy(v))))
             .collect();
-        value["request"] = json!({
-            "method": request.method,
-            "path": request.path,
-            "authority": request.authority,
-            "headers": spec::pairs(&request.headers),
-            "body": String::from_utf8_lossy(&request.body),
-        });
         let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
         out(&format!("{text}\n"));
     } else {
-        out(&show_outcome(&request, &outcome, &kept));
+        let mut text = String::new();
+        show_log(&mut text, "log at configure time", &kept.configure_log);
+        for (i, (request, outcome)) in requests.iter().zip(&outcomes).enumerate() {
+            if requests.len() > 1 {
+                text.push_str(&format!("\n=== request {} of {}\n", i + 1, requests.len()));
+            }
+            text.push('\n');
+            text.push_str(&show_outcome(request, outcome));
+        }
+        show_kept(&mut text, &kept);
+        out(&format!("{}\n", text.trim()));
     }
-    Ok(outcome.script_errors().is_empty() && outcome.stalled.is_none())
+    Ok(outcomes
+        .iter()
+        .all(|o| o.script_errors().is_empty() && o.stalled.is_none()))
 }
 
 fn show_headers(text: &mut String, headers: &Headers) {
@@ -324,13 +371,9 @@ fn show_log(text: &mut String, title: &str, log: &[LogLine]) {
     }
 }
 
-/// The trace and the outcome, for a person.
-fn show_outcome(request: &Request, outcome: &Outcome, kept: &Kept) -> String {
+/// The trace and the outcome of one request, for a person.
+fn show_outcome(request: &Request, outcome: &Outcome) -> String {
     let mut text = String::new();
-    show_log(&mut text, "log at configure time", &kept.configure_log);
-    if !text.is_empty() {
-        text = format!("{}\n\n", text.trim());
-    }
     text.push_str(&format!(
         "== request: {} {} (authority {})\n",
         request.method, request.path, request.authority
@@ -387,6 +430,18 @@ fn show_outcome(request: &Request, outcome: &Outcome, kept: &Kept) -> String {
         show_pieces(&mut text, &r.chunks);
     }
     show_log(&mut text, "log", &outcome.log);
+    let errors = outcome.script_errors();
+    if !errors.is_empty() {
+        text.push_str("\n== script errors\n");
+        for e in errors {
+            text.push_str(&format!("  {e}\n"));
+        }
+    }
+    text
+}
+
+/// What the plugin kept after the requests: its metrics and the shared data.
+fn show_kept(text: &mut String, kept: &Kept) {
     if !kept.metrics.is_empty() {
         text.push_str("\n== metrics\n");
         for m in &kept.metrics {
@@ -399,14 +454,6 @@ fn show_outcome(request: &Request, outcome: &Outcome, kept: &Kept) -> String {
             text.push_str(&format!("  {k}: {:?}\n", String::from_utf8_lossy(v)));
         }
     }
-    let errors = outcome.script_errors();
-    if !errors.is_empty() {
-        text.push_str("\n== script errors\n");
-        for e in errors {
-            text.push_str(&format!("  {e}\n"));
-        }
-    }
-    text
 }
 
 // ---- test ------------------------------------------------------------------------------------
