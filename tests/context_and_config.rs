@@ -125,6 +125,28 @@ fn json_round_trip_and_errors() {
     );
 }
 
+/// What a JSON round trip keeps and changes, as the docs of `parse_json` say: the document,
+/// with its keys sorted and every number that isn't a 64-bit integer as a float.
+#[test]
+fn json_round_trip_sorts_keys_and_keeps_number_kinds() {
+    let p = Emulator::with_script(
+        r#"fn on_request_body() { replace_request_body(to_json(parse_json(get_request_body()))); }"#,
+        json!({}),
+    )
+    .unwrap();
+    let o = p.run(
+        &Request::post(
+            "/",
+            r#"{"b":1,"a":2.5,"c":1e3,"d":12345678901234567890,"e":-7}"#,
+        ),
+        &mut Response::ok(""),
+    );
+    assert_eq!(
+        String::from_utf8(o.upstream.unwrap().body).unwrap(),
+        r#"{"a":2.5,"b":1,"c":1000.0,"d":1.2345678901234567e+19,"e":-7}"#
+    );
+}
+
 /// `parse_json` has its own deserializer (speed): it must make the values Rhai's own makes.
 #[test]
 fn parse_json_makes_the_values_rhai_makes() {

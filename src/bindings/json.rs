@@ -312,7 +312,7 @@ pub(super) fn register<H: crate::host::Host + 'static>(reg: &mut super::Registra
         "parse_json",
         Anywhere,
         "map, array, string, number, bool or ()",
-        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` or the VM past `limits.max_vm_memory` (each refused while parsing, before it is all made).",
+        "Parses JSON text (objects become maps, arrays arrays, `null` ()); invalid JSON is an error that says where. Numbers: an integer that fits in 64 bits stays an int; any other number (`2.5`, `1e3`, an integer past 64 bits) becomes a float, so `to_json` writes `1e3` back as `1000.0` and `12345678901234567890` as `1.2345678901234567e+19`. A map keeps its keys in sorted order (Rhai's maps are sorted by key), so `to_json(parse_json(x))` lists an object's keys alphabetically: the same document for any JSON reader, but not the same text; to pass a body on unchanged, pass the original text. So is a document holding more than a value may: over all its arrays, more items than `limits.max_array_size`; over all its objects, more entries than `limits.max_map_size`; or one that takes the call past `limits.max_memory` or the VM past `limits.max_vm_memory` (each refused while parsing, before it is all made).",
         r#"fn on_request_body() {
     try {
         let order = parse_json(get_request_body());
