@@ -226,6 +226,8 @@ pub(crate) struct Api<H> {
     pub redactor: Rc<crate::redact::Redactor>,
     /// The configuration's limits (those on the proxy's resources are checked here).
     pub limits: crate::config::Limits,
+    /// Every bound function's name and parameters, for error messages that say what to fix.
+    pub known: RefCell<Vec<crate::sandbox::KnownFn>>,
 }
 
 /// Where a binding may be called.
@@ -449,7 +451,8 @@ impl<H: Host> Api<H> {
         }
         if self.frame.borrow().stream.local_response_sent {
             return err(format!(
-                "{f}(): a local response was already sent for this request"
+                "{f}(): a local response was already sent for this request (send_http_response() \
+                 doesn't stop the script: `return` after it)"
             ));
         }
         let headers = header_pairs(f, headers)?;
@@ -546,6 +549,7 @@ macro_rules! bind {
             let result: $crate::bindings::ScriptResult<_> = $body;
             result
         });
+        $reg.api.known.borrow_mut().push(($name, &[$((stringify!($arg), stringify!($ty))),*]));
         $reg.doc($crate::bindings::FnDoc {
             name: $name,
             params: &[$((stringify!($arg), stringify!($ty))),*],
@@ -599,6 +603,16 @@ impl<H: Host + 'static> Api<H> {
         }
     }
 
+    /// A script error in one line, saying what to fix when the cause is a common mistake
+    /// ([`crate::sandbox::describe_error`]).
+    pub(crate) fn describe_error(&self, error: &EvalAltResult) -> String {
+        let hints = crate::sandbox::Hints {
+            known: &self.known.borrow(),
+            limits: &self.limits,
+        };
+        crate::sandbox::describe_error(error, &hints)
+    }
+
     /// The running script's top-level constant `name`, if it defined one: the call's own copy,
     /// made when the call first reads it. Whatever a call does to it (`push`, a closure changing
     /// what it captured, a `this` method) no other call sees.
@@ -627,6 +641,7 @@ impl<H: Host + 'static> Api<H> {
             metrics: RefCell::default(),
             redactor,
             limits: limits.clone(),
+            known: RefCell::default(),
         }
     }
 }
@@ -644,6 +659,7 @@ const ALL: Allowed = Allowed::In(Phases::ALL);
 /// Registers the whole script API on `engine`, area by area (the order of `api-docs/`).
 /// The plugin's pure built-ins (JSON, encodings, hashes, time, random), which test files
 /// have too.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn register_builtins<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     json::register(reg);
     builtins::register(reg);

@@ -156,7 +156,7 @@ fn misspelled_phases(source: &str, ast: &AST) -> Vec<Diagnostic> {
         let name = normal(f.name);
         let near = entry_points
             .iter()
-            .map(|phase| (distance(&name, &normal(phase)), phase))
+            .map(|phase| (crate::sandbox::edit_distance(&name, &normal(phase)), phase))
             .filter(|(d, phase)| *d <= (normal(phase).len() / 4).min(3))
             .min();
         if let Some((_, phase)) = near {
@@ -174,22 +174,6 @@ fn misspelled_phases(source: &str, ast: &AST) -> Vec<Diagnostic> {
         }
     }
     found
-}
-
-/// Levenshtein distance between two ASCII-ish names.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// Names Rhai handles itself, with any number of arguments.

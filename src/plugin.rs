@@ -294,7 +294,7 @@ impl<H: Host + 'static> Plugin<H> {
                 LogLevel::Error,
                 &format!(
                     "script error in {TICK_FUNCTION}: {}",
-                    sandbox::describe_error(&e)
+                    self.api.describe_error(&e)
                 ),
             );
         }
@@ -371,10 +371,7 @@ fn run_top_level<H: Host + 'static>(
     let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
     api.end_call();
     result.map_err(|e| {
-        let message = format!(
-            "script failed while loading: {}",
-            sandbox::describe_error(&e)
-        );
+        let message = format!("script failed while loading: {}", api.describe_error(&e));
         let at = sandbox::error_position(&e);
         ConfigError::new(ConfigErrorKind::Load, message).at(at.line(), at.position())
     })?;
@@ -398,9 +395,10 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
     let ast = engine.compile(source).map_err(|e| {
         let at = e.position();
         let message = format!(
-            "script does not compile: {} at {}",
+            "script does not compile: {} at {}{}",
             e.err_type(),
-            position(at)
+            position(at),
+            compile_hint(source, &e)
         );
         ConfigError::new(ConfigErrorKind::Compile, message).at(at.line(), at.position())
     })?;
@@ -473,6 +471,32 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
         tick,
         calls: RefCell::default(),
     })
+}
+
+/// What to write instead, for the mistakes a newcomer from JavaScript or JSON makes.
+fn compile_hint(source: &str, error: &rhai::ParseError) -> &'static str {
+    let message = error.err_type().to_string();
+    if message.contains("'null'") {
+        return ": Rhai has no null, write () for \"no value\"";
+    }
+    let line = error
+        .position()
+        .line()
+        .and_then(|n| source.lines().nth(n.saturating_sub(1)))
+        .unwrap_or_default();
+    // `{ a: 1 }` where a map was meant: Rhai reads `{` as a block.
+    let block_as_map = line.split('{').skip(1).any(|after| {
+        let after = after.trim_start();
+        let key: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '"')
+            .collect();
+        !key.is_empty() && after[key.len()..].trim_start().starts_with(':')
+    });
+    if block_as_map && !line.contains("#{") {
+        return ": a map is written #{ key: value } (a bare { … } is a block)";
+    }
+    ""
 }
 
 /// The API reference, as the bindings declare it (native only: the wasm build has no texts).

@@ -152,9 +152,19 @@ pub fn error_position(error: &EvalAltResult) -> rhai::Position {
     }
 }
 
+/// A bound function: its name, and its parameters' names and Rust types.
+pub(crate) type KnownFn = (&'static str, &'static [(&'static str, &'static str)]);
+
+/// What an error message may draw on to say what to fix.
+pub struct Hints<'a> {
+    pub(crate) known: &'a [KnownFn],
+    pub(crate) limits: &'a Limits,
+}
+
 /// A script error in one line: the innermost message, where in the script it happened, and
-/// the chain of calls that led there.
-pub fn describe_error(error: &EvalAltResult) -> String {
+/// the chain of calls that led there. Common mistakes get a message that names the cause and
+/// the fix instead of Rhai's own.
+pub fn describe_error(error: &EvalAltResult, hints: &Hints) -> String {
     let mut inner = error;
     let mut calls = Vec::new();
     let mut call_site = rhai::Position::NONE;
@@ -167,6 +177,26 @@ pub fn describe_error(error: &EvalAltResult) -> String {
     }
     let mut text = match inner {
         EvalAltResult::ErrorTerminated(reason, _) => format!("Script terminated: {reason}"),
+        EvalAltResult::ErrorFunctionNotFound(signature, pos) => match not_found(signature, hints) {
+            Some(explained) => with_position(explained, *pos),
+            None => inner.to_string(),
+        },
+        EvalAltResult::ErrorTooManyOperations(pos) => with_position(
+            format!(
+                "the script ran past limits.max_operations ({} operations): a loop that never \
+                 ends, or work too large for one call",
+                hints.limits.max_operations
+            ),
+            *pos,
+        ),
+        EvalAltResult::ErrorStackOverflow(pos) => with_position(
+            format!(
+                "functions called each other deeper than limits.max_call_depth ({}): a \
+                 recursion that never ends?",
+                hints.limits.max_call_depth
+            ),
+            *pos,
+        ),
         _ => inner.to_string(),
     };
     if inner.position().is_none() && !call_site.is_none() {
@@ -176,4 +206,115 @@ pub fn describe_error(error: &EvalAltResult) -> String {
         text.push_str(&format!(" [in {}]", calls.join(", in ")));
     }
     text
+}
+
+fn with_position(text: String, pos: rhai::Position) -> String {
+    match pos.is_none() {
+        true => text,
+        false => format!("{text} ({pos})"),
+    }
+}
+
+/// `Function not found: name (types)`, said as what went wrong; `None` for a message that is
+/// not a signature (a sort's own "elements … cannot be sorted").
+fn not_found(signature: &str, hints: &Hints) -> Option<String> {
+    let (name, args) = signature.split_once(" (")?;
+    let args = args.strip_suffix(')').unwrap_or(args);
+    if name.contains(' ') {
+        return None;
+    }
+    let args: Vec<&str> = match args.trim() {
+        "" => Vec::new(),
+        args => args.split(", ").map(plain_type).collect(),
+    };
+    let given = args.join(", ");
+    if name.starts_with("anon$") {
+        return Some(format!(
+            "a callback (closure) was called with {} argument{} ({given}), and it takes another \
+             number of parameters: give it as many as the call passes",
+            args.len(),
+            if args.len() == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(at) = args.iter().position(|a| *a == "()") {
+        let operator = !name.chars().any(|c| c.is_alphanumeric() || c == '_');
+        let on = if args.len() <= 2 && operator {
+            format!("the operator `{name}` was applied to ()")
+        } else if at == 0 {
+            format!("`{name}` was called on ()")
+        } else {
+            format!("`{name}` was given () as argument {}", at + 1)
+        };
+        return Some(format!(
+            "{on}: the value is () (nothing), e.g. a header that is absent, a map field or \
+             config() key that isn't set; check for it (`if x != () {{ … }}`) or give a default \
+             (`x ?? \"\"`)"
+        ));
+    }
+    let forms: Vec<String> = hints
+        .known
+        .iter()
+        .filter(|(known, _)| *known == name)
+        .map(|(_, params)| {
+            let params: Vec<String> = params
+                .iter()
+                .map(|(p, t)| format!("{p}: {}", plain_type(t)))
+                .collect();
+            format!("{name}({})", params.join(", "))
+        })
+        .collect();
+    if !forms.is_empty() {
+        return Some(format!(
+            "{name}() was called with ({given}), which it doesn't take: it takes {}",
+            forms.join(" or ")
+        ));
+    }
+    let mut text = format!("no function `{name}` takes ({given})");
+    if let Some(close) = closest(name, hints.known.iter().map(|(n, _)| *n)) {
+        text.push_str(&format!(": did you mean `{close}`?"));
+    }
+    Some(text)
+}
+
+/// A Rhai or Rust type name as scripts know it.
+fn plain_type(rust: &str) -> &str {
+    let t = rust.trim();
+    match t {
+        _ if t.contains("str") || t.contains("String") => "string",
+        "i64" | "INT" => "int",
+        "f64" | "FLOAT" | "rhai::FLOAT" => "float",
+        "()" => "()",
+        "Dynamic" => "any",
+        "Fn" | "FnPtr" => "function",
+        "Map" | "map" | "rhai::Map" => "map",
+        "Array" | "array" | "rhai::Array" => "array",
+        "Blob" | "blob" | "rhai::Blob" => "blob",
+        _ => t,
+    }
+}
+
+/// The name among `names` closest to `name` (at most a third of its letters off).
+fn closest<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.len() / 3).max(1);
+    names
+        .map(|n| (edit_distance(name, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance between two names.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }

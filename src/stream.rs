@@ -17,7 +17,6 @@ use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
 use crate::phase::Phase;
 use crate::plugin::{Plugin, Selection};
-use crate::sandbox::describe_error;
 
 /// State of one HTTP stream that outlives a single phase call.
 #[derive(Default)]
@@ -855,7 +854,7 @@ impl<H: Host + 'static> HttpStream<H> {
         };
         let message = format!(
             "script error in {place}{phase} (request {REQUEST_ID_SLOT}): {}",
-            describe_error(error)
+            self.plugin.api.describe_error(error)
         );
         let id = match phase {
             Phase::RequestHeaders => self.request_id(),

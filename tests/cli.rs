@@ -463,3 +463,72 @@ fn every_subcommand_has_help() {
         );
     }
 }
+
+/// Rhai's raw messages for a newcomer's mistakes become messages that name the cause and the
+/// fix, in the log `run` shows (the same line Envoy logs).
+#[test]
+fn script_errors_say_what_to_fix() {
+    let dir = folder(
+        "mistakes",
+        &[(
+            "m.rhai",
+            r#"fn on_request_headers() {
+    let op = get_request_header("x-op");
+    if op == "typo" { add_reqest_header("a", "b"); }
+    if op == "types" { send_http_response("403", [], "no"); }
+    if op == "unit" { get_request_header("x-none").to_upper(); }
+    if op == "not" { let x = !get_request_header("x-none"); }
+    if op == "callback" { http_get("auth", "/", [], 100, |a, b, c, d, e| { }); }
+    if op == "loop" { loop { } }
+    if op == "deep" { f(1); }
+    if op == "twice" { send_http_response(200, [], "a"); send_http_response(200, [], "b"); }
+    if op == "unit-header" { add_request_header("x-a", get_request_header("x-none")); }
+}
+fn f(n) { f(n + 1) }"#,
+        )],
+    );
+    let error = |op: &str| {
+        let request = format!(r#"{{"headers": {{"x-op": "{op}"}}}}"#);
+        let o = proxy_rhai(&[
+            "run",
+            &path(&dir, "m.rhai"),
+            "--request",
+            &request,
+            "--callout",
+            "auth=200",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["errors"][0].as_str().unwrap_or_default().to_string()
+    };
+    let cases = [
+        ("typo", "no function `add_reqest_header` takes (string, string): did you mean `add_request_header`? (line 3, position 23)"),
+        ("types", "send_http_response() was called with (string, array, string), which it doesn't take: it takes send_http_response(status: int, headers: any, body: any) (line 4, position 24)"),
+        ("unit", "`to_upper` was called on (): the value is () (nothing), e.g. a header that is absent"),
+        ("not", "the operator `!` was applied to (): the value is () (nothing)"),
+        ("callback", "a callback (closure) was called with 4 arguments (int, array, string, ()), and it takes another number of parameters"),
+        ("loop", "the script ran past limits.max_operations (500000 operations)"),
+        ("deep", "functions called each other deeper than limits.max_call_depth (32)"),
+        ("twice", "send_http_response() doesn't stop the script: `return` after it"),
+        ("unit-header", "add_request_header(): the header value is () (nothing)"),
+    ];
+    for (op, message) in cases {
+        let e = error(op);
+        assert!(e.contains(message), "{op}: {e}");
+    }
+    // At configure time: `null` and a map written as a block.
+    for (source, hint) in [
+        (
+            "fn on_request_headers() { let x = null; }",
+            "Rhai has no null, write () for \"no value\"",
+        ),
+        (
+            "fn on_request_headers() { let m = { a: 1 }; }",
+            "a map is written #{ key: value }",
+        ),
+    ] {
+        std::fs::write(dir.join("bad.rhai"), source).unwrap();
+        let o = proxy_rhai(&["run", &path(&dir, "bad.rhai")]);
+        assert!(stderr(&o).contains(hint), "{}", stderr(&o));
+    }
+}

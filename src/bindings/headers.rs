@@ -230,7 +230,7 @@ impl<H: Host> Api<H> {
         value: Dynamic,
         adding: bool,
     ) -> ScriptResult<()> {
-        let value = value_of(f, value)?;
+        let value = header_value_of(f, value)?;
         let added = check_write(f, map, &name, value.as_bytes(), adding)?;
         let write = match adding {
             true => Write::Add(name, value),
@@ -330,6 +330,18 @@ pub(super) fn check_pair_list<'a>(
 }
 
 /// A header map as scripts see it: `[name, value]` pairs, in order.
+/// A header value a script gives: a string or a blob. `()` is refused: it is most often an
+/// absent header or field passed on, and HTTP has no "no value" to write.
+fn header_value_of(f: &str, value: Dynamic) -> ScriptResult<Value> {
+    if value.is_unit() {
+        return err(format!(
+            "{f}(): the header value is () (nothing), e.g. a header that is absent or a field \
+             that isn't set: give a string (`x ?? \"\"`), or remove the header"
+        ));
+    }
+    value_of(f, value)
+}
+
 pub(crate) fn header_pairs_of(headers: &HeaderMap) -> Array {
     headers
         .iter()
@@ -363,7 +375,10 @@ pub(super) fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(Stri
             let Some(name) = name.read_lock::<ImmutableString>() else {
                 return bad();
             };
-            pairs.push((name.to_string(), bytes_of(f, value)?));
+            pairs.push((
+                name.to_string(),
+                header_value_of(f, value.clone())?.into_bytes(),
+            ));
         }
         return Ok(pairs);
     }
@@ -372,10 +387,16 @@ pub(super) fn header_pairs(f: &str, headers: &Dynamic) -> ScriptResult<Vec<(Stri
             match value.read_lock::<Array>() {
                 Some(values) => {
                     for v in values.iter() {
-                        pairs.push((name.to_string(), bytes_of(f, v)?));
+                        pairs.push((
+                            name.to_string(),
+                            header_value_of(f, v.clone())?.into_bytes(),
+                        ));
                     }
                 }
-                None => pairs.push((name.to_string(), bytes_of(f, value)?)),
+                None => pairs.push((
+                    name.to_string(),
+                    header_value_of(f, value.clone())?.into_bytes(),
+                )),
             }
         }
         return Ok(pairs);

@@ -754,7 +754,7 @@ fn script_errors_answer_with_the_default_error_policy() {
         // (op, a phrase of the logged error)
         ("throw", "secret-detail-42"),
         ("loop", "operations"),
-        ("recurse", "Stack overflow"),
+        ("recurse", "limits.max_call_depth"),
         ("grow", "too large"),
         ("scan", "operations"),
         ("callbacks", "operations"),
@@ -805,7 +805,7 @@ fn script_errors_answer_with_the_default_error_policy() {
     }
     // "loop", "scan", "callbacks" and "sort" each ended on the operations limit.
     assert_eq!(
-        envoy.plugin_log_lines("Too many operations").len(),
+        envoy.plugin_log_lines("limits.max_operations").len(),
         4,
         "{}",
         envoy.log()
@@ -941,7 +941,7 @@ fn deep_recursion_at_the_highest_allowed_call_depth_does_not_trap_the_vm() {
     let next = envoy.get("/next");
     envoy.assert_healthy();
     assert_status(&r, 500);
-    envoy.wait_for_log("Stack overflow");
+    envoy.wait_for_log("limits.max_call_depth");
     assert_status(&next, 200);
 }
 
