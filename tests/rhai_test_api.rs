@@ -343,3 +343,20 @@ fn tests_run_in_definition_order() {
     let names: Vec<&str> = report.tests.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["test_b", "test_a"]);
 }
+
+#[test]
+fn test_files_get_the_plugins_string_functions() {
+    // `s.pad(10, "")` is the plugin's (src/sandbox/strings.rs), which leaves `s` as it is;
+    // Rhai's added "" until the string was long enough, for good. On a thread, so that a
+    // regression fails the test instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        passes(
+            "strings",
+            r#"fn test_pad() { let s = "ab"; s.pad(10, ""); assert_eq(s, "ab"); }"#,
+        );
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the test file's pad(10, \"\") failed or never returned");
+}
