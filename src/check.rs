@@ -89,7 +89,7 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
             message: e.to_string(),
         });
     }
-    let engine = with_api(Engine::new());
+    let engine = with_api(crate::sandbox::std_engine());
     if let Ok(ast) = engine.compile(script) {
         let mut warnings = misspelled_phases(script, &ast);
         warnings.extend(unknown_calls(&engine, &ast));
@@ -109,7 +109,8 @@ fn error(message: String) -> Diagnostic {
 }
 
 /// `engine` in the plugin's sandbox (default limits, the script API), for analysis and
-/// documentation, never to run a request: `Engine::new()` gives the plugin's set of functions.
+/// documentation, never to run a request: [`crate::sandbox::std_engine`] gives the plugin's set of
+/// functions.
 pub(crate) fn with_api(engine: Engine) -> Engine {
     let limits = Limits::default();
     let api = Api::new(EmulatorHost::default(), &limits, Rc::default());

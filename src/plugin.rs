@@ -185,7 +185,7 @@ impl<H: Host + 'static> Plugin<H> {
 
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, ConfigError> {
         let api = Rc::new(Api::new(host, &config.limits, redactor));
-        let mut engine = sandbox::engine(Engine::new(), &config.limits, api.clone(), None);
+        let mut engine = sandbox::engine(sandbox::std_engine(), &config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, ConfigError> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
@@ -505,7 +505,7 @@ pub fn api_reference<H: Host + 'static>(host: H) -> Vec<crate::bindings::FnDoc> 
     let mut docs = Vec::new();
     let limits = crate::config::Limits::default();
     sandbox::engine(
-        Engine::new(),
+        sandbox::std_engine(),
         &limits,
         Rc::new(Api::new(host, &limits, Rc::default())),
         Some(&mut docs),

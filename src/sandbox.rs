@@ -8,10 +8,10 @@
 //!
 //! | bound | enforced in |
 //! | --- | --- |
-//! | `max_operations` | Rhai's operation counter, set here; Rhai patches 9–11 count the work on whole values and closure calls, 15 the comparisons a sort may make |
+//! | `max_operations` | Rhai's operation counter, set here; Rhai patches 9–11 count the work on whole values and closure calls, 15 the comparisons a sort may make; `pad` with an empty padding, which never ended inside Rhai's: [`strings`] |
 //! | `max_call_depth`, `max_expr_depth` | Rhai, set here (ranges: the VM's native stack) |
-//! | `max_string_size` | Rhai's size check after each operation; before a text is made: [`text_within`] / [`check_text_len`] here (bodies, callout answers, encodings), Rhai patch 17 (formatting) |
-//! | `max_array_size`, `max_map_size` | Rhai's size check; while parsing JSON: `bindings/json.rs` |
+//! | `max_string_size` | Rhai's size check after each operation; before a text is made: [`text_within`] / [`check_text_len`] here (bodies, callout answers, encodings), [`strings`] (`replace`, `pad`, changes of case), Rhai patch 17 (formatting) |
+//! | `max_array_size`, `max_map_size` | Rhai's size check; before the pieces are made: [`strings`] (`split`, `split_rev`, `to_chars`); while parsing JSON: `bindings/json.rs` |
 //! | `max_value_depth` | Rhai patch 1 (drop, copy, print and serialize recurse per level) |
 //! | `max_body_size` | the phase driver, `stream.rs` (`on_body`: 413 for a request, a reset for a response) |
 //! | `max_memory`, `max_vm_memory` | here, every 64 operations and at each `let`; `Api::over_memory_budget` / `Api::reserve` in the bindings (`set_context`, body and callout answer reads, `parse_json`) |
@@ -31,8 +31,18 @@ use crate::bindings::{self, Api, FnDoc, Registrar};
 use crate::config::Limits;
 use crate::host::Host;
 
-/// `base` (a plugin's `Engine::new()`) with the limits and the script API, and nothing else;
-/// `docs` collects the API reference when given.
+mod strings;
+
+/// Rhai's standard library as scripts get it: `Engine::new()`, with the string functions that
+/// could make a value far past the limits, or never end, replaced ([`strings`]).
+pub(crate) fn std_engine() -> Engine {
+    let mut engine = Engine::new();
+    strings::register(&mut engine);
+    engine
+}
+
+/// `base` (a plugin's [`std_engine`]; `Engine::new_raw()` for the API alone) with the limits and
+/// the script API, and nothing else; `docs` collects the API reference when given.
 pub(crate) fn engine<H: Host + 'static>(
     mut base: Engine,
     limits: &Limits,

@@ -424,3 +424,20 @@ fn test_files_have_the_plugins_builtins_and_constants() {
         "#,
     );
 }
+
+#[test]
+fn test_files_get_the_plugins_string_functions() {
+    // `s.pad(10, "")` is the plugin's (src/sandbox/strings.rs), which leaves `s` as it is;
+    // Rhai's added "" until the string was long enough, for good. On a thread, so that a
+    // regression fails the test instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        passes(
+            "strings",
+            r#"fn test_pad() { let s = "ab"; s.pad(10, ""); assert_eq(s, "ab"); }"#,
+        );
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the test file's pad(10, \"\") failed or never returned");
+}

@@ -736,7 +736,8 @@ impl TestPlugin {
 
 /// The engine test files run in: the standard library and the test API.
 fn test_engine(session: &Rc<Session>) -> Engine {
-    let mut engine = Engine::new();
+    // Rhai's functions as the plugin's scripts get them.
+    let mut engine = crate::sandbox::std_engine();
     engine
         .set_max_operations(100_000_000)
         .set_max_expr_depths(256, 256);

@@ -764,7 +764,7 @@ impl Engine {
             #[cfg(not(feature = "unchecked"))]
             if is_ref_mut && !func.is_pure() && !args.is_empty() {
                 self.check_data_size(&*args[0], pos)?;
-                // proxy-rhai patch 14: a string or a blob is measured by its length, no walk to
+                // proxy-rhai patch 11: a string or a blob is measured by its length, no walk to
                 // charge: what it holds now counts as what the function gave back
                 // (`s.pad(1000000, 'x')` writes a megabyte).
                 if !crate::eval::is_walked(&*args[0]) {

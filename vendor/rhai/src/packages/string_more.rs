@@ -18,99 +18,6 @@ def_package! {
     }
 }
 
-/// Appends `count` copies of `unit` to `string`, in one allocation and bulk copies (proxy-rhai
-/// patch 14, speed): `pad` pushed one character at a time, ~33 ns each in wasm (4 MB: 134 ms).
-fn append_repeated(string: &mut SmartString, unit: &str, count: usize) {
-    let mut out = String::with_capacity(string.len() + unit.len().saturating_mul(count));
-    out.push_str(string);
-    out.push_str(&unit.repeat(count));
-    *string = out.into();
-}
-
-/// Replaces every `find` in `string` with `substitute` (proxy-rhai patch 16): the length of the
-/// result is worked out first, and one over the string size limit is refused before it is made.
-/// A short `find` and a long `substitute` multiply a string: `s.replace("x", t)` with a 1 MB `s`
-/// and a 1,000-character `t` asked for 1 GB, and the failed allocation trapped the VM (Rhai
-/// checked the size only afterwards).
-fn replace_within_limits(
-    ctx: &NativeCallContext,
-    string: &mut ImmutableString,
-    find: &str,
-    substitute: &str,
-) -> RhaiResultOf<()> {
-    if string.is_empty() {
-        return Ok(());
-    }
-    #[cfg(not(feature = "unchecked"))]
-    {
-        let max = ctx.engine().max_string_size();
-        if max > 0 && substitute.len() > find.len() {
-            // An empty `find` matches before each character and at the end.
-            let matches = if find.is_empty() {
-                string.chars().count() + 1
-            } else {
-                string.matches(find).count()
-            };
-            let growth = matches.saturating_mul(substitute.len() - find.len());
-            ctx.engine()
-                .throw_on_size((0, 0, string.len().saturating_add(growth)))?;
-        }
-    }
-    #[cfg(feature = "unchecked")]
-    let _ = ctx;
-    *string = string.replace(find, substitute).into();
-    Ok(())
-}
-
-/// Refuses a change of case whose result would be longer than the string size limit, before it
-/// is made (proxy-rhai patch 16 (size)). A character's other case can take three times its bytes
-/// (`ΐ` to `Ϊ́`: 2 to 6), so with `max_string_size` at 256 MiB, `to_upper` of a 160 MB string
-/// made a 480 MB text, growing its buffer to 640 MB on the way, and trapped the VM. Only a
-/// string longer than a third of the limit is measured: a shorter one can't make a longer text.
-/// (Lowercase `Σ` is `ς` at the end of a word, and `σ` elsewhere: the same length.)
-fn check_case_change(ctx: &NativeCallContext, string: &str, upper: bool) -> RhaiResultOf<()> {
-    #[cfg(not(feature = "unchecked"))]
-    {
-        let max = ctx.engine().max_string_size();
-        if max > 0 && string.len() > max / 3 {
-            let len: usize = if upper {
-                string.chars().flat_map(char::to_uppercase).map(char::len_utf8).sum()
-            } else {
-                string.chars().flat_map(char::to_lowercase).map(char::len_utf8).sum()
-            };
-            ctx.engine().throw_on_size((0, 0, len))?;
-        }
-    }
-    #[cfg(feature = "unchecked")]
-    let _ = (ctx, string, upper);
-    Ok(())
-}
-
-/// The pieces a `split`, `split_rev` or `to_chars` of a `len`-byte string makes, as an array
-/// (proxy-rhai patch 16). When the string is long enough to make more pieces than the array size
-/// limit allows, they are counted first, and too many are refused before any is made. Each piece
-/// is a value of its own, most with a string of their own (~60 bytes in wasm): `split("")` of
-/// an 8 MB string grew Envoy by 383 MB for good before Rhai's size check refused the result,
-/// and a longer string asks for more than the VM's 1 GB, where the failed allocation traps it.
-#[cfg(not(feature = "no_index"))]
-fn collect_pieces<T: Into<Dynamic>>(
-    ctx: &NativeCallContext,
-    len: usize,
-    pieces: impl Iterator<Item = T> + Clone,
-) -> RhaiResultOf<crate::Array> {
-    #[cfg(not(feature = "unchecked"))]
-    {
-        let max = ctx.engine().max_array_size();
-        // `split("")` makes the most pieces: one per character, and an empty one at each end.
-        if max > 0 && len.saturating_add(2) > max {
-            ctx.engine().throw_on_size((pieces.clone().count(), 0, 0))?;
-        }
-    }
-    #[cfg(feature = "unchecked")]
-    let _ = (ctx, len);
-    Ok(pieces.map(Into::into).collect())
-}
-
 #[export_module(manifest)]
 mod string_functions {
     // proxy-rhai patch 17 (size): `print_with_func` refuses a text longer than the string limit.
@@ -486,17 +393,12 @@ mod string_functions {
     ///
     /// print(text);                // prints "hello, world!"
     /// ```
-    #[rhai_fn(return_raw)]
-    pub fn to_upper(
-        ctx: NativeCallContext,
-        string: ImmutableString,
-    ) -> RhaiResultOf<ImmutableString> {
+    pub fn to_upper(string: ImmutableString) -> ImmutableString {
         if string.chars().all(char::is_uppercase) {
-            return Ok(string);
+            return string;
         }
 
-        check_case_change(&ctx, &string, true)?;
-        Ok(string.to_uppercase().into())
+        string.to_uppercase().into()
     }
     /// Convert the string to all upper-case.
     ///
@@ -509,15 +411,12 @@ mod string_functions {
     ///
     /// print(text);        // prints "HELLO, WORLD!";
     /// ```
-    #[rhai_fn(return_raw)]
-    pub fn make_upper(ctx: NativeCallContext, string: &mut ImmutableString) -> RhaiResultOf<()> {
+    pub fn make_upper(string: &mut ImmutableString) {
         if string.is_empty() || string.chars().all(char::is_uppercase) {
-            return Ok(());
+            return;
         }
 
-        check_case_change(&ctx, string, true)?;
         *string = string.to_uppercase().into();
-        Ok(())
     }
     /// Convert the string to all lower-case and return it as a new string.
     ///
@@ -530,17 +429,12 @@ mod string_functions {
     ///
     /// print(text);                // prints "HELLO, WORLD!"
     /// ```
-    #[rhai_fn(return_raw)]
-    pub fn to_lower(
-        ctx: NativeCallContext,
-        string: ImmutableString,
-    ) -> RhaiResultOf<ImmutableString> {
+    pub fn to_lower(string: ImmutableString) -> ImmutableString {
         if string.is_empty() || string.chars().all(char::is_lowercase) {
-            return Ok(string);
+            return string;
         }
 
-        check_case_change(&ctx, &string, false)?;
-        Ok(string.to_lowercase().into())
+        string.to_lowercase().into()
     }
     /// Convert the string to all lower-case.
     ///
@@ -553,15 +447,12 @@ mod string_functions {
     ///
     /// print(text);        // prints "hello, world!";
     /// ```
-    #[rhai_fn(return_raw)]
-    pub fn make_lower(ctx: NativeCallContext, string: &mut ImmutableString) -> RhaiResultOf<()> {
+    pub fn make_lower(string: &mut ImmutableString) {
         if string.is_empty() || string.chars().all(char::is_lowercase) {
-            return Ok(());
+            return;
         }
 
-        check_case_change(&ctx, string, false)?;
         *string = string.to_lowercase().into();
-        Ok(())
     }
 
     /// Convert the character to upper-case and return it as a new character.
@@ -1283,14 +1174,13 @@ mod string_functions {
     ///
     /// print(text);        // prints "hey, world! hey, foobar!"
     /// ```
-    #[rhai_fn(name = "replace", return_raw)]
-    pub fn replace(
-        ctx: NativeCallContext,
-        string: &mut ImmutableString,
-        find_string: &str,
-        substitute_string: &str,
-    ) -> RhaiResultOf<()> {
-        replace_within_limits(&ctx, string, find_string, substitute_string)
+    #[rhai_fn(name = "replace")]
+    pub fn replace(string: &mut ImmutableString, find_string: &str, substitute_string: &str) {
+        if string.is_empty() {
+            return;
+        }
+
+        *string = string.replace(find_string, substitute_string).into();
     }
     /// Replace all occurrences of the specified sub-string in the string with the specified character.
     ///
@@ -1303,16 +1193,19 @@ mod string_functions {
     ///
     /// print(text);        // prints "*, world! *, foobar!"
     /// ```
-    #[rhai_fn(name = "replace", return_raw)]
+    #[rhai_fn(name = "replace")]
     pub fn replace_string_with_char(
-        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_string: &str,
         substitute_character: char,
-    ) -> RhaiResultOf<()> {
-        let mut substitute = [0; 4];
-        let substitute = substitute_character.encode_utf8(&mut substitute);
-        replace_within_limits(&ctx, string, find_string, substitute)
+    ) {
+        if string.is_empty() {
+            return;
+        }
+
+        *string = string
+            .replace(find_string, &substitute_character.to_string())
+            .into();
     }
     /// Replace all occurrences of the specified character in the string with another string.
     ///
@@ -1325,16 +1218,19 @@ mod string_functions {
     ///
     /// print(text);        // prints "he(^)(^)o, wor(^)d! he(^)(^)o, foobar!"
     /// ```
-    #[rhai_fn(name = "replace", return_raw)]
+    #[rhai_fn(name = "replace")]
     pub fn replace_char_with_string(
-        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_character: char,
         substitute_string: &str,
-    ) -> RhaiResultOf<()> {
-        let mut find = [0; 4];
-        let find = find_character.encode_utf8(&mut find);
-        replace_within_limits(&ctx, string, find, substitute_string)
+    ) {
+        if string.is_empty() {
+            return;
+        }
+
+        *string = string
+            .replace(&find_character.to_string(), substitute_string)
+            .into();
     }
     /// Replace all occurrences of the specified character in the string with another character.
     ///
@@ -1347,17 +1243,22 @@ mod string_functions {
     ///
     /// print(text);        // prints "he**o, wor*d! he**o, foobar!"
     /// ```
-    #[rhai_fn(name = "replace", return_raw)]
+    #[rhai_fn(name = "replace")]
     pub fn replace_char(
-        ctx: NativeCallContext,
         string: &mut ImmutableString,
         find_character: char,
         substitute_character: char,
-    ) -> RhaiResultOf<()> {
-        let (mut find, mut substitute) = ([0; 4], [0; 4]);
-        let find = find_character.encode_utf8(&mut find);
-        let substitute = substitute_character.encode_utf8(&mut substitute);
-        replace_within_limits(&ctx, string, find, substitute)
+    ) {
+        if string.is_empty() {
+            return;
+        }
+
+        *string = string
+            .replace(
+                &find_character.to_string(),
+                &substitute_character.to_string(),
+            )
+            .into();
     }
 
     /// Pad the string to at least the specified number of characters with the specified `character`.
@@ -1414,12 +1315,11 @@ mod string_functions {
             return Ok(());
         }
 
-        let mut unit = [0_u8; 4];
-        super::append_repeated(
-            string.make_mut(),
-            character.encode_utf8(&mut unit),
-            len - orig_len,
-        );
+        let p = string.make_mut();
+
+        for _ in 0..(len - orig_len) {
+            p.push(character);
+        }
 
         #[cfg(not(feature = "unchecked"))]
         if _ctx.engine().max_string_size() > 0 && string.len() > _ctx.engine().max_string_size() {
@@ -1479,21 +1379,24 @@ mod string_functions {
             .into());
         }
 
-        let str_len = string.chars().count();
+        let mut str_len = string.chars().count();
         let padding_len = padding.chars().count();
 
-        // proxy-rhai patch 14: nothing to pad with, nothing to do. The loop that added the padding
-        // until the string was long enough never ended with an empty one: `s.pad(10, "")` held
-        // the VM forever, where no limit reaches.
-        if len <= str_len || padding_len == 0 {
+        if len <= str_len {
             return Ok(());
         }
 
-        // proxy-rhai patch 14 (speed): the whole copies at once, then the part of one.
-        let missing = len - str_len;
         let p = string.make_mut();
-        super::append_repeated(p, padding, missing / padding_len);
-        p.extend(padding.chars().take(missing % padding_len));
+
+        while str_len < len {
+            if str_len + padding_len <= len {
+                p.push_str(padding);
+                str_len += padding_len;
+            } else {
+                p.extend(padding.chars().take(len - str_len));
+                str_len = len;
+            }
+        }
 
         #[cfg(not(feature = "unchecked"))]
         if _ctx.engine().max_string_size() > 0 && string.len() > _ctx.engine().max_string_size() {
@@ -1635,12 +1538,12 @@ mod string_functions {
         ///
         /// print(text.to_chars());     // prints "['h', 'e', 'l', 'l', 'o']"
         /// ```
-        #[rhai_fn(name = "to_chars", return_raw)]
-        pub fn to_chars(ctx: NativeCallContext, string: &str) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "to_chars")]
+        pub fn to_chars(string: &str) -> Array {
             if string.is_empty() {
-                Ok(Array::new())
+                Array::new()
             } else {
-                collect_pieces(&ctx, string.len(), string.chars())
+                string.chars().map(Into::into).collect()
             }
         }
         /// Split the string into segments based on whitespaces, returning an array of the segments.
@@ -1652,15 +1555,12 @@ mod string_functions {
         ///
         /// print(text.split());        // prints ["hello,", "world!", "hello,", "foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure, return_raw)]
-        pub fn split_whitespace(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split", pure)]
+        pub fn split_whitespace(string: &mut ImmutableString) -> Array {
             if string.is_empty() {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
-                collect_pieces(&ctx, string.len(), string.split_whitespace())
+                string.split_whitespace().map(Into::into).collect()
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the segments.
@@ -1672,15 +1572,12 @@ mod string_functions {
         ///
         /// print(text.split("ll"));    // prints ["he", "o, world! he", "o, foo!"]
         /// ```
-        #[rhai_fn(pure, return_raw)]
-        pub fn split(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: &str,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(pure)]
+        pub fn split(string: &mut ImmutableString, delimiter: &str) -> Array {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
-                collect_pieces(&ctx, string.len(), string.split(delimiter))
+                string.split(delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` string,
@@ -1695,19 +1592,16 @@ mod string_functions {
         ///
         /// print(text.split("ll", 2));     // prints ["he", "o, world! hello, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure, return_raw)]
-        pub fn splitn(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: &str, segments: INT,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split", pure)]
+        pub fn splitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
             {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                collect_pieces(&ctx, string.len(), string.splitn(segments, delimiter))
+                string.splitn(segments, delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of the segments.
@@ -1719,15 +1613,12 @@ mod string_functions {
         ///
         /// print(text.split('l'));     // prints ["he", "", "o, wor", "d! he", "", "o, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure, return_raw)]
-        pub fn split_char(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: char,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split", pure)]
+        pub fn split_char(string: &mut ImmutableString, delimiter: char) -> Array {
             if string.is_empty() || !string.contains(delimiter) {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
-                collect_pieces(&ctx, string.len(), string.split(delimiter))
+                string.split(delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1742,16 +1633,13 @@ mod string_functions {
         ///
         /// print(text.split('l', 3));      // prints ["he", "", "o, world! hello, foo!"]
         /// ```
-        #[rhai_fn(name = "split", pure, return_raw)]
-        pub fn splitn_char(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: char, segments: INT,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split", pure)]
+        pub fn splitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
-                Ok([string.clone().into()].into())
+                [string.clone().into()].into()
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                collect_pieces(&ctx, string.len(), string.splitn(segments, delimiter))
+                string.splitn(segments, delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into segments based on a `delimiter` string, returning an array of the
@@ -1764,15 +1652,12 @@ mod string_functions {
         ///
         /// print(text.split_rev("ll"));    // prints ["o, foo!", "o, world! he", "he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure, return_raw)]
-        pub fn rsplit(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: &str,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split_rev", pure)]
+        pub fn rsplit(string: &mut ImmutableString, delimiter: &str) -> Array {
             if string.is_empty() || (!delimiter.is_empty() && !string.contains(delimiter)) {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
-                collect_pieces(&ctx, string.len(), string.rsplit(delimiter))
+                string.rsplit(delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into at most a specified number of `segments` based on a `delimiter` string,
@@ -1787,19 +1672,19 @@ mod string_functions {
         ///
         /// print(text.split_rev("ll", 2));     // prints ["o, foo!", "hello, world! he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure, return_raw)]
-        pub fn rsplitn(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: &str, segments: INT,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split_rev", pure)]
+        pub fn rsplitn(string: &mut ImmutableString, delimiter: &str, segments: INT) -> Array {
             if segments <= 1
                 || string.is_empty()
                 || (!delimiter.is_empty() && !string.contains(delimiter))
             {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                collect_pieces(&ctx, string.len(), string.rsplitn(segments, delimiter))
+                string
+                    .rsplitn(segments, delimiter)
+                    .map(Into::into)
+                    .collect()
             }
         }
         /// Split the string into segments based on a `delimiter` character, returning an array of
@@ -1812,15 +1697,12 @@ mod string_functions {
         ///
         /// print(text.split_rev('l'));     // prints ["o, foo!", "", "d! he", "o, wor", "", "he"]
         /// ```
-        #[rhai_fn(name = "split_rev", pure, return_raw)]
-        pub fn rsplit_char(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: char,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split_rev", pure)]
+        pub fn rsplit_char(string: &mut ImmutableString, delimiter: char) -> Array {
             if string.is_empty() || !string.contains(delimiter) {
-                Ok(vec![string.clone().into()])
+                vec![string.clone().into()]
             } else {
-                collect_pieces(&ctx, string.len(), string.rsplit(delimiter))
+                string.rsplit(delimiter).map(Into::into).collect()
             }
         }
         /// Split the string into at most the specified number of `segments` based on a `delimiter` character,
@@ -1835,16 +1717,16 @@ mod string_functions {
         ///
         /// print(text.split('l', 3));      // prints ["o, foo!", "", "hello, world! he"
         /// ```
-        #[rhai_fn(name = "split_rev", pure, return_raw)]
-        pub fn rsplitn_char(
-            ctx: NativeCallContext,
-            string: &mut ImmutableString, delimiter: char, segments: INT,
-        ) -> RhaiResultOf<Array> {
+        #[rhai_fn(name = "split_rev", pure)]
+        pub fn rsplitn_char(string: &mut ImmutableString, delimiter: char, segments: INT) -> Array {
             if segments <= 1 || string.is_empty() || !string.contains(delimiter) {
-                Ok([string.clone().into()].into())
+                [string.clone().into()].into()
             } else {
                 let segments = usize::try_from(segments).unwrap_or(usize::MAX);
-                collect_pieces(&ctx, string.len(), string.rsplitn(segments, delimiter))
+                string
+                    .rsplitn(segments, delimiter)
+                    .map(Into::into)
+                    .collect()
             }
         }
     }
