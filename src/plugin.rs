@@ -6,10 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use rhai::{
-    Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, Scope, ScriptFnWithoutParams, SharedCells,
-    AST,
-};
+use rhai::{Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, PhaseFn, Scope, SharedCells, AST};
 
 use crate::bindings::{Api, Constant, Constants};
 use crate::config::{ConfigError, ConfigErrorKind, Matcher, PluginConfig, RequestFacts};
@@ -28,12 +25,12 @@ pub struct Script {
     pub(crate) ast: AST,
     /// Its phase functions (by `Phase as usize`) and `on_tick`, found once: a call by name
     /// would search the script's functions for them on every call.
-    functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()],
-    /// `on_request_chunk(chunk, last)` and `on_response_chunk(chunk, last)`, called by name.
-    request_chunk: Option<FnPtr>,
-    response_chunk: Option<FnPtr>,
+    functions: [Option<PhaseFn>; Phase::ALL.len()],
+    /// `on_request_chunk(chunk, last)` and `on_response_chunk(chunk, last)`.
+    request_chunk: Option<PhaseFn>,
+    response_chunk: Option<PhaseFn>,
     phases: Phases,
-    tick: Option<ScriptFnWithoutParams>,
+    tick: Option<PhaseFn>,
     /// What calls into the script keep from one request to the next.
     calls: RefCell<Calls>,
 }
@@ -66,24 +63,9 @@ impl Script {
             Some(phase) => self.functions.get(phase as usize).and_then(Option::as_ref),
             None => self.tick.as_ref(),
         };
-        let Some(function) = function else {
-            return Ok(Dynamic::UNIT);
-        };
-        match self.calls.try_borrow_mut() {
-            Ok(mut calls) => {
-                let Calls { resolved, scope } = &mut *calls;
-                let result = engine.call_fn_without_params(scope, &self.ast, function, resolved);
-                scope.clear();
-                bound(resolved);
-                result
-            }
-            // A call made from inside another (none is today) resolves on its own.
-            Err(_) => engine.call_fn_without_params(
-                &mut Scope::new(),
-                &self.ast,
-                function,
-                &mut FnCallCache::default(),
-            ),
+        match function {
+            Some(function) => self.run(engine, function, &mut []),
+            None => Ok(Dynamic::UNIT),
         }
     }
 
@@ -96,12 +78,38 @@ impl Script {
         last: bool,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
         match self.chunk_function(phase) {
-            Some(function) => self.call_back(engine, function, vec![chunk, last.into()]),
+            Some(function) => self.run(engine, function, &mut [chunk, last.into()]),
             None => Ok(Dynamic::UNIT),
         }
     }
 
-    fn chunk_function(&self, phase: Phase) -> Option<&FnPtr> {
+    /// Runs a function found at configuration, with the resolutions kept from earlier calls.
+    fn run(
+        &self,
+        engine: &Engine,
+        function: &PhaseFn,
+        args: &mut [Dynamic],
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        match self.calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let Calls { resolved, scope } = &mut *calls;
+                let result = engine.call_phase_fn(scope, &self.ast, function, args, resolved);
+                scope.clear();
+                bound(resolved);
+                result
+            }
+            // A call made from inside another (none is today) resolves on its own.
+            Err(_) => engine.call_phase_fn(
+                &mut Scope::new(),
+                &self.ast,
+                function,
+                args,
+                &mut FnCallCache::default(),
+            ),
+        }
+    }
+
+    fn chunk_function(&self, phase: Phase) -> Option<&PhaseFn> {
         match phase {
             Phase::RequestChunk => self.request_chunk.as_ref(),
             Phase::ResponseChunk => self.response_chunk.as_ref(),
@@ -402,7 +410,7 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
         );
         ConfigError::new(ConfigErrorKind::Compile, message).at(at.line(), at.position())
     })?;
-    let mut functions: [Option<ScriptFnWithoutParams>; Phase::ALL.len()] = Default::default();
+    let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
     let (mut request_chunk, mut response_chunk) = (None, None);
     for f in ast.iter_functions() {
@@ -418,11 +426,11 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
                 );
                 return Err(ConfigError::new(ConfigErrorKind::Phases, message));
             }
-            let function = FnPtr::new(f.name).map_err(|e| e.to_string())?;
+            let function = ast.phase_fn(f.name, 2);
             if phase == Phase::RequestChunk {
-                request_chunk = Some(function);
+                request_chunk = function;
             } else {
-                response_chunk = Some(function);
+                response_chunk = function;
             }
             continue;
         }
@@ -430,7 +438,7 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
             let message = format!("script error: {}() must take no parameters", f.name);
             return Err(ConfigError::new(ConfigErrorKind::Phases, message));
         }
-        let function = ast.function_without_params(f.name);
+        let function = ast.phase_fn(f.name, 0);
         match phase {
             Some(phase) => {
                 if let Some(slot) = functions.get_mut(phase as usize) {

@@ -240,7 +240,7 @@ pub use api::{eval::eval, run::run};
 pub use ast::AST;
 /// proxy-rhai patch 18 (speed).
 #[cfg(not(feature = "no_function"))]
-pub use ast::ScriptFnWithoutParams;
+pub use ast::PhaseFn;
 use defer::Deferred;
 pub use engine::{Engine, OP_CONTAINS, OP_EQUALS};
 pub use eval::EvalContext;

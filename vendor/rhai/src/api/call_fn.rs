@@ -134,8 +134,8 @@ impl Engine {
             })
         })
     }
-    /// proxy-rhai patch 18 (speed): calls `function` of `ast`, a function taking no arguments
-    /// found once with [`AST::function_without_params`], as
+    /// proxy-rhai patch 18 (speed): calls `function` of `ast` with `args`, a function found
+    /// once with [`AST::phase_fn`], as
     /// [`call_fn_with_options`][Engine::call_fn_with_options] does with `eval_ast(false)` and
     /// `rewind_scope(false)`, with resolutions kept from call to call in `cache`, and without
     /// what that repeats on each call: searching the script's functions for it by name,
@@ -153,20 +153,22 @@ impl Engine {
     ///
     /// let engine = Engine::new();
     /// let ast = engine.compile("fn answer() { 40 + 2 }")?;
-    /// let answer = ast.function_without_params("answer").expect("defined");
+    /// let answer = ast.phase_fn("answer", 0).expect("defined");
     /// let mut cache = FnCallCache::default();
-    /// let r = engine.call_fn_without_params(&mut Scope::new(), &ast, &answer, &mut cache)?;
+    /// let r = engine.call_phase_fn(&mut Scope::new(), &ast, &answer, &mut [], &mut cache)?;
     /// assert_eq!(r.as_int().unwrap(), 42);
     /// # Ok(())
     /// # }
     /// ```
-    pub fn call_fn_without_params(
+    pub fn call_phase_fn(
         &self,
         scope: &mut Scope,
         ast: &AST,
-        function: &crate::ScriptFnWithoutParams,
+        function: &crate::PhaseFn,
+        args: &mut [Dynamic],
         cache: &mut FnCallCache,
     ) -> RhaiResult {
+        let mut args: FnArgsVec<&mut Dynamic> = args.iter_mut().collect();
         let global = &mut self.new_global_runtime_state();
         global.source = ast.source_raw().cloned();
         global.lib.push(ast.shared_lib().clone());
@@ -181,7 +183,7 @@ impl Engine {
             None,
             None,
             &function.0,
-            &mut [],
+            &mut args,
             false,
             Position::NONE,
         )

@@ -674,16 +674,16 @@ impl AST {
     fn iter_fn_def(&self) -> impl Iterator<Item = &crate::Shared<crate::func::ScriptFuncDef>> {
         self.lib.iter_script_fn().map(|(.., fn_def)| fn_def)
     }
-    /// proxy-rhai patch 18 (speed): the script function `name` that takes no parameters, found
-    /// once, to call with [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
+    /// proxy-rhai patch 18 (speed): the script function `name` that takes `params` parameters,
+    /// found once, to call with [`Engine::call_phase_fn`][crate::Engine::call_phase_fn].
     ///
     /// Not available under `no_function`.
     #[cfg(not(feature = "no_function"))]
     #[must_use]
-    pub fn function_without_params(&self, name: &str) -> Option<ScriptFnWithoutParams> {
+    pub fn phase_fn(&self, name: &str, params: usize) -> Option<PhaseFn> {
         self.shared_lib()
-            .get_script_fn(name, 0)
-            .map(|f| ScriptFnWithoutParams(f.clone()))
+            .get_script_fn(name, params)
+            .map(|f| PhaseFn(f.clone()))
     }
     /// Iterate through all function definitions.
     ///
@@ -949,9 +949,9 @@ impl ASTNode<'_> {
     }
 }
 
-/// proxy-rhai patch 18 (speed): a script function taking no parameters, found in its [`AST`] once
-/// ([`AST::function_without_params`]) and called with
-/// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
+/// proxy-rhai patch 18 (speed): a script function (a phase function), found in its [`AST`] once
+/// ([`AST::phase_fn`]) and called with
+/// [`Engine::call_phase_fn`][crate::Engine::call_phase_fn].
 #[cfg(not(feature = "no_function"))]
 #[derive(Debug, Clone)]
-pub struct ScriptFnWithoutParams(pub(crate) crate::Shared<crate::func::ScriptFuncDef>);
+pub struct PhaseFn(pub(crate) crate::Shared<crate::func::ScriptFuncDef>);

@@ -7,7 +7,7 @@ pub mod flags;
 pub mod stmt;
 
 #[cfg(not(feature = "no_function"))]
-pub use ast::ScriptFnWithoutParams;
+pub use ast::PhaseFn;
 pub use ast::{ASTNode, AST};
 #[cfg(not(feature = "no_custom_syntax"))]
 pub use expr::CustomExpr;

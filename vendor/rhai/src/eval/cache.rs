@@ -55,7 +55,7 @@ pub struct Caches {
 }
 
 /// proxy-rhai patch 5 (speed): the function resolutions of calls into one [`AST`][crate::AST],
-/// kept from one call to the next by [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params].
+/// kept from one call to the next by [`Engine::call_phase_fn`][crate::Engine::call_phase_fn].
 ///
 /// The resolutions, and those its calls leave in the [`AST`]'s call sites ([`CallSite`]), stay
 /// right as long as the engine's functions and the [`AST`]'s stay as they are: use one per

@@ -305,7 +305,7 @@ impl FnPtr {
     }
     /// proxy-rhai patch 5 (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
     /// in `cache` for the next call into the same `ast` (see
-    /// [`Engine::call_fn_without_params`][crate::Engine::call_fn_without_params]).
+    /// [`Engine::call_phase_fn`][crate::Engine::call_phase_fn]).
     ///
     /// # Example
     ///
