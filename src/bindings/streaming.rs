@@ -141,13 +141,17 @@ pub(crate) fn complete_utf8(bytes: Vec<u8>) -> (usize, Result<String, Vec<u8>>) 
 }
 
 impl<H: Host> Api<H> {
-    /// The chunk's bytes (a string or a blob), and the splitter of the running chunk phase.
-    fn split<T>(
+    /// Runs `run` on the chunk's bytes (a string or a blob) and the splitter of the running
+    /// chunk phase; `run` gives the complete items and the bytes the splitter still holds,
+    /// which may not pass the string size limit (`what`: "an event", "a line").
+    fn split(
         &self,
         f: &str,
+        what: &str,
         chunk: &Dynamic,
-        run: impl FnOnce(&mut Splitter, &[u8]) -> T,
-    ) -> ScriptResult<T> {
+        last: bool,
+        run: impl FnOnce(&mut Splitter, &[u8], usize) -> (Array, usize),
+    ) -> ScriptResult<Array> {
         let bytes = if let Some(text) = chunk.read_lock::<ImmutableString>() {
             text.as_bytes().to_vec()
         } else if let Some(blob) = chunk.read_lock::<Blob>() {
@@ -160,13 +164,23 @@ impl<H: Host> Api<H> {
         };
         self.reserve(f, bytes.len())?;
         let side = Side::of(self.phase.get().unwrap_or(Phase::ResponseChunk));
-        let mut frame = self.frame.borrow_mut();
-        Ok(run(frame.stream.splitter_mut(side), &bytes))
+        let max = self.limits.max_string_size;
+        let (items, held) = run(
+            self.frame.borrow_mut().stream.splitter_mut(side),
+            &bytes,
+            max,
+        );
+        if !last && max != 0 && held > max {
+            return err(format!(
+                "{f}(): {what} of more than {held} bytes, longer than limits.max_string_size \
+                 ({max}): it was dropped"
+            ));
+        }
+        Ok(items)
     }
 
     fn sse_events(&self, f: &str, chunk: &Dynamic, last: bool) -> ScriptResult<Array> {
-        let max = self.limits.max_string_size;
-        let (events, held) = self.split(f, chunk, |splitter, bytes| {
+        self.split(f, "an event", chunk, last, |splitter, bytes, max| {
             let mut events = Array::new();
             splitter.sse.feed(bytes, &mut events);
             let held = splitter.sse.held();
@@ -175,19 +189,11 @@ impl<H: Host> Api<H> {
                 splitter.sse = SseState::default();
             }
             (events, held)
-        })?;
-        if !last && max != 0 && held > max {
-            return err(format!(
-                "{f}(): an event of more than {held} bytes, longer than limits.max_string_size \
-                 ({max}): it was dropped"
-            ));
-        }
-        Ok(events)
+        })
     }
 
     fn lines(&self, f: &str, chunk: &Dynamic, last: bool) -> ScriptResult<Array> {
-        let max = self.limits.max_string_size;
-        let (lines, held) = self.split(f, chunk, |splitter, bytes| {
+        self.split(f, "a line", chunk, last, |splitter, bytes, max| {
             let mut lines = Array::new();
             let mut rest = bytes;
             while let Some(i) = rest.iter().position(|b| *b == b'\n') {
@@ -208,14 +214,7 @@ impl<H: Host> Api<H> {
                 splitter.line = Vec::new();
             }
             (lines, held)
-        })?;
-        if !last && max != 0 && held > max {
-            return err(format!(
-                "{f}(): a line of more than {held} bytes, longer than limits.max_string_size \
-                 ({max}): it was dropped"
-            ));
-        }
-        Ok(lines)
+        })
     }
 }
 
