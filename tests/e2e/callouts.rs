@@ -70,12 +70,10 @@ fn on_request_headers() {
             });
         }
         "timeout" => {
-            let start = now_ms();
             http_get("callout", "/delay/3000", [], 300, |status, headers, body, failure| {
                 add_request_header("x-failure", failure ?? "answered");
                 add_request_header("x-status", `${status}`);
                 add_request_header("x-body", body);
-                add_request_header("x-waited-ms", `${now_ms() - start}`);
             });
         }
         "unknown-caught" => {
@@ -264,10 +262,9 @@ fn refused_dispatches_failed_targets_and_failing_callbacks() {
         "{line}"
     );
 
-    // A target that refuses connections: the callback gets Envoy's own 503, at once.
-    let t = Instant::now();
+    // A target that refuses connections: the callback gets Envoy's own 503 for a connection
+    // failure (not its timeout's 504, which a wait for the 3 s timeout would give).
     let r = op(&envoy, "down", "/err/down");
-    let took = t.elapsed();
     assert_status(&r, 200);
     let echo = r.echo();
     assert_eq!(echo.header("x-status"), Some("503"), "{echo:?}");
@@ -277,7 +274,6 @@ fn refused_dispatches_failed_targets_and_failing_callbacks() {
         body.contains("upstream connect error") && body.contains("remote connection failure"),
         "callback body: {body:?}"
     );
-    assert!(took < Duration::from_secs(2), "took {took:?}");
 
     // An error thrown in a callback: the error policy (500), and the next request is fine.
     let r = op(&envoy, "throw-in-callback", "/err/callback");
@@ -370,18 +366,14 @@ fn parallel_calls_timeouts_and_an_early_resume() {
     assert_eq!(echo.header("x-c"), Some("200:/delay/300"), "{echo:?}");
     assert_eq!(envoy.upstream.hits("/timing/parallel"), 1);
 
-    // A timeout: the callback runs on time with Envoy's own 504; the request goes on.
-    let t = Instant::now();
+    // A timeout: the callback runs with Envoy's own 504 (a callback that waited for the target
+    // would see its 200 after 3 s); the request goes on.
     let r = op(&envoy, "timeout", "/timing/timeout");
-    let took = t.elapsed();
     assert_status(&r, 200);
     let echo = r.echo();
     assert_eq!(echo.header("x-status"), Some("504"), "{echo:?}");
     assert_eq!(echo.header("x-failure"), Some("timeout"));
     assert_eq!(echo.header("x-body"), Some("upstream request timeout"));
-    let waited: u64 = echo.header("x-waited-ms").unwrap().parse().unwrap();
-    assert!((250..1500).contains(&waited), "callback after {waited} ms");
-    assert!(took < Duration::from_millis(2000), "request took {took:?}");
 
     // resume_http_request() in the first callback, with a second call (1.5 s) still pending:
     // the request goes on at once (the upstream answers after 2.5 s, which keeps the stream
