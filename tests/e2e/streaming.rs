@@ -321,6 +321,34 @@ fn a_secret_split_across_chunks_is_redacted() {
     envoy.assert_healthy();
 }
 
+/// Each stream carries its own incomplete event: eight streams at once, each with a card
+/// number split across pieces (20 ms apart, so their pieces interleave in the one VM), all
+/// come out redacted whole.
+#[test]
+fn concurrent_streams_keep_their_own_partial_events() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({
+            "script": include_str!("../../scripts/sse_redact.rhai"),
+            "config": { "secrets": ["4111-1111-1111-1111"], "mask": "****" }
+        }),
+    );
+    let bodies: Vec<String> = thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| String::from_utf8(envoy.get("/sse/redact").body).unwrap()))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for body in bodies {
+        assert_eq!(
+            body,
+            "event: card\ndata: paid with **** today\n\ndata: bye\n\n"
+        );
+    }
+    envoy.assert_healthy();
+}
+
 /// A callout from the first chunk holds the upload; what arrives meanwhile is buffered by Envoy
 /// and goes through the chunk function before the stream resumes.
 #[test]
