@@ -572,6 +572,8 @@ mod properties;
 mod shared_data;
 pub(crate) mod streaming;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use callouts::CALLBACK_PARAMETERS;
 pub(crate) use headers::header_pairs_of;
 use headers::{check_pair_list, header_pairs};
 pub use metrics::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};

@@ -1,10 +1,20 @@
-//! `proxy-rhai check`: a script compiled as the plugin would, plus warnings worth having.
+//! `proxy-rhai check`: a script compiled as the plugin would, and the mistakes that would make
+//! it fail every time a request reaches them.
 //!
-//! Errors come from [`Plugin::configure`] itself (same limits, same phase rules). Warnings:
+//! Errors come from [`Plugin::configure`] itself (same limits, same phase rules) and from
+//! reading the script's calls, each function with the phases that run it (its own, or those of
+//! the functions that call it or make a closure or `Fn("name")` of it):
 //! - a function whose name is close to a phase function's but isn't one
 //!   (`on_request_header`, `onRequestHeaders`, `on_response_bodies`): it would never run;
 //! - a call to a function that exists neither in the script nor in the engine (the script API
-//!   and Rhai's standard library), or with a number of arguments no such function takes.
+//!   and Rhai's standard library), or with a number of arguments no such function takes;
+//! - an API function called where it never works (`get_response_header` in
+//!   `on_request_headers`, a callback's getter outside a callback, a request's function in
+//!   `on_tick`);
+//! - a callout callback taking more parameters than it is given;
+//! - a literal argument of a type the API function doesn't take (`send_http_response("403", …)`).
+//!
+//! Warnings are style only: a function nothing calls.
 //!
 //! ```
 //! use proxy_rhai::check::{check, Severity};
@@ -21,11 +31,11 @@ use std::rc::Rc;
 use rhai::{ASTNode, Engine, Expr, FnCallExpr, Position, Stmt, AST};
 use serde_json::Value;
 
-use crate::bindings::Api;
+use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS};
 use crate::config::Limits;
 use crate::emulator::EmulatorHost;
-use crate::phase::Phase;
-use crate::plugin::{Plugin, TICK_FUNCTION};
+use crate::phase::{Phase, Phases};
+use crate::plugin::{api_reference, Plugin, TICK_FUNCTION};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,10 +101,11 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
     }
     let engine = with_api(crate::sandbox::std_engine());
     if let Ok(ast) = engine.compile(script) {
-        let mut warnings = misspelled_phases(script, &ast);
-        warnings.extend(unknown_calls(&engine, &ast));
-        warnings.sort_by_key(|d| (d.line, d.column));
-        found.extend(warnings);
+        let parsed = Script::of(&ast);
+        let mut more = uncalled_functions(script, &parsed);
+        more.extend(mistakes(&parsed, &Known::of(&engine)));
+        more.sort_by_key(|d| (d.line, d.column));
+        found.extend(more);
     }
     found
 }
@@ -139,40 +150,55 @@ pub(crate) fn definition_position(source: &str, name: &str) -> Option<(usize, us
     None
 }
 
-/// Functions named almost like a phase function: the proxy would never call them.
-fn misspelled_phases(source: &str, ast: &AST) -> Vec<Diagnostic> {
+/// The phase function (or `on_tick`) that `name` is almost named like, when close enough for
+/// its length (a short name like `on_log` tolerates one slip).
+fn near_phase(name: &str) -> Option<&'static str> {
     let normal = |s: &str| s.to_ascii_lowercase().replace('_', "");
-    let entry_points: Vec<&str> = Phase::ALL
+    let entry_points = Phase::ALL
         .iter()
         .map(|p| p.function_name())
-        .chain([TICK_FUNCTION])
-        .collect();
+        .chain([TICK_FUNCTION]);
+    if name.contains('$') || entry_points.clone().any(|e| e == name) {
+        return None;
+    }
+    let name = normal(name);
+    entry_points
+        .map(|phase| (crate::sandbox::edit_distance(&name, &normal(phase)), phase))
+        .filter(|(d, phase)| *d <= (normal(phase).len() / 4).min(3))
+        .min()
+        .map(|(_, phase)| phase)
+}
+
+/// Functions named almost like a phase function (the proxy would never call them), and
+/// functions nothing calls.
+fn uncalled_functions(source: &str, script: &Script) -> Vec<Diagnostic> {
     let mut found = Vec::new();
-    for f in ast.iter_functions() {
-        if f.name.contains('$') || entry_points.contains(&f.name) {
+    for (i, f) in script.fns.iter().enumerate() {
+        let (severity, message) = if let Some(phase) = near_phase(&f.name) {
+            let message = format!(
+                "`{}` is not a phase function and will never be called by the proxy: did you \
+                 mean `{phase}`?",
+                f.name
+            );
+            (Severity::Error, message)
+        } else if f.name.contains('$')
+            || f.phases != Phases::default()
+            || f.tick
+            || f.pointer
+            // Any number of arguments: a wrong one is an error of its own.
+            || script.calls.iter().any(|c| c.within != Some(i) && c.call.name == f.name)
+        {
             continue;
-        }
-        // The closest entry point, when close enough for its length (a short name like
-        // `on_log` tolerates one slip).
-        let name = normal(f.name);
-        let near = entry_points
-            .iter()
-            .map(|phase| (crate::sandbox::edit_distance(&name, &normal(phase)), phase))
-            .filter(|(d, phase)| *d <= (normal(phase).len() / 4).min(3))
-            .min();
-        if let Some((_, phase)) = near {
-            let (line, column) = definition_position(source, f.name).unzip();
-            found.push(Diagnostic {
-                severity: Severity::Warning,
-                line,
-                column,
-                message: format!(
-                    "`{}` is not a phase function and will never be called by the proxy: \
-                     did you mean `{phase}`?",
-                    f.name
-                ),
-            });
-        }
+        } else {
+            (Severity::Warning, format!("`{}` is never called", f.name))
+        };
+        let (line, column) = definition_position(source, &f.name).unzip();
+        found.push(Diagnostic {
+            severity,
+            line,
+            column,
+            message,
+        });
     }
     found
 }
@@ -191,94 +217,443 @@ const KEYWORDS: &[&str] = &[
     "eval",
 ];
 
-/// Calls to functions that exist neither in the script nor in the engine.
-fn unknown_calls(engine: &Engine, ast: &AST) -> Vec<Diagnostic> {
-    // Every function of the engine, by name: the numbers of arguments it takes.
-    let mut known: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    let metadata: Value = engine
-        .gen_fn_metadata_to_json(true)
-        .ok()
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .unwrap_or_default();
-    for f in metadata["functions"].as_array().into_iter().flatten() {
-        if let (Some(name), Some(n)) = (f["name"].as_str(), f["numParams"].as_u64()) {
-            known
-                .entry(name.to_string())
-                .or_default()
-                .insert(n as usize);
-        }
-    }
-    let mut script: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    let mut variables: BTreeSet<String> = BTreeSet::new();
-    for f in ast.iter_functions() {
-        script
-            .entry(f.name.to_string())
-            .or_default()
-            .insert(f.params.len());
-        variables.extend(f.params.iter().map(|p| p.to_string()));
-    }
-    let mut calls: Vec<(bool, Box<FnCallExpr>, Position)> = Vec::new();
-    ast.walk(&mut |path: &[ASTNode]| {
-        match path.last() {
-            Some(ASTNode::Stmt(Stmt::FnCall(call, pos)))
-            | Some(ASTNode::Expr(Expr::FnCall(call, pos))) => {
-                calls.push((false, call.clone(), *pos))
-            }
-            Some(ASTNode::Expr(Expr::MethodCall(call, pos))) => {
-                calls.push((true, call.clone(), *pos))
-            }
-            Some(ASTNode::Stmt(Stmt::Var(var, ..))) => {
-                variables.insert(var.0.name.to_string());
-            }
-            Some(ASTNode::Stmt(Stmt::For(var, ..))) => {
-                variables.insert(var.0.name.to_string());
-            }
-            _ => {}
-        }
-        true
-    });
-    let mut found = Vec::new();
-    for (method, call, pos) in calls {
-        let name = call.name.as_str();
-        if call.is_operator_call()
-            || !rhai::is_valid_function_name(name)
-            || KEYWORDS.contains(&name)
-            || variables.contains(name)
-        {
-            continue;
-        }
-        // A method call passes its object as the first argument of a native function, and
-        // as `this` to a script function.
-        let args = call.args.len();
-        let native = args + usize::from(method);
-        let takes = |set: Option<&BTreeSet<usize>>, n: usize| set.is_some_and(|s| s.contains(&n));
-        if takes(known.get(name), native) || takes(script.get(name), args) {
-            continue;
-        }
-        let mut arities: BTreeSet<usize> = known.get(name).cloned().unwrap_or_default();
-        arities.extend(script.get(name).into_iter().flatten());
-        let what = if method { "method" } else { "function" };
-        let message = if arities.is_empty() {
-            format!("no {what} `{name}` exists in the script or in the API")
-        } else {
-            let given = if method { native - 1 } else { args };
-            let takes: Vec<String> = arities
-                .iter()
-                .map(|n| (n - usize::from(method).min(*n)).to_string())
-                .collect();
-            format!(
-                "`{name}` is called with {given} argument(s), but takes {}",
-                takes.join(" or ")
-            )
+/// One function of the script, with what runs it.
+struct ScriptFn {
+    name: String,
+    params: usize,
+    /// The phases it runs in: its own if it is a phase function, and those of the functions
+    /// that call it or make a function pointer (a closure, `Fn("name")`) to it.
+    phases: Phases,
+    /// Whether `on_tick` runs it.
+    tick: bool,
+    /// Whether it runs as a function pointer (a callout callback, a closure given to `map`, …).
+    pointer: bool,
+}
+
+/// A call found in the script: to a function, or a method (its object is the first argument).
+struct Call {
+    /// The script function it is in; `None` at the top level.
+    within: Option<usize>,
+    method: bool,
+    call: Box<FnCallExpr>,
+    pos: Position,
+}
+
+/// Everything [`mistakes`] knows of the script: its functions and the calls they make.
+struct Script {
+    fns: Vec<ScriptFn>,
+    calls: Vec<Call>,
+    /// Function pointers made in each function (by index): the name they point to.
+    pointers: Vec<(Option<usize>, String)>,
+    variables: BTreeSet<String>,
+}
+
+impl Script {
+    fn of(ast: &AST) -> Self {
+        let mut script = Script {
+            fns: Vec::new(),
+            calls: Vec::new(),
+            pointers: Vec::new(),
+            variables: BTreeSet::new(),
         };
+        script.visit(None, &ast.clone_statements_only());
+        let fns: Vec<(String, usize)> = ast
+            .iter_fn_def()
+            .map(|f| (f.name.to_string(), f.params.len()))
+            .collect();
+        for (name, params) in fns {
+            let phase = Phase::ALL.into_iter().find(|p| p.function_name() == name);
+            script.fns.push(ScriptFn {
+                phases: phase.map_or_else(Phases::default, |p| Phases::of(&[p])),
+                tick: name == TICK_FUNCTION,
+                pointer: false,
+                name: name.clone(),
+                params,
+            });
+            // A closure is a function of its own (`anon$…`): walked alone, its calls are its.
+            let mut alone = ast.clone_functions_only();
+            alone.retain_functions(|_, _, n, p| n == name && p == params);
+            script.visit(Some(script.fns.len() - 1), &alone);
+        }
+        for f in ast.iter_fn_def() {
+            script
+                .variables
+                .extend(f.params.iter().map(|p| p.to_string()));
+        }
+        script.spread_phases();
+        script
+    }
+
+    /// Collects the calls, function pointers and variables of `part` (the top level, or one
+    /// function), found in the function `within`.
+    fn visit(&mut self, within: Option<usize>, part: &AST) {
+        part.walk(&mut |path: &[ASTNode]| {
+            match path.last() {
+                Some(ASTNode::Stmt(Stmt::FnCall(call, pos)))
+                | Some(ASTNode::Expr(Expr::FnCall(call, pos))) => {
+                    if let Some((name, _)) = pointer_of(&Expr::FnCall(call.clone(), *pos)) {
+                        self.pointers.push((within, name));
+                    }
+                    let (method, call, pos) = (false, call.clone(), *pos);
+                    self.calls.push(Call {
+                        within,
+                        method,
+                        call,
+                        pos,
+                    });
+                }
+                Some(ASTNode::Expr(Expr::MethodCall(call, pos))) => {
+                    let (method, call, pos) = (true, call.clone(), *pos);
+                    self.calls.push(Call {
+                        within,
+                        method,
+                        call,
+                        pos,
+                    });
+                }
+                Some(ASTNode::Expr(e @ Expr::DynamicConstant(..))) => {
+                    if let Some((name, _)) = pointer_of(e) {
+                        self.pointers.push((within, name));
+                    }
+                }
+                Some(ASTNode::Stmt(Stmt::Var(var, ..))) => {
+                    self.variables.insert(var.0.name.to_string());
+                }
+                Some(ASTNode::Stmt(Stmt::For(var, ..))) => {
+                    self.variables.insert(var.0.name.to_string());
+                }
+                _ => {}
+            }
+            true
+        });
+    }
+
+    /// The functions `name` may mean when called with `args` arguments (a function pointer
+    /// passes any number).
+    fn named(&self, name: &str, args: Option<usize>) -> impl Iterator<Item = usize> + '_ {
+        let name = name.to_string();
+        self.fns
+            .iter()
+            .enumerate()
+            .filter(move |(_, f)| f.name == name && args.is_none_or(|n| n == f.params))
+            .map(|(i, _)| i)
+    }
+
+    /// Gives each function the phases (and the tick) of everything that runs it.
+    fn spread_phases(&mut self) {
+        let mut edges: Vec<(usize, usize)> = Vec::new();
+        for c in &self.calls {
+            if let Some(from) = c.within {
+                for to in self.named(c.call.name.as_str(), Some(c.call.args.len())) {
+                    edges.push((from, to));
+                }
+            }
+        }
+        let mut pointed = Vec::new();
+        for (within, name) in &self.pointers {
+            for to in self.named(name, None) {
+                if let Some(from) = *within {
+                    edges.push((from, to));
+                }
+                pointed.push(to);
+            }
+        }
+        for to in pointed {
+            if let Some(f) = self.fns.get_mut(to) {
+                f.pointer = true;
+            }
+        }
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &(from, to) in &edges {
+                let Some((phases, tick)) = self.fns.get(from).map(|f| (f.phases, f.tick)) else {
+                    continue;
+                };
+                if let Some(f) = self.fns.get_mut(to) {
+                    let before = (f.phases, f.tick);
+                    f.phases = f.phases.union(phases);
+                    f.tick |= tick;
+                    changed |= before != (f.phases, f.tick);
+                }
+            }
+        }
+    }
+}
+
+/// The function a function-pointer expression points to, and how many arguments it curried:
+/// a closure (`|x| …`, curried with what it captures) or `Fn("name")`.
+fn pointer_of(expr: &Expr) -> Option<(String, usize)> {
+    match expr {
+        Expr::DynamicConstant(value, _) => value
+            .read_lock::<rhai::FnPtr>()
+            .map(|f| (f.fn_name().to_string(), 0)),
+        Expr::FnCall(call, _) if call.name == "curry" => {
+            let (name, _) = pointer_of(call.args.first()?)?;
+            Some((name, call.args.len() - 1))
+        }
+        Expr::Stmt(block) => match block.statements().last()? {
+            Stmt::Expr(e) => pointer_of(e),
+            Stmt::FnCall(call, pos) => pointer_of(&Expr::FnCall(call.clone(), *pos)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What the engine and the script API know of each function name.
+struct Known {
+    /// Every function of the engine (the script API and Rhai's standard library), by name: the
+    /// numbers of arguments it takes.
+    arities: BTreeMap<String, BTreeSet<usize>>,
+    /// The script API's own functions: each form's parameters and where it works.
+    api: Vec<FnDoc>,
+}
+
+impl Known {
+    fn of(engine: &Engine) -> Self {
+        let mut arities: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let metadata: Value = engine
+            .gen_fn_metadata_to_json(true)
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        for f in metadata["functions"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(n)) = (f["name"].as_str(), f["numParams"].as_u64()) {
+                arities
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(n as usize);
+            }
+        }
+        Known {
+            arities,
+            api: api_reference(EmulatorHost::default()),
+        }
+    }
+
+    fn forms<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a FnDoc> + 'a {
+        self.api.iter().filter(move |d| d.name == name)
+    }
+}
+
+/// Mistakes that make a call fail every time it runs: an unknown function, a wrong number of
+/// arguments, a literal of a type the function doesn't take, a function used in a phase where
+/// it never works, a callback with more parameters than the call gives it.
+fn mistakes(script: &Script, known: &Known) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    let mut push = |pos: Position, message: String| {
         found.push(Diagnostic {
-            severity: Severity::Warning,
+            severity: Severity::Error,
             line: pos.line(),
             column: pos.position(),
             message,
-        });
+        })
+    };
+    for c in &script.calls {
+        let name = c.call.name.as_str();
+        if c.call.is_operator_call()
+            || !rhai::is_valid_function_name(name)
+            || KEYWORDS.contains(&name)
+            || script.variables.contains(name)
+        {
+            continue;
+        }
+        if let Some(message) = unknown_or_wrong_arity(script, known, c) {
+            push(c.pos, message);
+            continue;
+        }
+        let native = c.call.args.len() + usize::from(c.method);
+        let forms: Vec<&FnDoc> = known
+            .forms(name)
+            .filter(|d| d.params.len() == native)
+            .collect();
+        if forms.is_empty() || script.named(name, Some(c.call.args.len())).next().is_some() {
+            continue; // not the API's, or the script's own function of that name
+        }
+        let args: Vec<&Expr> = c.call.args.iter().collect();
+        if let Some(message) = wrong_literal(name, c.method, &args, &forms) {
+            push(c.pos, message);
+        }
+        if let Some(message) = wrong_place(script, c.within, name, forms[0].allowed) {
+            push(c.pos, message);
+        }
+        for (i, arg) in args.iter().enumerate() {
+            let Some((pointer, curried)) = pointer_of(arg) else {
+                continue;
+            };
+            let takes_callback = forms
+                .iter()
+                .any(|d| d.params.get(i).is_some_and(|(_, t)| *t == "FnPtr"));
+            let params: Vec<usize> = script
+                .named(&pointer, None)
+                .filter_map(|f| script.fns.get(f))
+                .map(|f| f.params.saturating_sub(curried))
+                .collect();
+            let most = CALLBACK_PARAMETERS.len();
+            if takes_callback && !params.is_empty() && params.iter().all(|n| *n > most) {
+                push(
+                    arg.position(),
+                    format!(
+                        "the callback of `{name}` takes {} parameters, and a callout callback is \
+                         given at most {most}: |{}|",
+                        params[0],
+                        CALLBACK_PARAMETERS.join(", ")
+                    ),
+                );
+            }
+        }
     }
     found
+}
+
+/// A call to a function that exists neither in the script nor in the engine, or with a number
+/// of arguments no such function takes.
+fn unknown_or_wrong_arity(script: &Script, known: &Known, c: &Call) -> Option<String> {
+    let name = c.call.name.as_str();
+    // A method call passes its object as the first argument of a native function, and as
+    // `this` to a script function.
+    let args = c.call.args.len();
+    let native = args + usize::from(c.method);
+    if known.arities.get(name).is_some_and(|s| s.contains(&native))
+        || script.named(name, Some(args)).next().is_some()
+    {
+        return None;
+    }
+    let mut arities: BTreeSet<usize> = known.arities.get(name).cloned().unwrap_or_default();
+    arities.extend(script.named(name, None).filter_map(|f| {
+        let params = script.fns.get(f)?.params;
+        Some(params + usize::from(c.method))
+    }));
+    let what = if c.method { "method" } else { "function" };
+    if arities.is_empty() {
+        let mut text = format!("no {what} `{name}` exists in the script or in the API");
+        let names = known
+            .api
+            .iter()
+            .map(|d| d.name)
+            .chain(script.fns.iter().map(|f| f.name.as_str()));
+        if let Some(close) = crate::sandbox::closest(name, names) {
+            text.push_str(&format!(": did you mean `{close}`?"));
+        }
+        return Some(text);
+    }
+    let given = native - usize::from(c.method);
+    let takes: Vec<String> = arities
+        .iter()
+        .map(|n| n.saturating_sub(usize::from(c.method)).to_string())
+        .collect();
+    Some(format!(
+        "`{name}` is called with {given} argument(s), but takes {}",
+        takes.join(" or ")
+    ))
+}
+
+/// A literal argument of a type no form of the API function takes.
+fn wrong_literal(name: &str, method: bool, args: &[&Expr], forms: &[&FnDoc]) -> Option<String> {
+    let literal: Vec<Option<&str>> = args.iter().map(|a| literal_type(a)).collect();
+    let offset = usize::from(method);
+    let fits = |d: &&&FnDoc| {
+        literal.iter().enumerate().all(|(i, t)| {
+            let expected = d.params.get(i + offset).map(|(_, t)| *t);
+            match (t, expected) {
+                (Some(t), Some(rust)) => accepts(rust, t),
+                _ => true,
+            }
+        })
+    };
+    if forms.iter().any(|d| fits(&d)) {
+        return None;
+    }
+    let form = forms.first()?;
+    let (i, (given, (param, rust))) = literal
+        .iter()
+        .zip(form.params.iter().skip(offset))
+        .enumerate()
+        .find(|(_, (t, (_, rust)))| t.is_some_and(|t| !accepts(rust, t)))?;
+    let given = (*given)?;
+    let expected = crate::sandbox::plain_type(rust);
+    let article = |t: &str| match t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    };
+    let mut text = format!(
+        "argument {} of `{name}` (`{param}`) must be {} {expected}, and this one is {} {given}",
+        i + 1,
+        article(expected),
+        article(given),
+    );
+    if given == "string" && expected == "int" {
+        text.push_str(" (write the number without quotes)");
+    }
+    Some(text)
+}
+
+/// The type of a literal as scripts know it; `None` for anything that isn't a literal.
+fn literal_type(expr: &Expr) -> Option<&'static str> {
+    Some(match expr {
+        Expr::StringConstant(..) | Expr::InterpolatedString(..) => "string",
+        Expr::IntegerConstant(..) => "int",
+        Expr::FloatConstant(..) => "float",
+        Expr::BoolConstant(..) => "bool",
+        Expr::CharConstant(..) => "char",
+        Expr::Unit(..) => "()",
+        Expr::Array(..) => "array",
+        Expr::Map(..) => "map",
+        Expr::DynamicConstant(value, _) => match value.type_name() {
+            "array" => "array",
+            "map" => "map",
+            "Fn" => "function",
+            _ => return None,
+        },
+        _ => return pointer_of(expr).map(|_| "function"),
+    })
+}
+
+/// Whether a parameter of Rust type `rust` takes a literal of script type `given`.
+fn accepts(rust: &str, given: &str) -> bool {
+    match crate::sandbox::plain_type(rust) {
+        "any" => true,
+        expected => expected == given,
+    }
+}
+
+/// Why `name` can never work where the function `within` runs, if it can't.
+fn wrong_place(
+    script: &Script,
+    within: Option<usize>,
+    name: &str,
+    allowed: Allowed,
+) -> Option<String> {
+    let f = script.fns.get(within?)?;
+    let runs_in = match (f.phases == Phases::default(), f.tick) {
+        (true, false) => return None, // not run by the proxy (yet): nothing to say
+        (true, true) => "on_tick".to_string(),
+        (false, false) => f.phases.to_string(),
+        (false, true) => format!("{}, on_tick", f.phases),
+    };
+    let here = match Phase::ALL.iter().any(|p| p.function_name() == f.name) || f.tick {
+        true => format!("`{}`", f.name),
+        false => format!("`{}` (run from {runs_in})", f.name),
+    };
+    match allowed {
+        Allowed::Anywhere => None,
+        Allowed::In(phases) if f.phases.intersects(phases) => None,
+        Allowed::In(_) | Allowed::Callback if f.phases == Phases::default() => Some(format!(
+            "`{name}` never works in {here}: it is only available while a request is handled"
+        )),
+        Allowed::In(phases) => Some(format!(
+            "`{name}` never works in {here}: it is only available in {phases}{}",
+            match name.starts_with("get_") {
+                true => " (keep what a later phase needs with set_context)",
+                false => "",
+            }
+        )),
+        Allowed::Callback if f.pointer => None,
+        Allowed::Callback => Some(format!(
+            "`{name}` never works in {here}: it is only available inside a callout callback"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +682,7 @@ mod tests {
     }
 
     #[test]
-    fn misspelled_phases_are_warned_about() {
+    fn misspelled_phases_are_errors() {
         let found = messages(
             "fn on_request_headers() {}\n\
              fn on_request_header() {}\n\
@@ -317,10 +692,11 @@ mod tests {
              fn on_tik() {}\n\
              fn helper() {}",
         );
-        assert_eq!(found.len(), 4, "{found:#?}");
+        assert_eq!(found.len(), 5, "{found:#?}");
         assert!(found[3].contains("did you mean `on_tick`"), "{}", found[3]);
+        assert_eq!(found[4], "7:1: warning: `helper` is never called");
         assert!(
-            found[0].starts_with("2:1: warning: `on_request_header`"),
+            found[0].starts_with("2:1: error: `on_request_header`"),
             "{}",
             found[0]
         );
@@ -330,18 +706,88 @@ mod tests {
     }
 
     #[test]
-    fn unknown_functions_and_wrong_arities_are_warned_about() {
+    fn unknown_functions_and_wrong_arities_are_errors() {
         let found = messages(
-            "fn on_request_headers() {\n  add_header(\"a\", \"b\");\n  get_request_header();\n  \"x\".frobnicate();\n}",
+            "fn on_request_headers() {\n  add_reqest_header(\"a\", \"b\");\n  get_request_header();\n  \"x\".frobnicate();\n  helper(1, 2);\n}\nfn helper(x) { x }",
         );
-        assert_eq!(found.len(), 3, "{found:#?}");
-        assert!(
-            found[0].starts_with("2:3: warning: no function `add_header`"),
-            "{}",
-            found[0]
+        assert_eq!(
+            found,
+            [
+                "2:3: error: no function `add_reqest_header` exists in the script or in the API: \
+                 did you mean `add_request_header`?",
+                "3:3: error: `get_request_header` is called with 0 argument(s), but takes 1",
+                "4:7: error: no method `frobnicate` exists in the script or in the API",
+                "5:3: error: `helper` is called with 2 argument(s), but takes 1",
+            ]
         );
-        assert!(found[1].contains("`get_request_header` is called with 0 argument(s), but takes 1"));
-        assert!(found[2].contains("no method `frobnicate`"), "{}", found[2]);
+    }
+
+    #[test]
+    fn functions_used_where_they_never_work_are_errors() {
+        let found = messages(
+            r#"fn on_request_headers() {
+  let v = get_response_header("x");
+  let b = get_http_call_response_body();
+  http_get("auth", "/", [], 100, |status| log_info(get_http_call_response_body()));
+  read_body();
+}
+fn read_body() { get_response_body() }
+fn on_response_headers() { read_body(); }
+fn on_response_body() { send_http_response(403, [], ()); }
+fn on_tick() { add_request_header("a", "b"); log_info("tick"); }"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "2:11: error: `get_response_header` never works in `on_request_headers`: it is \
+                 only available in on_response_headers, on_log (keep what a later phase needs \
+                 with set_context)",
+                "3:11: error: `get_http_call_response_body` never works in `on_request_headers`: \
+                 it is only available inside a callout callback",
+                "7:18: error: `get_response_body` never works in `read_body` (run from \
+                 on_request_headers, on_response_headers): it is only available in \
+                 on_response_body, on_response_chunk (keep what a later phase needs with \
+                 set_context)",
+                "9:25: error: `send_http_response` never works in `on_response_body`: it is only \
+                 available in on_request_headers, on_request_body, on_request_chunk, \
+                 on_request_trailers, on_response_headers",
+                "10:16: error: `add_request_header` never works in `on_tick`: it is only \
+                 available while a request is handled",
+            ]
+        );
+        // A helper that works in one of the phases that run it may be guarded there.
+        let found = messages(
+            "fn on_request_headers() { h(); }\nfn on_response_headers() { h(); }\nfn h() { get_response_header(\"a\") }",
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn callbacks_and_literals_of_the_wrong_shape_are_errors() {
+        let found = messages(
+            r#"fn on_request_headers() {
+  let t = 1;
+  http_get("auth", "/", [], 100, |s, h, b, f, extra| t);
+  http_get("auth", "/", [], 100, Fn("answer"));
+  http_get("auth", "/", [], 100, |status, headers, body, failure| log_info(`${t} ${failure}`));
+  send_http_response("403", [], ());
+  let x = get_request_header(42);
+}
+fn answer(a, b, c, d, e) {}"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "3:34: error: the callback of `http_get` takes 5 parameters, and a callout \
+                 callback is given at most 4: |status, headers, body, failure|",
+                "4:34: error: the callback of `http_get` takes 5 parameters, and a callout \
+                 callback is given at most 4: |status, headers, body, failure|",
+                "6:3: error: argument 1 of `send_http_response` (`status`) must be an int, and \
+                 this one is a string (write the number without quotes)",
+                "7:11: error: argument 1 of `get_request_header` (`name`) must be a string, and \
+                 this one is an int",
+            ]
+        );
     }
 
     #[test]

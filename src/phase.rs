@@ -114,6 +114,14 @@ impl Phases {
         self.0 & phase.bit() != 0
     }
 
+    pub const fn union(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    pub const fn intersects(self, other: Phases) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// The phases in the set, in stream order.
     pub fn iter(self) -> impl Iterator<Item = Phase> {
         Phase::ALL.into_iter().filter(move |p| self.contains(*p))

@@ -287,7 +287,7 @@ fn not_found(signature: &str, hints: &Hints) -> Option<String> {
 }
 
 /// A Rhai or Rust type name as scripts know it.
-fn plain_type(rust: &str) -> &str {
+pub(crate) fn plain_type(rust: &str) -> &str {
     let t = rust.trim();
     match t {
         _ if t.contains("str") || t.contains("String") => "string",
@@ -304,7 +304,7 @@ fn plain_type(rust: &str) -> &str {
 }
 
 /// The name among `names` closest to `name` (at most a third of its letters off).
-fn closest<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (name.len() / 3).max(1);
     names
         .map(|n| (edit_distance(name, n), n))

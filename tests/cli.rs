@@ -362,6 +362,11 @@ fn check_reports_errors_with_line_and_column_and_warnings() {
             ("good.rhai", "fn on_request_headers() { add_request_header(\"a\", \"b\"); }\n"),
             ("broken.rhai", "fn on_request_headers() {\n  let x = ;\n}\n"),
             ("typo.rhai", "fn on_request_headers() {}\nfn on_response_header() {}\nfn on_response_body() { add_header(\"a\"); }\n"),
+            (
+                "misuse.rhai",
+                "fn on_request_headers() {\n  let v = get_response_header(\"x\");\n  send_http_response(\"403\", [], ());\n  http_get(\"auth\", \"/\", [], 100, |status, headers, body, failure, more| v);\n}\n",
+            ),
+            ("unused.rhai", "fn on_request_headers() {}\nfn helper() {}\n"),
         ],
     );
     let o = proxy_rhai(&["check", &path(&dir, "good.rhai")]);
@@ -377,18 +382,39 @@ fn check_reports_errors_with_line_and_column_and_warnings() {
     );
 
     let o = proxy_rhai(&["check", &path(&dir, "typo.rhai")]);
-    assert_eq!(o.status.code(), Some(0), "warnings alone pass");
+    assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
     assert!(
-        out.contains("typo.rhai:2:1: warning: `on_response_header` is not a phase function"),
+        out.contains("typo.rhai:2:1: error: `on_response_header` is not a phase function"),
         "{out}"
     );
     assert!(out.contains("did you mean `on_response_headers`?"), "{out}");
     assert!(
-        out.contains("typo.rhai:3:25: warning: no function `add_header`"),
+        out.contains(
+            "typo.rhai:3:25: error: no function `add_header` exists in the script or in the API"
+        ),
         "{out}"
     );
-    let o = proxy_rhai(&["check", "--deny-warnings", &path(&dir, "typo.rhai")]);
+
+    let o = proxy_rhai(&["check", &path(&dir, "misuse.rhai")]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    for line in [
+        "misuse.rhai:2:11: error: `get_response_header` never works in `on_request_headers`: it is only available in on_response_headers, on_log",
+        "misuse.rhai:3:3: error: argument 1 of `send_http_response` (`status`) must be an int, and this one is a string (write the number without quotes)",
+        "misuse.rhai:4:34: error: the callback of `http_get` takes 5 parameters, and a callout callback is given at most 4: |status, headers, body, failure|",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+
+    let o = proxy_rhai(&["check", &path(&dir, "unused.rhai")]);
+    assert_eq!(o.status.code(), Some(0), "warnings alone pass");
+    assert!(
+        stdout(&o).contains("unused.rhai:2:1: warning: `helper` is never called"),
+        "{}",
+        stdout(&o)
+    );
+    let o = proxy_rhai(&["check", "--deny-warnings", &path(&dir, "unused.rhai")]);
     assert_eq!(o.status.code(), Some(1));
 
     let o = proxy_rhai(&[
@@ -399,6 +425,42 @@ fn check_reports_errors_with_line_and_column_and_warnings() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("max_operations"), "{}", stdout(&o));
+}
+
+#[test]
+fn the_repository_scripts_pass_check() {
+    let mut scripts: Vec<String> = std::fs::read_dir("scripts")
+        .unwrap()
+        .chain(std::fs::read_dir("bench/scripts").unwrap())
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".rhai") && !p.ends_with(".test.rhai"))
+        .collect();
+    scripts.sort();
+    // The configurations the example scripts need (each test file gives the same).
+    let configs = [
+        ("api_key", r#"{"keys": {"k1": "alice"}}"#),
+        ("cors", r#"{"allow_origins": ["https://a.example"]}"#),
+        ("hmac_signature", r#"{"secret": "s"}"#),
+        (
+            "token_callout",
+            r#"{"cluster": "auth", "requestPath": "/token", "tokenHeader": "x-token"}"#,
+        ),
+    ];
+    for script in scripts {
+        let mut args = vec!["check", script.as_str()];
+        if let Some((_, config)) = configs
+            .iter()
+            .find(|(n, _)| script.ends_with(&format!("/{n}.rhai")))
+        {
+            args.extend(["--config", config]);
+        }
+        let o = proxy_rhai(&args);
+        assert_eq!(o.status.code(), Some(0), "{script}: {}", stdout(&o));
+        // Examples have nothing to say; bench/scripts/big-1000.rhai's helpers are never called.
+        if script.starts_with("scripts/") {
+            assert!(stdout(&o).ends_with(": ok\n"), "{script}: {}", stdout(&o));
+        }
+    }
 }
 
 #[test]

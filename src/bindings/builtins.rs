@@ -188,7 +188,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "string",
         "SHA-256 of a string or blob, as lowercase hex.",
         r#"fn on_request_body() {
-    add_request_header("x-body-sha256", sha256(get_request_body_bytes()));
+    log_info(`body sha256: ${sha256(get_request_body_bytes())}`);
 }"#,
         |_a as f, data: Dynamic| Ok(hex(&Sha256::digest(bytes_of(f, &data)?)))
     );
@@ -199,7 +199,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         "blob",
         "SHA-256 of a string or blob, as 32 bytes.",
         r#"fn on_request_body() {
-    add_request_header("x-content-digest", "sha-256=" + base64_encode(sha256_bytes(get_request_body_bytes())));
+    set_context("digest", "sha-256=" + base64_encode(sha256_bytes(get_request_body_bytes())));
 }"#,
         |_a as f, data: Dynamic| Ok(Sha256::digest(bytes_of(f, &data)?).to_vec())
     );

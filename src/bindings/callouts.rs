@@ -226,6 +226,11 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
 }
 
 /// Longest timeout a callout may ask for.
+/// What a callout callback is given, in order; it takes as many as it names (`check` says
+/// when it takes more).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) const CALLBACK_PARAMETERS: [&str; 4] = ["status", "headers", "body", "failure"];
+
 const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
 /// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
 const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;

@@ -11,18 +11,25 @@ use std::path::{Path, PathBuf};
 use clap::{ArgMatches, Args, Subcommand};
 use serde_json::{Map, Value};
 
+use proxy_rhai::check::{check, Severity};
+
 use super::{input, read_script, Configuration};
 
 /// Prints the configuration that deploys a script: an Envoy HTTP filter, or a Higress
 /// WasmPlugin resource.
 ///
-/// The script is read, checked as the plugin would load it (an error is refused here, not at
-/// the proxy), and embedded. The output is JSON, which YAML readers (Envoy, kubectl) take as
-/// YAML.
+/// The script is read, checked as `proxy-rhai check` does (its findings go to standard error;
+/// an error refuses the deployment unless `--force`), and embedded. A configuration the plugin
+/// would refuse is always refused. The output is JSON, which YAML readers (Envoy, kubectl)
+/// take as YAML.
 #[derive(Args)]
 pub(super) struct DeployArgs {
     #[command(subcommand)]
     target: Target,
+    /// Deploy even when `check` finds errors in the script (a configuration the plugin would
+    /// refuse is still refused).
+    #[arg(long, global = true)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -108,15 +115,43 @@ const DEFAULT_URL: &str = concat!(
 
 /// Runs `deploy`; `matches` are the `deploy` subcommand's (they order `--rule` options).
 pub(super) fn deploy(args: &DeployArgs, matches: Option<&ArgMatches>) -> Result<bool, String> {
+    let mut findings = Findings::default();
     let text = match &args.target {
-        Target::Envoy(a) => envoy(a)?,
+        Target::Envoy(a) => envoy(a, &mut findings)?,
         Target::Higress(a) => {
             let higress = matches.and_then(|m| m.subcommand_matches("higress"));
-            higress_resource(a, higress)?
+            higress_resource(a, higress, &mut findings)?
         }
     };
+    eprint!("{}", findings.text);
+    if findings.errors > 0 && !args.force {
+        eprintln!(
+            "proxy-rhai: not deployed: `check` found {} error(s) (--force deploys anyway)",
+            findings.errors
+        );
+        return Ok(false);
+    }
     super::out(&text);
     Ok(true)
+}
+
+/// What `check` found in the scripts of a deployment.
+#[derive(Default)]
+struct Findings {
+    text: String,
+    errors: usize,
+}
+
+impl Findings {
+    /// Checks `script` (from `path`) with the plugin settings it runs with.
+    fn check(&mut self, path: &Path, script: &str, settings: &Map<String, Value>) {
+        let mut settings = settings.clone();
+        settings.remove("script");
+        for d in check(script, &Value::Object(settings)) {
+            self.text.push_str(&super::finding(path, &d));
+            self.errors += usize::from(d.severity == Severity::Error);
+        }
+    }
 }
 
 /// The plugin configuration for the script, checked as the plugin would load it.
@@ -137,9 +172,14 @@ fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), Strin
         .map_err(|e| format!("{}: {e}", what.display()))
 }
 
-fn envoy(args: &EnvoyArgs) -> Result<String, String> {
+fn envoy(args: &EnvoyArgs, findings: &mut Findings) -> Result<String, String> {
     let configuration = plugin_configuration(&args.script, &args.configuration)?;
     validate(&args.script, &configuration)?;
+    let script = configuration
+        .get("script")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    findings.check(&args.script, script, &configuration);
     let value = Value::Object(configuration).to_string();
     let doc = map([
         ("name", "envoy.filters.http.wasm".into()),
@@ -294,7 +334,11 @@ fn plugin_rule(r: &MatchRule) -> Value {
     Value::Object(entry)
 }
 
-fn higress_resource(args: &HigressArgs, matches: Option<&ArgMatches>) -> Result<String, String> {
+fn higress_resource(
+    args: &HigressArgs,
+    matches: Option<&ArgMatches>,
+    findings: &mut Findings,
+) -> Result<String, String> {
     let configuration = plugin_configuration(&args.script, &args.configuration)?;
     if configuration.contains_key("_rules_") {
         return Err("--plugin-config: give Higress rules with --rule, not \"_rules_\" (Higress makes them from spec.matchRules)".into());
@@ -309,6 +353,22 @@ fn higress_resource(args: &HigressArgs, matches: Option<&ArgMatches>) -> Result<
         );
     }
     validate(&args.script, &effective)?;
+    let script = configuration
+        .get("script")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    findings.check(&args.script, script, &configuration);
+    for r in &rules {
+        let mut settings = configuration.clone();
+        if let Some(config) = &r.config {
+            settings.insert("config".into(), config.clone());
+        }
+        match &r.script {
+            Some((path, script)) => findings.check(path, script, &settings),
+            None if r.config.is_some() => findings.check(&args.script, script, &settings),
+            None => {}
+        }
+    }
 
     let mut spec = vec![("url", Doc::Str(args.url.clone()))];
     if let Some(phase) = &args.phase {

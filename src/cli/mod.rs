@@ -137,9 +137,12 @@ struct TestArgs {
 
 /// Checks scripts as the plugin would load them.
 ///
-/// Compiles each script as the plugin would (same limits, same phase rules) and reports
-/// errors with line and column, and warnings: a function named almost like a phase function,
-/// a call to a function that exists neither in the script nor in the API. Exits 1 when a script has an error (or a warning, with --deny-warnings).
+/// Compiles each script as the plugin would (same limits, same phase rules) and reports, with
+/// line and column, the errors that would fail every time a request reaches them: a misspelled
+/// phase function, an unknown function or a wrong number of arguments, an API function used in
+/// a phase where it never works, a callout callback with too many parameters, a literal of the
+/// wrong type; and style warnings (a function nothing calls). Exits 1 when a script has an error
+/// (or a warning, with --deny-warnings).
 #[derive(Args)]
 struct CheckArgs {
     /// The scripts (.rhai files).
@@ -513,8 +516,7 @@ fn check_scripts(args: &CheckArgs) -> Result<bool, String> {
         let found = check(&script, &settings);
         let mut text = String::new();
         for d in &found {
-            let sep = if d.line.is_some() { ":" } else { ": " };
-            text.push_str(&format!("{}{sep}{d}\n", path.display()));
+            text.push_str(&finding(path, d));
         }
         let errors = found
             .iter()
@@ -528,6 +530,12 @@ fn check_scripts(args: &CheckArgs) -> Result<bool, String> {
         out(&text);
     }
     Ok(clean)
+}
+
+/// One line of what `check` found: `PATH:LINE:COLUMN: error: MESSAGE`.
+fn finding(path: &Path, d: &proxy_rhai::check::Diagnostic) -> String {
+    let sep = if d.line.is_some() { ":" } else { ": " };
+    format!("{}{sep}{d}\n", path.display())
 }
 
 // ---- docs ------------------------------------------------------------------------------------

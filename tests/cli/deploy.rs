@@ -307,6 +307,77 @@ fn refused(args: &[&str], phrase: &str) {
 }
 
 #[test]
+fn deploy_refuses_what_check_finds_unless_forced() {
+    let dir = folder(
+        "deploy-check",
+        &[
+            (
+                "misuse.rhai",
+                "fn on_request_headers() {\n    let v = get_response_header(\"x\");\n}\n",
+            ),
+            (
+                "unused.rhai",
+                "fn on_request_headers() {}\nfn helper() {}\n",
+            ),
+            (
+                "rule.rhai",
+                "fn on_request_headers() { add_reqest_header(\"a\", \"b\"); }\n",
+            ),
+        ],
+    );
+    let misuse = path(&dir, "misuse.rhai");
+    let expected = "misuse.rhai:2:13: error: `get_response_header` never works in \
+                    `on_request_headers`";
+    for target in ["envoy", "higress"] {
+        let o = proxy_rhai(&["deploy", target, &misuse]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{target}: {err}");
+        assert!(o.stdout.is_empty(), "{target} printed {}", stdout(&o));
+        assert!(err.contains(expected), "{err}");
+        assert!(
+            err.ends_with(
+                "proxy-rhai: not deployed: `check` found 1 error(s) (--force deploys anyway)\n"
+            ),
+            "{err}"
+        );
+        // --force, before or after the target: the findings are still said, and it deploys.
+        for args in [
+            vec!["deploy", "--force", target, misuse.as_str()],
+            vec!["deploy", target, misuse.as_str(), "--force"],
+        ] {
+            let o = proxy_rhai(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+            assert!(parse(&stdout(&o)).is_object());
+        }
+    }
+    // Warnings are said, and don't stop a deployment.
+    let o = proxy_rhai(&["deploy", "envoy", &path(&dir, "unused.rhai")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: `helper` is never called"),
+        "{}",
+        stderr(&o)
+    );
+    // A rule's own script is checked too.
+    let o = proxy_rhai(&[
+        "deploy",
+        "higress",
+        &path(&dir, "unused.rhai"),
+        "--rule",
+        "domain=a.example",
+        "--rule-script",
+        &path(&dir, "rule.rhai"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rule.rhai:1:27: error: no function `add_reqest_header`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn bad_input_is_refused_in_one_line() {
     let dir = folder(
         "refused",
