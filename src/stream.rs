@@ -119,7 +119,14 @@ pub(crate) struct PendingCall {
     pub id: u32,
     pub phase: Phase,
     pub callback: FnPtr,
+    /// When its timeout expires, by the proxy's clock (nanoseconds since the epoch).
+    pub deadline_nanos: u64,
 }
+
+/// How much earlier than a callout's deadline, by the proxy's clock, its timeout may still be
+/// reported: Envoy's timers run on a monotonic clock read once per event-loop iteration, the
+/// plugin's on the system clock read at dispatch.
+const TIMER_SLACK_NANOS: u64 = 100_000_000;
 
 /// The two directions of a stream, each paused and resumed on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,14 +308,14 @@ impl<H: Host + 'static> HttpStream<H> {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let args =
-            match self.call_answer(num_headers, body_size, self.callback_arity(&call.callback)) {
-                Ok(args) => args,
-                Err(e) => {
-                    self.fail(call.phase, &e, true);
-                    return;
-                }
-            };
+        let arity = self.callback_arity(&call.callback);
+        let args = match self.call_answer(&call, num_headers, body_size, arity) {
+            Ok(args) => args,
+            Err(e) => {
+                self.fail(call.phase, &e, true);
+                return;
+            }
+        };
         let answer = CallAnswer { body_size };
         let side = Side::of(call.phase);
         let chunk = call.phase.is_chunk();
@@ -364,6 +371,7 @@ impl<H: Host + 'static> HttpStream<H> {
     /// when that text would be longer than the string size limit (the callback doesn't run).
     fn call_answer(
         &self,
+        call: &PendingCall,
         num_headers: usize,
         body_size: usize,
         arity: usize,
@@ -410,7 +418,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         if arity >= 4 {
             args.push(
-                self.call_failure(num_headers, status, body_size)
+                self.call_failure(call, num_headers, status, body_size)
                     .map_or(Dynamic::UNIT, Dynamic::from),
             );
         }
@@ -420,11 +428,13 @@ impl<H: Host + 'static> HttpStream<H> {
     /// Why a callout got no real answer, told apart from a target's own 504 or 503 by what only
     /// Envoy sends (measured in Envoy 1.40): no headers at all for a reset after the answer
     /// began; for a timeout, its own 504 with exactly `:status`, `content-length` and
-    /// `content-type` and the body `upstream request timeout`; for a target it can't reach (or
-    /// that resets before answering), its own 503 with those headers and `upstream connect error
-    /// or disconnect/reset before headers. reset reason: …`.
+    /// `content-type` and the body `upstream request timeout`, no earlier than the call's
+    /// deadline; for a target it can't reach (or that resets before answering), its own 503
+    /// with those headers and `upstream connect error or disconnect/reset before headers. reset
+    /// reason: …`.
     fn call_failure(
         &self,
+        call: &PendingCall,
         num_headers: usize,
         status: i64,
         body_size: usize,
@@ -450,6 +460,15 @@ impl<H: Host + 'static> HttpStream<H> {
         match status {
             504 => own(crate::emulator::UPSTREAM_TIMEOUT_BODY)
                 .filter(|body| body == crate::emulator::UPSTREAM_TIMEOUT_BODY)
+                .filter(|_| {
+                    let now = self
+                        .plugin
+                        .api
+                        .host
+                        .current_time_nanos()
+                        .unwrap_or(u64::MAX);
+                    now.saturating_add(TIMER_SLACK_NANOS) >= call.deadline_nanos
+                })
                 .map(|_| "timeout"),
             503 => own(crate::emulator::UPSTREAM_RESET_BEFORE_HEADERS).map(|body| {
                 match body.contains("connection failure") {

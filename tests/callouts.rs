@@ -366,7 +366,7 @@ fn an_unreachable_target_answers_envoys_503_and_a_timeout_status_zero() {
     let o = p.run_with(
         &Request::get("/"),
         &mut Response::ok("up"),
-        &mut |_: &Callout| Reply::Reset,
+        &mut |_: &Callout| Reply::ConnectFailure,
     );
     assert_eq!(
         o.upstream_header("x-got").as_deref(),
@@ -512,6 +512,17 @@ fn a_failed_callback_keeps_only_what_went_on_before_its_resume() {
     assert_eq!(o.response.status, 200);
 }
 
+/// The request header `x-result` the script's callback adds, its callout answered `reply`.
+fn x_result(p: &Emulator, reply: Reply) -> String {
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok(""),
+        &mut |_: &Callout| reply.clone(),
+    );
+    assert!(o.script_errors().is_empty(), "{:?}", o.log);
+    o.upstream_header("x-result").unwrap()
+}
+
 /// A fourth callback parameter says why there was no real answer: Envoy's own 504 and 503
 /// are told apart from a target's by their exact headers and text.
 #[test]
@@ -523,17 +534,10 @@ fn a_callback_is_told_a_timeout_a_connect_failure_or_a_reset() {
             });
         }"#,
     );
-    let run = |reply: Reply| {
-        let o = p.run_with(
-            &Request::get("/"),
-            &mut Response::ok(""),
-            &mut |_: &Callout| reply.clone(),
-        );
-        assert!(o.script_errors().is_empty(), "{:?}", o.log);
-        o.upstream_header("x-result").unwrap()
-    };
+    let run = |reply: Reply| x_result(&p, reply);
     assert_eq!(run(Reply::NoAnswer), "504 timeout");
-    assert_eq!(run(Reply::Reset), "503 connect_failure");
+    assert_eq!(run(Reply::ConnectFailure), "503 connect_failure");
+    assert_eq!(run(Reply::Reset), "503 reset");
     assert_eq!(run(Reply::Failure), "0 reset");
     assert_eq!(run(answer(200, &[], "ok")), "200 answered");
     // A target's own 504 or 503, even with Envoy's texts, is an answer.
@@ -544,5 +548,41 @@ fn a_callback_is_told_a_timeout_a_connect_failure_or_a_reset() {
     assert_eq!(
         run(answer(503, &[("content-type", "text/plain")], "down")),
         "503 answered"
+    );
+}
+
+/// A 504 with exactly Envoy's headers and text is a timeout only when it comes at the call's
+/// deadline: earlier, it is the target's own answer. The emulated clock moves on to the
+/// deadline when a call times out.
+#[test]
+fn a_timeout_is_told_by_the_calls_own_deadline() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+            let sent = now_ms();
+            http_get("auth", "/", [], 1000, |status, headers, body, failure| {
+                add_request_header("x-result", `${status} ${failure ?? "answered"} after ${now_ms() - sent} ms`);
+            });
+        }"#,
+    );
+    let run = |reply: Reply| x_result(&p, reply);
+    assert_eq!(run(Reply::NoAnswer), "504 timeout after 1000 ms");
+    let envoys = answer(
+        504,
+        &[("content-length", "24"), ("content-type", "text/plain")],
+        "upstream request timeout",
+    );
+    assert_eq!(run(envoys.clone()), "504 answered after 0 ms");
+    let late = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok(""),
+        &mut |_: &Callout| {
+            p.advance_ms(950);
+            envoys.clone()
+        },
+    );
+    assert_eq!(
+        late.upstream_header("x-result").as_deref(),
+        Some("504 timeout after 950 ms"),
+        "within the timer's slack of the deadline"
     );
 }

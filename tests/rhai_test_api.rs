@@ -169,6 +169,8 @@ fn callouts_answered_per_cluster_path_in_order_or_not_at_all() {
             p.get("/").assert_local_response(403, "denied 504");
             p.answer("auth", "timeout");
             p.get("/").assert_local_response(403, "denied 504");
+            p.answer("auth", "connect_failure");
+            p.get("/").assert_local_response(403, "denied 503");
             p.answer("auth", "reset");
             p.get("/").assert_local_response(403, "denied 503");
             p.answer("auth", "failure");

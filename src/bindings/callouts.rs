@@ -52,7 +52,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Callouts.
     bind!(reg, "dispatch_http_call", ALL, "int: the call id",
-    "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A callback that takes a fourth parameter, `|status, headers, body, failure|`, is told which of these it got: `failure` is `\"timeout\"`, `\"connect_failure\"` (the target can't be reached), `\"reset\"` (the connection was reset, before or after the answer began), or `()` for a real answer, even a target's own 504 or 503 (the plugin recognises Envoy's own answers by their exact headers and text). A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
+    "Sends `body` (string, blob or ()) with `headers` (pairs or map, with `:method`, `:path` and `:authority`) to `cluster`, waiting at most `timeout_ms` (1..=600000). The phase pauses; `callback` runs as `|status, headers, body|` (or takes just `|status|` or `|status, headers|`: what it doesn't take is never converted) when the answer arrives — when none comes in time, Envoy's own 504 `upstream request timeout`, on time; when the target can't be reached, Envoy's own 503; status 0 with empty headers and body when the call fails with no response at all, in the phase that dispatched it, and the stream resumes after the last callback. A callback that takes a fourth parameter, `|status, headers, body, failure|`, is told which of these it got: `failure` is `\"timeout\"`, `\"connect_failure\"` (the target can't be reached), `\"reset\"` (the connection was reset, before or after the answer began), or `()` for a real answer, even a target's own 504 or 503 (the plugin recognises Envoy's own answers by their exact headers and text, and a timeout also by the call's own deadline: a 504 that comes more than 100 ms before it is the target's). A refused call (unknown cluster, missing pseudo-header) is an error the script can catch; so is a timeout out of range, a header HTTP does not allow (see `add_request_header`), `content-length` or `transfer-encoding` (the proxy frames the body itself), more than 1,024 headers or 1 MiB of them, and a call past `limits.max_callouts` (the request's callouts, its callbacks' included).",
     r#"fn on_request_headers() {
     let headers = [[":method", "POST"], [":path", "/token"], [":authority", "auth"], ["content-type", "application/json"]];
     dispatch_http_call("auth", headers, `{"user":"${get_request_header("x-user")}"}`, 1000, |status, headers, body| {
@@ -322,6 +322,8 @@ impl<H: Host> Api<H> {
             Target::Callout,
             refs.iter().map(|(k, v)| (*k, v.as_bytes())),
         )?;
+        // Read before the proxy starts the call's timer: the deadline is never late.
+        let sent = self.host.current_time_nanos().unwrap_or(0);
         let id = self
             .host
             .dispatch_http_call(
@@ -342,6 +344,7 @@ impl<H: Host> Api<H> {
             id,
             phase,
             callback: call.callback,
+            deadline_nanos: sent.saturating_add(timeout_ms as u64 * 1_000_000),
         });
         Ok(i64::from(id))
     }

@@ -143,7 +143,7 @@ pub struct CalloutRule {
     pub reply: Reply,
 }
 
-/// Parses `CLUSTER[PATH]=ANSWER`: ANSWER is `STATUS`, `STATUS:BODY`, `timeout`, `reset`,
+/// Parses `CLUSTER[PATH]=ANSWER`: ANSWER is `STATUS`, `STATUS:BODY`, `timeout`, `connect_failure`, `reset`, `failure`,
 /// JSON (`{"status": …, "headers": …, "body": …}`), or `@FILE` (JSON or an HTTP response).
 pub fn callout(arg: &str) -> Result<CalloutRule, String> {
     let bad = |why: &str| format!("--callout {arg}: {why} (expected CLUSTER[PATH]=ANSWER)");
@@ -162,15 +162,17 @@ pub fn callout(arg: &str) -> Result<CalloutRule, String> {
         } else {
             http_response(&text).map_err(|e| bad(&format!("{file}: {e}")))?
         }
-    } else if answer == "timeout" || answer == "reset" {
+    } else if ["timeout", "connect_failure", "reset", "failure"].contains(&answer) {
         Value::String(answer.into())
     } else if answer.trim_start().starts_with('{') {
         serde_json::from_str(answer).map_err(|e| bad(&e.to_string()))?
     } else {
         let (status, body) = answer.split_once(':').unwrap_or((answer, ""));
-        let status: u32 = status
-            .parse()
-            .map_err(|_| bad(&format!("`{status}` is not a status, timeout or reset")))?;
+        let status: u32 = status.parse().map_err(|_| {
+            bad(&format!(
+                "`{status}` is not a status, timeout, connect_failure, reset or failure"
+            ))
+        })?;
         let mut fields = Map::new();
         fields.insert("status".into(), status.into());
         fields.insert("body".into(), body.into());
@@ -223,6 +225,10 @@ mod tests {
         );
         assert_eq!(callout("auth=timeout").unwrap().reply, Reply::NoAnswer);
         assert_eq!(callout("auth=reset").unwrap().reply, Reply::Reset);
+        assert_eq!(
+            callout("auth=connect_failure").unwrap().reply,
+            Reply::ConnectFailure
+        );
         assert!(callout("auth").is_err());
         assert!(callout("=200").is_err());
         assert!(callout("auth=soon").is_err());

@@ -72,8 +72,9 @@ struct RunArgs {
     #[arg(long, value_name = "SIZES", value_delimiter = ',')]
     response_chunks: Vec<usize>,
     /// Answers callouts to CLUSTER (and PATH: exact, or a prefix ending with `*`); ANSWER is
-    /// STATUS, STATUS:BODY, timeout, reset, JSON, or @FILE (JSON or an HTTP response). May be
-    /// repeated. A call to a cluster named here that no rule answers times out; a call to any
+    /// STATUS, STATUS:BODY, a failure as a callback's `failure` names it (timeout,
+    /// connect_failure, reset) or `failure` (no response at all), JSON, or @FILE (JSON or an
+    /// HTTP response). May be repeated. A call to a cluster named here that no rule answers times out; a call to any
     /// other cluster is refused, as Envoy refuses an unknown cluster.
     #[arg(long, value_name = "CLUSTER[PATH]=ANSWER")]
     callout: Vec<String>,

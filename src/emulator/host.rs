@@ -41,6 +41,8 @@ pub struct Callout {
     pub headers: Headers,
     pub body: Bytes,
     pub timeout: Duration,
+    /// The emulated clock when it was sent (nanoseconds since the epoch).
+    pub sent_nanos: u64,
 }
 
 /// The answer to a callout, as the host hands it to the plugin.
@@ -387,6 +389,7 @@ impl Host for EmulatorHost {
         }
         state.next_token += 1;
         let token = state.next_token;
+        let sent_nanos = state.now_nanos;
         state.stream.callouts.push(Callout {
             token,
             cluster: cluster.to_string(),
@@ -396,6 +399,7 @@ impl Host for EmulatorHost {
                 .collect(),
             body: body.to_vec(),
             timeout,
+            sent_nanos,
         });
         Ok(token)
     }

@@ -44,8 +44,13 @@ pub const UPSTREAM_RESET_BEFORE_HEADERS: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: ";
 
 /// The body of the 503 Envoy answers a callout with when its target can't be reached.
-pub const UPSTREAM_RESET_BODY: &str =
+pub const UPSTREAM_CONNECT_FAILURE_BODY: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+
+/// The body of the 503 Envoy answers a callout with when its target closes the connection
+/// before answering.
+pub const UPSTREAM_TERMINATED_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 
 /// The body of the 504 Envoy answers a callout with when its timeout expires.
 pub const UPSTREAM_TIMEOUT_BODY: &str = "upstream request timeout";
@@ -237,11 +242,14 @@ pub enum Reply {
         body: Vec<u8>,
     },
     /// No answer in time: like Envoy, the callback sees Envoy's own 504 (`upstream request
-    /// timeout`) when the call's timeout expires.
+    /// timeout`) when the call's timeout expires (the emulated clock moves on to then).
     NoAnswer,
-    /// The target refused the connection or reset it before answering: like Envoy, the
-    /// callback sees Envoy's own 503 (`upstream connect error or disconnect/reset before
-    /// headers. reset reason: remote connection failure`).
+    /// The target can't be reached (it refuses the connection): like Envoy, the callback sees
+    /// Envoy's own 503 (`upstream connect error or disconnect/reset before headers. reset
+    /// reason: remote connection failure`).
+    ConnectFailure,
+    /// The target closes the connection before answering: like Envoy, the callback sees
+    /// Envoy's own 503 (`… reset reason: connection termination`).
     Reset,
     /// The call failed with no response at all (a reset after the answer's headers): the
     /// callback sees status 0, no headers and an empty body.
@@ -895,8 +903,18 @@ impl Run<'_> {
                 )
             }
             Reply::Failure => (CalloutAnswer::default(), 0, 0),
-            Reply::NoAnswer => envoy_answer(504, UPSTREAM_TIMEOUT_BODY),
-            Reply::Reset => envoy_answer(503, UPSTREAM_RESET_BODY),
+            Reply::NoAnswer => {
+                // Its timeout expires: the clock is at least at its deadline (no tick fires).
+                let deadline = call
+                    .sent_nanos
+                    .saturating_add(call.timeout.as_nanos() as u64);
+                let mut host = self.host.0.borrow_mut();
+                host.now_nanos = host.now_nanos.max(deadline);
+                drop(host);
+                envoy_answer(504, UPSTREAM_TIMEOUT_BODY)
+            }
+            Reply::ConnectFailure => envoy_answer(503, UPSTREAM_CONNECT_FAILURE_BODY),
+            Reply::Reset => envoy_answer(503, UPSTREAM_TERMINATED_BODY),
         };
         self.delivered.push(call.token);
         self.state().answer = Some(answer);

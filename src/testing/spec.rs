@@ -97,13 +97,16 @@ pub fn response(value: &Value) -> Result<Response, String> {
     Ok(r)
 }
 
-/// A callout answer: `{"status", "headers", "body"}` (status defaults to 200), `null` or
-/// `"timeout"` for no answer in time (Envoy's 504), `"reset"` for a target that can't be
-/// reached (Envoy's 503), `"failure"` for a call that fails with no response (status 0).
+/// A callout answer: `{"status", "headers", "body"}` (status defaults to 200), or a failure
+/// named as the callback's `failure` names it: `null` or `"timeout"` for no answer in time
+/// (Envoy's 504), `"connect_failure"` for a target that can't be reached and `"reset"` for one
+/// that closes the connection before answering (Envoy's 503s), `"failure"` for a call that
+/// fails with no response (status 0).
 pub fn reply(value: &Value) -> Result<Reply, String> {
     match value {
         Value::Null => Ok(Reply::NoAnswer),
         Value::String(s) if s == "timeout" => Ok(Reply::NoAnswer),
+        Value::String(s) if s == "connect_failure" => Ok(Reply::ConnectFailure),
         Value::String(s) if s == "reset" => Ok(Reply::Reset),
         Value::String(s) if s == "failure" => Ok(Reply::Failure),
         Value::Object(_) => {
@@ -387,6 +390,10 @@ mod tests {
         assert_eq!(reply(&Value::Null).unwrap(), Reply::NoAnswer);
         assert_eq!(reply(&json!("timeout")).unwrap(), Reply::NoAnswer);
         assert_eq!(reply(&json!("reset")).unwrap(), Reply::Reset);
+        assert_eq!(
+            reply(&json!("connect_failure")).unwrap(),
+            Reply::ConnectFailure
+        );
         assert_eq!(
             reply(&json!({"body": "x"})).unwrap(),
             Reply::Answer {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -97,15 +97,22 @@ fn on_request_headers() {
             });
         }
         "resume-early" => {
-            let start = now_ms();
             http_get("callout", "/json", [], 2000, |status, headers, body| {
                 add_request_header("x-first", `${status}`);
                 let resumed = resume_http_request();
                 log_info(`first callback ${id}: resumed=${resumed}`);
             });
-            http_get("callout", "/delay/1500", [], 5000, |status, headers, body| {
+            // Answered only once the request itself reaches the upstream at the same barrier.
+            http_get("upstream", `/barrier/${id}/2`, [], 30000, |status, headers, body| {
                 let again = resume_http_request();
-                log_info(`late callback ${id}: status=${status} resumed=${again} after ${now_ms() - start} ms`);
+                log_info(`late callback ${id}: status=${status} resumed=${again} barrier=${parse_json(body).barrier}`);
+            });
+        }
+        "reset" => {
+            http_get("resetter", get_request_header("x-target"), [], 5000, |status, headers, body, failure| {
+                add_request_header("x-failure", failure ?? "answered");
+                add_request_header("x-status", `${status}`);
+                add_request_header("x-body", body);
             });
         }
         "throw-in-callback" => {
@@ -171,6 +178,64 @@ fn on_response_body() {
     }
 }
 "#;
+
+/// A target on 127.0.0.1 that resets each connection: `/before` closes it without a byte of an
+/// answer, `/after` once the answer's headers and part of its body are sent. Stops when dropped.
+struct Resetter {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Resetter {
+    fn start() -> Self {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if request.starts_with(b"GET /after ") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part of it",
+                    );
+                    let _ = conn.flush();
+                }
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+        });
+        Resetter {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Resetter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 fn start() -> Envoy {
     Envoy::builder(json!({ "script": SCRIPT }))
@@ -292,6 +357,41 @@ fn refused_dispatches_failed_targets_and_failing_callbacks() {
     envoy.assert_healthy();
 }
 
+/// A target that resets the connection, before answering or in the middle of its answer: the
+/// callback's `failure` says `reset` both times (Envoy gives its own 503 for the first, no
+/// answer at all for the second).
+#[test]
+fn a_reset_callout_is_told_apart() {
+    let resetter = Resetter::start();
+    let envoy = Envoy::builder(json!({ "script": SCRIPT }))
+        .cluster("resetter", resetter.port)
+        .start();
+    let before = "upstream connect error or disconnect/reset before headers. reset reason: \
+                  connection termination";
+    for (target, status, body) in [("/before", "503", before), ("/after", "0", "")] {
+        let r = envoy.request(
+            "GET",
+            "/reset",
+            &[("x-op", "reset"), ("x-target", target)],
+            b"",
+        );
+        assert_status(&r, 200);
+        let echo = r.echo();
+        assert_eq!(
+            echo.header("x-failure"),
+            Some("reset"),
+            "{target}: {echo:?}"
+        );
+        assert_eq!(echo.header("x-status"), Some(status), "{target}: {echo:?}");
+        assert_eq!(
+            echo.header("x-body").unwrap_or(""),
+            body,
+            "{target}: {echo:?}"
+        );
+    }
+    envoy.assert_healthy();
+}
+
 #[test]
 fn callouts_from_the_body_and_response_phases() {
     let envoy = start();
@@ -375,29 +475,45 @@ fn parallel_calls_timeouts_and_an_early_resume() {
     assert_eq!(echo.header("x-failure"), Some("timeout"));
     assert_eq!(echo.header("x-body"), Some("upstream request timeout"));
 
-    // resume_http_request() in the first callback, with a second call (1.5 s) still pending:
-    // the request goes on at once (the upstream answers after 2.5 s, which keeps the stream
-    // alive while the late call lands: about 2.5 s in all, 4 s if it waited for the late
-    // call), the late callback still runs, and nothing resumes twice.
-    let t = Instant::now();
-    let r = envoy.request(
-        "GET",
-        "/delay/2500",
-        &[("x-op", "resume-early"), ("x-id", "early-1")],
-        b"",
-    );
-    let took = t.elapsed();
+    // resume_http_request() in the first callback, with a second call still pending: the
+    // request goes on at once. The second call and the request meet at one barrier of the
+    // upstream, so the late call is answered only once the request got there (had the request
+    // waited for it, the late call would have seen the barrier time out); the request's own
+    // answer then waits at a second barrier that this test joins once the late callback ran,
+    // which keeps the stream alive for it. Nothing resumes twice.
+    let r = thread::scope(|scope| {
+        let request = scope.spawn(|| {
+            envoy.request(
+                "GET",
+                "/barrier/early-1/2?then=early-1-done",
+                &[("x-op", "resume-early"), ("x-id", "early-1")],
+                b"",
+            )
+        });
+        let first = envoy.wait_for_log("first callback early-1: ");
+        assert!(first.contains("resumed=true"), "{first}");
+        let late = envoy.wait_for_log("late callback early-1: ");
+        assert!(
+            late.contains("status=200 resumed=false barrier=reached"),
+            "{late}"
+        );
+        let mut upstream = TcpStream::connect(("127.0.0.1", envoy.upstream.port())).unwrap();
+        upstream
+            .write_all(b"GET /barrier/early-1-done/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut upstream, &mut answer).unwrap();
+        assert!(answer.contains("\"reached\""), "{answer}");
+        request.join().unwrap()
+    });
     assert_status(&r, 200);
-    assert_eq!(r.echo().header("x-first"), Some("200"));
-    assert!(
-        took < Duration::from_millis(3500),
-        "the request waited for the late call: {took:?}"
+    let echo = r.echo();
+    assert_eq!(echo.header("x-first"), Some("200"));
+    assert_eq!(
+        envoy.upstream.hits("/barrier/early-1/2"),
+        1,
+        "the late call's alone"
     );
-    let first = envoy.wait_for_log("first callback early-1: ");
-    assert!(first.contains("resumed=true"), "{first}");
-    let late = envoy.wait_for_log("late callback early-1: ");
-    assert!(late.contains("status=200 resumed=false"), "{late}");
-    assert_eq!(envoy.upstream.hits("/delay/2500"), 1);
     let log = envoy.log();
     assert!(
         !log.contains("resuming the Request failed"),

@@ -34,7 +34,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 /// | `/delay/MS` | the echo, after MS milliseconds (at most 10 s) |
 /// | `/headers?a=1&b=2&a=3` | the echo, with those response headers (in that order) |
 /// | `/token` | 200, `x-token: abc`, `{"token":"abc"}` (a callout target) |
-/// | `/barrier/NAME/N` | the echo, once N requests of that NAME have arrived (at most 20 s); the echo's `barrier` says `reached` or `timeout` |
+/// | `/barrier/NAME/N` | the echo, once N requests of that NAME have arrived (at most 20 s); the echo's `barrier` says `reached` or `timeout`; with `?then=NAME2`, then once N have arrived at NAME2 too |
 /// | `/trailers?a=1&b=2` | the echo in chunked encoding, with those trailers |
 ///
 /// A request's trailers (chunked encoding) are in the echo's `trailers`, as pairs.
@@ -295,21 +295,11 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
         }
         ["barrier", name, n] => {
             let n: usize = n.parse().unwrap_or(1);
-            let deadline = Instant::now() + BARRIER_TIMEOUT;
-            let mut counts = state.barriers.lock().unwrap();
-            *counts.entry(name.to_string()).or_default() += 1;
-            state.barrier_moved.notify_all();
-            let reached = loop {
-                if counts[*name] >= n {
-                    break true;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break false;
-                }
-                counts = state.barrier_moved.wait_timeout(counts, left).unwrap().0;
-            };
-            drop(counts);
+            let mut reached = meet(state, name, n);
+            // `?then=NAME2`: once there, wait at a second barrier too.
+            if let Some(then) = query.split('&').find_map(|p| p.strip_prefix("then=")) {
+                reached &= meet(state, then, n);
+            }
             let outcome = if reached { "reached" } else { "timeout" };
             write_response(
                 w,
@@ -319,6 +309,25 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
             )
         }
         _ => write_response(w, 200, &json_type(), &echo_json(req, None)),
+    }
+}
+
+/// Counts one more request at barrier `name` and waits until `n` have come (false when
+/// [`BARRIER_TIMEOUT`] passes first).
+fn meet(state: &ServerState, name: &str, n: usize) -> bool {
+    let deadline = Instant::now() + BARRIER_TIMEOUT;
+    let mut counts = state.barriers.lock().unwrap();
+    *counts.entry(name.to_string()).or_default() += 1;
+    state.barrier_moved.notify_all();
+    loop {
+        if counts[name] >= n {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        counts = state.barrier_moved.wait_timeout(counts, left).unwrap().0;
     }
 }
 
