@@ -32,6 +32,17 @@ impl Value {
     }
 }
 
+/// What the writes to `map` change, in words.
+fn written(map: MapType) -> &'static str {
+    match map {
+        MapType::HttpRequestHeaders => "request headers",
+        MapType::HttpRequestTrailers => "request trailers",
+        MapType::HttpResponseHeaders => "response headers",
+        MapType::HttpResponseTrailers => "response trailers",
+        _ => "headers",
+    }
+}
+
 /// A header write the script made and the proxy hasn't seen yet. The name is the script's
 /// string, as given: the map lowercases it when it takes the write (as Envoy does).
 pub(crate) enum Write {
@@ -155,6 +166,9 @@ impl Batch {
         write: Write,
         added: usize,
     ) -> Result<(), WriteError> {
+        if !self.has_writes() {
+            host.writes_held(written(map));
+        }
         if !self.whole && self.writes.len() < SINGLE_WRITES {
             if let Some(headers) = &mut self.map {
                 write.apply(map, headers);
@@ -217,6 +231,9 @@ impl Batch {
     pub fn flush<H: Host>(&mut self, host: &H, map: MapType) -> Result<(), Status> {
         if self.is_untouched() {
             return Ok(());
+        }
+        if self.has_writes() {
+            host.writes_sent(written(map));
         }
         self.asked_one = false;
         let headers = self.map.take();

@@ -85,4 +85,11 @@ pub trait Host {
     fn heap_in_use(&self) -> Option<usize> {
         None
     }
+    /// The script's first write to `what` (`"request headers"`, `"response body"`, …) in this
+    /// call, which the plugin holds back to send with the call's other writes to it: for the
+    /// emulator's trace, which shows where that puts writes out of the script's order.
+    /// Nothing in a proxy.
+    fn writes_held(&self, _what: &'static str) {}
+    /// The writes held back for `what` go to the proxy now (see [`Host::writes_held`]).
+    fn writes_sent(&self, _what: &'static str) {}
 }

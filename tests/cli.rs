@@ -69,6 +69,45 @@ fn run_shows_the_host_calls_and_the_forwarded_request() {
     );
 }
 
+/// The plugin sends a call's header (and body) writes together: the trace says where that puts
+/// them after calls the script made later, and says nothing when it doesn't.
+#[test]
+fn run_says_where_batching_reorders_writes() {
+    let dir = folder(
+        "batching",
+        &[(
+            "order.rhai",
+            "fn on_request_headers() {\n  add_request_header(\"x-a\", \"1\");\n  log_info(\"between\");\n  add_request_header(\"x-b\", \"2\");\n}\n\
+             fn on_response_headers() {\n  add_response_header(\"x-c\", \"3\");\n}\n",
+        )],
+    );
+    let o = proxy_rhai(&["run", &path(&dir, "order.rhai")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let calls: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("== host calls"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.trim_start().split_once("  ").map_or(l, |(_, call)| call))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "-- the script's writes to the request headers from here are held back, to go to \
+             the proxy together",
+            r#"log_info("between")"#,
+            "-- the writes to the request headers held back above go to the proxy now, after \
+             the calls the script made since",
+            r#"add_header(HttpRequestHeaders, "x-a", "1")"#,
+            r#"add_header(HttpRequestHeaders, "x-b", "2")"#,
+            r#"add_header(HttpResponseHeaders, "x-c", "3")"#,
+            "-- response data: 18 bytes, end of stream",
+        ],
+        "{out}"
+    );
+}
+
 #[test]
 fn run_json_parses_and_shows_a_local_response() {
     let o = proxy_rhai(&[

@@ -77,6 +77,9 @@ impl<H: Host> Api<H> {
         };
         let mut frame = self.frame.borrow_mut();
         frame.stream.view_mut(buffer).len = new_len;
+        if !frame.body_writes.iter().any(|w| w.buffer == buffer) {
+            self.host.writes_held(body_name(buffer));
+        }
         frame.body_writes.push(BodyWrite {
             buffer,
             start,
@@ -95,6 +98,7 @@ impl<H: Host> Api<H> {
             let Some(first) = frame.body_writes.iter().find(|w| w.buffer == buffer) else {
                 continue;
             };
+            self.host.writes_sent(body_name(buffer));
             let view = frame.stream.view(buffer);
             let result = if view.start == 0 && view.after == 0 {
                 frame
@@ -345,4 +349,12 @@ fn on_response_chunk(chunk, last) { }"#,
 fn on_response_body() { }
 fn on_response_chunk(chunk, last) { }"#,
         |a as f| a.choose_body(f, Side::Response, BodyChoice::Stream));
+}
+
+/// What the writes to `buffer` change, in words.
+fn body_name(buffer: BufferType) -> &'static str {
+    match buffer {
+        BufferType::HttpRequestBody => "request body",
+        _ => "response body",
+    }
 }

@@ -103,6 +103,9 @@ pub(crate) struct HostState {
     pub requests: u64,
     /// Every host call the plugin made, in order, for traces.
     pub calls: Vec<String>,
+    /// Where in `calls` the plugin began holding back a map's writes (see
+    /// [`Host::writes_held`]).
+    held: Vec<(&'static str, usize)>,
     /// Properties of the proxy and the current stream, by dotted path (`request.path`).
     pub properties: BTreeMap<String, Bytes>,
     /// Shared data: value and version, as every worker sees it.
@@ -520,5 +523,44 @@ impl Host for EmulatorHost {
     fn set_tick_period(&self, period_ms: u32) -> Result<(), Status> {
         self.0.borrow_mut().tick_period_ms = period_ms;
         Ok(())
+    }
+
+    fn writes_held(&self, what: &'static str) {
+        let mut state = self.0.borrow_mut();
+        let at = state.calls.len();
+        state.held.retain(|(w, _)| *w != what);
+        state.held.push((what, at));
+        state.calls.push(format!(
+            "-- the script's writes to the {what} from here are held back, to go to the proxy \
+             together"
+        ));
+    }
+
+    /// Says where the held-back writes go out, when the script's other calls went first;
+    /// otherwise the writes follow at once, in the script's order, and the trace says nothing.
+    fn writes_sent(&self, what: &'static str) {
+        let mut state = self.0.borrow_mut();
+        let Some(i) = state.held.iter().position(|(w, _)| *w == what) else {
+            return;
+        };
+        let (_, at) = state.held.remove(i);
+        let marker = state
+            .calls
+            .get(at)
+            .is_some_and(|l| l.starts_with("-- the script's"));
+        if !marker {
+            return; // the writes were dropped (the call failed) and the trace moved on
+        }
+        if at + 1 == state.calls.len() {
+            state.calls.truncate(at);
+            for (_, later) in &mut state.held {
+                *later = (*later).min(at);
+            }
+        } else {
+            state.calls.push(format!(
+                "-- the writes to the {what} held back above go to the proxy now, after the \
+                 calls the script made since"
+            ));
+        }
     }
 }
