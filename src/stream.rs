@@ -414,13 +414,15 @@ impl<H: Host + 'static> HttpStream<H> {
                 .flatten()
                 .unwrap_or_default();
             let max = self.plugin.engine.max_string_size();
-            args.push(crate::sandbox::text_within(what, body, max)?.into());
-        }
-        if arity >= 4 {
-            args.push(
-                self.call_failure(call, num_headers, status, body_size)
-                    .map_or(Dynamic::UNIT, Dynamic::from),
-            );
+            let body = crate::sandbox::text_within(what, body, max)?;
+            let failure = match arity >= 4 {
+                true => Some(self.call_failure(call, num_headers, status, &body)),
+                false => None,
+            };
+            args.push(body.into());
+            if let Some(failure) = failure {
+                args.push(failure.map_or(Dynamic::UNIT, Dynamic::from));
+            }
         }
         Ok(args)
     }
@@ -437,29 +439,15 @@ impl<H: Host + 'static> HttpStream<H> {
         call: &PendingCall,
         num_headers: usize,
         status: i64,
-        body_size: usize,
+        body: &str,
     ) -> Option<&'static str> {
         if num_headers == 0 {
             return Some("reset");
         }
-        let own = |expected: &str| -> Option<String> {
-            if num_headers != 3 || body_size > 200 {
-                return None;
-            }
-            let body = self
-                .plugin
-                .api
-                .host
-                .get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()?;
-            String::from_utf8(body)
-                .ok()
-                .filter(|body| body.starts_with(expected))
-        };
+        let own = |expected: &str| (num_headers == 3 && body.starts_with(expected)).then_some(body);
         match status {
             504 => own(crate::emulator::UPSTREAM_TIMEOUT_BODY)
-                .filter(|body| body == crate::emulator::UPSTREAM_TIMEOUT_BODY)
+                .filter(|body| *body == crate::emulator::UPSTREAM_TIMEOUT_BODY)
                 .filter(|_| {
                     let now = self
                         .plugin
