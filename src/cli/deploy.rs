@@ -1,4 +1,4 @@
-//! `proxy-rhai deploy`: the configuration that deploys a script, for Envoy or for Higress.
+//! `proxy-rhai deploy`: the configuration that deploys a script, for Envoy, Higress or Istio.
 //!
 //! The output is JSON, which is YAML too (YAML 1.2 contains JSON; Envoy's and Kubernetes'
 //! YAML readers take it as it is). Every string is a JSON string literal in which the
@@ -15,8 +15,8 @@ use proxy_rhai::check::{check, Severity};
 
 use super::{input, read_script, Configuration};
 
-/// Prints the configuration that deploys a script: an Envoy HTTP filter, or a Higress
-/// WasmPlugin resource.
+/// Prints the configuration that deploys a script: an Envoy HTTP filter, a Higress
+/// WasmPlugin resource or an Istio WasmPlugin resource.
 ///
 /// The script is read, checked as `proxy-rhai check` does (its findings go to standard error;
 /// an error refuses the deployment unless `--force`), and embedded. A configuration the plugin
@@ -36,6 +36,7 @@ pub(super) struct DeployArgs {
 enum Target {
     Envoy(EnvoyArgs),
     Higress(HigressArgs),
+    Istio(IstioArgs),
 }
 
 /// Prints an Envoy HTTP filter (an entry of the HTTP connection manager's `http_filters`,
@@ -107,6 +108,57 @@ struct HigressArgs {
     rule_script: Vec<PathBuf>,
 }
 
+/// Prints an Istio WasmPlugin resource (`extensions.istio.io/v1alpha1`) running the script.
+///
+/// Istio fetches the `.wasm` itself from `--url`: an OCI image (`oci://…`, the module as its
+/// only layer) or an `https://` URL, whose `--sha256` Istio checks; `file://` for a module
+/// already on the proxies' disk. `spec.pluginConfig` holds the script and its configuration.
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  proxy-rhai deploy istio auth.rhai --config '{\"realm\": \"public\"}' \\\n    \
+                  --url https://example.com/proxy_rhai.wasm --sha256 target/proxy_rhai.wasm \\\n    \
+                  --selector istio=ingressgateway --phase AUTHN --port 8443"
+)]
+struct IstioArgs {
+    /// The script (a .rhai file).
+    script: PathBuf,
+    #[command(flatten)]
+    configuration: Configuration,
+    /// Where Istio fetches the plugin (`spec.url`): oci://, https://, http:// or file://.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
+    url: String,
+    /// `spec.sha256`: 64 hex digits, or the path of the `.wasm` to compute them from.
+    #[arg(long, value_name = "HEX|FILE")]
+    sha256: Option<String>,
+    /// The resource's name.
+    #[arg(long, default_value = "proxy-rhai")]
+    name: String,
+    /// The resource's namespace (the root namespace, e.g. istio-system, for every workload).
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// A label the workloads must have (`spec.selector.matchLabels`), `KEY=VALUE`. May be
+    /// repeated.
+    #[arg(long, value_name = "KEY=VALUE")]
+    selector: Vec<String>,
+    /// `spec.phase`: AUTHN, AUTHZ or STATS (Istio's default, after its own filters, when
+    /// absent).
+    #[arg(long)]
+    phase: Option<String>,
+    /// `spec.priority` among plugins of the same phase.
+    #[arg(long)]
+    priority: Option<i32>,
+    /// The traffic the plugin sees (`spec.match[].mode`): CLIENT, SERVER or CLIENT_AND_SERVER.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Only traffic to this port (`spec.match[].ports`). May be repeated.
+    #[arg(long)]
+    port: Vec<u16>,
+    /// `spec.failStrategy: FAIL_OPEN`: if the plugin can't be fetched or started, traffic goes
+    /// on without it (Istio's default refuses it).
+    #[arg(long)]
+    fail_open: bool,
+}
+
 /// `spec.url` when `--url` is not given: where the release image would be pushed.
 const DEFAULT_URL: &str = concat!(
     "oci://registry.example.com/proxy-rhai:",
@@ -122,6 +174,7 @@ pub(super) fn deploy(args: &DeployArgs, matches: Option<&ArgMatches>) -> Result<
             let higress = matches.and_then(|m| m.subcommand_matches("higress"));
             higress_resource(a, higress, &mut findings)?
         }
+        Target::Istio(a) => istio_resource(a, &mut findings)?,
     };
     eprint!("{}", findings.text);
     if findings.errors > 0 && !args.force {
@@ -165,6 +218,22 @@ fn plugin_configuration(
     Ok(settings)
 }
 
+/// [`plugin_configuration`], refused as the plugin would refuse it, and checked.
+fn checked_configuration(
+    script_path: &Path,
+    configuration: &Configuration,
+    findings: &mut Findings,
+) -> Result<Map<String, Value>, String> {
+    let configuration = plugin_configuration(script_path, configuration)?;
+    validate(script_path, &configuration)?;
+    let script = configuration
+        .get("script")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    findings.check(script_path, script, &configuration);
+    Ok(configuration)
+}
+
 fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), String> {
     let text = Value::Object(configuration.clone()).to_string();
     proxy_rhai::emulator::Emulator::new(&text)
@@ -173,13 +242,7 @@ fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), Strin
 }
 
 fn envoy(args: &EnvoyArgs, findings: &mut Findings) -> Result<String, String> {
-    let configuration = plugin_configuration(&args.script, &args.configuration)?;
-    validate(&args.script, &configuration)?;
-    let script = configuration
-        .get("script")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    findings.check(&args.script, script, &configuration);
+    let configuration = checked_configuration(&args.script, &args.configuration, findings)?;
     let value = Value::Object(configuration).to_string();
     let doc = map([
         ("name", "envoy.filters.http.wasm".into()),
@@ -395,22 +458,122 @@ fn higress_resource(
             .collect();
         spec.push(("matchRules", Doc::List(list)));
     }
+    Ok(wasm_plugin(
+        "extensions.higress.io/v1alpha1",
+        &args.name,
+        &args.namespace,
+        spec,
+    ))
+}
+
+fn istio_resource(args: &IstioArgs, findings: &mut Findings) -> Result<String, String> {
+    let configuration = checked_configuration(&args.script, &args.configuration, findings)?;
+
+    let scheme = args.url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("oci" | "https" | "http" | "file")) {
+        return Err(format!(
+            "--url {}: give oci://, https://, http:// or file:// (Istio's schemes)",
+            args.url
+        ));
+    }
+    let mut spec = vec![("url", Doc::Str(args.url.clone()))];
+    if let Some(sha) = &args.sha256 {
+        spec.push(("sha256", Doc::Str(sha256_of(sha)?)));
+    }
+    if !args.selector.is_empty() {
+        let mut labels = Vec::new();
+        for label in &args.selector {
+            let (key, value) = label
+                .split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !label.contains('*') && v.len() <= 63)
+                .ok_or_else(|| {
+                    format!(
+                        "--selector {label}: give KEY=VALUE (no `*`, a value of at most 63 \
+                         characters)"
+                    )
+                })?;
+            labels.push((key.to_string(), Doc::Str(value.to_string())));
+        }
+        spec.push(("selector", map([("matchLabels", Doc::Map(labels))])));
+    }
+    if let Some(phase) = &args.phase {
+        let phase = one_of("--phase", phase, &["AUTHN", "AUTHZ", "STATS"])?;
+        spec.push(("phase", phase.into()));
+    }
+    if let Some(priority) = args.priority {
+        spec.push(("priority", Doc::Raw(priority.to_string())));
+    }
+    if args.mode.is_some() || !args.port.is_empty() {
+        let mut entry = Vec::new();
+        if let Some(mode) = &args.mode {
+            let modes = ["CLIENT", "SERVER", "CLIENT_AND_SERVER"];
+            entry.push(("mode".to_string(), one_of("--mode", mode, &modes)?.into()));
+        }
+        if !args.port.is_empty() {
+            let mut ports: Vec<u16> = args.port.clone();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.first() == Some(&0) {
+                return Err("--port 0: give a port in 1..=65535".into());
+            }
+            let ports = ports
+                .iter()
+                .map(|p| map([("number", Doc::Raw(p.to_string()))]))
+                .collect();
+            entry.push(("ports".to_string(), Doc::List(ports)));
+        }
+        spec.push(("match", Doc::List(vec![Doc::Map(entry)])));
+    }
+    if args.fail_open {
+        spec.push(("failStrategy", "FAIL_OPEN".into()));
+    }
+    spec.push(("type", "HTTP".into()));
+    spec.push(("pluginConfig", plugin_settings(&configuration)));
+    Ok(wasm_plugin(
+        "extensions.istio.io/v1alpha1",
+        &args.name,
+        &args.namespace,
+        spec,
+    ))
+}
+
+/// A `WasmPlugin` resource (Higress's and Istio's have the same frame).
+fn wasm_plugin(api_version: &str, name: &str, namespace: &str, spec: Vec<(&str, Doc)>) -> String {
     let doc = map([
-        ("apiVersion", "extensions.higress.io/v1alpha1".into()),
+        ("apiVersion", api_version.into()),
         ("kind", "WasmPlugin".into()),
         (
             "metadata",
-            map([
-                ("name", args.name.as_str().into()),
-                ("namespace", args.namespace.as_str().into()),
-            ]),
+            map([("name", name.into()), ("namespace", namespace.into())]),
         ),
         (
             "spec",
             Doc::Map(spec.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
         ),
     ]);
-    Ok(render(&doc))
+    render(&doc)
+}
+
+/// `value` when it is one of `allowed` (in any case), as written there.
+fn one_of<'a>(option: &str, value: &str, allowed: &[&'a str]) -> Result<&'a str, String> {
+    allowed
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(value))
+        .copied()
+        .ok_or_else(|| format!("{option} {value}: give one of {}", allowed.join(", ")))
+}
+
+/// 64 lowercase hex digits: `arg` itself when it is that, else the SHA-256 of the file `arg`.
+fn sha256_of(arg: &str) -> Result<String, String> {
+    if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(arg.to_ascii_lowercase());
+    }
+    let bytes = std::fs::read(arg).map_err(|e| {
+        format!("--sha256 {arg}: neither 64 hex digits nor a file that can be read ({e})")
+    })?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&bytes);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A plugin configuration as a document: `script` first, then `config`, then the rest.

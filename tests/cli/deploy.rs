@@ -513,12 +513,242 @@ fn bad_input_is_refused_in_one_line() {
     );
 }
 
+/// The checks of Istio's `WasmPlugin` CRD (`extensions.istio.io/v1alpha1`, its OpenAPI schema
+/// in istio/api `kubernetes/customresourcedefinitions.gen.yaml`) that a resource we print can
+/// meet or break: the fields `spec` may have, their types, enums, patterns and bounds.
+fn assert_istio_wasm_plugin(resource: &Value) {
+    assert_eq!(resource["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(resource["kind"], "WasmPlugin");
+    assert!(resource["metadata"]["name"].is_string(), "{resource}");
+    let spec = resource["spec"].as_object().expect("spec is an object");
+    const FIELDS: &[&str] = &[
+        "failStrategy",
+        "imagePullPolicy",
+        "imagePullSecret",
+        "match",
+        "phase",
+        "pluginConfig",
+        "pluginName",
+        "priority",
+        "selector",
+        "sha256",
+        "targetRef",
+        "targetRefs",
+        "type",
+        "url",
+        "verificationKey",
+        "vmConfig",
+    ];
+    for key in spec.keys() {
+        assert!(
+            FIELDS.contains(&key.as_str()),
+            "spec.{key} is not in the CRD"
+        );
+    }
+    let enum_of = |field: &str, allowed: &[&str]| {
+        if let Some(v) = spec.get(field) {
+            let v = v
+                .as_str()
+                .unwrap_or_else(|| panic!("spec.{field} is a string"));
+            assert!(allowed.contains(&v), "spec.{field}: {v} not in {allowed:?}");
+        }
+    };
+    enum_of("failStrategy", &["FAIL_CLOSE", "FAIL_OPEN"]);
+    enum_of(
+        "imagePullPolicy",
+        &["UNSPECIFIED_POLICY", "IfNotPresent", "Always"],
+    );
+    enum_of("phase", &["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"]);
+    enum_of("type", &["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"]);
+    // Required, at least one character, one of Istio's schemes.
+    let url = spec["url"].as_str().expect("spec.url is required");
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    assert!(
+        matches!(scheme, Some("http" | "https" | "oci" | "file")),
+        "spec.url {url}"
+    );
+    if let Some(sha) = spec.get("sha256") {
+        let sha = sha.as_str().expect("spec.sha256 is a string");
+        assert!(
+            sha.is_empty()
+                || (sha.len() == 64
+                    && sha
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "spec.sha256 {sha} does not match (^$|^[a-f0-9]{{64}}$)"
+        );
+    }
+    if let Some(priority) = spec.get("priority") {
+        let p = priority.as_i64().expect("spec.priority is an integer");
+        assert!(i32::try_from(p).is_ok(), "spec.priority is int32");
+    }
+    if let Some(selector) = spec.get("selector") {
+        let selector = selector.as_object().expect("spec.selector is an object");
+        assert!(selector.keys().all(|k| k == "matchLabels"), "{selector:?}");
+        let labels = selector["matchLabels"]
+            .as_object()
+            .expect("matchLabels is an object");
+        assert!(labels.len() <= 4096);
+        for (k, v) in labels {
+            let v = v.as_str().expect("a label value is a string");
+            assert!(!k.is_empty() && !k.contains('*'), "label key {k:?}");
+            assert!(v.len() <= 63 && !v.contains('*'), "label value {v:?}");
+        }
+    }
+    if let Some(entries) = spec.get("match") {
+        for entry in entries.as_array().expect("spec.match is an array") {
+            let entry = entry.as_object().expect("a match is an object");
+            assert!(
+                entry.keys().all(|k| k == "mode" || k == "ports"),
+                "{entry:?}"
+            );
+            if let Some(mode) = entry.get("mode") {
+                let modes = ["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"];
+                assert!(modes.contains(&mode.as_str().unwrap()), "mode {mode}");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for port in entry
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let n = port["number"]
+                    .as_i64()
+                    .expect("ports[].number is required, an integer");
+                assert!((1..=65535).contains(&n), "port {n}");
+                assert!(seen.insert(n), "ports are a map keyed by number: {n} twice");
+            }
+        }
+    }
+    assert!(
+        spec.get("pluginConfig").is_none_or(Value::is_object),
+        "spec.pluginConfig is an object"
+    );
+}
+
+#[test]
+fn istio_plugin_meets_the_crd_and_carries_the_script() {
+    let dir = folder(
+        "deploy-istio",
+        &[
+            ("nasty.rhai", NASTY_SCRIPT),
+            ("module.wasm", "\0asm not really"),
+        ],
+    );
+    let o = proxy_rhai(&[
+        "deploy",
+        "istio",
+        &path(&dir, "nasty.rhai"),
+        "--config",
+        r#"{"greeting": "hi"}"#,
+        "--url",
+        "https://example.com/proxy_rhai.wasm",
+        "--sha256",
+        &path(&dir, "module.wasm"),
+        "--selector",
+        "istio=ingressgateway",
+        "--selector",
+        "app.kubernetes.io/name=gw",
+        "--phase",
+        "authz",
+        "--priority",
+        "10",
+        "--mode",
+        "SERVER",
+        "--port",
+        "8443",
+        "--port",
+        "80",
+        "--port",
+        "8443",
+        "--fail-open",
+        "--namespace",
+        "edge",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let resource = parse(&stdout(&o));
+    assert_istio_wasm_plugin(&resource);
+    assert_eq!(
+        resource["metadata"],
+        json!({"name": "proxy-rhai", "namespace": "edge"})
+    );
+    let spec = &resource["spec"];
+    assert_eq!(spec["url"], "https://example.com/proxy_rhai.wasm");
+    assert_eq!(spec["sha256"], sha256_hex(b"\0asm not really"));
+    assert_eq!(
+        spec["selector"],
+        json!({"matchLabels": {"istio": "ingressgateway", "app.kubernetes.io/name": "gw"}})
+    );
+    assert_eq!(spec["phase"], "AUTHZ");
+    assert_eq!(spec["priority"], 10);
+    assert_eq!(
+        spec["match"],
+        json!([{"mode": "SERVER", "ports": [{"number": 80}, {"number": 8443}]}])
+    );
+    assert_eq!(spec["failStrategy"], "FAIL_OPEN");
+    assert_eq!(spec["type"], "HTTP");
+    // Istio hands pluginConfig to the plugin as JSON text: the plugin's own configuration.
+    assert_eq!(
+        spec["pluginConfig"],
+        json!({"script": NASTY_SCRIPT, "config": {"greeting": "hi"}})
+    );
+    let text = spec["pluginConfig"].to_string();
+    proxy_rhai::config::PluginConfig::parse(text.as_bytes()).expect("the plugin takes it");
+    if let Some(yaml) = parse_yaml_with_python(&stdout(&o)) {
+        assert_eq!(yaml, resource);
+    }
+
+    // The defaults: the release image, every workload of the root namespace.
+    let o = proxy_rhai(&["deploy", "istio", "scripts/hello.rhai"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let resource = parse(&stdout(&o));
+    assert_istio_wasm_plugin(&resource);
+    let spec = resource["spec"].as_object().unwrap();
+    assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
+    assert_eq!(resource["metadata"]["namespace"], "istio-system");
+    let keys: Vec<&str> = spec.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["pluginConfig", "type", "url"]);
+
+    // What the CRD would refuse is refused here, in one line.
+    for (args, phrase) in [
+        (vec!["--url", "ftp://x/y.wasm"], "Istio's schemes"),
+        (vec!["--sha256", "no/such/file"], "neither 64 hex digits"),
+        (vec!["--selector", "app=*"], "--selector app=*"),
+        (vec!["--selector", "novalue"], "--selector novalue"),
+        (vec!["--phase", "LATE"], "give one of AUTHN, AUTHZ, STATS"),
+        (
+            vec!["--mode", "BOTH"],
+            "give one of CLIENT, SERVER, CLIENT_AND_SERVER",
+        ),
+        (vec!["--port", "0"], "1..=65535"),
+    ] {
+        let mut all = vec!["deploy", "istio", "scripts/hello.rhai"];
+        all.extend(args);
+        refused(&all, phrase);
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`, by `sha256sum` (coreutils), to check ours.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
 #[test]
 fn deploy_has_help() {
     for args in [
         &["deploy", "--help"][..],
         &["deploy", "envoy", "--help"],
         &["deploy", "higress", "--help"],
+        &["deploy", "istio", "--help"],
     ] {
         let o = proxy_rhai(args);
         assert_eq!(o.status.code(), Some(0), "{args:?}");
