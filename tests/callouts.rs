@@ -586,3 +586,91 @@ fn a_timeout_is_told_by_the_calls_own_deadline() {
         "within the timer's slack of the deadline"
     );
 }
+
+/// Cluster names as Higress's Go SDK makes them (`pkg/wrapper/cluster_wrapper.go`:
+/// `outbound|%d||%s` for FQDNCluster, `outbound|%d|%s|%s.%s.svc.cluster.local` for K8sCluster,
+/// `outbound|%d||%s.dns`, `outbound|%d||%s.static`, `outbound|%d|%s|%s.%s.%s.nacos`,
+/// `outbound|%d||%s.%s.consul`), and a callout's `:authority` from them.
+#[test]
+fn higress_cluster_names_and_their_authority() {
+    let names = Emulator::with_script(
+        r#"fn on_request_headers() {}
+        const NAMES = [
+            service_cluster("auth.example.com", 443),
+            k8s_cluster("users", "prod", 8080),
+            k8s_cluster("users", "", 8080),
+            k8s_cluster("users", "prod", 8080, "v2"),
+            dns_cluster("idp", 443),
+            static_cluster("legacy", 80),
+            nacos_cluster("orders", "", "public", 8080),
+            nacos_cluster("orders", "my_group", "ns-1", 8080),
+            consul_cluster("billing", "dc1", 8500),
+        ];
+        log_info(NAMES.reduce(|all, n| all + n + "\n", ""));"#,
+        json!({}),
+    )
+    .expect("script configures");
+    let logged: Vec<String> = names.log().into_iter().map(|l| l.message).collect();
+    let logged = logged.join("\n");
+    let expected = [
+        "outbound|443||auth.example.com",
+        "outbound|8080||users.prod.svc.cluster.local",
+        "outbound|8080||users.default.svc.cluster.local",
+        "outbound|8080|v2|users.prod.svc.cluster.local",
+        "outbound|443||idp.dns",
+        "outbound|80||legacy.static",
+        "outbound|8080||orders.DEFAULT-GROUP.public.nacos",
+        "outbound|8080||orders.my-group.ns-1.nacos",
+        "outbound|8500||billing.dc1.consul",
+    ];
+    assert!(logged.contains(&(expected.join("\n") + "\n")), "{logged}");
+
+    for bad in [
+        r#"service_cluster("a.example", 0)"#,
+        r#"service_cluster("a.example", 65536)"#,
+        r#"service_cluster("a|b", 80)"#,
+        r#"k8s_cluster("", "prod", 80)"#,
+    ] {
+        let e = Emulator::with_script(&format!("fn on_request_headers() {{}}\n{bad};"), json!({}));
+        assert!(e.is_err(), "{bad} configured");
+    }
+
+    // A convenience callout to such a name has the service's host as `:authority`.
+    let p = Emulator::with_script(
+        r#"fn on_request_headers() {
+            http_get(k8s_cluster("users", "prod", 8080), "/me", [], |status| {});
+            http_get(static_cluster("legacy", 80), "/", [], |status| {});
+            http_get(k8s_cluster("users", "prod", 8080), "/", #{ ":authority": "users.example" }, |status| {});
+        }"#,
+        json!({}),
+    )
+    .expect("script configures");
+    p.add_cluster("outbound|8080||users.prod.svc.cluster.local");
+    p.add_cluster("outbound|80||legacy.static");
+    let mut authorities = Vec::new();
+    p.run_with(
+        &Request::get("/"),
+        &mut Response::ok(""),
+        &mut |c: &Callout| {
+            authorities.push((c.cluster.clone(), header(&c.headers, ":authority").unwrap()));
+            answer(200, &[], "")
+        },
+    );
+    assert_eq!(
+        authorities,
+        [
+            (
+                "outbound|8080||users.prod.svc.cluster.local".to_string(),
+                "users.prod.svc.cluster.local".to_string()
+            ),
+            (
+                "outbound|80||legacy.static".to_string(),
+                "legacy".to_string()
+            ),
+            (
+                "outbound|8080||users.prod.svc.cluster.local".to_string(),
+                "users.example".to_string()
+            ),
+        ]
+    );
+}

@@ -67,7 +67,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         a.dispatch(f, Callout::new(cluster, header_pairs(f, &headers)?, timeout_ms, callback).body(f, &body)?)
     });
     bind!(reg, "http_get", ALL, "int: the call id",
-    "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it), then `callback(status, headers, body)`. See `dispatch_http_call`.",
+    "GET `path` from `cluster` (`:authority` is the cluster name unless `headers` set it; for a Higress or Istio name, `outbound|PORT|SUBSET|HOST`, the HOST: see `service_cluster`), then `callback(status, headers, body)`. See `dispatch_http_call`.",
     r#"fn on_request_headers() {
     http_get("users", "/users/" + get_request_header("x-user"), #{ accept: "application/json" }, 300, |status, headers, body| {
         if status == 200 {
@@ -212,6 +212,137 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             name
         )
     );
+    register_cluster_names(reg);
+}
+
+/// Cluster names as Higress (and Istio) name the clusters of their services, so scripts don't
+/// spell them by hand: `outbound|PORT|SUBSET|HOST`, with HOST by registry, as Higress's Go SDK
+/// makes them (`FQDNCluster`, `K8sCluster`, `DnsCluster`, `StaticIpCluster`, `NacosCluster`,
+/// `ConsulCluster`).
+fn register_cluster_names<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
+    use Allowed::Anywhere;
+    bind!(reg, "service_cluster", Anywhere, "string: the cluster name",
+        "The cluster of the service `fqdn` on `port`: `outbound|PORT||FQDN` (Higress's `FQDNCluster`: a service by its full name, e.g. from a `ServiceEntry` or a registry). A callout to it has `:authority` FQDN unless its headers say otherwise.",
+        r#"fn on_request_headers() {
+    http_get(service_cluster("auth.example.com", 443), "/check", [], 300, |status| {
+        if status != 200 { send_http_response(403, [], "denied"); }
+    });
+}"#,
+        |_a as f, fqdn: &str, port: i64| cluster_name(f, port, "", &[fqdn])
+    );
+    bind!(reg, "k8s_cluster", Anywhere, "string: the cluster name",
+        "The cluster of the Kubernetes service `service` in `namespace` (\"\" for `default`) on `port`: `outbound|PORT||SERVICE.NAMESPACE.svc.cluster.local` (Higress's `K8sCluster`). A callout to it has `:authority` `SERVICE.NAMESPACE.svc.cluster.local`.",
+        r#"fn on_request_headers() {
+    http_get(k8s_cluster("users", "prod", 8080), "/me", [], |status, headers, body| {
+        set_context("user_status", status);
+    });
+}"#,
+        |_a as f, service: &str, namespace: &str, port: i64| k8s_cluster(f, service, namespace, port, "")
+    );
+    bind!(reg, "k8s_cluster", Anywhere, "string: the cluster name",
+        "`k8s_cluster` for the subset `version` of the service (an Istio `DestinationRule` subset): `outbound|PORT|VERSION|SERVICE.NAMESPACE.svc.cluster.local`.",
+        r#"fn on_request_headers() {
+    http_get(k8s_cluster("users", "prod", 8080, "v2"), "/me", [], |status| {});
+}"#,
+        |_a as f, service: &str, namespace: &str, port: i64, version: &str| {
+            k8s_cluster(f, service, namespace, port, version)
+        }
+    );
+    bind!(reg, "dns_cluster", Anywhere, "string: the cluster name",
+        "The cluster of a DNS service of Higress's registry (an `McpBridge` entry of type `dns`) named `service`, on `port`: `outbound|PORT||SERVICE.dns` (Higress's `DnsCluster`). A callout to it has `:authority` SERVICE: give the domain in its headers when the target wants it.",
+        r#"fn on_request_headers() {
+    http_get(dns_cluster("idp", 443), "/keys", #{ ":authority": "idp.example.com" }, |status| {});
+}"#,
+        |_a as f, service: &str, port: i64| cluster_name(f, port, "", &[service, "dns"])
+    );
+    bind!(reg, "static_cluster", Anywhere, "string: the cluster name",
+        "The cluster of a static-address service of Higress's registry (type `static`) named `service`, on `port`: `outbound|PORT||SERVICE.static` (Higress's `StaticIpCluster`). A callout to it has `:authority` SERVICE.",
+        r#"fn on_request_headers() {
+    http_get(static_cluster("legacy-auth", 80), "/check", [], |status| {});
+}"#,
+        |_a as f, service: &str, port: i64| cluster_name(f, port, "", &[service, "static"])
+    );
+    bind!(reg, "nacos_cluster", Anywhere, "string: the cluster name",
+        "The cluster of the Nacos service `service` in `group` (\"\" for `DEFAULT-GROUP`; `_` becomes `-`, as Higress writes it) and the namespace `namespace_id`, on `port`: `outbound|PORT||SERVICE.GROUP.NAMESPACE_ID.nacos` (Higress's `NacosCluster`).",
+        r#"fn on_request_headers() {
+    http_get(nacos_cluster("orders", "", "public", 8080), "/recent", [], |status| {});
+}"#,
+        |_a as f, service: &str, group: &str, namespace_id: &str, port: i64| {
+            let group = match group {
+                "" => "DEFAULT-GROUP".to_string(),
+                g => g.replace('_', "-"),
+            };
+            cluster_name(f, port, "", &[service, &group, namespace_id, "nacos"])
+        }
+    );
+    bind!(reg, "consul_cluster", Anywhere, "string: the cluster name",
+        "The cluster of the Consul service `service` in `datacenter`, on `port`: `outbound|PORT||SERVICE.DATACENTER.consul` (Higress's `ConsulCluster`).",
+        r#"fn on_request_headers() {
+    http_get(consul_cluster("billing", "dc1", 8500), "/quota", [], |status| {});
+}"#,
+        |_a as f, service: &str, datacenter: &str, port: i64| {
+            cluster_name(f, port, "", &[service, datacenter, "consul"])
+        }
+    );
+}
+
+fn k8s_cluster(
+    f: &str,
+    service: &str,
+    namespace: &str,
+    port: i64,
+    version: &str,
+) -> ScriptResult<String> {
+    let namespace = if namespace.is_empty() {
+        "default"
+    } else {
+        namespace
+    };
+    cluster_name(
+        f,
+        port,
+        version,
+        &[service, namespace, "svc", "cluster", "local"],
+    )
+}
+
+/// `outbound|PORT|SUBSET|HOST`, HOST being `labels` joined by dots; an error for a port out of
+/// range or a label that is empty or holds a `|` (it would change the name's fields).
+fn cluster_name(f: &str, port: i64, subset: &str, labels: &[&str]) -> ScriptResult<String> {
+    if !(1..=65535).contains(&port) {
+        return err(format!("{f}(): port {port} is not in 1..=65535"));
+    }
+    if let Some(bad) = labels.iter().chain([&subset]).find(|l| l.contains('|')) {
+        return err(format!(
+            "{f}(): {bad:?} can't be part of a cluster name (it holds a `|`)"
+        ));
+    }
+    if labels.iter().any(|l| l.is_empty()) {
+        return err(format!("{f}(): a name is empty"));
+    }
+    Ok(format!("outbound|{port}|{subset}|{}", labels.join(".")))
+}
+
+/// The `:authority` of a convenience callout to `cluster`: the host of an
+/// `outbound|PORT|SUBSET|HOST` name (without Higress's `.dns` or `.static` registry suffix), else
+/// the cluster's name itself.
+fn authority_of(cluster: &str) -> &str {
+    match cluster.strip_prefix("outbound|") {
+        Some(rest) => host_of(cluster, rest),
+        None => cluster,
+    }
+}
+
+/// [`authority_of`] for an `outbound|…` name (`rest` follows `outbound|`).
+#[cold]
+fn host_of<'a>(cluster: &'a str, rest: &'a str) -> &'a str {
+    match rest.splitn(3, '|').nth(2) {
+        Some(host) if !host.is_empty() => host
+            .strip_suffix(".dns")
+            .or_else(|| host.strip_suffix(".static"))
+            .unwrap_or(host),
+        _ => cluster,
+    }
 }
 
 /// The callout answer's body, for `f`.
@@ -225,12 +356,12 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
     Ok(body.unwrap_or_default())
 }
 
-/// Longest timeout a callout may ask for.
 /// What a callout callback is given, in order; it takes as many as it names (`check` says
 /// when it takes more).
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) const CALLBACK_PARAMETERS: [&str; 4] = ["status", "headers", "body", "failure"];
 
+/// Longest timeout a callout may ask for.
 const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
 /// Timeout of `http_get`, `http_post`, … when the script gives none (as Higress's HttpClient).
 const DEFAULT_CALL_TIMEOUT_MS: i64 = 500;
@@ -270,7 +401,7 @@ impl<'a> Callout<'a> {
         self.pseudo = Some([
             (":method", method),
             (":path", path),
-            (":authority", self.cluster),
+            (":authority", authority_of(self.cluster)),
         ]);
         self
     }

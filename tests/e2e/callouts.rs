@@ -603,3 +603,27 @@ fn a_client_that_goes_away_mid_callout_leaves_no_trace() {
     envoy.wait_for_log("slow callback ran for ");
     envoy.assert_healthy();
 }
+
+/// A callout to a cluster named as Higress and Istio name them (`outbound|PORT||HOST`, made by
+/// `service_cluster`) reaches it, with HOST as its `:authority`.
+#[test]
+fn a_callout_to_a_higress_cluster_name_has_its_host_as_authority() {
+    let script = r#"
+fn on_request_headers() {
+    http_get(service_cluster("echo.example", 8080), "/seen", [], 2000, |status, headers, body| {
+        let host = parse_json(body).headers.filter(|h| h[0] == "host");
+        add_request_header("x-seen-host", if host.len() == 1 { host[0][1] } else { `${host}` });
+        add_request_header("x-seen-status", `${status}`);
+    });
+}"#;
+    let envoy = Envoy::builder(json!({ "script": script }))
+        .upstream_alias("outbound|8080||echo.example")
+        .start();
+    let r = envoy.get("/higress-name");
+    assert_status(&r, 200);
+    let echo = r.echo();
+    assert_eq!(echo.header("x-seen-status"), Some("200"), "{echo:?}");
+    assert_eq!(echo.header("x-seen-host"), Some("echo.example"), "{echo:?}");
+    assert_eq!(envoy.upstream.hits("/seen"), 1);
+    envoy.assert_healthy();
+}
