@@ -3,6 +3,7 @@
 mod deploy;
 mod input;
 mod repl;
+mod watch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,8 @@ enum Command {
 #[command(
     after_help = "Examples:\n  proxy-rhai run scripts/hello.rhai --config '{\"mockEnable\": true}'\n  \
                   proxy-rhai run auth.rhai --request req.http --callout 'auth/token=200:{\"token\":\"t\"}'\n  \
-                  proxy-rhai run auth.rhai --callout auth=timeout --json"
+                  proxy-rhai run auth.rhai --callout auth=timeout --json\n  \
+                  proxy-rhai run scripts/hello.rhai --request req.http --watch"
 )]
 struct RunArgs {
     /// The script (a .rhai file; `-` reads it from standard input).
@@ -87,6 +89,11 @@ struct RunArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
+    /// Run again each time the script, or a file given for its configuration, requests,
+    /// response or callout answers, changes; a header line says what changed and when. Ctrl-C
+    /// ends it.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// What configures the plugin besides its script.
@@ -177,6 +184,7 @@ pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
+        Command::Run(args) if args.watch => watch::watch(&args),
         Command::Run(args) => run(&args),
         Command::Test(args) => test(&args),
         Command::Check(args) => check_scripts(&args),

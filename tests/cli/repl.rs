@@ -1,7 +1,8 @@
-//! `proxy-rhai repl` driven through a pipe.
+//! `proxy-rhai repl` driven through a pipe, and `proxy-rhai run --watch` following a script
+//! as it is rewritten.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 
 use super::{folder, path, proxy_rhai, stderr, stdout};
 
@@ -200,5 +201,100 @@ fn repl_has_help() {
         stdout(&o).contains("Usage: proxy-rhai repl"),
         "{}",
         stdout(&o)
+    );
+}
+
+/// Kills the watching command when the test ends, however it ends.
+struct Watching(Child);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads lines until one contains `wanted`; every line read, joined.
+fn read_until(lines: &mut impl Iterator<Item = std::io::Result<String>>, wanted: &str) -> String {
+    let mut seen = String::new();
+    for line in lines {
+        let line = line.expect("output is text");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(wanted) {
+            return seen;
+        }
+    }
+    panic!("the output ended before {wanted:?}:\n{seen}");
+}
+
+#[test]
+fn run_watch_runs_again_when_the_script_changes() {
+    let dir = folder(
+        "watch",
+        &[
+            (
+                "s.rhai",
+                r#"fn on_request_headers() { add_request_header("v", "one"); }"#,
+            ),
+            ("req.http", "GET /watched HTTP/1.1\n\n"),
+        ],
+    );
+    let script = path(&dir, "s.rhai");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
+        .args([
+            "run",
+            &script,
+            "--request",
+            &path(&dir, "req.http"),
+            "--watch",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("proxy-rhai runs");
+    let stdout = child.stdout.take().expect("a pipe");
+    let _watching = Watching(child);
+    let mut lines = BufReader::new(stdout).lines();
+
+    let first = read_until(&mut lines, "=== waiting for a change");
+    in_order(
+        &first,
+        &[
+            "=== watching ",
+            "s.rhai",
+            "req.http",
+            "(Ctrl-C ends)",
+            "  v: one\n",
+        ],
+    );
+
+    // Replaced whole, as editors save: the watch never reads a file half written.
+    let rewrite = |text: &str| {
+        let new = dir.join("s.rhai.new");
+        std::fs::write(&new, text).unwrap();
+        std::fs::rename(&new, &script).unwrap();
+    };
+    rewrite("fn on_request_headers( {");
+    let broken = read_until(&mut lines, "=== waiting for a change");
+    in_order(&broken, &["s.rhai changed, at ", "script does not compile"]);
+
+    rewrite(r#"fn on_request_headers() { add_request_header("v", "two"); }"#);
+    let second = read_until(&mut lines, "=== waiting for a change");
+    in_order(
+        &second,
+        &["s.rhai changed, at ", "GET /watched", "  v: two\n"],
+    );
+    assert!(!second.contains("v: one"), "{second}");
+}
+
+#[test]
+fn run_watch_needs_a_script_file() {
+    let o = proxy_rhai(&["run", "-", "--watch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--watch needs the script in a file"),
+        "{}",
+        stderr(&o)
     );
 }
