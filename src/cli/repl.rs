@@ -363,6 +363,8 @@ fn is_phase_function(name: &str) -> bool {
 /// A value as the session shows it: as `to_debug` does, with its type when that doesn't
 /// show it.
 fn show_value(value: &Dynamic) -> String {
+    // `config()` is shared, read-only: its type is that of what it holds.
+    let value = value.flatten_clone();
     let shown = format!("{value:?}");
     match value.type_name() {
         "i64" | "f64" | "bool" | "string" | "char" | "array" | "map" | "Fn" => shown,

@@ -43,6 +43,7 @@ fn repl_evaluates_lines_with_the_plugin_api_and_keeps_what_they_define() {
     let out = repl(
         &["--config", r#"{"tenant": "acme"}"#],
         r#"1 + 2
+config()
 let name = config().tenant;
 name.to_upper()
 base64url_encode("hi?")
@@ -63,6 +64,7 @@ blob(2)
         &out,
         &[
             "=> 3\n",
+            "=> #{\"tenant\": \"acme\"}\n",
             "=> \"ACME\"\n",
             "=> \"aGk_\"\n",
             "=> \"{\\\"a\\\":[true],\\\"b\\\":1}\"\n",
