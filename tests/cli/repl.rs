@@ -194,6 +194,40 @@ fn repl_loads_a_script_logs_moves_the_clock_and_starts_over() {
 }
 
 #[test]
+fn repl_answers_callouts_and_sets_the_upstream_response() {
+    let out = repl(
+        &[],
+        r#":callout auth=200:{"token":"t"}
+:response {"status": 404, "body": "gone"}
+fn on_request_headers() {
+    http_get("auth", "/t", [], 500, |status, headers, body| {
+        add_request_header("token", parse_json(body).token);
+    });
+}
+:request [{"path": "/a"}, {"path": "/b"}]
+"#,
+    );
+    in_order(
+        &out,
+        &[
+            "=== request 1 of 2
+",
+            "== request: GET /a",
+            "== callouts (1)
+  auth GET /t",
+            "  token: t
+",
+            "== response to the client: 404 (from the upstream)",
+            "=== request 2 of 2
+",
+            "== request: GET /b",
+            "  token: t
+",
+        ],
+    );
+}
+
+#[test]
 fn repl_has_help() {
     let out = repl(&[], ":help\n:quit\n1 + 1\n");
     assert!(out.contains(":request [METHOD PATH"), "{out}");
