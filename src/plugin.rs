@@ -182,7 +182,10 @@ impl<H: Host + 'static> Plugin<H> {
     /// Parses the configuration and compiles its scripts; the error is one line that says why
     /// (for a script, with line and column), without the configuration's secrets.
     pub fn configure(host: H, configuration: &[u8]) -> Result<Self, ConfigError> {
-        let config = PluginConfig::parse(configuration)?;
+        Self::configure_parsed(host, PluginConfig::parse(configuration)?)
+    }
+
+    fn configure_parsed(host: H, config: PluginConfig) -> Result<Self, ConfigError> {
         let rule_configs = config.rules.iter().filter_map(|r| r.config.as_ref());
         let redactor = Rc::new(Redactor::new(
             std::iter::once(&config.user_config).chain(rule_configs),
@@ -260,15 +263,19 @@ impl<H: Host + 'static> Plugin<H> {
             any_constants |= !selection.constants.is_empty();
         }
         if any_constants {
-            // Only then: a resolver costs every variable lookup a call. (Rhai marks `on_var`
-            // "volatile", not deprecated.)
-            let api = plugin.api.clone();
-            #[allow(deprecated)]
-            plugin.engine.on_var(move |name, index, _| {
-                Ok(if index > 0 { None } else { api.constant(name) })
-            });
+            // Only then: a resolver costs every variable lookup a call.
+            plugin.resolve_constants();
         }
         Ok(plugin)
+    }
+
+    /// Has the engine find the running script's top-level constants by name.
+    fn resolve_constants(&mut self) {
+        let api = self.api.clone();
+        // (Rhai marks `on_var` "volatile", not deprecated.)
+        #[allow(deprecated)]
+        self.engine
+            .on_var(move |name, index, _| Ok(if index > 0 { None } else { api.constant(name) }));
     }
 
     /// The tick period to ask the proxy for, when the global script defines `on_tick`.
@@ -367,6 +374,90 @@ impl<H: Host + 'static> Plugin<H> {
     }
 }
 
+/// A script given piece by piece, as `proxy-rhai repl` gives it: its functions, its top-level
+/// statements run one entry at a time.
+#[cfg(not(target_arch = "wasm32"))]
+impl<H: Host + 'static> Plugin<H> {
+    /// The plugin of `configuration` with its global "script" left out: requests pass
+    /// untouched until [`Plugin::set_script`] gives it one.
+    pub(crate) fn without_script(host: H, configuration: &[u8]) -> Result<Self, ConfigError> {
+        let mut config = PluginConfig::parse(configuration)?;
+        config.script = None;
+        Self::configure_parsed(host, config)
+    }
+
+    /// Parses `source` with the plugin's engine (its limits, its API); the error says why,
+    /// and whether `source` only stops early (more of it would complete it).
+    pub(crate) fn parse(&self, source: &str) -> Result<AST, (String, bool)> {
+        self.engine.compile(source).map_err(|e| {
+            let message = compile_error(source, &e).to_string();
+            (
+                self.api.redactor.redact(&message).into_owned(),
+                unfinished(source, &e),
+            )
+        })
+    }
+
+    /// Makes `ast`'s functions the global script, and `constants` its top-level constants.
+    pub(crate) fn set_script(
+        &mut self,
+        ast: AST,
+        constants: Vec<(rhai::ImmutableString, Dynamic)>,
+    ) -> Result<(), ConfigError> {
+        let script = script_of(ast)?;
+        let config = to_rhai(&self.config.user_config, "config")?;
+        let constants: Vec<Constant> = constants
+            .into_iter()
+            .map(|(name, value)| Constant::new(name, value))
+            .collect();
+        if !constants.is_empty() {
+            self.resolve_constants();
+        }
+        self.global = Some(Selection {
+            script: Rc::new(script),
+            config,
+            constants: Constants(constants.into()),
+        });
+        Ok(())
+    }
+
+    /// Runs `ast` as the global script's top level runs, with `scope` as its variables: it
+    /// may call what top-level code may. The error is described as a script error is.
+    pub(crate) fn eval_top_level(&self, scope: &mut Scope, ast: &AST) -> Result<Dynamic, String> {
+        let config = match &self.global {
+            Some(global) => global.config.clone(),
+            None => to_rhai(&self.config.user_config, "config").map_err(|e| e.to_string())?,
+        };
+        top_level(&self.engine, &self.api, config, scope, ast).map_err(|e| {
+            self.api
+                .redactor
+                .redact(&self.api.describe_error(&e))
+                .into_owned()
+        })
+    }
+}
+
+/// Whether `source` failed to parse only because it ends too early: an open block, list or
+/// string, a missing `}` or `)` at its end.
+#[cfg(not(target_arch = "wasm32"))]
+fn unfinished(source: &str, e: &rhai::ParseError) -> bool {
+    use rhai::{LexError, ParseErrorType};
+    let at_end = match (e.position().line(), e.position().position()) {
+        (None, _) => true,
+        (Some(line), column) => {
+            let lines = source.trim_end().lines().count().max(1);
+            let last = source.trim_end().lines().last().unwrap_or_default();
+            line > lines || (line == lines && column.is_none_or(|c| c > last.chars().count()))
+        }
+    };
+    match e.err_type() {
+        ParseErrorType::UnexpectedEOF => true,
+        ParseErrorType::BadInput(LexError::UnterminatedString) => true,
+        ParseErrorType::MissingToken(..) => at_end,
+        _ => false,
+    }
+}
+
 /// Runs a script's top-level statements, so that a script failing there is refused at
 /// configure time rather than on every request; returns the constants they defined.
 fn run_top_level<H: Host + 'static>(
@@ -374,11 +465,10 @@ fn run_top_level<H: Host + 'static>(
     api: &Api<H>,
     selection: &Selection,
 ) -> Result<Constants, ConfigError> {
-    api.begin_call(None, selection.config.clone(), Constants::default());
     let mut scope = Scope::new();
-    let result = engine.run_ast_with_scope(&mut scope, &selection.script.ast);
-    api.end_call();
-    result.map_err(|e| {
+    let config = selection.config.clone();
+    let ast = &selection.script.ast;
+    let _value = top_level(engine, api, config, &mut scope, ast).map_err(|e| {
         let message = format!("script failed while loading: {}", api.describe_error(&e));
         let at = sandbox::error_position(&e);
         ConfigError::new(ConfigErrorKind::Load, message).at(at.line(), at.position())
@@ -391,6 +481,20 @@ fn run_top_level<H: Host + 'static>(
     Ok(Constants(constants.into()))
 }
 
+/// Runs `ast`'s statements as a script's top level runs: outside any phase, with `config`.
+fn top_level<H: Host + 'static>(
+    engine: &Engine,
+    api: &Api<H>,
+    config: Dynamic,
+    scope: &mut Scope,
+    ast: &AST,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    api.begin_call(None, config, Constants::default());
+    let result = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+    api.end_call();
+    result
+}
+
 fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError> {
     let value = rhai::serde::to_dynamic(value)
         .map_err(|e| format!("plugin configuration: {what} cannot be given to Rhai: {e}"))?;
@@ -400,16 +504,40 @@ fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError
 
 /// Compiles one script and finds its phase functions.
 fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
-    let ast = engine.compile(source).map_err(|e| {
-        let at = e.position();
-        let message = format!(
-            "script does not compile: {} at {}{}",
-            e.err_type(),
-            position(at),
-            compile_hint(source, &e)
-        );
-        ConfigError::new(ConfigErrorKind::Compile, message).at(at.line(), at.position())
-    })?;
+    let script = script_of(parse(engine, source)?)?;
+    if script.phases.iter().next().is_none() && script.tick.is_none() {
+        return Err(ConfigError::new(
+            ConfigErrorKind::Phases,
+            "script defines no phase function: define at least one of on_request_headers(), \
+             on_request_body(), on_request_chunk(chunk, last), on_request_trailers(), \
+             on_response_headers(), on_response_body(), on_response_chunk(chunk, last), \
+             on_response_trailers(), on_log(), on_tick()"
+                .into(),
+        ));
+    }
+    Ok(script)
+}
+
+/// Parses a script; the error says where, and what to write instead for common mistakes.
+fn parse(engine: &Engine, source: &str) -> Result<AST, ConfigError> {
+    engine
+        .compile(source)
+        .map_err(|e| compile_error(source, &e))
+}
+
+fn compile_error(source: &str, e: &rhai::ParseError) -> ConfigError {
+    let at = e.position();
+    let message = format!(
+        "script does not compile: {} at {}{}",
+        e.err_type(),
+        position(at),
+        compile_hint(source, e)
+    );
+    ConfigError::new(ConfigErrorKind::Compile, message).at(at.line(), at.position())
+}
+
+/// A parsed script and the phase functions it defines (any number of them).
+pub(crate) fn script_of(ast: AST) -> Result<Script, ConfigError> {
     let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
     let (mut request_chunk, mut response_chunk) = (None, None);
@@ -447,20 +575,6 @@ fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
             }
             None => tick = function,
         }
-    }
-    if functions.iter().all(Option::is_none)
-        && tick.is_none()
-        && request_chunk.is_none()
-        && response_chunk.is_none()
-    {
-        return Err(ConfigError::new(
-            ConfigErrorKind::Phases,
-            "script defines no phase function: define at least one of on_request_headers(), \
-             on_request_body(), on_request_chunk(chunk, last), on_request_trailers(), \
-             on_response_headers(), on_response_body(), on_response_chunk(chunk, last), \
-             on_response_trailers(), on_log(), on_tick()"
-                .into(),
-        ));
     }
     let defined: Vec<Phase> = Phase::ALL
         .into_iter()

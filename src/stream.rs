@@ -918,6 +918,17 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 }
 
+impl<H: Host> HttpStream<H> {
+    /// The request's context values (`set_context`), as `to_debug` shows them.
+    pub(crate) fn context(&self) -> Vec<(String, String)> {
+        let context = &self.state.context;
+        context
+            .iter()
+            .map(|(k, v)| (k.to_string(), format!("{v:?}")))
+            .collect()
+    }
+}
+
 impl<H: Host> Drop for HttpStream<H> {
     fn drop(&mut self) {
         // Nothing a script makes outlives its stream, so every cell still alive now is held

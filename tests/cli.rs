@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[path = "cli/repl.rs"]
+mod repl;
 
 fn proxy_rhai(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proxy-rhai"))
@@ -554,7 +556,7 @@ fn docs_writes_the_reference_and_checks_it() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "test", "check", "docs"] {
+    for sub in ["run", "test", "check", "docs", "repl"] {
         let o = proxy_rhai(&[sub, "--help"]);
         assert_eq!(o.status.code(), Some(0), "{sub}");
         assert!(

@@ -36,6 +36,40 @@ pub fn requests(arg: &str) -> Result<Vec<Request>, String> {
     message("--request", arg, http_request, several)
 }
 
+/// A request given as words, as on a command line: `METHOD PATH`, then any number of
+/// `-H 'Name: value'`, and `-d BODY`; read as the HTTP/1.1 request it stands for.
+pub fn request_words(words: &[String]) -> Result<Request, String> {
+    let mut words = words.iter();
+    let method = words.next().map_or("GET", String::as_str);
+    let path = words.next().map_or("/", String::as_str);
+    let mut head = format!("{method} {path} HTTP/1.1\n");
+    let mut body = "";
+    while let Some(word) = words.next() {
+        let mut value = || {
+            words
+                .next()
+                .ok_or_else(|| format!("{word} wants a value after it"))
+        };
+        match word.as_str() {
+            "-H" | "--header" => {
+                let header = value()?;
+                if header.contains(['\r', '\n']) {
+                    return Err(format!("the header {header:?} holds a line break"));
+                }
+                head.push_str(header);
+                head.push('\n');
+            }
+            "-d" | "--data" => body = value()?,
+            other => {
+                return Err(format!(
+                    "`{other}`: expected -H 'Name: value' or -d BODY after METHOD PATH"
+                ))
+            }
+        }
+    }
+    spec::request(&http_request(&format!("{head}\n{body}"))?)
+}
+
 /// An upstream response: JSON (inline or in a file), or an HTTP/1.1 response in a file.
 pub fn response(arg: &str) -> Result<Response, String> {
     message("--response", arg, http_response, spec::response)
@@ -206,6 +240,30 @@ mod tests {
         assert!(http_request("GET").is_err());
         assert!(http_response("HTTP/1.1 x").is_err());
         assert!(http_request("GET / HTTP/1.1\nbad header").is_err());
+    }
+
+    #[test]
+    fn requests_are_read_from_words() {
+        let words = |w: &[&str]| w.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let r = request_words(&words(&[
+            "POST",
+            "/a",
+            "-H",
+            "Host: api",
+            "-H",
+            "x-a: 1",
+            "-d",
+            "a\n\nb",
+        ]))
+        .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/a"));
+        assert_eq!(r.authority, "api");
+        assert_eq!(r.headers, vec![("x-a".to_string(), b"1".to_vec())]);
+        assert_eq!(r.body, b"a\n\nb");
+        assert_eq!(request_words(&[]).unwrap().path, "/");
+        assert!(request_words(&words(&["GET", "/", "-H"])).is_err());
+        assert!(request_words(&words(&["GET", "/", "-H", "bad"])).is_err());
+        assert!(request_words(&words(&["GET", "/", "--what"])).is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 mod deploy;
 mod input;
+mod repl;
+mod watch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,9 @@ use proxy_rhai::emulator::{
 };
 use proxy_rhai::testing::{self, spec};
 
-/// Run, test, check and document proxy-rhai scripts, with no proxy: the plugin's own code runs
-/// in an emulated Envoy. Then `deploy` prints the Envoy or Higress configuration that runs one.
+/// Run, test, check, document and play with proxy-rhai scripts, with no proxy: the plugin's own
+/// code runs in an emulated Envoy. Then `deploy` prints the Envoy or Higress configuration that
+/// runs one.
 #[derive(Parser)]
 #[command(name = "proxy-rhai", version)]
 struct Cli {
@@ -32,6 +35,7 @@ enum Command {
     Check(CheckArgs),
     Docs(DocsArgs),
     Deploy(deploy::DeployArgs),
+    Repl(repl::ReplArgs),
 }
 
 /// Runs a script against one request and shows what it did.
@@ -43,7 +47,8 @@ enum Command {
 #[command(
     after_help = "Examples:\n  proxy-rhai run scripts/hello.rhai --config '{\"mockEnable\": true}'\n  \
                   proxy-rhai run auth.rhai --request req.http --callout 'auth/token=200:{\"token\":\"t\"}'\n  \
-                  proxy-rhai run auth.rhai --callout auth=timeout --json"
+                  proxy-rhai run auth.rhai --callout auth=timeout --json\n  \
+                  proxy-rhai run scripts/hello.rhai --request req.http --watch"
 )]
 struct RunArgs {
     /// The script (a .rhai file; `-` reads it from standard input).
@@ -85,6 +90,11 @@ struct RunArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
+    /// Run again each time the script, or a file given for its configuration, requests,
+    /// response or callout answers, changes; a header line says what changed and when. Ctrl-C
+    /// ends it.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// What configures the plugin besides its script.
@@ -178,11 +188,13 @@ pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
+        Command::Run(args) if args.watch => watch::watch(&args),
         Command::Run(args) => run(&args),
         Command::Test(args) => test(&args),
         Command::Check(args) => check_scripts(&args),
         Command::Docs(args) => docs(&args),
         Command::Deploy(args) => deploy::deploy(&args, matches.subcommand_matches("deploy")),
+        Command::Repl(args) => repl::repl(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -238,45 +250,24 @@ fn run(args: &RunArgs) -> Result<bool, String> {
             request
         })
         .collect();
-    let mut response = match &args.response {
-        Some(arg) => input::response(arg)?,
-        None => Response::ok("upstream response\n").header("content-type", "text/plain"),
-    };
+    let mut answers = Answers::default();
+    if let Some(arg) = &args.response {
+        answers.response = input::response(arg)?;
+    }
     if !args.response_chunks.is_empty() {
-        response.chunk_sizes.clone_from(&args.response_chunks);
+        answers
+            .response
+            .chunk_sizes
+            .clone_from(&args.response_chunks);
     }
-    let rules = args
-        .callout
-        .iter()
-        .map(|arg| input::callout(arg))
-        .collect::<Result<Vec<_>, _>>()?;
-    for rule in &rules {
-        emulator.add_cluster(&rule.cluster);
+    for arg in &args.callout {
+        answers.add_callout(&emulator, arg)?;
     }
-    let mut answer = |call: &Callout| {
-        let path = header(&call.headers, ":path").unwrap_or_default();
-        let matching = |with_path: bool| {
-            rules.iter().find(|r| {
-                r.cluster == call.cluster
-                    && r.path.is_some() == with_path
-                    && r.path
-                        .as_deref()
-                        .is_none_or(|p| spec::path_matches(p, &path))
-            })
-        };
-        matching(true)
-            .or_else(|| matching(false))
-            .map_or(Reply::NoAnswer, |r| r.reply.clone())
-    };
     let outcomes: Vec<Outcome> = requests
         .iter()
-        .map(|request| emulator.run_with(request, &mut response.clone(), &mut answer))
+        .map(|request| answers.run(&emulator, request))
         .collect();
-    let kept = Kept {
-        configure_log,
-        metrics: emulator.metrics(),
-        shared: emulator.shared_data(),
-    };
+    let kept = Kept::of(&emulator, configure_log);
     if args.json {
         let runs: Vec<Value> = requests
             .iter()
@@ -328,6 +319,57 @@ fn run(args: &RunArgs) -> Result<bool, String> {
         .all(|o| o.script_errors().is_empty() && o.stalled.is_none()))
 }
 
+/// What answers the requests of a run: the upstream, and the callouts by `--callout` rule.
+struct Answers {
+    response: Response,
+    rules: Vec<input::CalloutRule>,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Self {
+            response: Response::ok("upstream response\n").header("content-type", "text/plain"),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Answers {
+    /// Adds a `CLUSTER[PATH]=ANSWER` rule; its cluster is one the proxy defines.
+    fn add_callout(&mut self, emulator: &Emulator, arg: &str) -> Result<(), String> {
+        let rule = input::callout(arg)?;
+        emulator.add_cluster(&rule.cluster);
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// The rule answering `call`: one with its cluster and a matching path first, then one
+    /// for the whole cluster; with none the call times out.
+    fn reply(&self, call: &Callout) -> Reply {
+        let path = header(&call.headers, ":path").unwrap_or_default();
+        let matching = |with_path: bool| {
+            self.rules.iter().find(|r| {
+                r.cluster == call.cluster
+                    && r.path.is_some() == with_path
+                    && r.path
+                        .as_deref()
+                        .is_none_or(|p| spec::path_matches(p, &path))
+            })
+        };
+        matching(true)
+            .or_else(|| matching(false))
+            .map_or(Reply::NoAnswer, |r| r.reply.clone())
+    }
+
+    fn run(&self, emulator: &Emulator, request: &Request) -> Outcome {
+        emulator.run_with(
+            request,
+            &mut self.response.clone(),
+            &mut |call: &Callout| self.reply(call),
+        )
+    }
+}
+
 fn show_headers(text: &mut String, headers: &Headers) {
     for (name, value) in headers {
         text.push_str(&format!("  {name}: {}\n", String::from_utf8_lossy(value)));
@@ -363,6 +405,16 @@ struct Kept {
     configure_log: Vec<LogLine>,
     metrics: Vec<Metric>,
     shared: Vec<(String, Vec<u8>)>,
+}
+
+impl Kept {
+    fn of(emulator: &Emulator, configure_log: Vec<LogLine>) -> Self {
+        Self {
+            configure_log,
+            metrics: emulator.metrics(),
+            shared: emulator.shared_data(),
+        }
+    }
 }
 
 fn show_log(text: &mut String, title: &str, log: &[LogLine]) {
@@ -446,15 +498,23 @@ fn show_outcome(request: &Request, outcome: &Outcome) -> String {
 
 /// What the plugin kept after the requests: its metrics and the shared data.
 fn show_kept(text: &mut String, kept: &Kept) {
-    if !kept.metrics.is_empty() {
+    show_metrics(text, &kept.metrics);
+    show_shared(text, &kept.shared);
+}
+
+fn show_metrics(text: &mut String, metrics: &[Metric]) {
+    if !metrics.is_empty() {
         text.push_str("\n== metrics\n");
-        for m in &kept.metrics {
+        for m in metrics {
             text.push_str(&format!("  {}: {}\n", m.name, spec::metric_value(m)));
         }
     }
-    if !kept.shared.is_empty() {
+}
+
+fn show_shared(text: &mut String, shared: &[(String, Vec<u8>)]) {
+    if !shared.is_empty() {
         text.push_str("\n== shared data\n");
-        for (k, v) in &kept.shared {
+        for (k, v) in shared {
             text.push_str(&format!("  {k}: {:?}\n", String::from_utf8_lossy(v)));
         }
     }

@@ -17,6 +17,10 @@
 //! ```
 
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+mod session;
+#[cfg(not(target_arch = "wasm32"))]
+pub use session::Unparsed;
 
 use std::rc::Rc;
 
@@ -25,6 +29,7 @@ use proxy_wasm::types::Action;
 pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
 use host::{StreamData, Window};
 
+use crate::config::ConfigError;
 use crate::header_map::HeaderMap;
 use crate::host::{LogLevel, MapType};
 use crate::plugin::Plugin;
@@ -313,6 +318,9 @@ pub struct Outcome {
     /// Every host call made, in order, with the body's pieces as they arrived
     /// (`-- request data: N bytes`).
     pub trace: Vec<String>,
+    /// The request's context (`set_context`) when it ended: each key, and its value as
+    /// `to_debug` shows it.
+    pub context: Vec<(String, String)>,
     /// Set when the stream stopped with nothing left to resume it (a phase returned `PAUSE`
     /// with no callout pending): Envoy would hold it until a timeout.
     pub stalled: Option<String>,
@@ -406,10 +414,19 @@ impl Emulator {
     /// [`Emulator::new`] with the clock at `now_ms` (milliseconds since the Unix epoch) from
     /// the start: the script's top level runs at that time.
     pub fn new_at(configuration: &str, now_ms: u64) -> Result<Self, String> {
+        Self::configured(now_ms, |host| {
+            Plugin::configure(host, configuration.as_bytes())
+        })
+    }
+
+    /// The emulator of the plugin `configure` makes with its host, the clock at `now_ms`.
+    fn configured(
+        now_ms: u64,
+        configure: impl FnOnce(EmulatorHost) -> Result<Plugin<EmulatorHost>, ConfigError>,
+    ) -> Result<Self, String> {
         let host = EmulatorHost::default();
         host.0.borrow_mut().now_nanos = now_ms.saturating_mul(1_000_000);
-        let plugin =
-            Plugin::configure(host.clone(), configuration.as_bytes()).map_err(|e| e.to_string())?;
+        let plugin = configure(host.clone()).map_err(|e| e.to_string())?;
         host.0.borrow_mut().calls.clear();
         Ok(Self {
             host,
@@ -545,6 +562,7 @@ impl Emulator {
         run.answer_late_callouts();
         run.state().window = Window::Log;
         run.stream.on_log();
+        outcome.context = run.stream.context();
         let mut state = self.host.0.borrow_mut();
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
         outcome.log = state.log[log_start..].to_vec();

@@ -67,7 +67,7 @@ pub fn run_file(path: &Path, filter: Option<&str>) -> FileReport {
 
 /// Stack of the thread tests run on: Rhai evaluates by recursion, and a native debug build
 /// needs far more stack per script call than the wasm plugin (whose stack is 8 MiB).
-const STACK_SIZE: usize = 256 << 20;
+pub const STACK_SIZE: usize = 256 << 20;
 
 /// Runs tests from `source`, as if it were the test file `path` (scripts are found relative
 /// to its folder).
