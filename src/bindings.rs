@@ -567,6 +567,7 @@ mod callouts;
 mod context;
 mod headers;
 mod json;
+mod metadata;
 mod metrics;
 mod properties;
 mod shared_data;
@@ -700,6 +701,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             err(NO_SLEEP.into())
         });
     properties::register(reg);
+    metadata::register(reg);
     shared_data::register(reg);
     metrics::register(reg);
     builtins::register(reg);

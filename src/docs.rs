@@ -296,6 +296,8 @@ fn section(name: &str) -> &'static str {
         "Logs"
     } else if has("property") {
         "Properties"
+    } else if any(&["metadata", "filter_state"]) {
+        "Metadata and filter state"
     } else if has("shared") {
         "Shared data"
     } else if any(&["metric", "counter", "gauge", "histogram"]) {

@@ -66,6 +66,10 @@ pub trait Host {
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status>;
     /// Sets a property (filter state) of the stream.
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status>;
+    /// Calls one of the proxy's foreign functions (Envoy's `set_envoy_filter_state`, …) with
+    /// its serialized arguments; its result, if it gives one. `Err(NotFound)` when the proxy
+    /// has no such function, or the function found nothing to act on.
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Option<Bytes>, Status>;
     /// A value shared by every worker, and its version (for compare-and-swap).
     fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status>;
     /// Sets a shared value when its version is still `cas` (0: whatever the version);

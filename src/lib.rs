@@ -7,6 +7,7 @@
 //! - [`redact`]: the configuration's secrets, kept out of the lines the plugin logs.
 //! - [`host`]: the host trait between the bindings and a proxy.
 //! - [`header_map`]: Envoy's header map rules, and a call's header operations batched.
+//! - `proto`: the protobuf messages exchanged with Envoy (metadata, filter state), by hand.
 //! - [`header_check`]: what a script may write into a header map (names, values, sizes).
 //! - `wasm_host` / `wasm`: the host and the proxy-wasm entry points of the wasm build.
 //! - [`emulator`]: a host in memory that behaves like Envoy, for tests and the CLI.
@@ -29,6 +30,7 @@ pub mod header_map;
 pub mod host;
 pub mod phase;
 pub mod plugin;
+mod proto;
 pub mod redact;
 pub mod sandbox;
 pub mod stream;

@@ -93,6 +93,14 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> Status;
     fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,
@@ -275,6 +283,21 @@ impl Host for WasmHost {
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
         let path = property_path(path);
         ok(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Option<Bytes>, Status> {
+        let (mut data, mut size) = (null_mut(), 0);
+        ok(unsafe {
+            proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut data,
+                &mut size,
+            )
+        })?;
+        Ok(unsafe { take_host_bytes(data, size) })
     }
 
     fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {

@@ -1078,6 +1078,10 @@ impl Host for HostileHost {
         self.answer(|_| ())
     }
 
+    fn call_foreign_function(&self, _: &str, _: &[u8]) -> Result<Option<Bytes>, Status> {
+        self.answer(|input| input.flag().then(|| input.value()))
+    }
+
     fn get_shared_data(&self, _: &str) -> Result<(Option<Bytes>, u32), Status> {
         self.answer(|input| (input.flag().then(|| input.value()), input.u32()))
     }

@@ -55,8 +55,8 @@ struct RunArgs {
     script: PathBuf,
     #[command(flatten)]
     configuration: Configuration,
-    /// The request: JSON ({"method", "path", "authority", "headers", "body", "trailers"}) given
-    /// inline or in a file, or a file holding an HTTP/1.1 request. May be repeated, and a JSON
+    /// The request: JSON ({"method", "path", "authority", "headers", "body", "trailers",
+    /// "metadata", "route_metadata", "cluster_metadata"}) given inline or in a file, or a file holding an HTTP/1.1 request. May be repeated, and a JSON
     /// array holds several: they run in order against the one configured plugin (its shared
     /// data and metrics carry from one to the next).
     #[arg(long, value_name = "FILE|JSON")]
@@ -484,6 +484,15 @@ fn show_outcome(request: &Request, outcome: &Outcome) -> String {
         show_headers(&mut text, &r.headers);
         show_body(&mut text, &r.body);
         show_pieces(&mut text, &r.chunks);
+    }
+    if !outcome.filter_state.is_empty() {
+        text.push_str("\n== filter state (what the access log and later filters read)\n");
+        for (key, value) in &outcome.filter_state {
+            text.push_str(&format!(
+                "  {key:?}: {:?}\n",
+                String::from_utf8_lossy(value)
+            ));
+        }
     }
     show_log(&mut text, "log", &outcome.log);
     let errors = outcome.script_errors();

@@ -84,6 +84,29 @@ pub(crate) struct StreamData {
     pub callouts: Vec<Callout>,
     /// The callout answer being delivered, while its callback runs.
     pub answer: Option<CalloutAnswer>,
+    /// The stream's filter state as the plugin set it: `wasm.<name>` for `set_property`,
+    /// Envoy's own objects by their key for `set_envoy_filter_state`. Bytes as given.
+    pub filter_state: BTreeMap<String, Bytes>,
+}
+
+/// The filter state keys Envoy 1.40 has an object factory for (its well-known filter state
+/// objects), which `set_envoy_filter_state` accepts, and whether a value is one the factory
+/// makes an object of. Any other key is `NotFound`, as in Envoy.
+fn envoy_object(key: &str, value: &str) -> Option<bool> {
+    let address = || value.parse::<std::net::SocketAddr>().is_ok();
+    Some(match key {
+        "envoy.network.upstream_server_name"
+        | "envoy.network.application_protocols"
+        | "envoy.network.upstream_subject_alt_names"
+        | "envoy.tcp_proxy.cluster"
+        | "envoy.upstream.dynamic_host" => true,
+        "envoy.upstream.dynamic_port" => value.parse::<u16>().is_ok(),
+        "envoy.tcp_proxy.disable_tunneling" => matches!(value, "true" | "false"),
+        "envoy.network.transport_socket.original_dst_address"
+        | "envoy.filters.listener.original_dst.local_ip"
+        | "envoy.filters.listener.original_dst.remote_ip" => address(),
+        _ => return None,
+    })
 }
 
 /// One line of the proxy log.
@@ -423,11 +446,49 @@ impl Host for EmulatorHost {
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), Status> {
         self.trace(format!("set_property({path:?}, {})", show(value)));
-        self.0
-            .borrow_mut()
-            .properties
-            .insert(path.join("."), value.to_vec());
+        let mut state = self.0.borrow_mut();
+        // Envoy's key is `wasm.` and the path as the plugin sends it, segments joined by NUL.
+        let key = format!("wasm.{}", path.join("\0"));
+        state.stream.filter_state.insert(key, value.to_vec());
+        state.properties.insert(path.join("."), value.to_vec());
         Ok(())
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Option<Bytes>, Status> {
+        if name != "set_envoy_filter_state" {
+            self.trace(format!(
+                "call_foreign_function({name:?}, {})",
+                show(arguments)
+            ));
+            return Err(Status::NotFound);
+        }
+        let (key, value) = match crate::proto::parse_set_filter_state_arguments(arguments) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.trace(format!("set_envoy_filter_state(<{why}>)"));
+                return Err(Status::BadArgument);
+            }
+        };
+        let call = format!("set_envoy_filter_state({key:?}, {})", show(&value));
+        match envoy_object(&key, &String::from_utf8_lossy(&value)) {
+            None => {
+                self.trace(format!(
+                    "{call}: NotFound (Envoy has no object for that name)"
+                ));
+                Err(Status::NotFound)
+            }
+            Some(false) => {
+                self.trace(format!(
+                    "{call}: BadArgument (Envoy's object refuses the value)"
+                ));
+                Err(Status::BadArgument)
+            }
+            Some(true) => {
+                self.trace(call);
+                self.0.borrow_mut().stream.filter_state.insert(key, value);
+                Ok(None)
+            }
+        }
     }
 
     fn get_shared_data(&self, key: &str) -> Result<(Option<Bytes>, u32), Status> {

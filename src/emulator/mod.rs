@@ -96,7 +96,18 @@ pub struct Request {
     pub route_name: String,
     /// The upstream cluster of that route (property `xds.cluster_name`).
     pub cluster_name: String,
+    /// What other filters wrote into the stream's dynamic metadata before the plugin, by
+    /// namespace (property `metadata`, as Envoy encodes it).
+    pub metadata: Metadata,
+    /// The route's metadata, by namespace (property `xds.route_metadata`).
+    pub route_metadata: Metadata,
+    /// The upstream cluster's metadata, by namespace (property `xds.cluster_metadata`).
+    pub cluster_metadata: Metadata,
 }
+
+/// Metadata by namespace (`filter_metadata`): each a JSON object, which Envoy holds as a
+/// `google.protobuf.Struct` (its numbers as doubles).
+pub type Metadata = std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
 
 impl Request {
     /// A GET of `path` for host `example.com`.
@@ -121,6 +132,9 @@ impl Request {
             chunk_sizes: Vec::new(),
             route_name: "default".into(),
             cluster_name: "upstream".into(),
+            metadata: Metadata::new(),
+            route_metadata: Metadata::new(),
+            cluster_metadata: Metadata::new(),
         }
     }
 
@@ -324,6 +338,10 @@ pub struct Outcome {
     /// Set when the stream stopped with nothing left to resume it (a phase returned `PAUSE`
     /// with no callout pending): Envoy would hold it until a timeout.
     pub stalled: Option<String>,
+    /// The filter state the plugin set, by key (`wasm.<name>` for `set_property` and
+    /// `set_filter_state` of a name Envoy has no object for; Envoy's key for its own objects),
+    /// as the access log's `%FILTER_STATE(key:PLAIN)%` would show it.
+    pub filter_state: Vec<(String, Vec<u8>)>,
 }
 
 impl Outcome {
@@ -567,6 +585,9 @@ impl Emulator {
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
         outcome.log = state.log[log_start..].to_vec();
         outcome.trace = std::mem::take(&mut state.calls);
+        outcome.filter_state = std::mem::take(&mut state.stream.filter_state)
+            .into_iter()
+            .collect();
         state.stream = StreamData::default();
         outcome
     }
@@ -713,6 +734,19 @@ impl Run<'_> {
             ("xds.route_name", text(&request.route_name)),
             ("xds.cluster_name", text(&request.cluster_name)),
             ("plugin_name", text("proxy-rhai")),
+            // Envoy gives each as a serialized `envoy.config.core.v3.Metadata` (measured).
+            (
+                "metadata",
+                crate::proto::metadata_from_json(&request.metadata),
+            ),
+            (
+                "xds.route_metadata",
+                crate::proto::metadata_from_json(&request.route_metadata),
+            ),
+            (
+                "xds.cluster_metadata",
+                crate::proto::metadata_from_json(&request.cluster_metadata),
+            ),
         ] {
             state.properties.insert(key.to_string(), value);
         }

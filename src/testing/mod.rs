@@ -16,7 +16,7 @@ use rhai::{
 };
 use serde_json::Value;
 
-use crate::emulator::{header, Callout, Emulator, Forwarded, Outcome, Reply, Response};
+use crate::emulator::{header, Callout, Emulator, Forwarded, Metadata, Outcome, Reply, Response};
 
 /// The result of one test.
 #[derive(Debug, Clone, PartialEq)]
@@ -445,6 +445,9 @@ struct PluginData {
     emulator: Emulator,
     upstream: RefCell<Upstream>,
     answers: RefCell<Answers>,
+    /// What `p.metadata()`, `p.route_metadata()` and `p.cluster_metadata()` gave, in that
+    /// order: every request carries it (its own namespaces first).
+    metadata: RefCell<[Metadata; 3]>,
 }
 
 /// A request sent by a test, and all it did.
@@ -635,6 +638,7 @@ fn load(session: &Session, path: &str, config: &Dynamic, settings: &Map) -> Rhai
             emulator,
             upstream: RefCell::new(Upstream::Given(Response::new(200, Vec::new()))),
             answers: RefCell::default(),
+            metadata: RefCell::default(),
         }))),
         Err(e) => fail(format!("plugin({path:?})"), e),
     }
@@ -666,11 +670,23 @@ impl TestPlugin {
         request: &Dynamic,
         response: Option<&Dynamic>,
     ) -> RhaiResult<Exchange> {
-        let request = match request.read_lock::<ImmutableString>() {
+        let mut request = match request.read_lock::<ImmutableString>() {
             Some(path) => spec::request(&serde_json::json!({ "path": path.as_str() })),
             None => spec::request(&to_json("send()", request)?),
         }
         .map_err(|e| format!("send(): {e}"))?;
+        let given = self.0.metadata.borrow();
+        for (kind, into) in given.iter().zip([
+            &mut request.metadata,
+            &mut request.route_metadata,
+            &mut request.cluster_metadata,
+        ]) {
+            for (namespace, fields) in kind {
+                into.entry(namespace.clone())
+                    .or_insert_with(|| fields.clone());
+            }
+        }
+        drop(given);
         let upstream = match response {
             Some(r) => Upstream::Given(
                 spec::response(&to_json("send()", r)?).map_err(|e| format!("send(): {e}"))?,
@@ -965,6 +981,25 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
         p.0.emulator.add_cluster(cluster)
     });
 
+    // What other filters decided, and the route's and the cluster's metadata.
+    for (i, name) in ["metadata", "route_metadata", "cluster_metadata"]
+        .into_iter()
+        .enumerate()
+    {
+        engine.register_fn(
+            name,
+            move |p: &mut TestPlugin, namespace: &str, fields: Map| -> RhaiResult<()> {
+                let Value::Object(fields) = to_json(name, &fields.into())? else {
+                    return Err(format!("{name}(): the namespace's value must be a map").into());
+                };
+                if let Some(kind) = p.0.metadata.borrow_mut().get_mut(i) {
+                    kind.insert(namespace.to_string(), fields);
+                }
+                Ok(())
+            },
+        );
+    }
+
     // The upstream and requests.
     engine.register_fn(
         "upstream",
@@ -1062,6 +1097,7 @@ fn register_exchange(engine: &mut Engine) {
     engine.register_get("callouts", |x: &mut Exchange| x.field("callouts"));
     engine.register_get("logs", |x: &mut Exchange| x.field("log"));
     engine.register_get("trace", |x: &mut Exchange| x.field("trace"));
+    engine.register_get("filter_state", |x: &mut Exchange| x.field("filter_state"));
     engine.register_get("errors", |x: &mut Exchange| {
         x.0.errors_seen.set(true);
         x.field("errors")

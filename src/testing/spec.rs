@@ -9,7 +9,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::emulator::{
-    header, Callout, Forwarded, Headers, LogLine, Metric, Outcome, Reply, Request, Response,
+    header, Callout, Forwarded, Headers, LogLine, Metadata, Metric, Outcome, Reply, Request,
+    Response,
 };
 use crate::host::{LogLevel, MetricType};
 
@@ -23,6 +24,9 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "trailers",
     "chunk_size",
     "chunks",
+    "metadata",
+    "route_metadata",
+    "cluster_metadata",
 ];
 /// The fields a response (or a callout answer) may have.
 pub const RESPONSE_FIELDS: &[&str] = &[
@@ -69,7 +73,30 @@ pub fn request(value: &Value) -> Result<Request, String> {
     if let Some(v) = fields.get("chunks") {
         (r.body, r.chunk_sizes) = chunks("request", fields, v)?;
     }
+    for (name, into) in [
+        ("metadata", &mut r.metadata),
+        ("route_metadata", &mut r.route_metadata),
+        ("cluster_metadata", &mut r.cluster_metadata),
+    ] {
+        if let Some(v) = fields.get(name) {
+            *into = metadata(&format!("request.{name}"), v)?;
+        }
+    }
     Ok(r)
+}
+
+/// Metadata by namespace: `{"namespace": {…}, …}`, each namespace's value a map.
+pub fn metadata(what: &str, value: &Value) -> Result<Metadata, String> {
+    let Value::Object(namespaces) = value else {
+        return Err(format!("{what} must be a map of namespaces, got {value}"));
+    };
+    namespaces
+        .iter()
+        .map(|(name, fields)| match fields {
+            Value::Object(fields) => Ok((name.clone(), fields.clone())),
+            other => Err(format!("{what}.{name} must be a map, got {other}")),
+        })
+        .collect()
 }
 
 /// An upstream response from its description; defaults: 200, no headers, no body.
@@ -163,7 +190,8 @@ pub fn callout(call: &Callout) -> Value {
 
 /// Everything a request did, as JSON: `upstream` (see [`forwarded`]; null when the request
 /// never got there), `response`, `callouts` (see [`callout`]), `log`, `errors` (the script
-/// errors), `stalled` (or null) and `trace`.
+/// errors), `stalled` (or null), `filter_state` (key to value, see [`Outcome::filter_state`])
+/// and `trace`.
 pub fn outcome(outcome: &Outcome) -> Value {
     let upstream = outcome.upstream.as_ref().map(forwarded);
     let r = &outcome.response;
@@ -183,6 +211,11 @@ pub fn outcome(outcome: &Outcome) -> Value {
         "log": log,
         "errors": outcome.script_errors(),
         "stalled": outcome.stalled,
+        "filter_state": outcome
+            .filter_state
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(lossy(v))))
+            .collect::<Map<String, Value>>(),
         "trace": outcome.trace,
     })
 }
