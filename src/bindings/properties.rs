@@ -98,4 +98,16 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         let parts: Vec<&str> = path.iter().map(String::as_str).collect();
         a.host.set_property(&parts, &bytes_of(f, &value)?).or_else(|s| refused(f, s))
     });
+
+    // Routing.
+    bind!(reg, "clear_route_cache", In(Phases::REQUEST_HEADERS), "()",
+    "Has the proxy pick the request's route again (Envoy's `clear_route_cache` foreign function), for routes that match on what the script changed outside the headers: filter state (`set_property`, `set_filter_state`; a route's `filter_state` matcher), metadata. A request header write already does it: in Envoy 1.40 every request header change of a wasm filter clears the route cache (measured), so a script that sets a header, `:path` or `:authority` routes match on is re-routed with no more to do. Envoy 1.40 gives a wasm filter no way to name the upstream cluster or host itself: set a header a route matches on, or one a route's `cluster_header` names the cluster by; a dynamic forward proxy cluster takes its host from the filter state `envoy.upstream.dynamic_host` (`set_filter_state`).",
+    r#"fn on_request_headers() {
+    let cookie = get_request_header("cookie") ?? "";
+    if cookie.contains("canary=1") {
+        set_property("lane", "canary"); // a route matches filter state wasm.lane
+        clear_route_cache();
+    }
+}"#,
+    |a as f| a.host.call_foreign_function("clear_route_cache", &[]).map(drop).or_else(|s| refused(f, s)));
 }

@@ -87,6 +87,8 @@ pub(crate) struct StreamData {
     /// The stream's filter state as the plugin set it: `wasm.<name>` for `set_property`,
     /// Envoy's own objects by their key for `set_envoy_filter_state`. Bytes as given.
     pub filter_state: BTreeMap<String, Bytes>,
+    /// Whether the plugin asked the proxy to pick the request's route again.
+    pub route_cache_cleared: bool,
 }
 
 /// The filter state keys Envoy 1.40 has an object factory for (its well-known filter state
@@ -194,6 +196,13 @@ impl EmulatorHost {
     }
 
     /// The header map `map` of the current stream, when Envoy would give it now.
+    /// Envoy clears the route cache on every request header write of a wasm filter.
+    fn wrote(&self, map: MapType) {
+        if map == MapType::HttpRequestHeaders {
+            self.0.borrow_mut().stream.route_cache_cleared = true;
+        }
+    }
+
     fn with_map<R>(&self, map: MapType, f: impl FnOnce(&mut HeaderMap) -> R) -> Result<R, Status> {
         let mut state = self.0.borrow_mut();
         let s = &mut state.stream;
@@ -252,6 +261,7 @@ impl Host for EmulatorHost {
         // plugin built the map with the same rules, so that gives the map as it is. A list
         // over the pair limits reads as no pairs: the map is left empty.
         let fits = fits_one_piece(headers.len(), headers.abi_size());
+        self.wrote(map);
         self.with_map(map, |h| {
             *h = if fits {
                 headers.clone()
@@ -271,16 +281,19 @@ impl Host for EmulatorHost {
             "replace_header({map:?}, {name:?}, {})",
             show(value)
         ));
+        self.wrote(map);
         self.with_map(map, |h| h.replace(map, name, value))
     }
 
     fn remove_map_value(&self, map: MapType, name: &str) -> Result<(), Status> {
         self.trace(format!("remove_header({map:?}, {name:?})"));
+        self.wrote(map);
         self.with_map(map, |h| h.remove(name))
     }
 
     fn add_map_value(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
         self.trace(format!("add_header({map:?}, {name:?}, {})", show(value)));
+        self.wrote(map);
         self.with_map(map, |h| h.add(map, name, value))
     }
 
@@ -455,6 +468,11 @@ impl Host for EmulatorHost {
     }
 
     fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Option<Bytes>, Status> {
+        if name == "clear_route_cache" {
+            self.trace("clear_route_cache()".into());
+            self.0.borrow_mut().stream.route_cache_cleared = true;
+            return Ok(None);
+        }
         if name != "set_envoy_filter_state" {
             self.trace(format!(
                 "call_foreign_function({name:?}, {})",

@@ -342,6 +342,9 @@ pub struct Outcome {
     /// `set_filter_state` of a name Envoy has no object for; Envoy's key for its own objects),
     /// as the access log's `%FILTER_STATE(key:PLAIN)%` would show it.
     pub filter_state: Vec<(String, Vec<u8>)>,
+    /// Whether the route cache was cleared, by `clear_route_cache()` or, as in Envoy, by a
+    /// request header write: the proxy then picks the route again.
+    pub route_cache_cleared: bool,
 }
 
 impl Outcome {
@@ -588,6 +591,7 @@ impl Emulator {
         outcome.filter_state = std::mem::take(&mut state.stream.filter_state)
             .into_iter()
             .collect();
+        outcome.route_cache_cleared = state.stream.route_cache_cleared;
         state.stream = StreamData::default();
         outcome
     }

@@ -1098,6 +1098,9 @@ fn register_exchange(engine: &mut Engine) {
     engine.register_get("logs", |x: &mut Exchange| x.field("log"));
     engine.register_get("trace", |x: &mut Exchange| x.field("trace"));
     engine.register_get("filter_state", |x: &mut Exchange| x.field("filter_state"));
+    engine.register_get("route_cache_cleared", |x: &mut Exchange| {
+        x.0.outcome.route_cache_cleared
+    });
     engine.register_get("errors", |x: &mut Exchange| {
         x.0.errors_seen.set(true);
         x.field("errors")

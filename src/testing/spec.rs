@@ -190,8 +190,8 @@ pub fn callout(call: &Callout) -> Value {
 
 /// Everything a request did, as JSON: `upstream` (see [`forwarded`]; null when the request
 /// never got there), `response`, `callouts` (see [`callout`]), `log`, `errors` (the script
-/// errors), `stalled` (or null), `filter_state` (key to value, see [`Outcome::filter_state`])
-/// and `trace`.
+/// errors), `stalled` (or null), `filter_state` (key to value, see [`Outcome::filter_state`]),
+/// `route_cache_cleared` and `trace`.
 pub fn outcome(outcome: &Outcome) -> Value {
     let upstream = outcome.upstream.as_ref().map(forwarded);
     let r = &outcome.response;
@@ -216,6 +216,7 @@ pub fn outcome(outcome: &Outcome) -> Value {
             .iter()
             .map(|(k, v)| (k.clone(), json!(lossy(v))))
             .collect::<Map<String, Value>>(),
+        "route_cache_cleared": outcome.route_cache_cleared,
         "trace": outcome.trace,
     })
 }

@@ -26,4 +26,5 @@ mod isolation;
 mod memory;
 mod plugin;
 mod reload;
+mod routing;
 mod streaming;

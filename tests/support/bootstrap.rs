@@ -37,6 +37,8 @@ pub struct EnvoyBuilder {
     routes: Vec<(String, String, String)>,
     /// More clusters pointing at the route's upstream server.
     upstream_aliases: Vec<String>,
+    /// Routes (name, `match`, cluster) before every other route.
+    matched_routes: Vec<(String, Value, String)>,
     trailers: bool,
     websocket: bool,
     /// The wasm HTTP filter as text (JSON or YAML flow style), spliced into the bootstrap.
@@ -57,6 +59,7 @@ impl EnvoyBuilder {
             concurrency: 1,
             routes: Vec::new(),
             upstream_aliases: Vec::new(),
+            matched_routes: Vec::new(),
             trailers: false,
             websocket: false,
             filter_text: None,
@@ -99,6 +102,14 @@ impl EnvoyBuilder {
     pub fn route(mut self, name: &str, prefix: &str, cluster: &str) -> Self {
         self.routes
             .push((name.to_string(), prefix.to_string(), cluster.to_string()));
+        self
+    }
+
+    /// A route `name` to `cluster` for the requests `matcher` (a `RouteMatch`, e.g. with
+    /// `headers` or `filter_state`) takes, before every other route.
+    pub fn matched_route(mut self, name: &str, matcher: Value, cluster: &str) -> Self {
+        self.matched_routes
+            .push((name.to_string(), matcher, cluster.to_string()));
         self
     }
 
@@ -238,6 +249,11 @@ impl EnvoyBuilder {
             })
             .collect();
         routes.push(json!({"match": {"prefix": "/"}, "route": route}));
+        for (i, (name, matcher, cluster)) in self.matched_routes.iter().enumerate() {
+            let mut target = route.clone();
+            target["cluster"] = json!(cluster);
+            routes.insert(i, json!({"name": name, "match": matcher, "route": target}));
+        }
         let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
