@@ -564,6 +564,7 @@ macro_rules! bind {
 mod bodies;
 mod builtins;
 mod callouts;
+mod connection;
 mod context;
 mod headers;
 mod json;
@@ -700,6 +701,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
             err(NO_SLEEP.into())
         });
     properties::register(reg);
+    connection::register(reg);
     shared_data::register(reg);
     metrics::register(reg);
     builtins::register(reg);

@@ -445,6 +445,8 @@ struct PluginData {
     emulator: Emulator,
     upstream: RefCell<Upstream>,
     answers: RefCell<Answers>,
+    /// The connection's TLS for requests that don't give their own (`p.tls(…)`; null: plain).
+    tls: RefCell<Value>,
 }
 
 /// A request sent by a test, and all it did.
@@ -635,6 +637,7 @@ fn load(session: &Session, path: &str, config: &Dynamic, settings: &Map) -> Rhai
             emulator,
             upstream: RefCell::new(Upstream::Given(Response::new(200, Vec::new()))),
             answers: RefCell::default(),
+            tls: RefCell::new(Value::Null),
         }))),
         Err(e) => fail(format!("plugin({path:?})"), e),
     }
@@ -666,11 +669,16 @@ impl TestPlugin {
         request: &Dynamic,
         response: Option<&Dynamic>,
     ) -> RhaiResult<Exchange> {
-        let request = match request.read_lock::<ImmutableString>() {
-            Some(path) => spec::request(&serde_json::json!({ "path": path.as_str() })),
-            None => spec::request(&to_json("send()", request)?),
+        let mut request = match request.read_lock::<ImmutableString>() {
+            Some(path) => serde_json::json!({ "path": path.as_str() }),
+            None => to_json("send()", request)?,
+        };
+        if let Value::Object(fields) = &mut request {
+            if !fields.contains_key("tls") {
+                fields.insert("tls".into(), self.0.tls.borrow().clone());
+            }
         }
-        .map_err(|e| format!("send(): {e}"))?;
+        let request = spec::request(&request).map_err(|e| format!("send(): {e}"))?;
         let upstream = match response {
             Some(r) => Upstream::Given(
                 spec::response(&to_json("send()", r)?).map_err(|e| format!("send(): {e}"))?,
@@ -964,6 +972,15 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
     engine.register_fn("add_cluster", |p: &mut TestPlugin, cluster: &str| {
         p.0.emulator.add_cluster(cluster)
     });
+    engine.register_fn(
+        "tls",
+        |p: &mut TestPlugin, tls: Dynamic| -> RhaiResult<()> {
+            let tls = to_json("tls()", &tls)?;
+            spec::tls(&tls).map_err(|e| format!("tls(): {e}"))?;
+            *p.0.tls.borrow_mut() = tls;
+            Ok(())
+        },
+    );
 
     // The upstream and requests.
     engine.register_fn(

@@ -18,6 +18,7 @@ mod support;
 
 mod agreement;
 mod callouts;
+mod connection;
 mod faults;
 mod gateway;
 mod hardening_headers;
