@@ -136,6 +136,19 @@ impl EnvoyBuilder {
         self
     }
 
+    /// An HTTP filter before the plugin's: it sees requests before the plugin and responses
+    /// after it (Envoy runs response filters in reverse order).
+    pub fn http_filter_before(mut self, filter: Value) -> Self {
+        self.filters_before.push(filter);
+        self
+    }
+
+    /// An HTTP filter between the plugin's and the router: it sees responses before the plugin.
+    pub fn http_filter_after(mut self, filter: Value) -> Self {
+        self.filters_after.push(filter);
+        self
+    }
+
     /// The listener speaks TLS only, with `certs`' server certificate, and asks clients for a
     /// certificate signed by its CA without requiring one (`require_client_certificate:
     /// false`); the `tls_inspector` listener filter reads the client's SNI.
