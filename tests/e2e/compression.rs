@@ -1,7 +1,7 @@
 //! Compressed bodies: a gzip-encoded upstream response reaches the plugin as compressed bytes
-//! with its `content-encoding`; Envoy's `decompressor` filter listed after the plugin
-//! (responses pass the filters in reverse order) hands a chunk function the plain bytes, and a
-//! `compressor` listed before it compresses what the script produced.
+//! with its `content-encoding`; Envoy's `decompressor` filter (gzip or brotli) listed after the
+//! plugin (responses pass the filters in reverse order) hands a chunk function the plain
+//! bytes, and a `compressor` listed before it compresses what the script produced.
 //!
 //! Not tested here, measured by hand in Envoy 1.40: a decompressor after the plugin with a
 //! buffered body phase (`on_response_body`, or a chunk function returning `PAUSE`) never
@@ -21,22 +21,24 @@ fn json_rewrite() -> Value {
     json!({ "script": script, "config": {"add_fields": {"served_by": "edge"}} })
 }
 
-/// Envoy's `compressor` or `decompressor` filter, with the gzip library.
-fn gzip_filter(kind: &str, proto: &str) -> Value {
-    let mut library = serde_json::Map::new();
-    library.insert(
+/// Envoy's `compressor` or `decompressor` filter (`proto`: its message's name), with the
+/// `library` (`gzip`, `brotli`) of that kind.
+fn coding_filter(kind: &str, proto: &str, library: &str) -> Value {
+    let capitalized = library[..1].to_uppercase() + &library[1..];
+    let mut config = serde_json::Map::new();
+    config.insert(
         format!("{kind}_library"),
-        json!({"name": "gzip", "typed_config": {
-            "@type": format!("type.googleapis.com/envoy.extensions.compression.gzip.{kind}.v3.Gzip")
-        }}),
+        json!({"name": library, "typed_config": {"@type": format!(
+            "type.googleapis.com/envoy.extensions.compression.{library}.{kind}.v3.{capitalized}"
+        )}}),
     );
-    library.insert(
+    config.insert(
         "@type".into(),
         json!(format!(
             "type.googleapis.com/envoy.extensions.filters.http.{kind}.v3.{proto}"
         )),
     );
-    json!({"name": format!("envoy.filters.http.{kind}"), "typed_config": library})
+    json!({"name": format!("envoy.filters.http.{kind}"), "typed_config": config})
 }
 
 /// Decompresses gzip with Python's `gzip` module (the test has no compression library).
@@ -69,7 +71,16 @@ fn without_a_decompressor_the_script_sees_the_encoding_and_leaves_the_body() {
 }
 
 #[test]
-fn a_decompressor_after_the_plugin_hands_a_chunk_function_the_plain_bytes() {
+fn a_gzip_decompressor_after_the_plugin_hands_a_chunk_function_the_plain_bytes() {
+    decompressed_for_a_chunk_function("gzip", "/gzip-json");
+}
+
+#[test]
+fn a_brotli_decompressor_after_the_plugin_hands_a_chunk_function_the_plain_bytes() {
+    decompressed_for_a_chunk_function("brotli", "/br-json");
+}
+
+fn decompressed_for_a_chunk_function(library: &str, path: &str) {
     let script = r#"
         fn on_response_headers() {
             add_response_header("x-seen-encoding", get_response_header("content-encoding") ?? "none");
@@ -81,9 +92,9 @@ fn a_decompressor_after_the_plugin_hands_a_chunk_function_the_plain_bytes() {
         }
     "#;
     let envoy = Envoy::builder(json!({ "script": script }))
-        .http_filter_after(gzip_filter("decompressor", "Decompressor"))
+        .http_filter_after(coding_filter("decompressor", "Decompressor", library))
         .start();
-    let reply = envoy.get("/gzip-json");
+    let reply = envoy.get(path);
     assert_status(&reply, 200);
     assert_eq!(reply.header("x-seen-encoding"), Some("none"));
     assert_eq!(reply.header("content-encoding"), None, "{reply:?}");
@@ -94,7 +105,7 @@ fn a_decompressor_after_the_plugin_hands_a_chunk_function_the_plain_bytes() {
 #[test]
 fn a_compressor_before_the_plugin_compresses_what_json_rewrite_wrote() {
     let envoy = Envoy::builder(json_rewrite())
-        .http_filter_before(gzip_filter("compressor", "Compressor"))
+        .http_filter_before(coding_filter("compressor", "Compressor", "gzip"))
         .start();
     let reply = envoy.request("GET", "/echo", &[("accept-encoding", "gzip")], b"");
     assert_status(&reply, 200);
