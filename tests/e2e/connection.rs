@@ -19,6 +19,7 @@ fn on_request_headers() {
     add_request_header("x-tls", tls);
     add_request_header("x-addr", to_json(downstream_address()));
     add_request_header("x-mtls-raw", hex_encode(get_property_bytes("connection.mtls") ?? ""));
+    http_get("callout", "/", [], 5000, |status, headers, body| same("callback"));
 }
 fn same(phase) {
     let now = to_json(downstream_tls());
@@ -27,6 +28,7 @@ fn same(phase) {
 fn on_request_body() { same("request body"); }
 fn on_response_headers() { same("response headers"); }
 fn on_response_body() { same("response body"); }
+fn on_log() { same("log"); }
 "#;
 
 fn seen(reply: &Reply, header: &str) -> Value {
@@ -38,10 +40,17 @@ fn seen(reply: &Reply, header: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{header}: {text:?}: {e}"))
 }
 
+/// The probe in the emulator, with Envoy's `callout` cluster (left unanswered: the callback
+/// sees a timeout).
+fn probe_emulator() -> Emulator {
+    let emulator = Emulator::new(&json!({ "script": PROBE }).to_string()).expect("configures");
+    emulator.add_cluster("callout");
+    emulator
+}
+
 /// What the emulator gives the probe for a connection described as `run`'s `tls` field.
 fn emulated(tls: Value) -> Value {
-    let config = json!({ "script": PROBE }).to_string();
-    let emulator = Emulator::new(&config).expect("the probe configures");
+    let emulator = probe_emulator();
     let request = spec::request(&json!({"method": "POST", "path": "/", "body": "x", "tls": tls}))
         .expect("a request");
     let outcome = emulator.run(&request, &mut Response::ok("{}"));
@@ -73,7 +82,13 @@ fn downstream_tls_reports_the_client_certificate_in_every_phase() {
     assert_eq!(reply.echo().header("x-mtls-raw"), Some("01"));
     // Over TLS Envoy tells the upstream the request came as https.
     assert_eq!(reply.echo().header("x-forwarded-proto"), Some("https"));
-    for phase in ["request body", "response headers", "response body"] {
+    for phase in [
+        "callback",
+        "request body",
+        "response headers",
+        "response body",
+        "log",
+    ] {
         envoy.wait_for_log(&format!("tls-probe {phase}: same"));
     }
     assert_eq!(emulated(expected.clone()), expected, "the emulator agrees");
@@ -115,7 +130,7 @@ fn plain_http_has_no_tls_and_the_address_follows_forwarded_for() {
     let reply = envoy.request("GET", "/", &xff, b"");
     let expected = json!({"address": "198.51.100.2:0", "ip": "198.51.100.2", "port": 0});
     assert_eq!(seen(&reply, "x-addr"), expected);
-    let emulator = Emulator::new(&json!({ "script": PROBE }).to_string()).unwrap();
+    let emulator = probe_emulator();
     let request = Request::get("/").header(xff[0].0, xff[0].1);
     let outcome = emulator.run(&request, &mut Response::ok("{}"));
     let text = proxy_rhai::emulator::header(&outcome.upstream.unwrap().headers, "x-addr").unwrap();
