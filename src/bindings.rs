@@ -564,6 +564,7 @@ macro_rules! bind {
 mod bodies;
 mod builtins;
 mod callouts;
+mod connection;
 mod context;
 mod headers;
 mod json;
@@ -702,6 +703,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         });
     properties::register(reg);
     metadata::register(reg);
+    connection::register(reg);
     shared_data::register(reg);
     metrics::register(reg);
     builtins::register(reg);

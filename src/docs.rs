@@ -294,7 +294,7 @@ fn section(name: &str) -> &'static str {
         "Per-request state and configuration"
     } else if name.starts_with("log_") {
         "Logs"
-    } else if has("property") {
+    } else if has("property") || name.starts_with("downstream_") {
         "Properties"
     } else if any(&["metadata", "filter_state"]) {
         "Metadata and filter state"

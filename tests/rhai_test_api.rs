@@ -443,3 +443,20 @@ fn test_files_get_the_plugins_string_functions() {
     rx.recv_timeout(std::time::Duration::from_secs(60))
         .expect("the test file's pad(10, \"\") failed or never returned");
 }
+
+#[test]
+fn tls_describes_the_connection_and_refuses_unknown_fields() {
+    let f = failure(
+        "tls_bad",
+        r#"fn test_bad() { plugin("lib/body.rhai").tls(#{ subjekt: "CN=x" }); }"#,
+    );
+    assert!(
+        f.contains("tls(): request.tls: unknown field `subjekt`"),
+        "{f}"
+    );
+    let f = failure(
+        "tls_sans",
+        r#"fn test_bad() { plugin("lib/body.rhai").send(#{ tls: #{ uri_sans: "x" } }); }"#,
+    );
+    assert!(f.contains("request.tls.uri_sans must be an array"), "{f}");
+}

@@ -103,6 +103,81 @@ pub struct Request {
     pub route_metadata: Metadata,
     /// The upstream cluster's metadata, by namespace (property `xds.cluster_metadata`).
     pub cluster_metadata: Metadata,
+    /// The client's end of the connection, `ip:port` (property `source.address`, unless an
+    /// `x-forwarded-for` header names another: see [`Request::source_address`]).
+    pub peer_address: String,
+    /// The connection's TLS; `None`: plain HTTP.
+    pub tls: Option<Tls>,
+}
+
+/// The TLS of a request's connection, as Envoy's `connection.*` properties describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub version: String,
+    /// The server name the client asked for (empty: none, or no `tls_inspector`).
+    pub sni: String,
+    pub peer_certificate_presented: bool,
+    /// The client certificate's subject (empty without one).
+    pub peer_subject: String,
+    /// The proxy's certificate's subject.
+    pub subject: String,
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// Lowercase hex (empty without a client certificate).
+    pub peer_certificate_sha256: String,
+}
+
+impl Default for Tls {
+    /// TLS 1.3 without a client certificate.
+    fn default() -> Self {
+        Self {
+            version: "TLSv1.3".into(),
+            sni: String::new(),
+            peer_certificate_presented: false,
+            peer_subject: String::new(),
+            subject: "CN=proxy".into(),
+            uri_sans: Vec::new(),
+            dns_sans: Vec::new(),
+            peer_certificate_sha256: String::new(),
+        }
+    }
+}
+
+impl Tls {
+    /// The `connection.*` properties Envoy 1.40 gives for this connection (measured): the
+    /// SAN ones hold only the first SAN of each kind, and those about the client certificate
+    /// are absent without one, except its subject, which is empty.
+    fn properties(tls: Option<&Tls>) -> Vec<(&'static str, Vec<u8>)> {
+        let presented = tls.is_some_and(|t| t.peer_certificate_presented);
+        let sni = tls.map_or(&[][..], |t| t.sni.as_bytes());
+        let mut props = vec![
+            ("connection.mtls", vec![u8::from(presented)]),
+            ("connection.requested_server_name", sni.to_vec()),
+        ];
+        let Some(tls) = tls else { return props };
+        let text = |v: &str| v.as_bytes().to_vec();
+        props.push(("connection.tls_version", text(&tls.version)));
+        props.push(("connection.subject_local_certificate", text(&tls.subject)));
+        props.push((
+            "connection.subject_peer_certificate",
+            text(&tls.peer_subject),
+        ));
+        for (key, first) in [
+            ("connection.uri_san_peer_certificate", tls.uri_sans.first()),
+            ("connection.dns_san_peer_certificate", tls.dns_sans.first()),
+        ] {
+            if let Some(first) = first {
+                props.push((key, text(first)));
+            }
+        }
+        if !tls.peer_certificate_sha256.is_empty() {
+            props.push((
+                "connection.sha256_peer_certificate_digest",
+                text(&tls.peer_certificate_sha256),
+            ));
+        }
+        props
+    }
 }
 
 /// Metadata by namespace (`filter_metadata`): each a JSON object, which Envoy holds as a
@@ -135,6 +210,8 @@ impl Request {
             metadata: Metadata::new(),
             route_metadata: Metadata::new(),
             cluster_metadata: Metadata::new(),
+            peer_address: "127.0.0.1:40000".into(),
+            tls: None,
         }
     }
 
@@ -167,7 +244,7 @@ impl Request {
             map.push("content-length", self.body.len().to_string().as_bytes());
         }
         if absent(&map, "x-forwarded-proto") {
-            map.push("x-forwarded-proto", b"http");
+            map.push("x-forwarded-proto", self.scheme().as_bytes());
         }
         if absent(&map, "x-request-id") {
             map.push("x-request-id", request_id.as_bytes());
@@ -175,11 +252,30 @@ impl Request {
         map
     }
 
-    /// `:scheme` as Envoy sets it: from the client's `x-forwarded-proto` when that names one.
+    /// `:scheme` as Envoy sets it: from the client's `x-forwarded-proto` when that names one,
+    /// else from the connection.
     fn scheme(&self) -> String {
         match header(&self.headers, "x-forwarded-proto") {
             Some(proto) if proto.eq_ignore_ascii_case("https") => "https".into(),
+            Some(proto) if proto.eq_ignore_ascii_case("http") => "http".into(),
+            _ if self.tls.is_some() => "https".into(),
             _ => "http".into(),
+        }
+    }
+
+    /// The client's address as Envoy's connection manager decides it with its defaults
+    /// (`use_remote_address: false`, measured in 1.40): the last address of `x-forwarded-for`
+    /// when that is an IP address, with port 0; else the connection's peer.
+    pub fn source_address(&self) -> (String, i64) {
+        let last = header(&self.headers, "x-forwarded-for")
+            .and_then(|xff| xff.rsplit(',').next().map(|a| a.trim().to_string()));
+        match last.and_then(|a| a.parse::<std::net::IpAddr>().ok()) {
+            Some(ip) => (std::net::SocketAddr::new(ip, 0).to_string(), 0),
+            None => {
+                let port = self.peer_address.rsplit_once(':');
+                let port = port.and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+                (self.peer_address.clone(), port)
+            }
         }
     }
 }
@@ -718,7 +814,12 @@ impl Run<'_> {
         let text = |v: &str| v.as_bytes().to_vec();
         let int = |v: i64| v.to_le_bytes().to_vec();
         let size = request.body.len() as i64;
-        for (key, value) in [
+        let source = request.source_address();
+        // The previous request's connection is not this one's.
+        state
+            .properties
+            .retain(|k, _| !k.starts_with("connection."));
+        for (key, value) in Tls::properties(request.tls.as_ref()).into_iter().chain([
             ("request.path", text(&request.path)),
             (
                 "request.url_path",
@@ -731,8 +832,8 @@ impl Run<'_> {
             ("request.id", text(&id)),
             ("request.time", int(now as i64)),
             ("request.size", int(size)),
-            ("source.address", text("127.0.0.1:40000")),
-            ("source.port", int(40000)),
+            ("source.address", text(&source.0)),
+            ("source.port", int(source.1)),
             ("destination.address", text("127.0.0.1:10000")),
             ("destination.port", int(10000)),
             ("xds.route_name", text(&request.route_name)),
@@ -751,7 +852,7 @@ impl Run<'_> {
                 "xds.cluster_metadata",
                 crate::proto::metadata_from_json(&request.cluster_metadata),
             ),
-        ] {
+        ]) {
             state.properties.insert(key.to_string(), value);
         }
         state.properties.remove("response.code");

@@ -448,6 +448,8 @@ struct PluginData {
     /// What `p.metadata()`, `p.route_metadata()` and `p.cluster_metadata()` gave, in that
     /// order: every request carries it (its own namespaces first).
     metadata: RefCell<[Metadata; 3]>,
+    /// The connection's TLS for requests that don't give their own (`p.tls(…)`; null: plain).
+    tls: RefCell<Value>,
 }
 
 /// A request sent by a test, and all it did.
@@ -639,6 +641,7 @@ fn load(session: &Session, path: &str, config: &Dynamic, settings: &Map) -> Rhai
             upstream: RefCell::new(Upstream::Given(Response::new(200, Vec::new()))),
             answers: RefCell::default(),
             metadata: RefCell::default(),
+            tls: RefCell::new(Value::Null),
         }))),
         Err(e) => fail(format!("plugin({path:?})"), e),
     }
@@ -671,10 +674,15 @@ impl TestPlugin {
         response: Option<&Dynamic>,
     ) -> RhaiResult<Exchange> {
         let mut request = match request.read_lock::<ImmutableString>() {
-            Some(path) => spec::request(&serde_json::json!({ "path": path.as_str() })),
-            None => spec::request(&to_json("send()", request)?),
+            Some(path) => serde_json::json!({ "path": path.as_str() }),
+            None => to_json("send()", request)?,
+        };
+        if let Value::Object(fields) = &mut request {
+            if !fields.contains_key("tls") {
+                fields.insert("tls".into(), self.0.tls.borrow().clone());
+            }
         }
-        .map_err(|e| format!("send(): {e}"))?;
+        let mut request = spec::request(&request).map_err(|e| format!("send(): {e}"))?;
         let given = self.0.metadata.borrow();
         for (kind, into) in given.iter().zip([
             &mut request.metadata,
@@ -980,6 +988,15 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
     engine.register_fn("add_cluster", |p: &mut TestPlugin, cluster: &str| {
         p.0.emulator.add_cluster(cluster)
     });
+    engine.register_fn(
+        "tls",
+        |p: &mut TestPlugin, tls: Dynamic| -> RhaiResult<()> {
+            let tls = to_json("tls()", &tls)?;
+            spec::tls(&tls).map_err(|e| format!("tls(): {e}"))?;
+            *p.0.tls.borrow_mut() = tls;
+            Ok(())
+        },
+    );
 
     // What other filters decided, and the route's and the cluster's metadata.
     for (i, name) in ["metadata", "route_metadata", "cluster_metadata"]

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::emulator::{
     header, Callout, Forwarded, Headers, LogLine, Metadata, Metric, Outcome, Reply, Request,
-    Response,
+    Response, Tls,
 };
 use crate::host::{LogLevel, MetricType};
 
@@ -27,6 +27,19 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "metadata",
     "route_metadata",
     "cluster_metadata",
+    "peer_address",
+    "tls",
+];
+/// The fields of a request's `tls` (the connection's TLS as Envoy reports it).
+pub const TLS_FIELDS: &[&str] = &[
+    "version",
+    "sni",
+    "peer_certificate_presented",
+    "peer_subject",
+    "subject",
+    "uri_sans",
+    "dns_sans",
+    "peer_certificate_sha256",
 ];
 /// The fields a response (or a callout answer) may have.
 pub const RESPONSE_FIELDS: &[&str] = &[
@@ -82,6 +95,12 @@ pub fn request(value: &Value) -> Result<Request, String> {
             *into = metadata(&format!("request.{name}"), v)?;
         }
     }
+    if let Some(v) = fields.get("peer_address") {
+        r.peer_address = text("request.peer_address", v)?;
+    }
+    if let Some(v) = fields.get("tls") {
+        r.tls = tls(v)?;
+    }
     Ok(r)
 }
 
@@ -97,6 +116,57 @@ pub fn metadata(what: &str, value: &Value) -> Result<Metadata, String> {
             other => Err(format!("{what}.{name} must be a map, got {other}")),
         })
         .collect()
+}
+
+/// A connection's TLS: `null` for plain HTTP, else a map of [`TLS_FIELDS`] (defaults: TLS 1.3,
+/// no client certificate; `peer_certificate_presented` defaults to whether a client subject,
+/// SAN or digest is given).
+pub fn tls(value: &Value) -> Result<Option<Tls>, String> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let fields = object("request.tls", value, TLS_FIELDS)?;
+    let mut t = Tls::default();
+    for (name, into) in [
+        ("version", &mut t.version),
+        ("sni", &mut t.sni),
+        ("peer_subject", &mut t.peer_subject),
+        ("subject", &mut t.subject),
+        ("peer_certificate_sha256", &mut t.peer_certificate_sha256),
+    ] {
+        if let Some(v) = fields.get(name) {
+            *into = text(&format!("request.tls.{name}"), v)?;
+        }
+    }
+    for (name, into) in [("uri_sans", &mut t.uri_sans), ("dns_sans", &mut t.dns_sans)] {
+        match fields.get(name) {
+            None => {}
+            Some(Value::Array(items)) => {
+                *into = items
+                    .iter()
+                    .map(|v| text(&format!("request.tls.{name}"), v))
+                    .collect::<Result<_, _>>()?;
+            }
+            Some(other) => {
+                return Err(format!("request.tls.{name} must be an array, got {other}"));
+            }
+        }
+    }
+    t.peer_certificate_presented = match fields.get("peer_certificate_presented") {
+        None => {
+            !(t.peer_subject.is_empty()
+                && t.uri_sans.is_empty()
+                && t.dns_sans.is_empty()
+                && t.peer_certificate_sha256.is_empty())
+        }
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "request.tls.peer_certificate_presented must be a bool, got {other}"
+            ))
+        }
+    };
+    Ok(Some(t))
 }
 
 /// An upstream response from its description; defaults: 200, no headers, no body.

@@ -18,6 +18,8 @@ mod support;
 
 mod agreement;
 mod callouts;
+mod compression;
+mod connection;
 mod faults;
 mod gateway;
 mod hardening_headers;

@@ -45,6 +45,11 @@ pub struct EnvoyBuilder {
     filter_text: Option<String>,
     /// The listener comes from an LDS file, so [`Envoy::reconfigure`] can update it.
     dynamic_listener: bool,
+    /// HTTP filters before the plugin's, and between it and the router.
+    filters_before: Vec<Value>,
+    filters_after: Vec<Value>,
+    /// The listener terminates TLS with the certificates of this [`TestCerts`] directory.
+    tls_dir: Option<PathBuf>,
 }
 
 impl EnvoyBuilder {
@@ -64,6 +69,9 @@ impl EnvoyBuilder {
             websocket: false,
             filter_text: None,
             dynamic_listener: false,
+            filters_before: Vec::new(),
+            filters_after: Vec::new(),
+            tls_dir: None,
         }
     }
 
@@ -136,6 +144,27 @@ impl EnvoyBuilder {
     /// bootstrap is then written as YAML with the text spliced in as it is.
     pub fn http_filter_text(mut self, text: &str) -> Self {
         self.filter_text = Some(text.to_string());
+        self
+    }
+
+    /// An HTTP filter before the plugin's: it sees requests before the plugin and responses
+    /// after it (Envoy runs response filters in reverse order).
+    pub fn http_filter_before(mut self, filter: Value) -> Self {
+        self.filters_before.push(filter);
+        self
+    }
+
+    /// An HTTP filter between the plugin's and the router: it sees responses before the plugin.
+    pub fn http_filter_after(mut self, filter: Value) -> Self {
+        self.filters_after.push(filter);
+        self
+    }
+
+    /// The listener speaks TLS only, with `certs`' server certificate, and asks clients for a
+    /// certificate signed by its CA without requiring one (`require_client_certificate:
+    /// false`); the `tls_inspector` listener filter reads the client's SNI.
+    pub fn tls_listener(mut self, certs: &super::TestCerts) -> Self {
+        self.tls_dir = Some(certs.dir.clone());
         self
     }
 
@@ -266,13 +295,14 @@ impl EnvoyBuilder {
                     "routes": routes
                 }]
             },
-            "http_filters": [
-                wasm,
-                {
+            "http_filters": self.filters_before.iter().cloned()
+                .chain([wasm])
+                .chain(self.filters_after.iter().cloned())
+                .chain([json!({
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                }
-            ]
+                })])
+                .collect::<Vec<_>>()
         });
         if self.trailers {
             hcm["http_protocol_options"] = json!({"enable_trailers": true});
@@ -290,6 +320,27 @@ impl EnvoyBuilder {
         });
         if let Some(limit) = self.buffer_limit {
             listener["per_connection_buffer_limit_bytes"] = json!(limit);
+        }
+        if let Some(dir) = &self.tls_dir {
+            let file = |name: &str| json!({"filename": dir.join(name)});
+            listener["listener_filters"] = json!([{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+            }]);
+            listener["filter_chains"][0]["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": false,
+                    "common_tls_context": {
+                        "tls_certificates": [{
+                            "certificate_chain": file("server.crt"),
+                            "private_key": file("server.key")
+                        }],
+                        "validation_context": {"trusted_ca": file("ca.crt")}
+                    }
+                }
+            });
         }
         let mut clusters = vec![
             self.cluster_json("upstream", upstream_port),
@@ -321,6 +372,13 @@ pub(super) fn write_atomically(path: &Path, value: &Value) {
 /// Puts `plugin_config` (as JSON text) into the plugin's filter of `listener`, a listener of
 /// [`EnvoyBuilder::bootstrap`].
 pub(super) fn set_plugin_config(listener: &mut Value, plugin_config: &Value) {
-    let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+    let filters = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+    let filter = filters
+        .as_array_mut()
+        .and_then(|f| {
+            f.iter_mut()
+                .find(|f| f["name"] == "envoy.filters.http.wasm")
+        })
+        .expect("the plugin's filter");
     filter["typed_config"]["config"]["configuration"]["value"] = json!(plugin_config.to_string());
 }

@@ -7,18 +7,21 @@
 //!   [`EnvoyBuilder`], an Envoy's options: the plugin as its HTTP filter, an `upstream`
 //!   cluster (the route's target) and a `callout` cluster (a second echo server); options add
 //!   clusters, named routes (for `xds.route_name`), more workers (`--concurrency`), HTTP/1.1
-//!   trailers, or take the filter as text (e.g. what `proxy-rhai deploy envoy` prints, then
-//!   read by Envoy as YAML).
+//!   trailers, other HTTP filters before or after the plugin's, a TLS listener, or take the
+//!   filter as text (e.g. what `proxy-rhai deploy envoy` prints, then read by Envoy as YAML).
 //! - [`envoy`]: [`Envoy`], that Envoy running: start, stop, log, stats, memory, health.
 //! - [`http`]: the client's requests to it, and [`Reply`], what the client got.
 //! - [`upstream`]: [`Upstream`], an HTTP/1.1 echo server with a few behaviours chosen by path,
 //!   and [`Echo`], what it saw.
 //! - [`messages`]: numbers read out of error messages.
+//! - [`tls`]: [`TestCerts`], a CA and server and client certificates made with `openssl`, for
+//!   a TLS listener ([`EnvoyBuilder::tls_listener`]), and [`tls_request`], `curl` to it.
 
 mod bootstrap;
 mod envoy;
 mod http;
 mod messages;
+mod tls;
 mod upstream;
 mod wire;
 
@@ -26,4 +29,7 @@ pub use bootstrap::{wasm_path, EnvoyBuilder};
 pub use envoy::{vm_failures, Envoy};
 pub use http::{assert_status, set_linger_zero, Reply};
 pub use messages::number_before;
-pub use upstream::{pattern, Upstream};
+pub use tls::{
+    assert_healthy_tls, tls_request, TestCerts, CLIENT_DNS_SAN, CLIENT_URI_SAN, SERVER_NAME,
+};
+pub use upstream::{pattern, Upstream, GZIP_JSON};

@@ -31,6 +31,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 /// | `/bytes/N` | N bytes of [`pattern`], with content-length |
 /// | `/chunks/K/N` | K chunks of N bytes each (the pattern, continued), chunked encoding |
 /// | `/json` | `{"fixed":"json","n":1}` |
+/// | `/gzip-json`, `/br-json` | [`GZIP_JSON`] compressed, `content-encoding: gzip` or `br`, whatever the request's `accept-encoding` |
 /// | `/delay/MS` | the echo, after MS milliseconds (at most 10 s) |
 /// | `/headers?a=1&b=2&a=3` | the echo, with those response headers (in that order) |
 /// | `/token` | 200, `x-token: abc`, `{"token":"abc"}` (a callout target) |
@@ -258,6 +259,15 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
             w.flush()
         }
         ["json"] => write_response(w, 200, &json_type(), br#"{"fixed":"json","n":1}"#),
+        [coded @ ("gzip-json" | "br-json")] => {
+            let (coding, body) = match *coded {
+                "gzip-json" => ("gzip", gzip(GZIP_JSON.as_bytes())),
+                _ => ("br", brotli(GZIP_JSON.as_bytes())),
+            };
+            let mut headers = json_type();
+            headers.push(("content-encoding".to_string(), coding.to_string()));
+            write_response(w, 200, &headers, &body)
+        }
         ["trailers"] => {
             let body = echo_json(req, None);
             let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
@@ -310,6 +320,55 @@ fn answer(req: &Request, state: &ServerState, w: &mut TcpStream) -> io::Result<(
         }
         _ => write_response(w, 200, &json_type(), &echo_json(req, None)),
     }
+}
+
+/// The JSON `/gzip-json` and `/br-json` serve (compressed).
+pub const GZIP_JSON: &str =
+    r#"{"user":"ann","password":"hunter2","ssn":"123-45-6789","items":[1,2,3]}"#;
+
+/// `data` in the gzip format (RFC 1952), its deflate stream made of stored blocks: real gzip
+/// that any decoder reads, without a compression library.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut blocks = data.chunks(0xffff).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        let last = u8::from(blocks.peek().is_none());
+        let len = block.len() as u16;
+        out.push(last);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// `data` (1 to 65,536 bytes) in the brotli format (RFC 7932) as one uncompressed meta-block:
+/// a window of 2^16 (WBITS: one 0 bit), the meta-block header (ISLAST 0, four nibbles of
+/// MLEN-1, ISUNCOMPRESSED 1, padded to a byte), the bytes, then an empty last meta-block.
+fn brotli(data: &[u8]) -> Vec<u8> {
+    assert!((1..=1 << 16).contains(&data.len()));
+    let header = ((data.len() as u32 - 1) << 4) | (1 << 20);
+    let mut out = header.to_le_bytes()[..3].to_vec();
+    out.extend_from_slice(data);
+    out.push(0b11); // ISLAST, ISLASTEMPTY
+    out
+}
+
+/// CRC-32 (IEEE), bit by bit: the test's bodies are small.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }
 
 /// Counts one more request at barrier `name` and waits until `n` have come (false when
