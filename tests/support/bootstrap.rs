@@ -43,6 +43,14 @@ pub struct EnvoyBuilder {
     filter_text: Option<String>,
     /// The listener comes from an LDS file, so [`Envoy::reconfigure`] can update it.
     dynamic_listener: bool,
+    /// HTTP filters before the plugin's, in order (Envoy's own: `jwt_authn`, `ext_authz`, …).
+    filters_before: Vec<Value>,
+    /// `metadata` of the catch-all route and of the `upstream` cluster.
+    route_metadata: Option<Value>,
+    upstream_metadata: Option<Value>,
+    /// A file access log (`access.log` in the Envoy's folder) with this format, one line a
+    /// request.
+    access_log_format: Option<String>,
 }
 
 impl EnvoyBuilder {
@@ -61,7 +69,37 @@ impl EnvoyBuilder {
             websocket: false,
             filter_text: None,
             dynamic_listener: false,
+            filters_before: Vec::new(),
+            route_metadata: None,
+            upstream_metadata: None,
+            access_log_format: None,
         }
+    }
+
+    /// An HTTP filter (as Envoy's JSON) before the plugin's; several go in the order given.
+    pub fn filter_before(mut self, filter: Value) -> Self {
+        self.filters_before.push(filter);
+        self
+    }
+
+    /// The catch-all route's `metadata` (`{"filter_metadata": {…}}`).
+    pub fn route_metadata(mut self, metadata: Value) -> Self {
+        self.route_metadata = Some(metadata);
+        self
+    }
+
+    /// The `upstream` cluster's `metadata` (`{"filter_metadata": {…}}`).
+    pub fn upstream_metadata(mut self, metadata: Value) -> Self {
+        self.upstream_metadata = Some(metadata);
+        self
+    }
+
+    /// A file access log, one line a request in this format (Envoy's command operators, e.g.
+    /// `%FILTER_STATE(wasm.tenant:PLAIN)%`; the newline is added); read it with
+    /// [`super::Envoy::access_log`].
+    pub fn access_log(mut self, format: &str) -> Self {
+        self.access_log_format = Some(format!("{format}\n"));
+        self
     }
 
     /// An extra cluster `name` pointing at 127.0.0.1:`port`.
@@ -145,6 +183,18 @@ impl EnvoyBuilder {
         callout_port: u16,
     ) -> (PathBuf, Option<(PathBuf, Value)>) {
         let mut config = self.bootstrap(upstream_port, callout_port);
+        if let Some(format) = &self.access_log_format {
+            let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]
+                ["filters"][0]["typed_config"];
+            hcm["access_log"] = json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": dir.join(ACCESS_LOG),
+                    "log_format": {"text_format_source": {"inline_string": format}}
+                }
+            }]);
+        }
         let lds = self.dynamic_listener.then(|| {
             let mut listener = config["static_resources"]["listeners"][0].take();
             listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
@@ -237,7 +287,17 @@ impl EnvoyBuilder {
                 json!({"name": name, "match": {"prefix": prefix}, "route": target})
             })
             .collect();
-        routes.push(json!({"match": {"prefix": "/"}, "route": route}));
+        let mut catch_all = json!({"match": {"prefix": "/"}, "route": route});
+        if let Some(metadata) = &self.route_metadata {
+            catch_all["metadata"] = metadata.clone();
+        }
+        routes.push(catch_all);
+        let mut http_filters = self.filters_before.clone();
+        http_filters.push(wasm);
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
         let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "ingress",
@@ -250,13 +310,7 @@ impl EnvoyBuilder {
                     "routes": routes
                 }]
             },
-            "http_filters": [
-                wasm,
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                }
-            ]
+            "http_filters": http_filters
         });
         if self.trailers {
             hcm["http_protocol_options"] = json!({"enable_trailers": true});
@@ -275,10 +329,11 @@ impl EnvoyBuilder {
         if let Some(limit) = self.buffer_limit {
             listener["per_connection_buffer_limit_bytes"] = json!(limit);
         }
-        let mut clusters = vec![
-            self.cluster_json("upstream", upstream_port),
-            self.cluster_json("callout", callout_port),
-        ];
+        let mut upstream = self.cluster_json("upstream", upstream_port);
+        if let Some(metadata) = &self.upstream_metadata {
+            upstream["metadata"] = metadata.clone();
+        }
+        let mut clusters = vec![upstream, self.cluster_json("callout", callout_port)];
         clusters.extend(self.clusters.iter().map(|(n, p)| self.cluster_json(n, *p)));
         clusters.extend(
             self.upstream_aliases
@@ -291,6 +346,9 @@ impl EnvoyBuilder {
         })
     }
 }
+
+/// The access log's file, in the Envoy's folder.
+pub(super) const ACCESS_LOG: &str = "access.log";
 
 /// Stands for the plugin's filter in a bootstrap given [`EnvoyBuilder::http_filter_text`].
 const FILTER_PLACEHOLDER: &str = "__PROXY_RHAI_FILTER__";
@@ -305,6 +363,12 @@ pub(super) fn write_atomically(path: &Path, value: &Value) {
 /// Puts `plugin_config` (as JSON text) into the plugin's filter of `listener`, a listener of
 /// [`EnvoyBuilder::bootstrap`].
 pub(super) fn set_plugin_config(listener: &mut Value, plugin_config: &Value) {
-    let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+    let filters = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+    let Some(filter) = filters.as_array_mut().and_then(|f| {
+        f.iter_mut()
+            .find(|f| f["name"] == "envoy.filters.http.wasm")
+    }) else {
+        panic!("the listener has no wasm filter")
+    };
     filter["typed_config"]["config"]["configuration"]["value"] = json!(plugin_config.to_string());
 }
