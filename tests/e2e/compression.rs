@@ -92,7 +92,7 @@ fn decompressed_for_a_chunk_function(library: &str, path: &str) {
         }
     "#;
     let envoy = Envoy::builder(json!({ "script": script }))
-        .http_filter_after(coding_filter("decompressor", "Decompressor", library))
+        .filter_after(coding_filter("decompressor", "Decompressor", library))
         .start();
     let reply = envoy.get(path);
     assert_status(&reply, 200);
@@ -105,7 +105,7 @@ fn decompressed_for_a_chunk_function(library: &str, path: &str) {
 #[test]
 fn a_compressor_before_the_plugin_compresses_what_json_rewrite_wrote() {
     let envoy = Envoy::builder(json_rewrite())
-        .http_filter_before(coding_filter("compressor", "Compressor", "gzip"))
+        .filter_before(coding_filter("compressor", "Compressor", "gzip"))
         .start();
     let reply = envoy.request("GET", "/echo", &[("accept-encoding", "gzip")], b"");
     assert_status(&reply, 200);

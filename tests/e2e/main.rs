@@ -18,6 +18,7 @@ mod support;
 
 mod agreement;
 mod callouts;
+mod composition;
 mod compression;
 mod connection;
 mod faults;

@@ -50,6 +50,12 @@ pub struct EnvoyBuilder {
     filters_after: Vec<Value>,
     /// The listener terminates TLS with the certificates of this [`TestCerts`] directory.
     tls_dir: Option<PathBuf>,
+    /// `metadata` of the catch-all route and of the `upstream` cluster.
+    route_metadata: Option<Value>,
+    upstream_metadata: Option<Value>,
+    /// A file access log (`access.log` in the Envoy's folder) with this format, one line a
+    /// request.
+    access_log_format: Option<String>,
 }
 
 impl EnvoyBuilder {
@@ -72,7 +78,38 @@ impl EnvoyBuilder {
             filters_before: Vec::new(),
             filters_after: Vec::new(),
             tls_dir: None,
+            route_metadata: None,
+            upstream_metadata: None,
+            access_log_format: None,
         }
+    }
+
+    /// An HTTP filter (as Envoy's JSON) before the plugin's; several go in the order given. It
+    /// sees requests before the plugin and responses after it (Envoy runs response filters in
+    /// reverse order).
+    pub fn filter_before(mut self, filter: Value) -> Self {
+        self.filters_before.push(filter);
+        self
+    }
+
+    /// The catch-all route's `metadata` (`{"filter_metadata": {…}}`).
+    pub fn route_metadata(mut self, metadata: Value) -> Self {
+        self.route_metadata = Some(metadata);
+        self
+    }
+
+    /// The `upstream` cluster's `metadata` (`{"filter_metadata": {…}}`).
+    pub fn upstream_metadata(mut self, metadata: Value) -> Self {
+        self.upstream_metadata = Some(metadata);
+        self
+    }
+
+    /// A file access log, one line a request in this format (Envoy's command operators, e.g.
+    /// `%FILTER_STATE(wasm.tenant:PLAIN)%`; the newline is added); read it with
+    /// [`super::Envoy::access_log`].
+    pub fn access_log(mut self, format: &str) -> Self {
+        self.access_log_format = Some(format!("{format}\n"));
+        self
     }
 
     /// An extra cluster `name` pointing at 127.0.0.1:`port`.
@@ -147,15 +184,8 @@ impl EnvoyBuilder {
         self
     }
 
-    /// An HTTP filter before the plugin's: it sees requests before the plugin and responses
-    /// after it (Envoy runs response filters in reverse order).
-    pub fn http_filter_before(mut self, filter: Value) -> Self {
-        self.filters_before.push(filter);
-        self
-    }
-
     /// An HTTP filter between the plugin's and the router: it sees responses before the plugin.
-    pub fn http_filter_after(mut self, filter: Value) -> Self {
+    pub fn filter_after(mut self, filter: Value) -> Self {
         self.filters_after.push(filter);
         self
     }
@@ -185,6 +215,18 @@ impl EnvoyBuilder {
         callout_port: u16,
     ) -> (PathBuf, Option<(PathBuf, Value)>) {
         let mut config = self.bootstrap(upstream_port, callout_port);
+        if let Some(format) = &self.access_log_format {
+            let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]
+                ["filters"][0]["typed_config"];
+            hcm["access_log"] = json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": dir.join(ACCESS_LOG),
+                    "log_format": {"text_format_source": {"inline_string": format}}
+                }
+            }]);
+        }
         let lds = self.dynamic_listener.then(|| {
             let mut listener = config["static_resources"]["listeners"][0].take();
             listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
@@ -277,7 +319,11 @@ impl EnvoyBuilder {
                 json!({"name": name, "match": {"prefix": prefix}, "route": target})
             })
             .collect();
-        routes.push(json!({"match": {"prefix": "/"}, "route": route}));
+        let mut catch_all = json!({"match": {"prefix": "/"}, "route": route});
+        if let Some(metadata) = &self.route_metadata {
+            catch_all["metadata"] = metadata.clone();
+        }
+        routes.push(catch_all);
         for (i, (name, matcher, cluster)) in self.matched_routes.iter().enumerate() {
             let mut target = route.clone();
             target["cluster"] = json!(cluster);
@@ -342,10 +388,11 @@ impl EnvoyBuilder {
                 }
             });
         }
-        let mut clusters = vec![
-            self.cluster_json("upstream", upstream_port),
-            self.cluster_json("callout", callout_port),
-        ];
+        let mut upstream = self.cluster_json("upstream", upstream_port);
+        if let Some(metadata) = &self.upstream_metadata {
+            upstream["metadata"] = metadata.clone();
+        }
+        let mut clusters = vec![upstream, self.cluster_json("callout", callout_port)];
         clusters.extend(self.clusters.iter().map(|(n, p)| self.cluster_json(n, *p)));
         clusters.extend(
             self.upstream_aliases
@@ -358,6 +405,9 @@ impl EnvoyBuilder {
         })
     }
 }
+
+/// The access log's file, in the Envoy's folder.
+pub(super) const ACCESS_LOG: &str = "access.log";
 
 /// Stands for the plugin's filter in a bootstrap given [`EnvoyBuilder::http_filter_text`].
 const FILTER_PLACEHOLDER: &str = "__PROXY_RHAI_FILTER__";
@@ -373,12 +423,11 @@ pub(super) fn write_atomically(path: &Path, value: &Value) {
 /// [`EnvoyBuilder::bootstrap`].
 pub(super) fn set_plugin_config(listener: &mut Value, plugin_config: &Value) {
     let filters = &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
-    let filter = filters
-        .as_array_mut()
-        .and_then(|f| {
-            f.iter_mut()
-                .find(|f| f["name"] == "envoy.filters.http.wasm")
-        })
-        .expect("the plugin's filter");
+    let Some(filter) = filters.as_array_mut().and_then(|f| {
+        f.iter_mut()
+            .find(|f| f["name"] == "envoy.filters.http.wasm")
+    }) else {
+        panic!("the listener has no wasm filter")
+    };
     filter["typed_config"]["config"]["configuration"]["value"] = json!(plugin_config.to_string());
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::bootstrap::{set_plugin_config, write_atomically, EnvoyBuilder};
+use super::bootstrap::{set_plugin_config, write_atomically, EnvoyBuilder, ACCESS_LOG};
 use super::http::{exchange, request_head, Reply};
 use super::upstream::Upstream;
 
@@ -301,6 +301,21 @@ impl Envoy {
             let log = self.read_log();
             if log.matches(MARKER).count() > before || Instant::now() > deadline {
                 return log;
+            }
+            thread::sleep(Duration::from_millis(LOG_FLUSH_MS / 2));
+        }
+    }
+
+    /// The access log's lines ([`EnvoyBuilder::access_log`]), once it has at least `count`
+    /// (waits at most 10 s: Envoy writes it every few milliseconds, after each response).
+    pub fn access_log(&self, count: usize) -> Vec<String> {
+        let path = self.dir.join(ACCESS_LOG);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if lines.len() >= count || Instant::now() > deadline {
+                return lines;
             }
             thread::sleep(Duration::from_millis(LOG_FLUSH_MS / 2));
         }

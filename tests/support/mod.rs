@@ -7,8 +7,10 @@
 //!   [`EnvoyBuilder`], an Envoy's options: the plugin as its HTTP filter, an `upstream`
 //!   cluster (the route's target) and a `callout` cluster (a second echo server); options add
 //!   clusters, named routes (for `xds.route_name`), more workers (`--concurrency`), HTTP/1.1
-//!   trailers, other HTTP filters before or after the plugin's, a TLS listener, or take the
-//!   filter as text (e.g. what `proxy-rhai deploy envoy` prints, then read by Envoy as YAML).
+//!   trailers, HTTP filters before or after the plugin's (Envoy's own: `jwt_authn`,
+//!   `ext_authz`, a decompressor, …), route and cluster metadata, a file access log, a TLS
+//!   listener, or take the filter as text (e.g. what `proxy-rhai deploy envoy` prints, then
+//!   read by Envoy as YAML).
 //! - [`envoy`]: [`Envoy`], that Envoy running: start, stop, log, stats, memory, health.
 //! - [`http`]: the client's requests to it, and [`Reply`], what the client got.
 //! - [`upstream`]: [`Upstream`], an HTTP/1.1 echo server with a few behaviours chosen by path,
