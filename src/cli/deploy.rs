@@ -137,8 +137,18 @@ fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), Strin
         .map_err(|e| format!("{}: {e}", what.display()))
 }
 
+/// The plugin's key that says the proxy runs it with Envoy's option of the same name.
+const STOP_ITERATION: &str = "allow_on_headers_stop_iteration";
+
 fn envoy(args: &EnvoyArgs) -> Result<String, String> {
-    let configuration = plugin_configuration(&args.script, &args.configuration)?;
+    let mut configuration = plugin_configuration(&args.script, &args.configuration)?;
+    // Envoy's option and the plugin's key go together (one without the other holds requests
+    // or leaves body phases without headers); on unless the configuration turns it off, for
+    // an Envoy older than 1.35, which refuses the option.
+    let stop_iteration = configuration.get(STOP_ITERATION) != Some(&Value::Bool(false));
+    if stop_iteration {
+        configuration.insert(STOP_ITERATION.into(), Value::Bool(true));
+    }
     validate(&args.script, &configuration)?;
     let value = Value::Object(configuration).to_string();
     let doc = map([
@@ -177,6 +187,7 @@ fn envoy(args: &EnvoyArgs) -> Result<String, String> {
                                 ("value", Doc::Str(value)),
                             ]),
                         ),
+                        (STOP_ITERATION, Doc::Raw(stop_iteration.to_string())),
                     ]),
                 ),
             ]),
@@ -298,6 +309,13 @@ fn higress_resource(args: &HigressArgs, matches: Option<&ArgMatches>) -> Result<
     let configuration = plugin_configuration(&args.script, &args.configuration)?;
     if configuration.contains_key("_rules_") {
         return Err("--plugin-config: give Higress rules with --rule, not \"_rules_\" (Higress makes them from spec.matchRules)".into());
+    }
+    if configuration.get(STOP_ITERATION) == Some(&Value::Bool(true)) {
+        return Err(format!(
+            "--plugin-config: Higress doesn't set Envoy's {STOP_ITERATION}, which \
+             \"{STOP_ITERATION}\": true needs (without it a request whose body a body phase \
+             buffers waits until Envoy's timeouts): leave it out"
+        ));
     }
     let rules = match_rules(args, matches)?;
     // Check what Higress will hand the plugin: the default configuration and the rules.
