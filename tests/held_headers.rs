@@ -8,13 +8,20 @@ use serde_json::json;
 
 const SCRIPT: &str = r#"
 fn on_request_headers() {
-    if get_request_header("x-op") == "callout" {
+    set_context("op", get_request_header("x-op"));
+    if get_context("op") == "callout" {
         return http_get("auth", "/token", [], 1000, |status, headers, body| {
             set_context("token", body);
         });
     }
 }
 fn on_request_body() {
+    if get_context("op") == "body-callout" {
+        return http_get("auth", "/token", [], 1000, |status, headers, body| {
+            replace_request_body("from the callback");
+            add_request_header("x-from-callback", "yes");
+        });
+    }
     replace_request_body("short");
     add_request_header("x-from-body", "yes");
     remove_request_header("x-drop");
@@ -63,6 +70,13 @@ fn body_phases_write_their_headers_and_keep_content_length_exact() {
     assert_eq!(o.upstream_header("x-token").as_deref(), Some("t0k"));
     assert_eq!(o.upstream_header("content-length").as_deref(), Some("5"));
     assert_eq!(o.upstream.as_ref().unwrap().body, b"short");
+
+    // The body phase's own callout: its callback writes the body and the headers.
+    let request = Request::post("/", "abc").header("x-op", "body-callout");
+    let o = p.run_with(&request, &mut Response::ok("x"), &mut token);
+    assert_eq!(o.upstream_header("x-from-callback").as_deref(), Some("yes"));
+    assert_eq!(o.upstream_header("content-length").as_deref(), Some("17"));
+    assert_eq!(o.upstream.as_ref().unwrap().body, b"from the callback");
 
     // A response the error policy answers: its headers had not gone, so it is a response.
     let o = p.run(

@@ -33,6 +33,10 @@ fn on_request_body() {
         "grow" => append_request_body("+more"),
         "local" => return send_http_response(403, [], "denied from the body phase"),
         "fail" => throw "boom",
+        "body-callout" => return http_get("callout", "/token", [], 2000, |status, headers, body| {
+            replace_request_body("from the callback");
+            add_request_header("x-from-callback", "yes");
+        }),
     }
     if get_context("token") != () {
         add_request_header("x-token", get_context("token"));
@@ -170,6 +174,20 @@ fn body_phases_write_their_headers_with_the_option() {
     );
     assert!(
         headers.contains(&json!(["x-from-body", "yes"])),
+        "{headers:?}"
+    );
+
+    // The body phase's own callout: its callback writes the body and the headers.
+    let r = post("body-callout", "/x", b"abc");
+    let echo = serde_json::from_str::<Value>(framed(&r).strip_suffix("!!").unwrap()).unwrap();
+    assert_eq!(echo["body"], "from the callback");
+    let headers = echo["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&json!(["x-from-callback", "yes"])),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&json!(["content-length", "17"])),
         "{headers:?}"
     );
 
