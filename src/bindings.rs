@@ -228,6 +228,8 @@ pub(crate) struct Api<H> {
     pub limits: crate::config::Limits,
     /// Every bound function's name and parameters, for error messages that say what to fix.
     pub known: RefCell<Vec<crate::sandbox::KnownFn>>,
+    /// `allow_on_headers_stop_iteration`: a body phase may use its message's header map.
+    pub headers_held: bool,
 }
 
 /// Where a binding may be called.
@@ -338,6 +340,18 @@ impl<H: Host> Api<H> {
         match allowed {
             Allowed::Anywhere => Ok(phase),
             Allowed::In(phases) if phases.contains(phase) => Ok(phase),
+            Allowed::In(phases) if phases.held_in(phase) => match self.headers_held {
+                true => Ok(phase),
+                false => err(format!(
+                    "{function}() is not available in {phase}: the headers went on before the \
+                     body phase ran. To use them in {phase}, the proxy must hold them until \
+                     then: set allow_on_headers_stop_iteration to true in Envoy's wasm \
+                     PluginConfig and in the plugin configuration (`proxy-rhai deploy envoy` \
+                     sets both; Istio's WasmPlugin and Higress can't). Or write the header in \
+                     {headers}, keeping what the body phase needs with set_context",
+                    headers = phases.iter().next().map_or("", Phase::function_name),
+                )),
+            },
             Allowed::In(phases) => err(format!(
                 "{function}() is not available in {phase}: only in {phases} \
                  (the proxy gives headers only in their own phase; keep what later phases \
@@ -646,18 +660,23 @@ impl<H: Host + 'static> Api<H> {
             redactor,
             limits: limits.clone(),
             known: RefCell::default(),
+            headers_held: false,
         }
     }
 }
 
 /// Where the bindings are allowed.
+// The header maps: in their header phase, and in their body phase when the proxy holds the
+// headers for it (`allow_on_headers_stop_iteration`).
+const RQ_MAP: Allowed = Allowed::In(Phases::REQUEST_HEADERS.or_held());
+const RS_MAP: Allowed = Allowed::In(Phases::RESPONSE_HEADERS.or_held());
 const RQH: Allowed = Allowed::In(Phases::REQUEST_HEADERS);
 const RQB: Allowed = Allowed::In(Phases::REQUEST_BODY);
 const RSH: Allowed = Allowed::In(Phases::RESPONSE_HEADERS);
 const RSB: Allowed = Allowed::In(Phases::RESPONSE_BODY);
 // Envoy lets the log phase read both header maps again.
-const READ_RQH: Allowed = Allowed::In(Phases::of(&[Phase::RequestHeaders, Phase::Log]));
-const READ_RSH: Allowed = Allowed::In(Phases::of(&[Phase::ResponseHeaders, Phase::Log]));
+const READ_RQH: Allowed = Allowed::In(Phases::of(&[Phase::RequestHeaders, Phase::Log]).or_held());
+const READ_RSH: Allowed = Allowed::In(Phases::of(&[Phase::ResponseHeaders, Phase::Log]).or_held());
 const ALL: Allowed = Allowed::In(Phases::ALL);
 
 /// Registers the whole script API on `engine`, area by area (the order of `api-docs/`).

@@ -14,7 +14,9 @@
 //! - a callout callback taking more parameters than it is given;
 //! - a literal argument of a type the API function doesn't take (`send_http_response("403", …)`).
 //!
-//! Warnings are style only: a function nothing calls.
+//! Warnings: a function nothing calls; a body phase reading or writing its message's headers,
+//! which works only when the configuration says the proxy holds them
+//! (`allow_on_headers_stop_iteration`, which `deploy envoy` sets).
 //!
 //! ```
 //! use proxy_rhai::check::{check, Severity};
@@ -102,8 +104,9 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
     let engine = with_api(crate::sandbox::std_engine());
     if let Ok(ast) = engine.compile(script) {
         let parsed = Script::of(&ast);
+        let held = settings.get("allow_on_headers_stop_iteration") == Some(&Value::Bool(true));
         let mut more = uncalled_functions(script, &parsed);
-        more.extend(mistakes(&parsed, &Known::of(&engine)));
+        more.extend(mistakes(&parsed, &Known::of(&engine), held));
         more.sort_by_key(|d| (d.line, d.column));
         found.extend(more);
     }
@@ -440,11 +443,11 @@ impl Known {
 /// Mistakes that make a call fail every time it runs: an unknown function, a wrong number of
 /// arguments, a literal of a type the function doesn't take, a function used in a phase where
 /// it never works, a callback with more parameters than the call gives it.
-fn mistakes(script: &Script, known: &Known) -> Vec<Diagnostic> {
+fn mistakes(script: &Script, known: &Known, held: bool) -> Vec<Diagnostic> {
     let mut found = Vec::new();
-    let mut push = |pos: Position, message: String| {
+    let mut push = |pos: Position, (severity, message): (Severity, String)| {
         found.push(Diagnostic {
-            severity: Severity::Error,
+            severity,
             line: pos.line(),
             column: pos.position(),
             message,
@@ -460,7 +463,7 @@ fn mistakes(script: &Script, known: &Known) -> Vec<Diagnostic> {
             continue;
         }
         if let Some(message) = unknown_or_wrong_arity(script, known, c) {
-            push(c.pos, message);
+            push(c.pos, (Severity::Error, message));
             continue;
         }
         let native = c.call.args.len() + usize::from(c.method);
@@ -473,10 +476,10 @@ fn mistakes(script: &Script, known: &Known) -> Vec<Diagnostic> {
         }
         let args: Vec<&Expr> = c.call.args.iter().collect();
         if let Some(message) = wrong_literal(name, c.method, &args, &forms) {
-            push(c.pos, message);
+            push(c.pos, (Severity::Error, message));
         }
-        if let Some(message) = wrong_place(script, c.within, name, forms[0].allowed) {
-            push(c.pos, message);
+        if let Some(finding) = wrong_place(script, c.within, name, forms[0].allowed, held) {
+            push(c.pos, finding);
         }
         for (i, arg) in args.iter().enumerate() {
             let Some((pointer, curried)) = pointer_of(arg) else {
@@ -494,11 +497,14 @@ fn mistakes(script: &Script, known: &Known) -> Vec<Diagnostic> {
             if takes_callback && !params.is_empty() && params.iter().all(|n| *n > most) {
                 push(
                     arg.position(),
-                    format!(
+                    (
+                        Severity::Error,
+                        format!(
                         "the callback of `{name}` takes {} parameters, and a callout callback is \
                          given at most {most}: |{}|",
                         params[0],
                         CALLBACK_PARAMETERS.join(", ")
+                    ),
                     ),
                 );
             }
@@ -618,13 +624,16 @@ fn accepts(rust: &str, given: &str) -> bool {
     }
 }
 
-/// Why `name` can never work where the function `within` runs, if it can't.
+/// Why `name` can never work where the function `within` runs, if it can't; a warning when it
+/// works only if the proxy holds the headers for the body phase (`held`: the configuration says
+/// it does).
 fn wrong_place(
     script: &Script,
     within: Option<usize>,
     name: &str,
     allowed: Allowed,
-) -> Option<String> {
+    held: bool,
+) -> Option<(Severity, String)> {
     let f = script.fns.get(within?)?;
     let runs_in = match (f.phases == Phases::default(), f.tick) {
         (true, false) => return None, // not run by the proxy (yet): nothing to say
@@ -636,13 +645,25 @@ fn wrong_place(
         true => format!("`{}`", f.name),
         false => format!("`{}` (run from {runs_in})", f.name),
     };
+    let error = |message: String| Some((Severity::Error, message));
     match allowed {
         Allowed::Anywhere => None,
         Allowed::In(phases) if f.phases.intersects(phases) => None,
-        Allowed::In(_) | Allowed::Callback if f.phases == Phases::default() => Some(format!(
+        Allowed::In(_) | Allowed::Callback if f.phases == Phases::default() => error(format!(
             "`{name}` never works in {here}: it is only available while a request is handled"
         )),
-        Allowed::In(phases) => Some(format!(
+        Allowed::In(phases) if f.phases.iter().any(|p| phases.held_in(p)) => (!held).then(|| {
+            (
+                Severity::Warning,
+                format!(
+                    "`{name}` in {here} works only when the proxy holds the headers for the \
+                     body phase: \"allow_on_headers_stop_iteration\": true, with Envoy's option \
+                     of that name (`proxy-rhai deploy envoy` sets both; Istio and Higress \
+                     can't); without them it fails every time"
+                ),
+            )
+        }),
+        Allowed::In(phases) => error(format!(
             "`{name}` never works in {here}: it is only available in {phases}{}",
             match name.starts_with("get_") {
                 true => " (keep what a later phase needs with set_context)",
@@ -650,7 +671,7 @@ fn wrong_place(
             }
         )),
         Allowed::Callback if f.pointer => None,
-        Allowed::Callback => Some(format!(
+        Allowed::Callback => error(format!(
             "`{name}` never works in {here}: it is only available inside a callout callback"
         )),
     }
@@ -760,6 +781,28 @@ fn on_tick() { add_request_header("a", "b"); log_info("tick"); }"#,
             "fn on_request_headers() { h(); }\nfn on_response_headers() { h(); }\nfn h() { get_response_header(\"a\") }",
         );
         assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn header_writes_in_a_body_phase_need_the_held_headers() {
+        let script = "fn on_response_body() {\n  add_response_header(\"x-n\", \"1\");\n}";
+        assert_eq!(
+            messages(script),
+            [
+                "2:3: warning: `add_response_header` in `on_response_body` works only when the \
+              proxy holds the headers for the body phase: \"allow_on_headers_stop_iteration\": \
+              true, with Envoy's option of that name (`proxy-rhai deploy envoy` sets both; Istio \
+              and Higress can't); without them it fails every time"
+            ]
+        );
+        let held = serde_json::json!({"allow_on_headers_stop_iteration": true});
+        assert!(check(script, &held).is_empty());
+        // Never in another message's body phase.
+        let found = check(
+            "fn on_request_body() { add_response_header(\"x\", \"1\"); }",
+            &held,
+        );
+        assert_eq!(found[0].severity, Severity::Error, "{found:?}");
     }
 
     #[test]

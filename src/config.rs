@@ -96,6 +96,10 @@ pub struct PluginConfig {
     pub limits: Limits,
     /// What happens to a request when its script fails.
     pub error_policy: ErrorPolicy,
+    /// The proxy runs the plugin with Envoy's `allow_on_headers_stop_iteration` (the plugin
+    /// can't read Envoy's own setting): a message whose body a body phase buffers keeps its
+    /// headers until that phase has run, so the phase may write them.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 /// How much of the VM's heap the limits together may plan for: the host caps a wasm VM's
@@ -400,6 +404,8 @@ struct RawConfig {
     rules: Vec<RawRule>,
     #[serde(default)]
     tick_period_ms: u32,
+    #[serde(default)]
+    allow_on_headers_stop_iteration: bool,
 }
 
 #[derive(Deserialize)]
@@ -538,6 +544,7 @@ impl PluginConfig {
             tick_period_ms: raw.tick_period_ms,
             limits: raw.limits,
             error_policy: raw.error_policy,
+            allow_on_headers_stop_iteration: raw.allow_on_headers_stop_iteration,
         })
     }
 }
@@ -553,6 +560,7 @@ mod tests {
         assert_eq!(c.user_config, Value::Null);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.error_policy, ErrorPolicy::default());
+        assert!(!c.allow_on_headers_stop_iteration);
     }
 
     #[test]
@@ -570,6 +578,11 @@ mod tests {
             .contains("limits.max_operations = 5 is out of range"));
         assert!(err(r#"{"script": "", "error_policy": {"mode": "maybe"}}"#).contains("maybe"));
         assert!(err(r#"{"script": "", "error_policy": {"status": 99}}"#).contains("99"));
+        // A flag, not a string that reads like one.
+        assert!(
+            err(r#"{"script": "", "allow_on_headers_stop_iteration": "true"}"#)
+                .contains("expected a boolean")
+        );
     }
 
     #[test]
@@ -633,7 +646,8 @@ mod tests {
         let c = PluginConfig::parse(
             br#"{"script": "s", "config": [1],
                  "limits": {"max_operations": 2000, "max_body_size": 10},
-                 "error_policy": {"mode": "fail_open", "status": 503, "body": "busy"}}"#,
+                 "error_policy": {"mode": "fail_open", "status": 503, "body": "busy"},
+                 "allow_on_headers_stop_iteration": true}"#,
         )
         .unwrap();
         assert_eq!(c.user_config, serde_json::json!([1]));
@@ -643,5 +657,6 @@ mod tests {
         assert_eq!(c.error_policy.mode, FailMode::FailOpen);
         assert_eq!(c.error_policy.status, 503);
         assert_eq!(c.error_policy.body, "busy");
+        assert!(c.allow_on_headers_stop_iteration);
     }
 }

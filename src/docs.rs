@@ -249,8 +249,17 @@ fn allowed_text(allowed: Allowed) -> String {
         }
         Allowed::In(phases) => {
             let names: Vec<String> = phases.iter().map(|p| format!("`{p}`")).collect();
+            let held: Vec<String> = phases.iter_held().map(|p| format!("`{p}`")).collect();
+            let held = match held.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "; also {} when the plugin runs with `allow_on_headers_stop_iteration` \
+                     (see the README)",
+                    held.join(", ")
+                ),
+            };
             format!(
-                "{} (and callout callbacks dispatched there)",
+                "{} (and callout callbacks dispatched there){held}",
                 names.join(", ")
             )
         }

@@ -67,7 +67,20 @@ impl Phase {
     const fn bit(self) -> u16 {
         1 << self as u8
     }
+
+    /// The phase whose headers this body phase may use while the proxy holds them for it.
+    const fn held_headers(self) -> Option<Phase> {
+        match self {
+            Phase::RequestBody => Some(Phase::RequestHeaders),
+            Phase::ResponseBody => Some(Phase::ResponseHeaders),
+            _ => None,
+        }
+    }
 }
+
+/// The bit of a [`Phases`] that adds the body phase of its header phases when the proxy holds
+/// the headers for it (past the phases' own bits).
+const HELD: u16 = 1 << Phase::ALL.len();
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,9 +135,30 @@ impl Phases {
         self.0 & other.0 != 0
     }
 
+    /// The same set, and also the body phase (`on_request_body`, `on_response_body`) of each
+    /// header phase in it when the plugin runs with `allow_on_headers_stop_iteration`: the
+    /// proxy then holds a buffered message's headers until its body phase has run.
+    pub const fn or_held(self) -> Phases {
+        Phases(self.0 | HELD)
+    }
+
+    /// Whether `phase` is a body phase this set adds when the proxy holds the headers (see
+    /// [`Phases::or_held`]); [`Phases::contains`] doesn't count it.
+    pub const fn held_in(self, phase: Phase) -> bool {
+        match phase.held_headers() {
+            Some(headers) => self.0 & HELD != 0 && self.contains(headers),
+            None => false,
+        }
+    }
+
     /// The phases in the set, in stream order.
     pub fn iter(self) -> impl Iterator<Item = Phase> {
         Phase::ALL.into_iter().filter(move |p| self.contains(*p))
+    }
+
+    /// The body phases the set adds when the proxy holds the headers ([`Phases::or_held`]).
+    pub fn iter_held(self) -> impl Iterator<Item = Phase> {
+        Phase::ALL.into_iter().filter(move |p| self.held_in(*p))
     }
 }
 

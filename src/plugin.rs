@@ -195,7 +195,9 @@ impl<H: Host + 'static> Plugin<H> {
     }
 
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, ConfigError> {
-        let api = Rc::new(Api::new(host, &config.limits, redactor));
+        let mut api = Api::new(host, &config.limits, redactor);
+        api.headers_held = config.allow_on_headers_stop_iteration;
+        let api = Rc::new(api);
         let mut engine = sandbox::engine(sandbox::std_engine(), &config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();
         let mut compile = |source: &str, what: &str| -> Result<Rc<Script>, ConfigError> {

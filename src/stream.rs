@@ -171,6 +171,20 @@ impl Side {
             Side::Response => BufferType::HttpResponseBody,
         }
     }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Side::Request => 1,
+            Side::Response => 2,
+        }
+    }
+
+    fn headers(self) -> MapType {
+        match self {
+            Side::Request => MapType::HttpRequestHeaders,
+            Side::Response => MapType::HttpResponseHeaders,
+        }
+    }
 }
 
 /// One HTTP stream (a request and its response) handled by a plugin.
@@ -190,6 +204,13 @@ pub struct HttpStream<H: Host> {
     request_id: Option<String>,
     /// The stream became a tunnel (websocket, CONNECT): its bodies pass untouched.
     upgraded: bool,
+    /// Per side ([`Side::bit`]): the header phase returned `PAUSE` with no callout, so nothing
+    /// resumes the stream. (Bits here, not in [`SideState`]: a larger stream moved the
+    /// allocator's work per request.)
+    stopped: u8,
+    /// Per side: the plugin holds the headers until the body phase has run
+    /// (allow_on_headers_stop_iteration), and keeps their `content-length` exact.
+    holds_headers: u8,
 }
 
 /// Where one direction of the stream stands with its body and trailers.
@@ -237,6 +258,8 @@ impl<H: Host + 'static> HttpStream<H> {
             cells: SharedCells::default(),
             request_id: None,
             upgraded: false,
+            stopped: 0,
+            holds_headers: 0,
         }
     }
 
@@ -253,8 +276,7 @@ impl<H: Host + 'static> HttpStream<H> {
             self.upgraded = true;
         }
         let action = self.run_phase(Phase::RequestHeaders);
-        self.prepare_body(Side::Request, MapType::HttpRequestHeaders, end_of_stream);
-        action
+        self.prepare_body(Side::Request, end_of_stream, action)
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -269,8 +291,7 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         self.state.response_has_body = !end_of_stream;
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(Side::Response, MapType::HttpResponseHeaders, end_of_stream);
-        action
+        self.prepare_body(Side::Response, end_of_stream, action)
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -341,7 +362,30 @@ impl<H: Host + 'static> HttpStream<H> {
         if self.state.local_response_sent || self.pending(side) {
             return;
         }
-        if self.body_mode(side) == BodyMode::Streamed {
+        let mode = self.body_mode(side);
+        if mode == BodyMode::Buffered && call.phase == side.body_phase() {
+            self.fit_content_length(side);
+        }
+        let s = self.side(side);
+        if mode == BodyMode::Buffered
+            && (self.holds_headers & side.bit() != 0 || s.body_seen.is_some())
+        {
+            // The header phase's callouts are answered while the headers wait for the body
+            // phase, or the body came while they held the stream (Envoy delivers it then only
+            // with allow_on_headers_stop_iteration): the body phase lets the stream go.
+            let (ended, body_seen) = (s.ended, s.body_seen);
+            self.state.paused = None;
+            if !ended {
+                return; // the rest of the body still comes to the plugin
+            }
+            if let Some(size) = body_seen {
+                if self.on_body(side.body_phase(), size, true) == Action::Pause {
+                    return; // its own callouts (or a local response) take over
+                }
+            }
+            self.state.paused = Some(side); // for the resume below
+        }
+        if mode == BodyMode::Streamed {
             self.side_mut(side).paused_chunk = None;
             // What arrived while the callouts held the stream goes through the chunk function
             // before it resumes: Envoy forwards held data without calling the filter again.
@@ -613,18 +657,20 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// A piece of the body arrived (`size`: what the proxy's buffer holds now).
+    #[inline]
     fn on_data(&mut self, side: Side, size: usize, end_of_stream: bool) -> Action {
         if self.state.local_response_sent {
             return Action::Continue;
         }
         match self.body_mode(side) {
+            BodyMode::Untouched if self.held_back(side) => Action::Pause,
             BodyMode::Untouched => Action::Continue,
             BodyMode::Buffered => self.on_body(side.body_phase(), size, end_of_stream),
             BodyMode::Streamed => {
                 let s = self.side_mut(side);
                 s.size = size;
                 s.ended = end_of_stream;
-                if self.state.paused == Some(side) {
+                if self.held_back(side) {
                     // A chunk's callouts hold the stream: the proxy buffers what arrives, and
                     // the chunk function gets it when they are answered.
                     return Action::Pause;
@@ -649,8 +695,10 @@ impl<H: Host + 'static> HttpStream<H> {
             };
         }
         let side = Side::of(phase);
-        if !end_of_stream {
-            self.side_mut(side).body_seen = Some(body_size);
+        if !end_of_stream || self.held_back(side) {
+            let s = self.side_mut(side);
+            s.body_seen = Some(body_size);
+            s.ended = end_of_stream;
             return Action::Pause;
         }
         self.side_mut(side).body_seen = None;
@@ -658,7 +706,18 @@ impl<H: Host + 'static> HttpStream<H> {
             len: body_size,
             ..BodyView::default()
         };
-        self.run_phase(phase)
+        let action = self.run_phase(phase);
+        if action == Action::Continue {
+            self.fit_content_length(side);
+        }
+        action
+    }
+
+    /// Whether the header phase holds the stream (its callouts, or a `PAUSE`) while the body
+    /// arrives: Envoy delivers a body then only with allow_on_headers_stop_iteration (else it
+    /// holds the body back too). The body waits in the proxy's buffer.
+    fn held_back(&self, side: Side) -> bool {
+        self.state.paused == Some(side) || self.stopped & side.bit() != 0
     }
 
     /// Gives the chunk function what the proxy's buffer holds past what it already had, and
@@ -779,7 +838,16 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     fn on_trailers(&mut self, side: Side) -> Action {
-        match self.body_mode(side) {
+        let mode = self.body_mode(side);
+        if mode != BodyMode::Streamed && self.held_back(side) && !self.state.local_response_sent {
+            // The header phase holds the stream: the body phase (when it has a body) and the
+            // trailers phase run when its callouts are answered.
+            let s = self.side_mut(side);
+            s.ended = true;
+            s.trailers_deferred = true;
+            return Action::Pause;
+        }
+        match mode {
             BodyMode::Buffered => {
                 if let Some(size) = self.side(side).body_seen {
                     if self.on_body(side.body_phase(), size, true) == Action::Pause {
@@ -809,19 +877,55 @@ impl<H: Host + 'static> HttpStream<H> {
         self.run_phase(side.trailers_phase())
     }
 
-    /// A body or chunk phase may change the body's length, and the headers have gone on
-    /// before it: drop `content-length` so the message stays well-formed (the proxy frames it
-    /// anew).
-    fn prepare_body(&mut self, side: Side, headers: MapType, end_of_stream: bool) {
-        if !end_of_stream
-            && self.body_mode(side) != BodyMode::Untouched
-            && !self.state.local_response_sent
-        {
-            let _ = self
-                .plugin
-                .api
-                .host
-                .remove_map_value(headers, "content-length");
+    /// After a header phase (`action`: what it returned), before the body. A body or chunk
+    /// phase may change the body's length: when the headers go on before it, drop
+    /// `content-length` so the message stays well-formed (the proxy frames it anew). With
+    /// allow_on_headers_stop_iteration the plugin holds a buffered message's headers instead
+    /// (Envoy then delivers the body while they wait), and sets `content-length` after the body
+    /// phase.
+    #[inline]
+    fn prepare_body(&mut self, side: Side, end_of_stream: bool, action: Action) -> Action {
+        if end_of_stream || self.state.local_response_sent {
+            return action;
+        }
+        if action == Action::Pause && !self.pending(side) {
+            self.stopped |= side.bit();
+        }
+        let mode = self.body_mode(side);
+        if mode == BodyMode::Untouched {
+            return action;
+        }
+        if mode == BodyMode::Buffered && self.plugin.config.allow_on_headers_stop_iteration {
+            self.holds_headers |= side.bit();
+            return Action::Pause;
+        }
+        let _ = self
+            .plugin
+            .api
+            .host
+            .remove_map_value(side.headers(), "content-length");
+        action
+    }
+
+    /// After the body phase, while the plugin holds the headers: a `content-length` they
+    /// have is set to the body's length as the phase left it.
+    fn fit_content_length(&mut self, side: Side) {
+        if self.holds_headers & side.bit() == 0 {
+            return;
+        }
+        self.holds_headers &= !side.bit();
+        let len = self.state.view(side.buffer()).len.to_string();
+        let host = &self.plugin.api.host;
+        let map = side.headers();
+        if let Ok(Some(old)) = host.get_map_value(map, "content-length") {
+            if old != len.as_bytes() {
+                if let Err(status) = host.replace_map_value(map, "content-length", len.as_bytes()) {
+                    self.plugin.api.log_plugin(
+                        LogLevel::Warn,
+                        &format!("setting content-length failed: {status:?}"),
+                    );
+                }
+            }
         }
     }
 

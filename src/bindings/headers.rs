@@ -60,7 +60,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     header_maps! { reg;
     {
         map: MapType::HttpRequestHeaders, stem: "request_header", noun: "request header",
-        all: headers, read: READ_RQH, write: RQH,
+        all: headers, read: READ_RQH, write: RQ_MAP,
         get_all: ". Pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) come first.",
         r#"fn on_request_headers() {
     for h in get_request_headers() {
@@ -93,7 +93,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     }
     {
         map: MapType::HttpResponseHeaders, stem: "response_header", noun: "response header",
-        all: headers, read: READ_RSH, write: RSH,
+        all: headers, read: READ_RSH, write: RS_MAP,
         get_all: "; `:status` comes first.",
         r#"fn on_response_headers() {
     let n = get_response_headers().len();

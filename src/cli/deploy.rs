@@ -218,13 +218,12 @@ fn plugin_configuration(
     Ok(settings)
 }
 
-/// [`plugin_configuration`], refused as the plugin would refuse it, and checked.
-fn checked_configuration(
+/// `configuration` for `script_path`, refused as the plugin would refuse it, and checked.
+fn checked(
     script_path: &Path,
-    configuration: &Configuration,
+    configuration: Map<String, Value>,
     findings: &mut Findings,
 ) -> Result<Map<String, Value>, String> {
-    let configuration = plugin_configuration(script_path, configuration)?;
     validate(script_path, &configuration)?;
     let script = configuration
         .get("script")
@@ -232,6 +231,22 @@ fn checked_configuration(
         .unwrap_or_default();
     findings.check(script_path, script, &configuration);
     Ok(configuration)
+}
+
+/// The plugin's key that says the proxy runs it with Envoy's option of the same name.
+const STOP_ITERATION: &str = "allow_on_headers_stop_iteration";
+
+/// Refuses the key on a `target` that can't set Envoy's option: without it, a request whose
+/// body a body phase buffers would wait until Envoy's timeouts.
+fn refuse_stop_iteration(target: &str, configuration: &Map<String, Value>) -> Result<(), String> {
+    if configuration.get(STOP_ITERATION) == Some(&Value::Bool(true)) {
+        return Err(format!(
+            "--plugin-config: {target} doesn't set Envoy's {STOP_ITERATION}, which \
+             \"{STOP_ITERATION}\": true needs (without it a request whose body a body phase \
+             buffers waits until Envoy's timeouts): leave it out"
+        ));
+    }
+    Ok(())
 }
 
 fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), String> {
@@ -242,7 +257,15 @@ fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), Strin
 }
 
 fn envoy(args: &EnvoyArgs, findings: &mut Findings) -> Result<String, String> {
-    let configuration = checked_configuration(&args.script, &args.configuration, findings)?;
+    let mut configuration = plugin_configuration(&args.script, &args.configuration)?;
+    // Envoy's option and the plugin's key go together (one without the other holds requests
+    // or leaves body phases without headers); on unless the configuration turns it off, for
+    // an Envoy older than 1.35, which refuses the option.
+    let stop_iteration = configuration.get(STOP_ITERATION) != Some(&Value::Bool(false));
+    if stop_iteration {
+        configuration.insert(STOP_ITERATION.into(), Value::Bool(true));
+    }
+    let configuration = checked(&args.script, configuration, findings)?;
     let value = Value::Object(configuration).to_string();
     let doc = map([
         ("name", "envoy.filters.http.wasm".into()),
@@ -280,6 +303,7 @@ fn envoy(args: &EnvoyArgs, findings: &mut Findings) -> Result<String, String> {
                                 ("value", Doc::Str(value)),
                             ]),
                         ),
+                        (STOP_ITERATION, Doc::Raw(stop_iteration.to_string())),
                     ]),
                 ),
             ]),
@@ -406,6 +430,7 @@ fn higress_resource(
     if configuration.contains_key("_rules_") {
         return Err("--plugin-config: give Higress rules with --rule, not \"_rules_\" (Higress makes them from spec.matchRules)".into());
     }
+    refuse_stop_iteration("Higress", &configuration)?;
     let rules = match_rules(args, matches)?;
     // Check what Higress will hand the plugin: the default configuration and the rules.
     let mut effective = configuration.clone();
@@ -467,7 +492,9 @@ fn higress_resource(
 }
 
 fn istio_resource(args: &IstioArgs, findings: &mut Findings) -> Result<String, String> {
-    let configuration = checked_configuration(&args.script, &args.configuration, findings)?;
+    let configuration = plugin_configuration(&args.script, &args.configuration)?;
+    refuse_stop_iteration("Istio's WasmPlugin", &configuration)?;
+    let configuration = checked(&args.script, configuration, findings)?;
 
     let scheme = args.url.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("oci" | "https" | "http" | "file")) {

@@ -152,8 +152,9 @@ struct TestArgs {
 /// line and column, the errors that would fail every time a request reaches them: a misspelled
 /// phase function, an unknown function or a wrong number of arguments, an API function used in
 /// a phase where it never works, a callout callback with too many parameters, a literal of the
-/// wrong type; and style warnings (a function nothing calls). Exits 1 when a script has an error
-/// (or a warning, with --deny-warnings).
+/// wrong type; and warnings (a function nothing calls, a body phase using its message's headers
+/// without `allow_on_headers_stop_iteration`). Exits 1 when a script has an error (or a
+/// warning, with --deny-warnings).
 #[derive(Args)]
 struct CheckArgs {
     /// The scripts (.rhai files).

@@ -78,6 +78,10 @@ pub(crate) struct StreamData {
     pub response_trailers: HeaderMap,
     pub response_body: Bytes,
     pub window: Window,
+    /// The plugin holds the request / response headers for the body phase (with Envoy's
+    /// allow_on_headers_stop_iteration): they stay readable and writable until they go on.
+    pub request_held: bool,
+    pub response_held: bool,
     pub local_response: Option<LocalResponse>,
     pub resume_request: bool,
     pub resume_response: bool,
@@ -208,12 +212,12 @@ impl EmulatorHost {
         let s = &mut state.stream;
         let headers = match map {
             MapType::HttpRequestHeaders
-                if matches!(s.window, Window::RequestHeaders | Window::Log) =>
+                if s.request_held || matches!(s.window, Window::RequestHeaders | Window::Log) =>
             {
                 &mut s.request_headers
             }
             MapType::HttpResponseHeaders
-                if matches!(s.window, Window::ResponseHeaders | Window::Log) =>
+                if s.response_held || matches!(s.window, Window::ResponseHeaders | Window::Log) =>
             {
                 &mut s.response_headers
             }

@@ -673,6 +673,7 @@ impl Emulator {
             buffer_limit: self.buffer_limit,
             callout_delay_chunks: self.callout_delay_chunks,
             delivered: Vec::new(),
+            stop_iteration: self.plugin.config.allow_on_headers_stop_iteration,
         };
         let mut outcome = Outcome::default();
         run.exchange(request, upstream, &mut outcome);
@@ -702,6 +703,9 @@ struct Run<'a> {
     callout_delay_chunks: usize,
     /// Callouts already answered.
     delivered: Vec<u32>,
+    /// Envoy's `allow_on_headers_stop_iteration`, set as the plugin's key says: a header
+    /// phase's pause holds only the headers, and the body still comes to the plugin.
+    stop_iteration: bool,
 }
 
 impl Run<'_> {
@@ -720,7 +724,7 @@ impl Run<'_> {
         }
         let end = request.body.is_empty() && request.trailers.is_empty();
         let action = self.stream.on_request_headers(end);
-        match self.settle(action, true) {
+        match self.settle_headers(action, true, end) {
             Flow::Proceed => {}
             flow => return self.finish(flow, outcome, None),
         }
@@ -741,6 +745,7 @@ impl Run<'_> {
         let forwarded = {
             let mut s = self.state();
             s.window = Window::None;
+            s.request_held = false;
             Forwarded {
                 headers: s.request_headers.to_pairs(),
                 body: body.concat(),
@@ -764,36 +769,43 @@ impl Run<'_> {
         }
         let end = response.body.is_empty() && response.trailers.is_empty();
         let action = self.stream.on_response_headers(end);
-        match self.settle(action, false) {
+        match self.settle_headers(action, false, end) {
             Flow::Proceed => {}
             flow => return self.finish(flow, outcome, None),
         }
-        let headers = {
-            let mut s = self.state();
-            s.window = Window::ResponseBody;
-            s.response_headers.to_pairs()
+        self.state().window = Window::ResponseBody;
+        // The headers the client gets: now, unless the plugin holds them for the body phase.
+        let sent = |run: &mut Self| {
+            let s = run.state();
+            (!s.response_held).then(|| {
+                let headers = s.response_headers.to_pairs();
+                ClientResponse {
+                    status: header(&headers, ":status")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    headers,
+                    ..Default::default()
+                }
+            })
         };
-        let status = header(&headers, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let sent = ClientResponse {
-            status,
-            headers,
-            ..Default::default()
-        };
+        let early = sent(self);
         let chunks = pieces(&response.body, &response.chunk_sizes, response.chunk_size);
         let mut body = match self.body(&chunks, response.trailers.is_empty(), false) {
             Ok(body) => body,
-            Err(flow) => return self.finish(flow, outcome, Some(sent)),
+            Err(flow) => return self.finish(flow, outcome, early),
         };
         if !response.trailers.is_empty() {
             self.state().window = Window::ResponseTrailers;
             let action = self.stream.on_response_trailers();
             match self.settle(action, false) {
                 Flow::Proceed => self.pass_held(false, &mut body),
-                flow => return self.finish(flow, outcome, Some(sent)),
+                flow => return self.finish(flow, outcome, early),
             }
         }
+        self.state().response_held = false;
+        let Some(sent) = early.or_else(|| sent(self)) else {
+            return;
+        };
         outcome.response = ClientResponse {
             body: body.concat(),
             chunks: body,
@@ -996,6 +1008,24 @@ impl Run<'_> {
             body: body.as_bytes().to_vec(),
         });
         Flow::Local
+    }
+
+    /// [`Run::settle`] after a header phase. With `stop_iteration` (Envoy's
+    /// allow_on_headers_stop_iteration) a pause holds only the headers: once its callouts are
+    /// answered, the body comes to the plugin while they wait, writable until it lets them go.
+    fn settle_headers(&mut self, action: Action, request: bool, end: bool) -> Flow {
+        match self.settle(action, request) {
+            Flow::Stalled if self.stop_iteration && !end => {
+                let mut s = self.state();
+                if request {
+                    s.request_held = true;
+                } else {
+                    s.response_held = true;
+                }
+                Flow::Proceed
+            }
+            flow => flow,
+        }
     }
 
     /// After the plugin returned `action`: apply a local response, or answer callouts until

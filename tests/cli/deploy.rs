@@ -129,7 +129,8 @@ fn envoy_filter_embeds_the_script_exactly() {
             "script": NASTY_SCRIPT,
             "config": {"greeting": "hé \"there\"\n"},
             "limits": {"max_operations": 20000},
-            "error_policy": {"mode": "fail_open"}
+            "error_policy": {"mode": "fail_open"},
+            "allow_on_headers_stop_iteration": true
         })
     );
     // And the plugin accepts it.
@@ -152,7 +153,46 @@ fn envoy_filter_defaults() {
     let script =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hello.rhai"))
             .unwrap();
-    assert_eq!(plugin, json!({ "script": script }));
+    // Envoy's option and the plugin's key, together: body phases may write headers.
+    assert_eq!(config["allow_on_headers_stop_iteration"], true);
+    assert_eq!(
+        plugin,
+        json!({ "script": script, "allow_on_headers_stop_iteration": true })
+    );
+}
+
+#[test]
+fn envoy_filter_without_stop_iteration() {
+    // For an Envoy older than 1.35, which refuses the option: both off.
+    let o = proxy_rhai(&[
+        "deploy",
+        "envoy",
+        "scripts/hello.rhai",
+        "--plugin-config",
+        r#"{"allow_on_headers_stop_iteration": false}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let filter = parse(&stdout(&o));
+    let config = &filter["typed_config"]["config"];
+    assert_eq!(config["allow_on_headers_stop_iteration"], false);
+    let plugin: Value =
+        serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(plugin["allow_on_headers_stop_iteration"], false);
+}
+
+#[test]
+fn higress_refuses_stop_iteration() {
+    // Higress can't set Envoy's option: the key alone would hold requests.
+    refused(
+        &[
+            "deploy",
+            "higress",
+            "scripts/hello.rhai",
+            "--plugin-config",
+            r#"{"allow_on_headers_stop_iteration": true}"#,
+        ],
+        "Higress doesn't set Envoy's allow_on_headers_stop_iteration",
+    );
 }
 
 #[test]
@@ -722,6 +762,10 @@ fn istio_plugin_meets_the_crd_and_carries_the_script() {
             "give one of CLIENT, SERVER, CLIENT_AND_SERVER",
         ),
         (vec!["--port", "0"], "1..=65535"),
+        (
+            vec!["--plugin-config", r#"{"allow_on_headers_stop_iteration": true}"#],
+            "Istio's WasmPlugin doesn't set Envoy's allow_on_headers_stop_iteration",
+        ),
     ] {
         let mut all = vec!["deploy", "istio", "scripts/hello.rhai"];
         all.extend(args);

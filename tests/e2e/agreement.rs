@@ -202,7 +202,12 @@ fn cases_in_envoy() {
             .iter()
             .map(|case| {
                 scope.spawn(move || {
-                    let envoy = Envoy::start(plugin_config(case));
+                    // Envoy's option goes with the plugin's key, as `deploy envoy` sets them.
+                    let stop_iteration = case.settings.get("allow_on_headers_stop_iteration")
+                        == Some(&Value::Bool(true));
+                    let envoy = Envoy::builder(plugin_config(case))
+                        .allow_on_headers_stop_iteration(stop_iteration)
+                        .start();
                     let headers: Vec<(&str, &str)> = case
                         .request
                         .headers

@@ -411,7 +411,8 @@ fn deploy_envoy_output_runs_in_envoy() {
          \t}} else {{\n\
          \t\tadd_request_header(\"x-greeting\", config().greeting);\n\
          \t}}\n\
-         }}\n"
+         }}\n\
+         fn on_response_body() {{ add_response_header(\"x-from-body\", \"yes\"); }}\n"
     );
     let script_path = dir.join("deployed.rhai");
     std::fs::write(&script_path, &script).unwrap();
@@ -438,6 +439,8 @@ fn deploy_envoy_output_runs_in_envoy() {
     let r = envoy.request("GET", "/deployed", &[], b"");
     assert_status(&r, 200);
     assert_eq!(r.echo().header("x-greeting"), Some("hé \"you\""));
+    // The filter sets allow_on_headers_stop_iteration, and the plugin's key with it.
+    assert_eq!(r.header("x-from-body"), Some("yes"));
     let r = envoy.request("GET", "/deployed/answer", &[("x-op", "answer")], b"");
     assert_status(&r, 200);
     assert_eq!(r.header("x-greeting"), Some("hé \"you\""));

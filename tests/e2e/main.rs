@@ -25,6 +25,7 @@ mod faults;
 mod gateway;
 mod hardening_headers;
 mod hardening_limits;
+mod held_headers;
 mod isolation;
 mod memory;
 mod plugin;

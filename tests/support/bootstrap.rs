@@ -56,6 +56,8 @@ pub struct EnvoyBuilder {
     /// A file access log (`access.log` in the Envoy's folder) with this format, one line a
     /// request.
     access_log_format: Option<String>,
+    /// The wasm `PluginConfig`'s `allow_on_headers_stop_iteration`, when set.
+    stop_iteration: Option<bool>,
 }
 
 impl EnvoyBuilder {
@@ -81,6 +83,7 @@ impl EnvoyBuilder {
             route_metadata: None,
             upstream_metadata: None,
             access_log_format: None,
+            stop_iteration: None,
         }
     }
 
@@ -161,6 +164,13 @@ impl EnvoyBuilder {
     /// A cluster `name` pointing at the route's upstream server (as `upstream` does).
     pub fn upstream_alias(mut self, name: &str) -> Self {
         self.upstream_aliases.push(name.to_string());
+        self
+    }
+
+    /// Sets Envoy's `allow_on_headers_stop_iteration` in the wasm `PluginConfig` (the plugin
+    /// configuration's key of that name is the test's to set).
+    pub fn allow_on_headers_stop_iteration(mut self, allow: bool) -> Self {
+        self.stop_iteration = Some(allow);
         self
     }
 
@@ -289,7 +299,7 @@ impl EnvoyBuilder {
         if let Some(t) = self.route_timeout {
             route["timeout"] = json!(format!("{:.3}s", t.as_secs_f64()));
         }
-        let wasm = if self.filter_text.is_some() {
+        let mut wasm = if self.filter_text.is_some() {
             json!(FILTER_PLACEHOLDER)
         } else {
             json!({
@@ -310,6 +320,12 @@ impl EnvoyBuilder {
             }
             })
         };
+        if let (Some(allow), Some(config)) = (
+            self.stop_iteration,
+            wasm.pointer_mut("/typed_config/config"),
+        ) {
+            config["allow_on_headers_stop_iteration"] = json!(allow);
+        }
         let mut routes: Vec<Value> = self
             .routes
             .iter()
