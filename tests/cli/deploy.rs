@@ -763,7 +763,10 @@ fn istio_plugin_meets_the_crd_and_carries_the_script() {
         ),
         (vec!["--port", "0"], "1..=65535"),
         (
-            vec!["--plugin-config", r#"{"allow_on_headers_stop_iteration": true}"#],
+            vec![
+                "--plugin-config",
+                r#"{"allow_on_headers_stop_iteration": true}"#,
+            ],
             "Istio's WasmPlugin doesn't set Envoy's allow_on_headers_stop_iteration",
         ),
     ] {
