@@ -78,10 +78,6 @@ impl Phase {
     }
 }
 
-/// The bit of a [`Phases`] that adds the body phase of its header phases when the proxy holds
-/// the headers for it (past the phases' own bits).
-const HELD: u16 = 1 << Phase::ALL.len();
-
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.function_name())
@@ -90,10 +86,16 @@ impl fmt::Display for Phase {
 
 /// A set of phases: where a binding is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Phases(u16);
+pub struct Phases(u16, Held);
+
+/// Whether a [`Phases`] adds the body phase of its header phases when the proxy holds the
+/// headers for it ([`Phases::or_held`]). Apart from the phases' bits: a set of one phase tests
+/// as `phase == that one`, which a second bit would spoil on every binding call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Held(bool);
 
 impl Phases {
-    pub const ALL: Phases = Phases(0b1_1111_1111);
+    pub const ALL: Phases = Phases(0b1_1111_1111, Held(false));
     pub const REQUEST_HEADERS: Phases = Phases::of(&[Phase::RequestHeaders]);
     /// Where a script reads and writes the request body: all of it, or the current chunk.
     pub const REQUEST_BODY: Phases = Phases::of(&[Phase::RequestBody, Phase::RequestChunk]);
@@ -103,7 +105,7 @@ impl Phases {
     pub const CHUNKS: Phases = Phases::of(&[Phase::RequestChunk, Phase::ResponseChunk]);
     pub const RESPONSE_TRAILERS: Phases = Phases::of(&[Phase::ResponseTrailers]);
     /// Where the stream can still be paused, answered or sent a callout.
-    pub const STREAMING: Phases = Phases(Phases::ALL.0 & !Phase::Log.bit());
+    pub const STREAMING: Phases = Phases(Phases::ALL.0 & !Phase::Log.bit(), Held(false));
     /// Until the response headers went out: where a local response is still possible.
     pub const BEFORE_RESPONSE_BODY: Phases = Phases::of(&[
         Phase::RequestHeaders,
@@ -120,7 +122,7 @@ impl Phases {
             bits |= phases[i].bit();
             i += 1;
         }
-        Phases(bits)
+        Phases(bits, Held(false))
     }
 
     pub const fn contains(self, phase: Phase) -> bool {
@@ -139,14 +141,14 @@ impl Phases {
     /// header phase in it when the plugin runs with `allow_on_headers_stop_iteration`: the
     /// proxy then holds a buffered message's headers until its body phase has run.
     pub const fn or_held(self) -> Phases {
-        Phases(self.0 | HELD)
+        Phases(self.0, Held(true))
     }
 
     /// Whether `phase` is a body phase this set adds when the proxy holds the headers (see
     /// [`Phases::or_held`]); [`Phases::contains`] doesn't count it.
     pub const fn held_in(self, phase: Phase) -> bool {
         match phase.held_headers() {
-            Some(headers) => self.0 & HELD != 0 && self.contains(headers),
+            Some(headers) => self.1 .0 && self.contains(headers),
             None => false,
         }
     }
