@@ -129,8 +129,9 @@ impl Phases {
         self.0 & phase.bit() != 0
     }
 
+    /// The phases of both sets (held if either is).
     pub const fn union(self, other: Phases) -> Phases {
-        Phases(self.0 | other.0)
+        Phases(self.0 | other.0, Held(self.1 .0 || other.1 .0))
     }
 
     pub const fn intersects(self, other: Phases) -> bool {
