@@ -55,8 +55,9 @@ struct RunArgs {
     script: PathBuf,
     #[command(flatten)]
     configuration: Configuration,
-    /// The request: JSON ({"method", "path", "authority", "headers", "body", "trailers",
-    /// "metadata", "route_metadata", "cluster_metadata"}) given inline or in a file, or a file holding an HTTP/1.1 request. May be repeated, and a JSON
+    /// The request: JSON ({"method", "path", "authority", "headers", "body", "chunks",
+    /// "trailers", "metadata", "route_metadata", "cluster_metadata", "peer_address", "tls"})
+    /// given inline or in a file, or a file holding an HTTP/1.1 request. May be repeated, and a JSON
     /// array holds several: they run in order against the one configured plugin (its shared
     /// data and metrics carry from one to the next).
     #[arg(long, value_name = "FILE|JSON")]
