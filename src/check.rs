@@ -37,7 +37,7 @@ use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS};
 use crate::config::Limits;
 use crate::emulator::EmulatorHost;
 use crate::phase::{Phase, Phases};
-use crate::plugin::{api_reference, Plugin, TICK_FUNCTION};
+use crate::plugin::{Plugin, TICK_FUNCTION};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +101,13 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
             message: e.to_string(),
         });
     }
-    let engine = with_api(crate::sandbox::std_engine());
+    let mut api = Vec::new();
+    let engine = with_api(crate::sandbox::std_engine(), Some(&mut api));
     if let Ok(ast) = engine.compile(script) {
         let parsed = Script::of(&ast);
         let held = settings.get("allow_on_headers_stop_iteration") == Some(&Value::Bool(true));
         let mut more = uncalled_functions(script, &parsed);
-        more.extend(mistakes(&parsed, &Known::of(&engine), held));
+        more.extend(mistakes(&parsed, &Known::of(&engine, api), held));
         more.sort_by_key(|d| (d.line, d.column));
         found.extend(more);
     }
@@ -124,11 +125,11 @@ fn error(message: String) -> Diagnostic {
 
 /// `engine` in the plugin's sandbox (default limits, the script API), for analysis and
 /// documentation, never to run a request: [`crate::sandbox::std_engine`] gives the plugin's set of
-/// functions.
-pub(crate) fn with_api(engine: Engine) -> Engine {
+/// functions. `docs`, when given, collects the API's reference.
+pub(crate) fn with_api(engine: Engine, docs: Option<&mut Vec<FnDoc>>) -> Engine {
     let limits = Limits::default();
     let api = Api::new(EmulatorHost::default(), &limits, Rc::default());
-    crate::sandbox::engine(engine, &limits, Rc::new(api), None)
+    crate::sandbox::engine(engine, &limits, Rc::new(api), docs)
 }
 
 /// Where `fn NAME(` is defined in `source` (1-based line and column of `fn`).
@@ -294,9 +295,6 @@ impl Script {
             match path.last() {
                 Some(ASTNode::Stmt(Stmt::FnCall(call, pos)))
                 | Some(ASTNode::Expr(Expr::FnCall(call, pos))) => {
-                    if let Some((name, _)) = pointer_of(&Expr::FnCall(call.clone(), *pos)) {
-                        self.pointers.push((within, name));
-                    }
                     let (method, call, pos) = (false, call.clone(), *pos);
                     self.calls.push(Call {
                         within,
@@ -414,7 +412,8 @@ struct Known {
 }
 
 impl Known {
-    fn of(engine: &Engine) -> Self {
+    /// What `engine` has, and `api`, the reference of its script API.
+    fn of(engine: &Engine, api: Vec<FnDoc>) -> Self {
         let mut arities: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         let metadata: Value = engine
             .gen_fn_metadata_to_json(true)
@@ -429,10 +428,7 @@ impl Known {
                     .insert(n as usize);
             }
         }
-        Known {
-            arities,
-            api: api_reference(EmulatorHost::default()),
-        }
+        Known { arities, api }
     }
 
     fn forms<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a FnDoc> + 'a {

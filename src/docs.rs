@@ -140,7 +140,7 @@ fn names(name: &str) -> impl Iterator<Item = &str> {
 
 /// An engine with the script API and nothing else, for its definitions.
 fn api_only_engine() -> Engine {
-    crate::check::with_api(Engine::new_raw())
+    crate::check::with_api(Engine::new_raw(), None)
 }
 
 /// The return type of each (function, number of parameters), as definition files write it.
