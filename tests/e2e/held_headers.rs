@@ -301,3 +301,45 @@ fn envoy_option_without_the_key_holds_the_body_for_header_callouts() {
     assert_eq!(echo.raw["trailers"], json!([["x-a", "b"], ["x-t", "1"]]));
     envoy.assert_healthy();
 }
+
+/// Sixteen held requests at once in the one VM, half waiting on a header-phase callout while
+/// the others' bodies arrive: each body phase writes its own message's headers, and each
+/// client gets its own exact framing.
+#[test]
+fn concurrent_held_requests_each_write_their_own_headers() {
+    let envoy = start(Some(true), true, "fail_closed");
+    std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..16usize)
+            .map(|i| {
+                let envoy = &envoy;
+                scope.spawn(move || {
+                    let body = pattern(100 + i * 37);
+                    let op = if i % 2 == 0 { "callout" } else { "plain" };
+                    let r = envoy.request("POST", &format!("/c/{i}"), &[("x-op", op)], &body);
+                    (i, body.len(), op, r)
+                })
+            })
+            .collect();
+        for request in requests {
+            let (i, len, op, r) = request.join().unwrap();
+            assert_status(&r, 200);
+            assert_eq!(r.header("x-redacted-count"), Some("3"), "{i}");
+            let text = framed(&r);
+            let echo: Value = serde_json::from_str(text.strip_suffix("!!").unwrap()).unwrap();
+            let upstream = |name: &str| {
+                echo["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h[0] == name)
+                    .map(|h| h[1].as_str().unwrap().to_string())
+            };
+            assert_eq!(echo["path"], format!("/c/{i}"));
+            assert_eq!(upstream("x-body-len"), Some(len.to_string()), "{i}");
+            assert_eq!(upstream("content-length"), Some(len.to_string()), "{i}");
+            let token = upstream("x-token");
+            assert_eq!(token.is_some(), op == "callout", "{i}: {token:?}");
+        }
+    });
+    envoy.assert_healthy();
+}
