@@ -14,12 +14,13 @@ import {
   drawSelection,
   highlightActiveLine,
   highlightActiveLineGutter,
+  hoverTooltip,
   keymap,
   lineNumbers,
 } from "@codemirror/view";
 import { BackstopError, Bridge } from "./bridge.js";
 import { calloutLines, requestForm, requestFromMessage, requestJson, requestToMessage, responseForm, responseJson } from "./http.js";
-import { apiCompletions, apiNames, markdown, rhai } from "./rhai.js";
+import { apiCompletions, apiNames, docBody, markdown, rhai } from "./rhai.js";
 import { decodeState, encodeState } from "./share.js";
 
 const $ = (id) => document.getElementById(id);
@@ -67,7 +68,9 @@ function diagnostics(doc, findings, severity) {
   });
 }
 
+/// The last check's diagnostics, and the document they were found in.
 let lastCheck = [];
+let lastCheckDoc = null;
 
 /// The module's `check`, as the script changes (debounced by the linter).
 async function checkScript(view) {
@@ -86,7 +89,8 @@ async function checkScript(view) {
     $("check-status").className = "bad";
     return [];
   }
-  if (view.state.doc.toString() !== script) return lastCheck;
+  // The script changed meanwhile: the linter checks it again.
+  if (view.state.doc.toString() !== script) return [];
   if (answer.error) {
     $("check-status").textContent = answer.error;
     $("check-status").className = "bad";
@@ -95,6 +99,7 @@ async function checkScript(view) {
   const errors = answer.errors ?? [];
   const warnings = answer.warnings ?? [];
   lastCheck = [...diagnostics(view.state.doc, errors, "error"), ...diagnostics(view.state.doc, warnings, "warning")];
+  lastCheckDoc = view.state.doc;
   const first = errors[0];
   $("check-status").textContent = errors.length
     ? `${errors.length} error${errors.length > 1 ? "s" : ""}${first.line ? `: line ${first.line}, column ${first.column}` : ""}`
@@ -135,6 +140,7 @@ const scriptEditor = new EditorView({
       linter(checkScript, { delay: 300 }),
       lintGutter(),
       errorLines,
+      hoverTooltip(apiTooltip),
       keymap.of([
         { key: "Mod-Enter", run: () => (run(), true) },
         ...closeBracketsKeymap,
@@ -210,6 +216,24 @@ async function loadApi() {
 
 let docShown = null;
 
+/// A function's signatures and doc when the pointer rests on its name.
+function apiTooltip(view, pos) {
+  const word = view.state.wordAt(pos);
+  const entries = word && apiByName.get(view.state.sliceDoc(word.from, word.to));
+  if (!entries) return null;
+  return {
+    pos: word.from,
+    end: word.to,
+    above: true,
+    create() {
+      const dom = document.createElement("div");
+      dom.className = "api-info";
+      dom.innerHTML = entries.map((e) => `<pre class="sig">${escape(e.signature)}</pre>`).join("") + markdown(docBody(entries[0]));
+      return { dom };
+    },
+  };
+}
+
 function showDocAtCursor(state) {
   const word = state.wordAt(state.selection.main.head);
   const name = word && state.sliceDoc(word.from, word.to);
@@ -221,7 +245,7 @@ function showDocAtCursor(state) {
     `<h3>${escape(name)}</h3>` +
     entries.map((e) => `<pre class="sig">${escape(e.signature)}</pre>`).join("") +
     phases +
-    markdown(entries[0].doc ?? "");
+    markdown(docBody(entries[0]));
 }
 
 // ---- the request, the upstream answer, the callouts -------------------------------------------
@@ -246,6 +270,10 @@ function setRequestMode(mode) {
   if (mode === requestMode) return;
   if (mode === "message") $("request-message").value = requestToMessage(readRequestForm());
   else writeRequestForm({ ...requestFromMessage($("request-message").value), extra: $("req-extra").value });
+  showRequestMode(mode);
+}
+
+function showRequestMode(mode) {
   requestMode = mode;
   $("request-form").hidden = mode !== "form";
   $("request-message-box").hidden = mode !== "message";
@@ -278,8 +306,12 @@ function writeResponseForm(form) {
 
 // ---- the whole state: examples, links ----------------------------------------------------------
 
+/// The example the state came from: its script's file name for "copy as test".
+let exampleName = "";
+
 function state() {
   return {
+    name: exampleName,
     script: scriptEditor.state.doc.toString(),
     plugin_config: configEditor.state.doc.toString(),
     request: currentRequestForm(),
@@ -289,9 +321,10 @@ function state() {
 }
 
 function setState(s) {
+  exampleName = s.name ?? "";
   setDoc(scriptEditor, s.script ?? "");
   setDoc(configEditor, s.plugin_config ?? "{}");
-  setRequestMode("form");
+  showRequestMode("form");
   writeRequestForm(s.request ?? requestForm("GET / HTTP/1.1\nHost: example.com\n\n"));
   writeResponseForm(s.response ?? responseForm(null));
   $("callouts").value = s.callouts ?? "";
@@ -315,12 +348,28 @@ let examples = [];
 
 function exampleState(e) {
   return {
+    name: e.name,
     script: e.script,
     plugin_config: JSON.stringify(e.plugin_config ?? {}, null, 2),
     request: requestForm(e.request ?? "GET / HTTP/1.1\nHost: example.com\n\n"),
     response: responseForm(e.response),
     callouts: (e.callouts ?? []).join("\n"),
   };
+}
+
+/// Scrolls past a script's opening comment, to its first line of code.
+function showCode() {
+  const doc = scriptEditor.state.doc;
+  for (let n = 1; n <= doc.lines; n++) {
+    const line = doc.line(n);
+    if (line.text.trim() && !line.text.trimStart().startsWith("//")) {
+      scriptEditor.dispatch({
+        selection: { anchor: line.from },
+        effects: EditorView.scrollIntoView(line.from, { y: "start", yMargin: 20 }),
+      });
+      return;
+    }
+  }
 }
 
 function selectExample(name) {
@@ -337,6 +386,7 @@ async function loadExamples() {
     b.dataset.name = e.name;
     b.onclick = () => {
       setState(exampleState(e));
+      showCode();
       selectExample(e.name);
       window.history.replaceState(null, "", location.pathname);
       run();
@@ -355,12 +405,17 @@ function clearOutcome() {
 }
 
 let running = false;
+/// A run asked for while one was going: it starts when that one ends.
+let runAgain = false;
 
 /// Counts the runs that ended, whichever way (the browser test waits on it).
 const ranOnce = () => (document.body.dataset.runs = String(Number(document.body.dataset.runs ?? 0) + 1));
 
 async function run() {
-  if (running) return;
+  if (running) {
+    runAgain = true;
+    return;
+  }
   let inputs;
   try {
     inputs = runInputs();
@@ -387,6 +442,10 @@ async function run() {
     running = false;
     $("run").disabled = false;
     ranOnce();
+    if (runAgain) {
+      runAgain = false;
+      run();
+    }
   }
 }
 
@@ -395,7 +454,8 @@ function markErrors(positions) {
   const lines = [...new Set(positions.filter((p) => p.line).map((p) => Math.min(p.line, doc.lines)))].sort((a, b) => a - b);
   const decorations = Decoration.set(lines.map((l) => Decoration.line({ class: "cm-run-error-line" }).range(doc.line(l).from)));
   scriptEditor.dispatch({ effects: setErrorLines.of(decorations) });
-  scriptEditor.dispatch(setDiagnostics(scriptEditor.state, [...lastCheck, ...diagnostics(doc, positions, "error")]));
+  const checked = lastCheckDoc === doc ? lastCheck : [];
+  scriptEditor.dispatch(setDiagnostics(scriptEditor.state, [...checked, ...diagnostics(doc, positions, "error")]));
 }
 
 function showFailure(message, answer = {}) {
@@ -564,6 +624,8 @@ async function copyAs(op, title) {
     return;
   }
   if (op === "as_deploy") inputs = { script: inputs.script, plugin_config: inputs.plugin_config };
+  // The test loads the script beside it: scripts/NAME.rhai for an example.
+  else inputs.script_path = `${exampleName || "script"}.rhai`;
   try {
     const answer = await bridge.call({ op, ...inputs });
     if (answer.error) {
@@ -610,7 +672,6 @@ document.addEventListener("keydown", (e) => {
 configEditor.dom.addEventListener("focusout", () => forceLinting(scriptEditor));
 
 async function start() {
-  const started = performance.now();
   // The API first: the tokenizer highlights its names once they are known.
   await Promise.all([loadExamples(), loadApi()]);
   const shared = location.hash.match(/^#s=(.+)$/);
@@ -624,10 +685,12 @@ async function start() {
     }
   } else {
     setState(exampleState(examples[0]));
+    showCode();
     selectExample(examples[0].name);
   }
   document.body.dataset.ready = "true";
-  window.playgroundReadyMs = performance.now() - started;
+  // Milliseconds from navigation to a page ready to run (the browser test prints it).
+  window.playgroundReadyAt = performance.now();
 }
 
 start();

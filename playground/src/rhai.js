@@ -100,7 +100,7 @@ export function markdown(text) {
   const escape = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
   const inline = (s) =>
     escape(s)
-      .replace(/`([^`]+)`/g, "<code>$1</code>")
+      .replace(/``\s?(.+?)\s?``|`([^`]+)`/g, (_, double, single) => `<code>${double ?? single}</code>`)
       .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
       .replace(/\[([^\]]+)\]\([^)]+\)/g, "$1");
   const out = [];
@@ -111,6 +111,11 @@ export function markdown(text) {
       for (const para of part.split(/\n\s*\n/)) {
         const lines = para.trim().split("\n");
         if (!lines[0]) continue;
+        const heading = lines[0].match(/^#{1,6}\s+(.*)$/);
+        if (heading && lines.length === 1) {
+          out.push(`<h4>${inline(heading[1])}</h4>`);
+          continue;
+        }
         if (lines.every((l) => /^\s*[-*] /.test(l) || /^\s{2,}/.test(l))) {
           const items = para.trim().split(/\n\s*[-*] /).map((i) => i.replace(/^[-*] /, ""));
           out.push(`<ul>${items.map((i) => `<li>${inline(i)}</li>`).join("")}</ul>`);
@@ -121,6 +126,10 @@ export function markdown(text) {
   }
   return out.join("");
 }
+
+/// A function's doc as api-docs/ has it, without the heading and the signature block shown
+/// above it already.
+export const docBody = (entry) => (entry.doc ?? "").replace(/^###[^\n]*\n+(```rhai\n[\s\S]*?\n```\n*)?/, "");
 
 /// Completions of the API's functions and phase functions, each with its signature and doc.
 export function apiCompletions(api) {
@@ -133,14 +142,14 @@ export function apiCompletions(api) {
     const div = document.createElement("div");
     div.className = "api-info";
     div.innerHTML = entries
-      .map((e) => `<pre class="sig">${e.signature.replace(/</g, "&lt;")}</pre>${markdown(e.doc ?? "")}`)
+      .map((e) => `<pre class="sig">${e.signature.replace(/</g, "&lt;")}</pre>${markdown(docBody(e))}`)
       .join("");
     return div;
   };
   const functions = [...byName.entries()].map(([name, entries]) => ({
     label: name,
     type: "function",
-    detail: entries.length > 1 ? `${entries.length} forms` : entries[0].signature.replace(/^fn \w+/, ""),
+    detail: entries.length > 1 ? `${entries.length} forms` : entries[0].signature.replace(/^(fn )?\w+/, ""),
     info: info(entries),
   }));
   const phases = api.phases.map((p) => ({
