@@ -536,9 +536,10 @@ pub(crate) struct Registrar<'a, H> {
 
 impl<H> Registrar<'_, H> {
     fn doc(&mut self, doc: FnDoc) {
-        // Only the native build writes the API reference (`plugin::api_reference`): the wasm
-        // build leaves the texts out, ~35 kB it would carry for nothing.
-        if cfg!(target_arch = "wasm32") {
+        // Only the builds with the authoring tools write the API reference
+        // (`plugin::api_reference`): the plugin leaves the texts out, ~35 kB it would carry for
+        // nothing.
+        if cfg!(not(tools)) {
             return;
         }
         if let Some(docs) = self.docs.as_deref_mut() {
@@ -588,7 +589,7 @@ mod properties;
 mod shared_data;
 pub(crate) mod streaming;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 pub(crate) use callouts::CALLBACK_PARAMETERS;
 pub(crate) use headers::header_pairs_of;
 use headers::{check_pair_list, header_pairs};
@@ -682,7 +683,7 @@ const ALL: Allowed = Allowed::In(Phases::ALL);
 /// Registers the whole script API on `engine`, area by area (the order of `api-docs/`).
 /// The plugin's pure built-ins (JSON, encodings, hashes, time, random), which test files
 /// have too.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 pub(crate) fn register_builtins<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     json::register(reg);
     builtins::register(reg);

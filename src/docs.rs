@@ -35,10 +35,7 @@ pub const DIR: &str = "api-docs";
 pub fn generate() -> Vec<(String, String)> {
     let docs = api_reference(EmulatorHost::default());
     let api = api_only_engine();
-    let returns: Returns = api_functions(&api)
-        .into_iter()
-        .map(|f| ((f.name, f.params), definition_type(&f.returns)))
-        .collect();
+    let returns = returns_of(&api);
     let mut files = vec![
         ("README.md".to_string(), reference(&docs, &returns)),
         ("testing.md".to_string(), TESTING.to_string()),
@@ -84,6 +81,92 @@ pub fn differences(dir: &Path) -> Vec<String> {
             .map(|p| format!("{p} is no longer generated")),
     );
     found
+}
+
+/// One script function of the API, as the playground's help shows it.
+#[derive(Debug, Clone)]
+pub struct FunctionHelp {
+    pub name: String,
+    /// `name(param: type, …) -> type`.
+    pub signature: String,
+    /// Its entry of `README.md` (markdown).
+    pub doc: String,
+    /// The phase functions it works in (and its callout callbacks): `on_tick` too when it
+    /// works anywhere; a callback's function lists the phases callbacks run in; body phases
+    /// that need `allow_on_headers_stop_iteration` are included.
+    pub phases: Vec<&'static str>,
+}
+
+/// Every function of the API, one per name (as [`generate`] documents them).
+pub fn function_help() -> Vec<FunctionHelp> {
+    let docs = api_reference(EmulatorHost::default());
+    let returns = returns_of(&api_only_engine());
+    let mut help = Vec::new();
+    for doc in &docs {
+        let phases: Vec<&'static str> = match doc.allowed {
+            Allowed::Anywhere => Phase::ALL
+                .iter()
+                .map(|p| p.function_name())
+                .chain([TICK_FUNCTION])
+                .collect(),
+            Allowed::In(phases) => phases
+                .iter()
+                .chain(phases.iter_held())
+                .map(Phase::function_name)
+                .collect(),
+            Allowed::Callback => Phases::STREAMING.iter().map(Phase::function_name).collect(),
+        };
+        for name in names(doc.name) {
+            help.push(FunctionHelp {
+                name: name.to_string(),
+                signature: typed_signature(doc, name, &returns),
+                doc: entry(doc, &returns).trim().to_string(),
+                phases: phases.clone(),
+            });
+        }
+    }
+    help
+}
+
+/// A function the script defines for the proxy to call: a phase function or `on_tick`.
+#[derive(Debug, Clone)]
+pub struct PhaseHelp {
+    pub name: &'static str,
+    /// `on_request_chunk(chunk, last)`.
+    pub signature: String,
+    pub doc: &'static str,
+}
+
+/// The phase functions, in stream order, then `on_tick`.
+pub fn phase_help() -> Vec<PhaseHelp> {
+    let mut help: Vec<PhaseHelp> = Phase::ALL
+        .iter()
+        .map(|p| PhaseHelp {
+            name: p.function_name(),
+            signature: phase_signature(*p),
+            doc: p.summary(),
+        })
+        .collect();
+    help.push(PhaseHelp {
+        name: TICK_FUNCTION,
+        signature: format!("{TICK_FUNCTION}()"),
+        doc: "Called on a timer, every `tick_period_ms` of the plugin configuration (1000 by \
+              default), outside any request: only the functions allowed anywhere work there.",
+    });
+    help
+}
+
+fn phase_signature(phase: Phase) -> String {
+    let params = if phase.is_chunk() { "chunk, last" } else { "" };
+    format!("{}({params})", phase.function_name())
+}
+
+/// The return type of each API function, from the engine's metadata.
+fn returns_of(api: &Engine) -> Returns {
+    api_functions(api)
+        .into_iter()
+        .map(|f| ((f.name, f.params), definition_type(&f.returns)))
+        .collect()
 }
 
 /// Functions the engine has that no [`FnDoc`] documents (and the reverse): a binding
@@ -226,6 +309,14 @@ fn signature(doc: &FnDoc, name: &str) -> String {
     format!("{name}({})", params.join(", "))
 }
 
+/// `name(param: type, …) -> type`.
+fn typed_signature(doc: &FnDoc, name: &str, returns: &Returns) -> String {
+    let ret = returns
+        .get(&(name.to_string(), doc.params.len()))
+        .map_or("any", |t| script_type(t));
+    format!("{} -> {ret}", signature(doc, name))
+}
+
 fn anchor(heading: &str) -> String {
     heading
         .to_lowercase()
@@ -326,10 +417,7 @@ fn section(name: &str) -> &'static str {
 fn intro() -> String {
     let phases: Vec<String> = Phase::ALL
         .iter()
-        .map(|p| {
-            let params = if p.is_chunk() { "chunk, last" } else { "" };
-            format!("`{}({params})`", p.function_name())
-        })
+        .map(|p| format!("`{}`", phase_signature(*p)))
         .collect();
     let status = ErrorPolicy::default().status;
     format!(
@@ -411,13 +499,7 @@ fn entry(doc: &FnDoc, returns: &Returns) -> String {
     let heading: Vec<String> = names(doc.name).map(|n| signature(doc, n)).collect();
     let _ = write!(out, "\n### `{}`\n\n", heading.join("` / `"));
     let typed: Vec<String> = names(doc.name)
-        .zip(&heading)
-        .map(|(name, signature)| {
-            let ret = returns
-                .get(&(name.to_string(), doc.params.len()))
-                .map_or("any", |t| script_type(t));
-            format!("{signature} -> {ret}")
-        })
+        .map(|name| typed_signature(doc, name, returns))
         .collect();
     let _ = writeln!(out, "```rhai\n{}\n```\n", typed.join("\n"));
     let _ = writeln!(out, "{}\n", doc.doc);

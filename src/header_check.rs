@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use proxy_wasm::types::MapType;
+use crate::host::MapType;
 
 /// The most pairs, and bytes of their encoding, the proxy reads in one pair list: a whole
 /// header map, a local response's headers, a callout's headers. proxy-wasm-cpp-host's

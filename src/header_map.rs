@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 
 use crate::header_check;
-use proxy_wasm::types::{Bytes, MapType};
+use crate::host::{Bytes, MapType};
 
 /// A header map: lowercase names, in order, duplicates kept.
 pub type Headers = Vec<(String, Bytes)>;

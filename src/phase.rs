@@ -48,6 +48,21 @@ impl Phase {
         }
     }
 
+    /// What the phase function is for, in a sentence or two (the playground's help).
+    pub const fn summary(self) -> &'static str {
+        match self {
+            Phase::RequestHeaders => "Called with the request headers, before anything goes to the upstream: read and change them, answer locally, or make callouts.",
+            Phase::RequestBody => "Called once with the whole request body, buffered (up to `limits.max_body_size`).",
+            Phase::RequestChunk => "Called with each piece of the request body as it passes (`last` is true for the final call): the body is streamed, not buffered.",
+            Phase::RequestTrailers => "Called with the request trailers, when the request has some.",
+            Phase::ResponseHeaders => "Called with the upstream's response headers, before they go to the client.",
+            Phase::ResponseBody => "Called once with the whole response body, buffered (up to `limits.max_body_size`).",
+            Phase::ResponseChunk => "Called with each piece of the response body as it passes (`last` is true for the final call): the body is streamed, not buffered.",
+            Phase::ResponseTrailers => "Called with the response trailers, when the response has some.",
+            Phase::Log => "Called after the response went out, for access-log-style work: both header maps can be read again.",
+        }
+    }
+
     /// Whether this phase belongs to the request (decoding) side.
     pub const fn is_request(self) -> bool {
         matches!(

@@ -378,7 +378,7 @@ impl<H: Host + 'static> Plugin<H> {
 
 /// A script given piece by piece, as `proxy-rhai repl` gives it: its functions, its top-level
 /// statements run one entry at a time.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 impl<H: Host + 'static> Plugin<H> {
     /// The plugin of `configuration` with its global "script" left out: requests pass
     /// untouched until [`Plugin::set_script`] gives it one.
@@ -441,7 +441,7 @@ impl<H: Host + 'static> Plugin<H> {
 
 /// Whether `source` failed to parse only because it ends too early: an open block, list or
 /// string, a missing `}` or `)` at its end.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 fn unfinished(source: &str, e: &rhai::ParseError) -> bool {
     use rhai::{LexError, ParseErrorType};
     let at_end = match (e.position().line(), e.position().position()) {
@@ -623,8 +623,8 @@ fn compile_hint(source: &str, error: &rhai::ParseError) -> &'static str {
     ""
 }
 
-/// The API reference, as the bindings declare it (native only: the wasm build has no texts).
-#[cfg(not(target_arch = "wasm32"))]
+/// The API reference, as the bindings declare it (not in the plugin, which has no texts).
+#[cfg(tools)]
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<crate::bindings::FnDoc> {
     let mut docs = Vec::new();
     let limits = crate::config::Limits::default();

@@ -8,6 +8,9 @@ use std::rc::Rc;
 
 use rhai::{Dynamic, EvalAltResult, FnPtr, Map, SharedCells};
 
+#[cfg(not(feature = "plugin"))]
+pub use crate::proxy_types::Action;
+#[cfg(feature = "plugin")]
 pub use proxy_wasm::types::Action;
 
 use crate::bindings::streaming::Splitter;

@@ -358,7 +358,7 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
 
 /// What a callout callback is given, in order; it takes as many as it names (`check` says
 /// when it takes more).
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 pub(crate) const CALLBACK_PARAMETERS: [&str; 4] = ["status", "headers", "body", "failure"];
 
 /// Longest timeout a callout may ask for.

@@ -1,10 +1,5 @@
-//! `proxy-rhai deploy`: the configuration that deploys a script, for Envoy, Higress or Istio.
-//!
-//! The output is JSON, which is YAML too (YAML 1.2 contains JSON; Envoy's and Kubernetes'
-//! YAML readers take it as it is). Every string is a JSON string literal in which the
-//! characters YAML would not keep as they are (control characters, DEL, C1 controls, U+2028,
-//! U+2029, U+FEFF, U+FFFE, U+FFFF) are `\u` escapes, so any script text survives a YAML or
-//! a JSON reader byte for byte.
+//! `proxy-rhai deploy`: the configuration that deploys a script, for Envoy, Higress or Istio,
+//! written as [`proxy_rhai::deploy`] writes documents (JSON that YAML readers take as it is).
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +7,10 @@ use clap::{ArgMatches, Args, Subcommand};
 use serde_json::{Map, Value};
 
 use proxy_rhai::check::{check, Severity};
+use proxy_rhai::deploy::{self, map, plugin_settings, render, Doc, STOP_ITERATION};
+use proxy_rhai::run::input;
 
-use super::{input, read_script, Configuration};
+use super::{read_script, Configuration};
 
 /// Prints the configuration that deploys a script: an Envoy HTTP filter, a Higress
 /// WasmPlugin resource or an Istio WasmPlugin resource.
@@ -52,14 +49,10 @@ struct EnvoyArgs {
     #[command(flatten)]
     configuration: Configuration,
     /// Where Envoy finds the plugin (`vm_config.code.local.filename`).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/etc/envoy/proxy_rhai.wasm"
-    )]
+    #[arg(long, value_name = "PATH", default_value = deploy::DEFAULT_WASM)]
     wasm: String,
     /// The plugin's name (`config.name`): Envoy's log lines and stats name the plugin by it.
-    #[arg(long, default_value = "proxy-rhai")]
+    #[arg(long, default_value = deploy::DEFAULT_NAME)]
     name: String,
 }
 
@@ -233,9 +226,6 @@ fn checked(
     Ok(configuration)
 }
 
-/// The plugin's key that says the proxy runs it with Envoy's option of the same name.
-const STOP_ITERATION: &str = "allow_on_headers_stop_iteration";
-
 /// Refuses the key on a `target` that can't set Envoy's option: without it, a request whose
 /// body a body phase buffers would wait until Envoy's timeouts.
 fn refuse_stop_iteration(target: &str, configuration: &Map<String, Value>) -> Result<(), String> {
@@ -250,66 +240,13 @@ fn refuse_stop_iteration(target: &str, configuration: &Map<String, Value>) -> Re
 }
 
 fn validate(what: &Path, configuration: &Map<String, Value>) -> Result<(), String> {
-    let text = Value::Object(configuration.clone()).to_string();
-    proxy_rhai::emulator::Emulator::new(&text)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", what.display()))
+    deploy::validate(configuration).map_err(|e| format!("{}: {e}", what.display()))
 }
 
 fn envoy(args: &EnvoyArgs, findings: &mut Findings) -> Result<String, String> {
-    let mut configuration = plugin_configuration(&args.script, &args.configuration)?;
-    // Envoy's option and the plugin's key go together (one without the other holds requests
-    // or leaves body phases without headers); on unless the configuration turns it off, for
-    // an Envoy older than 1.35, which refuses the option.
-    let stop_iteration = configuration.get(STOP_ITERATION) != Some(&Value::Bool(false));
-    if stop_iteration {
-        configuration.insert(STOP_ITERATION.into(), Value::Bool(true));
-    }
-    let configuration = checked(&args.script, configuration, findings)?;
-    let value = Value::Object(configuration).to_string();
-    let doc = map([
-        ("name", "envoy.filters.http.wasm".into()),
-        (
-            "typed_config",
-            map([
-                (
-                    "@type",
-                    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm".into(),
-                ),
-                (
-                    "config",
-                    map([
-                        ("name", args.name.as_str().into()),
-                        (
-                            "vm_config",
-                            map([
-                                ("runtime", "envoy.wasm.runtime.v8".into()),
-                                (
-                                    "code",
-                                    map([(
-                                        "local",
-                                        map([("filename", args.wasm.as_str().into())]),
-                                    )]),
-                                ),
-                            ]),
-                        ),
-                        (
-                            "configuration",
-                            map([
-                                (
-                                    "@type",
-                                    "type.googleapis.com/google.protobuf.StringValue".into(),
-                                ),
-                                ("value", Doc::Str(value)),
-                            ]),
-                        ),
-                        (STOP_ITERATION, Doc::Raw(stop_iteration.to_string())),
-                    ]),
-                ),
-            ]),
-        ),
-    ]);
-    Ok(render(&doc))
+    let configuration = plugin_configuration(&args.script, &args.configuration)?;
+    let configuration = checked(&args.script, deploy::for_envoy(configuration), findings)?;
+    Ok(deploy::envoy_filter(&configuration, &args.name, &args.wasm))
 }
 
 /// One `--rule` with what follows it.
@@ -601,143 +538,4 @@ fn sha256_of(arg: &str) -> Result<String, String> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(&bytes);
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A plugin configuration as a document: `script` first, then `config`, then the rest.
-fn plugin_settings(settings: &Map<String, Value>) -> Doc {
-    let rank = |k: &str| match k {
-        "script" => 0,
-        "config" => 1,
-        _ => 2,
-    };
-    let mut entries: Vec<(&String, &Value)> = settings.iter().collect();
-    entries.sort_by_key(|(k, _)| rank(k));
-    Doc::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.clone(), Doc::from(v)))
-            .collect(),
-    )
-}
-
-// ---- output ----------------------------------------------------------------------------------
-
-/// A document in the order it is printed.
-enum Doc {
-    Str(String),
-    /// A number, a boolean or null, as JSON.
-    Raw(String),
-    Map(Vec<(String, Doc)>),
-    List(Vec<Doc>),
-}
-
-impl From<&str> for Doc {
-    fn from(s: &str) -> Doc {
-        Doc::Str(s.to_string())
-    }
-}
-
-impl From<&Value> for Doc {
-    fn from(v: &Value) -> Doc {
-        match v {
-            Value::String(s) => Doc::Str(s.clone()),
-            Value::Array(items) => Doc::List(items.iter().map(Doc::from).collect()),
-            Value::Object(m) => {
-                Doc::Map(m.iter().map(|(k, v)| (k.clone(), Doc::from(v))).collect())
-            }
-            other => Doc::Raw(other.to_string()),
-        }
-    }
-}
-
-fn map<const N: usize>(entries: [(&str, Doc); N]) -> Doc {
-    Doc::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
-}
-
-/// The document as indented JSON (hence YAML), ending with a newline.
-fn render(doc: &Doc) -> String {
-    let mut out = String::new();
-    write_doc(&mut out, doc, 0);
-    out.push('\n');
-    out
-}
-
-fn write_doc(out: &mut String, doc: &Doc, indent: usize) {
-    let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
-    match doc {
-        Doc::Str(s) => write_string(out, s),
-        Doc::Raw(r) => out.push_str(r),
-        Doc::Map(entries) if entries.is_empty() => out.push_str("{}"),
-        Doc::List(items) if items.is_empty() => out.push_str("[]"),
-        Doc::Map(entries) => {
-            out.push_str("{\n");
-            for (i, (k, v)) in entries.iter().enumerate() {
-                pad(out, indent + 2);
-                write_string(out, k);
-                out.push_str(": ");
-                write_doc(out, v, indent + 2);
-                out.push_str(if i + 1 < entries.len() { ",\n" } else { "\n" });
-            }
-            pad(out, indent);
-            out.push('}');
-        }
-        Doc::List(items) => {
-            out.push_str("[\n");
-            for (i, v) in items.iter().enumerate() {
-                pad(out, indent + 2);
-                write_doc(out, v, indent + 2);
-                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-            }
-            pad(out, indent);
-            out.push(']');
-        }
-    }
-}
-
-/// A JSON string literal that YAML reads back as the same text: besides JSON's own escapes,
-/// every character YAML does not take as printable (or folds as a line break) is escaped.
-fn write_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{0}'..='\u{1f}'
-            | '\u{7f}'..='\u{9f}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{feff}'
-            | '\u{fffe}'
-            | '\u{ffff}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strings_survive_json() {
-        let text = "a\"b\\c\nd\te\r\u{0}\u{7f}\u{85}\u{2028}\u{feff}\u{ffff}é😀/";
-        let mut out = String::new();
-        write_string(&mut out, text);
-        assert!(
-            !out.contains('\u{2028}') && !out.contains('\u{85}'),
-            "{out}"
-        );
-        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
-    }
 }

@@ -1,7 +1,6 @@
 //! The subcommands of `proxy-rhai`.
 
 mod deploy;
-mod input;
 mod repl;
 mod watch;
 
@@ -10,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use proxy_rhai::check::{check, Severity};
-use proxy_rhai::emulator::{
-    self, header, Callout, Emulator, Headers, LogLine, Metric, Outcome, Reply, Request, Response,
-};
-use proxy_rhai::testing::{self, spec};
+use proxy_rhai::emulator::{self, Emulator, Request};
+use proxy_rhai::run::{input, Answers, Report};
+use proxy_rhai::testing;
 
 /// Run, test, check, document and play with proxy-rhai scripts, with no proxy: the plugin's own
 /// code runs in an emulated Envoy. Then `deploy` prints the Envoy or Higress configuration that
@@ -235,7 +233,6 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     let now = args.now.unwrap_or(emulator::START_TIME_MS);
     let emulator = Emulator::new_at(&Value::Object(configuration).to_string(), now)
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
-    let configure_log = emulator.log();
     let mut requests = Vec::new();
     for arg in &args.request {
         requests.extend(input::requests(arg)?);
@@ -265,270 +262,14 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     for arg in &args.callout {
         answers.add_callout(&emulator, arg)?;
     }
-    let outcomes: Vec<Outcome> = requests
-        .iter()
-        .map(|request| answers.run(&emulator, request))
-        .collect();
-    let kept = Kept::of(&emulator, configure_log);
+    let report = Report::new(&emulator, requests, &answers);
     if args.json {
-        let runs: Vec<Value> = requests
-            .iter()
-            .zip(&outcomes)
-            .map(|(request, outcome)| {
-                let mut value = spec::outcome(outcome);
-                value["request"] = json!({
-                    "method": request.method,
-                    "path": request.path,
-                    "authority": request.authority,
-                    "headers": spec::pairs(&request.headers),
-                    "body": String::from_utf8_lossy(&request.body),
-                });
-                value
-            })
-            .collect();
-        let mut value = match <[Value; 1]>::try_from(runs) {
-            Ok([one]) => one,
-            Err(runs) => json!({ "runs": runs }),
-        };
-        value["configure_log"] = kept.configure_log.iter().map(spec::log_line).collect();
-        value["metrics"] = kept
-            .metrics
-            .iter()
-            .map(|m| (m.name.clone(), spec::metric_value(m)))
-            .collect();
-        value["shared_data"] = kept
-            .shared
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(String::from_utf8_lossy(v))))
-            .collect();
-        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
         out(&format!("{text}\n"));
     } else {
-        let mut text = String::new();
-        show_log(&mut text, "log at configure time", &kept.configure_log);
-        for (i, (request, outcome)) in requests.iter().zip(&outcomes).enumerate() {
-            if requests.len() > 1 {
-                text.push_str(&format!("\n=== request {} of {}\n", i + 1, requests.len()));
-            }
-            text.push('\n');
-            text.push_str(&show_outcome(request, outcome));
-        }
-        show_kept(&mut text, &kept);
-        out(&format!("{}\n", text.trim()));
+        out(&format!("{}\n", report.text()));
     }
-    Ok(outcomes
-        .iter()
-        .all(|o| o.script_errors().is_empty() && o.stalled.is_none()))
-}
-
-/// What answers the requests of a run: the upstream, and the callouts by `--callout` rule.
-struct Answers {
-    response: Response,
-    rules: Vec<input::CalloutRule>,
-}
-
-impl Default for Answers {
-    fn default() -> Self {
-        Self {
-            response: Response::ok("upstream response\n").header("content-type", "text/plain"),
-            rules: Vec::new(),
-        }
-    }
-}
-
-impl Answers {
-    /// Adds a `CLUSTER[PATH]=ANSWER` rule; its cluster is one the proxy defines.
-    fn add_callout(&mut self, emulator: &Emulator, arg: &str) -> Result<(), String> {
-        let rule = input::callout(arg)?;
-        emulator.add_cluster(&rule.cluster);
-        self.rules.push(rule);
-        Ok(())
-    }
-
-    /// The rule answering `call`: one with its cluster and a matching path first, then one
-    /// for the whole cluster; with none the call times out.
-    fn reply(&self, call: &Callout) -> Reply {
-        let path = header(&call.headers, ":path").unwrap_or_default();
-        let matching = |with_path: bool| {
-            self.rules.iter().find(|r| {
-                r.cluster == call.cluster
-                    && r.path.is_some() == with_path
-                    && r.path
-                        .as_deref()
-                        .is_none_or(|p| spec::path_matches(p, &path))
-            })
-        };
-        matching(true)
-            .or_else(|| matching(false))
-            .map_or(Reply::NoAnswer, |r| r.reply.clone())
-    }
-
-    fn run(&self, emulator: &Emulator, request: &Request) -> Outcome {
-        emulator.run_with(
-            request,
-            &mut self.response.clone(),
-            &mut |call: &Callout| self.reply(call),
-        )
-    }
-}
-
-fn show_headers(text: &mut String, headers: &Headers) {
-    for (name, value) in headers {
-        text.push_str(&format!("  {name}: {}\n", String::from_utf8_lossy(value)));
-    }
-}
-
-fn show_body(text: &mut String, body: &[u8]) {
-    if body.is_empty() {
-        text.push_str("  (no body)\n");
-    } else {
-        let shown = String::from_utf8_lossy(body);
-        text.push_str(&format!("  body ({} bytes): {shown:?}\n", body.len()));
-    }
-}
-
-/// A body that went on in several pieces: each piece.
-fn show_pieces(text: &mut String, pieces: &[Vec<u8>]) {
-    if pieces.len() > 1 {
-        for (i, piece) in pieces.iter().enumerate() {
-            let shown = String::from_utf8_lossy(piece);
-            text.push_str(&format!(
-                "    piece {} ({} bytes): {shown:?}\n",
-                i + 1,
-                piece.len()
-            ));
-        }
-    }
-}
-
-/// What the plugin keeps beyond one request: shown after it.
-struct Kept {
-    /// What the script's top level logged, at configure time.
-    configure_log: Vec<LogLine>,
-    metrics: Vec<Metric>,
-    shared: Vec<(String, Vec<u8>)>,
-}
-
-impl Kept {
-    fn of(emulator: &Emulator, configure_log: Vec<LogLine>) -> Self {
-        Self {
-            configure_log,
-            metrics: emulator.metrics(),
-            shared: emulator.shared_data(),
-        }
-    }
-}
-
-fn show_log(text: &mut String, title: &str, log: &[LogLine]) {
-    if !log.is_empty() {
-        text.push_str(&format!("\n== {title}\n"));
-        for l in log {
-            let level = spec::level_name(l.level);
-            text.push_str(&format!("  {level:<5}  {}\n", l.message));
-        }
-    }
-}
-
-/// The trace and the outcome of one request, for a person.
-fn show_outcome(request: &Request, outcome: &Outcome) -> String {
-    let mut text = String::new();
-    text.push_str(&format!(
-        "== request: {} {} (authority {})\n",
-        request.method, request.path, request.authority
-    ));
-    show_headers(&mut text, &request.headers);
-    show_body(&mut text, &request.body);
-    text.push_str(&format!("\n== host calls ({})\n", outcome.trace.len()));
-    for (i, call) in outcome.trace.iter().enumerate() {
-        text.push_str(&format!("{:>4}  {call}\n", i + 1));
-    }
-    if !outcome.callouts.is_empty() {
-        text.push_str(&format!("\n== callouts ({})\n", outcome.callouts.len()));
-        for c in &outcome.callouts {
-            let get = |name| header(&c.headers, name).unwrap_or_default();
-            text.push_str(&format!(
-                "  {} {} {} ({} ms, body {} bytes)\n",
-                c.cluster,
-                get(":method"),
-                get(":path"),
-                c.timeout.as_millis(),
-                c.body.len()
-            ));
-        }
-    }
-    match &outcome.upstream {
-        Some(up) => {
-            text.push_str("\n== forwarded to the upstream\n");
-            show_headers(&mut text, &up.headers);
-            show_body(&mut text, &up.body);
-            show_pieces(&mut text, &up.chunks);
-        }
-        None => text.push_str("\n== the request never reached the upstream\n"),
-    }
-    let r = &outcome.response;
-    if let Some(why) = &outcome.stalled {
-        text.push_str(&format!("\n== stalled: {why}\n"));
-    } else {
-        let from = if r.local {
-            "(local response)"
-        } else {
-            "(from the upstream)"
-        };
-        let reset = if r.reset {
-            " (then reset: the client saw a truncated response)"
-        } else {
-            ""
-        };
-        text.push_str(&format!(
-            "\n== response to the client: {} {from}{reset}\n",
-            r.status
-        ));
-        show_headers(&mut text, &r.headers);
-        show_body(&mut text, &r.body);
-        show_pieces(&mut text, &r.chunks);
-    }
-    if !outcome.filter_state.is_empty() {
-        text.push_str("\n== filter state (what the access log and later filters read)\n");
-        for (key, value) in &outcome.filter_state {
-            text.push_str(&format!(
-                "  {key:?}: {:?}\n",
-                String::from_utf8_lossy(value)
-            ));
-        }
-    }
-    show_log(&mut text, "log", &outcome.log);
-    let errors = outcome.script_errors();
-    if !errors.is_empty() {
-        text.push_str("\n== script errors\n");
-        for e in errors {
-            text.push_str(&format!("  {e}\n"));
-        }
-    }
-    text
-}
-
-/// What the plugin kept after the requests: its metrics and the shared data.
-fn show_kept(text: &mut String, kept: &Kept) {
-    show_metrics(text, &kept.metrics);
-    show_shared(text, &kept.shared);
-}
-
-fn show_metrics(text: &mut String, metrics: &[Metric]) {
-    if !metrics.is_empty() {
-        text.push_str("\n== metrics\n");
-        for m in metrics {
-            text.push_str(&format!("  {}: {}\n", m.name, spec::metric_value(m)));
-        }
-    }
-}
-
-fn show_shared(text: &mut String, shared: &[(String, Vec<u8>)]) {
-    if !shared.is_empty() {
-        text.push_str("\n== shared data\n");
-        for (k, v) in shared {
-            text.push_str(&format!("  {k}: {:?}\n", String::from_utf8_lossy(v)));
-        }
-    }
+    Ok(report.passed())
 }
 
 // ---- test ------------------------------------------------------------------------------------

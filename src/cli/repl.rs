@@ -13,10 +13,10 @@ use rhai::{Dynamic, Scope, AST};
 use serde_json::{Map, Value};
 
 use proxy_rhai::emulator::{self, Emulator, Outcome};
+use proxy_rhai::run::{input, show_metrics, show_outcome, show_shared, Answers, Kept};
 use proxy_rhai::testing::spec;
 
-use super::{input, out, read_script, show_metrics, show_outcome, show_shared, Answers};
-use super::{Configuration, Kept};
+use super::{out, read_script, Configuration};
 
 /// Plays with a script interactively: Rhai with the plugin's whole API, in an emulated Envoy.
 ///

@@ -581,6 +581,8 @@ impl Host for EmulatorHost {
         self.trace(format!("record_metric({}, {value})", self.metric_name(id)));
         let mut state = self.0.borrow_mut();
         let metric = state.metrics.get_mut(id as usize).ok_or(Status::NotFound)?;
+        // proxy-wasm's type is non_exhaustive; the playground's copy (`proxy_types`) is not.
+        #[allow(unreachable_patterns)]
         match metric.kind {
             MetricType::Counter => metric.value = metric.value.saturating_add(value),
             MetricType::Gauge => metric.value = value,

@@ -17,14 +17,12 @@
 //! ```
 
 pub mod host;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 mod session;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(tools)]
 pub use session::Unparsed;
 
 use std::rc::Rc;
-
-use proxy_wasm::types::Action;
 
 pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
 use host::{StreamData, Window};
@@ -33,7 +31,7 @@ use crate::config::ConfigError;
 use crate::header_map::HeaderMap;
 use crate::host::{LogLevel, MapType};
 use crate::plugin::Plugin;
-use crate::stream::HttpStream;
+use crate::stream::{Action, HttpStream};
 
 /// Where the emulator's clock starts: 2026-01-01T00:00:00Z, in milliseconds since the Unix
 /// epoch. Fixed, so a test's output is the same on every run; tests move it.
@@ -531,6 +529,11 @@ impl Emulator {
     /// [`Emulator::new`] with the clock at `now_ms` (milliseconds since the Unix epoch) from
     /// the start: the script's top level runs at that time.
     pub fn new_at(configuration: &str, now_ms: u64) -> Result<Self, String> {
+        Self::configure_at(configuration, now_ms).map_err(|e| e.to_string())
+    }
+
+    /// [`Emulator::new_at`], refused with the plugin's own error (the script's line and column).
+    pub fn configure_at(configuration: &str, now_ms: u64) -> Result<Self, ConfigError> {
         Self::configured(now_ms, |host| {
             Plugin::configure(host, configuration.as_bytes())
         })
@@ -540,10 +543,10 @@ impl Emulator {
     fn configured(
         now_ms: u64,
         configure: impl FnOnce(EmulatorHost) -> Result<Plugin<EmulatorHost>, ConfigError>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let host = EmulatorHost::default();
         host.0.borrow_mut().now_nanos = now_ms.saturating_mul(1_000_000);
-        let plugin = configure(host.clone()).map_err(|e| e.to_string())?;
+        let plugin = configure(host.clone())?;
         host.0.borrow_mut().calls.clear();
         Ok(Self {
             host,

@@ -21,6 +21,7 @@ impl Emulator {
         Self::configured(now_ms, |host| {
             Plugin::without_script(host, configuration.as_bytes())
         })
+        .map_err(|e| e.to_string())
     }
 
     /// Parses `source` as the plugin parses its script (same engine, same messages).

@@ -312,7 +312,7 @@ fn pad(ctx: &NativeCallContext, s: &mut ImmutableString, len: INT, with: &str) -
     check_string_len(ctx, s.len())
 }
 
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(all(test, tools))]
 mod tests {
     /// Every form of Rhai's functions replaced here that takes a string first (Rhai's own list:
     /// its name and parameter types, which are what a call is resolved by) is called on an

@@ -2,6 +2,7 @@
 //!
 #![doc = include_str!("testing.md")]
 
+pub mod case;
 pub mod spec;
 
 use std::cell::{Cell, RefCell};

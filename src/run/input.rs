@@ -1,12 +1,12 @@
-//! What the command reads: JSON given inline or in a file, HTTP/1.1 messages in files, and
-//! `--callout` answers.
+//! What a run reads: JSON given inline or in a file, HTTP/1.1 messages, and `--callout`
+//! answers (`proxy-rhai run`'s options, the playground's fields).
 
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use proxy_rhai::emulator::{Reply, Request, Response};
-use proxy_rhai::testing::spec;
+use crate::emulator::{Reply, Request, Response};
+use crate::testing::spec;
 
 /// A JSON value given as text, or the JSON in the file it names.
 pub fn json_arg(what: &str, arg: &str) -> Result<Value, String> {
@@ -128,8 +128,9 @@ fn split_message(text: &str) -> Result<Message<'_>, String> {
     })
 }
 
-/// `METHOD PATH [HTTP/1.1]`, headers (`Host` is the authority), a blank line, the body.
-fn http_request(text: &str) -> Result<Value, String> {
+/// `METHOD PATH [HTTP/1.1]`, headers (`Host` is the authority), a blank line, the body: as
+/// the JSON request [`spec::request`] reads.
+pub fn http_request(text: &str) -> Result<Value, String> {
     let Message {
         first,
         headers,
@@ -154,8 +155,9 @@ fn http_request(text: &str) -> Result<Value, String> {
     Ok(request)
 }
 
-/// `HTTP/1.1 STATUS [REASON]`, headers, a blank line, the body.
-fn http_response(text: &str) -> Result<Value, String> {
+/// `HTTP/1.1 STATUS [REASON]`, headers, a blank line, the body: as the JSON response
+/// [`spec::response`] reads.
+pub fn http_response(text: &str) -> Result<Value, String> {
     let Message {
         first,
         headers,
