@@ -214,15 +214,19 @@ def check_share(context, page):
     other.page.close()
 
 
-def check_copy_as(page):
-    page.example("hello")
-    page.page.wait_for_function("document.getElementById('check-status').textContent === 'compiles'")
+def check_copy_as(page, binary):
+    page.example("token_callout")
     page.page.click("#copy-test")
     page.page.wait_for_selector("#output[open]")
     test = page.page.input_value("#output-text")
     contains(test, "fn test_", "copy as test")
-    contains(test, "assert", "copy as test")
     page.page.keyboard.press("Escape")
+    # The case passes when run beside the script, as the page says to save it.
+    with tempfile.TemporaryDirectory(prefix="playground-case-") as folder:
+        (Path(folder) / "token_callout.rhai").write_text((ROOT / "scripts" / "token_callout.rhai").read_text())
+        (Path(folder) / "token_callout.test.rhai").write_text(test)
+        result = subprocess.run([binary, "test", folder], capture_output=True, text=True)
+        assert result.returncode == 0 and "1 passed" in result.stdout, f"{test}\n{result.stdout}{result.stderr}"
     page.page.click("#copy-deploy")
     page.page.wait_for_selector("#output[open]")
     contains(page.page.input_value("#output-text"), "envoy.filters.http.wasm", "copy as deploy")
@@ -272,7 +276,7 @@ def main():
                 ("an endless loop ends with the operations limit", lambda: check_endless_loop(page)),
                 ("the backstop restarts a worker that runs too long", lambda: check_backstop(context, server.url)),
                 ("a shared link brings back the state and result", lambda: check_share(context, page)),
-                ("copy as test and copy as deploy", lambda: check_copy_as(page)),
+                ("copy as test (a passing test case) and copy as deploy", lambda: check_copy_as(page, args.binary)),
                 ("completions and the doc under the cursor", lambda: check_api_help(page)),
             ]
             for name, check in checks:
