@@ -97,18 +97,22 @@ class Page:
     def text(self, selector):
         return self.page.inner_text(selector)
 
-    def set_script(self, text):
-        self.page.click("#script-editor .cm-content")
-        self.page.keyboard.press("Control+A")
-        self.page.keyboard.press("Delete")
+    def type_into(self, editor, text):
+        """Replaces an editor's text by typing, as a person would, and checks it took."""
+        content = self.page.locator(f"{editor} .cm-content")
+        content.click()
+        content.press("Control+A")
+        content.press("Delete")
         self.page.keyboard.insert_text(text)
+        typed = content.inner_text().replace("\u00a0", " ")
+        assert typed.strip() == text.strip(), f"{editor} holds {typed!r} after typing {text!r}"
+
+    def set_script(self, text):
+        self.type_into("#script-editor", text)
 
     def set_config(self, text):
         self.page.click("[data-tab=config]")
-        self.page.click("#config-editor .cm-content")
-        self.page.keyboard.press("Control+A")
-        self.page.keyboard.press("Delete")
-        self.page.keyboard.insert_text(text)
+        self.type_into("#config-editor", text)
         self.page.click("[data-tab=request]")
 
 
@@ -170,6 +174,22 @@ def check_compile_error(page):
     contains(page.text("#summary"), "line 3", "the run's failure")
 
 
+def check_http_message(page):
+    """The request edited as an HTTP/1.1 message reaches the upstream as written."""
+    page.example("hello")
+    page.page.check("input[name=request-mode][value=message]")
+    contains(page.page.input_value("#request-message"), "GET /greet HTTP/1.1", "the form as a message")
+    page.page.fill("#request-message", "POST /orders?x=1 HTTP/1.1\nHost: shop.example.com\nX-Order: 42\n\n{\"id\": 42}")
+    outcome = page.run()
+    upstream = page.text("#out-upstream")
+    contains(upstream, "POST /orders?x=1", "the upstream's request line")
+    contains(upstream, "x-order\t42", "the upstream's headers")
+    contains(upstream, "shop.example.com", "the upstream's authority")
+    assert outcome["answer"]["upstream"]["body"] == '{"id": 42}', outcome["answer"]["upstream"]
+    page.page.check("input[name=request-mode][value=form]")
+    assert page.page.input_value("#req-path") == "/orders?x=1", "the message back as fields"
+
+
 def check_endless_loop(page):
     page.example("hello")
     page.set_script("fn on_request_headers() {\n    let n = 0;\n    loop { n += 1; }\n}\n")
@@ -186,9 +206,10 @@ def check_backstop(context, url):
     page = Page(context, f"{url}?backstop_ms=300")
     page.example("hello")
     page.set_config('{"limits": {"max_operations": 100000000}}')
-    page.set_script("fn on_request_headers() {\n    loop { }\n}\n")
-    page.run()
-    contains(page.text("#summary"), "backstop", "the backstop's message")
+    # About ten seconds' work: the operations limit would end it long after the backstop.
+    page.set_script("fn on_request_headers() {\n    let n = 0;\n    loop { n += 1; }\n}\n")
+    outcome = page.run()
+    contains(page.text("#summary"), "backstop", f"the backstop's message (the run's answer: {outcome})")
     outcome = page.example("no_config")
     assert page.text("#client-status") == "200", outcome
     page.page.close()
@@ -273,6 +294,7 @@ def main():
             checks = [
                 ("every example runs and shows its trace and answer", lambda: check_examples(page, manifest, timings)),
                 ("a compile error is shown at its line", lambda: check_compile_error(page)),
+                ("the request as an HTTP message", lambda: check_http_message(page)),
                 ("an endless loop ends with the operations limit", lambda: check_endless_loop(page)),
                 ("the backstop restarts a worker that runs too long", lambda: check_backstop(context, server.url)),
                 ("a shared link brings back the state and result", lambda: check_share(context, page)),
