@@ -1,11 +1,14 @@
 //! The `proxy-rhai` command itself: run, check, test and docs on small scripts, exit codes,
-//! the summary line, `--json`, one-line errors, `--help`; `deploy` in `cli/deploy.rs`.
+//! the summary line, `--json`, one-line errors, `--help`; `deploy` in `cli/deploy.rs`, `repl` in
+//! `cli/repl.rs`, the playground in `cli/playground.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[path = "cli/playground.rs"]
+mod playground;
 #[path = "cli/repl.rs"]
 mod repl;
 
@@ -556,7 +559,7 @@ fn docs_writes_the_reference_and_checks_it() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "test", "check", "docs", "repl"] {
+    for sub in ["run", "test", "check", "docs", "repl", "playground"] {
         let o = proxy_rhai(&[sub, "--help"]);
         assert_eq!(o.status.code(), Some(0), "{sub}");
         assert!(

@@ -9,5 +9,7 @@ tools/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+# The browser playground's build of the crate (tools/build-playground.sh).
+cargo clippy --target wasm32-wasip1 --lib --no-default-features --features playground -- -D warnings
 tools/build-wasm.sh
 PROXY_RHAI_WASM="$PWD/target/proxy_rhai.wasm" cargo test

@@ -1,6 +1,7 @@
 //! The subcommands of `proxy-rhai`.
 
 mod deploy;
+mod playground;
 mod repl;
 mod watch;
 
@@ -34,6 +35,7 @@ enum Command {
     Docs(DocsArgs),
     Deploy(deploy::DeployArgs),
     Repl(repl::ReplArgs),
+    Playground(playground::PlaygroundArgs),
 }
 
 /// Runs a script against one request and shows what it did.
@@ -195,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Docs(args) => docs(&args),
         Command::Deploy(args) => deploy::deploy(&args, matches.subcommand_matches("deploy")),
         Command::Repl(args) => repl::repl(&args),
+        Command::Playground(args) => playground::playground(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
