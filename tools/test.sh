@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy (native and wasm), the unit and script tests,
-# and the end-to-end tests in real Envoy against the release artifact.
+# the end-to-end tests in real Envoy against the release artifact, and the browser playground
+# in Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # vendor/rhai is rhai 1.27.0 plus vendor/rhai-patches, byte for byte (well under a second).
@@ -13,3 +14,5 @@ cargo clippy --target wasm32-wasip1 --lib -- -D warnings
 cargo clippy --target wasm32-wasip1 --lib --no-default-features --features playground -- -D warnings
 tools/build-wasm.sh
 PROXY_RHAI_WASM="$PWD/target/proxy_rhai.wasm" cargo test
+tools/build-playground.sh
+python3 playground/tests/test_page.py
