@@ -363,9 +363,11 @@ function showCode() {
   for (let n = 1; n <= doc.lines; n++) {
     const line = doc.line(n);
     if (line.text.trim() && !line.text.trimStart().startsWith("//")) {
-      scriptEditor.dispatch({
-        selection: { anchor: line.from },
-        effects: EditorView.scrollIntoView(line.from, { y: "start", yMargin: 20 }),
+      scriptEditor.dispatch({ selection: { anchor: line.from } });
+      // The editor's own scroller only (scrollIntoView would scroll the page's columns too).
+      scriptEditor.requestMeasure({
+        read: (view) => view.lineBlockAt(line.from).top,
+        write: (top, view) => (view.scrollDOM.scrollTop = Math.max(0, top - 20)),
       });
       return;
     }
