@@ -72,6 +72,7 @@ class Page:
         self.page.set_default_timeout(WAIT_MS)
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.load_ms = self.load(url)
 
     def load(self, url):
@@ -215,6 +216,7 @@ def check_backstop(context, url):
     contains(page.text("#summary"), "backstop", f"the backstop's message (the run's answer: {outcome})")
     outcome = page.example("no_config")
     assert page.text("#client-status") == "200", outcome
+    assert not page.errors, page.errors
     page.page.close()
 
 
@@ -235,6 +237,7 @@ def check_share(context, page):
     after = other.run()
     assert after["answer"]["response"] == before["answer"]["response"], "the same answer"
     assert after["answer"]["upstream"] == before["answer"]["upstream"], "the same upstream request"
+    assert not other.errors, other.errors
     other.page.close()
 
 
@@ -318,7 +321,10 @@ def main():
                     page.page.screenshot(path=str(OUT / f"failed-{passed + failed}.png"))
             if page.errors:
                 failed += 1
-                print(f"FAILED: the page threw {page.errors}")
+                print(f"FAILED: errors on the page: {page.errors}")
+            else:
+                passed += 1
+                print("ok: no errors on the page (thrown or logged)")
             page.example("token_callout")
             page.page.screenshot(path=str(OUT / "playground.png"))
             context.close()
