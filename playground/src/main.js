@@ -228,7 +228,9 @@ function apiTooltip(view, pos) {
     create() {
       const dom = document.createElement("div");
       dom.className = "api-info";
-      dom.innerHTML = entries.map((e) => `<pre class="sig">${escape(e.signature)}</pre>`).join("") + markdown(docBody(entries[0]));
+      // The first paragraph: the whole doc is in the panel.
+      const first = docBody(entries[0]).split(/\n\s*\n/)[0];
+      dom.innerHTML = entries.map((e) => `<pre class="sig">${escape(e.signature)}</pre>`).join("") + markdown(first);
       return { dom };
     },
   };
