@@ -675,23 +675,31 @@ document.addEventListener("keydown", (e) => {
 });
 configEditor.dom.addEventListener("focusout", () => forceLinting(scriptEditor));
 
+/// The state a shared link holds; false when the page's address holds none.
+async function loadLink() {
+  const shared = location.hash.match(/^#s=(.+)$/);
+  if (!shared) return false;
+  try {
+    setState(await decodeState(shared[1]));
+    selectExample("");
+    setStatus("loaded from the link");
+  } catch (e) {
+    setStatus(`the link's state could not be read: ${e.message}`, "bad");
+    return false;
+  }
+  return true;
+}
+
 async function start() {
   // The API first: the tokenizer highlights its names once they are known.
   await Promise.all([loadExamples(), loadApi()]);
-  const shared = location.hash.match(/^#s=(.+)$/);
-  if (shared) {
-    try {
-      setState(await decodeState(shared[1]));
-      setStatus("loaded from the link");
-    } catch (e) {
-      setStatus(`the link's state could not be read: ${e.message}`, "bad");
-      setState(exampleState(examples[0]));
-    }
-  } else {
+  if (!(await loadLink())) {
     setState(exampleState(examples[0]));
     showCode();
     selectExample(examples[0].name);
   }
+  // A link pasted into this tab changes only the fragment.
+  window.addEventListener("hashchange", loadLink);
   document.body.dataset.ready = "true";
   // Milliseconds from navigation to a page ready to run (the browser test prints it).
   window.playgroundReadyAt = performance.now();
