@@ -502,21 +502,28 @@ function traceBlock(trace) {
   const rows = [];
   let n = 0;
   let group = "request headers";
-  rows.push(`<li class="phase">${group}</li>`);
+  // The headers' headings show only above calls; a body piece's always (it says its size).
+  let heading = `<li class="phase">${group}</li>`;
   for (const line of trace) {
     if (line.startsWith("-- ")) {
       const data = line.match(/^-- (request|response) data: (.*)$/);
       if (data) {
         group = `${data[1]} body`;
+        heading = "";
         rows.push(`<li class="phase">${group}: ${escape(data[2])}</li>`);
-      } else rows.push(`<li class="note">${escape(line.slice(3))}</li>`);
+      } else {
+        rows.push(heading, `<li class="note">${escape(line.slice(3))}</li>`);
+        heading = "";
+      }
       continue;
     }
     const what = touches(line);
     if (what.startsWith("response headers") && !group.startsWith("response")) {
       group = "response headers";
-      rows.push(`<li class="phase">response headers</li>`);
+      heading = `<li class="phase">${group}</li>`;
     }
+    rows.push(heading);
+    heading = "";
     n++;
     const tag = what ? `<span class="tag">${escape(what)}</span>` : "";
     const kind = /^log_error|^send_http_response\(5/.test(line) ? " bad" : /^log_/.test(line) ? " log" : "";
@@ -572,7 +579,7 @@ function showOutcome(a, ms) {
   const context = a.context !== undefined ? section("out-context", "Context (set_context)", keyValues(a.context, "nothing kept"), false) : "";
   $("outcome").innerHTML =
     errors +
-    section("out-trace", `Host calls, as the stream goes (${a.trace?.length ?? 0})`, traceBlock(a.trace ?? [])) +
+    section("out-trace", `Host calls, as the stream goes (${(a.trace ?? []).filter((l) => !l.startsWith("-- ")).length})`, traceBlock(a.trace ?? [])) +
     (callouts ? section("out-callouts", `Callouts made (${a.callouts.length})`, callouts) : "") +
     section("out-upstream", "What the upstream received", upstream) +
     section("out-client", `What the client received: ${escape(r.status)}`, client) +
