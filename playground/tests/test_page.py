@@ -27,10 +27,12 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "target" / "playground-test"
 # Without the background-networking flags Chromium keeps trying hosts this machine can't
-# reach; the sandbox needs privileges a CI container doesn't give.
+# reach; the sandbox needs privileges a CI container doesn't give, and a container's /dev/shm
+# may be too small for its shared memory.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
+    "--disable-dev-shm-usage",
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
