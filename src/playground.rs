@@ -634,5 +634,15 @@ mod tests {
             "failing",
         );
         case_passes(json!({}), "fn on_request_headers() { PAUSE }", "stalled");
+        let script = "fn on_request_headers() { if config() == () { add_request_header(\"x-none\", \"1\"); } }";
+        let text = case_passes(json!({}), script, "unconfigured");
+        assert!(
+            text.contains(r#"plugin("unconfigured.rhai", (), #{});"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"r.assert_upstream_header("x-none", "1");"#),
+            "{text}"
+        );
     }
 }
