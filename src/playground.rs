@@ -28,7 +28,8 @@
 //! assert_eq!(answer["errors"][0]["line"], 1);
 //! ```
 //!
-//! In the wasm32 build with the `playground` feature, [`exports`] hands `call` to JavaScript.
+//! In the wasm32 build with the `playground` feature, the module `exports` hands `call` to
+//! JavaScript.
 
 use serde_json::{json, Map, Value};
 
