@@ -28,7 +28,8 @@
 //! assert_eq!(answer["errors"][0]["line"], 1);
 //! ```
 //!
-//! In the wasm32 build with the `playground` feature, [`exports`] hands `call` to JavaScript.
+//! In the wasm32 build with the `playground` feature, the module `exports` hands `call` to
+//! JavaScript.
 
 use serde_json::{json, Map, Value};
 
@@ -634,5 +635,15 @@ mod tests {
             "failing",
         );
         case_passes(json!({}), "fn on_request_headers() { PAUSE }", "stalled");
+        let script = "fn on_request_headers() { if config() == () { add_request_header(\"x-none\", \"1\"); } }";
+        let text = case_passes(json!({}), script, "unconfigured");
+        assert!(
+            text.contains(r#"plugin("unconfigured.rhai", (), #{});"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"r.assert_upstream_header("x-none", "1");"#),
+            "{text}"
+        );
     }
 }

@@ -17,10 +17,10 @@ fi
 
 # The crate for the browser: the emulator, check, the API reference and the run, test and
 # deploy output behind a JSON bridge (src/playground.rs), without the plugin's entry points.
-# Its own profile keeps it apart from the plugin's release build.
-cargo build --profile playground --target wasm32-wasip1 --lib --no-default-features --features playground
+# Its own profile (`browser`) keeps it apart from the plugin's release build.
+cargo build --profile browser --target wasm32-wasip1 --lib --no-default-features --features playground
 mkdir -p "$out"
 # -Oz: the page downloads it; the playground's operations are not on a hot path.
 wasm-opt -Oz --strip-debug --strip-producers \
-  target/wasm32-wasip1/playground/proxy_rhai.wasm -o "$out/playground.wasm"
+  target/wasm32-wasip1/browser/proxy_rhai.wasm -o "$out/playground.wasm"
 echo "built $out/playground.wasm: $(stat -c %s "$out/playground.wasm") bytes"

@@ -44,9 +44,8 @@ pub fn write(case: &Case) -> String {
         path = case.script_path
     );
     let mut settings = case.settings.clone();
-    let config = settings
-        .remove("config")
-        .unwrap_or(Value::Object(Map::new()));
+    // No "config" is what `()` gives the test API: `config()` returns `()` either way.
+    let config = settings.remove("config").unwrap_or(Value::Null);
     let _ = writeln!(
         out,
         "    let p = plugin({}, {}, {});",
