@@ -181,12 +181,14 @@ def check_compile_error(page):
 
 
 def check_http_message(page):
-    """The request edited as an HTTP/1.1 message reaches the upstream as written."""
+    """The request edited as an HTTP/1.1 message reaches the upstream as written (run with
+    Ctrl-Enter)."""
     page.example("hello")
     page.page.check("input[name=request-mode][value=message]")
     contains(page.page.input_value("#request-message"), "GET /greet HTTP/1.1", "the form as a message")
     page.page.fill("#request-message", "POST /orders?x=1 HTTP/1.1\nHost: shop.example.com\nX-Order: 42\n\n{\"id\": 42}")
-    outcome = page.run()
+    # Ctrl-Enter runs from anywhere on the page, here the message's box.
+    outcome = page.run(lambda: page.page.press("#request-message", "Control+Enter"))
     upstream = page.text("#out-upstream")
     contains(upstream, "POST /orders?x=1", "the upstream's request line")
     contains(upstream, "x-order\t42", "the upstream's headers")
