@@ -34,7 +34,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::check::{check, Severity};
-use crate::emulator::{Emulator, Request, Response, START_TIME_MS};
+use crate::emulator::{Emulator, Request, START_TIME_MS};
 use crate::run::{input, Answers, Report};
 use crate::testing::spec;
 
@@ -175,24 +175,15 @@ impl Run {
     }
 
     /// Runs the request through the configured plugin.
-    fn report(&self) -> Result<(Report, Answers), String> {
+    fn report(&self) -> Result<Report, String> {
         let request: Request = spec::request(&self.request)?;
-        let mut answers = Answers::default();
-        if let Some(response) = &self.response {
-            answers.response = spec::response(response)?;
-        }
-        for rule in &self.callouts {
-            answers.add_callout(&self.emulator, rule)?;
-        }
-        Ok((
-            Report::new(&self.emulator, vec![request], &answers),
-            answers,
-        ))
+        let answers = Answers::of(&self.emulator, self.response.as_ref(), &self.callouts)?;
+        Ok(Report::new(&self.emulator, vec![request], &answers))
     }
 
     fn answer(&self) -> Value {
         match self.report() {
-            Ok((report, _)) => {
+            Ok(report) => {
                 let mut value = report.json();
                 value["text"] = report.text().into();
                 let positions: Vec<Value> = report
@@ -216,51 +207,15 @@ impl Run {
             None | Some(Value::Null) => "script.rhai",
             Some(_) => text_field(request, "script_path")?,
         };
-        let (report, answers) = self.report()?;
-        let response = match &self.response {
-            Some(response) => response.clone(),
-            None => response_json(&answers.response),
-        };
-        let (Some(outcome), Some(request)) = (report.outcomes.first(), report.requests.first())
-        else {
-            return Err("the run made no request".into());
-        };
-        Ok(crate::testing::case::write(&crate::testing::case::Case {
+        crate::testing::case::of_run(&crate::testing::case::Run {
+            emulator: &self.emulator,
             script_path,
             settings: &self.settings,
             request: &self.request,
-            response: &response,
-            callouts: &answers.rules,
-            outcome,
-            baseline: &baseline(&self.settings, request, &answers.response),
-            kept: &report.kept,
-        }))
+            response: self.response.as_ref(),
+            callouts: &self.callouts,
+        })
     }
-}
-
-/// What Envoy alone makes of the request and the answer: the run through a plugin whose
-/// script touches nothing, with the same settings (what `as_test` compares the run with).
-fn baseline(
-    settings: &Map<String, Value>,
-    request: &Request,
-    response: &Response,
-) -> crate::emulator::Outcome {
-    let mut settings = settings.clone();
-    settings.insert("script".into(), "fn on_log() {}".into());
-    settings.remove("_rules_");
-    match Emulator::new(&Value::Object(settings).to_string()) {
-        Ok(emulator) => emulator.run(request, &mut response.clone()),
-        Err(_) => crate::emulator::Outcome::default(),
-    }
-}
-
-/// A response as the JSON [`spec::response`] reads.
-fn response_json(response: &Response) -> Value {
-    json!({
-        "status": response.status,
-        "headers": spec::pairs(&response.headers),
-        "body": String::from_utf8_lossy(&response.body),
-    })
 }
 
 /// The line and column a script error's message ends with (`… (line 3, position 5)`, before

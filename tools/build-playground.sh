@@ -9,7 +9,7 @@ out=target/playground
 
 if [ "${1:-}" != "--wasm-only" ]; then
   if [ ! -f playground/package.json ]; then
-    echo "build-playground: playground/package.json is missing: the page's sources are not here" >&2
+    echo "build-playground: playground/package.json is missing: the page's sources are not here (--wasm-only builds the module alone)" >&2
     exit 1
   fi
   (cd playground && npm ci && npm run build)

@@ -91,6 +91,10 @@ struct RunArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
+    /// Print a test case (a *.test.rhai file, for `proxy-rhai test`) that sends the request
+    /// again, answered the same way, and checks what the script did; one request.
+    #[arg(long, conflicts_with_all = ["json", "watch", "repeat", "request_chunks", "response_chunks"])]
+    as_test: bool,
     /// Run again each time the script, or a file given for its configuration, requests,
     /// response or callout answers, changes; a header line says what changed and when. Ctrl-C
     /// ends it.
@@ -231,11 +235,15 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     } else {
         read_script(&args.script)?
     };
-    let mut configuration = args.configuration.settings()?;
-    configuration.insert("script".into(), script.into());
+    let configuration = args.configuration.settings()?;
+    let mut plugin = configuration.clone();
+    plugin.insert("script".into(), script.into());
     let now = args.now.unwrap_or(emulator::START_TIME_MS);
-    let emulator = Emulator::new_at(&Value::Object(configuration).to_string(), now)
+    let emulator = Emulator::new_at(&Value::Object(plugin).to_string(), now)
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
+    if args.as_test {
+        return as_test(args, &emulator, &configuration);
+    }
     let mut requests = Vec::new();
     for arg in &args.request {
         requests.extend(input::requests(arg)?);
@@ -273,6 +281,43 @@ fn run(args: &RunArgs) -> Result<bool, String> {
         out(&format!("{}\n", report.text()));
     }
     Ok(report.passed())
+}
+
+/// `run --as-test`: the case of the run's one request, the script found by its file name (the
+/// case is saved next to it).
+fn as_test(
+    args: &RunArgs,
+    emulator: &Emulator,
+    settings: &Map<String, Value>,
+) -> Result<bool, String> {
+    let mut requests = Vec::new();
+    for arg in &args.request {
+        requests.extend(input::request_values(arg)?);
+    }
+    let request = match <[Value; 1]>::try_from(requests) {
+        Ok([one]) => one,
+        Err(none) if none.is_empty() => serde_json::json!({}),
+        Err(_) => return Err("--as-test writes the case of one request: give one".into()),
+    };
+    let response = args
+        .response
+        .as_deref()
+        .map(input::response_value)
+        .transpose()?;
+    let script_path = match args.script.file_name() {
+        Some(name) if args.script.as_os_str() != "-" => name.to_string_lossy().into_owned(),
+        _ => "script.rhai".to_string(),
+    };
+    let case = testing::case::of_run(&testing::case::Run {
+        emulator,
+        script_path: &script_path,
+        settings,
+        request: &request,
+        response: response.as_ref(),
+        callouts: &args.callout,
+    })?;
+    out(&case);
+    Ok(true)
 }
 
 // ---- test ------------------------------------------------------------------------------------

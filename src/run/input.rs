@@ -29,9 +29,17 @@ fn read(what: &str, path: &Path) -> Result<String, String> {
 /// Requests: JSON (inline or in a file; an array holds several), or an HTTP/1.1 request in a
 /// file.
 pub fn requests(arg: &str) -> Result<Vec<Request>, String> {
+    request_values(arg)?
+        .iter()
+        .map(|r| spec::request(r).map_err(|e| format!("--request: {e}")))
+        .collect()
+}
+
+/// [`requests`] as the JSON [`spec::request`] reads (an HTTP message read as one).
+pub fn request_values(arg: &str) -> Result<Vec<Value>, String> {
     let several = |value: &Value| match value {
-        Value::Array(items) => items.iter().map(spec::request).collect(),
-        one => spec::request(one).map(|r| vec![r]),
+        Value::Array(items) => Ok(items.clone()),
+        one => Ok(vec![one.clone()]),
     };
     message("--request", arg, http_request, several)
 }
@@ -72,7 +80,12 @@ pub fn request_words(words: &[String]) -> Result<Request, String> {
 
 /// An upstream response: JSON (inline or in a file), or an HTTP/1.1 response in a file.
 pub fn response(arg: &str) -> Result<Response, String> {
-    message("--response", arg, http_response, spec::response)
+    spec::response(&response_value(arg)?).map_err(|e| format!("--response: {e}"))
+}
+
+/// [`response`] as the JSON [`spec::response`] reads (an HTTP message read as one).
+pub fn response_value(arg: &str) -> Result<Value, String> {
+    message("--response", arg, http_response, |v| Ok(v.clone()))
 }
 
 fn message<T>(

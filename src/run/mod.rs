@@ -39,6 +39,23 @@ impl Default for Answers {
 }
 
 impl Answers {
+    /// The upstream's `response` (JSON as [`spec::response`] reads it; `None`: the default)
+    /// and the `callouts` rules, their clusters defined on `emulator`.
+    pub fn of(
+        emulator: &Emulator,
+        response: Option<&Value>,
+        callouts: &[String],
+    ) -> Result<Self, String> {
+        let mut answers = Answers::default();
+        if let Some(response) = response {
+            answers.response = spec::response(response)?;
+        }
+        for rule in callouts {
+            answers.add_callout(emulator, rule)?;
+        }
+        Ok(answers)
+    }
+
     /// Adds a `CLUSTER[PATH]=ANSWER` rule; its cluster is one the proxy defines.
     pub fn add_callout(&mut self, emulator: &Emulator, arg: &str) -> Result<(), String> {
         let rule = input::callout(arg)?;

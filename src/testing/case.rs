@@ -8,10 +8,69 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use crate::emulator::{header, Headers, Outcome, Reply};
+use crate::emulator::{header, Emulator, Headers, Outcome, Reply, Request, Response};
 use crate::run::input::CalloutRule;
-use crate::run::Kept;
+use crate::run::{Answers, Kept, Report};
 use crate::testing::spec;
+
+/// A run to write a case of, as `proxy-rhai run` and the playground take it.
+pub struct Run<'a> {
+    /// The plugin, configured with `settings` and the script (its clock where the run's
+    /// starts).
+    pub emulator: &'a Emulator,
+    /// The script, relative to the test file.
+    pub script_path: &'a str,
+    /// The plugin configuration but its script.
+    pub settings: &'a Map<String, Value>,
+    /// The request, as the JSON [`spec::request`] reads.
+    pub request: &'a Value,
+    /// The upstream's answer, as the JSON [`spec::response`] reads; `None`: `run`'s default.
+    pub response: Option<&'a Value>,
+    /// `--callout` rules (`cluster[/path]=ANSWER`).
+    pub callouts: &'a [String],
+}
+
+/// Runs the request through the plugin and writes the case that repeats it.
+pub fn of_run(run: &Run) -> Result<String, String> {
+    let request: Request = spec::request(run.request)?;
+    let answers = Answers::of(run.emulator, run.response, run.callouts)?;
+    let response = match run.response {
+        Some(response) => response.clone(),
+        None => serde_json::json!({
+            "status": answers.response.status,
+            "headers": spec::pairs(&answers.response.headers),
+            "body": String::from_utf8_lossy(&answers.response.body),
+        }),
+    };
+    let now_ms = run.emulator.now_ms();
+    let report = Report::new(run.emulator, vec![request.clone()], &answers);
+    let Some(outcome) = report.outcomes.first() else {
+        return Err("the run made no request".into());
+    };
+    Ok(write(&Case {
+        script_path: run.script_path,
+        settings: run.settings,
+        now_ms,
+        request: run.request,
+        response: &response,
+        callouts: &answers.rules,
+        outcome,
+        baseline: &baseline(run.settings, &request, &answers.response),
+        kept: &report.kept,
+    }))
+}
+
+/// What Envoy alone makes of the request and the answer: the run through a plugin whose
+/// script touches nothing, with the same settings (what a case compares the run with).
+fn baseline(settings: &Map<String, Value>, request: &Request, response: &Response) -> Outcome {
+    let mut settings = settings.clone();
+    settings.insert("script".into(), "fn on_log() {}".into());
+    settings.remove("_rules_");
+    match Emulator::new(&Value::Object(settings).to_string()) {
+        Ok(emulator) => emulator.run(request, &mut response.clone()),
+        Err(_) => Outcome::default(),
+    }
+}
 
 /// What a case is written from.
 pub struct Case<'a> {
@@ -19,6 +78,8 @@ pub struct Case<'a> {
     pub script_path: &'a str,
     /// The plugin configuration but its script.
     pub settings: &'a Map<String, Value>,
+    /// Where the plugin's clock started.
+    pub now_ms: u64,
     /// The request and the upstream's answer, as the JSON [`spec::request`] and
     /// [`spec::response`] read (a test's maps have the same fields).
     pub request: &'a Value,
@@ -53,6 +114,9 @@ pub fn write(case: &Case) -> String {
         literal(&config),
         literal(&Value::Object(settings))
     );
+    if case.now_ms != crate::emulator::START_TIME_MS {
+        let _ = writeln!(out, "    p.set_time_ms({});", case.now_ms);
+    }
     // The test API's later rule wins; the run's first one did.
     for rule in case.callouts.iter().rev() {
         let path = match &rule.path {

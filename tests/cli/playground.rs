@@ -137,6 +137,67 @@ fn a_case_copied_from_a_run_passes_proxy_rhai_test() {
     );
 }
 
+#[test]
+fn run_as_test_writes_the_playgrounds_case() {
+    let script = "fn on_request_headers() {\n    add_request_header(\"x-at\", `${now_ms()}`);\n}\n";
+    let dir = folder(
+        "playground-run-as-test",
+        &[
+            ("stamp.rhai", script),
+            ("req.http", "GET /a HTTP/1.1\nHost: h\n\n"),
+        ],
+    );
+    let o = proxy_rhai(&[
+        "run",
+        &path(&dir, "stamp.rhai"),
+        "--request",
+        &path(&dir, "req.http"),
+        "--config",
+        r#"{"k": 1}"#,
+        "--as-test",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let case = stdout(&o);
+    let answer = ask(json!({
+        "op": "as_test",
+        "script": script,
+        "script_path": "stamp.rhai",
+        "plugin_config": {"config": {"k": 1}},
+        "request": "GET /a HTTP/1.1\nHost: h\n\n",
+    }));
+    assert_eq!(case, answer["text"].as_str().unwrap());
+
+    let o = proxy_rhai(&[
+        "run",
+        &path(&dir, "stamp.rhai"),
+        "--now",
+        "1767225601234",
+        "--as-test",
+    ]);
+    let case = stdout(&o);
+    assert!(case.contains("p.set_time_ms(1767225601234);"), "{case}");
+    assert!(
+        case.contains(r#"r.assert_upstream_header("x-at", "1767225601234");"#),
+        "{case}"
+    );
+    std::fs::write(dir.join("stamp.test.rhai"), &case).unwrap();
+    let o = proxy_rhai(&["test", &path(&dir, "stamp.test.rhai")]);
+    assert_eq!(o.status.code(), Some(0), "{}{case}", stdout(&o));
+
+    let two = r#"[{"path": "/a"}, {"path": "/b"}]"#;
+    let o = proxy_rhai(&[
+        "run",
+        &path(&dir, "stamp.rhai"),
+        "--request",
+        two,
+        "--as-test",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("one request"), "{}", stderr(&o));
+    let o = proxy_rhai(&["run", &path(&dir, "stamp.rhai"), "--json", "--as-test"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 /// `proxy-rhai playground` on a free port, serving `dir`; the URL it printed first.
 struct Server(Child, String);
 
