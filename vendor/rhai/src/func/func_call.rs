@@ -915,7 +915,9 @@ impl Engine {
     /// All function arguments not in the first position are always passed by value and thus consumed.
     ///
     /// **DO NOT** reuse the argument values except for the first `&mut` argument - all others are silently replaced by `()`!
-    pub(crate) fn exec_fn_call(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn exec_fn_call(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
