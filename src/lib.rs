@@ -21,6 +21,7 @@ mod batch;
 pub mod bindings;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod check;
+pub mod compiled;
 pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod docs;
