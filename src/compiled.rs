@@ -278,32 +278,76 @@ fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Op
         return None;
     }
     let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, coverage)).collect();
-    let name = call.name.clone();
-    let hashes = call.hashes;
-    let site = CallSite::default();
-    Some(Box::new(move |engine, global, caches, scope, mut this| {
-        let mut values = [Dynamic::UNIT, Dynamic::UNIT, Dynamic::UNIT];
-        for (value, arg) in values.iter_mut().zip(&args) {
-            *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+    let target = Callee {
+        name: call.name.clone(),
+        hashes: call.hashes,
+        site: CallSite::default(),
+        pos,
+    };
+    match args.len() {
+        0 => call_with::<0>(target, args),
+        1 => call_with::<1>(target, args),
+        2 => call_with::<2>(target, args),
+        _ => call_with::<3>(target, args),
+    }
+}
+
+/// The function a compiled call calls, and where.
+struct Callee {
+    name: rhai::ImmutableString,
+    hashes: rhai::FnCallHashes,
+    /// Remembers the native function the call resolved to, for the argument types it had.
+    site: CallSite,
+    pos: Position,
+}
+
+impl Callee {
+    /// Rhai's `exec_fn_call` with the arguments evaluated; a native function the site
+    /// remembers for these types is called at once.
+    fn call(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        args: &mut [&mut Dynamic],
+    ) -> RhaiResult {
+        let Self {
+            name,
+            hashes,
+            site,
+            pos,
+        } = self;
+        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
+            return result;
         }
-        let [a, b, c] = &mut values;
-        let mut refs = [a, b, c];
-        let args = &mut refs[..args.len()];
         engine
             .exec_fn_call(
                 global,
                 caches,
                 None,
-                &name,
+                name,
                 None,
-                hashes,
+                *hashes,
                 args,
                 false,
                 false,
-                Some(&site),
-                pos,
+                Some(site),
+                *pos,
             )
             .map(|(value, _)| value)
+    }
+}
+
+/// A call with `N` arguments (Rhai's `call_with_values`): each evaluated as `get_arg_value`
+/// does, then the call.
+fn call_with<const N: usize>(callee: Callee, args: Vec<ExprFn>) -> Option<ExprFn> {
+    let args = <[ExprFn; N]>::try_from(args).ok()?;
+    Some(Box::new(move |engine, global, caches, scope, mut this| {
+        let mut values = [const { Dynamic::UNIT }; N];
+        for (value, arg) in values.iter_mut().zip(&args) {
+            *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+        }
+        callee.call(engine, global, caches, &mut values.each_mut())
     }))
 }
 
