@@ -261,14 +261,15 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
 /// Names `make_function_call` treats apart from other calls.
 const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_var", "eval"];
 
-/// Rhai's `eval_fn_call_expr` for a plain call with up to three arguments, none of them a
+/// Rhai's `eval_fn_call_expr` for a plain call with up to six arguments, none of them a
 /// variable passed first (which Rhai may pass by reference): the arguments as
-/// `get_arg_value` evaluates them, then `exec_fn_call` with a call site of its own. `None`
+/// `get_arg_value` evaluates them, then `exec_fn_call` with a call site of its own (Rhai's
+/// `call_with_values` up to three arguments, its general case past them: the same steps). `None`
 /// for the calls Rhai treats apart (operators, `call`, `Fn`, `curry`, …, capturing calls).
 fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Option<ExprFn> {
     if call.op_token.is_some()
         || call.capture_parent_scope
-        || call.args.len() > 3
+        || call.args.len() > 6
         || SPECIAL_CALLS.contains(&call.name.as_str())
         || matches!(
             call.args.first(),
@@ -288,7 +289,10 @@ fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Op
         0 => call_with::<0>(target, args),
         1 => call_with::<1>(target, args),
         2 => call_with::<2>(target, args),
-        _ => call_with::<3>(target, args),
+        3 => call_with::<3>(target, args),
+        4 => call_with::<4>(target, args),
+        5 => call_with::<5>(target, args),
+        _ => call_with::<6>(target, args),
     }
 }
 
@@ -338,8 +342,7 @@ impl Callee {
     }
 }
 
-/// A call with `N` arguments (Rhai's `call_with_values`): each evaluated as `get_arg_value`
-/// does, then the call.
+/// A call with `N` arguments: each evaluated as `get_arg_value` does, then the call.
 fn call_with<const N: usize>(callee: Callee, args: Vec<ExprFn>) -> Option<ExprFn> {
     let args = <[ExprFn; N]>::try_from(args).ok()?;
     Some(Box::new(move |engine, global, caches, scope, mut this| {

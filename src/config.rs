@@ -109,10 +109,10 @@ pub struct PluginConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ScriptEngine {
     /// Rhai's evaluator walks each function's syntax tree on every call.
-    #[default]
     Rhai,
     /// Each function is compiled once, at configuration, into Rust closures; what the
     /// compiler does not handle yet is run by Rhai's evaluator.
+    #[default]
     Compiled,
 }
 
@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.error_policy, ErrorPolicy::default());
         assert!(!c.allow_on_headers_stop_iteration);
-        assert_eq!(c.engine, ScriptEngine::Rhai);
+        assert_eq!(c.engine, ScriptEngine::Compiled);
     }
 
     #[test]
@@ -675,7 +675,7 @@ mod tests {
             br#"{"script": "s", "config": [1],
                  "limits": {"max_operations": 2000, "max_body_size": 10},
                  "error_policy": {"mode": "fail_open", "status": 503, "body": "busy"},
-                 "allow_on_headers_stop_iteration": true, "engine": "compiled"}"#,
+                 "allow_on_headers_stop_iteration": true, "engine": "rhai"}"#,
         )
         .unwrap();
         assert_eq!(c.user_config, serde_json::json!([1]));
@@ -686,7 +686,7 @@ mod tests {
         assert_eq!(c.error_policy.status, 503);
         assert_eq!(c.error_policy.body, "busy");
         assert!(c.allow_on_headers_stop_iteration);
-        assert_eq!(c.engine, ScriptEngine::Compiled);
+        assert_eq!(c.engine, ScriptEngine::Rhai);
         let engine = PluginConfig::parse(br#"{"script": "s", "engine": "jit"}"#).unwrap_err();
         assert!(
             engine.to_string().contains("unknown variant `jit`"),
