@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rhai::{
-    Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr, GlobalRuntimeState,
-    Position, Scope, ScriptFuncPayload, Stmt, AST,
+    ASTFlags, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
+    GlobalRuntimeState, Position, Scope, ScriptFuncPayload, Stmt, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -190,6 +190,20 @@ fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
                 run_block(taken, engine, global, caches, scope, this, true)
             })
         }
+        // `return`; with `BREAK` it is a `throw`, left to the evaluator.
+        Stmt::Return(value, flags, pos) if !flags.contains(ASTFlags::BREAK) => {
+            coverage.compiled += 1;
+            let value = value.as_deref().map(|e| compile_expr(e, coverage));
+            let pos = *pos;
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                let value = match &value {
+                    Some(value) => value(engine, global, caches, scope, this)?.flatten(),
+                    None => Dynamic::UNIT,
+                };
+                Err(EvalAltResult::Return(value, pos).into())
+            })
+        }
         _ => evaluated_stmt(stmt, coverage),
     }
 }
@@ -245,6 +259,27 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
                 Ok(value.clone())
             });
         }
+    }
+    if let Expr::And(operands, _) | Expr::Or(operands, _) = expr {
+        coverage.compiled += 1;
+        // `&&` stops at the first `false`, `||` at the first `true`: that is its value.
+        let stop_at = matches!(expr, Expr::Or(..));
+        let operands: Vec<(ExprFn, Position)> = operands
+            .iter()
+            .map(|e| (compile_expr(e, coverage), e.position()))
+            .collect();
+        return Box::new(move |engine, global, caches, scope, mut this| {
+            engine.track_operation(global, at)?;
+            for (operand, pos) in &operands {
+                let value = operand(engine, global, caches, scope, this.as_deref_mut())?
+                    .as_bool()
+                    .map_err(|typ| engine.make_type_mismatch_err::<bool>(typ, *pos))?;
+                if value == stop_at {
+                    return Ok(stop_at.into());
+                }
+            }
+            Ok((!stop_at).into())
+        });
     }
     if let Expr::FnCall(call, pos) = expr {
         if let Some(call) = compile_call(call, *pos, coverage) {

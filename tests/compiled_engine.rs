@@ -295,7 +295,10 @@ impl Generator {
     }
 
     fn condition(&mut self) -> String {
-        match self.next(5) {
+        match self.next(8) {
+            5 => format!("({} && {})", self.condition(), self.condition()),
+            6 => format!("({} || {})", self.condition(), self.condition()),
+            7 => format!("({} || {})", self.condition(), self.string(0)),
             0 => format!("{} > {}", self.int(1), self.int(1)),
             1 => format!("({}).starts_with(\"/\")", self.string(1)),
             2 => format!("{} == ()", self.string(0)),
