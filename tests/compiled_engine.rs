@@ -11,6 +11,12 @@ use proxy_rhai::config::ScriptEngine;
 use proxy_rhai::emulator::{Callout, Emulator, Outcome, Reply, Request, Response};
 use proxy_rhai::testing::{find_test_files, run_source_with_engine};
 
+// The fuzz targets' helpers: `deterministic`, `without_closure_names`.
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz;
+use fuzz::{deterministic, without_closure_names};
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -26,25 +32,6 @@ fn scripts_in(folder: &str) -> Vec<PathBuf> {
     });
     found.sort();
     found
-}
-
-/// Closures are named by a count of the closures the process parsed (`anon$` and 16 hex
-/// digits): two compilations of one script name them differently.
-fn without_closure_names(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("anon$") {
-        out.push_str(&rest[..at + 5]);
-        rest = &rest[at + 5..];
-        let digits = rest
-            .bytes()
-            .take(16)
-            .take_while(u8::is_ascii_hexdigit)
-            .count();
-        rest = &rest[digits..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Requests that reach every phase of the scripts: plain, denied, with a JSON body and
@@ -143,15 +130,6 @@ fn differs(what: &str, configuration: &serde_json::Value) -> Option<String> {
         show(&evaluated),
         show(&compiled)
     ))
-}
-
-/// `source` with its random values made fixed, so that two runs can be compared: each of
-/// `random_int(a, b)`, `random_id()` and `uuid_v4()` becomes a call of the same shape.
-fn deterministic(source: &str) -> String {
-    source
-        .replace("random_int(", "min(")
-        .replace("random_id()", "to_string(16)")
-        .replace("uuid_v4()", "to_string(36)")
 }
 
 fn assert_same(cases: Vec<(String, serde_json::Value)>) {
