@@ -210,7 +210,7 @@ fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
 
 /// A statement left to the evaluator.
 fn evaluated_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
-    coverage.evaluate(format!("Stmt::{}", variant(&format!("{stmt:?}"))));
+    coverage.evaluate(format!("Stmt::{}", variant(stmt)));
     let stmt = stmt.clone();
     Box::new(move |engine, global, caches, scope, this, restore| {
         engine.eval_stmt(global, caches, scope, this, &stmt, restore)
@@ -222,7 +222,7 @@ fn evaluated_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
     coverage.evaluate(match expr {
         Expr::FnCall(call, _) if call.op_token.is_some() => "Expr::FnCall (operator)".into(),
         Expr::FnCall(..) => "Expr::FnCall".into(),
-        _ => format!("Expr::{}", variant(&format!("{expr:?}"))),
+        _ => format!("Expr::{}", variant(expr)),
     });
     let expr = expr.clone();
     Box::new(move |engine, global, caches, scope, this| {
@@ -230,12 +230,27 @@ fn evaluated_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
     })
 }
 
-/// The name of the variant a `Debug` text begins with.
-fn variant(debug: &str) -> &str {
-    let end = debug
-        .find(|c: char| !c.is_alphanumeric() && c != '_')
-        .unwrap_or(debug.len());
-    &debug[..end]
+/// The name of the variant a value's `Debug` text begins with; the formatting stops there
+/// (a node's text would show its whole subtree).
+fn variant(value: &impl std::fmt::Debug) -> String {
+    struct FirstWord(String);
+    impl std::fmt::Write for FirstWord {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = s
+                .find(|c: char| !c.is_alphanumeric() && c != '_')
+                .unwrap_or(s.len());
+            self.0.push_str(&s[..end]);
+            if end < s.len() {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let mut word = FirstWord(String::new());
+    // Stopped on purpose after the first word.
+    let _ = std::fmt::write(&mut word, format_args!("{value:?}"));
+    word.0
 }
 
 /// Rhai's `eval_expr`: one operation reported at the expression, then its value.
