@@ -219,6 +219,9 @@ pub(crate) struct Api<H> {
     /// The phase of the call into Rhai that runs now; `None` outside a request (top-level
     /// statements, `on_tick`). Apart from the frame: every binding reads it.
     pub phase: Cell<Option<Phase>>,
+    /// The running call's operation count, when the host counts them
+    /// ([`Host::counts_operations`]).
+    pub(crate) operations: Cell<u64>,
     pub frame: RefCell<Frame>,
     /// Metric ids, defined on first use.
     metrics: RefCell<metrics::Metrics>,
@@ -613,6 +616,9 @@ impl<H: Host + 'static> Api<H> {
 
     /// Lets go of what a call into Rhai was lent (its config, its copies of the constants).
     pub(crate) fn end_call(&self) {
+        if self.host.counts_operations() {
+            self.host.operations_counted(self.operations.replace(0));
+        }
         self.phase.set(None);
         let mut frame = self.frame.borrow_mut();
         frame.answer = None;
@@ -656,6 +662,7 @@ impl<H: Host + 'static> Api<H> {
             host,
             memory: limits.into(),
             phase: Cell::new(None),
+            operations: Cell::new(0),
             frame: RefCell::default(),
             metrics: RefCell::default(),
             redactor,

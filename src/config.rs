@@ -100,6 +100,30 @@ pub struct PluginConfig {
     /// can't read Envoy's own setting): a message whose body a body phase buffers keeps its
     /// headers until that phase has run, so the phase may write them.
     pub allow_on_headers_stop_iteration: bool,
+    /// How the script's functions run.
+    pub engine: ScriptEngine,
+}
+
+/// How a script's functions run: the same results either way (see `src/compiled.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScriptEngine {
+    /// Rhai's evaluator walks each function's syntax tree on every call.
+    Rhai,
+    /// Each function is compiled once, at configuration, into Rust closures; what the
+    /// compiler does not handle yet is run by Rhai's evaluator.
+    #[default]
+    Compiled,
+}
+
+impl ScriptEngine {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rhai => "rhai",
+            Self::Compiled => "compiled",
+        }
+    }
 }
 
 /// How much of the VM's heap the limits together may plan for: the host caps a wasm VM's
@@ -406,6 +430,8 @@ struct RawConfig {
     tick_period_ms: u32,
     #[serde(default)]
     allow_on_headers_stop_iteration: bool,
+    #[serde(default)]
+    engine: ScriptEngine,
 }
 
 #[derive(Deserialize)]
@@ -545,6 +571,7 @@ impl PluginConfig {
             limits: raw.limits,
             error_policy: raw.error_policy,
             allow_on_headers_stop_iteration: raw.allow_on_headers_stop_iteration,
+            engine: raw.engine,
         })
     }
 }
@@ -561,6 +588,7 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.error_policy, ErrorPolicy::default());
         assert!(!c.allow_on_headers_stop_iteration);
+        assert_eq!(c.engine, ScriptEngine::Compiled);
     }
 
     #[test]
@@ -647,7 +675,7 @@ mod tests {
             br#"{"script": "s", "config": [1],
                  "limits": {"max_operations": 2000, "max_body_size": 10},
                  "error_policy": {"mode": "fail_open", "status": 503, "body": "busy"},
-                 "allow_on_headers_stop_iteration": true}"#,
+                 "allow_on_headers_stop_iteration": true, "engine": "rhai"}"#,
         )
         .unwrap();
         assert_eq!(c.user_config, serde_json::json!([1]));
@@ -658,5 +686,11 @@ mod tests {
         assert_eq!(c.error_policy.status, 503);
         assert_eq!(c.error_policy.body, "busy");
         assert!(c.allow_on_headers_stop_iteration);
+        assert_eq!(c.engine, ScriptEngine::Rhai);
+        let engine = PluginConfig::parse(br#"{"script": "s", "engine": "jit"}"#).unwrap_err();
+        assert!(
+            engine.to_string().contains("unknown variant `jit`"),
+            "{engine}"
+        );
     }
 }

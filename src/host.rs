@@ -99,4 +99,11 @@ pub trait Host {
     fn writes_held(&self, _what: &'static str) {}
     /// The writes held back for `what` go to the proxy now (see [`Host::writes_held`]).
     fn writes_sent(&self, _what: &'static str) {}
+    /// Whether the host wants each call's operation count ([`Host::operations_counted`]):
+    /// the emulator, when the tests comparing the two engines ask it. Never a proxy.
+    fn counts_operations(&self) -> bool {
+        false
+    }
+    /// The operations a call into the script counted, when it ended.
+    fn operations_counted(&self, _count: u64) {}
 }

@@ -30,6 +30,7 @@ mod batch;
 pub mod bindings;
 #[cfg(tools)]
 pub mod check;
+pub mod compiled;
 pub mod config;
 #[cfg(tools)]
 pub mod deploy;

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use rhai::{Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, PhaseFn, Scope, SharedCells, AST};
 
 use crate::bindings::{Api, Constant, Constants};
-use crate::config::{ConfigError, ConfigErrorKind, Matcher, PluginConfig, RequestFacts};
+use crate::config::{
+    ConfigError, ConfigErrorKind, Matcher, PluginConfig, RequestFacts, ScriptEngine,
+};
 use crate::host::{Host, LogLevel, MapType};
 use crate::phase::{Phase, Phases};
 use crate::redact::Redactor;
@@ -204,8 +206,8 @@ impl<H: Host + 'static> Plugin<H> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
                 return Ok(script.clone());
             }
-            let script =
-                compile(&engine, source).map_err(|e| e.map_message(|m| format!("{what}{m}")))?;
+            let script = compile(&engine, source, config.engine)
+                .map_err(|e| e.map_message(|m| format!("{what}{m}")))?;
             let script = Rc::new(script);
             compiled.push((source.to_string(), script.clone()));
             Ok(script)
@@ -406,7 +408,7 @@ impl<H: Host + 'static> Plugin<H> {
         ast: AST,
         constants: Vec<(rhai::ImmutableString, Dynamic)>,
     ) -> Result<(), ConfigError> {
-        let script = script_of(ast)?;
+        let script = script_of(ast, self.config.engine)?;
         let config = to_rhai(&self.config.user_config, "config")?;
         let constants: Vec<Constant> = constants
             .into_iter()
@@ -505,8 +507,8 @@ fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError
 }
 
 /// Compiles one script and finds its phase functions.
-fn compile(engine: &Engine, source: &str) -> Result<Script, ConfigError> {
-    let script = script_of(parse(engine, source)?)?;
+fn compile(engine: &Engine, source: &str, kind: ScriptEngine) -> Result<Script, ConfigError> {
+    let script = script_of(parse(engine, source)?, kind)?;
     if script.phases.iter().next().is_none() && script.tick.is_none() {
         return Err(ConfigError::new(
             ConfigErrorKind::Phases,
@@ -539,7 +541,10 @@ fn compile_error(source: &str, e: &rhai::ParseError) -> ConfigError {
 }
 
 /// A parsed script and the phase functions it defines (any number of them).
-pub(crate) fn script_of(ast: AST) -> Result<Script, ConfigError> {
+pub(crate) fn script_of(ast: AST, kind: ScriptEngine) -> Result<Script, ConfigError> {
+    if kind == ScriptEngine::Compiled {
+        crate::compiled::install(&ast);
+    }
     let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
     let (mut request_chunk, mut response_chunk) = (None, None);
@@ -655,7 +660,7 @@ mod tests {
         let engine = Engine::new();
         // A closure, as callouts take: it resolves through the script's cache.
         let source = "fn on_request_headers() { |name| is_def_fn(name, 0) }";
-        let script = compile(&engine, source).unwrap();
+        let script = compile(&engine, source, ScriptEngine::Rhai).unwrap();
         let probe: FnPtr = script
             .call(&engine, Some(Phase::RequestHeaders))
             .unwrap()

@@ -76,6 +76,12 @@ pub(crate) fn engine<H: Host + 'static>(
                 .map_or(Ok(true), |message| Err(message.into())),
             false => Ok(true),
         });
+    } else if api.host.counts_operations() {
+        let captured = api.clone();
+        base.on_progress_every(1, move |count| {
+            captured.operations.set(count);
+            None
+        });
     }
     bindings::register(&mut Registrar {
         engine: &mut base,

@@ -11,6 +11,8 @@
 //! past the end it reads zeros.
 //!
 //! Each target must never panic: errors, refused configurations and script errors are fine.
+//! But `host_events` panics when the two engines (`"rhai"`, `"compiled"`) differ: a bug of
+//! the compiler (src/compiled.rs).
 
 use proxy_rhai::config::PluginConfig;
 use proxy_rhai::emulator::{Callout, Emulator, Forwarded, Headers, Reply, Request, Response};
@@ -342,16 +344,82 @@ const PHASES: [&str; 8] = [
 ];
 
 /// Headers, body, trailers and a callout plan as the input decides, through every phase, for
-/// one to three requests on the same plugin.
+/// one to three requests on the same plugin. Then the same on each engine (`"rhai"`,
+/// `"compiled"`), which must do exactly the same.
 pub fn host_events(data: &[u8]) {
     let mut input = Input::new(data);
     let configuration = configuration(&mut input);
-    let Ok(mut emulator) = Emulator::new(&configuration.to_string()).inspect_err(|e| {
-        if std::env::var_os("PROXY_RHAI_FUZZ_DEBUG").is_some() {
-            eprintln!("--- refused: {e}");
+    let events = input.data;
+    run_events(&configuration.to_string(), Input::new(events), false);
+    assert_same_on_both_engines(&configuration, events);
+}
+
+/// Panics (a finding) when the two engines do anything differently with the `events` on
+/// `configuration`, its random values made fixed: answers, logs, host calls, the operations
+/// of each call.
+pub fn assert_same_on_both_engines(configuration: &Value, events: &[u8]) {
+    let on = |engine: &str| {
+        let mut configuration: Value =
+            serde_json::from_str(&deterministic(&configuration.to_string())).unwrap_or_default();
+        configuration["engine"] = engine.into();
+        run_events(&configuration.to_string(), Input::new(events), true)
+    };
+    let (evaluated, compiled) = (on("rhai"), on("compiled"));
+    if let Some(i) =
+        (0..evaluated.len().max(compiled.len())).find(|&i| evaluated.get(i) != compiled.get(i))
+    {
+        panic!(
+            "the engines differ on {configuration}\n--- rhai:\n{:?}\n--- compiled:\n{:?}",
+            evaluated.get(i),
+            compiled.get(i)
+        );
+    }
+}
+
+/// `source` with its random values made fixed, so that two runs compare: each of
+/// `random_int(a, b)`, `random_id()` and `uuid_v4()` becomes a call of the same shape.
+pub fn deterministic(source: &str) -> String {
+    source
+        .replace("random_int(", "min(")
+        .replace("random_id()", "to_string(16)")
+        .replace("uuid_v4()", "to_string(36)")
+}
+
+/// Closures are named by a count of the closures the process parsed (`anon$` and 16 hex
+/// digits): two compilations of one script name them differently.
+pub fn without_closure_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("anon$") {
+        out.push_str(&rest[..at + 5]);
+        rest = &rest[at + 5..];
+        let digits = rest
+            .bytes()
+            .take(16)
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The requests, ticks and answers `input` describes, on a plugin configured with
+/// `configuration` (its trace with each call's operations when `count_operations`): what each
+/// did, as text, closure names left out.
+fn run_events(configuration: &str, mut input: Input, count_operations: bool) -> Vec<String> {
+    let configured = match count_operations {
+        true => Emulator::counting_operations(configuration),
+        false => Emulator::new(configuration),
+    };
+    let mut emulator = match configured {
+        Ok(emulator) => emulator,
+        Err(e) => {
+            if std::env::var_os("PROXY_RHAI_FUZZ_DEBUG").is_some() {
+                eprintln!("--- refused: {e}");
+            }
+            return vec![without_closure_names(&e)];
         }
-    }) else {
-        return;
     };
     emulator.add_cluster("backend");
     emulator.add_cluster("auth");
@@ -359,15 +427,19 @@ pub fn host_events(data: &[u8]) {
     if input.flag() {
         emulator.set_time_nanos(input.u64());
     }
+    let mut seen = Vec::new();
     for _ in 0..=input.below(3) {
         if input.byte() >= 0xe0 {
             emulator.tick();
+            seen.push(without_closure_names(&format!("{:?}", emulator.log())));
         }
-        exchange(&emulator, &mut input);
+        let outcome = exchange(&emulator, &mut input);
+        seen.push(without_closure_names(&format!("{outcome:?}")));
         if input.is_empty() {
             break;
         }
     }
+    seen
 }
 
 /// A plugin configuration: a fixed script or an op program, limits, error policy, rules.
@@ -436,7 +508,7 @@ fn rules(input: &mut Input) -> Value {
 
 /// One request through the plugin: the client's request, the upstream's response and the
 /// answers to the callouts all come from the input.
-fn exchange(emulator: &Emulator, input: &mut Input) {
+fn exchange(emulator: &Emulator, input: &mut Input) -> proxy_rhai::emulator::Outcome {
     let request = request(input);
     let response = response(input);
     let echo = input.flag();
@@ -468,6 +540,7 @@ fn exchange(emulator: &Emulator, input: &mut Input) {
     };
     let outcome = emulator.run_with(&request, &mut upstream, &mut callouts);
     debug(&request, &outcome);
+    outcome
 }
 
 /// With `PROXY_RHAI_FUZZ_DEBUG` set, shows what an input did (for the replay test, run with

@@ -146,6 +146,8 @@ pub(crate) struct HostState {
     pub now_nanos: u64,
     /// The tick period the plugin asked for, in milliseconds (0: none).
     pub tick_period_ms: u32,
+    /// Trace each call's operation count (`operations N`), to compare the engines.
+    pub count_operations: bool,
 }
 
 /// A metric the plugin defined, as Envoy's stats would show it.
@@ -623,6 +625,14 @@ impl Host for EmulatorHost {
 
     /// Says where the held-back writes go out, when the script's other calls went first;
     /// otherwise the writes follow at once, in the script's order, and the trace says nothing.
+    fn counts_operations(&self) -> bool {
+        self.0.borrow().count_operations
+    }
+
+    fn operations_counted(&self, count: u64) {
+        self.trace(format!("operations {count}"));
+    }
+
     fn writes_sent(&self, what: &'static str) {
         let mut state = self.0.borrow_mut();
         let Some(i) = state.held.iter().position(|(w, _)| *w == what) else {

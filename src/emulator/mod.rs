@@ -539,13 +539,31 @@ impl Emulator {
         })
     }
 
+    /// [`Emulator::new`] whose trace says how many operations each call into the script
+    /// counted (`operations N`), for the tests that compare the two engines.
+    pub fn counting_operations(configuration: &str) -> Result<Self, String> {
+        Self::configured_with(START_TIME_MS, true, |host| {
+            Plugin::configure(host, configuration.as_bytes())
+        })
+        .map_err(|e| e.to_string())
+    }
+
     /// The emulator of the plugin `configure` makes with its host, the clock at `now_ms`.
     fn configured(
         now_ms: u64,
         configure: impl FnOnce(EmulatorHost) -> Result<Plugin<EmulatorHost>, ConfigError>,
     ) -> Result<Self, ConfigError> {
+        Self::configured_with(now_ms, false, configure)
+    }
+
+    fn configured_with(
+        now_ms: u64,
+        count_operations: bool,
+        configure: impl FnOnce(EmulatorHost) -> Result<Plugin<EmulatorHost>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
         let host = EmulatorHost::default();
         host.0.borrow_mut().now_nanos = now_ms.saturating_mul(1_000_000);
+        host.0.borrow_mut().count_operations = count_operations;
         let plugin = configure(host.clone())?;
         host.0.borrow_mut().calls.clear();
         Ok(Self {

@@ -17,6 +17,7 @@ use rhai::{
 };
 use serde_json::Value;
 
+use crate::config::ScriptEngine;
 use crate::emulator::{header, Callout, Emulator, Forwarded, Metadata, Outcome, Reply, Response};
 
 /// The result of one test.
@@ -76,13 +77,24 @@ pub const STACK_SIZE: usize = 256 << 20;
 /// The tests run on a thread of their own, with a stack deep enough for every limit a plugin
 /// configuration allows.
 pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
+    run_source_with_engine(path, source, filter, None)
+}
+
+/// [`run_source`] with every plugin the tests configure running its script on `engine`,
+/// unless the test's settings choose one.
+pub fn run_source_with_engine(
+    path: &Path,
+    source: &str,
+    filter: Option<&str>,
+    engine: Option<ScriptEngine>,
+) -> FileReport {
     let (path, source) = (path.to_path_buf(), source.to_string());
     let filter = filter.map(str::to_string);
     let on_thread = path.clone();
     let run = std::thread::Builder::new()
         .name("rhai-tests".into())
         .stack_size(STACK_SIZE)
-        .spawn(move || run_here(&on_thread, &source, filter.as_deref()));
+        .spawn(move || run_here(&on_thread, &source, filter.as_deref(), engine));
     let failed = |why: String| FileReport {
         path: path.clone(),
         tests: Vec::new(),
@@ -96,7 +108,12 @@ pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport
     }
 }
 
-fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
+fn run_here(
+    path: &Path,
+    source: &str,
+    filter: Option<&str>,
+    engine: Option<ScriptEngine>,
+) -> FileReport {
     let mut report = FileReport {
         path: path.to_path_buf(),
         tests: Vec::new(),
@@ -108,6 +125,7 @@ fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
     };
     let session = Rc::new(Session {
         base,
+        engine,
         ..Session::default()
     });
     let mut engine = test_engine(&session);
@@ -215,6 +233,8 @@ struct Session {
     exchanges: RefCell<Vec<Exchange>>,
     /// What the test printed.
     output: RefCell<Vec<String>>,
+    /// The engine plugins run their scripts on, when the test's settings don't say.
+    engine: Option<ScriptEngine>,
 }
 
 impl Session {
@@ -628,6 +648,11 @@ fn configure(
         }
         let value = serde_json::to_value(value).map_err(|e| format!("settings.{key}: {e}"))?;
         configuration.insert(key.to_string(), value);
+    }
+    if let Some(engine) = session.engine {
+        configuration
+            .entry("engine")
+            .or_insert_with(|| engine.name().into());
     }
     configuration.insert("script".into(), script.into());
     let config = serde_json::to_value(config).map_err(|e| format!("config: {e}"))?;

@@ -301,6 +301,11 @@ pub use func::Func;
 #[cfg(feature = "internals")]
 pub use func::ScriptFuncDef;
 
+// proxy-rhai patch 19: what a compiler outside Rhai reads and fills in a script function.
+#[cfg(feature = "internals")]
+#[cfg(not(feature = "no_function"))]
+pub use func::script::{CompiledBody, CompiledSlot, ScriptFuncPayload};
+
 #[cfg(feature = "internals")]
 #[cfg(not(feature = "no_function"))]
 pub use func::EncapsulatedEnviron;

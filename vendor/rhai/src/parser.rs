@@ -3704,6 +3704,7 @@ impl Engine {
             this_type,
             params,
             body: ScriptFuncPayload::Statements(body),
+            compiled: crate::func::script::CompiledSlot::default(),
             #[cfg(feature = "metadata")]
             comments: comments.into_iter().collect(),
         })
@@ -3925,6 +3926,7 @@ impl Engine {
             this_type: None,
             params,
             body: ScriptFuncPayload::Statements(body.into()),
+            compiled: crate::func::script::CompiledSlot::default(),
             #[cfg(not(feature = "no_function"))]
             #[cfg(feature = "metadata")]
             comments: <_>::default(),

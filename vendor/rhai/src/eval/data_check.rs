@@ -494,8 +494,10 @@ impl Engine {
     }
 
     /// Check if the number of operations stay within limit.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
     #[inline(always)]
-    pub(crate) fn track_operation(
+    fn track_operation(
         &self,
         global: &mut GlobalRuntimeState,
         pos: Position,

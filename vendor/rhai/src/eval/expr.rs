@@ -205,7 +205,9 @@ impl Engine {
         }
     }
     /// Evaluate an expression.
-    pub(crate) fn eval_expr(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn eval_expr(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,

@@ -208,7 +208,9 @@ impl Engine {
     }
 
     /// Evaluate a statement.
-    pub(crate) fn eval_stmt(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn eval_stmt(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,

@@ -587,6 +587,33 @@ impl Engine {
         )
     }
 
+    /// proxy-rhai patch 19: what [`exec_fn_call`][Self::exec_fn_call] does when `site` remembers
+    /// the native function for arguments of these types (under a persistent cache), for a
+    /// compiled call site, which evaluated its arguments by value (nothing shared, nothing by
+    /// reference). `None`: the site has none, make the whole call.
+    #[cfg(feature = "internals")]
+    #[inline]
+    pub fn call_at_site(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &Caches,
+        name: &str,
+        args: &mut FnCallArgs,
+        site: &CallSite,
+        pos: Position,
+    ) -> Option<RhaiResultOf<Dynamic>> {
+        if !caches.is_persistent() {
+            return None;
+        }
+        let entry = site.get(args)?;
+        Some(self.track_operation(global, pos).and_then(|()| {
+            defer! { let orig_level = global.level; global.level += 1 }
+            let source = entry.source.as_ref();
+            self.call_native_fn(global, name, &entry.func, source, args, false, pos)
+                .map(|(value, _)| value)
+        }))
+    }
+
     /// proxy-rhai patch 6 (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
     /// checks (operations, data race, syntactic functions), which the caller made; the function
     /// found is remembered in `site`, when given.
@@ -915,7 +942,9 @@ impl Engine {
     /// All function arguments not in the first position are always passed by value and thus consumed.
     ///
     /// **DO NOT** reuse the argument values except for the first `&mut` argument - all others are silently replaced by `()`!
-    pub(crate) fn exec_fn_call(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn exec_fn_call(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,

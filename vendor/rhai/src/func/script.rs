@@ -57,10 +57,69 @@ impl ScriptFuncPayload {
     }
 }
 
+/// proxy-rhai patch 19: a function body compiled outside Rhai (the plugin's compiler), run by
+/// [`Engine::call_script_fn`] in place of the evaluator with its arguments already in `scope`,
+/// as `eval_stmt_block` would run the statements (the `bool` is its `restore_orig_state`).
+pub type CompiledBody = dyn Fn(
+    &Engine,
+    &mut GlobalRuntimeState,
+    &mut Caches,
+    &mut Scope,
+    Option<&mut Dynamic>,
+    bool,
+) -> RhaiResult;
+
+/// proxy-rhai patch 19: where a [`ScriptFuncDef`] keeps its [`CompiledBody`], set at most once.
+/// Empty in a clone: a copy of the function's definition is not what was compiled.
+#[derive(Default)]
+pub struct CompiledSlot(std::cell::OnceCell<crate::Shared<CompiledBody>>);
+
+impl CompiledSlot {
+    /// The compiled body, if one was set.
+    #[inline(always)]
+    #[must_use]
+    pub fn get(&self) -> Option<&crate::Shared<CompiledBody>> {
+        self.0.get()
+    }
+    /// Sets the compiled body; `false` if one was set already.
+    pub fn set(&self, body: crate::Shared<CompiledBody>) -> bool {
+        self.0.set(body).is_ok()
+    }
+}
+
+impl Clone for CompiledSlot {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl fmt::Debug for CompiledSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.get().is_some() { "compiled" } else { "evaluated" })
+    }
+}
+
+/// proxy-rhai patch 19: runs a compiled body, out of line: inlined, it made every call of a
+/// function that has none ~36 wasm instructions slower.
+#[inline(never)]
+fn run_compiled(
+    run: &CompiledBody,
+    engine: &Engine,
+    global: &mut GlobalRuntimeState,
+    caches: &mut Caches,
+    scope: &mut Scope,
+    this_ptr: Option<&mut Dynamic>,
+    rewind_scope: bool,
+) -> RhaiResult {
+    run(engine, global, caches, scope, this_ptr, rewind_scope)
+}
+
 /// _(internals)_ A type containing information on a script-defined function.
 /// Exported under the `internals` feature only.
 #[derive(Debug, Clone)]
 pub struct ScriptFuncDef {
+    /// proxy-rhai patch 19: the body compiled outside Rhai, when it was.
+    pub compiled: CompiledSlot,
     /// Function body.
     pub body: ScriptFuncPayload,
     /// Function name.
@@ -101,6 +160,7 @@ impl ScriptFuncDef {
             name: self.name.clone(),
             access: self.access,
             body: ScriptFuncPayload::Statements(Default::default()),
+            compiled: CompiledSlot::default(),
             #[cfg(not(feature = "no_object"))]
             this_type: self.this_type.clone(),
             params: self.params.clone(),
@@ -401,14 +461,18 @@ impl Engine {
                     self.dbg(global, caches, scope, this_ptr.as_deref_mut(), &node)?;
                 }
 
-                self.eval_stmt_block(
-                    global,
-                    caches,
-                    scope,
-                    this_ptr.as_deref_mut(),
-                    body.statements(),
-                    rewind_scope,
-                )
+                // proxy-rhai patch 19: a compiled body runs in place of the statements.
+                match fn_def.compiled.get() {
+                    Some(run) => run_compiled(&**run, self, global, caches, scope, this_ptr.as_deref_mut(), rewind_scope),
+                    None => self.eval_stmt_block(
+                        global,
+                        caches,
+                        scope,
+                        this_ptr.as_deref_mut(),
+                        body.statements(),
+                        rewind_scope,
+                    ),
+                }
                 .or_else(|err| match *err {
                     // Convert return statement to return value
                     ERR::Return(x, ..) => Ok(x),

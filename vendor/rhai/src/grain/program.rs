@@ -841,6 +841,7 @@ pub fn export_functions_to_module(
                 .collect();
 
             let fn_def = crate::func::ScriptFuncDef {
+                compiled: crate::func::script::CompiledSlot::default(),
                 name: fn_name,
                 access: f.access,
                 #[cfg(not(feature = "no_object"))]

@@ -49,6 +49,7 @@ pub(crate) fn wrappers(engine: &Engine, program: &SharedProgram) -> Module {
             .collect();
 
         module.set_script_fn(ScriptFuncDef {
+            compiled: crate::func::script::CompiledSlot::default(),
             body: ScriptFuncPayload::GrainVM {
                 program: program.clone(),
                 params: function.params.iter().copied().collect(),

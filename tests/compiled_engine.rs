@@ -1,0 +1,403 @@
+//! The differential harness of the compiled engine (`"engine": "compiled"`, src/compiled.rs):
+//! every script we have, and generated ones, run on both engines must do exactly the same —
+//! the same answers, upstream requests, callouts, logs, host calls in the same order, errors
+//! with their messages and positions, and the same number of operations in every call into
+//! the script (the emulator traces it). Any difference is a bug of the compiler.
+
+use std::path::{Path, PathBuf};
+
+use proxy_rhai::compiled;
+use proxy_rhai::config::ScriptEngine;
+use proxy_rhai::emulator::{Callout, Emulator, Outcome, Reply, Request, Response};
+use proxy_rhai::testing::{find_test_files, run_source_with_engine};
+
+// The fuzz targets' helpers: `deterministic`, `without_closure_names`.
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz;
+use fuzz::{deterministic, without_closure_names};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `.rhai` scripts (not tests) of a folder of the repository, in name order.
+fn scripts_in(folder: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root().join(folder))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        let name = p.to_string_lossy();
+        name.ends_with(".rhai") && !name.ends_with(".test.rhai")
+    });
+    found.sort();
+    found
+}
+
+/// Requests that reach every phase of the scripts: plain, denied, with a JSON body and
+/// headers the scripts read, streamed, with trailers.
+fn requests() -> Vec<Request> {
+    let mut headers = Request::get("/api/items?x=1")
+        .header("authorization", "Bearer abc.def.ghi")
+        .header("x-api-key", "key-1")
+        .header("x-user-id", "ann")
+        .header("origin", "https://example.com")
+        .header("content-type", "application/json");
+    for i in 0..10 {
+        headers = headers.header(&format!("x-in-{i}"), format!("v{i}"));
+    }
+    let mut chunked = Request::post("/upload", vec![b'a'; 3000]).header("x-user-id", "bob");
+    chunked.chunk_size = 700;
+    chunked.trailers = vec![("x-checksum".into(), b"1".to_vec())];
+    vec![
+        Request::get("/"),
+        Request::get("/deny/this"),
+        headers,
+        Request::post(
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"usage":{"total_tokens":7}}"#,
+        )
+        .header("content-type", "application/json"),
+        chunked,
+    ]
+}
+
+fn upstream(_: &proxy_rhai::emulator::Forwarded) -> Response {
+    Response::ok(r#"{"status":"ok","items":[1,2,3],"usage":{"prompt_tokens":3,"total_tokens":9}}"#)
+        .header("content-type", "application/json")
+        .header("x-upstream", "1")
+}
+
+fn reply(call: &Callout) -> Reply {
+    match call.cluster.as_str() {
+        p if p.contains("fail") => Reply::ConnectFailure,
+        _ => Reply::Answer {
+            status: 200,
+            headers: vec![("x-auth-token".into(), b"t0k".to_vec())],
+            body: br#"{"token":"t0k","sub":"ann"}"#.to_vec(),
+        },
+    }
+}
+
+/// Everything a configuration did with each request (or why it was refused), as text.
+fn run(configuration: &serde_json::Value, engine: ScriptEngine) -> String {
+    let mut configuration = configuration.clone();
+    configuration["engine"] = engine.name().into();
+    let emulator = match Emulator::counting_operations(&configuration.to_string()) {
+        Ok(emulator) => emulator,
+        Err(refused) => return without_closure_names(&format!("refused: {refused}")),
+    };
+    for cluster in [
+        "callout",
+        "auth",
+        "token-svc",
+        "outbound|80||auth.default.svc.cluster.local",
+    ] {
+        emulator.add_cluster(cluster);
+    }
+    let mut seen = format!("configure log: {:?}\n", emulator.log());
+    for request in requests() {
+        let outcome: Outcome = emulator.run_with(&request, &mut upstream, &mut reply);
+        seen.push_str(&format!("{outcome:#?}\n"));
+    }
+    emulator.tick();
+    seen.push_str(&format!("after tick: {:?}\n", emulator.log()));
+    without_closure_names(&seen)
+}
+
+/// Runs `configuration` on both engines; a difference is described with the first line that
+/// differs.
+fn differs(what: &str, configuration: &serde_json::Value) -> Option<String> {
+    let evaluated = run(configuration, ScriptEngine::Rhai);
+    let compiled = run(configuration, ScriptEngine::Compiled);
+    if evaluated == compiled {
+        return None;
+    }
+    let line = evaluated
+        .lines()
+        .zip(compiled.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(0);
+    let show = |text: &str| {
+        text.lines()
+            .skip(line.saturating_sub(3))
+            .take(8)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Some(format!(
+        "{what}: the engines differ at line {line}:\n--- rhai\n{}\n--- compiled\n{}",
+        show(&evaluated),
+        show(&compiled)
+    ))
+}
+
+fn assert_same(cases: Vec<(String, serde_json::Value)>) {
+    assert!(!cases.is_empty());
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, configuration)| differs(what, configuration))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The configurations a script runs with here: without config, and with one that turns on
+/// what the example scripts read from theirs.
+fn configurations(path: &Path) -> Vec<(String, serde_json::Value)> {
+    let script = deterministic(&std::fs::read_to_string(path).unwrap());
+    let name = path
+        .strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let config = serde_json::json!({
+        "mockEnable": true, "users": ["ann"], "percent": 50, "keys": {"key-1": "tenant-a"},
+        "allowed_origins": ["https://example.com"], "secret": "s3cr3t-s3cr3t",
+        "cluster": "auth", "header": "x-user-id", "max_bytes": 1000, "redact": ["token"],
+    });
+    vec![
+        (name.clone(), serde_json::json!({ "script": script })),
+        (
+            format!("{name} with config"),
+            serde_json::json!({ "script": script, "config": config }),
+        ),
+        (
+            format!("{name} under a low operations limit"),
+            serde_json::json!({ "script": script, "config": config,
+                                "limits": { "max_operations": 1000 } }),
+        ),
+    ]
+}
+
+#[test]
+fn example_scripts_run_the_same_compiled() {
+    assert_same(
+        scripts_in("scripts")
+            .iter()
+            .flat_map(|p| configurations(p))
+            .collect(),
+    );
+}
+
+#[test]
+fn bench_and_fuzz_scripts_run_the_same_compiled() {
+    let mut cases = Vec::new();
+    for folder in ["bench/scripts", "fuzz/scripts"] {
+        for path in scripts_in(folder) {
+            cases.extend(configurations(&path));
+        }
+    }
+    assert_same(cases);
+}
+
+#[test]
+fn script_tests_give_the_same_results_compiled() {
+    let files = find_test_files(&[root().join("scripts")]).unwrap();
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        let report = |engine| {
+            let report = run_source_with_engine(file, &source, None, Some(engine));
+            let tests: Vec<_> = report
+                .tests
+                .iter()
+                .map(|t| (t.name.clone(), t.failure.clone(), t.output.clone()))
+                .collect();
+            without_closure_names(&format!("{:?} {tests:#?}", report.error))
+        };
+        let compiled = report(ScriptEngine::Compiled);
+        if compiled != report(ScriptEngine::Rhai) {
+            failures.push(format!("{}:\n{compiled}", file.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A small deterministic generator (no dependency): programs made of the constructs the
+/// scripts use, compiled or not, including errors, limits and closures.
+struct Generator(u64);
+
+impl Generator {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+
+    fn string(&mut self, depth: u32) -> String {
+        let leaf = [
+            r#""abc""#.to_string(),
+            r#"get_request_header("x-in-1")"#.into(),
+            r#"get_request_header(":path")"#.into(),
+            "s".into(),
+            "h(n, s)".into(),
+            r#"`n=${n}`"#.into(),
+        ];
+        if depth == 0 {
+            return leaf[self.next(leaf.len())].clone();
+        }
+        match self.next(8) {
+            0 => format!("{} + {}", self.string(depth - 1), self.string(depth - 1)),
+            1 => format!("({}).to_upper()", self.string(depth - 1)),
+            2 => format!("to_string({})", self.int(depth - 1)),
+            3 => format!("sub_string({}, 1)", self.string(depth - 1)),
+            4 => format!("({}).trim()", self.string(depth - 1)),
+            _ => leaf[self.next(leaf.len())].clone(),
+        }
+    }
+
+    fn int(&mut self, depth: u32) -> String {
+        let leaf = ["1", "n", "7", "len(s)", "a.len()", "f.call(2)"];
+        if depth == 0 {
+            return leaf[self.next(leaf.len())].into();
+        }
+        match self.next(9) {
+            0 => format!("{} + {}", self.int(depth - 1), self.int(depth - 1)),
+            1 => format!("{} * {}", self.int(depth - 1), self.int(depth - 1)),
+            2 => format!("len({})", self.string(depth - 1)),
+            3 => format!("abs({})", self.int(depth - 1)),
+            4 => format!("max({}, {})", self.int(depth - 1), self.int(depth - 1)),
+            5 => format!("{} / {}", self.int(depth - 1), self.int(depth - 1)),
+            6 => format!("parse_int({})", self.string(depth - 1)),
+            _ => leaf[self.next(leaf.len())].into(),
+        }
+    }
+
+    fn condition(&mut self) -> String {
+        match self.next(8) {
+            5 => format!("({} && {})", self.condition(), self.condition()),
+            6 => format!("({} || {})", self.condition(), self.condition()),
+            7 => format!("({} || {})", self.condition(), self.string(0)),
+            0 => format!("{} > {}", self.int(1), self.int(1)),
+            1 => format!("({}).starts_with(\"/\")", self.string(1)),
+            2 => format!("{} == ()", self.string(0)),
+            3 => "true".into(),
+            _ => format!("({}).contains(\"b\")", self.string(1)),
+        }
+    }
+
+    fn statement(&mut self, depth: u32) -> String {
+        let k = self.next(14);
+        match k {
+            0 => format!("n = {};", self.int(2)),
+            1 => format!("s = {};", self.string(2)),
+            2 => format!(
+                "add_request_header(\"x-g-{}\", {});",
+                self.next(5),
+                self.string(2)
+            ),
+            3 if depth > 0 => format!(
+                "if {} {{ {} }} else {{ {} }}",
+                self.condition(),
+                self.block(depth - 1),
+                self.block(depth - 1)
+            ),
+            4 if depth > 0 => format!(
+                "for i in 0..{} {{ n += i; {} }}",
+                self.next(5),
+                self.block(depth - 1)
+            ),
+            5 => format!("log_info({});", self.string(1)),
+            6 => format!("a.push({});", self.int(1)),
+            7 => format!("set_context(\"k\", {});", self.string(1)),
+            8 => format!("replace_request_header(\"x-r\", {});", self.string(1)),
+            9 => "h(n, s);".into(),
+            10 if depth > 0 => format!("{{ let t = {}; n += t; }}", self.int(1)),
+            11 => format!("if n > {} {{ return n; }}", self.next(50)),
+            12 => format!("print({});", self.string(1)),
+            _ => format!("let v{} = {};", self.next(3), self.int(1)),
+        }
+    }
+
+    fn block(&mut self, depth: u32) -> String {
+        (0..1 + self.next(3))
+            .map(|_| self.statement(depth))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn program(&mut self) -> String {
+        let body = self.block(2);
+        let tail = match self.next(6) {
+            0 => "throw \"stop \" + n;".to_string(),
+            1 => "let big = \"\"; loop { big += \"abcdefgh\"; }".into(),
+            _ => String::new(),
+        };
+        format!(
+            "fn h(x, y) {{ if x > 3 {{ y.len() + x }} else {{ x + 1 }} }}\n\
+             fn on_request_headers() {{\n  let n = 2; let s = \"start\"; let a = [1, 2];\n  \
+             let f = |v| v + n;\n  {body}\n  {tail}\n}}\n\
+             fn on_response_headers() {{ let s = get_response_header(\"x-upstream\"); \
+             let n = 1; {}\n}}\n",
+            self.block(1)
+        )
+    }
+}
+
+#[test]
+fn generated_programs_run_the_same_compiled() {
+    let mut generator = Generator(0x5eed);
+    let cases = (0..150)
+        .map(|i| {
+            let script = generator.program();
+            let limits = match i % 3 {
+                0 => serde_json::json!({ "max_operations": 1000 + i * 7 }),
+                1 => serde_json::json!({ "max_string_size": 1024 }),
+                _ => serde_json::json!({}),
+            };
+            (
+                format!("generated program {i}:\n{script}"),
+                serde_json::json!({ "script": script, "limits": limits }),
+            )
+        })
+        .collect();
+    assert_same(cases);
+}
+
+/// Which constructs the compiler leaves to Rhai's evaluator, and how often the example and
+/// bench scripts have them (`cargo test --test compiled_engine -- --nocapture` prints it).
+#[test]
+fn coverage_of_the_scripts() {
+    let mut engine = rhai::Engine::new();
+    // The plugin's default limit (its scripts are written for it).
+    engine.set_max_expr_depths(64, 64);
+    let mut total = compiled::Coverage::default();
+    let mut paths = scripts_in("scripts");
+    paths.extend(scripts_in("bench/scripts"));
+    for path in &paths {
+        let ast = engine
+            .compile(std::fs::read_to_string(path).unwrap())
+            .unwrap();
+        let coverage = compiled::coverage(&ast);
+        println!(
+            "{}: {} functions, {} nodes compiled, evaluated: {:?}",
+            path.strip_prefix(root()).unwrap().display(),
+            coverage.functions,
+            coverage.compiled,
+            coverage.evaluated
+        );
+        total.functions += coverage.functions;
+        total.compiled += coverage.compiled;
+        for (kind, n) in coverage.evaluated {
+            *total.evaluated.entry(kind).or_default() += n;
+        }
+    }
+    println!(
+        "all: {} functions, {} nodes compiled, evaluated: {:?}",
+        total.functions, total.compiled, total.evaluated
+    );
+    // The header-heavy bench workload is compiled whole.
+    let headers = engine
+        .compile(std::fs::read_to_string(root().join("bench/scripts/headers.rhai")).unwrap())
+        .unwrap();
+    assert_eq!(compiled::coverage(&headers).evaluated.len(), 0);
+}
