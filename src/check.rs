@@ -33,7 +33,7 @@ use std::rc::Rc;
 use rhai::{ASTNode, Engine, Expr, FnCallExpr, Position, Stmt, AST};
 use serde_json::Value;
 
-use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS};
+use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
 use crate::config::Limits;
 use crate::emulator::EmulatorHost;
 use crate::phase::{Phase, Phases};
@@ -489,18 +489,22 @@ fn mistakes(script: &Script, known: &Known, held: bool) -> Vec<Diagnostic> {
                 .filter_map(|f| script.fns.get(f))
                 .map(|f| f.params.saturating_sub(curried))
                 .collect();
-            let most = CALLBACK_PARAMETERS.len();
+            let (given, kind) = match name.starts_with("redis_") {
+                true => (REDIS_CALLBACK_PARAMETERS, "a Redis callback"),
+                false => (CALLBACK_PARAMETERS, "a callout callback"),
+            };
+            let most = given.len();
             if takes_callback && !params.is_empty() && params.iter().all(|n| *n > most) {
                 push(
                     arg.position(),
                     (
                         Severity::Error,
                         format!(
-                        "the callback of `{name}` takes {} parameters, and a callout callback is \
-                         given at most {most}: |{}|",
-                        params[0],
-                        CALLBACK_PARAMETERS.join(", ")
-                    ),
+                            "the callback of `{name}` takes {} parameters, and {kind} is given \
+                             at most {most}: |{}|",
+                            params[0],
+                            given.join(", ")
+                        ),
                     ),
                 );
             }

@@ -358,8 +358,10 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
 
 /// What a callout callback is given, in order; it takes as many as it names (`check` says
 /// when it takes more).
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) const CALLBACK_PARAMETERS: [&str; 4] = ["status", "headers", "body", "failure"];
+pub(crate) const CALLBACK_PARAMETERS: &[&str] = &["status", "headers", "body", "failure"];
+
+/// What a Redis callback is given.
+pub(crate) const REDIS_CALLBACK_PARAMETERS: &[&str] = &["reply"];
 
 /// Longest timeout a callout may ask for.
 const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
@@ -476,6 +478,7 @@ impl<H: Host> Api<H> {
             phase,
             callback: call.callback,
             deadline_nanos: sent.saturating_add(timeout_ms as u64 * 1_000_000),
+            redis: None,
         });
         Ok(i64::from(id))
     }
