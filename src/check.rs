@@ -834,6 +834,36 @@ fn answer(a, b, c, d, e) {}"#,
     }
 
     #[test]
+    fn redis_calls_are_checked_like_callouts() {
+        let found = messages(
+            r#"fn on_request_headers() {
+  redis_incr("redis", "n", |n| log_info(`${n}`));
+  redis_incr("redis", "n", |n, extra| log_info(`${n}`));
+  redis_inc("redis", "n", |n| {});
+  redis_set("redis", "k", "v", "60", |ok| {});
+}
+fn on_log() { redis_get("redis", "k", |v| {}); }
+fn on_tick() { redis_expire("redis", "k", 1, |v| {}); }"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "3:28: error: the callback of `redis_incr` takes 2 parameters, and a Redis \
+                 callback is given at most 1: |reply|",
+                "4:3: error: no function `redis_inc` exists in the script or in the API: did you \
+                 mean `redis_incr`?",
+                "5:3: error: argument 4 of `redis_set` (`ttl_seconds`) must be an int, and this \
+                 one is a string (write the number without quotes)",
+                "7:15: error: `redis_get` never works in `on_log`: it is only available in \
+                 on_request_headers, on_request_body, on_request_chunk, on_request_trailers, \
+                 on_response_headers, on_response_body, on_response_chunk, on_response_trailers",
+                "8:16: error: `redis_expire` never works in `on_tick`: it is only available \
+                 while a request is handled",
+            ]
+        );
+    }
+
+    #[test]
     fn errors_come_from_the_plugin_with_line_and_column() {
         let found = check(
             "fn on_request_headers() {\n  let x = ;\n}",

@@ -347,12 +347,7 @@ impl<H: Host + 'static> HttpStream<H> {
     /// A callout answered (or failed: `num_headers == 0`). Runs its callback in the phase that
     /// dispatched it, then resumes the stream once no call of that side is pending.
     pub fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
-        let Some(index) = self
-            .state
-            .calls
-            .iter()
-            .position(|c| c.id == token && c.redis.is_none())
-        else {
+        let Some(index) = self.pending_call(token, false) else {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
@@ -372,12 +367,7 @@ impl<H: Host + 'static> HttpStream<H> {
     /// a callout's, except after a first `NOAUTH` reply: the call is sent again once the
     /// cluster is initialised again (as Higress's wrapper does).
     pub fn on_redis_call_response(&mut self, token: u32, status: u32, size: usize) {
-        let Some(index) = self
-            .state
-            .calls
-            .iter()
-            .position(|c| c.id == token && c.redis.is_some())
-        else {
+        let Some(index) = self.pending_call(token, true) else {
             return; // dropped when the stream was answered
         };
         let reply = match self.state.calls.get(index) {
@@ -406,6 +396,14 @@ impl<H: Host + 'static> HttpStream<H> {
                 self.fail(call.phase, &e, true);
             }
         }
+    }
+
+    /// Where the call `token` (a Redis call or a callout: their tokens may be equal) waits.
+    fn pending_call(&self, token: u32, redis: bool) -> Option<usize> {
+        self.state
+            .calls
+            .iter()
+            .position(|c| c.id == token && c.redis.is_some() == redis)
     }
 
     /// The reply to a Redis call as its callback gets it; a script error when it is past the

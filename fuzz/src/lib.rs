@@ -993,6 +993,20 @@ impl HostileHost {
     }
 }
 
+impl HostileHost {
+    /// A call (callout or Redis) the input may refuse; its token, pending for the current
+    /// stream.
+    fn dispatch(&self) -> Result<u32, Status> {
+        self.answer(|_| ())?;
+        let mut tape = self.0.borrow_mut();
+        tape.next_token = tape.next_token.wrapping_add(1);
+        let token = tape.next_token;
+        let stream = tape.current;
+        tape.pending.push((token, stream));
+        Ok(token)
+    }
+}
+
 impl Host for HostileHost {
     fn log(&self, _: LogLevel, _: &str) {}
 
@@ -1061,13 +1075,7 @@ impl Host for HostileHost {
         _: &[u8],
         _: std::time::Duration,
     ) -> Result<u32, Status> {
-        self.answer(|_| ())?;
-        let mut tape = self.0.borrow_mut();
-        tape.next_token = tape.next_token.wrapping_add(1);
-        let token = tape.next_token;
-        let stream = tape.current;
-        tape.pending.push((token, stream));
-        Ok(token)
+        self.dispatch()
     }
 
     fn has_redis(&self) -> bool {
@@ -1079,13 +1087,7 @@ impl Host for HostileHost {
     }
 
     fn redis_call(&self, _: &str, _: &[u8]) -> Result<u32, Status> {
-        self.answer(|_| ())?;
-        let mut tape = self.0.borrow_mut();
-        tape.next_token = tape.next_token.wrapping_add(1);
-        let token = tape.next_token;
-        let stream = tape.current;
-        tape.pending.push((token, stream));
-        Ok(token)
+        self.dispatch()
     }
 
     /// A reply that may be RESP, or any bytes at all.

@@ -427,12 +427,7 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
-        let max = self.limits.max_callouts;
-        if self.frame.borrow().stream.callouts_made >= max {
-            return err(format!(
-                "{f}(): this request already made {max} callouts (limits.max_callouts)"
-            ));
-        }
+        self.room_for_call(f)?;
         let pseudo: &[(&str, &str)] = call.pseudo.as_ref().map_or(&[], |p| p);
         let values: Vec<Cow<'_, str>> = headers
             .iter()
@@ -471,9 +466,7 @@ impl<H: Host> Api<H> {
                      is the cluster defined, and are :method, :path and :authority set?"
                 ))
             })?;
-        let stream = &mut self.frame.borrow_mut().stream;
-        stream.callouts_made += 1;
-        stream.calls.push(PendingCall {
+        self.awaits(PendingCall {
             id,
             phase,
             callback: call.callback,
@@ -481,5 +474,23 @@ impl<H: Host> Api<H> {
             redis: None,
         });
         Ok(i64::from(id))
+    }
+
+    /// An error for `f` when the request made its `limits.max_callouts` calls already.
+    pub(super) fn room_for_call(&self, f: &str) -> ScriptResult<()> {
+        let max = self.limits.max_callouts;
+        if self.frame.borrow().stream.callouts_made >= max {
+            return err(format!(
+                "{f}(): this request already made {max} callouts (limits.max_callouts)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The request waits for `call` (a callout or a Redis call) to be answered.
+    pub(super) fn awaits(&self, call: PendingCall) {
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.callouts_made += 1;
+        stream.calls.push(call);
     }
 }

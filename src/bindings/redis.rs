@@ -260,12 +260,7 @@ impl<H: Host> Api<H> {
         if !self.host.has_redis() {
             return no_redis(f);
         }
-        let max = self.limits.max_callouts;
-        if self.frame.borrow().stream.callouts_made >= max {
-            return err(format!(
-                "{f}(): this request already made {max} callouts (limits.max_callouts)"
-            ));
-        }
+        self.room_for_call(f)?;
         let timeout_ms = self.redis_ready(f, cluster)?;
         let query = crate::resp::encode(command);
         let sent = self.host.current_time_nanos().unwrap_or(0);
@@ -274,9 +269,7 @@ impl<H: Host> Api<H> {
                 "{f}(): the proxy refused the call to Redis cluster '{cluster}' ({status:?})"
             ))
         })?;
-        let stream = &mut self.frame.borrow_mut().stream;
-        stream.callouts_made += 1;
-        stream.calls.push(PendingCall {
+        self.awaits(PendingCall {
             id,
             phase,
             callback,

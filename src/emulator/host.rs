@@ -179,6 +179,15 @@ pub(crate) struct HostState {
     pub redis: BTreeMap<String, super::redis::RedisTarget>,
 }
 
+impl HostState {
+    /// A new call's token (callouts and Redis calls share the count, so tokens are unique
+    /// and tell the order calls were made in) and the time it is sent.
+    fn next_call(&mut self) -> (u32, u64) {
+        self.next_token += 1;
+        (self.next_token, self.now_nanos)
+    }
+}
+
 /// A metric the plugin defined, as Envoy's stats would show it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
@@ -529,9 +538,7 @@ impl Host for EmulatorHost {
         {
             return Err(Status::BadArgument);
         }
-        state.next_token += 1;
-        let token = state.next_token;
-        let sent_nanos = state.now_nanos;
+        let (token, sent_nanos) = state.next_call();
         state.stream.callouts.push(Callout {
             token,
             cluster: cluster.to_string(),
@@ -585,9 +592,7 @@ impl Host for EmulatorHost {
         let (outcome, timeout) =
             self.with_redis(name, |target| (target.call(query), target.timeout))?;
         let mut state = self.0.borrow_mut();
-        state.next_token += 1;
-        let token = state.next_token;
-        let sent_nanos = state.now_nanos;
+        let (token, sent_nanos) = state.next_call();
         state.stream.redis_calls.push(RedisCall {
             token,
             cluster: cluster.to_string(),

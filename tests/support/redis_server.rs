@@ -99,7 +99,9 @@ impl RedisServer {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("a read timeout");
-        stream.write_all(query.as_bytes()).expect("the command is sent");
+        stream
+            .write_all(query.as_bytes())
+            .expect("the command is sent");
         let mut reply = Vec::new();
         let mut chunk = [0u8; 4096];
         // Replies the tests ask for are one line or one short bulk string.
@@ -117,7 +119,10 @@ fn complete(reply: &[u8]) -> bool {
     let Some(first) = text.find("\r\n") else {
         return false;
     };
-    match text.strip_prefix('$').and_then(|t| t[..first - 1].parse::<i64>().ok()) {
+    match text
+        .strip_prefix('$')
+        .and_then(|t| t[..first - 1].parse::<i64>().ok())
+    {
         Some(len) if len >= 0 => text.len() >= first + 2 + len as usize + 2,
         _ => true,
     }
