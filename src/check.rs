@@ -114,6 +114,20 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
     found
 }
 
+/// Whether `script` calls a Redis function (`redis_*` of the API, not a function of its own
+/// of that name): it needs the plugin's Higress build. A script that doesn't compile calls none.
+pub fn calls_redis(script: &str) -> bool {
+    let engine = with_api(crate::sandbox::std_engine(), None);
+    let Ok(ast) = engine.compile(script) else {
+        return false;
+    };
+    let parsed = Script::of(&ast);
+    parsed.calls.iter().any(|c| {
+        let name = c.call.name.as_str();
+        name.starts_with("redis_") && parsed.named(name, None).next().is_none()
+    })
+}
+
 fn error(message: String) -> Diagnostic {
     Diagnostic {
         severity: Severity::Error,
@@ -831,6 +845,17 @@ fn answer(a, b, c, d, e) {}"#,
                  this one is an int",
             ]
         );
+    }
+
+    #[test]
+    fn scripts_calling_redis_are_found() {
+        assert!(calls_redis(
+            "fn on_request_headers() { helper(); }\nfn helper() { redis_get(\"r\", \"k\", |v| {}); }"
+        ));
+        // Not a comment, a string, nor a function of the script's own.
+        assert!(!calls_redis(
+            "// redis_get(\"r\", \"k\", |v| {})\nfn on_request_headers() { log_info(\"redis_get(\"); redis_thing(); }\nfn redis_thing() {}"
+        ));
     }
 
     #[test]
