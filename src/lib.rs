@@ -32,6 +32,7 @@ pub mod phase;
 pub mod plugin;
 mod proto;
 pub mod redact;
+mod resp;
 pub mod sandbox;
 pub mod stream;
 #[cfg(not(target_arch = "wasm32"))]

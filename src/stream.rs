@@ -11,7 +11,7 @@ use rhai::{Dynamic, EvalAltResult, FnPtr, Map, SharedCells};
 pub use proxy_wasm::types::Action;
 
 use crate::bindings::streaming::Splitter;
-use crate::bindings::{CallAnswer, PhaseAction};
+use crate::bindings::{CallAnswer, PhaseAction, CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
 use crate::config::FailMode;
 use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
@@ -121,6 +121,28 @@ pub(crate) struct PendingCall {
     pub callback: FnPtr,
     /// When its timeout expires, by the proxy's clock (nanoseconds since the epoch).
     pub deadline_nanos: u64,
+    /// A Redis call's query (`None`: an HTTP callout). Tokens of the two kinds may be equal.
+    pub redis: Option<Box<RedisQuery>>,
+}
+
+/// What a Redis call sent, kept to send it again after a `NOAUTH` reply.
+pub(crate) struct RedisQuery {
+    pub cluster: String,
+    pub query: Vec<u8>,
+    /// It was sent again already: the next reply goes to the callback, whatever it is.
+    pub retried: bool,
+}
+
+/// Whether a reply is Redis's `NOAUTH Authentication required`: the cluster must sign in again.
+fn needs_auth(reply: &Dynamic) -> bool {
+    reply.read_lock::<rhai::Map>().is_some_and(|map| {
+        map.get("error")
+            .and_then(|e| {
+                e.read_lock::<rhai::ImmutableString>()
+                    .map(|e| e.starts_with("NOAUTH"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// How much earlier than a callout's deadline, by the proxy's clock, its timeout may still be
@@ -325,11 +347,11 @@ impl<H: Host + 'static> HttpStream<H> {
     /// A callout answered (or failed: `num_headers == 0`). Runs its callback in the phase that
     /// dispatched it, then resumes the stream once no call of that side is pending.
     pub fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
-        let Some(index) = self.state.calls.iter().position(|c| c.id == token) else {
+        let Some(index) = self.pending_call(token, false) else {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let arity = self.callback_arity(&call.callback);
+        let arity = self.callback_arity(&call.callback, CALLBACK_PARAMETERS);
         let args = match self.call_answer(&call, num_headers, body_size, arity) {
             Ok(args) => args,
             Err(e) => {
@@ -337,17 +359,107 @@ impl<H: Host + 'static> HttpStream<H> {
                 return;
             }
         };
-        let answer = CallAnswer { body_size };
+        self.call_back(call, Some(CallAnswer { body_size }), args);
+    }
+
+    /// A Redis reply came (Higress's `proxy_on_redis_call_response`; `status` 0: a reply of
+    /// `size` bytes, else the call failed). Runs its callback with the reply as a Rhai value, as
+    /// a callout's, except after a first `NOAUTH` reply: the call is sent again once the
+    /// cluster is initialised again (as Higress's wrapper does).
+    pub fn on_redis_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some(index) = self.pending_call(token, true) else {
+            return; // dropped when the stream was answered
+        };
+        let reply = match self.state.calls.get(index) {
+            Some(call) => self.redis_reply(call, status, size),
+            None => return,
+        };
+        if reply.as_ref().is_ok_and(needs_auth) {
+            if let Some(call) = self.state.calls.get_mut(index) {
+                if let Some(query) = call.redis.as_mut().filter(|q| !q.retried) {
+                    if let Some(id) = self.plugin.api.redis_retry(query) {
+                        query.retried = true;
+                        call.id = id;
+                        return;
+                    }
+                }
+            }
+        }
+        let call = self.state.calls.remove(index);
+        match reply {
+            Ok(reply) => {
+                let arity = self.callback_arity(&call.callback, REDIS_CALLBACK_PARAMETERS);
+                let args = if arity == 0 { Vec::new() } else { vec![reply] };
+                self.call_back(call, None, args);
+            }
+            Err(e) => {
+                self.fail(call.phase, &e, true);
+            }
+        }
+    }
+
+    /// Where the call `token` (a Redis call or a callout: their tokens may be equal) waits.
+    fn pending_call(&self, token: u32, redis: bool) -> Option<usize> {
+        self.state
+            .calls
+            .iter()
+            .position(|c| c.id == token && c.redis.is_some() == redis)
+    }
+
+    /// The reply to a Redis call as its callback gets it; a script error when it is past the
+    /// limits (as a callout's answer is).
+    fn redis_reply(
+        &self,
+        call: &PendingCall,
+        status: u32,
+        size: usize,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let api = &self.plugin.api;
+        if status != 0 {
+            let now = api.host.current_time_nanos().unwrap_or(u64::MAX);
+            let kind =
+                crate::bindings::redis::failure_kind(now, call.deadline_nanos, TIMER_SLACK_NANOS);
+            let message = match kind {
+                "timeout" => "no reply from Redis in time",
+                _ => "cannot connect to Redis",
+            };
+            return Ok(crate::resp::error_map(message, kind));
+        }
+        let what = "the Redis reply (the callback's `reply`)";
+        let limits = &self.plugin.config.limits;
+        crate::sandbox::check_text_len(what, size, limits.max_string_size)?;
+        if let Some(message) = api.over_memory_budget(size) {
+            return Err(format!("{what}: {message}").into());
+        }
+        let bytes = match api.host.redis_reply(size) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                let message = format!("the proxy gave no Redis reply ({status:?})");
+                return Ok(crate::resp::error_map(&message, "redis"));
+            }
+        };
+        let bounds = crate::resp::Bounds {
+            max_array: limits.max_array_size,
+            max_depth: limits.max_value_depth,
+        };
+        match crate::resp::decode(&bytes, bounds) {
+            Ok(value) => Ok(value),
+            Err(crate::resp::DecodeError::Malformed(message)) => {
+                Ok(crate::resp::error_map(&message, "redis"))
+            }
+            Err(crate::resp::DecodeError::Limit(message)) => Err(message.into()),
+        }
+    }
+
+    /// Runs a callout's (or a Redis call's) callback in the phase that made the call, then
+    /// resumes the stream once no call of that side is pending.
+    fn call_back(&mut self, call: PendingCall, answer: Option<CallAnswer>, args: Vec<Dynamic>) {
         let side = Side::of(call.phase);
         let chunk = call.phase.is_chunk();
         if chunk {
             self.view_paused_chunk(side);
         }
-        let result = self.enter(
-            call.phase,
-            Some(answer),
-            Call::Callback(call.callback, args),
-        );
+        let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
         if chunk {
             // The callback may have rewritten the chunk: what the buffer holds moved with it.
             let view = *self.state.view_mut(side.buffer());
@@ -514,7 +626,7 @@ impl<H: Host + 'static> HttpStream<H> {
 
     /// How many of `|status, headers, body|` a callback takes (a closure's captured variables
     /// come first among its function's parameters).
-    fn callback_arity(&self, callback: &FnPtr) -> usize {
+    fn callback_arity(&self, callback: &FnPtr, given: &[&str]) -> usize {
         let Some(selection) = &self.selection else {
             return 0;
         };
@@ -530,8 +642,10 @@ impl<H: Host + 'static> HttpStream<H> {
                     .find(|f| f.name == callback.fn_name())
                     .map(|f| f.params.len())
             })
-            .map_or(3, |params| {
-                params.saturating_sub(callback.curry().len()).min(4)
+            .map_or(given.len().min(3), |params| {
+                params
+                    .saturating_sub(callback.curry().len())
+                    .min(given.len())
             })
     }
 

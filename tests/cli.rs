@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 #[path = "cli/repl.rs"]
 mod repl;
 
@@ -533,8 +536,43 @@ fn test_prints_each_result_and_the_summary_and_fails_on_failure() {
 }
 
 #[test]
+fn run_sends_redis_calls_to_the_server_given() {
+    let redis = redis_server::RedisServer::start();
+    let server = format!("redis={}", redis.address());
+    let args = [
+        "run",
+        "scripts/redis_rate_limit.rhai",
+        "--config",
+        r#"{"qpm": 1}"#,
+    ];
+    let o = proxy_rhai(&[&args[..], &["--repeat", "2", "--redis", &server]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("redis_call(\"redis\", INCR 1767225600)"),
+        "{text}"
+    );
+    assert!(text.contains("calltimeleft: 0"), "{text}");
+    assert!(text.contains("429"), "{text}");
+    let o = proxy_rhai(&["run", "scripts/redis_rate_limit.rhai", "--redis", "redis"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("give CLUSTER=HOST:PORT"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn test_runs_the_repository_scripts() {
-    let o = proxy_rhai(&["test", "scripts"]);
+    // The Redis examples' tests want their cluster `redis`.
+    let redis = redis_server::RedisServer::start();
+    let o = proxy_rhai(&[
+        "test",
+        "scripts",
+        "--redis",
+        &format!("redis={}", redis.address()),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let last = stdout(&o).lines().last().unwrap_or_default().to_string();
     assert!(last.ends_with(" passed, 0 failed"), "{last}");

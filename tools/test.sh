@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy (native and wasm), the unit and script tests,
-# and the end-to-end tests in real Envoy against the release artifact.
+# Runs every check and test: formatting, clippy (native, wasm, and wasm with the Higress
+# build's feature), the unit and script tests (the Redis ones against a redis-server they
+# start), and the end-to-end tests in real Envoy against the release artifacts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # vendor/rhai is rhai 1.27.0 plus vendor/rhai-patches, byte for byte (well under a second).
@@ -9,5 +10,7 @@ tools/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip1 --lib -- -D warnings
+cargo clippy --target wasm32-wasip1 --lib --features higress -- -D warnings
 tools/build-wasm.sh
-PROXY_RHAI_WASM="$PWD/target/proxy_rhai.wasm" cargo test
+PROXY_RHAI_WASM="$PWD/target/proxy_rhai.wasm" \
+  PROXY_RHAI_HIGRESS_WASM="$PWD/target/proxy_rhai_higress.wasm" cargo test

@@ -53,10 +53,23 @@ impl FileReport {
     }
 }
 
+/// What the tests of a file run against, besides the emulator.
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    /// Redis clusters, `(cluster, "host:port")`: every plugin a test loads has them
+    /// (`proxy-rhai test --redis CLUSTER=HOST:PORT`).
+    pub redis: Vec<(String, String)>,
+}
+
 /// Runs the tests of a test file whose name contains `filter` (all of them when `None`).
 pub fn run_file(path: &Path, filter: Option<&str>) -> FileReport {
+    run_file_with(path, filter, &Servers::default())
+}
+
+/// [`run_file`], the plugins the tests load having `servers`.
+pub fn run_file_with(path: &Path, filter: Option<&str>, servers: &Servers) -> FileReport {
     match std::fs::read_to_string(path) {
-        Ok(source) => run_source(path, &source, filter),
+        Ok(source) => run_source_with(path, &source, filter, servers),
         Err(e) => FileReport {
             path: path.to_path_buf(),
             tests: Vec::new(),
@@ -75,13 +88,24 @@ pub const STACK_SIZE: usize = 256 << 20;
 /// The tests run on a thread of their own, with a stack deep enough for every limit a plugin
 /// configuration allows.
 pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
+    run_source_with(path, source, filter, &Servers::default())
+}
+
+/// [`run_source`], the plugins the tests load having `servers`.
+pub fn run_source_with(
+    path: &Path,
+    source: &str,
+    filter: Option<&str>,
+    servers: &Servers,
+) -> FileReport {
     let (path, source) = (path.to_path_buf(), source.to_string());
     let filter = filter.map(str::to_string);
     let on_thread = path.clone();
+    let servers = servers.clone();
     let run = std::thread::Builder::new()
         .name("rhai-tests".into())
         .stack_size(STACK_SIZE)
-        .spawn(move || run_here(&on_thread, &source, filter.as_deref()));
+        .spawn(move || run_here(&on_thread, &source, filter.as_deref(), servers));
     let failed = |why: String| FileReport {
         path: path.clone(),
         tests: Vec::new(),
@@ -95,7 +119,7 @@ pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport
     }
 }
 
-fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
+fn run_here(path: &Path, source: &str, filter: Option<&str>, servers: Servers) -> FileReport {
     let mut report = FileReport {
         path: path.to_path_buf(),
         tests: Vec::new(),
@@ -107,6 +131,7 @@ fn run_here(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
     };
     let session = Rc::new(Session {
         base,
+        servers,
         ..Session::default()
     });
     let mut engine = test_engine(&session);
@@ -214,6 +239,8 @@ struct Session {
     exchanges: RefCell<Vec<Exchange>>,
     /// What the test printed.
     output: RefCell<Vec<String>>,
+    /// What every plugin loaded has.
+    servers: Servers,
 }
 
 impl Session {
@@ -631,7 +658,9 @@ fn configure(
     configuration.insert("script".into(), script.into());
     let config = serde_json::to_value(config).map_err(|e| format!("config: {e}"))?;
     configuration.insert("config".into(), config);
-    Emulator::new(&Value::Object(configuration).to_string())
+    let configuration = Value::Object(configuration).to_string();
+    let start = crate::emulator::START_TIME_MS;
+    Emulator::with_redis(&configuration, start, &session.servers.redis)
 }
 
 fn load(session: &Session, path: &str, config: &Dynamic, settings: &Map) -> RhaiResult<TestPlugin> {
@@ -985,6 +1014,10 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
             Ok(())
         },
     );
+    engine.register_fn(
+        "redis",
+        |p: &mut TestPlugin, cluster: &str, address: &str| p.0.emulator.add_redis(cluster, address),
+    );
     engine.register_fn("add_cluster", |p: &mut TestPlugin, cluster: &str| {
         p.0.emulator.add_cluster(cluster)
     });
@@ -1112,6 +1145,7 @@ fn register_exchange(engine: &mut Engine) {
     engine.register_get("local", |x: &mut Exchange| x.0.outcome.response.local);
     engine.register_get("reset", |x: &mut Exchange| x.0.outcome.response.reset);
     engine.register_get("callouts", |x: &mut Exchange| x.field("callouts"));
+    engine.register_get("redis_calls", |x: &mut Exchange| x.field("redis_calls"));
     engine.register_get("logs", |x: &mut Exchange| x.field("log"));
     engine.register_get("trace", |x: &mut Exchange| x.field("trace"));
     engine.register_get("filter_state", |x: &mut Exchange| x.field("filter_state"));
