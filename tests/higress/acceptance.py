@@ -51,22 +51,28 @@ class Redis:
     """A redis-server of this test's own, on a free loopback port, without persistence."""
 
     def __init__(self, *args):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="proxy-rhai-redis-")
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.password = args[args.index("--requirepass") + 1] if "--requirepass" in args else None
-        for _ in range(500):
-            try:
-                self.command("PING")
-                return
-            except OSError:
-                time.sleep(0.01)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        self.dir = tempfile.mkdtemp(prefix="proxy-rhai-redis-")
+        # A port free a moment ago may be taken by the time Redis binds it: then another.
+        for _ in range(5):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", self.dir, *args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(1000):
+                try:
+                    self.command("PING")
+                    return
+                except OSError:
+                    if self.process.poll() is not None:
+                        break
+                    time.sleep(0.01)
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        raise RuntimeError("redis-server did not start")
 
     @property
     def address(self):
@@ -97,7 +103,6 @@ class Redis:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class RedisError(Exception):
@@ -135,11 +140,19 @@ class Env:
 
     def __init__(self, higress, default):
         self.higress, self.default = higress, default
-        self.open = Redis()
-        self.auth = Redis("--requirepass", PASSWORD)
-        self.auth.command("ACL", "SETUSER", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all")
-        self.doomed = Redis()
-        self.servers = [self.open, self.auth, self.doomed]
+        self.servers = []
+        try:
+            self.open = self.start()
+            self.auth = self.start("--requirepass", PASSWORD)
+            self.auth.command("ACL", "SETUSER", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all")
+            self.doomed = self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, *args):
+        self.servers.append(Redis(*args))
+        return self.servers[-1]
 
     def clusters(self):
         """What the host's cluster manager knows: name → address."""
@@ -172,6 +185,7 @@ class Env:
     def stop(self):
         for server in self.servers:
             server.stop()
+            shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def call(host, cluster, *command):
