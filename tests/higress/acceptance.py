@@ -266,6 +266,31 @@ def replies_become_rhai_values(env):
 
 
 @case
+def everyday_forms_send_their_commands(env):
+    script = f'''
+    const C = "{CLUSTER}";
+    fn on_request_headers() {{
+        redis_set(C, "acc:form", "v1", |r1| {{
+            redis_set(C, "acc:form:ttl", 7, 30, |r2| {{
+                redis_get(C, "acc:form", |r3| {{
+                    redis_incr(C, "acc:form:ttl", |r4| {{
+                        redis_expire(C, "acc:form", 40, |r5| {{
+                            send_http_response(200, [], to_json([r1, r2, r3, r4, r5]));
+                        }});
+                    }});
+                }});
+            }});
+        }});
+    }}'''
+    host = env.plugin(script, redis={CLUSTER: {}})
+    answer = request(host)
+    expect(json.loads(answer.body), ["OK", "OK", "v1", 8, 1], "the replies")
+    expect(env.open.command("GET", "acc:form:ttl"), b"8", "Redis state")
+    assert 0 < env.open.command("TTL", "acc:form:ttl") <= 30, "SET with a ttl: EX"
+    assert 30 < env.open.command("TTL", "acc:form") <= 40, "EXPIRE"
+
+
+@case
 def database_and_credentials_apply(env):
     host = env.plugin(DIRECT, redis={
         "outbound|6379||db2.dns": {"database": 2},
@@ -340,6 +365,19 @@ def init_is_retried_once_the_cluster_exists(env):
     expect(call(host, late, "PING"), ("string", "PONG"), "once the cluster exists")
     expect(len(host.redis.inits), 2, "initialised again")
     expect(host.redis.inits[-1][3], 900, "with its timeout")
+
+
+@case
+def a_reply_past_the_limits_is_answered_by_the_error_policy(env):
+    host = env.plugin(DIRECT, redis={CLUSTER: {}}, limits={"max_string_size": 2048})
+    env.open.command("SET", "acc:big", "x" * 4000)
+    answer = host.exchange([(":method", "GET"), (":path", "/"), (":authority", "gateway"),
+                            ("x-cluster", CLUSTER), ("x-command", '["GET", "acc:big"]')])
+    expect((answer.status, answer.local), (500, True), "fail_closed's answer")
+    assert any("limits.max_string_size (2048)" in m for _, m in host.logs), host.logs
+    env.open.command("SET", "acc:big", "x" * 2000)
+    expect(call(host, CLUSTER, "STRLEN", "acc:big"), ("i64", 2000), "the VM goes on")
+    expect(len(call(host, CLUSTER, "GET", "acc:big")[1]), 2000, "within the limit, whole")
 
 
 @case
