@@ -38,9 +38,9 @@ pub(crate) struct StreamState {
     /// How the header phase asked for the request / response body to be handled.
     pub request_body_choice: BodyChoice,
     pub response_body_choice: BodyChoice,
-    /// The incomplete events or lines `sse_events` / `lines` carry to the next chunk, made
-    /// when a script first uses them.
-    pub splitters: Option<Box<[Splitter; 2]>>,
+    /// What only some scripts need, made when one first does (kept out of the state every
+    /// stream allocates).
+    pub rare: Option<Box<RareState>>,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
@@ -70,13 +70,27 @@ impl StreamState {
         }
     }
 
+    pub(crate) fn rare_mut(&mut self) -> &mut RareState {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     pub(crate) fn splitter_mut(&mut self, side: Side) -> &mut Splitter {
-        let [request, response] = &mut **self.splitters.get_or_insert_with(Box::default);
+        let [request, response] = &mut self.rare_mut().splitters;
         match side {
             Side::Request => request,
             Side::Response => response,
         }
     }
+}
+
+/// A stream's state that only some scripts need.
+#[derive(Default)]
+pub(crate) struct RareState {
+    /// The incomplete events or lines `sse_events` / `lines` carry to the next chunk.
+    pub splitters: [Splitter; 2],
+    /// The queries of the Redis calls in flight, by token: kept to send one again after a
+    /// `NOAUTH` reply.
+    pub redis_queries: Vec<(u32, RedisQuery)>,
 }
 
 /// The part of the proxy's body buffer a call reads and writes: the whole body in a body
@@ -121,8 +135,9 @@ pub(crate) struct PendingCall {
     pub callback: FnPtr,
     /// When its timeout expires, by the proxy's clock (nanoseconds since the epoch).
     pub deadline_nanos: u64,
-    /// A Redis call's query (`None`: an HTTP callout). Tokens of the two kinds may be equal.
-    pub redis: Option<Box<RedisQuery>>,
+    /// A Redis call, not an HTTP callout (tokens of the two kinds may be equal). A flag, so
+    /// that a callout's entry is no larger: its query is in [`RareState::redis_queries`].
+    pub redis: bool,
 }
 
 /// What a Redis call sent, kept to send it again after a `NOAUTH` reply.
@@ -374,15 +389,20 @@ impl<H: Host + 'static> HttpStream<H> {
             Some(call) => self.redis_reply(call, status, size),
             None => return,
         };
-        if reply.as_ref().is_ok_and(needs_auth) {
-            if let Some(call) = self.state.calls.get_mut(index) {
-                if let Some(query) = call.redis.as_mut().filter(|q| !q.retried) {
-                    if let Some(id) = self.plugin.api.redis_retry(query) {
-                        query.retried = true;
-                        call.id = id;
-                        return;
-                    }
+        let queries = &mut self.state.rare_mut().redis_queries;
+        let query = queries.iter().position(|(id, _)| *id == token);
+        let query = query.map(|i| queries.swap_remove(i).1);
+        if let Some(query) = query.filter(|q| !q.retried && reply.as_ref().is_ok_and(needs_auth)) {
+            if let Some(id) = self.plugin.api.redis_retry(&query) {
+                if let Some(call) = self.state.calls.get_mut(index) {
+                    call.id = id;
                 }
+                let retried = RedisQuery {
+                    retried: true,
+                    ..query
+                };
+                self.state.rare_mut().redis_queries.push((id, retried));
+                return;
             }
         }
         let call = self.state.calls.remove(index);
@@ -403,7 +423,7 @@ impl<H: Host + 'static> HttpStream<H> {
         self.state
             .calls
             .iter()
-            .position(|c| c.id == token && c.redis.is_some() == redis)
+            .position(|c| c.id == token && c.redis == redis)
     }
 
     /// The reply to a Redis call as its callback gets it; a script error when it is past the

@@ -471,7 +471,7 @@ impl<H: Host> Api<H> {
             phase,
             callback: call.callback,
             deadline_nanos: sent.saturating_add(timeout_ms as u64 * 1_000_000),
-            redis: None,
+            redis: false,
         });
         Ok(i64::from(id))
     }

@@ -274,12 +274,15 @@ impl<H: Host> Api<H> {
             phase,
             callback,
             deadline_nanos: sent.saturating_add(u64::from(timeout_ms) * 1_000_000),
-            redis: Some(Box::new(RedisQuery {
-                cluster: cluster.to_string(),
-                query,
-                retried: false,
-            })),
+            redis: true,
         });
+        let query = RedisQuery {
+            cluster: cluster.to_string(),
+            query,
+            retried: false,
+        };
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.rare_mut().redis_queries.push((id, query));
         Ok(i64::from(id))
     }
 }
