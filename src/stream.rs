@@ -148,13 +148,14 @@ pub(crate) struct RedisQuery {
     pub retried: bool,
 }
 
-/// Whether a reply is Redis's `NOAUTH Authentication required`: the cluster must sign in again.
+/// Whether a reply is Redis's `NOAUTH Authentication required`: the cluster must sign in again
+/// (the text Higress's Go wrapper looks for).
 fn needs_auth(reply: &Dynamic) -> bool {
     reply.read_lock::<rhai::Map>().is_some_and(|map| {
         map.get("error")
             .and_then(|e| {
                 e.read_lock::<rhai::ImmutableString>()
-                    .map(|e| e.starts_with("NOAUTH"))
+                    .map(|e| e.contains("NOAUTH Authentication required"))
             })
             .unwrap_or(false)
     })

@@ -485,6 +485,8 @@ fn the_repository_scripts_pass_check() {
         ("api_key", r#"{"keys": {"k1": "alice"}}"#),
         ("cors", r#"{"allow_origins": ["https://a.example"]}"#),
         ("hmac_signature", r#"{"secret": "s"}"#),
+        ("redis_rate_limit", r#"{"qpm": 10}"#),
+        ("redis_token_bucket", r#"{"rate": 1, "burst": 2}"#),
         (
             "token_callout",
             r#"{"cluster": "auth", "requestPath": "/token", "tokenHeader": "x-token"}"#,

@@ -1,7 +1,8 @@
 //! Redis from scripts, in the emulator against a real `redis-server`: replies as Rhai values,
 //! Redis's own semantics (INCR, EXPIRE/TTL, EVAL, errors, nil, databases), and every failure
 //! (wrong password, Redis stopped, no reply in time, a reply past the limits, an unknown
-//! cluster) reaching the callback or a catchable error, the request always answered.
+//! cluster) reaching the callback or a catchable error, the request always answered; the
+//! NOAUTH sign-in again of Higress's wrapper.
 
 #[allow(dead_code)]
 #[path = "support/redis_server.rs"]
@@ -341,4 +342,27 @@ fn bad_arguments_are_script_errors() {
         assert!(errors.contains(expected), "{call}: {errors}");
         assert_eq!(o.response.status, 500);
     }
+}
+
+#[test]
+fn a_cluster_rebuilt_without_its_password_signs_in_again_and_the_call_goes_through() {
+    let server = RedisServer::start_with(&["--requirepass", "Right-pass-1"]);
+    let script = r#"fn on_request_headers() {
+        redis_incr("redis", "n", |r| add_request_header("x-reply", `${r}`));
+    }"#;
+    let settings = json!({"redis": {"redis": {"password": "Right-pass-1"}}});
+    let p = plugin_at(&server.address(), script, settings);
+    assert_eq!(upstream(&get(&p), "x-reply"), "1");
+    // As Higress's Envoy when xDS rebuilds the cluster: its client forgets the password.
+    p.add_redis("redis", &server.address());
+    let o = get(&p);
+    // The NOAUTH reply never reached the script: the plugin signed in again and resent.
+    assert_eq!(upstream(&o, "x-reply"), "2");
+    let count = |call: &str| o.trace.iter().filter(|t| t.starts_with(call)).count();
+    assert_eq!(
+        (count("redis_init("), count("redis_call(")),
+        (1, 2),
+        "{:?}",
+        o.trace
+    );
 }

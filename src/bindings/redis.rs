@@ -207,35 +207,31 @@ impl<H: Host> Api<H> {
     }
 
     /// Readies the cluster `name` for a call from `f` (initialising it when it isn't ready,
-    /// with the defaults when the configuration doesn't name it); its timeout.
+    /// with the defaults when the configuration doesn't name it); its timeout. A cluster the
+    /// configuration doesn't name is kept once the proxy knows it: names a script makes up
+    /// can't grow the list.
     fn redis_ready(&self, f: &str, name: &str) -> ScriptResult<u32> {
         let mut clusters = self.redis.0.borrow_mut();
-        let index = match clusters.iter().position(|c| c.name == name) {
-            Some(index) => index,
-            None => {
-                clusters.push(Cluster {
-                    name: name.to_string(),
-                    settings: RedisSettings::default(),
-                    ready: Cell::new(false),
-                });
-                clusters.len() - 1
-            }
+        let found = clusters.iter().position(|c| c.name == name);
+        let new = Cluster {
+            name: name.to_string(),
+            settings: RedisSettings::default(),
+            ready: Cell::new(false),
         };
-        let Some(cluster) = clusters.get(index) else {
-            return err(format!("{f}(): no Redis cluster '{name}'"));
-        };
+        let cluster = found.and_then(|i| clusters.get(i)).unwrap_or(&new);
         if !cluster.ready.get() {
-            match self.redis_init(cluster) {
-                Ok(()) => {}
-                Err(status) => {
-                    return err(format!(
-                        "{f}(): Redis cluster '{name}' is not ready: the proxy refused to \
-                         initialise it ({status:?}); is the cluster defined?"
-                    ))
-                }
+            if let Err(status) = self.redis_init(cluster) {
+                return err(format!(
+                    "{f}(): Redis cluster '{name}' is not ready: the proxy refused to \
+                     initialise it ({status:?}); is the cluster defined?"
+                ));
             }
         }
-        Ok(cluster.settings.timeout_ms)
+        let timeout_ms = cluster.settings.timeout_ms;
+        if found.is_none() {
+            clusters.push(new);
+        }
+        Ok(timeout_ms)
     }
 
     /// After a `NOAUTH` reply: the cluster is initialised again and, when that works, the query
