@@ -6,13 +6,13 @@
 
 V8 in Envoy shows the plugin as one anonymous block of JIT code to perf. This runs the same
 .wasm on wasmtime (pip package `wasmtime`, installed here when missing) with a small
-proxy-wasm host written in Python, and wasmtime's perf map names every wasm function. The host
-is minimal: a GET with the 15 headers of bench workload 2, a 200 response with a 3-byte body
-(or the file given with --response-body; with --chunk-size N it comes in pieces of N bytes,
-one body call each, the buffer holding what the plugin paused and the new piece, as in Envoy),
-every phase called in Envoy's order; header maps and the plugin configuration are answered,
-a callout is answered at once (200, `x-auth-token`, as bench workload 4's service does), anything
-else (properties, metrics) is refused or ignored.
+proxy-wasm host written in Python (tools/proxy_wasm_host.py), and wasmtime's perf map names
+every wasm function. The request is minimal: a GET with the 15 headers of bench workload 2, a
+200 response with a 3-byte body (or the file given with --response-body; with --chunk-size N
+it comes in pieces of N bytes, one body call each, the buffer holding what the plugin paused
+and the new piece, as in Envoy), every phase called in Envoy's order; header maps and the
+plugin configuration are answered, a callout is answered at once (200, `x-auth-token`, as
+bench workload 4's service does), anything else (properties, metrics) is refused or ignored.
 
 The wasm needs its "name" section: by default the release build is run through the same
 wasm-opt as tools/build-wasm.sh with --debuginfo (so the code is the release artifact's).
@@ -35,38 +35,20 @@ import os
 import pathlib
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from proxy_wasm_host import Host  # noqa: E402
+
+# The version tools/setup.sh installs (the fuel counts above were measured with it).
+WASMTIME = "wasmtime==51.0.0"
 REQUEST = ([(":authority", "example.com"), (":path", "/bench"), (":method", "GET"), (":scheme", "http")]
            + [(f"x-in-{i}", f"v{i}") for i in range(10)] + [(f"x-rm-{i}", "gone") for i in range(5)])
 RESPONSE = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "3")]
 CALLOUT_ANSWER = [(":status", "200"), ("x-auth-token", "tok-123"), ("content-length", "0")]
-REQUEST_HEADERS, RESPONSE_HEADERS, CALLOUT_HEADERS, PLUGIN_CONFIGURATION = 0, 2, 6, 7
-HTTP_RESPONSE_BODY = 1
-OK, NOT_FOUND = 0, 1
-
-
-def serialize(pairs):
-    out = struct.pack("<I", len(pairs))
-    for k, v in pairs:
-        out += struct.pack("<II", len(k), len(v))
-    for k, v in pairs:
-        out += k + b"\0" + v + b"\0"
-    return out
-
-
-def deserialize(data):
-    (n,) = struct.unpack_from("<I", data, 0)
-    sizes = [struct.unpack_from("<II", data, 4 + 8 * i) for i in range(n)]
-    at, pairs = 4 + 8 * n, []
-    for ks, vs in sizes:
-        pairs.append((data[at:at + ks], data[at + ks + 1:at + ks + 1 + vs]))
-        at += ks + vs + 2
-    return pairs
 
 
 def serve(wasm, script, requests, fuel=False, configuration=None, response_body=b"ok\n",
@@ -77,158 +59,28 @@ def serve(wasm, script, requests, fuel=False, configuration=None, response_body=
     exported globals named in `counters` grew over them. `tracer` answers the imports of a
     module made by `traced` (a `FunctionTracer`). With `chunk_size`, the response body comes
     in pieces of that many bytes."""
-    import wasmtime
+    def trace_hooks(host):
+        return {(TRACE_MODULE, "enter"): lambda i: tracer.enter(i, host.store.get_fuel()),
+                (TRACE_MODULE, "exit"): lambda i: tracer.exit(i, host.store.get_fuel())}
 
-    config = wasmtime.Config()
-    if fuel:
-        config.consume_fuel = True
-    else:
-        config.profiler = "perfmap"
-    engine = wasmtime.Engine(config)
-    store = wasmtime.Store(engine)
-    if fuel:
-        store.set_fuel(2**62)
-    store.set_wasi(wasmtime.WasiConfig())
-    module = wasmtime.Module.from_file(engine, wasm)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    plugin_config = (configuration or json.dumps({"script": pathlib.Path(script).read_text()})).encode()
-    maps = {}
-    state = {}
-
-    def read(ptr, size):
-        return bytes(state["memory"].read(store, ptr, ptr + size))
-
-    def give(data, ret_ptr, ret_size):
-        ptr = state["exports"]["proxy_on_memory_allocate"](store, max(len(data), 1))
-        state["memory"].write(store, data, ptr)
-        state["memory"].write(store, struct.pack("<I", ptr), ret_ptr)
-        state["memory"].write(store, struct.pack("<I", len(data)), ret_size)
-
-    def log(level, ptr, size):
-        if level >= 3:  # warn and above: a script error shows
-            print("plugin log:", read(ptr, size).decode(errors="replace"), file=sys.stderr)
-        return OK
-
-    def get_value(map_type, kp, ks, ret_ptr, ret_size):
-        key = read(kp, ks)
-        value = next((v for k, v in maps.get(map_type, []) if k == key), None)
-        if value is None:
-            return NOT_FOUND
-        give(value, ret_ptr, ret_size)
-        return OK
-
-    def add_value(map_type, kp, ks, vp, vs):
-        maps.setdefault(map_type, []).append((read(kp, ks), read(vp, vs)))
-        return OK
-
-    def replace_value(map_type, kp, ks, vp, vs):
-        key = read(kp, ks)
-        maps[map_type] = [p for p in maps.get(map_type, []) if p[0] != key] + [(key, read(vp, vs))]
-        return OK
-
-    def remove_value(map_type, kp, ks):
-        key = read(kp, ks)
-        maps[map_type] = [p for p in maps.get(map_type, []) if p[0] != key]
-        return OK
-
-    def get_pairs(map_type, ret_ptr, ret_size):
-        give(serialize(maps.get(map_type, [])), ret_ptr, ret_size)
-        return OK
-
-    def set_pairs(map_type, ptr, size):
-        maps[map_type] = deserialize(read(ptr, size))
-        return OK
-
-    buffers = {PLUGIN_CONFIGURATION: plugin_config}
-
-    def get_buffer(buffer_type, start, length, ret_ptr, ret_size):
-        if buffer_type not in buffers:
-            return NOT_FOUND
-        end = None if length < 0 else start + length  # an i32 of -1: the SDK asks for usize::MAX
-        give(buffers[buffer_type][start:end], ret_ptr, ret_size)
-        return OK
-
-    def set_buffer(buffer_type, start, length, ptr, size):
-        old = buffers.get(buffer_type, b"")
-        data = read(ptr, size)
-        # Envoy's three forms: prepend (0, 0), replace (0, len), append (start >= len).
-        buffers[buffer_type] = data + old if length == 0 and start == 0 else (
-            old + data if start >= len(old) else data)
-        return OK
-
-    def http_call(*args):
-        token = state["calls"] = state.get("calls", 0) + 1
-        state["memory"].write(store, struct.pack("<I", token), args[-1])
-        state["pending"].append(token)
-        return OK
-
-    def define_metric(_kind, _ptr, _size, ret_id):
-        state["memory"].write(store, struct.pack("<I", 1), ret_id)
-        return OK
-
-    handlers = {
-        "proxy_log": log, "proxy_get_header_map_value": get_value,
-        "proxy_add_header_map_value": add_value, "proxy_replace_header_map_value": replace_value,
-        "proxy_remove_header_map_value": remove_value, "proxy_get_header_map_pairs": get_pairs,
-        "proxy_set_header_map_pairs": set_pairs, "proxy_get_buffer_bytes": get_buffer,
-        "proxy_set_buffer_bytes": set_buffer,
-        "proxy_define_metric": define_metric, "proxy_record_metric": lambda *a: OK,
-        "proxy_increment_metric": lambda *a: OK, "proxy_send_local_response": lambda *a: OK,
-        "proxy_http_call": http_call, "proxy_continue_stream": lambda *a: OK,
-        "proxy_set_effective_context": lambda *a: OK,
-    }
-    for imp in module.imports:
-        if tracer and imp.module == TRACE_MODULE:
-            hook = tracer.enter if imp.name == "enter" else tracer.exit
-            linker.define(store, imp.module, imp.name,
-                          wasmtime.Func(store, imp.type, lambda i, hook=hook: hook(i, store.get_fuel())))
-        if imp.module != "env":
-            continue
-        results = len(imp.type.results)
-        handler = handlers.get(imp.name, lambda *a, r=results: NOT_FOUND if r else None)
-        linker.define(store, "env", imp.name, wasmtime.Func(store, imp.type, handler))
-    instance = linker.instantiate(store, module)
-    ex = state["exports"] = instance.exports(store)
-    state["memory"] = ex["memory"]
-    ex["_initialize"](store)
-    ex["proxy_on_context_create"](store, 1, 0)
-    ex["proxy_on_vm_start"](store, 1, 0)
-    if ex["proxy_on_configure"](store, 1, len(plugin_config)) != 1:
+    host = Host(wasm, fuel=fuel, profiler=None if fuel else "perfmap",
+                extra_imports=trace_hooks if tracer else None,
+                http_call_answer=lambda _token: (CALLOUT_ANSWER, b""))
+    if not host.start(configuration or json.dumps({"script": pathlib.Path(script).read_text()})):
         sys.exit("the plugin refused the configuration (see its log above)")
-    encode = lambda pairs: [(k.encode(), v.encode()) for k, v in pairs]
     response = [(k, str(len(response_body)) if k == "content-length" else v) for k, v in RESPONSE]
-    state["pending"] = []
-    step = chunk_size or max(len(response_body), 1)
-    pieces = range(0, max(len(response_body), 1), step)
     start = None
     for i in range(2 * requests if fuel else requests):
         if fuel and i == requests:
             if tracer:
                 tracer.counting = True
-            start = store.get_fuel()
-            counted = [ex[c].value(store) for c in counters]
-        ctx = 2 + i
-        maps.clear()
-        maps[REQUEST_HEADERS], maps[RESPONSE_HEADERS] = encode(REQUEST), encode(response)
-        ex["proxy_on_context_create"](store, ctx, 1)
-        ex["proxy_on_request_headers"](store, ctx, len(REQUEST), 1)
-        while state["pending"]:
-            maps[CALLOUT_HEADERS] = encode(CALLOUT_ANSWER)
-            ex["proxy_on_http_call_response"](store, ctx, state["pending"].pop(0), len(CALLOUT_ANSWER), 0, 0)
-        ex["proxy_on_response_headers"](store, ctx, len(RESPONSE), 0)
-        held = b""
-        for at in pieces:
-            # The proxy's buffer: what the plugin held (a call that returned Pause) and the piece.
-            body = buffers[HTTP_RESPONSE_BODY] = held + response_body[at:at + step]
-            last = at + step >= len(response_body)
-            paused = ex["proxy_on_response_body"](store, ctx, len(body), int(last))
-            held = buffers[HTTP_RESPONSE_BODY] if paused else b""
-        ex["proxy_on_log"](store, ctx)
-        ex["proxy_on_done"](store, ctx)
-        ex["proxy_on_delete"](store, ctx)
+            start = host.store.get_fuel()
+            counted = [host.exports[c].value(host.store) for c in counters]
+        host.exchange(REQUEST, upstream=lambda _headers, _body: (response, response_body),
+                      chunk_size=chunk_size)
     if fuel:
-        return start - store.get_fuel(), [ex[c].value(store) - n for c, n in zip(counters, counted)]
+        return start - host.store.get_fuel(), [host.exports[c].value(host.store) - n
+                                                for c, n in zip(counters, counted)]
 
 
 def named_wasm(path):
@@ -405,7 +257,7 @@ def main():
     try:
         import wasmtime  # noqa: F401
     except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "wasmtime"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", WASMTIME], check=True)
     wasm = named_wasm(args.wasm)
     if args.fuel:
         used, _ = serve(wasm, args.script, args.requests, fuel=True,

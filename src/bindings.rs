@@ -233,6 +233,8 @@ pub(crate) struct Api<H> {
     pub known: RefCell<Vec<crate::sandbox::KnownFn>>,
     /// `allow_on_headers_stop_iteration`: a body phase may use its message's header map.
     pub headers_held: bool,
+    /// The Redis clusters the script calls.
+    pub redis: redis::RedisClusters,
 }
 
 /// Where a binding may be called.
@@ -589,11 +591,11 @@ mod json;
 mod metadata;
 mod metrics;
 mod properties;
+pub(crate) mod redis;
 mod shared_data;
 pub(crate) mod streaming;
 
-#[cfg(tools)]
-pub(crate) use callouts::CALLBACK_PARAMETERS;
+pub(crate) use callouts::{CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
 pub(crate) use headers::header_pairs_of;
 use headers::{check_pair_list, header_pairs};
 pub use metrics::{HEAP_METRIC, SCRIPT_ERRORS_METRIC};
@@ -669,6 +671,7 @@ impl<H: Host + 'static> Api<H> {
             limits: limits.clone(),
             known: RefCell::default(),
             headers_held: false,
+            redis: redis::RedisClusters::default(),
         }
     }
 }
@@ -708,6 +711,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     bodies::register(reg);
     streaming::register(reg);
     callouts::register(reg);
+    redis::register(reg);
     context::register(reg);
     json::register(reg);
     // Rhai's core package has `sleep`, which would block the proxy's worker thread; in Envoy it

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use rhai::{ASTNode, Engine, Expr, FnCallExpr, Position, Stmt, AST};
 use serde_json::Value;
 
-use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS};
+use crate::bindings::{Allowed, Api, FnDoc, CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
 use crate::config::Limits;
 use crate::emulator::EmulatorHost;
 use crate::phase::{Phase, Phases};
@@ -112,6 +112,20 @@ pub fn check(script: &str, settings: &Value) -> Vec<Diagnostic> {
         found.extend(more);
     }
     found
+}
+
+/// Whether `script` calls a Redis function (`redis_*` of the API, not a function of its own
+/// of that name): it needs the plugin's Higress build. A script that doesn't compile calls none.
+pub fn calls_redis(script: &str) -> bool {
+    let engine = with_api(crate::sandbox::std_engine(), None);
+    let Ok(ast) = engine.compile(script) else {
+        return false;
+    };
+    let parsed = Script::of(&ast);
+    parsed.calls.iter().any(|c| {
+        let name = c.call.name.as_str();
+        name.starts_with("redis_") && parsed.named(name, None).next().is_none()
+    })
 }
 
 fn error(message: String) -> Diagnostic {
@@ -489,18 +503,22 @@ fn mistakes(script: &Script, known: &Known, held: bool) -> Vec<Diagnostic> {
                 .filter_map(|f| script.fns.get(f))
                 .map(|f| f.params.saturating_sub(curried))
                 .collect();
-            let most = CALLBACK_PARAMETERS.len();
+            let (given, kind) = match name.starts_with("redis_") {
+                true => (REDIS_CALLBACK_PARAMETERS, "a Redis callback"),
+                false => (CALLBACK_PARAMETERS, "a callout callback"),
+            };
+            let most = given.len();
             if takes_callback && !params.is_empty() && params.iter().all(|n| *n > most) {
                 push(
                     arg.position(),
                     (
                         Severity::Error,
                         format!(
-                        "the callback of `{name}` takes {} parameters, and a callout callback is \
-                         given at most {most}: |{}|",
-                        params[0],
-                        CALLBACK_PARAMETERS.join(", ")
-                    ),
+                            "the callback of `{name}` takes {} parameters, and {kind} is given \
+                             at most {most}: |{}|",
+                            params[0],
+                            given.join(", ")
+                        ),
                     ),
                 );
             }
@@ -825,6 +843,47 @@ fn answer(a, b, c, d, e) {}"#,
                  this one is a string (write the number without quotes)",
                 "7:11: error: argument 1 of `get_request_header` (`name`) must be a string, and \
                  this one is an int",
+            ]
+        );
+    }
+
+    #[test]
+    fn scripts_calling_redis_are_found() {
+        assert!(calls_redis(
+            "fn on_request_headers() { helper(); }\nfn helper() { redis_get(\"r\", \"k\", |v| {}); }"
+        ));
+        // Not a comment, a string, nor a function of the script's own.
+        assert!(!calls_redis(
+            "// redis_get(\"r\", \"k\", |v| {})\nfn on_request_headers() { log_info(\"redis_get(\"); redis_thing(); }\nfn redis_thing() {}"
+        ));
+    }
+
+    #[test]
+    fn redis_calls_are_checked_like_callouts() {
+        let found = messages(
+            r#"fn on_request_headers() {
+  redis_incr("redis", "n", |n| log_info(`${n}`));
+  redis_incr("redis", "n", |n, extra| log_info(`${n}`));
+  redis_inc("redis", "n", |n| {});
+  redis_set("redis", "k", "v", "60", |ok| {});
+}
+fn on_log() { redis_get("redis", "k", |v| {}); }
+fn on_tick() { redis_expire("redis", "k", 1, |v| {}); }"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "3:28: error: the callback of `redis_incr` takes 2 parameters, and a Redis \
+                 callback is given at most 1: |reply|",
+                "4:3: error: no function `redis_inc` exists in the script or in the API: did you \
+                 mean `redis_incr`?",
+                "5:3: error: argument 4 of `redis_set` (`ttl_seconds`) must be an int, and this \
+                 one is a string (write the number without quotes)",
+                "7:15: error: `redis_get` never works in `on_log`: it is only available in \
+                 on_request_headers, on_request_body, on_request_chunk, on_request_trailers, \
+                 on_response_headers, on_response_body, on_response_chunk, on_response_trailers",
+                "8:16: error: `redis_expire` never works in `on_tick`: it is only available \
+                 while a request is handled",
             ]
         );
     }

@@ -102,6 +102,8 @@ pub struct PluginConfig {
     pub allow_on_headers_stop_iteration: bool,
     /// How the script's functions run.
     pub engine: ScriptEngine,
+    /// The Redis clusters the script calls, by cluster name (`"redis"`), in name order.
+    pub redis: Vec<(String, RedisSettings)>,
 }
 
 /// How a script's functions run: the same results either way (see `src/compiled.rs`).
@@ -123,6 +125,67 @@ impl ScriptEngine {
             Self::Rhai => "rhai",
             Self::Compiled => "compiled",
         }
+    }
+}
+
+/// One cluster of the `"redis"` key: how the plugin signs in to it (Higress's
+/// `proxy_redis_init`). A cluster the script calls without an entry gets the defaults.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Redis 6 ACL user; empty: none (`AUTH password` alone).
+    pub username: String,
+    /// Empty: no `AUTH`. Never logged (it is one of the configuration's secrets).
+    pub password: String,
+    /// How long a call may wait for its reply.
+    pub timeout_ms: u32,
+    /// The database to `SELECT` (Higress's `?db=N` suffix of the cluster name).
+    pub database: u32,
+}
+
+impl Default for RedisSettings {
+    /// As Higress's guide: no credentials, 1 s, database 0.
+    fn default() -> Self {
+        Self {
+            username: String::new(),
+            password: String::new(),
+            timeout_ms: 1_000,
+            database: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// Without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("username", &self.username)
+            .field("password", &format_args!("<{} bytes>", self.password.len()))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl RedisSettings {
+    /// Longest `timeout_ms` (as a callout's).
+    pub const MAX_TIMEOUT_MS: u32 = 600_000;
+
+    fn check(&self, cluster: &str) -> Result<(), String> {
+        if cluster.is_empty() || cluster.contains('?') {
+            return Err(format!(
+                "redis: {cluster:?} is not a cluster name (empty, or with a `?`: give the \
+                 database as \"database\")"
+            ));
+        }
+        if !(1..=Self::MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(format!(
+                "redis.{cluster}.timeout_ms = {} is out of range 1..={}",
+                self.timeout_ms,
+                Self::MAX_TIMEOUT_MS
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -432,6 +495,7 @@ struct RawConfig {
     allow_on_headers_stop_iteration: bool,
     #[serde(default)]
     engine: ScriptEngine,
+    redis: std::collections::BTreeMap<String, RedisSettings>,
 }
 
 #[derive(Deserialize)]
@@ -563,6 +627,9 @@ impl PluginConfig {
                 raw.error_policy.status
             ));
         }
+        for (cluster, settings) in &raw.redis {
+            settings.check(cluster)?;
+        }
         Ok(Self {
             script: raw.script,
             user_config: raw.config,
@@ -572,6 +639,7 @@ impl PluginConfig {
             error_policy: raw.error_policy,
             allow_on_headers_stop_iteration: raw.allow_on_headers_stop_iteration,
             engine: raw.engine,
+            redis: raw.redis.into_iter().collect(),
         })
     }
 }
@@ -692,5 +760,37 @@ mod tests {
             engine.to_string().contains("unknown variant `jit`"),
             "{engine}"
         );
+    }
+
+    #[test]
+    fn redis_clusters_are_typed_and_checked() {
+        let c = PluginConfig::parse(
+            br#"{"script": "s", "redis": {
+                "outbound|6379||redis.dns": {"username": "u", "password": "Pw-123", "timeout_ms": 50, "database": 2},
+                "cache": {}}}"#,
+        )
+        .unwrap();
+        let (name, dns) = &c.redis[1];
+        assert_eq!(name, "outbound|6379||redis.dns");
+        assert_eq!(
+            (dns.username.as_str(), dns.password.as_str()),
+            ("u", "Pw-123")
+        );
+        assert_eq!((dns.timeout_ms, dns.database), (50, 2));
+        assert_eq!(c.redis[0], ("cache".into(), RedisSettings::default()));
+        // Debug output (a panic message, a trace) never shows the password.
+        assert!(!format!("{c:?}").contains("Pw-123"));
+
+        let err = |json: &str| {
+            PluginConfig::parse(json.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"script": "", "redis": {"r": {"timeout_ms": 0}}}"#)
+            .contains("redis.r.timeout_ms = 0 is out of range"));
+        assert!(err(r#"{"script": "", "redis": {"r?db=1": {}}}"#).contains("\"database\""));
+        assert!(err(r#"{"script": "", "redis": {"r": {"pasword": "x"}}}"#)
+            .contains("unknown field `pasword`"));
+        assert!(err(r#"{"script": "", "redis": {"r": {"database": -1}}}"#).contains("-1"));
     }
 }

@@ -382,6 +382,8 @@ fn section(name: &str) -> &'static str {
         || name == "dispatch_http_call"
     {
         "Callouts"
+    } else if name.starts_with("redis_") {
+        "Redis (Higress build)"
     } else if any(&["request_header", "request_trailer"]) {
         "Request headers and trailers"
     } else if any(&["response_header", "response_trailer"]) {

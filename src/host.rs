@@ -65,6 +65,24 @@ pub trait Host {
         body: &[u8],
         timeout: Duration,
     ) -> Result<u32, Status>;
+    /// Whether the proxy has Redis (Higress's host functions): not Envoy, nor the default wasm
+    /// build, which imports none of them. The `redis_*` methods are called only when it has.
+    fn has_redis(&self) -> bool;
+    /// Makes a Redis cluster ready for [`Host::redis_call`] (Higress's `proxy_redis_init`):
+    /// `cluster` may end with `?db=N` to select a database.
+    fn redis_init(
+        &self,
+        cluster: &str,
+        username: &str,
+        password: &str,
+        timeout_ms: u32,
+    ) -> Result<(), Status>;
+    /// Sends one RESP-encoded command to a Redis cluster (Higress's `proxy_redis_call`); the
+    /// reply comes as `on_redis_call_response(token, status, size)`, read with
+    /// [`Host::redis_reply`].
+    fn redis_call(&self, cluster: &str, query: &[u8]) -> Result<u32, Status>;
+    /// Up to `max_size` bytes of the Redis reply being delivered (Higress's buffer type 9).
+    fn redis_reply(&self, max_size: usize) -> Result<Option<Bytes>, Status>;
     /// A property of the stream or the proxy (`["request", "path"]`, `["route_name"]`, …).
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status>;
     /// Sets a property (filter state) of the stream.

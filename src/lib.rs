@@ -48,6 +48,7 @@ mod proto;
 #[cfg(not(feature = "plugin"))]
 mod proxy_types;
 pub mod redact;
+mod resp;
 #[cfg(tools)]
 pub mod run;
 pub mod sandbox;

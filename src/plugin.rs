@@ -189,9 +189,11 @@ impl<H: Host + 'static> Plugin<H> {
 
     fn configure_parsed(host: H, config: PluginConfig) -> Result<Self, ConfigError> {
         let rule_configs = config.rules.iter().filter_map(|r| r.config.as_ref());
-        let redactor = Rc::new(Redactor::new(
-            std::iter::once(&config.user_config).chain(rule_configs),
-        ));
+        let passwords = config.redis.iter().map(|(_, s)| s.password.clone());
+        let redactor = Rc::new(
+            Redactor::new(std::iter::once(&config.user_config).chain(rule_configs))
+                .with_secrets(passwords),
+        );
         Self::build(host, config, redactor.clone())
             .map_err(|e| e.map_message(|m| redactor.redact(m).into_owned()))
     }
@@ -199,6 +201,8 @@ impl<H: Host + 'static> Plugin<H> {
     fn build(host: H, config: PluginConfig, redactor: Rc<Redactor>) -> Result<Self, ConfigError> {
         let mut api = Api::new(host, &config.limits, redactor);
         api.headers_held = config.allow_on_headers_stop_iteration;
+        api.redis = crate::bindings::redis::RedisClusters::new(&config.redis);
+        api.init_redis();
         let api = Rc::new(api);
         let mut engine = sandbox::engine(sandbox::std_engine(), &config.limits, api.clone(), None);
         let mut compiled: Vec<(String, Rc<Script>)> = Vec::new();

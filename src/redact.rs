@@ -15,6 +15,8 @@
 //!   [`MIN_NAMED_LEN`] characters, and the names of the keys of maps nested there (a map of API
 //!   keys to tenants).
 //!
+//! - every Redis password (`redis.<cluster>.password`), whatever its length.
+//!
 //! Shorter values (`"on"`, `"x-user"`, `42`) and names stay readable in messages. Each occurrence of a
 //! secret, as it is or escaped as Rhai quotes strings, becomes [`REDACTED`].
 
@@ -57,8 +59,17 @@ impl Redactor {
         for config in configs {
             collect(config, false, &mut secrets);
         }
+        Self::default().with_secrets(secrets)
+    }
+
+    /// These secrets too, whatever their length (the Redis passwords: a secret by where they
+    /// are, not by their shape).
+    pub fn with_secrets(mut self, more: impl IntoIterator<Item = String>) -> Self {
+        let secrets = &mut self.secrets;
+        let added = secrets.len();
+        secrets.extend(more.into_iter().filter(|s| !s.is_empty()));
         // Escaped as Rhai's (and Rust's) debug form quotes a string.
-        let escaped: Vec<String> = secrets
+        let escaped: Vec<String> = secrets[added..]
             .iter()
             .map(|s| format!("{s:?}").trim_matches('"').to_string())
             .filter(|e| !secrets.contains(e))
@@ -66,18 +77,28 @@ impl Redactor {
         secrets.extend(escaped);
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
-        Self { secrets }
+        self
     }
 
-    /// The secrets of a plugin configuration given as JSON text (`config` and each rule's),
-    /// for a refusal made before the configuration was checked; none when it isn't JSON.
+    /// The secrets of a plugin configuration given as JSON text (`config`, each rule's, the
+    /// Redis passwords), for a refusal made before the configuration was checked; none when
+    /// it isn't JSON.
     pub fn of_json(configuration: &[u8]) -> Self {
         let Ok(whole) = serde_json::from_slice::<Value>(configuration) else {
             return Self::default();
         };
         let rules = whole.get("_rules_").and_then(Value::as_array);
         let rule_configs = rules.into_iter().flatten().filter_map(|r| r.get("config"));
-        Self::new(whole.get("config").into_iter().chain(rule_configs))
+        let clusters = whole.get("redis").and_then(Value::as_object);
+        let passwords = clusters
+            .into_iter()
+            .flat_map(|c| c.values())
+            .filter_map(|c| {
+                c.get("password")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        Self::new(whole.get("config").into_iter().chain(rule_configs)).with_secrets(passwords)
     }
 
     /// `line` with every secret replaced by [`REDACTED`].
@@ -176,5 +197,8 @@ mod tests {
             "[redacted] [redacted] r s"
         );
         assert!(Redactor::of_json(b"{not json").secrets.is_empty());
+        // A Redis password is a secret however short it is.
+        let r = Redactor::of_json(br#"{"script": "s", "redis": {"r": {"password": "p1"}}}"#);
+        assert_eq!(r.redact("AUTH p1"), "AUTH [redacted]");
     }
 }

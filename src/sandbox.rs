@@ -10,12 +10,12 @@
 //! | --- | --- |
 //! | `max_operations` | Rhai's operation counter, set here; Rhai patches 9–11 count the work on whole values and closure calls, 15 the comparisons a sort may make; `pad` with an empty padding, which never ended inside Rhai's: [`strings`] |
 //! | `max_call_depth`, `max_expr_depth` | Rhai, set here (ranges: the VM's native stack) |
-//! | `max_string_size` | Rhai's size check after each operation; before a text is made: [`text_within`] / [`check_text_len`] here (bodies, callout answers, encodings), [`strings`] (`replace`, `pad`, changes of case), Rhai patch 17 (formatting) |
-//! | `max_array_size`, `max_map_size` | Rhai's size check; before the pieces are made: [`strings`] (`split`, `split_rev`, `to_chars`); while parsing JSON: `bindings/json.rs` |
+//! | `max_string_size` | Rhai's size check after each operation; before a text is made: [`text_within`] / [`check_text_len`] here (bodies, callout answers, Redis replies, encodings), [`strings`] (`replace`, `pad`, changes of case), Rhai patch 17 (formatting) |
+//! | `max_array_size`, `max_map_size` | Rhai's size check; before the pieces are made: [`strings`] (`split`, `split_rev`, `to_chars`); while parsing JSON: `bindings/json.rs`; while reading a Redis reply: `resp.rs` |
 //! | `max_value_depth` | Rhai patch 1 (drop, copy, print and serialize recurse per level) |
 //! | `max_body_size` | the phase driver, `stream.rs` (`on_body`: 413 for a request, a reset for a response) |
 //! | `max_memory`, `max_vm_memory` | here, every 64 operations and at each `let`; `Api::over_memory_budget` / `Api::reserve` in the bindings (`set_context`, body and callout answer reads, `parse_json`) |
-//! | `max_callouts` | `Api::dispatch` in the bindings |
+//! | `max_callouts` | `Api::room_for_call` in the bindings (callouts and Redis calls) |
 //! | `max_metrics` | `bindings/metrics.rs` |
 //! | shared data (`max_shared_*`) | `bindings/shared_data.rs` |
 //! | header names and values a script writes | the bindings, before a write is batched or sent |

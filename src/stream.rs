@@ -14,7 +14,7 @@ pub use crate::proxy_types::Action;
 pub use proxy_wasm::types::Action;
 
 use crate::bindings::streaming::Splitter;
-use crate::bindings::{CallAnswer, PhaseAction};
+use crate::bindings::{CallAnswer, PhaseAction, CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
 use crate::config::FailMode;
 use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Host, LogLevel, MapType};
@@ -41,9 +41,9 @@ pub(crate) struct StreamState {
     /// How the header phase asked for the request / response body to be handled.
     pub request_body_choice: BodyChoice,
     pub response_body_choice: BodyChoice,
-    /// The incomplete events or lines `sse_events` / `lines` carry to the next chunk, made
-    /// when a script first uses them.
-    pub splitters: Option<Box<[Splitter; 2]>>,
+    /// What only some scripts need, made when one first does (kept out of the state every
+    /// stream allocates).
+    pub rare: Option<Box<RareState>>,
     /// Script errors waiting for the log phase, where the request id is known again.
     pub deferred_errors: Vec<String>,
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
@@ -73,13 +73,27 @@ impl StreamState {
         }
     }
 
+    pub(crate) fn rare_mut(&mut self) -> &mut RareState {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     pub(crate) fn splitter_mut(&mut self, side: Side) -> &mut Splitter {
-        let [request, response] = &mut **self.splitters.get_or_insert_with(Box::default);
+        let [request, response] = &mut self.rare_mut().splitters;
         match side {
             Side::Request => request,
             Side::Response => response,
         }
     }
+}
+
+/// A stream's state that only some scripts need.
+#[derive(Default)]
+pub(crate) struct RareState {
+    /// The incomplete events or lines `sse_events` / `lines` carry to the next chunk.
+    pub splitters: [Splitter; 2],
+    /// The queries of the Redis calls in flight, by token: kept to send one again after a
+    /// `NOAUTH` reply.
+    pub redis_queries: Vec<(u32, RedisQuery)>,
 }
 
 /// The part of the proxy's body buffer a call reads and writes: the whole body in a body
@@ -124,6 +138,30 @@ pub(crate) struct PendingCall {
     pub callback: FnPtr,
     /// When its timeout expires, by the proxy's clock (nanoseconds since the epoch).
     pub deadline_nanos: u64,
+    /// A Redis call, not an HTTP callout (tokens of the two kinds may be equal). A flag, so
+    /// that a callout's entry is no larger: its query is in [`RareState::redis_queries`].
+    pub redis: bool,
+}
+
+/// What a Redis call sent, kept to send it again after a `NOAUTH` reply.
+pub(crate) struct RedisQuery {
+    pub cluster: String,
+    pub query: Vec<u8>,
+    /// It was sent again already: the next reply goes to the callback, whatever it is.
+    pub retried: bool,
+}
+
+/// Whether a reply is Redis's `NOAUTH Authentication required`: the cluster must sign in again
+/// (the text Higress's Go wrapper looks for).
+fn needs_auth(reply: &Dynamic) -> bool {
+    reply.read_lock::<rhai::Map>().is_some_and(|map| {
+        map.get("error")
+            .and_then(|e| {
+                e.read_lock::<rhai::ImmutableString>()
+                    .map(|e| e.contains("NOAUTH Authentication required"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// How much earlier than a callout's deadline, by the proxy's clock, its timeout may still be
@@ -328,11 +366,11 @@ impl<H: Host + 'static> HttpStream<H> {
     /// A callout answered (or failed: `num_headers == 0`). Runs its callback in the phase that
     /// dispatched it, then resumes the stream once no call of that side is pending.
     pub fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
-        let Some(index) = self.state.calls.iter().position(|c| c.id == token) else {
+        let Some(index) = self.pending_call(token, false) else {
             return; // dropped when the stream was answered
         };
         let call = self.state.calls.remove(index);
-        let arity = self.callback_arity(&call.callback);
+        let arity = self.callback_arity(&call.callback, CALLBACK_PARAMETERS);
         let args = match self.call_answer(&call, num_headers, body_size, arity) {
             Ok(args) => args,
             Err(e) => {
@@ -340,17 +378,112 @@ impl<H: Host + 'static> HttpStream<H> {
                 return;
             }
         };
-        let answer = CallAnswer { body_size };
+        self.call_back(call, Some(CallAnswer { body_size }), args);
+    }
+
+    /// A Redis reply came (Higress's `proxy_on_redis_call_response`; `status` 0: a reply of
+    /// `size` bytes, else the call failed). Runs its callback with the reply as a Rhai value, as
+    /// a callout's, except after a first `NOAUTH` reply: the call is sent again once the
+    /// cluster is initialised again (as Higress's wrapper does).
+    pub fn on_redis_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some(index) = self.pending_call(token, true) else {
+            return; // dropped when the stream was answered
+        };
+        let reply = match self.state.calls.get(index) {
+            Some(call) => self.redis_reply(call, status, size),
+            None => return,
+        };
+        let queries = &mut self.state.rare_mut().redis_queries;
+        let query = queries.iter().position(|(id, _)| *id == token);
+        let query = query.map(|i| queries.swap_remove(i).1);
+        if let Some(query) = query.filter(|q| !q.retried && reply.as_ref().is_ok_and(needs_auth)) {
+            if let Some(id) = self.plugin.api.redis_retry(&query) {
+                if let Some(call) = self.state.calls.get_mut(index) {
+                    call.id = id;
+                }
+                let retried = RedisQuery {
+                    retried: true,
+                    ..query
+                };
+                self.state.rare_mut().redis_queries.push((id, retried));
+                return;
+            }
+        }
+        let call = self.state.calls.remove(index);
+        match reply {
+            Ok(reply) => {
+                let arity = self.callback_arity(&call.callback, REDIS_CALLBACK_PARAMETERS);
+                let args = if arity == 0 { Vec::new() } else { vec![reply] };
+                self.call_back(call, None, args);
+            }
+            Err(e) => {
+                self.fail(call.phase, &e, true);
+            }
+        }
+    }
+
+    /// Where the call `token` (a Redis call or a callout: their tokens may be equal) waits.
+    fn pending_call(&self, token: u32, redis: bool) -> Option<usize> {
+        self.state
+            .calls
+            .iter()
+            .position(|c| c.id == token && c.redis == redis)
+    }
+
+    /// The reply to a Redis call as its callback gets it; a script error when it is past the
+    /// limits (as a callout's answer is).
+    fn redis_reply(
+        &self,
+        call: &PendingCall,
+        status: u32,
+        size: usize,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let api = &self.plugin.api;
+        if status != 0 {
+            let now = api.host.current_time_nanos().unwrap_or(u64::MAX);
+            let kind =
+                crate::bindings::redis::failure_kind(now, call.deadline_nanos, TIMER_SLACK_NANOS);
+            let message = match kind {
+                "timeout" => "no reply from Redis in time",
+                _ => "cannot connect to Redis",
+            };
+            return Ok(crate::resp::error_map(message, kind));
+        }
+        let what = "the Redis reply (the callback's `reply`)";
+        let limits = &self.plugin.config.limits;
+        crate::sandbox::check_text_len(what, size, limits.max_string_size)?;
+        if let Some(message) = api.over_memory_budget(size) {
+            return Err(format!("{what}: {message}").into());
+        }
+        let bytes = match api.host.redis_reply(size) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                let message = format!("the proxy gave no Redis reply ({status:?})");
+                return Ok(crate::resp::error_map(&message, "redis"));
+            }
+        };
+        let bounds = crate::resp::Bounds {
+            max_array: limits.max_array_size,
+            max_depth: limits.max_value_depth,
+        };
+        match crate::resp::decode(&bytes, bounds) {
+            Ok(value) => Ok(value),
+            Err(crate::resp::DecodeError::Malformed(message)) => {
+                Ok(crate::resp::error_map(&message, "redis"))
+            }
+            Err(crate::resp::DecodeError::Limit(message)) => Err(message.into()),
+        }
+    }
+
+    /// Runs a callout's (or a Redis call's) callback in the phase that made the call, then
+    /// resumes the stream once no call of that side is pending.
+    fn call_back(&mut self, call: PendingCall, answer: Option<CallAnswer>, args: Vec<Dynamic>) {
         let side = Side::of(call.phase);
         let chunk = call.phase.is_chunk();
         if chunk {
             self.view_paused_chunk(side);
         }
-        let result = self.enter(
-            call.phase,
-            Some(answer),
-            Call::Callback(call.callback, args),
-        );
+        let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
         if chunk {
             // The callback may have rewritten the chunk: what the buffer holds moved with it.
             let view = *self.state.view_mut(side.buffer());
@@ -517,7 +650,7 @@ impl<H: Host + 'static> HttpStream<H> {
 
     /// How many of `|status, headers, body|` a callback takes (a closure's captured variables
     /// come first among its function's parameters).
-    fn callback_arity(&self, callback: &FnPtr) -> usize {
+    fn callback_arity(&self, callback: &FnPtr, given: &[&str]) -> usize {
         let Some(selection) = &self.selection else {
             return 0;
         };
@@ -533,8 +666,10 @@ impl<H: Host + 'static> HttpStream<H> {
                     .find(|f| f.name == callback.fn_name())
                     .map(|f| f.params.len())
             })
-            .map_or(3, |params| {
-                params.saturating_sub(callback.curry().len()).min(4)
+            .map_or(given.len().min(3), |params| {
+                params
+                    .saturating_sub(callback.curry().len())
+                    .min(given.len())
             })
     }
 

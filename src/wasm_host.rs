@@ -56,8 +56,9 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
+    // The type as a number: Higress's Redis reply is buffer type 9, which the SDK's enum lacks.
     fn proxy_get_buffer_bytes(
-        buffer_type: BufferType,
+        buffer_type: u32,
         start: usize,
         max_size: usize,
         return_buffer_data: *mut *mut u8,
@@ -128,6 +129,57 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
 
+// Higress's own host functions (not in Envoy's proxy-wasm ABI): only the Higress build imports
+// them, as a proxy refuses a module importing a function it lacks.
+#[cfg(feature = "higress")]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_redis_init(
+        cluster_data: *const u8,
+        cluster_size: usize,
+        username_data: *const u8,
+        username_size: usize,
+        password_data: *const u8,
+        password_size: usize,
+        timeout_ms: u32,
+    ) -> u32;
+    fn proxy_redis_call(
+        cluster_data: *const u8,
+        cluster_size: usize,
+        query_data: *const u8,
+        query_size: usize,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+}
+
+/// Makes `context_id` the context later host calls act on (the SDK's wrapper panics on a
+/// status it doesn't expect).
+#[cfg(feature = "higress")]
+pub(crate) fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    ok(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// A status of Higress's own functions, taken as a number: a value the SDK's enum lacks would
+/// be undefined behaviour as that enum.
+#[cfg(feature = "higress")]
+fn status_of(code: u32) -> Result<(), Status> {
+    match code {
+        0 => Ok(()),
+        1 => Err(Status::NotFound),
+        2 => Err(Status::BadArgument),
+        3 => Err(Status::SerializationFailure),
+        4 => Err(Status::ParseFailure),
+        7 => Err(Status::Empty),
+        8 => Err(Status::CasMismatch),
+        _ => Err(Status::InternalFailure),
+    }
+}
+
+/// Higress's buffer type of the Redis reply being delivered.
+#[cfg(feature = "higress")]
+const REDIS_CALL_RESPONSE_BUFFER: u32 = 9;
+
 /// A property path as the ABI wants it: the segments joined by NUL.
 fn property_path(path: &[&str]) -> Bytes {
     path.join("\0").into_bytes()
@@ -146,6 +198,16 @@ fn ok(status: Status) -> Result<(), Status> {
 /// `data` must be null or point to `size` bytes allocated by the guest allocator.
 unsafe fn take_host_bytes(data: *mut u8, size: usize) -> Option<Bytes> {
     (!data.is_null()).then(|| Vec::from_raw_parts(data, size, size))
+}
+
+/// Up to `max_size` bytes of a host buffer from `start`.
+fn buffer_bytes(buffer: u32, start: usize, max_size: usize) -> Result<Option<Bytes>, Status> {
+    let (mut data, mut size) = (null_mut(), 0);
+    match unsafe { proxy_get_buffer_bytes(buffer, start, max_size, &mut data, &mut size) } {
+        Status::Ok => Ok(unsafe { take_host_bytes(data, size) }),
+        Status::NotFound => Ok(None),
+        other => Err(other),
+    }
 }
 
 impl Host for WasmHost {
@@ -206,12 +268,7 @@ impl Host for WasmHost {
         start: usize,
         max_size: usize,
     ) -> Result<Option<Bytes>, Status> {
-        let (mut data, mut size) = (null_mut(), 0);
-        match unsafe { proxy_get_buffer_bytes(buffer, start, max_size, &mut data, &mut size) } {
-            Status::Ok => Ok(unsafe { take_host_bytes(data, size) }),
-            Status::NotFound => Ok(None),
-            other => Err(other),
-        }
+        buffer_bytes(buffer as u32, start, max_size)
     }
 
     fn set_buffer(
@@ -268,6 +325,68 @@ impl Host for WasmHost {
         // answers a refused call with one of those.
         let body = (!body.is_empty()).then_some(body);
         hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+    }
+
+    fn has_redis(&self) -> bool {
+        cfg!(feature = "higress")
+    }
+
+    #[cfg(feature = "higress")]
+    fn redis_init(
+        &self,
+        cluster: &str,
+        username: &str,
+        password: &str,
+        timeout_ms: u32,
+    ) -> Result<(), Status> {
+        status_of(unsafe {
+            proxy_redis_init(
+                cluster.as_ptr(),
+                cluster.len(),
+                username.as_ptr(),
+                username.len(),
+                password.as_ptr(),
+                password.len(),
+                timeout_ms,
+            )
+        })
+    }
+
+    #[cfg(feature = "higress")]
+    fn redis_call(&self, cluster: &str, query: &[u8]) -> Result<u32, Status> {
+        let mut token = 0;
+        status_of(unsafe {
+            proxy_redis_call(
+                cluster.as_ptr(),
+                cluster.len(),
+                query.as_ptr(),
+                query.len(),
+                &mut token,
+            )
+        })?;
+        crate::wasm::redis_dispatched(token);
+        Ok(token)
+    }
+
+    #[cfg(feature = "higress")]
+    fn redis_reply(&self, max_size: usize) -> Result<Option<Bytes>, Status> {
+        buffer_bytes(REDIS_CALL_RESPONSE_BUFFER, 0, max_size)
+    }
+
+    // The default build imports no Redis function: never called (`has_redis` is false).
+    #[cfg(not(feature = "higress"))]
+    fn redis_init(&self, _: &str, _: &str, _: &str, _: u32) -> Result<(), Status> {
+        Err(Status::InternalFailure)
+    }
+
+    #[cfg(not(feature = "higress"))]
+    fn redis_call(&self, _: &str, _: &[u8]) -> Result<u32, Status> {
+        Err(Status::InternalFailure)
+    }
+
+    #[cfg(not(feature = "higress"))]
+    fn redis_reply(&self, _: usize) -> Result<Option<Bytes>, Status> {
+        Err(Status::InternalFailure)
     }
 
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {

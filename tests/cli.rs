@@ -9,6 +9,9 @@ use std::process::{Command, Output};
 mod deploy;
 #[path = "cli/playground.rs"]
 mod playground;
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 #[path = "cli/repl.rs"]
 mod repl;
 
@@ -485,6 +488,8 @@ fn the_repository_scripts_pass_check() {
         ("api_key", r#"{"keys": {"k1": "alice"}}"#),
         ("cors", r#"{"allow_origins": ["https://a.example"]}"#),
         ("hmac_signature", r#"{"secret": "s"}"#),
+        ("redis_rate_limit", r#"{"qpm": 10}"#),
+        ("redis_token_bucket", r#"{"rate": 1, "burst": 2}"#),
         (
             "token_callout",
             r#"{"cluster": "auth", "requestPath": "/token", "tokenHeader": "x-token"}"#,
@@ -536,8 +541,43 @@ fn test_prints_each_result_and_the_summary_and_fails_on_failure() {
 }
 
 #[test]
+fn run_sends_redis_calls_to_the_server_given() {
+    let redis = redis_server::RedisServer::start();
+    let server = format!("redis={}", redis.address());
+    let args = [
+        "run",
+        "scripts/redis_rate_limit.rhai",
+        "--config",
+        r#"{"qpm": 1}"#,
+    ];
+    let o = proxy_rhai(&[&args[..], &["--repeat", "2", "--redis", &server]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("redis_call(\"redis\", INCR 1767225600)"),
+        "{text}"
+    );
+    assert!(text.contains("calltimeleft: 0"), "{text}");
+    assert!(text.contains("429"), "{text}");
+    let o = proxy_rhai(&["run", "scripts/redis_rate_limit.rhai", "--redis", "redis"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("give CLUSTER=HOST:PORT"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn test_runs_the_repository_scripts() {
-    let o = proxy_rhai(&["test", "scripts"]);
+    // The Redis examples' tests want their cluster `redis`.
+    let redis = redis_server::RedisServer::start();
+    let o = proxy_rhai(&[
+        "test",
+        "scripts",
+        "--redis",
+        &format!("redis={}", redis.address()),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let last = stdout(&o).lines().last().unwrap_or_default().to_string();
     assert!(last.ends_with(" passed, 0 failed"), "{last}");

@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use proxy_rhai::compiled;
 use proxy_rhai::config::ScriptEngine;
 use proxy_rhai::emulator::{Callout, Emulator, Outcome, Reply, Request, Response};
-use proxy_rhai::testing::{find_test_files, run_source_with_engine};
+use proxy_rhai::testing::{find_test_files, run_source_with, Setup};
 
 // The fuzz targets' helpers: `deterministic`, `without_closure_names`.
 #[allow(dead_code)]
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz;
 use fuzz::{deterministic, without_closure_names};
+
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -204,7 +208,13 @@ fn script_tests_give_the_same_results_compiled() {
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
         let report = |engine| {
-            let report = run_source_with_engine(file, &source, None, Some(engine));
+            // A Redis of its own for each engine: both start from an empty database.
+            let redis = redis_server::RedisServer::start();
+            let setup = Setup {
+                redis: vec![("redis".into(), redis.address())],
+                engine: Some(engine),
+            };
+            let report = run_source_with(file, &source, None, &setup);
             let tests: Vec<_> = report
                 .tests
                 .iter()

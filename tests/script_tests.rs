@@ -1,9 +1,14 @@
 //! Every `scripts/*.test.rhai` through the Rhai test runner: a failing script test fails here,
-//! with the file, the test, the assertion and the line.
+//! with the file, the test, the assertion and the line. The Redis examples' tests run against
+//! a real `redis-server`, started here as their cluster `redis`.
+
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::path::{Path, PathBuf};
 
-use proxy_rhai::testing::{find_test_files, run_file};
+use proxy_rhai::testing::{find_test_files, run_file_with, Setup};
 
 #[test]
 fn every_script_test_passes() {
@@ -12,8 +17,13 @@ fn every_script_test_passes() {
     assert!(!files.is_empty(), "no scripts/*.test.rhai found");
     let mut failures = Vec::new();
     let mut passed = 0;
+    let redis = redis_server::RedisServer::start();
+    let setup = Setup {
+        redis: vec![("redis".into(), redis.address())],
+        engine: None,
+    };
     for file in &files {
-        let report = run_file(file, None);
+        let report = run_file_with(file, None, &setup);
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         if let Some(error) = &report.error {
             failures.push(format!("{name}: {error}"));

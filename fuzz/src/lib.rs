@@ -697,6 +697,10 @@ const OPS: &[(&str, &str)] = &[
     ("resume_http_request", ""),
     ("resume_http_response", ""),
     ("dispatch_http_call", "CHVTO"),
+    ("redis_call", "CAO"),
+    ("redis_incr", "CVO"),
+    ("redis_set", "CVVIO"),
+    ("redis_eval", "CVAAO"),
     ("http_get", "CPHTO"),
     ("http_get_default", "CPHO"),
     ("http_post", "CPHVTO"),
@@ -1062,6 +1066,20 @@ impl HostileHost {
     }
 }
 
+impl HostileHost {
+    /// A call (callout or Redis) the input may refuse; its token, pending for the current
+    /// stream.
+    fn dispatch(&self) -> Result<u32, Status> {
+        self.answer(|_| ())?;
+        let mut tape = self.0.borrow_mut();
+        tape.next_token = tape.next_token.wrapping_add(1);
+        let token = tape.next_token;
+        let stream = tape.current;
+        tape.pending.push((token, stream));
+        Ok(token)
+    }
+}
+
 impl Host for HostileHost {
     fn log(&self, _: LogLevel, _: &str) {}
 
@@ -1130,13 +1148,31 @@ impl Host for HostileHost {
         _: &[u8],
         _: std::time::Duration,
     ) -> Result<u32, Status> {
-        self.answer(|_| ())?;
-        let mut tape = self.0.borrow_mut();
-        tape.next_token = tape.next_token.wrapping_add(1);
-        let token = tape.next_token;
-        let stream = tape.current;
-        tape.pending.push((token, stream));
-        Ok(token)
+        self.dispatch()
+    }
+
+    fn has_redis(&self) -> bool {
+        true
+    }
+
+    fn redis_init(&self, _: &str, _: &str, _: &str, _: u32) -> Result<(), Status> {
+        self.answer(|_| ())
+    }
+
+    fn redis_call(&self, _: &str, _: &[u8]) -> Result<u32, Status> {
+        self.dispatch()
+    }
+
+    /// A reply that may be RESP, or any bytes at all.
+    fn redis_reply(&self, max_size: usize) -> Result<Option<Bytes>, Status> {
+        self.answer(|input| {
+            let mut reply = match input.flag() {
+                true => format!(":{}\r\n", input.u32()).into_bytes(),
+                false => input.value(),
+            };
+            reply.truncate(max_size);
+            Some(reply)
+        })
     }
 
     fn get_property(&self, _: &[&str]) -> Result<Option<Bytes>, Status> {
@@ -1293,6 +1329,8 @@ pub fn hostile_host(data: &[u8]) {
                 };
                 let num_headers = if flag { 0 } else { size % 16 };
                 stream.on_http_call_response(token, num_headers, size);
+                // The same token as a Redis reply: either kind may be the one in flight.
+                stream.on_redis_call_response(token, u32::from(flag), size);
             }
             7 if flag => plugin.on_tick(),
             7 => {

@@ -358,8 +358,10 @@ fn call_body<H: Host>(a: &Api<H>, f: &str) -> ScriptResult<Vec<u8>> {
 
 /// What a callout callback is given, in order; it takes as many as it names (`check` says
 /// when it takes more).
-#[cfg(tools)]
-pub(crate) const CALLBACK_PARAMETERS: [&str; 4] = ["status", "headers", "body", "failure"];
+pub(crate) const CALLBACK_PARAMETERS: &[&str] = &["status", "headers", "body", "failure"];
+
+/// What a Redis callback is given.
+pub(crate) const REDIS_CALLBACK_PARAMETERS: &[&str] = &["reply"];
 
 /// Longest timeout a callout may ask for.
 const MAX_CALL_TIMEOUT_MS: i64 = 600_000;
@@ -425,12 +427,7 @@ impl<H: Host> Api<H> {
                 "{f}(): timeout_ms {timeout_ms} is not in 1..={MAX_CALL_TIMEOUT_MS}"
             ));
         }
-        let max = self.limits.max_callouts;
-        if self.frame.borrow().stream.callouts_made >= max {
-            return err(format!(
-                "{f}(): this request already made {max} callouts (limits.max_callouts)"
-            ));
-        }
+        self.room_for_call(f)?;
         let pseudo: &[(&str, &str)] = call.pseudo.as_ref().map_or(&[], |p| p);
         let values: Vec<Cow<'_, str>> = headers
             .iter()
@@ -469,14 +466,31 @@ impl<H: Host> Api<H> {
                      is the cluster defined, and are :method, :path and :authority set?"
                 ))
             })?;
-        let stream = &mut self.frame.borrow_mut().stream;
-        stream.callouts_made += 1;
-        stream.calls.push(PendingCall {
+        self.awaits(PendingCall {
             id,
             phase,
             callback: call.callback,
             deadline_nanos: sent.saturating_add(timeout_ms as u64 * 1_000_000),
+            redis: false,
         });
         Ok(i64::from(id))
+    }
+
+    /// An error for `f` when the request made its `limits.max_callouts` calls already.
+    pub(super) fn room_for_call(&self, f: &str) -> ScriptResult<()> {
+        let max = self.limits.max_callouts;
+        if self.frame.borrow().stream.callouts_made >= max {
+            return err(format!(
+                "{f}(): this request already made {max} callouts (limits.max_callouts)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The request waits for `call` (a callout or a Redis call) to be answered.
+    pub(super) fn awaits(&self, call: PendingCall) {
+        let stream = &mut self.frame.borrow_mut().stream;
+        stream.callouts_made += 1;
+        stream.calls.push(call);
     }
 }

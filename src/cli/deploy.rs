@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Subcommand};
 use serde_json::{Map, Value};
 
@@ -155,6 +156,13 @@ struct IstioArgs {
 /// `spec.url` when `--url` is not given: where the release image would be pushed.
 const DEFAULT_URL: &str = concat!(
     "oci://registry.example.com/proxy-rhai:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// `spec.url` of `deploy higress` for a script that calls Redis, when `--url` is not given:
+/// the image of the Higress build (`target/proxy_rhai_higress.wasm`).
+const DEFAULT_HIGRESS_URL: &str = concat!(
+    "oci://registry.example.com/proxy-rhai-higress:",
     env!("CARGO_PKG_VERSION")
 );
 
@@ -395,7 +403,13 @@ fn higress_resource(
         }
     }
 
-    let mut spec = vec![("url", Doc::Str(args.url.clone()))];
+    let scripts = std::iter::once(script).chain(
+        rules
+            .iter()
+            .filter_map(|r| r.script.as_ref().map(|(_, s)| s.as_str())),
+    );
+    let url = higress_url(args, matches, scripts, findings);
+    let mut spec = vec![("url", Doc::Str(url))];
     if let Some(phase) = &args.phase {
         spec.push(("phase", Doc::Str(phase.clone())));
     }
@@ -426,6 +440,32 @@ fn higress_resource(
         &args.namespace,
         spec,
     ))
+}
+
+/// `spec.url`: a script calling Redis needs the Higress build, whose image is the default
+/// then; the note saying so goes with `check`'s findings.
+fn higress_url<'a>(
+    args: &HigressArgs,
+    matches: Option<&ArgMatches>,
+    mut scripts: impl Iterator<Item = &'a str>,
+    findings: &mut Findings,
+) -> String {
+    if !scripts.any(proxy_rhai::check::calls_redis) {
+        return args.url.clone();
+    }
+    let given = matches.and_then(|m| m.value_source("url")) == Some(ValueSource::CommandLine);
+    if given {
+        findings.text.push_str(
+            "proxy-rhai: note: the script calls Redis: --url must be the plugin's Higress build \
+             (target/proxy_rhai_higress.wasm; the default build has no Redis)\n",
+        );
+        return args.url.clone();
+    }
+    findings.text.push_str(&format!(
+        "proxy-rhai: note: the script calls Redis: spec.url is the image of the plugin's \
+         Higress build, {DEFAULT_HIGRESS_URL} (push target/proxy_rhai_higress.wasm there)\n"
+    ));
+    DEFAULT_HIGRESS_URL.into()
 }
 
 fn istio_resource(args: &IstioArgs, findings: &mut Findings) -> Result<String, String> {

@@ -88,6 +88,8 @@ struct RunArgs {
     /// 1767225600000 (2026-01-01T00:00:00Z), the same on every run.
     #[arg(long, value_name = "MS")]
     now: Option<u64>,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -100,6 +102,23 @@ struct RunArgs {
     /// ends it.
     #[arg(long)]
     watch: bool,
+}
+
+/// The Redis servers of the emulated proxy.
+#[derive(Args)]
+struct RedisArgs {
+    /// The Redis cluster CLUSTER is the server at HOST:PORT (e.g. `redis=127.0.0.1:6379`): the
+    /// script's redis_* calls to it go there, for real. May be repeated. Such a cluster needs no
+    /// entry under the configuration's "redis" key (then no password, a 1000 ms timeout,
+    /// database 0).
+    #[arg(long = "redis", value_name = "CLUSTER=HOST:PORT")]
+    servers: Vec<String>,
+}
+
+impl RedisArgs {
+    fn servers(&self) -> Result<Vec<(String, String)>, String> {
+        self.servers.iter().map(|arg| input::redis(arg)).collect()
+    }
 }
 
 /// What configures the plugin besides its script.
@@ -149,6 +168,8 @@ struct TestArgs {
     /// Also show what passing tests printed.
     #[arg(long, short)]
     verbose: bool,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// Checks scripts as the plugin would load them.
@@ -239,7 +260,8 @@ fn run(args: &RunArgs) -> Result<bool, String> {
     let mut plugin = configuration.clone();
     plugin.insert("script".into(), script.into());
     let now = args.now.unwrap_or(emulator::START_TIME_MS);
-    let emulator = Emulator::new_at(&Value::Object(plugin).to_string(), now)
+    let redis = args.redis.servers()?;
+    let emulator = Emulator::with_redis(&Value::Object(plugin).to_string(), now, &redis)
         .map_err(|e| format!("{}: {e}", args.script.display()))?;
     if args.as_test {
         return as_test(args, &emulator, &configuration);
@@ -333,9 +355,13 @@ fn test(args: &TestArgs) -> Result<bool, String> {
         let searched: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(format!("no *.test.rhai file in {}", searched.join(", ")));
     }
+    let setup = testing::Setup {
+        redis: args.redis.servers()?,
+        engine: None,
+    };
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let report = testing::run_file(file, args.filter.as_deref());
+        let report = testing::run_file_with(file, args.filter.as_deref(), &setup);
         let mut text = format!("{}\n", file.display());
         if let Some(error) = &report.error {
             text.push_str(&format!("  FAIL  {error}\n"));

@@ -45,6 +45,31 @@ pub struct Callout {
     pub sent_nanos: u64,
 }
 
+/// A Redis command the plugin sent (Higress's `proxy_redis_call`), and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisCall {
+    pub token: u32,
+    pub cluster: String,
+    /// The command's arguments, as text.
+    pub command: Vec<String>,
+    pub outcome: RedisOutcome,
+    /// The cluster's timeout.
+    pub timeout: Duration,
+    /// The emulated clock when it was sent (nanoseconds since the epoch).
+    pub sent_nanos: u64,
+}
+
+/// How a Redis call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisOutcome {
+    /// The reply's RESP bytes (a Redis error reply too).
+    Reply(Vec<u8>),
+    /// No reply within the cluster's timeout.
+    Timeout,
+    /// The connection failed (refused, reset, a reply that isn't RESP).
+    Failed(String),
+}
+
 /// The answer to a callout, as the host hands it to the plugin.
 #[derive(Debug, Clone, Default)]
 pub struct CalloutAnswer {
@@ -88,6 +113,9 @@ pub(crate) struct StreamData {
     pub callouts: Vec<Callout>,
     /// The callout answer being delivered, while its callback runs.
     pub answer: Option<CalloutAnswer>,
+    pub redis_calls: Vec<RedisCall>,
+    /// The Redis reply being delivered, while its callback runs.
+    pub redis_reply: Option<Bytes>,
     /// The stream's filter state as the plugin set it: `wasm.<name>` for `set_property`,
     /// Envoy's own objects by their key for `set_envoy_filter_state`. Bytes as given.
     pub filter_state: BTreeMap<String, Bytes>,
@@ -148,6 +176,18 @@ pub(crate) struct HostState {
     pub tick_period_ms: u32,
     /// Trace each call's operation count (`operations N`), to compare the engines.
     pub count_operations: bool,
+    /// Redis clusters by name, each with its server.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub redis: BTreeMap<String, super::redis::RedisTarget>,
+}
+
+impl HostState {
+    /// A new call's token (callouts and Redis calls share the count, so tokens are unique
+    /// and tell the order calls were made in) and the time it is sent.
+    fn next_call(&mut self) -> (u32, u64) {
+        self.next_token += 1;
+        (self.next_token, self.now_nanos)
+    }
 }
 
 /// A metric the plugin defined, as Envoy's stats would show it.
@@ -171,6 +211,47 @@ fn fits_one_piece(pairs: usize, bytes: usize) -> bool {
     pairs <= MAX_PAIRS && bytes <= MAX_PAIR_BYTES
 }
 
+/// The arguments of a RESP command, as text, for the trace; a long one cut short.
+fn command_words(query: &[u8]) -> Vec<String> {
+    let bounds = crate::resp::Bounds {
+        max_array: usize::MAX,
+        max_depth: 4,
+    };
+    let words = crate::resp::decode(query, bounds).ok();
+    let words = words
+        .and_then(|w| w.try_cast::<rhai::Array>())
+        .unwrap_or_default();
+    words
+        .iter()
+        .map(|w| {
+            let text = w.to_string();
+            let text = match text.char_indices().nth(60) {
+                Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+                None => text,
+            };
+            // A word that isn't one shows quoted, so the command reads as Redis would split it.
+            match text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == '"') {
+                true => format!("{text:?}"),
+                false => text,
+            }
+        })
+        .collect()
+}
+
+/// What a browser build has in place of a Redis server: nothing.
+#[cfg(target_arch = "wasm32")]
+pub(crate) struct NoRedis {
+    pub timeout: Duration,
+}
+
+#[cfg(target_arch = "wasm32")]
+impl NoRedis {
+    fn configure(&mut self, _: &str, _: &str, _: u32, _: u32) {}
+    fn call(&mut self, _: &[u8]) -> RedisOutcome {
+        RedisOutcome::Failed("no sockets".into())
+    }
+}
+
 fn lower(name: &str) -> String {
     name.to_ascii_lowercase()
 }
@@ -189,6 +270,17 @@ fn show(bytes: &[u8]) -> String {
 }
 
 impl EmulatorHost {
+    /// Makes `cluster` a Redis cluster, its server at `address` (`host:port`), with the
+    /// defaults of a cluster nobody initialised.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn add_redis(&self, cluster: &str, address: &str) {
+        let target = super::redis::RedisTarget::new(address);
+        self.0
+            .borrow_mut()
+            .redis
+            .insert(cluster.to_string(), target);
+    }
+
     fn trace(&self, call: String) {
         self.0.borrow_mut().calls.push(call);
     }
@@ -207,6 +299,22 @@ impl EmulatorHost {
         if map == MapType::HttpRequestHeaders {
             self.0.borrow_mut().stream.route_cache_cleared = true;
         }
+    }
+
+    /// Runs `f` on the Redis cluster `name`; `BadArgument` when the proxy has no such cluster.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn with_redis<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut super::redis::RedisTarget) -> R,
+    ) -> Result<R, Status> {
+        let mut state = self.0.borrow_mut();
+        state.redis.get_mut(name).map(f).ok_or(Status::BadArgument)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn with_redis<R>(&self, _: &str, _: impl FnOnce(&mut NoRedis) -> R) -> Result<R, Status> {
+        Err(Status::InternalFailure)
     }
 
     fn with_map<R>(&self, map: MapType, f: impl FnOnce(&mut HeaderMap) -> R) -> Result<R, Status> {
@@ -432,9 +540,7 @@ impl Host for EmulatorHost {
         {
             return Err(Status::BadArgument);
         }
-        state.next_token += 1;
-        let token = state.next_token;
-        let sent_nanos = state.now_nanos;
+        let (token, sent_nanos) = state.next_call();
         state.stream.callouts.push(Callout {
             token,
             cluster: cluster.to_string(),
@@ -447,6 +553,72 @@ impl Host for EmulatorHost {
             sent_nanos,
         });
         Ok(token)
+    }
+
+    /// Only natively: a browser build has no sockets.
+    fn has_redis(&self) -> bool {
+        cfg!(not(target_arch = "wasm32"))
+    }
+
+    /// As Higress's Envoy: an unknown cluster is `BadArgument`; the settings take effect at
+    /// the next connection (the current one is closed). It never connects.
+    fn redis_init(
+        &self,
+        cluster: &str,
+        username: &str,
+        password: &str,
+        timeout_ms: u32,
+    ) -> Result<(), Status> {
+        let password_shown = if password.is_empty() { "none" } else { "given" };
+        self.trace(format!(
+            "redis_init({cluster:?}, username {username:?}, password {password_shown}, \
+             {timeout_ms} ms)"
+        ));
+        let (name, params) = cluster.split_once('?').unwrap_or((cluster, ""));
+        let database = params
+            .split('&')
+            .find_map(|p| p.strip_prefix("db="))
+            .and_then(|db| db.parse().ok())
+            .unwrap_or(0);
+        self.with_redis(name, |target| {
+            target.configure(username, password, timeout_ms, database)
+        })
+    }
+
+    /// Sends the command to the cluster's server at once (the reply is delivered after the
+    /// call into the plugin returns). An unknown cluster is `BadArgument`.
+    fn redis_call(&self, cluster: &str, query: &[u8]) -> Result<u32, Status> {
+        let command = command_words(query);
+        self.trace(format!("redis_call({cluster:?}, {})", command.join(" ")));
+        let name = cluster.split_once('?').map_or(cluster, |(name, _)| name);
+        let (outcome, timeout) =
+            self.with_redis(name, |target| (target.call(query), target.timeout))?;
+        let mut state = self.0.borrow_mut();
+        let (token, sent_nanos) = state.next_call();
+        state.stream.redis_calls.push(RedisCall {
+            token,
+            cluster: cluster.to_string(),
+            command,
+            outcome,
+            timeout,
+            sent_nanos,
+        });
+        Ok(token)
+    }
+
+    /// As Envoy: outside a reply's callback the buffer is empty.
+    fn redis_reply(&self, max_size: usize) -> Result<Option<Bytes>, Status> {
+        self.trace(format!(
+            "get_buffer(RedisCallResponse, start 0, max {max_size})"
+        ));
+        let state = self.0.borrow();
+        let reply = state.stream.redis_reply.as_deref().unwrap_or_default();
+        Ok(Some(
+            reply
+                .get(..max_size.min(reply.len()))
+                .unwrap_or_default()
+                .to_vec(),
+        ))
     }
 
     fn get_property(&self, path: &[&str]) -> Result<Option<Bytes>, Status> {

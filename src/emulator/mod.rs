@@ -17,6 +17,8 @@
 //! ```
 
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+mod redis;
 #[cfg(tools)]
 mod session;
 #[cfg(tools)]
@@ -24,7 +26,10 @@ pub use session::Unparsed;
 
 use std::rc::Rc;
 
-pub use host::{Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric};
+pub use host::{
+    Callout, CalloutAnswer, EmulatorHost, Headers, LocalResponse, LogLine, Metric, RedisCall,
+    RedisOutcome,
+};
 use host::{StreamData, Window};
 
 use crate::config::ConfigError;
@@ -421,6 +426,8 @@ pub struct Outcome {
     pub response: ClientResponse,
     /// Callouts made, in order.
     pub callouts: Vec<Callout>,
+    /// Redis commands sent, in order.
+    pub redis_calls: Vec<RedisCall>,
     /// The proxy log lines the request produced.
     pub log: Vec<LogLine>,
     /// Every host call made, in order, with the body's pieces as they arrived
@@ -509,6 +516,12 @@ pub struct Emulator {
     next_tick_ms: std::cell::Cell<Option<u64>>,
 }
 
+/// A call waiting for its answer.
+enum Pending {
+    Http(Callout),
+    Redis(RedisCall),
+}
+
 /// Where the stream stands after the plugin handled an event.
 enum Flow {
     /// Goes on to the next stage.
@@ -573,6 +586,30 @@ impl Emulator {
             callout_delay_chunks: 0,
             next_tick_ms: std::cell::Cell::new(None),
         })
+    }
+
+    /// [`Emulator::new_at`] with Redis servers: each `(cluster, "host:port")` is a Redis
+    /// cluster of the emulated proxy before the plugin initialises its clusters.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_redis(
+        configuration: &str,
+        now_ms: u64,
+        redis: &[(String, String)],
+    ) -> Result<Self, String> {
+        Self::configured(now_ms, |host| {
+            for (cluster, address) in redis {
+                host.add_redis(cluster, address);
+            }
+            Plugin::configure(host, configuration.as_bytes())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// Makes `cluster` a Redis cluster of the emulated proxy, its server at `address`
+    /// (`host:port`): the plugin's Redis calls to it go there.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn add_redis(&self, cluster: &str, address: &str) {
+        self.host.add_redis(cluster, address);
     }
 
     /// Configures the plugin with `script` and the user's `config`.
@@ -704,6 +741,7 @@ impl Emulator {
         outcome.context = run.stream.context();
         let mut state = self.host.0.borrow_mut();
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
+        outcome.redis_calls = std::mem::take(&mut state.stream.redis_calls);
         outcome.log = state.log[log_start..].to_vec();
         outcome.trace = std::mem::take(&mut state.calls);
         outcome.filter_state = std::mem::take(&mut state.stream.filter_state)
@@ -1007,13 +1045,23 @@ impl Run<'_> {
         Ok(passed)
     }
 
-    /// The first callout not answered yet.
-    fn undelivered(&self) -> Option<Callout> {
-        self.state()
+    /// The first call (callout or Redis) not answered yet.
+    fn undelivered(&self) -> Option<Pending> {
+        let s = self.state();
+        let callout = s
             .callouts
             .iter()
-            .find(|c| !self.delivered.contains(&c.token))
-            .cloned()
+            .find(|c| !self.delivered.contains(&c.token));
+        let redis = s
+            .redis_calls
+            .iter()
+            .find(|c| !self.delivered.contains(&c.token));
+        match (callout, redis) {
+            (Some(c), Some(r)) if r.token < c.token => Some(Pending::Redis(r.clone())),
+            (Some(c), _) => Some(Pending::Http(c.clone())),
+            (None, Some(r)) => Some(Pending::Redis(r.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Envoy's own local reply (buffer limit exceeded).
@@ -1086,7 +1134,41 @@ impl Run<'_> {
         }
     }
 
-    fn deliver(&mut self, call: &Callout) {
+    fn deliver(&mut self, call: &Pending) {
+        match call {
+            Pending::Http(call) => self.deliver_http(call),
+            Pending::Redis(call) => self.deliver_redis(call),
+        }
+    }
+
+    /// A Redis reply, as Higress's Envoy delivers it: status 0 with the reply's bytes (an
+    /// error reply too), else status 1 and nothing; a timeout when the cluster's timeout has
+    /// passed (the emulated clock moves on to then).
+    fn deliver_redis(&mut self, call: &RedisCall) {
+        self.delivered.push(call.token);
+        let (status, reply, note) = match &call.outcome {
+            RedisOutcome::Reply(bytes) => (0, bytes.clone(), format!("{} bytes", bytes.len())),
+            RedisOutcome::Timeout => {
+                let deadline = call
+                    .sent_nanos
+                    .saturating_add(call.timeout.as_nanos() as u64);
+                let mut host = self.host.0.borrow_mut();
+                host.now_nanos = host.now_nanos.max(deadline);
+                (1, Vec::new(), "no reply in time".into())
+            }
+            RedisOutcome::Failed(why) => (1, Vec::new(), format!("failed: {why}")),
+        };
+        self.host.0.borrow_mut().calls.push(format!(
+            "-- Redis reply to call {} (status {status}): {note}",
+            call.token
+        ));
+        let size = reply.len();
+        self.state().redis_reply = Some(reply);
+        self.stream.on_redis_call_response(call.token, status, size);
+        self.state().redis_reply = None;
+    }
+
+    fn deliver_http(&mut self, call: &Callout) {
         let reply = self.callouts.reply(call);
         let (answer, num_headers, body_size) = match reply {
             Reply::Answer {

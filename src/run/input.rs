@@ -235,6 +235,19 @@ pub fn callout(arg: &str) -> Result<CalloutRule, String> {
     })
 }
 
+/// A `--redis CLUSTER=HOST:PORT` argument: the cluster, and its server's address.
+pub fn redis(arg: &str) -> Result<(String, String), String> {
+    let bad = || format!("--redis {arg:?}: give CLUSTER=HOST:PORT (e.g. redis=127.0.0.1:6379)");
+    let (cluster, address) = arg.split_once('=').ok_or_else(bad)?;
+    let port = address
+        .rsplit_once(':')
+        .map(|(_, port)| port.parse::<u16>());
+    if cluster.is_empty() || !matches!(port, Some(Ok(p)) if p > 0) {
+        return Err(bad());
+    }
+    Ok((cluster.to_string(), address.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,10 +55,24 @@ impl FileReport {
     }
 }
 
+/// What every plugin the tests of a file load is given, besides their own settings.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Redis clusters, `(cluster, "host:port")` (`proxy-rhai test --redis CLUSTER=HOST:PORT`).
+    pub redis: Vec<(String, String)>,
+    /// The engine scripts run on when a test's settings don't choose one.
+    pub engine: Option<ScriptEngine>,
+}
+
 /// Runs the tests of a test file whose name contains `filter` (all of them when `None`).
 pub fn run_file(path: &Path, filter: Option<&str>) -> FileReport {
+    run_file_with(path, filter, &Setup::default())
+}
+
+/// [`run_file`], the plugins the tests load given `setup`.
+pub fn run_file_with(path: &Path, filter: Option<&str>, setup: &Setup) -> FileReport {
     match std::fs::read_to_string(path) {
-        Ok(source) => run_source(path, &source, filter),
+        Ok(source) => run_source_with(path, &source, filter, setup),
         Err(e) => FileReport {
             path: path.to_path_buf(),
             tests: Vec::new(),
@@ -77,24 +91,24 @@ pub const STACK_SIZE: usize = 256 << 20;
 /// The tests run on a thread of their own, with a stack deep enough for every limit a plugin
 /// configuration allows.
 pub fn run_source(path: &Path, source: &str, filter: Option<&str>) -> FileReport {
-    run_source_with_engine(path, source, filter, None)
+    run_source_with(path, source, filter, &Setup::default())
 }
 
-/// [`run_source`] with every plugin the tests configure running its script on `engine`,
-/// unless the test's settings choose one.
-pub fn run_source_with_engine(
+/// [`run_source`], the plugins the tests load given `setup`.
+pub fn run_source_with(
     path: &Path,
     source: &str,
     filter: Option<&str>,
-    engine: Option<ScriptEngine>,
+    setup: &Setup,
 ) -> FileReport {
     let (path, source) = (path.to_path_buf(), source.to_string());
     let filter = filter.map(str::to_string);
     let on_thread = path.clone();
+    let setup = setup.clone();
     let run = std::thread::Builder::new()
         .name("rhai-tests".into())
         .stack_size(STACK_SIZE)
-        .spawn(move || run_here(&on_thread, &source, filter.as_deref(), engine));
+        .spawn(move || run_here(&on_thread, &source, filter.as_deref(), setup));
     let failed = |why: String| FileReport {
         path: path.clone(),
         tests: Vec::new(),
@@ -108,12 +122,7 @@ pub fn run_source_with_engine(
     }
 }
 
-fn run_here(
-    path: &Path,
-    source: &str,
-    filter: Option<&str>,
-    engine: Option<ScriptEngine>,
-) -> FileReport {
+fn run_here(path: &Path, source: &str, filter: Option<&str>, setup: Setup) -> FileReport {
     let mut report = FileReport {
         path: path.to_path_buf(),
         tests: Vec::new(),
@@ -125,7 +134,7 @@ fn run_here(
     };
     let session = Rc::new(Session {
         base,
-        engine,
+        setup,
         ..Session::default()
     });
     let mut engine = test_engine(&session);
@@ -233,8 +242,8 @@ struct Session {
     exchanges: RefCell<Vec<Exchange>>,
     /// What the test printed.
     output: RefCell<Vec<String>>,
-    /// The engine plugins run their scripts on, when the test's settings don't say.
-    engine: Option<ScriptEngine>,
+    /// What every plugin loaded is given.
+    setup: Setup,
 }
 
 impl Session {
@@ -649,7 +658,7 @@ fn configure(
         let value = serde_json::to_value(value).map_err(|e| format!("settings.{key}: {e}"))?;
         configuration.insert(key.to_string(), value);
     }
-    if let Some(engine) = session.engine {
+    if let Some(engine) = session.setup.engine {
         configuration
             .entry("engine")
             .or_insert_with(|| engine.name().into());
@@ -657,7 +666,12 @@ fn configure(
     configuration.insert("script".into(), script.into());
     let config = serde_json::to_value(config).map_err(|e| format!("config: {e}"))?;
     configuration.insert("config".into(), config);
-    Emulator::new(&Value::Object(configuration).to_string())
+    let configuration = Value::Object(configuration).to_string();
+    let start = crate::emulator::START_TIME_MS;
+    #[cfg(not(target_arch = "wasm32"))]
+    return Emulator::with_redis(&configuration, start, &session.setup.redis);
+    #[cfg(target_arch = "wasm32")]
+    Emulator::new_at(&configuration, start)
 }
 
 fn load(session: &Session, path: &str, config: &Dynamic, settings: &Map) -> RhaiResult<TestPlugin> {
@@ -1011,6 +1025,12 @@ fn register_plugin(engine: &mut Engine, session: &Rc<Session>) {
             Ok(())
         },
     );
+    // No socket in a wasm build (the playground's): Redis is native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    engine.register_fn(
+        "redis",
+        |p: &mut TestPlugin, cluster: &str, address: &str| p.0.emulator.add_redis(cluster, address),
+    );
     engine.register_fn("add_cluster", |p: &mut TestPlugin, cluster: &str| {
         p.0.emulator.add_cluster(cluster)
     });
@@ -1138,6 +1158,7 @@ fn register_exchange(engine: &mut Engine) {
     engine.register_get("local", |x: &mut Exchange| x.0.outcome.response.local);
     engine.register_get("reset", |x: &mut Exchange| x.0.outcome.response.reset);
     engine.register_get("callouts", |x: &mut Exchange| x.field("callouts"));
+    engine.register_get("redis_calls", |x: &mut Exchange| x.field("redis_calls"));
     engine.register_get("logs", |x: &mut Exchange| x.field("log"));
     engine.register_get("trace", |x: &mut Exchange| x.field("trace"));
     engine.register_get("filter_state", |x: &mut Exchange| x.field("filter_state"));

@@ -9,8 +9,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::emulator::{
-    header, Callout, Forwarded, Headers, LogLine, Metadata, Metric, Outcome, Reply, Request,
-    Response, Tls,
+    header, Callout, Forwarded, Headers, LogLine, Metadata, Metric, Outcome, RedisCall,
+    RedisOutcome, Reply, Request, Response, Tls,
 };
 use crate::host::{LogLevel, MetricType};
 
@@ -258,8 +258,26 @@ pub fn callout(call: &Callout) -> Value {
     })
 }
 
+/// A Redis command the script sent: `cluster`, `command` (its arguments), and how it ended:
+/// `reply` (the reply as Redis sent it, RESP) or `failure` (`"timeout"`, or why the connection
+/// failed).
+pub fn redis_call(call: &RedisCall) -> Value {
+    let (reply, failure) = match &call.outcome {
+        RedisOutcome::Reply(bytes) => (json!(lossy(bytes)), Value::Null),
+        RedisOutcome::Timeout => (Value::Null, json!("timeout")),
+        RedisOutcome::Failed(why) => (Value::Null, json!(why)),
+    };
+    json!({
+        "cluster": call.cluster,
+        "command": call.command,
+        "reply": reply,
+        "failure": failure,
+    })
+}
+
 /// Everything a request did, as JSON: `upstream` (see [`forwarded`]; null when the request
-/// never got there), `response`, `callouts` (see [`callout`]), `log`, `errors` (the script
+/// never got there), `response`, `callouts` (see [`callout`]), `redis_calls` (see
+/// [`redis_call`]), `log`, `errors` (the script
 /// errors), `stalled` (or null), `filter_state` (key to value, see [`Outcome::filter_state`]),
 /// `route_cache_cleared` and `trace`.
 pub fn outcome(outcome: &Outcome) -> Value {
@@ -278,6 +296,7 @@ pub fn outcome(outcome: &Outcome) -> Value {
             "reset": r.reset,
         },
         "callouts": callouts,
+        "redis_calls": outcome.redis_calls.iter().map(redis_call).collect::<Vec<Value>>(),
         "log": log,
         "errors": outcome.script_errors(),
         "stalled": outcome.stalled,

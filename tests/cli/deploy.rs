@@ -296,6 +296,55 @@ fn higress_plugin_with_default_config_and_match_rules() {
 }
 
 #[test]
+fn higress_deploys_the_higress_build_for_a_script_calling_redis() {
+    let redis = [
+        "deploy",
+        "higress",
+        "scripts/redis_rate_limit.rhai",
+        "--config",
+        r#"{"qpm": 5, "cluster": "outbound|6379||redis.dns"}"#,
+    ];
+    let o = proxy_rhai(&redis);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let url = parse(&stdout(&o))["spec"]["url"].clone();
+    let expected = concat!(
+        "oci://registry.example.com/proxy-rhai-higress:",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(url, expected);
+    assert!(
+        stderr(&o).contains(
+            "the script calls Redis: spec.url is the image of the plugin's Higress build"
+        ) && stderr(&o).contains("target/proxy_rhai_higress.wasm"),
+        "{}",
+        stderr(&o)
+    );
+
+    // An image given is kept; the note says which build it must be.
+    let o = proxy_rhai(&[&redis[..], &["--url", "oci://r.example/mine:1"]].concat());
+    assert_eq!(parse(&stdout(&o))["spec"]["url"], "oci://r.example/mine:1");
+    assert!(stderr(&o).contains("--url must be the plugin's Higress build"));
+
+    // A rule's script counts too; a script without Redis keeps the default build.
+    let o = proxy_rhai(&[
+        "deploy",
+        "higress",
+        "scripts/hello.rhai",
+        "--rule",
+        "domain=api.example.com",
+        "--rule-script",
+        "scripts/redis_token_bucket.rhai",
+        "--rule-config",
+        r#"{"rate": 1, "burst": 1}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(parse(&stdout(&o))["spec"]["url"], expected);
+    let o = proxy_rhai(&["deploy", "higress", "scripts/hello.rhai"]);
+    assert!(!stderr(&o).contains("Redis"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("proxy-rhai-higress"));
+}
+
+#[test]
 fn higress_plugin_defaults_and_url() {
     let o = proxy_rhai(&["deploy", "higress", "scripts/hello.rhai"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

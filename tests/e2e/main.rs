@@ -29,6 +29,7 @@ mod held_headers;
 mod isolation;
 mod memory;
 mod plugin;
+mod redis;
 mod reload;
 mod routing;
 mod streaming;

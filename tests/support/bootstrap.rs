@@ -58,6 +58,8 @@ pub struct EnvoyBuilder {
     access_log_format: Option<String>,
     /// The wasm `PluginConfig`'s `allow_on_headers_stop_iteration`, when set.
     stop_iteration: Option<bool>,
+    /// The plugin's module, when not [`wasm_path`]'s.
+    wasm: Option<PathBuf>,
 }
 
 impl EnvoyBuilder {
@@ -84,7 +86,14 @@ impl EnvoyBuilder {
             upstream_metadata: None,
             access_log_format: None,
             stop_iteration: None,
+            wasm: None,
         }
+    }
+
+    /// The plugin's module is this `.wasm` (another build than [`wasm_path`]'s).
+    pub fn wasm(mut self, path: PathBuf) -> Self {
+        self.wasm = Some(path);
+        self
     }
 
     /// An HTTP filter (as Envoy's JSON) before the plugin's; several go in the order given. It
@@ -310,7 +319,7 @@ impl EnvoyBuilder {
                     "name": "proxy-rhai",
                     "vm_config": {
                         "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm_path()}}
+                        "code": {"local": {"filename": self.wasm.clone().unwrap_or_else(wasm_path)}}
                     },
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",

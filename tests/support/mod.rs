@@ -10,7 +10,7 @@
 //!   trailers, HTTP filters before or after the plugin's (Envoy's own: `jwt_authn`,
 //!   `ext_authz`, a decompressor, …), route and cluster metadata, a file access log, a TLS
 //!   listener, or take the filter as text (e.g. what `proxy-rhai deploy envoy` prints, then
-//!   read by Envoy as YAML).
+//!   read by Envoy as YAML), or load another build of the plugin (`wasm`).
 //! - [`envoy`]: [`Envoy`], that Envoy running: start, stop, log, stats, memory, health.
 //! - [`http`]: the client's requests to it, and [`Reply`], what the client got.
 //! - [`upstream`]: [`Upstream`], an HTTP/1.1 echo server with a few behaviours chosen by path,
