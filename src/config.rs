@@ -495,6 +495,7 @@ struct RawConfig {
     allow_on_headers_stop_iteration: bool,
     #[serde(default)]
     engine: ScriptEngine,
+    #[serde(default)]
     redis: std::collections::BTreeMap<String, RedisSettings>,
 }
 
