@@ -153,6 +153,7 @@ fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
                 increment_counter("requests", 1);
                 record_histogram("sizes", 7);
                 add_request_header("x-now", now_ms().to_string());
+                set_context("seen", [1, "two"]);
             }"#,
         )],
     );
@@ -173,6 +174,10 @@ fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
         "{out}"
     );
     assert!(out.contains("== shared data\n  boot: \"yes\""), "{out}");
+    assert!(
+        out.contains("== context (set_context)\n  seen: [1, \"two\"]\n"),
+        "{out}"
+    );
 
     // The default clock is fixed: 2026-01-01T00:00:00Z.
     let o = proxy_rhai(&["run", &path(&dir, "clock.rhai"), "--json"]);
@@ -183,6 +188,7 @@ fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
     );
     assert_eq!(v["metrics"]["sizes"], serde_json::json!([7]));
     assert_eq!(v["shared_data"]["boot"], "yes");
+    assert_eq!(v["context"]["seen"], r#"[1, "two"]"#);
 }
 
 #[test]

@@ -304,6 +304,12 @@ pub fn show_outcome(request: &Request, outcome: &Outcome) -> String {
             ));
         }
     }
+    if !outcome.context.is_empty() {
+        text.push_str("\n== context (set_context)\n");
+        for (key, value) in &outcome.context {
+            text.push_str(&format!("  {key}: {value}\n"));
+        }
+    }
     show_log(&mut text, "log", &outcome.log);
     let errors = outcome.script_errors();
     if !errors.is_empty() {

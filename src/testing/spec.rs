@@ -305,6 +305,11 @@ pub fn outcome(outcome: &Outcome) -> Value {
             .iter()
             .map(|(k, v)| (k.clone(), json!(lossy(v))))
             .collect::<Map<String, Value>>(),
+        "context": outcome
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<Map<String, Value>>(),
         "route_cache_cleared": outcome.route_cache_cleared,
         "trace": outcome.trace,
     })
