@@ -189,6 +189,24 @@ fn run_shows_the_clock_configure_logs_metrics_and_shared_data() {
     assert_eq!(v["metrics"]["sizes"], serde_json::json!([7]));
     assert_eq!(v["shared_data"]["boot"], "yes");
     assert_eq!(v["context"]["seen"], r#"[1, "two"]"#);
+    // Where each call into the plugin starts in the trace: the request headers' three host
+    // calls come first; the response body's call comes after its data note.
+    let events: Vec<(&str, u64)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["at"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("on_http_request_headers", 0),
+            ("on_http_response_headers", 3),
+            ("on_http_response_body", 4),
+            ("on_log", 4)
+        ],
+        "{v}"
+    );
 }
 
 #[test]

@@ -496,39 +496,38 @@ function touches(call) {
     .trim();
 }
 
-/// The trace, split where the stream's events (the bodies' pieces) arrive, each host call
-/// tagged with what it touches.
-function traceBlock(trace) {
+/// The trace under the proxy's calls into the plugin (`events`: each callback and the index
+/// of its first host call), each host call tagged with what it touches. A callback's heading
+/// shows only above the calls it made; a body piece's note always shows (it says its size).
+function traceBlock(trace, events) {
+  const starts = new Map();
+  for (const { event, at } of events ?? []) {
+    if (!/_body$/.test(event)) starts.set(at, [...(starts.get(at) ?? []), event]);
+  }
   const rows = [];
   let n = 0;
-  let group = "request headers";
-  // The headers' headings show only above calls; a body piece's always (it says its size).
-  let heading = `<li class="phase">${group}</li>`;
-  for (const line of trace) {
+  let heading = "";
+  trace.forEach((line, i) => {
+    for (const event of starts.get(i) ?? []) heading = `<li class="phase">${escape(event)}</li>`;
     if (line.startsWith("-- ")) {
       const data = line.match(/^-- (request|response) data: (.*)$/);
       if (data) {
-        group = `${data[1]} body`;
         heading = "";
-        rows.push(`<li class="phase">${group}: ${escape(data[2])}</li>`);
+        rows.push(`<li class="phase">on_http_${data[1]}_body: ${escape(data[2])}</li>`);
       } else {
         rows.push(heading, `<li class="note">${escape(line.slice(3))}</li>`);
         heading = "";
       }
-      continue;
-    }
-    const what = touches(line);
-    if (what.startsWith("response headers") && !group.startsWith("response")) {
-      group = "response headers";
-      heading = `<li class="phase">${group}</li>`;
+      return;
     }
     rows.push(heading);
     heading = "";
     n++;
+    const what = touches(line);
     const tag = what ? `<span class="tag">${escape(what)}</span>` : "";
     const kind = /^log_error|^send_http_response\(5/.test(line) ? " bad" : /^log_/.test(line) ? " log" : "";
     rows.push(`<li class="call${kind}"><span class="n">${n}</span><code>${escape(line)}</code>${tag}</li>`);
-  }
+  });
   return `<ol class="trace">${rows.join("")}</ol>`;
 }
 
@@ -579,7 +578,7 @@ function showOutcome(a, ms) {
   const context = a.context !== undefined ? section("out-context", "Context (set_context)", keyValues(a.context, "nothing kept"), false) : "";
   $("outcome").innerHTML =
     errors +
-    section("out-trace", `Host calls, as the stream goes (${(a.trace ?? []).filter((l) => !l.startsWith("-- ")).length})`, traceBlock(a.trace ?? [])) +
+    section("out-trace", `Host calls, as the stream goes (${(a.trace ?? []).filter((l) => !l.startsWith("-- ")).length})`, traceBlock(a.trace ?? [], a.events)) +
     (callouts ? section("out-callouts", `Callouts made (${a.callouts.length})`, callouts) : "") +
     section("out-upstream", "What the upstream received", upstream) +
     section("out-client", `What the client received: ${escape(r.status)}`, client) +

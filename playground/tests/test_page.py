@@ -138,7 +138,13 @@ def check_examples(page, manifest, timings):
         assert answer["errors"] == [], f"{name}: script errors {answer['errors']}"
         status = page.text("#client-status")
         assert status == str(expect["status"]), f"{name}: the client got {status}, expected {expect['status']}"
-        contains(page.text("#out-trace"), expect["trace"], f"{name}: trace")
+        trace = page.text("#out-trace")
+        contains(trace, expect["trace"], f"{name}: trace")
+        if "phase" in expect:
+            # The callback's heading comes before the calls it made.
+            # (headings are set in capitals by the page's style)
+            heading = trace.lower().find(expect["phase"].lower())
+            assert 0 <= heading < trace.lower().find(expect["trace"].lower()), f"{name}: {expect['trace']!r} is not under {expect['phase']!r}:\n{trace}"
         client = page.text("#out-client")
         if "header" in expect:
             contains(client, expect["header"][0], f"{name}: client headers")

@@ -436,6 +436,10 @@ pub struct Outcome {
     /// The request's context (`set_context`) when it ended: each key, and its value as
     /// `to_debug` shows it.
     pub context: Vec<(String, String)>,
+    /// The proxy's calls into the plugin, in order: each callback's proxy-wasm name
+    /// (`on_http_request_headers`, `on_http_call_response`, `on_log`…) and the index in
+    /// `trace` of the first host call it made.
+    pub events: Vec<(&'static str, usize)>,
     /// Set when the stream stopped with nothing left to resume it (a phase returned `PAUSE`
     /// with no callout pending): Envoy would hold it until a timeout.
     pub stalled: Option<String>,
@@ -732,13 +736,16 @@ impl Emulator {
             callout_delay_chunks: self.callout_delay_chunks,
             delivered: Vec::new(),
             stop_iteration: self.plugin.config.allow_on_headers_stop_iteration,
+            events: Vec::new(),
         };
         let mut outcome = Outcome::default();
         run.exchange(request, upstream, &mut outcome);
         run.answer_late_callouts();
         run.state().window = Window::Log;
+        run.event("on_log");
         run.stream.on_log();
         outcome.context = run.stream.context();
+        outcome.events = std::mem::take(&mut run.events);
         let mut state = self.host.0.borrow_mut();
         outcome.callouts = std::mem::take(&mut state.stream.callouts);
         outcome.redis_calls = std::mem::take(&mut state.stream.redis_calls);
@@ -762,12 +769,20 @@ struct Run<'a> {
     callout_delay_chunks: usize,
     /// Callouts already answered.
     delivered: Vec<u32>,
+    /// The calls into the plugin so far ([`Outcome::events`]).
+    events: Vec<(&'static str, usize)>,
     /// Envoy's `allow_on_headers_stop_iteration`, set as the plugin's key says: a header
     /// phase's pause holds only the headers, and the body still comes to the plugin.
     stop_iteration: bool,
 }
 
 impl Run<'_> {
+    /// Notes that the proxy calls the plugin's `callback` now.
+    fn event(&mut self, callback: &'static str) {
+        let at = self.host.0.borrow().calls.len();
+        self.events.push((callback, at));
+    }
+
     fn state(&self) -> std::cell::RefMut<'_, StreamData> {
         std::cell::RefMut::map(self.host.0.borrow_mut(), |s| &mut s.stream)
     }
@@ -782,6 +797,7 @@ impl Run<'_> {
             s.window = Window::RequestHeaders;
         }
         let end = request.body.is_empty() && request.trailers.is_empty();
+        self.event("on_http_request_headers");
         let action = self.stream.on_request_headers(end);
         match self.settle_headers(action, true, end) {
             Flow::Proceed => {}
@@ -795,6 +811,7 @@ impl Run<'_> {
         };
         if !request.trailers.is_empty() {
             self.state().window = Window::RequestTrailers;
+            self.event("on_http_request_trailers");
             let action = self.stream.on_request_trailers();
             match self.settle(action, true) {
                 Flow::Proceed => self.pass_held(true, &mut body),
@@ -827,6 +844,7 @@ impl Run<'_> {
             s.window = Window::ResponseHeaders;
         }
         let end = response.body.is_empty() && response.trailers.is_empty();
+        self.event("on_http_response_headers");
         let action = self.stream.on_response_headers(end);
         match self.settle_headers(action, false, end) {
             Flow::Proceed => {}
@@ -855,6 +873,7 @@ impl Run<'_> {
         };
         if !response.trailers.is_empty() {
             self.state().window = Window::ResponseTrailers;
+            self.event("on_http_response_trailers");
             let action = self.stream.on_response_trailers();
             match self.settle(action, false) {
                 Flow::Proceed => self.pass_held(false, &mut body),
@@ -982,6 +1001,11 @@ impl Run<'_> {
                 .borrow_mut()
                 .calls
                 .push(format!("-- {side} data: {} bytes{end_note}", chunk.len()));
+            self.event(if request {
+                "on_http_request_body"
+            } else {
+                "on_http_response_body"
+            });
             let action = if request {
                 self.stream.on_request_body(size, end)
             } else {
@@ -1164,6 +1188,7 @@ impl Run<'_> {
         ));
         let size = reply.len();
         self.state().redis_reply = Some(reply);
+        self.event("on_redis_call_response");
         self.stream.on_redis_call_response(call.token, status, size);
         self.state().redis_reply = None;
     }
@@ -1208,6 +1233,7 @@ impl Run<'_> {
         };
         self.delivered.push(call.token);
         self.state().answer = Some(answer);
+        self.event("on_http_call_response");
         self.stream
             .on_http_call_response(call.token, num_headers, body_size);
         self.state().answer = None;

@@ -310,6 +310,11 @@ pub fn outcome(outcome: &Outcome) -> Value {
             .iter()
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect::<Map<String, Value>>(),
+        "events": outcome
+            .events
+            .iter()
+            .map(|(event, at)| json!({"event": event, "at": at}))
+            .collect::<Vec<Value>>(),
         "route_cache_cleared": outcome.route_cache_cleared,
         "trace": outcome.trace,
     })
