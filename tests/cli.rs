@@ -593,18 +593,29 @@ fn run_sends_redis_calls_to_the_server_given() {
 }
 
 #[test]
-fn test_runs_the_repository_scripts() {
-    // The Redis examples' tests want their cluster `redis`.
-    let redis = redis_server::RedisServer::start();
-    let o = proxy_rhai(&[
-        "test",
-        "scripts",
-        "--redis",
-        &format!("redis={}", redis.address()),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
-    let last = stdout(&o).lines().last().unwrap_or_default().to_string();
-    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+fn test_runs_the_repository_scripts_on_either_engine() {
+    for engine in ["compiled", "rhai"] {
+        // The Redis examples' tests want their cluster `redis`: a fresh one per run.
+        let redis = redis_server::RedisServer::start();
+        let o = proxy_rhai(&[
+            "test",
+            "scripts",
+            "--redis",
+            &format!("redis={}", redis.address()),
+            "--engine",
+            engine,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{engine}: {}", stdout(&o));
+        let last = stdout(&o).lines().last().unwrap_or_default().to_string();
+        assert!(last.ends_with(" passed, 0 failed"), "{engine}: {last}");
+    }
+    let o = proxy_rhai(&["test", "scripts", "--engine", "jit"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`jit` is not an engine: `compiled` or `rhai`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

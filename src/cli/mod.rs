@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use proxy_rhai::check::{check, Severity};
+use proxy_rhai::config::ScriptEngine;
 use proxy_rhai::emulator::{self, Emulator, Request};
 use proxy_rhai::run::{input, Answers, Report};
 use proxy_rhai::testing;
@@ -170,6 +171,16 @@ struct TestArgs {
     verbose: bool,
     #[command(flatten)]
     redis: RedisArgs,
+    /// The engine every plugin the tests load runs its script on, `compiled` or `rhai`, unless
+    /// a test's settings choose one (default: the configuration's default, `compiled`).
+    #[arg(long, value_name = "ENGINE", value_parser = parse_engine)]
+    engine: Option<ScriptEngine>,
+}
+
+/// An `"engine"` of the plugin configuration, as the configuration spells it.
+fn parse_engine(name: &str) -> Result<ScriptEngine, String> {
+    serde_json::from_value(Value::String(name.into()))
+        .map_err(|_| format!("`{name}` is not an engine: `compiled` or `rhai`"))
 }
 
 /// Checks scripts as the plugin would load them.
@@ -357,7 +368,7 @@ fn test(args: &TestArgs) -> Result<bool, String> {
     }
     let setup = testing::Setup {
         redis: args.redis.servers()?,
-        engine: None,
+        engine: args.engine,
     };
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
