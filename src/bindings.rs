@@ -231,6 +231,8 @@ pub(crate) struct Api<H> {
     pub limits: crate::config::Limits,
     /// Every bound function's name and parameters, for error messages that say what to fix.
     pub known: RefCell<Vec<crate::sandbox::KnownFn>>,
+    /// The bindings compiled calls call directly.
+    pub bindings: RefCell<crate::compiled::Bindings>,
     /// `allow_on_headers_stop_iteration`: a body phase may use its message's header map.
     pub headers_held: bool,
     /// The Redis clusters the script calls.
@@ -553,9 +555,39 @@ impl<H> Registrar<'_, H> {
     }
 }
 
-/// Declares one binding: registers it and records its documentation and its example (a
-/// binding without one still builds, but the api-docs test asks for it). `|a as f, …|` gives
-/// the body the bound name as `f`, for its error messages.
+impl<H> Registrar<'_, H> {
+    /// Makes the function just registered as `name` with parameters of Rust types `types`
+    /// callable directly by compiled calls.
+    fn direct(&mut self, name: &'static str, types: &[std::any::TypeId]) {
+        use std::any::TypeId;
+        // What Rhai matches each argument by: `&str` is an `ImmutableString`, and `Dynamic`
+        // takes any value.
+        let matched: Vec<Option<TypeId>> = types
+            .iter()
+            .map(|&t| match t {
+                t if t == TypeId::of::<Dynamic>() => None,
+                t if t == TypeId::of::<&str>() => Some(TypeId::of::<ImmutableString>()),
+                t => Some(t),
+            })
+            .collect();
+        let mut bindings = self.api.bindings.borrow_mut();
+        match self.engine.global_native_fn(name, types) {
+            Some(func) => bindings.add(name, &matched, func),
+            None => bindings.add_overload(name, types.len()),
+        }
+    }
+
+    /// Registers `name` with Rhai directly (not through [`bind!`]): a compiled call of `name`
+    /// with `arity` arguments goes through Rhai, which chooses between its overloads.
+    fn register_overload(&mut self, name: &'static str, arity: usize) {
+        self.api.bindings.borrow_mut().add_overload(name, arity);
+    }
+}
+
+/// Declares one binding: registers it, makes it callable directly by compiled calls, and
+/// records its documentation and its example (a binding without one still builds, but the
+/// api-docs test asks for it). `|a as f, …|` gives the body the bound name as `f`, for its
+/// error messages.
 macro_rules! bind {
     ($reg:expr, $name:expr, $allowed:expr, $returns:literal, $doc:expr, $($example:literal,)?
      |$api:ident $(as $f:ident)? $(, $arg:ident : $ty:ty)*| $body:expr) => {{
@@ -569,6 +601,7 @@ macro_rules! bind {
             let result: $crate::bindings::ScriptResult<_> = $body;
             result
         });
+        $reg.direct($name, &[$(std::any::TypeId::of::<$ty>()),*]);
         $reg.api.known.borrow_mut().push(($name, &[$((stringify!($arg), stringify!($ty))),*]));
         $reg.doc($crate::bindings::FnDoc {
             name: $name,
@@ -670,6 +703,7 @@ impl<H: Host + 'static> Api<H> {
             redactor,
             limits: limits.clone(),
             known: RefCell::default(),
+            bindings: RefCell::default(),
             headers_held: false,
             redis: redis::RedisClusters::default(),
         }
@@ -732,6 +766,7 @@ pub(crate) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         .register_fn("sleep", |_: rhai::FLOAT| -> ScriptResult<()> {
             err(NO_SLEEP.into())
         });
+    reg.register_overload("sleep", 1);
     properties::register(reg);
     metadata::register(reg);
     connection::register(reg);

@@ -12,13 +12,19 @@
 //! Because the body sits in the function's definition, every way Rhai calls the function runs
 //! it: a phase call, a call from another function (compiled or evaluated), a closure called
 //! back by a native function or by the plugin.
+//!
+//! A call to one of the plugin's bindings ([`Bindings`]) is resolved here, once: the compiled
+//! call checks its arguments' types and calls the function Rhai registered for the binding,
+//! with what Rhai does around a native call (`Engine::call_native_by_value`), past Rhai's
+//! resolution. Arguments of other types take Rhai's way, with its errors.
 
-use std::collections::BTreeMap;
+use std::any::TypeId;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use rhai::{
     ASTFlags, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
-    GlobalRuntimeState, Position, Scope, ScriptFuncPayload, Stmt, AST,
+    GlobalRuntimeState, Position, RhaiFunc, Scope, ScriptFuncPayload, Stmt, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -53,6 +59,8 @@ pub struct Coverage {
     pub functions: usize,
     /// Statements and expressions compiled.
     pub compiled: usize,
+    /// Calls compiled to call a binding directly.
+    pub direct_calls: usize,
     /// Statements and expressions run by the evaluator, by kind (`Stmt::Var`, `Expr::Dot`, …).
     pub evaluated: BTreeMap<String, usize>,
 }
@@ -63,40 +71,125 @@ impl Coverage {
     }
 }
 
-/// Compiles every script function of `ast` and installs the bodies where Rhai calls them.
-pub fn install(ast: &AST) -> Coverage {
-    let mut coverage = Coverage::default();
+/// One binding a compiled call may call directly.
+pub struct Binding {
+    /// The type Rhai matches each argument by; `None` for a `Dynamic` parameter (any value).
+    params: Box<[Option<TypeId>]>,
+    /// The function as Rhai registered it.
+    func: RhaiFunc,
+}
+
+impl Binding {
+    /// Whether Rhai would call this function with `args` (the types it was registered with).
+    fn accepts(&self, args: &[Dynamic]) -> bool {
+        self.params.len() == args.len()
+            && self
+                .params
+                .iter()
+                .zip(args)
+                .all(|(param, arg)| param.is_none_or(|t| t == arg.type_id()))
+    }
+}
+
+/// The plugin's bindings by name and number of parameters: those a compiled call can call
+/// directly. Only a function that is the one Rhai knows by its name and arity is here: a name
+/// registered twice with one arity (an overload by type) is marked, and calls to it go through
+/// Rhai, which picks by type.
+#[derive(Default)]
+pub struct Bindings(HashMap<(&'static str, usize), Option<Rc<Binding>>>);
+
+impl Bindings {
+    /// Adds `func` (one `Engine::global_native_fn` gave), whose parameters Rhai matches by
+    /// `params`.
+    pub fn add(&mut self, name: &'static str, params: &[Option<TypeId>], func: RhaiFunc) {
+        let binding = Binding {
+            params: params.into(),
+            func,
+        };
+        self.0
+            .entry((name, binding.params.len()))
+            .and_modify(|known| *known = None)
+            .or_insert_with(|| Some(Rc::new(binding)));
+    }
+
+    /// Marks `name` with `arity` as registered another way too: Rhai chooses among them.
+    pub fn add_overload(&mut self, name: &'static str, arity: usize) {
+        self.0.insert((name, arity), None);
+    }
+
+    /// The name and arity of each direct binding, and whether one of its parameters takes
+    /// any value (`Dynamic`).
+    pub fn direct(&self) -> impl Iterator<Item = (&'static str, usize, bool)> + '_ {
+        self.0.iter().filter_map(|((name, arity), binding)| {
+            let takes_any = binding.as_ref()?.params.iter().any(Option::is_none);
+            Some((*name, *arity, takes_any))
+        })
+    }
+}
+
+/// What compiling one script needs besides its nodes.
+struct Compiler<'a> {
+    coverage: Coverage,
+    bindings: &'a Bindings,
+    /// The script's own functions, by name and arity: a call Rhai resolves to one of them.
+    script_fns: HashSet<(String, usize)>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(ast: &AST, bindings: &'a Bindings) -> Self {
+        let script_fns = ast
+            .iter_fn_def()
+            .map(|f| (f.name.to_string(), f.params.len()))
+            .collect();
+        Self {
+            coverage: Coverage::default(),
+            bindings,
+            script_fns,
+        }
+    }
+
+    /// The binding a call of `name` with `arity` arguments resolves to, when it is one.
+    fn binding(&self, name: &str, arity: usize) -> Option<Rc<Binding>> {
+        if self.script_fns.contains(&(name.to_string(), arity)) {
+            return None;
+        }
+        let bindings: &HashMap<(&str, usize), Option<Rc<Binding>>> = &self.bindings.0;
+        bindings.get(&(name, arity))?.clone()
+    }
+}
+
+/// Compiles every script function of `ast` and installs the bodies where Rhai calls them;
+/// calls to `bindings` call them directly.
+pub fn install(ast: &AST, bindings: &Bindings) -> Coverage {
+    let mut cx = Compiler::new(ast, bindings);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
-        let block = Rc::new(compile_block(body.statements(), &mut coverage));
+        let block = Rc::new(compile_block(body.statements(), &mut cx));
         let compiled: Rc<rhai::CompiledBody> =
             Rc::new(move |engine, global, caches, scope, this, restore| {
                 run_block(&block, engine, global, caches, scope, this, restore)
             });
         // A function is compiled once: its AST is compiled once per configuration.
         if function.compiled.set(compiled) {
-            coverage.functions += 1;
+            cx.coverage.functions += 1;
         }
     }
-    coverage
+    cx.coverage
 }
 
 /// What the compiler would make of `ast`, without installing anything.
-pub fn coverage(ast: &AST) -> Coverage {
-    let mut coverage = Coverage::default();
+pub fn coverage(ast: &AST, bindings: &Bindings) -> Coverage {
+    let mut cx = Compiler::new(ast, bindings);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
-        compile_block(body.statements(), &mut coverage);
-        coverage.functions += 1;
+        compile_block(body.statements(), &mut cx);
+        cx.coverage.functions += 1;
     }
-    coverage
+    cx.coverage
 }
 
-fn compile_block(statements: &[Stmt], coverage: &mut Coverage) -> Vec<StmtFn> {
-    statements
-        .iter()
-        .map(|s| compile_stmt(s, coverage))
-        .collect()
+fn compile_block(statements: &[Stmt], cx: &mut Compiler) -> Vec<StmtFn> {
+    statements.iter().map(|s| compile_stmt(s, cx)).collect()
 }
 
 /// Rhai's `eval_stmt_block`: the statements in order, the block's variables dropped after it
@@ -138,49 +231,49 @@ fn run_block(
     result
 }
 
-fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
+fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
     // Each statement counts one operation first, reported at the statement.
     let at = stmt.position();
     match stmt {
         Stmt::Noop(..) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             Box::new(move |engine, global, _, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(Dynamic::UNIT)
             })
         }
-        Stmt::FnCall(call, pos) => match compile_call(call, *pos, coverage) {
+        Stmt::FnCall(call, pos) => match compile_call(call, *pos, cx) {
             Some(call) => {
-                coverage.compiled += 1;
+                cx.coverage.compiled += 1;
                 Box::new(move |engine, global, caches, scope, this, _| {
                     engine.track_operation(global, at)?;
                     call(engine, global, caches, scope, this)
                 })
             }
-            None => evaluated_stmt(stmt, coverage),
+            None => evaluated_stmt(stmt, cx),
         },
         Stmt::Expr(expr) => {
-            coverage.compiled += 1;
-            let expr = compile_expr(expr, coverage);
+            cx.coverage.compiled += 1;
+            let expr = compile_expr(expr, cx);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 expr(engine, global, caches, scope, this).map(Dynamic::flatten)
             })
         }
         Stmt::Block(statements, ..) => {
-            coverage.compiled += 1;
-            let block = compile_block(statements.statements(), coverage);
+            cx.coverage.compiled += 1;
+            let block = compile_block(statements.statements(), cx);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 run_block(&block, engine, global, caches, scope, this, true)
             })
         }
         Stmt::If(flow, ..) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             let guard_at = flow.expr.position();
-            let guard = compile_expr(&flow.expr, coverage);
-            let body = compile_block(flow.body.statements(), coverage);
-            let branch = compile_block(flow.branch.statements(), coverage);
+            let guard = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            let branch = compile_block(flow.branch.statements(), cx);
             Box::new(move |engine, global, caches, scope, mut this, _| {
                 engine.track_operation(global, at)?;
                 let value = guard(engine, global, caches, scope, this.as_deref_mut())?
@@ -192,8 +285,8 @@ fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
         }
         // `return`; with `BREAK` it is a `throw`, left to the evaluator.
         Stmt::Return(value, flags, pos) if !flags.contains(ASTFlags::BREAK) => {
-            coverage.compiled += 1;
-            let value = value.as_deref().map(|e| compile_expr(e, coverage));
+            cx.coverage.compiled += 1;
+            let value = value.as_deref().map(|e| compile_expr(e, cx));
             let pos = *pos;
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
@@ -204,13 +297,13 @@ fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
                 Err(EvalAltResult::Return(value, pos).into())
             })
         }
-        _ => evaluated_stmt(stmt, coverage),
+        _ => evaluated_stmt(stmt, cx),
     }
 }
 
 /// A statement left to the evaluator.
-fn evaluated_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
-    coverage.evaluate(format!("Stmt::{}", variant(stmt)));
+fn evaluated_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
+    cx.coverage.evaluate(format!("Stmt::{}", variant(stmt)));
     let stmt = stmt.clone();
     Box::new(move |engine, global, caches, scope, this, restore| {
         engine.eval_stmt(global, caches, scope, this, &stmt, restore)
@@ -218,8 +311,8 @@ fn evaluated_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
 }
 
 /// An expression left to the evaluator.
-fn evaluated_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
-    coverage.evaluate(match expr {
+fn evaluated_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
+    cx.coverage.evaluate(match expr {
         Expr::FnCall(call, _) if call.op_token.is_some() => "Expr::FnCall (operator)".into(),
         Expr::FnCall(..) => "Expr::FnCall".into(),
         _ => format!("Expr::{}", variant(expr)),
@@ -254,7 +347,7 @@ fn variant(value: &impl std::fmt::Debug) -> String {
 }
 
 /// Rhai's `eval_expr`: one operation reported at the expression, then its value.
-fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
+fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
     let at = expr.position();
     let simple_constant = matches!(
         expr,
@@ -268,7 +361,7 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
     );
     if simple_constant {
         if let Some(value) = expr.get_literal_value(None) {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             return Box::new(move |engine, global, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(value.clone())
@@ -276,12 +369,12 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
         }
     }
     if let Expr::And(operands, _) | Expr::Or(operands, _) = expr {
-        coverage.compiled += 1;
+        cx.coverage.compiled += 1;
         // `&&` stops at the first `false`, `||` at the first `true`: that is its value.
         let stop_at = matches!(expr, Expr::Or(..));
         let operands: Vec<(ExprFn, Position)> = operands
             .iter()
-            .map(|e| (compile_expr(e, coverage), e.position()))
+            .map(|e| (compile_expr(e, cx), e.position()))
             .collect();
         return Box::new(move |engine, global, caches, scope, mut this| {
             engine.track_operation(global, at)?;
@@ -297,15 +390,15 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
         });
     }
     if let Expr::FnCall(call, pos) = expr {
-        if let Some(call) = compile_call(call, *pos, coverage) {
-            coverage.compiled += 1;
+        if let Some(call) = compile_call(call, *pos, cx) {
+            cx.coverage.compiled += 1;
             return Box::new(move |engine, global, caches, scope, this| {
                 engine.track_operation(global, at)?;
                 call(engine, global, caches, scope, this)
             });
         }
     }
-    evaluated_expr(expr, coverage)
+    evaluated_expr(expr, cx)
 }
 
 /// Names `make_function_call` treats apart from other calls.
@@ -316,7 +409,7 @@ const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_va
 /// `get_arg_value` evaluates them, then `exec_fn_call` with a call site of its own (Rhai's
 /// `call_with_values` up to three arguments, its general case past them: the same steps). `None`
 /// for the calls Rhai treats apart (operators, `call`, `Fn`, `curry`, …, capturing calls).
-fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Option<ExprFn> {
+fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<ExprFn> {
     if call.op_token.is_some()
         || call.capture_parent_scope
         || call.args.len() > 6
@@ -328,7 +421,11 @@ fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Op
     {
         return None;
     }
-    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, coverage)).collect();
+    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
+    let binding = cx.binding(&call.name, args.len());
+    if binding.is_some() {
+        cx.coverage.direct_calls += 1;
+    }
     let target = Callee {
         name: call.name.clone(),
         hashes: call.hashes,
@@ -336,13 +433,13 @@ fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Op
         pos,
     };
     match args.len() {
-        0 => call_with::<0>(target, args),
-        1 => call_with::<1>(target, args),
-        2 => call_with::<2>(target, args),
-        3 => call_with::<3>(target, args),
-        4 => call_with::<4>(target, args),
-        5 => call_with::<5>(target, args),
-        _ => call_with::<6>(target, args),
+        0 => call_with::<0>(target, binding, args),
+        1 => call_with::<1>(target, binding, args),
+        2 => call_with::<2>(target, binding, args),
+        3 => call_with::<3>(target, binding, args),
+        4 => call_with::<4>(target, binding, args),
+        5 => call_with::<5>(target, binding, args),
+        _ => call_with::<6>(target, binding, args),
     }
 }
 
@@ -392,33 +489,63 @@ impl Callee {
     }
 }
 
-/// A call with `N` arguments: each evaluated as `get_arg_value` does, then the call.
-fn call_with<const N: usize>(callee: Callee, args: Vec<ExprFn>) -> Option<ExprFn> {
+/// A call with `N` arguments: each evaluated as `get_arg_value` does, then the call: to the
+/// binding itself when it takes arguments of these types, else through Rhai.
+fn call_with<const N: usize>(
+    callee: Callee,
+    binding: Option<Rc<Binding>>,
+    args: Vec<ExprFn>,
+) -> Option<ExprFn> {
     let args = <[ExprFn; N]>::try_from(args).ok()?;
-    Some(Box::new(move |engine, global, caches, scope, mut this| {
+    let Some(binding) = binding else {
+        return Some(Box::new(move |engine, global, caches, scope, this| {
+            let mut values = [const { Dynamic::UNIT }; N];
+            eval_args(&args, &mut values, engine, global, caches, scope, this)?;
+            callee.call(engine, global, caches, &mut values.each_mut())
+        }));
+    };
+    Some(Box::new(move |engine, global, caches, scope, this| {
         let mut values = [const { Dynamic::UNIT }; N];
-        for (value, arg) in values.iter_mut().zip(&args) {
-            *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+        eval_args(&args, &mut values, engine, global, caches, scope, this)?;
+        if binding.accepts(&values) {
+            let args = &mut values.each_mut();
+            return engine.call_native_by_value(global, &binding.func, args, callee.pos);
         }
         callee.call(engine, global, caches, &mut values.each_mut())
     }))
 }
 
+/// The arguments' values, in order, into `values`.
+fn eval_args(
+    args: &[ExprFn],
+    values: &mut [Dynamic],
+    engine: &Engine,
+    global: &mut GlobalRuntimeState,
+    caches: &mut Caches,
+    scope: &mut Scope,
+    mut this: Option<&mut Dynamic>,
+) -> Result<(), Box<EvalAltResult>> {
+    for (value, arg) in values.iter_mut().zip(args) {
+        *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+    }
+    Ok(())
+}
+
 /// Rhai's `get_arg_value`: a literal counts one operation at its position and is its value;
 /// anything else is evaluated as an expression.
-fn compile_arg(arg: &Expr, coverage: &mut Coverage) -> ExprFn {
+fn compile_arg(arg: &Expr, cx: &mut Compiler) -> ExprFn {
     let at = match arg {
         Expr::StringConstant(_, pos) | Expr::IntegerConstant(_, pos) => *pos,
         _ => arg.start_position(),
     };
     match arg.get_literal_value(None) {
         Some(value) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             Box::new(move |engine, global, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(value.clone())
             })
         }
-        None => compile_expr(arg, coverage),
+        None => compile_expr(arg, cx),
     }
 }

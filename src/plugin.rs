@@ -210,7 +210,7 @@ impl<H: Host + 'static> Plugin<H> {
             if let Some((_, script)) = compiled.iter().find(|(s, _)| s == source) {
                 return Ok(script.clone());
             }
-            let script = compile(&engine, source, config.engine)
+            let script = compile(&engine, source, config.engine, &api.bindings.borrow())
                 .map_err(|e| e.map_message(|m| format!("{what}{m}")))?;
             let script = Rc::new(script);
             compiled.push((source.to_string(), script.clone()));
@@ -412,7 +412,7 @@ impl<H: Host + 'static> Plugin<H> {
         ast: AST,
         constants: Vec<(rhai::ImmutableString, Dynamic)>,
     ) -> Result<(), ConfigError> {
-        let script = script_of(ast, self.config.engine)?;
+        let script = script_of(ast, self.config.engine, &self.api.bindings.borrow())?;
         let config = to_rhai(&self.config.user_config, "config")?;
         let constants: Vec<Constant> = constants
             .into_iter()
@@ -511,8 +511,13 @@ fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError
 }
 
 /// Compiles one script and finds its phase functions.
-fn compile(engine: &Engine, source: &str, kind: ScriptEngine) -> Result<Script, ConfigError> {
-    let script = script_of(parse(engine, source)?, kind)?;
+fn compile(
+    engine: &Engine,
+    source: &str,
+    kind: ScriptEngine,
+    bindings: &crate::compiled::Bindings,
+) -> Result<Script, ConfigError> {
+    let script = script_of(parse(engine, source)?, kind, bindings)?;
     if script.phases.iter().next().is_none() && script.tick.is_none() {
         return Err(ConfigError::new(
             ConfigErrorKind::Phases,
@@ -545,9 +550,13 @@ fn compile_error(source: &str, e: &rhai::ParseError) -> ConfigError {
 }
 
 /// A parsed script and the phase functions it defines (any number of them).
-pub(crate) fn script_of(ast: AST, kind: ScriptEngine) -> Result<Script, ConfigError> {
+pub(crate) fn script_of(
+    ast: AST,
+    kind: ScriptEngine,
+    bindings: &crate::compiled::Bindings,
+) -> Result<Script, ConfigError> {
     if kind == ScriptEngine::Compiled {
-        crate::compiled::install(&ast);
+        crate::compiled::install(&ast, bindings);
     }
     let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
@@ -632,6 +641,19 @@ fn compile_hint(source: &str, error: &rhai::ParseError) -> &'static str {
     ""
 }
 
+impl<H: Host + 'static> Plugin<H> {
+    /// What the compiled engine would make of `source` with this plugin's bindings (the
+    /// compiler's coverage report).
+    #[cfg(tools)]
+    pub fn compiler_coverage(
+        &self,
+        source: &str,
+    ) -> Result<crate::compiled::Coverage, ConfigError> {
+        let ast = parse(&self.engine, source)?;
+        Ok(crate::compiled::coverage(&ast, &self.api.bindings.borrow()))
+    }
+}
+
 /// The API reference, as the bindings declare it (not in the plugin, which has no texts).
 #[cfg(tools)]
 pub fn api_reference<H: Host + 'static>(host: H) -> Vec<crate::bindings::FnDoc> {
@@ -658,13 +680,54 @@ fn position(pos: rhai::Position) -> String {
 mod tests {
     use super::*;
 
+    /// A compiled call calls a binding directly when its arguments have the binding's types;
+    /// Rhai must then choose that binding too. It looks for the arguments' exact types first,
+    /// in the global namespace (the bindings) first: a binding without a `Dynamic` parameter
+    /// is found before any other function of its name and arity. One with a `Dynamic`
+    /// parameter must be the only one (another could take that argument's exact type).
+    #[test]
+    fn direct_bindings_are_the_only_functions_of_their_name_and_arity() {
+        let limits = crate::config::Limits::default();
+        let api = Rc::new(Api::new(
+            crate::emulator::EmulatorHost::default(),
+            &limits,
+            Rc::default(),
+        ));
+        let engine = sandbox::engine(sandbox::std_engine(), &limits, api.clone(), None);
+        let mut arities: std::collections::HashMap<(String, usize), Vec<String>> =
+            Default::default();
+        for signature in engine.gen_fn_signatures(true) {
+            let (name, rest) = signature.split_once('(').unwrap();
+            let params = &rest[..rest.find(')').unwrap()];
+            let arity = if params.trim().is_empty() {
+                0
+            } else {
+                params.split(',').filter(|p| p.contains(':')).count()
+            };
+            arities
+                .entry((name.to_string(), arity))
+                .or_default()
+                .push(signature.clone());
+        }
+        let bindings = api.bindings.borrow();
+        let direct: Vec<_> = bindings.direct().collect();
+        assert!(direct.len() > 80, "{} direct bindings", direct.len());
+        for (name, arity, takes_any) in direct {
+            let found = &arities[&(name.to_string(), arity)];
+            if takes_any {
+                assert_eq!(found.len(), 1, "{name} with {arity} arguments: {found:?}");
+            }
+        }
+    }
+
     /// Names made at run time can't grow a script's resolution cache without end.
     #[test]
     fn resolutions_of_names_made_at_run_time_are_bounded() {
         let engine = Engine::new();
         // A closure, as callouts take: it resolves through the script's cache.
         let source = "fn on_request_headers() { |name| is_def_fn(name, 0) }";
-        let script = compile(&engine, source, ScriptEngine::Rhai).unwrap();
+        let bindings = crate::compiled::Bindings::default();
+        let script = compile(&engine, source, ScriptEngine::Rhai, &bindings).unwrap();
         let probe: FnPtr = script
             .call(&engine, Some(Phase::RequestHeaders))
             .unwrap()

@@ -337,9 +337,18 @@ impl Generator {
 
     fn program(&mut self) -> String {
         let body = self.block(2);
-        let tail = match self.next(6) {
+        // Binding calls the compiler calls directly, with arguments of the wrong type (Rhai's
+        // "function not found", or the binding's own error) and with large ones (the data
+        // charged as operations, the size checks).
+        let tail = match self.next(10) {
             0 => "throw \"stop \" + n;".to_string(),
             1 => "let big = \"\"; loop { big += \"abcdefgh\"; }".into(),
+            2 => "get_request_header(n);".into(),
+            3 => "add_request_header(\"x-t\", a);".into(),
+            4 => "let big = \"abcdefgh\"; for i in 0..9 { big += big; } \
+                  set_context(\"big\", big); add_request_header(\"x-big\", get_context(\"big\"));"
+                .into(),
+            5 => "set_context(\"a\", a); log_info(get_context(\"a\"));".into(),
             _ => String::new(),
         };
         format!(
@@ -377,37 +386,40 @@ fn generated_programs_run_the_same_compiled() {
 /// bench scripts have them (`cargo test --test compiled_engine -- --nocapture` prints it).
 #[test]
 fn coverage_of_the_scripts() {
-    let mut engine = rhai::Engine::new();
-    // The plugin's default limit (its scripts are written for it).
-    engine.set_max_expr_depths(64, 64);
+    // A plugin with the default limits, for its engine and its bindings.
+    let plugin = Emulator::with_script("fn on_log() {}", serde_json::Value::Null).unwrap();
     let mut total = compiled::Coverage::default();
     let mut paths = scripts_in("scripts");
     paths.extend(scripts_in("bench/scripts"));
     for path in &paths {
-        let ast = engine
-            .compile(std::fs::read_to_string(path).unwrap())
+        let coverage = plugin
+            .compiler_coverage(&std::fs::read_to_string(path).unwrap())
             .unwrap();
-        let coverage = compiled::coverage(&ast);
         println!(
-            "{}: {} functions, {} nodes compiled, evaluated: {:?}",
+            "{}: {} functions, {} nodes compiled ({} direct calls), evaluated: {:?}",
             path.strip_prefix(root()).unwrap().display(),
             coverage.functions,
             coverage.compiled,
+            coverage.direct_calls,
             coverage.evaluated
         );
         total.functions += coverage.functions;
         total.compiled += coverage.compiled;
+        total.direct_calls += coverage.direct_calls;
         for (kind, n) in coverage.evaluated {
             *total.evaluated.entry(kind).or_default() += n;
         }
     }
     println!(
-        "all: {} functions, {} nodes compiled, evaluated: {:?}",
-        total.functions, total.compiled, total.evaluated
+        "all: {} functions, {} nodes compiled ({} direct calls), evaluated: {:?}",
+        total.functions, total.compiled, total.direct_calls, total.evaluated
     );
-    // The header-heavy bench workload is compiled whole.
-    let headers = engine
-        .compile(std::fs::read_to_string(root().join("bench/scripts/headers.rhai")).unwrap())
+    // The header-heavy bench workload is compiled whole, each call a direct one.
+    let headers = plugin
+        .compiler_coverage(
+            &std::fs::read_to_string(root().join("bench/scripts/headers.rhai")).unwrap(),
+        )
         .unwrap();
-    assert_eq!(compiled::coverage(&headers).evaluated.len(), 0);
+    assert_eq!(headers.evaluated.len(), 0);
+    assert_eq!(headers.direct_calls, 20);
 }

@@ -341,4 +341,5 @@ pub(super) fn register<H: crate::host::Host + 'static>(reg: &mut super::Registra
     reg.engine.register_fn("to_json", move |map: &mut Map| {
         to_text(&JsonMap(map), max_string).or_else(|e| err(format!("to_json(): {e}")))
     });
+    reg.register_overload("to_json", 1);
 }

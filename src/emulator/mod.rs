@@ -565,6 +565,14 @@ impl Emulator {
         .map_err(|e| e.to_string())
     }
 
+    /// What the compiled engine would make of `source` with this plugin's bindings.
+    #[cfg(tools)]
+    pub fn compiler_coverage(&self, source: &str) -> Result<crate::compiled::Coverage, String> {
+        self.plugin
+            .compiler_coverage(source)
+            .map_err(|e| e.to_string())
+    }
+
     /// The emulator of the plugin `configure` makes with its host, the clock at `now_ms`.
     fn configured(
         now_ms: u64,

@@ -614,6 +614,55 @@ impl Engine {
         }))
     }
 
+    /// proxy-rhai patch 19: the native function registered in the global namespace as `name`
+    /// with parameters of these Rust types (`&str` and `String` stand for `ImmutableString`,
+    /// as registering maps them), when it is one that
+    /// [`call_native_by_value`][Self::call_native_by_value] can call: pure, not a method,
+    /// without a context.
+    #[cfg(feature = "internals")]
+    #[must_use]
+    pub fn global_native_fn(&self, name: &str, param_types: &[std::any::TypeId]) -> Option<RhaiFunc> {
+        let types = param_types.iter().map(|&t| crate::Module::map_type(true, t));
+        let hash = calc_fn_hash_full(crate::calc_fn_hash(None, name, param_types.len()), types);
+        let func = self.global_modules.first()?.get_fn(hash)?;
+        let callable = func.get_native_fn().is_some()
+            && func.is_pure()
+            && !func.is_method()
+            && !func.has_context();
+        callable.then(|| func.into_owned())
+    }
+
+    /// proxy-rhai patch 19: what [`exec_fn_call`][Self::exec_fn_call] and
+    /// [`call_native_fn`][Self::call_native_fn] do for a call of `func` (one
+    /// [`global_native_fn`][Self::global_native_fn] gave) with arguments of the types it was
+    /// registered with, all by value, when the caller (the plugin's compiler) resolved the
+    /// call itself: the call's operation, the data charged going in and coming out, the call,
+    /// the size check of the value returned, the error's position.
+    #[cfg(feature = "internals")]
+    #[inline]
+    pub fn call_native_by_value(
+        &self,
+        global: &mut GlobalRuntimeState,
+        func: &RhaiFunc,
+        args: &mut FnCallArgs,
+        pos: Position,
+    ) -> RhaiResultOf<Dynamic> {
+        self.track_operation(global, pos)?;
+        #[cfg(not(feature = "unchecked"))]
+        self.charge_data(args.iter().map(|a| &**a));
+        let Some(native) = func.get_native_fn() else {
+            return Err(ERR::ErrorFunctionNotFound(format!("{func:?}"), pos).into());
+        };
+        let result = native(None, args)
+            .and_then(|r| self.check_data_size(r, pos))
+            .map_err(|err| err.fill_position(pos))?;
+        #[cfg(not(feature = "unchecked"))]
+        if !(crate::eval::is_walked(&result) && self.has_data_size_limit()) {
+            self.charge_data([&result]);
+        }
+        Ok(result)
+    }
+
     /// proxy-rhai patch 6 (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
     /// checks (operations, data race, syntactic functions), which the caller made; the function
     /// found is remembered in `site`, when given.
