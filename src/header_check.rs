@@ -67,13 +67,84 @@ impl Target {
     }
 
     /// The pseudo-headers this target may have.
-    fn pseudo_headers(self) -> &'static [&'static str] {
+    fn pseudo_headers(self) -> &'static [Pseudo] {
+        use Pseudo::*;
         match self {
-            Target::Request => &[":method", ":path", ":authority", ":scheme", ":protocol"],
-            Target::Callout => &[":method", ":path", ":authority", ":scheme"],
-            Target::Response => &[":status"],
+            Target::Request => &[Method, Path, Authority, Scheme, Protocol],
+            Target::Callout => &[Method, Path, Authority, Scheme],
+            Target::Response => &[Status],
             Target::Trailers | Target::LocalResponse => &[],
         }
+    }
+}
+
+/// A pseudo-header a message may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pseudo {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+    Protocol,
+    Status,
+}
+
+impl Pseudo {
+    const ALL: [Pseudo; 6] = [
+        Pseudo::Method,
+        Pseudo::Path,
+        Pseudo::Authority,
+        Pseudo::Scheme,
+        Pseudo::Protocol,
+        Pseudo::Status,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Pseudo::Method => ":method",
+            Pseudo::Path => ":path",
+            Pseudo::Authority => ":authority",
+            Pseudo::Scheme => ":scheme",
+            Pseudo::Protocol => ":protocol",
+            Pseudo::Status => ":status",
+        }
+    }
+
+    /// The pseudo-header named `name`, in any case.
+    fn of(name: &str) -> Option<Pseudo> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
+    /// What is wrong with `value` for this pseudo-header, if anything.
+    fn value_error(self, value: &[u8]) -> Option<&'static str> {
+        let ok = match self {
+            Pseudo::Method | Pseudo::Protocol => !value.is_empty() && all(value, TOKEN),
+            // A callout's `:authority` is the cluster's name by default, and Istio's have `|`:
+            // no stricter than the request line needs.
+            Pseudo::Path | Pseudo::Authority => {
+                !value.is_empty() && all_words(value, |w| between(w, 0x20, 0x7f) == HIGHS)
+            }
+            Pseudo::Scheme => {
+                value.first().is_some_and(u8::is_ascii_alphabetic)
+                    && value
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            }
+            Pseudo::Status => {
+                value.len() == 3
+                    && value.iter().all(u8::is_ascii_digit)
+                    && value.first().is_some_and(|b| (b'2'..=b'5').contains(b))
+            }
+        };
+        (!ok).then_some(match self {
+            Pseudo::Method | Pseudo::Protocol => "must be an HTTP token (like GET)",
+            Pseudo::Path => "must be visible ASCII, no spaces (percent-encode the rest)",
+            Pseudo::Authority => "must be visible ASCII, no spaces",
+            Pseudo::Scheme => "must be a URI scheme (like https)",
+            Pseudo::Status => "must be a status code, 200 to 599",
+        })
     }
 }
 
@@ -137,12 +208,9 @@ fn check_rest(f: &str, target: Target, name: &str, value: &[u8]) -> Result<(), S
     if name_bytes.first() == Some(&b':') {
         // A pseudo-header the message has, with a value of its kind (a callout sets three on
         // every call: no allocation here).
-        let known = target
-            .pseudo_headers()
-            .iter()
-            .find(|p| p.eq_ignore_ascii_case(name));
+        let known = Pseudo::of(name).filter(|p| target.pseudo_headers().contains(p));
         // Every pseudo-header's value rule allows only bytes a value may hold.
-        if known.is_some_and(|known| pseudo_value_error(known, value).is_none()) {
+        if known.is_some_and(|known| known.value_error(value).is_none()) {
             return Ok(());
         }
         return refuse(f, target, name, value);
@@ -318,22 +386,22 @@ fn refuse(f: &str, target: Target, name: &str, value: &[u8]) -> Result<(), Strin
         ));
     }
     if pseudo {
-        let lower = name.to_ascii_lowercase();
         let allowed = target.pseudo_headers();
-        if !allowed.contains(&lower.as_str()) {
+        let Some(known) = Pseudo::of(name).filter(|p| allowed.contains(p)) else {
             let only = if allowed.is_empty() {
                 "they have none".to_string()
             } else {
-                format!("only {}", allowed.join(", "))
+                let names: Vec<&str> = allowed.iter().map(|p| p.name()).collect();
+                format!("only {}", names.join(", "))
             };
             return Err(format!(
                 "{f}(): {} is not a pseudo-header of {} ({only})",
                 shown(name_bytes),
                 target.what()
             ));
-        }
-        if let Some(rule) = pseudo_value_error(&lower, value) {
-            return Err(format!("{f}(): the value of {lower} {rule}"));
+        };
+        if let Some(rule) = known.value_error(value) {
+            return Err(format!("{f}(): the value of {} {rule}", known.name()));
         }
     }
     if let Some((at, &bad)) = value
@@ -360,37 +428,6 @@ fn refuse(f: &str, target: Target, name: &str, value: &[u8]) -> Result<(), Strin
         ));
     }
     Ok(())
-}
-
-/// What is wrong with the value of pseudo-header `name` (lowercase), if anything.
-fn pseudo_value_error(name: &str, value: &[u8]) -> Option<&'static str> {
-    let ok = match name {
-        ":method" | ":protocol" => !value.is_empty() && all(value, TOKEN),
-        // A callout's `:authority` is the cluster's name by default, and Istio's have `|`:
-        // no stricter than the request line needs.
-        ":path" | ":authority" => {
-            !value.is_empty() && all_words(value, |w| between(w, 0x20, 0x7f) == HIGHS)
-        }
-        ":scheme" => {
-            value.first().is_some_and(u8::is_ascii_alphabetic)
-                && value
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        }
-        ":status" => {
-            value.len() == 3
-                && value.iter().all(u8::is_ascii_digit)
-                && value.first().is_some_and(|b| (b'2'..=b'5').contains(b))
-        }
-        _ => true,
-    };
-    (!ok).then_some(match name {
-        ":method" | ":protocol" => "must be an HTTP token (like GET)",
-        ":path" => "must be visible ASCII, no spaces (percent-encode the rest)",
-        ":authority" => "must be visible ASCII, no spaces",
-        ":scheme" => "must be a URI scheme (like https)",
-        _ => "must be a status code, 200 to 599",
-    })
 }
 
 /// A name (or any bytes) for a message: quoted, control characters escaped (a CR LF must not
