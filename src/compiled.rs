@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rhai::{
-    ASTFlags, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
-    GlobalRuntimeState, Position, Scope, ScriptFuncPayload, Stmt, AST,
+    ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
+    GlobalRuntimeState, Position, Scope, ScriptFuncPayload, Stmt, Target, Token, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -63,40 +63,55 @@ impl Coverage {
     }
 }
 
-/// Compiles every script function of `ast` and installs the bodies where Rhai calls them.
-pub fn install(ast: &AST) -> Coverage {
-    let mut coverage = Coverage::default();
+/// What compiling a script needs besides its AST: the coverage being counted, and the
+/// engine's options that change what a node does.
+struct Compiler {
+    coverage: Coverage,
+    /// `Engine::fast_operators`: operators on built-in types run their built-in versions.
+    fast_operators: bool,
+}
+
+impl Compiler {
+    fn new(engine: &Engine) -> Self {
+        Self {
+            coverage: Coverage::default(),
+            fast_operators: engine.fast_operators(),
+        }
+    }
+}
+
+/// Compiles every script function of `ast`, to run on `engine`, and installs the bodies where
+/// Rhai calls them.
+pub fn install(engine: &Engine, ast: &AST) -> Coverage {
+    let mut cx = Compiler::new(engine);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
-        let block = Rc::new(compile_block(body.statements(), &mut coverage));
+        let block = Rc::new(compile_block(body.statements(), &mut cx));
         let compiled: Rc<rhai::CompiledBody> =
             Rc::new(move |engine, global, caches, scope, this, restore| {
                 run_block(&block, engine, global, caches, scope, this, restore)
             });
         // A function is compiled once: its AST is compiled once per configuration.
         if function.compiled.set(compiled) {
-            coverage.functions += 1;
+            cx.coverage.functions += 1;
         }
     }
-    coverage
+    cx.coverage
 }
 
-/// What the compiler would make of `ast`, without installing anything.
-pub fn coverage(ast: &AST) -> Coverage {
-    let mut coverage = Coverage::default();
+/// What the compiler would make of `ast` for `engine`, without installing anything.
+pub fn coverage(engine: &Engine, ast: &AST) -> Coverage {
+    let mut cx = Compiler::new(engine);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
-        compile_block(body.statements(), &mut coverage);
-        coverage.functions += 1;
+        compile_block(body.statements(), &mut cx);
+        cx.coverage.functions += 1;
     }
-    coverage
+    cx.coverage
 }
 
-fn compile_block(statements: &[Stmt], coverage: &mut Coverage) -> Vec<StmtFn> {
-    statements
-        .iter()
-        .map(|s| compile_stmt(s, coverage))
-        .collect()
+fn compile_block(statements: &[Stmt], cx: &mut Compiler) -> Vec<StmtFn> {
+    statements.iter().map(|s| compile_stmt(s, cx)).collect()
 }
 
 /// Rhai's `eval_stmt_block`: the statements in order, the block's variables dropped after it
@@ -138,49 +153,49 @@ fn run_block(
     result
 }
 
-fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
+fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
     // Each statement counts one operation first, reported at the statement.
     let at = stmt.position();
     match stmt {
         Stmt::Noop(..) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             Box::new(move |engine, global, _, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(Dynamic::UNIT)
             })
         }
-        Stmt::FnCall(call, pos) => match compile_call(call, *pos, coverage) {
+        Stmt::FnCall(call, pos) => match compile_call(call, *pos, cx) {
             Some(call) => {
-                coverage.compiled += 1;
+                cx.coverage.compiled += 1;
                 Box::new(move |engine, global, caches, scope, this, _| {
                     engine.track_operation(global, at)?;
                     call(engine, global, caches, scope, this)
                 })
             }
-            None => evaluated_stmt(stmt, coverage),
+            None => evaluated_stmt(stmt, cx),
         },
         Stmt::Expr(expr) => {
-            coverage.compiled += 1;
-            let expr = compile_expr(expr, coverage);
+            cx.coverage.compiled += 1;
+            let expr = compile_expr(expr, cx);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 expr(engine, global, caches, scope, this).map(Dynamic::flatten)
             })
         }
         Stmt::Block(statements, ..) => {
-            coverage.compiled += 1;
-            let block = compile_block(statements.statements(), coverage);
+            cx.coverage.compiled += 1;
+            let block = compile_block(statements.statements(), cx);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 run_block(&block, engine, global, caches, scope, this, true)
             })
         }
         Stmt::If(flow, ..) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             let guard_at = flow.expr.position();
-            let guard = compile_expr(&flow.expr, coverage);
-            let body = compile_block(flow.body.statements(), coverage);
-            let branch = compile_block(flow.branch.statements(), coverage);
+            let guard = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            let branch = compile_block(flow.branch.statements(), cx);
             Box::new(move |engine, global, caches, scope, mut this, _| {
                 engine.track_operation(global, at)?;
                 let value = guard(engine, global, caches, scope, this.as_deref_mut())?
@@ -190,27 +205,115 @@ fn compile_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
                 run_block(taken, engine, global, caches, scope, this, true)
             })
         }
-        // `return`; with `BREAK` it is a `throw`, left to the evaluator.
-        Stmt::Return(value, flags, pos) if !flags.contains(ASTFlags::BREAK) => {
-            coverage.compiled += 1;
-            let value = value.as_deref().map(|e| compile_expr(e, coverage));
-            let pos = *pos;
+        // `return`; with `BREAK`, `throw`.
+        Stmt::Return(value, flags, pos) => {
+            cx.coverage.compiled += 1;
+            let value = value.as_deref().map(|e| compile_expr(e, cx));
+            let (is_throw, pos) = (flags.contains(ASTFlags::BREAK), *pos);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 let value = match &value {
                     Some(value) => value(engine, global, caches, scope, this)?.flatten(),
                     None => Dynamic::UNIT,
                 };
-                Err(EvalAltResult::Return(value, pos).into())
+                Err(match is_throw {
+                    true => EvalAltResult::ErrorRuntime(value, pos),
+                    false => EvalAltResult::Return(value, pos),
+                }
+                .into())
             })
         }
-        _ => evaluated_stmt(stmt, coverage),
+        Stmt::Var(definition, options, pos) => {
+            cx.coverage.compiled += 1;
+            let (name, value, index) = &**definition;
+            let (name, index, options, pos) = (name.clone(), *index, *options, *pos);
+            let value = compile_expr(value, cx);
+            Box::new(move |engine, global, caches, scope, this, restore| {
+                engine.track_operation(global, at)?;
+                let definition = (&name, index, options, pos);
+                engine.eval_var_def(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    definition,
+                    restore,
+                    |e, g, c, s, t| value(e, g, c, s, t),
+                )
+            })
+        }
+        // `x = value`, `x += value`, …: to a variable (an index or a property: evaluated).
+        Stmt::Assignment(assignment) if matches!(assignment.1.lhs, Expr::Variable(..)) => {
+            cx.coverage.compiled += 1;
+            let (op, BinaryExpr { lhs, rhs }) = &**assignment;
+            let (op, lhs) = (op.clone(), lhs.clone());
+            let rhs = compile_expr(rhs, cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                let value = rhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                engine.assign_to_variable(global, caches, scope, this, &op, &lhs, value)?;
+                Ok(Dynamic::UNIT)
+            })
+        }
+        Stmt::While(flow, _) => {
+            cx.coverage.compiled += 1;
+            let forever = matches!(flow.expr, Expr::Unit(..) | Expr::BoolConstant(true, ..));
+            let guard_at = flow.expr.position();
+            let guard = (!forever).then(|| compile_expr(&flow.expr, cx));
+            let body_at = flow.body.position();
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                loop {
+                    if let Some(guard) = &guard {
+                        let go_on = guard(engine, global, caches, scope, this.as_deref_mut())?
+                            .as_bool()
+                            .map_err(|typ| engine.make_type_mismatch_err::<bool>(typ, guard_at))?;
+                        if !go_on {
+                            return Ok(Dynamic::UNIT);
+                        }
+                    }
+                    if body.is_empty() {
+                        // `loop {}` counts an operation a round; `while c {}` only its guard's.
+                        if guard.is_none() {
+                            engine.track_operation(global, body_at)?;
+                        }
+                        continue;
+                    }
+                    let this = this.as_deref_mut();
+                    match run_block(&body, engine, global, caches, scope, this, true) {
+                        Ok(_) => (),
+                        Err(err) => match *err {
+                            EvalAltResult::LoopBreak(false, ..) => (),
+                            EvalAltResult::LoopBreak(true, value, ..) => return Ok(value),
+                            _ => return Err(err),
+                        },
+                    }
+                }
+            })
+        }
+        // `break`, `continue`
+        Stmt::BreakLoop(value, options, pos) => {
+            cx.coverage.compiled += 1;
+            let is_break = options.contains(ASTFlags::BREAK);
+            let value = value.as_deref().map(|e| compile_expr(e, cx));
+            let pos = *pos;
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                let value = match &value {
+                    Some(value) => value(engine, global, caches, scope, this)?,
+                    None => Dynamic::UNIT,
+                };
+                Err(EvalAltResult::LoopBreak(is_break, value, pos).into())
+            })
+        }
+        _ => evaluated_stmt(stmt, cx),
     }
 }
 
 /// A statement left to the evaluator.
-fn evaluated_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
-    coverage.evaluate(format!("Stmt::{}", variant(stmt)));
+fn evaluated_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
+    cx.coverage.evaluate(format!("Stmt::{}", variant(stmt)));
     let stmt = stmt.clone();
     Box::new(move |engine, global, caches, scope, this, restore| {
         engine.eval_stmt(global, caches, scope, this, &stmt, restore)
@@ -218,8 +321,8 @@ fn evaluated_stmt(stmt: &Stmt, coverage: &mut Coverage) -> StmtFn {
 }
 
 /// An expression left to the evaluator.
-fn evaluated_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
-    coverage.evaluate(match expr {
+fn evaluated_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
+    cx.coverage.evaluate(match expr {
         Expr::FnCall(call, _) if call.op_token.is_some() => "Expr::FnCall (operator)".into(),
         Expr::FnCall(..) => "Expr::FnCall".into(),
         _ => format!("Expr::{}", variant(expr)),
@@ -254,7 +357,7 @@ fn variant(value: &impl std::fmt::Debug) -> String {
 }
 
 /// Rhai's `eval_expr`: one operation reported at the expression, then its value.
-fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
+fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
     let at = expr.position();
     let simple_constant = matches!(
         expr,
@@ -268,7 +371,7 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
     );
     if simple_constant {
         if let Some(value) = expr.get_literal_value(None) {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             return Box::new(move |engine, global, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(value.clone())
@@ -276,12 +379,12 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
         }
     }
     if let Expr::And(operands, _) | Expr::Or(operands, _) = expr {
-        coverage.compiled += 1;
+        cx.coverage.compiled += 1;
         // `&&` stops at the first `false`, `||` at the first `true`: that is its value.
         let stop_at = matches!(expr, Expr::Or(..));
         let operands: Vec<(ExprFn, Position)> = operands
             .iter()
-            .map(|e| (compile_expr(e, coverage), e.position()))
+            .map(|e| (compile_expr(e, cx), e.position()))
             .collect();
         return Box::new(move |engine, global, caches, scope, mut this| {
             engine.track_operation(global, at)?;
@@ -296,54 +399,361 @@ fn compile_expr(expr: &Expr, coverage: &mut Coverage) -> ExprFn {
             Ok((!stop_at).into())
         });
     }
+    match expr {
+        Expr::Variable(..) => {
+            cx.coverage.compiled += 1;
+            let variable = expr.clone();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine
+                    .search_namespace(global, caches, scope, this, &variable)
+                    .map(Target::take_or_clone)
+            });
+        }
+        Expr::ThisPtr(pos) => {
+            cx.coverage.compiled += 1;
+            let pos = *pos;
+            return Box::new(move |engine, global, _, _, this| {
+                engine.track_operation(global, at)?;
+                this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(pos).into())
+                    .cloned()
+            });
+        }
+        // `a ?? b ?? c`: the first value that is not `()`.
+        Expr::Coalesce(operands, _) => {
+            cx.coverage.compiled += 1;
+            let operands: Vec<ExprFn> = operands.iter().map(|e| compile_expr(e, cx)).collect();
+            return Box::new(move |engine, global, caches, scope, mut this| {
+                engine.track_operation(global, at)?;
+                let mut value = Dynamic::UNIT;
+                for operand in &operands {
+                    value = operand(engine, global, caches, scope, this.as_deref_mut())?;
+                    if !value.is_unit() {
+                        break;
+                    }
+                }
+                Ok(value)
+            });
+        }
+        // A block as an expression, `{ …; value }`.
+        Expr::Stmt(block) => {
+            cx.coverage.compiled += 1;
+            let block = compile_block(block.statements(), cx);
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                run_block(&block, engine, global, caches, scope, this, true)
+            });
+        }
+        Expr::Dot(chain, options, _) => {
+            if let Some(call) = compile_method_call(chain, *options, cx) {
+                cx.coverage.compiled += 1;
+                return Box::new(move |engine, global, caches, scope, this| {
+                    engine.track_operation(global, at)?;
+                    call(engine, global, caches, scope, this)
+                });
+            }
+        }
+        _ => (),
+    }
     if let Expr::FnCall(call, pos) = expr {
-        if let Some(call) = compile_call(call, *pos, coverage) {
-            coverage.compiled += 1;
+        if let Some(call) = compile_call(call, *pos, cx) {
+            cx.coverage.compiled += 1;
             return Box::new(move |engine, global, caches, scope, this| {
                 engine.track_operation(global, at)?;
                 call(engine, global, caches, scope, this)
             });
         }
     }
-    evaluated_expr(expr, coverage)
+    evaluated_expr(expr, cx)
 }
 
 /// Names `make_function_call` treats apart from other calls.
 const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_var", "eval"];
 
-/// Rhai's `eval_fn_call_expr` for a plain call with up to six arguments, none of them a
-/// variable passed first (which Rhai may pass by reference): the arguments as
-/// `get_arg_value` evaluates them, then `exec_fn_call` with a call site of its own (Rhai's
-/// `call_with_values` up to three arguments, its general case past them: the same steps). `None`
-/// for the calls Rhai treats apart (operators, `call`, `Fn`, `curry`, …, capturing calls).
-fn compile_call(call: &FnCallExpr, pos: Position, coverage: &mut Coverage) -> Option<ExprFn> {
-    if call.op_token.is_some()
-        || call.capture_parent_scope
-        || call.args.len() > 6
-        || SPECIAL_CALLS.contains(&call.name.as_str())
-        || matches!(
-            call.args.first(),
-            Some(Expr::Variable(..) | Expr::ThisPtr(..))
-        )
-    {
+/// Rhai's `eval_fn_call_expr` for a call with up to six arguments: an operator (under fast
+/// operators), a call whose first argument is a variable (which Rhai may pass by reference), or
+/// a plain call: the arguments as `get_arg_value` evaluates them, then `exec_fn_call` with a call
+/// site of its own (Rhai's `call_with_values` up to three arguments, its general case past them:
+/// the same steps). `None` for the calls Rhai treats apart (`call`, `Fn`, `curry`, …, capturing
+/// calls, `this` passed first).
+fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<ExprFn> {
+    if call.capture_parent_scope || call.args.len() > 6 {
         return None;
     }
-    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, coverage)).collect();
+    if let Some(op) = &call.op_token {
+        return compile_operator(call, op, pos, cx);
+    }
+    if SPECIAL_CALLS.contains(&call.name.as_str()) {
+        return None;
+    }
     let target = Callee {
         name: call.name.clone(),
         hashes: call.hashes,
         site: CallSite::default(),
         pos,
     };
-    match args.len() {
-        0 => call_with::<0>(target, args),
-        1 => call_with::<1>(target, args),
-        2 => call_with::<2>(target, args),
-        3 => call_with::<3>(target, args),
-        4 => call_with::<4>(target, args),
-        5 => call_with::<5>(target, args),
-        _ => call_with::<6>(target, args),
+    match call.args.split_first() {
+        Some((Expr::ThisPtr(..), _)) => None,
+        Some((variable @ Expr::Variable(..), rest)) => {
+            let rest: Vec<ExprFn> = rest.iter().map(|a| compile_arg(a, cx)).collect();
+            let first = variable.clone();
+            match rest.len() {
+                0 => call_on_variable_with::<1>(target, first, rest),
+                1 => call_on_variable_with::<2>(target, first, rest),
+                2 => call_on_variable_with::<3>(target, first, rest),
+                3 => call_on_variable_with::<4>(target, first, rest),
+                4 => call_on_variable_with::<5>(target, first, rest),
+                _ => call_on_variable_with::<6>(target, first, rest),
+            }
+        }
+        _ => {
+            let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
+            match args.len() {
+                0 => call_with::<0>(target, args),
+                1 => call_with::<1>(target, args),
+                2 => call_with::<2>(target, args),
+                3 => call_with::<3>(target, args),
+                4 => call_with::<4>(target, args),
+                5 => call_with::<5>(target, args),
+                _ => call_with::<6>(target, args),
+            }
+        }
     }
+}
+
+/// An operator under fast operators (`eval_fn_call_expr`'s short cuts): its operands as
+/// `get_arg_value` evaluates them, then the built-in version for built-in types, else the
+/// function (`Engine::call_unary_operator`, `call_binary_operator`).
+fn compile_operator(
+    call: &FnCallExpr,
+    op: &Token,
+    pos: Position,
+    cx: &mut Compiler,
+) -> Option<ExprFn> {
+    if !cx.fast_operators {
+        return None;
+    }
+    let (name, op, hashes, site) = (
+        call.name.clone(),
+        op.clone(),
+        call.hashes,
+        CallSite::default(),
+    );
+    match &call.args[..] {
+        [operand] => {
+            let operand = compile_arg(operand, cx);
+            Some(Box::new(move |engine, global, caches, scope, this| {
+                let value = operand(engine, global, caches, scope, this)?.flatten();
+                engine.call_unary_operator(global, caches, &name, &op, hashes, value, &site, pos)
+            }))
+        }
+        [lhs, rhs] => {
+            let (lhs, rhs) = (compile_arg(lhs, cx), compile_arg(rhs, cx));
+            Some(Box::new(move |engine, global, caches, scope, mut this| {
+                let lhs = lhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let rhs = rhs(engine, global, caches, scope, this)?.flatten();
+                engine
+                    .call_binary_operator(global, caches, &name, &op, hashes, lhs, rhs, &site, pos)
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Rhai's `make_function_call` for `f(x, …)`, `x` a variable: one operation at `x`, the other
+/// arguments, then `x` itself, passed by reference unless it is a constant or shared (then
+/// its value is), `N` arguments in all.
+fn call_on_variable_with<const N: usize>(
+    callee: Callee,
+    variable: Expr,
+    rest: Vec<ExprFn>,
+) -> Option<ExprFn> {
+    if rest.len() + 1 != N {
+        return None;
+    }
+    let variable_at = variable.position();
+    Some(Box::new(move |engine, global, caches, scope, mut this| {
+        engine.track_operation(global, variable_at)?;
+        let mut values = [const { Dynamic::UNIT }; N];
+        for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
+            *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+        }
+        let mut target = engine.search_namespace(global, caches, scope, this, &variable)?;
+        if target.as_ref().is_read_only() {
+            target = target.into_owned();
+        }
+        let mut args = values.each_mut();
+        let by_reference = match target {
+            Target::RefMut(value) if !value.is_shared() => {
+                if let Some(first) = args.first_mut() {
+                    *first = value;
+                }
+                true
+            }
+            target => {
+                if let Some(first) = args.first_mut() {
+                    **first = target.take_or_clone().flatten();
+                }
+                false
+            }
+        };
+        let Callee {
+            name,
+            hashes,
+            site,
+            pos,
+        } = &callee;
+        engine
+            .exec_fn_call(
+                global,
+                caches,
+                None,
+                name,
+                None,
+                *hashes,
+                &mut args,
+                by_reference,
+                false,
+                Some(site),
+                *pos,
+            )
+            .map(|(value, _)| value)
+    }))
+}
+
+/// What a method call is called on.
+enum Object {
+    /// A variable or `this`, which the method gets by reference.
+    Place(Expr),
+    /// Any other expression's value.
+    Value(ExprFn),
+}
+
+/// A method call `object.f(args)` (or `object?.f(args)`).
+struct MethodCall {
+    callee: Callee,
+    object: Object,
+    /// Where the arguments are counted as one operation (the call's position).
+    args_at: Position,
+    first_arg_at: Position,
+    /// `?.`: `()` for an object that is `()`.
+    elvis: bool,
+}
+
+impl MethodCall {
+    /// Rhai's `eval_dot_index_chain` once the arguments are evaluated: the object, then
+    /// `make_method_call`.
+    fn call(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        this: Option<&mut Dynamic>,
+        args: &mut [Dynamic],
+    ) -> RhaiResult {
+        match &self.object {
+            Object::Value(object) => {
+                let value = object(engine, global, caches, scope, this)?.flatten();
+                self.call_on(engine, global, caches, &mut value.into(), args)
+            }
+            Object::Place(Expr::ThisPtr(pos)) => {
+                engine.track_operation(global, *pos)?;
+                let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
+                self.call_on(engine, global, caches, &mut Target::try_from(this)?, args)
+            }
+            Object::Place(variable) => {
+                engine.track_operation(global, variable.position())?;
+                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                self.call_on(engine, global, caches, target, args)
+            }
+        }
+    }
+
+    fn call_on(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        target: &mut Target,
+        args: &mut [Dynamic],
+    ) -> RhaiResult {
+        if self.elvis && target.as_ref().is_unit() {
+            return Ok(Dynamic::UNIT);
+        }
+        let Callee {
+            name,
+            hashes,
+            site,
+            pos,
+        } = &self.callee;
+        engine
+            .make_method_call(
+                global,
+                caches,
+                name,
+                *hashes,
+                target,
+                args,
+                self.first_arg_at,
+                Some(site),
+                *pos,
+            )
+            .map(|(value, _)| value)
+    }
+}
+
+/// `lhs.f(args)` with up to six arguments (a dot chain of one method call): `None` for
+/// anything else (properties, indexing, longer chains).
+fn compile_method_call(chain: &BinaryExpr, options: ASTFlags, cx: &mut Compiler) -> Option<ExprFn> {
+    let Expr::MethodCall(call, pos) = &chain.rhs else {
+        return None;
+    };
+    if call.args.len() > 6 {
+        return None;
+    }
+    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
+    let object = match &chain.lhs {
+        place @ (Expr::Variable(..) | Expr::ThisPtr(..)) => Object::Place(place.clone()),
+        value => Object::Value(compile_expr(value, cx)),
+    };
+    let method = MethodCall {
+        callee: Callee {
+            name: call.name.clone(),
+            hashes: call.hashes,
+            site: CallSite::default(),
+            pos: *pos,
+        },
+        object,
+        args_at: chain.rhs.position(),
+        first_arg_at: call.args.first().map_or(Position::NONE, Expr::position),
+        elvis: options.intersects(ASTFlags::NEGATED),
+    };
+    match args.len() {
+        0 => method_with::<0>(method, args),
+        1 => method_with::<1>(method, args),
+        2 => method_with::<2>(method, args),
+        3 => method_with::<3>(method, args),
+        4 => method_with::<4>(method, args),
+        5 => method_with::<5>(method, args),
+        _ => method_with::<6>(method, args),
+    }
+}
+
+/// A method call with `N` arguments: one operation for them (when there are any), each as
+/// `get_arg_value` evaluates it, then the call.
+fn method_with<const N: usize>(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
+    let args = <[ExprFn; N]>::try_from(args).ok()?;
+    Some(Box::new(move |engine, global, caches, scope, mut this| {
+        let mut values = [const { Dynamic::UNIT }; N];
+        if N > 0 {
+            engine.track_operation(global, method.args_at)?;
+            for (value, arg) in values.iter_mut().zip(&args) {
+                *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+            }
+        }
+        method.call(engine, global, caches, scope, this, &mut values)
+    }))
 }
 
 /// The function a compiled call calls, and where.
@@ -406,19 +816,19 @@ fn call_with<const N: usize>(callee: Callee, args: Vec<ExprFn>) -> Option<ExprFn
 
 /// Rhai's `get_arg_value`: a literal counts one operation at its position and is its value;
 /// anything else is evaluated as an expression.
-fn compile_arg(arg: &Expr, coverage: &mut Coverage) -> ExprFn {
+fn compile_arg(arg: &Expr, cx: &mut Compiler) -> ExprFn {
     let at = match arg {
         Expr::StringConstant(_, pos) | Expr::IntegerConstant(_, pos) => *pos,
         _ => arg.start_position(),
     };
     match arg.get_literal_value(None) {
         Some(value) => {
-            coverage.compiled += 1;
+            cx.coverage.compiled += 1;
             Box::new(move |engine, global, _, _, _| {
                 engine.track_operation(global, at)?;
                 Ok(value.clone())
             })
         }
-        None => compile_expr(arg, coverage),
+        None => compile_expr(arg, cx),
     }
 }

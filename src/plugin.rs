@@ -412,7 +412,7 @@ impl<H: Host + 'static> Plugin<H> {
         ast: AST,
         constants: Vec<(rhai::ImmutableString, Dynamic)>,
     ) -> Result<(), ConfigError> {
-        let script = script_of(ast, self.config.engine)?;
+        let script = script_of(&self.engine, ast, self.config.engine)?;
         let config = to_rhai(&self.config.user_config, "config")?;
         let constants: Vec<Constant> = constants
             .into_iter()
@@ -512,7 +512,7 @@ fn to_rhai(value: &serde_json::Value, what: &str) -> Result<Dynamic, ConfigError
 
 /// Compiles one script and finds its phase functions.
 fn compile(engine: &Engine, source: &str, kind: ScriptEngine) -> Result<Script, ConfigError> {
-    let script = script_of(parse(engine, source)?, kind)?;
+    let script = script_of(engine, parse(engine, source)?, kind)?;
     if script.phases.iter().next().is_none() && script.tick.is_none() {
         return Err(ConfigError::new(
             ConfigErrorKind::Phases,
@@ -545,9 +545,13 @@ fn compile_error(source: &str, e: &rhai::ParseError) -> ConfigError {
 }
 
 /// A parsed script and the phase functions it defines (any number of them).
-pub(crate) fn script_of(ast: AST, kind: ScriptEngine) -> Result<Script, ConfigError> {
+pub(crate) fn script_of(
+    engine: &Engine,
+    ast: AST,
+    kind: ScriptEngine,
+) -> Result<Script, ConfigError> {
     if kind == ScriptEngine::Compiled {
-        crate::compiled::install(&ast);
+        crate::compiled::install(engine, &ast);
     }
     let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;

@@ -255,22 +255,47 @@ impl Generator {
         if depth == 0 {
             return leaf[self.next(leaf.len())].clone();
         }
-        match self.next(8) {
+        match self.next(12) {
             0 => format!("{} + {}", self.string(depth - 1), self.string(depth - 1)),
             1 => format!("({}).to_upper()", self.string(depth - 1)),
             2 => format!("to_string({})", self.int(depth - 1)),
             3 => format!("sub_string({}, 1)", self.string(depth - 1)),
             4 => format!("({}).trim()", self.string(depth - 1)),
+            5 => format!(
+                "(get_request_header(\"x-none\") ?? {})",
+                self.string(depth - 1)
+            ),
+            // A method on a variable, by reference; on a constant, a copy.
+            6 => format!("s.sub_string({})", self.int(depth - 1)),
+            7 => "K.to_upper()".into(),
+            8 => format!("{{ let t = {}; t + s }}", self.string(depth - 1)),
+            9 => "sub_string(s, 1, 2)".into(),
             _ => leaf[self.next(leaf.len())].clone(),
         }
     }
 
     fn int(&mut self, depth: u32) -> String {
-        let leaf = ["1", "n", "7", "len(s)", "a.len()", "f.call(2)"];
+        let leaf = [
+            "1",
+            "n",
+            "7",
+            "len(s)",
+            "a.len()",
+            "f.call(2)",
+            "-n",
+            "a.grow()",
+            "g.call(n)",
+        ];
         if depth == 0 {
             return leaf[self.next(leaf.len())].into();
         }
-        match self.next(9) {
+        match self.next(15) {
+            // Errors: no `-` of a number and a string, no `!` of a number, overflow.
+            9 => format!("{} - s", self.int(depth - 1)),
+            10 => format!("!{}", self.int(depth - 1)),
+            11 => format!("{} * 9223372036854775807", self.int(depth - 1)),
+            12 => format!("({} ?? 3) % 4", self.int(depth - 1)),
+            13 => "get_request_header(\"x-none\")?.len() ?? 0".into(),
             0 => format!("{} + {}", self.int(depth - 1), self.int(depth - 1)),
             1 => format!("{} * {}", self.int(depth - 1), self.int(depth - 1)),
             2 => format!("len({})", self.string(depth - 1)),
@@ -283,7 +308,9 @@ impl Generator {
     }
 
     fn condition(&mut self) -> String {
-        match self.next(8) {
+        match self.next(10) {
+            8 => format!("!({} != {})", self.string(0), self.string(0)),
+            9 => format!("{} <= n", self.int(1)),
             5 => format!("({} && {})", self.condition(), self.condition()),
             6 => format!("({} || {})", self.condition(), self.condition()),
             7 => format!("({} || {})", self.condition(), self.string(0)),
@@ -296,8 +323,30 @@ impl Generator {
     }
 
     fn statement(&mut self, depth: u32) -> String {
-        let k = self.next(14);
+        let k = self.next(26);
         match k {
+            // By reference: the variable changes (not when it is a constant).
+            14 => "s.trim(); a.pop(); c.trim();".into(),
+            15 => format!("push(a, {}); trim(s); trim(c); c += s;", self.int(1)),
+            16 => "K.trim();".into(),
+            17 => format!("n += {}; s += {};", self.int(1), self.string(1)),
+            18 => format!("n -= {};", self.string(0)),
+            19 if depth > 0 => format!(
+                "let i = 0; while i < {} {{ i += 1; if i == 2 {{ continue; }} {} }}",
+                self.next(4),
+                self.block(depth - 1)
+            ),
+            20 if depth > 0 => format!(
+                "loop {{ n += 1; if n > {} {{ break; }} {} }}",
+                self.next(12),
+                self.block(depth - 1)
+            ),
+            // Shadowing, in a block and in the function's own scope.
+            21 => format!("{{ let s = s + {}; n += len(s); }}", self.string(1)),
+            22 => format!("let n = {}; const m = n;", self.int(1)),
+            23 => "n = g.call(1) + a.grow();".into(),
+            24 => "let v = this;".into(),
+            25 => format!("s = s.pad({}, \"x\") ;", self.int(1)),
             0 => format!("n = {};", self.int(2)),
             1 => format!("s = {};", self.string(2)),
             2 => format!(
@@ -344,10 +393,14 @@ impl Generator {
         };
         format!(
             "fn h(x, y) {{ if x > 3 {{ y.len() + x }} else {{ x + 1 }} }}\n\
+             fn grow() {{ this.push(this.len()); this.len() }}\n\
+             const K = \"konst\";\n\
              fn on_request_headers() {{\n  let n = 2; let s = \"start\"; let a = [1, 2];\n  \
-             let f = |v| v + n;\n  {body}\n  {tail}\n}}\n\
+             let c = \" shared \";\n  \
+             let f = |v| v + c.len();\n  let g = |v| {{ c.trim(); c.len() + v }};\n  \
+             {body}\n  log_info(`end: ${{n}} ${{s}} ${{a}} ${{c}}`);\n  {tail}\n}}\n\
              fn on_response_headers() {{ let s = get_response_header(\"x-upstream\"); \
-             let n = 1; {}\n}}\n",
+             let n = 1; let a = [n]; let f = |v| v; let g = f; {}\n}}\n",
             self.block(1)
         )
     }
@@ -387,7 +440,7 @@ fn coverage_of_the_scripts() {
         let ast = engine
             .compile(std::fs::read_to_string(path).unwrap())
             .unwrap();
-        let coverage = compiled::coverage(&ast);
+        let coverage = compiled::coverage(&engine, &ast);
         println!(
             "{}: {} functions, {} nodes compiled, evaluated: {:?}",
             path.strip_prefix(root()).unwrap().display(),
@@ -409,5 +462,5 @@ fn coverage_of_the_scripts() {
     let headers = engine
         .compile(std::fs::read_to_string(root().join("bench/scripts/headers.rhai")).unwrap())
         .unwrap();
-    assert_eq!(compiled::coverage(&headers).evaluated.len(), 0);
+    assert_eq!(compiled::coverage(&engine, &headers).evaluated.len(), 0);
 }

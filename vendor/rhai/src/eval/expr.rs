@@ -135,7 +135,9 @@ impl Engine {
     }
     /// Search for a variable within the scope or within imports,
     /// depending on whether the variable name is namespace-qualified.
-    pub(crate) fn search_namespace<'s>(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn search_namespace<'s>(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,

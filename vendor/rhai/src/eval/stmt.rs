@@ -207,6 +207,161 @@ impl Engine {
         target.propagate_changed_value(pos)
     }
 
+    /// Define a variable (`let`, `const`: a [`Stmt::Var`]), its initial value given by `value`,
+    /// called where the initial expression is evaluated.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which defines variables as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_var_def(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        (var_name, index, options, pos): (
+            &crate::types::Ident,
+            Option<std::num::NonZeroUsize>,
+            ASTFlags,
+            crate::Position,
+        ),
+        rewind_scope: bool,
+        value: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        if !self.allow_shadowing() && scope.contains(var_name.as_str()) {
+            return Err(ERR::ErrorVariableExists(var_name.as_str().to_string(), pos).into());
+        }
+
+        let access = if options.contains(ASTFlags::CONSTANT) {
+            AccessMode::ReadOnly
+        } else {
+            AccessMode::ReadWrite
+        };
+        let export = options.contains(ASTFlags::EXPORTED);
+
+        // Check variable definition filter
+        if let Some(ref filter) = self.def_var_filter {
+            let will_shadow = scope.contains(var_name.as_str());
+            let is_const = access == AccessMode::ReadOnly;
+            let info = VarDefInfo::new(
+                var_name.as_str(),
+                is_const,
+                global.scope_level,
+                will_shadow,
+            );
+            let orig_scope_len = scope.len();
+            let context =
+                EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
+            let filter_result = filter(true, info, context);
+
+            if orig_scope_len != scope.len() {
+                // The scope is changed, always search from now on
+                global.always_search_scope = true;
+            }
+
+            if !filter_result? {
+                return Err(ERR::ErrorForbiddenVariable(
+                    var_name.as_str().to_string(),
+                    pos,
+                )
+                .into());
+            }
+        }
+
+        // Guard against too many variables
+        #[cfg(not(feature = "unchecked"))]
+        if index.is_none() && scope.len() >= self.max_variables() {
+            return Err(ERR::ErrorTooManyVariables(pos).into());
+        }
+
+        // Evaluate initial value
+        let value = value(self, global, caches, scope, this_ptr)?.flatten();
+        let mut value = self.intern_string(value);
+
+        let _alias = if !rewind_scope {
+            // Put global constants into global module
+            #[cfg(not(feature = "no_function"))]
+            #[cfg(not(feature = "no_module"))]
+            if global.scope_level == 0
+                && access == AccessMode::ReadOnly
+                && global.lib.iter().any(|m| !m.is_empty())
+            {
+                crate::func::locked_write(global.constants.get_or_insert_with(|| {
+                    crate::Shared::new(
+                        crate::Locked::new(std::collections::BTreeMap::new()),
+                    )
+                }))
+                .unwrap()
+                .insert(var_name.name.clone(), value.clone());
+            }
+
+            export.then_some(var_name)
+        } else if !export {
+            None
+        } else {
+            unreachable!("exported variable not on global level");
+        };
+
+        self.set_access_mode_charged(&mut value, access);
+        match index {
+            Some(index) => {
+                *scope.get_mut_by_index(scope.len() - index.get()) = value;
+            }
+            _ => {
+                scope.push_entry_as_is(var_name.name.clone(), value);
+            }
+        }
+
+        #[cfg(not(feature = "no_module"))]
+        if let Some(alias) = _alias {
+            scope.add_alias_by_index(scope.len() - 1, alias.as_str().into());
+        }
+
+        Ok(Dynamic::UNIT)
+    }
+
+    /// Assign `rhs_val` to the variable `lhs` with `op_info` (`=`, `+=`, …), the right side
+    /// evaluated.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which assigns as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn assign_to_variable(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        this_ptr: Option<&mut Dynamic>,
+        op_info: &OpAssignment,
+        lhs: &Expr,
+        rhs_val: Dynamic,
+    ) -> RhaiResultOf<()> {
+        self.track_operation(global, lhs.position())?;
+
+        let mut target = self.search_namespace(global, caches, scope, this_ptr, lhs)?;
+
+        let is_temp_result = !target.is_ref();
+
+        #[cfg(not(feature = "no_closure"))]
+        // Also handle case where target is a `Dynamic` shared value
+        // (returned by a variable resolver, for example)
+        let is_temp_result = is_temp_result && !target.is_shared();
+
+        // Cannot assign to temp result from expression
+        if is_temp_result {
+            let name = lhs.get_variable_name(false).unwrap_or_default();
+            return Err(ERR::ErrorAssignmentToConstant(name.to_string(), lhs.position()).into());
+        }
+
+        self.eval_op_assignment(global, caches, op_info, lhs, &mut target, rhs_val)
+    }
+
     /// Evaluate a statement.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -274,32 +429,12 @@ impl Engine {
                     }
                     #[cfg(feature = "no_function")]
                     unreachable!();
-                } else if let Expr::Variable(x, ..) = lhs {
+                } else if let Expr::Variable(..) = lhs {
                     let rhs_val = self
                         .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), rhs)?
                         .flatten();
 
-                    self.track_operation(global, lhs.position())?;
-
-                    let mut target = self.search_namespace(global, caches, scope, this_ptr, lhs)?;
-
-                    let is_temp_result = !target.is_ref();
-
-                    #[cfg(not(feature = "no_closure"))]
-                    // Also handle case where target is a `Dynamic` shared value
-                    // (returned by a variable resolver, for example)
-                    let is_temp_result = is_temp_result && !target.is_shared();
-
-                    // Cannot assign to temp result from expression
-                    if is_temp_result {
-                        return Err(ERR::ErrorAssignmentToConstant(
-                            x.1.to_string(),
-                            lhs.position(),
-                        )
-                        .into());
-                    }
-
-                    self.eval_op_assignment(global, caches, op_info, lhs, &mut target, rhs_val)?;
+                    self.assign_to_variable(global, caches, scope, this_ptr, op_info, lhs, rhs_val)?;
                 } else {
                     #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
                     {
@@ -339,101 +474,11 @@ impl Engine {
 
             // Variable definition
             Stmt::Var(x, options, pos) => {
-                if !self.allow_shadowing() && scope.contains(x.0.as_str()) {
-                    return Err(ERR::ErrorVariableExists(x.0.as_str().to_string(), *pos).into());
-                }
-
-                // Let/const statement
                 let (var_name, expr, index) = &**x;
-
-                let access = if options.contains(ASTFlags::CONSTANT) {
-                    AccessMode::ReadOnly
-                } else {
-                    AccessMode::ReadWrite
-                };
-                let export = options.contains(ASTFlags::EXPORTED);
-
-                // Check variable definition filter
-                if let Some(ref filter) = self.def_var_filter {
-                    let will_shadow = scope.contains(var_name.as_str());
-                    let is_const = access == AccessMode::ReadOnly;
-                    let info = VarDefInfo::new(
-                        var_name.as_str(),
-                        is_const,
-                        global.scope_level,
-                        will_shadow,
-                    );
-                    let orig_scope_len = scope.len();
-                    let context =
-                        EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
-                    let filter_result = filter(true, info, context);
-
-                    if orig_scope_len != scope.len() {
-                        // The scope is changed, always search from now on
-                        global.always_search_scope = true;
-                    }
-
-                    if !filter_result? {
-                        return Err(ERR::ErrorForbiddenVariable(
-                            var_name.as_str().to_string(),
-                            *pos,
-                        )
-                        .into());
-                    }
-                }
-
-                // Guard against too many variables
-                #[cfg(not(feature = "unchecked"))]
-                if index.is_none() && scope.len() >= self.max_variables() {
-                    return Err(ERR::ErrorTooManyVariables(*pos).into());
-                }
-
-                // Evaluate initial value
-                let value = self
-                    .eval_expr(global, caches, scope, this_ptr, expr)?
-                    .flatten();
-                let mut value = self.intern_string(value);
-
-                let _alias = if !rewind_scope {
-                    // Put global constants into global module
-                    #[cfg(not(feature = "no_function"))]
-                    #[cfg(not(feature = "no_module"))]
-                    if global.scope_level == 0
-                        && access == AccessMode::ReadOnly
-                        && global.lib.iter().any(|m| !m.is_empty())
-                    {
-                        crate::func::locked_write(global.constants.get_or_insert_with(|| {
-                            crate::Shared::new(
-                                crate::Locked::new(std::collections::BTreeMap::new()),
-                            )
-                        }))
-                        .unwrap()
-                        .insert(var_name.name.clone(), value.clone());
-                    }
-
-                    export.then_some(var_name)
-                } else if !export {
-                    None
-                } else {
-                    unreachable!("exported variable not on global level");
-                };
-
-                self.set_access_mode_charged(&mut value, access);
-                match index {
-                    Some(index) => {
-                        *scope.get_mut_by_index(scope.len() - index.get()) = value;
-                    }
-                    _ => {
-                        scope.push_entry_as_is(var_name.name.clone(), value);
-                    }
-                }
-
-                #[cfg(not(feature = "no_module"))]
-                if let Some(alias) = _alias {
-                    scope.add_alias_by_index(scope.len() - 1, alias.as_str().into());
-                }
-
-                Ok(Dynamic::UNIT)
+                let var = (var_name, *index, *options, *pos);
+                self.eval_var_def(global, caches, scope, this_ptr, var, rewind_scope, |e, g, c, s, t| {
+                    e.eval_expr(g, c, s, t, expr)
+                })
             }
 
             // If statement
