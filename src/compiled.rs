@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rhai::{
-    ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
-    GlobalRuntimeState, Position, Scope, ScriptFuncPayload, Stmt, Target, Token, AST,
+    ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnArgsVec,
+    FnCallExpr, GlobalRuntimeState, OpAssignment, Position, Scope, ScriptFuncPayload, Stmt, Target,
+    Token, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -255,6 +256,26 @@ fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
                 Ok(Dynamic::UNIT)
             })
         }
+        // `x.p = value`, `x[i] += value`, …: the chain as Rhai walks it, with the new value.
+        Stmt::Assignment(assignment) => {
+            let (op, BinaryExpr { lhs, rhs }) = &**assignment;
+            let Some(chain) = compile_chain(lhs, cx).filter(|c| c.is_place()) else {
+                return evaluated_stmt(stmt, cx);
+            };
+            cx.coverage.compiled += 1;
+            let op = op.clone();
+            let rhs = compile_expr(rhs, cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                let value = rhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let value = engine.intern_string(value);
+                let new_value = Some((value, &op));
+                // An assignment's value is `()`.
+                chain
+                    .run(engine, global, caches, scope, this, new_value)
+                    .map(|_| Dynamic::UNIT)
+            })
+        }
         Stmt::While(flow, _) => {
             cx.coverage.compiled += 1;
             let forever = matches!(flow.expr, Expr::Unit(..) | Expr::BoolConstant(true, ..));
@@ -454,6 +475,13 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
             }
         }
         _ => (),
+    }
+    if let Some(chain) = compile_chain(expr, cx) {
+        cx.coverage.compiled += 1;
+        return Box::new(move |engine, global, caches, scope, this| {
+            engine.track_operation(global, at)?;
+            chain.run(engine, global, caches, scope, this, None)
+        });
     }
     if let Expr::FnCall(call, pos) = expr {
         if let Some(call) = compile_call(call, *pos, cx) {
@@ -701,6 +729,204 @@ impl MethodCall {
             )
             .map(|(value, _)| value)
     }
+}
+
+/// Rhai's `eval_dot_index_chain_arguments`: the values a chain's method calls and indexes
+/// need, evaluated before its object, one operation at each level of the chain.
+type ChainArgsFn = Box<
+    dyn Fn(
+        &Engine,
+        &mut GlobalRuntimeState,
+        &mut Caches,
+        &mut Scope,
+        Option<&mut Dynamic>,
+        &mut FnArgsVec<Dynamic>,
+    ) -> Result<(), Box<EvalAltResult>>,
+>;
+
+/// What a level of a chain needs evaluated before the levels after it.
+enum ChainLevel {
+    /// A property: nothing.
+    Property,
+    /// A method call's arguments.
+    Arguments(Vec<ExprFn>),
+    /// An index.
+    Index(ExprFn),
+}
+
+impl ChainLevel {
+    fn of(expr: &Expr, dotting: bool, cx: &mut Compiler) -> Option<Self> {
+        Some(match (expr, dotting) {
+            (Expr::Property(..), true) => Self::Property,
+            (Expr::MethodCall(call, _), true) => {
+                Self::Arguments(call.args.iter().map(|a| compile_arg(a, cx)).collect())
+            }
+            (index, false) => Self::Index(compile_expr(index, cx)),
+            _ => return None,
+        })
+    }
+
+    fn push(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this: Option<&mut Dynamic>,
+        values: &mut FnArgsVec<Dynamic>,
+    ) -> Result<(), Box<EvalAltResult>> {
+        match self {
+            Self::Property => (),
+            Self::Arguments(args) => {
+                for arg in args {
+                    values.push(arg(engine, global, caches, scope, this.as_deref_mut())?.flatten());
+                }
+            }
+            Self::Index(index) => {
+                values.push(index(engine, global, caches, scope, this)?.flatten())
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `expr` (the `rhs` of `parent`) as `eval_dot_index_chain_arguments` evaluates it; `None`
+/// for a shape it would not accept.
+fn compile_chain_args(parent: &Expr, expr: &Expr, cx: &mut Compiler) -> Option<ChainArgsFn> {
+    let at = expr.position();
+    let dotting = matches!(parent, Expr::Dot(..));
+    match expr {
+        Expr::Index(x, ..) | Expr::Dot(x, ..) if !parent.options().intersects(ASTFlags::BREAK) => {
+            let level = ChainLevel::of(&x.lhs, dotting, cx)?;
+            let rest = compile_chain_args(expr, &x.rhs, cx)?;
+            Some(Box::new(
+                move |engine, global, caches, scope, mut this, values| {
+                    engine.track_operation(global, at)?;
+                    // This level's values go after the next levels': the chain takes them from
+                    // the end.
+                    let mut own = FnArgsVec::new();
+                    level.push(engine, global, caches, scope, this.as_deref_mut(), &mut own)?;
+                    rest(engine, global, caches, scope, this, values)?;
+                    values.extend(own);
+                    Ok(())
+                },
+            ))
+        }
+        Expr::Index(..) | Expr::Dot(..) if dotting => None,
+        _ => {
+            let level = ChainLevel::of(expr, dotting, cx)?;
+            Some(Box::new(
+                move |engine, global, caches, scope, this, values| {
+                    engine.track_operation(global, at)?;
+                    level.push(engine, global, caches, scope, this, values)
+                },
+            ))
+        }
+    }
+}
+
+/// What `eval_dot_index_chain` evaluates before the chain's object.
+enum ChainArgs {
+    /// Nothing (`x.prop`, `x.f()`).
+    None,
+    /// A literal index (`x[1]`), no operation.
+    Literal(Dynamic),
+    Evaluated(ChainArgsFn),
+}
+
+/// A dot or index chain (`x.a.b`, `f()[1].c`, `this.m(1).p`): its arguments and its object
+/// compiled, the walk through it Rhai's (`eval_dot_index_chain_raw`).
+struct Chain {
+    /// The chain itself, which the walk reads.
+    expr: Expr,
+    args: ChainArgs,
+    object: Object,
+}
+
+impl Chain {
+    /// Whether the chain's object is a variable or `this`, which can be assigned through it.
+    fn is_place(&self) -> bool {
+        matches!(self.object, Object::Place(..))
+    }
+
+    /// Rhai's `eval_dot_index_chain`, with the new value when the chain is assigned to.
+    fn run(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this: Option<&mut Dynamic>,
+        new_value: Option<(Dynamic, &OpAssignment)>,
+    ) -> RhaiResult {
+        let (Expr::Dot(chain, ..) | Expr::Index(chain, ..)) = &self.expr else {
+            return Ok(Dynamic::UNIT);
+        };
+        let BinaryExpr { lhs, rhs } = &**chain;
+        let values = &mut FnArgsVec::new();
+        match &self.args {
+            ChainArgs::None => (),
+            ChainArgs::Literal(value) => values.push(value.clone()),
+            ChainArgs::Evaluated(args) => {
+                args(engine, global, caches, scope, this.as_deref_mut(), values)?
+            }
+        }
+        let expr = &self.expr;
+        match &self.object {
+            Object::Place(Expr::ThisPtr(pos)) => {
+                engine.track_operation(global, *pos)?;
+                let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
+                let target = &mut Target::try_from(this)?;
+                let scope = Some(scope);
+                engine.eval_dot_index_chain_raw(
+                    global, caches, scope, None, lhs, expr, target, rhs, values, new_value,
+                )
+            }
+            Object::Place(variable) => {
+                engine.track_operation(global, variable.position())?;
+                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                engine.eval_dot_index_chain_raw(
+                    global, caches, None, None, lhs, expr, target, rhs, values, new_value,
+                )
+            }
+            // Never assigned to (`is_place`).
+            Object::Value(object) => {
+                let value = object(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let target = &mut value.into();
+                let scope = Some(scope);
+                engine.eval_dot_index_chain_raw(
+                    global, caches, scope, this, lhs, expr, target, rhs, values, None,
+                )
+            }
+        }
+        .map(|(value, _)| value)
+    }
+}
+
+/// A dot or index chain, `None` for any other expression.
+fn compile_chain(expr: &Expr, cx: &mut Compiler) -> Option<Chain> {
+    let (Expr::Dot(chain, ..) | Expr::Index(chain, ..)) = expr else {
+        return None;
+    };
+    let BinaryExpr { lhs, rhs } = &**chain;
+    let dotting = matches!(expr, Expr::Dot(..));
+    let args = match rhs {
+        Expr::Property(..) if dotting => ChainArgs::None,
+        Expr::MethodCall(call, _) if dotting && call.args.is_empty() => ChainArgs::None,
+        literal if !dotting && literal.get_literal_value(None).is_some() => {
+            ChainArgs::Literal(literal.get_literal_value(None)?)
+        }
+        _ => ChainArgs::Evaluated(compile_chain_args(expr, rhs, cx)?),
+    };
+    let object = match lhs {
+        place @ (Expr::Variable(..) | Expr::ThisPtr(..)) => Object::Place(place.clone()),
+        value => Object::Value(compile_expr(value, cx)),
+    };
+    Some(Chain {
+        expr: expr.clone(),
+        args,
+        object,
+    })
 }
 
 /// `lhs.f(args)` with up to six arguments (a dot chain of one method call): `None` for

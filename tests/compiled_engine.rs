@@ -285,6 +285,8 @@ impl Generator {
             "-n",
             "a.grow()",
             "g.call(n)",
+            "a[1]",
+            "m.t.len()",
         ];
         if depth == 0 {
             return leaf[self.next(leaf.len())].into();
@@ -323,7 +325,7 @@ impl Generator {
     }
 
     fn statement(&mut self, depth: u32) -> String {
-        let k = self.next(26);
+        let k = self.next(31);
         match k {
             // By reference: the variable changes (not when it is a constant).
             14 => "s.trim(); a.pop(); c.trim();".into(),
@@ -347,6 +349,12 @@ impl Generator {
             23 => "n = g.call(1) + a.grow();".into(),
             24 => "let v = this;".into(),
             25 => format!("s = s.pad({}, \"x\") ;", self.int(1)),
+            // Chains: properties, indexes and methods, read and assigned to.
+            26 => format!("m.k = {}; m.t.push(m.k.len());", self.string(1)),
+            27 => format!("a[{}] += 1; m.t[0] = a[-1];", self.next(4)),
+            28 => "log_info(`${m.t} ${m.k.len()} ${m?.z?.y} ${s[1]}`);".into(),
+            29 => "n += m[\"t\"].len() + n.nope;".into(),
+            30 => format!("m.t.pop(); m.z = #{{ y: {} }}; n += m.z.y;", self.int(1)),
             0 => format!("n = {};", self.int(2)),
             1 => format!("s = {};", self.string(2)),
             2 => format!(
@@ -397,8 +405,9 @@ impl Generator {
              const K = \"konst\";\n\
              fn on_request_headers() {{\n  let n = 2; let s = \"start\"; let a = [1, 2];\n  \
              let c = \" shared \";\n  \
+             let m = #{{ k: \"v\", t: [1] }};\n  \
              let f = |v| v + c.len();\n  let g = |v| {{ c.trim(); c.len() + v }};\n  \
-             {body}\n  log_info(`end: ${{n}} ${{s}} ${{a}} ${{c}}`);\n  {tail}\n}}\n\
+             {body}\n  log_info(`end: ${{n}} ${{s}} ${{a}} ${{c}} ${{m}}`);\n  {tail}\n}}\n\
              fn on_response_headers() {{ let s = get_response_header(\"x-upstream\"); \
              let n = 1; let a = [n]; let f = |v| v; let g = f; {}\n}}\n",
             self.block(1)

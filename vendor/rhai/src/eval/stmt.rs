@@ -20,6 +20,8 @@ impl Engine {
     }
 
     /// If the value is a string, intern it.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
     #[inline(always)]
     fn intern_string(&self, value: Dynamic) -> Dynamic {
         match value.0 {
