@@ -313,6 +313,64 @@ fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
                 }
             })
         }
+        Stmt::For(for_loop, _) => {
+            cx.coverage.compiled += 1;
+            let (name, counter, flow) = &**for_loop;
+            let (name, counter) = (name.clone(), counter.clone());
+            let positions = (
+                flow.expr.start_position(),
+                flow.expr.position(),
+                flow.body.is_empty(),
+                flow.body.position(),
+            );
+            let iterable = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                let names = (&name, counter.as_ref());
+                engine.eval_for(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    names,
+                    positions,
+                    &*iterable,
+                    |e, g, c, s, t| run_block(&body, e, g, c, s, t, true),
+                )
+            })
+        }
+        // `do { … } while c`, `do { … } until c`
+        Stmt::Do(flow, options, _) => {
+            cx.coverage.compiled += 1;
+            let is_while = !options.contains(ASTFlags::NEGATED);
+            let guard_at = flow.expr.position();
+            let guard = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                loop {
+                    if !body.is_empty() {
+                        let this = this.as_deref_mut();
+                        match run_block(&body, engine, global, caches, scope, this, true) {
+                            Ok(_) => (),
+                            Err(err) => match *err {
+                                // As Rhai: `continue` skips the condition.
+                                EvalAltResult::LoopBreak(false, ..) => continue,
+                                EvalAltResult::LoopBreak(true, value, ..) => return Ok(value),
+                                _ => return Err(err),
+                            },
+                        }
+                    }
+                    let condition = guard(engine, global, caches, scope, this.as_deref_mut())?
+                        .as_bool()
+                        .map_err(|typ| engine.make_type_mismatch_err::<bool>(typ, guard_at))?;
+                    if condition ^ is_while {
+                        return Ok(Dynamic::UNIT);
+                    }
+                }
+            })
+        }
         // `break`, `continue`
         Stmt::BreakLoop(value, options, pos) => {
             cx.coverage.compiled += 1;
@@ -454,6 +512,26 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
                     }
                 }
                 Ok(value)
+            });
+        }
+        // `` `text ${value} text` ``
+        Expr::InterpolatedString(pieces, _) => {
+            cx.coverage.compiled += 1;
+            let pieces: Vec<(ExprFn, Position)> = pieces
+                .iter()
+                .map(|e| (compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_interpolated_string(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &pieces,
+                    |e, g, c, s, t, (piece, _)| piece(e, g, c, s, t),
+                    |(_, pos)| *pos,
+                )
             });
         }
         // A block as an expression, `{ …; value }`.

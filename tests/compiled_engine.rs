@@ -251,6 +251,7 @@ impl Generator {
             "s".into(),
             "h(n, s)".into(),
             r#"`n=${n}`"#.into(),
+            r#"`${a}|${s}${s}|${n > 1}`"#.into(),
         ];
         if depth == 0 {
             return leaf[self.next(leaf.len())].clone();
@@ -325,7 +326,7 @@ impl Generator {
     }
 
     fn statement(&mut self, depth: u32) -> String {
-        let k = self.next(31);
+        let k = self.next(36);
         match k {
             // By reference: the variable changes (not when it is a constant).
             14 => "s.trim(); a.pop(); c.trim();".into(),
@@ -355,6 +356,20 @@ impl Generator {
             28 => "log_info(`${m.t} ${m.k.len()} ${m?.z?.y} ${s[1]}`);".into(),
             29 => "n += m[\"t\"].len() + n.nope;".into(),
             30 => format!("m.t.pop(); m.z = #{{ y: {} }}; n += m.z.y;", self.int(1)),
+            // Loops over arrays, strings and what cannot be iterated, with a counter.
+            31 if depth > 0 => format!(
+                "for (x, i) in a {{ if i > {} {{ break; }} n += x * i; {} }}",
+                self.next(3),
+                self.block(depth - 1)
+            ),
+            32 => "for ch in s { if ch == 't' { continue; } n += 1; } for x in 0..2 {}".into(),
+            33 => format!("for x in {} {{ n += 1; }}", self.int(0)),
+            34 if depth > 0 => format!(
+                "do {{ n += 1; {} }} until n > {};",
+                self.block(depth - 1),
+                self.next(9)
+            ),
+            35 => "do { n -= 1; if n > 100 { break; } } while n > 0;".into(),
             0 => format!("n = {};", self.int(2)),
             1 => format!("s = {};", self.string(2)),
             2 => format!(

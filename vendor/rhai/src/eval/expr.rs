@@ -206,6 +206,52 @@ impl Engine {
             _ => unreachable!("Expr::Variable expected but gets {:?}", expr),
         }
     }
+    /// An interpolated string of `pieces`: each evaluated by `piece`, at `position`.
+    /// proxy-rhai patch 19: out of `eval_expr`, public under `internals` for the plugin's compiler,
+    /// which interpolates as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_interpolated_string<P>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        pieces: &[P],
+        piece: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            &P,
+        ) -> RhaiResult,
+        position: impl Fn(&P) -> crate::Position,
+    ) -> RhaiResult {
+        let mut concat = crate::new_smart_string();
+
+        for expr in pieces {
+            let item = &mut piece(self, global, caches, scope, this_ptr.as_deref_mut(), expr)?
+                .flatten();
+            let pos = position(expr);
+
+            if item.is_string() {
+                write!(concat, "{item}").unwrap();
+            } else {
+                // proxy-rhai patch 17 (size): an error for a text past the string limit.
+                let display = print_with_func_raw(self, global, caches, FUNC_TO_STRING, item, pos)
+                    .map_err(|err| err.fill_position(pos))?;
+                write!(concat, "{display}").unwrap();
+            }
+
+            #[cfg(not(feature = "unchecked"))]
+            self.throw_on_size((0, 0, concat.len()))
+                .map_err(|err| err.fill_position(pos))?;
+        }
+
+        Ok(self.get_interned_string(concat).into())
+    }
+
     /// Evaluate an expression.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -258,32 +304,15 @@ impl Engine {
                 .search_namespace(global, caches, scope, this_ptr, expr)
                 .map(Target::take_or_clone),
 
-            Expr::InterpolatedString(x, _) => {
-                let mut concat = crate::new_smart_string();
-
-                for expr in &**x {
-                    let item = &mut self
-                        .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?
-                        .flatten();
-                    let pos = expr.position();
-
-                    if item.is_string() {
-                        write!(concat, "{item}").unwrap();
-                    } else {
-                        // proxy-rhai patch 17 (size): an error for a text past the string limit.
-                        let display =
-                            print_with_func_raw(self, global, caches, FUNC_TO_STRING, item, pos)
-                                .map_err(|err| err.fill_position(pos))?;
-                        write!(concat, "{display}").unwrap();
-                    }
-
-                    #[cfg(not(feature = "unchecked"))]
-                    self.throw_on_size((0, 0, concat.len()))
-                        .map_err(|err| err.fill_position(pos))?;
-                }
-
-                Ok(self.get_interned_string(concat).into())
-            }
+            Expr::InterpolatedString(x, _) => self.eval_interpolated_string(
+                global,
+                caches,
+                scope,
+                this_ptr,
+                x,
+                |e, g, c, s, t, expr| e.eval_expr(g, c, s, t, expr),
+                Expr::position,
+            ),
 
             #[cfg(not(feature = "no_index"))]
             Expr::Array(x, ..) => {

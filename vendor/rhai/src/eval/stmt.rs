@@ -364,6 +364,145 @@ impl Engine {
         self.eval_op_assignment(global, caches, op_info, lhs, &mut target, rhs_val)
     }
 
+    /// A `for` loop ([`Stmt::For`]): `iterable` gives the value iterated over, `run_body` runs
+    /// the body once; the positions are the iterable's (start and end) and the body's.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs loops as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_for(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        (var_name, counter): (&crate::types::Ident, Option<&crate::types::Ident>),
+        (expr_start, expr_pos, body_is_empty, body_pos): (
+            crate::Position,
+            crate::Position,
+            bool,
+            crate::Position,
+        ),
+        iterable: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        mut run_body: impl FnMut(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        // Guard against too many variables
+        #[cfg(not(feature = "unchecked"))]
+        if scope.len() >= self.max_variables() - usize::from(counter.is_some()) {
+            return Err(ERR::ErrorTooManyVariables(var_name.pos).into());
+        }
+
+        let iter_obj = iterable(self, global, caches, scope, this_ptr.as_deref_mut())?.flatten();
+
+        let iter_type = iter_obj.type_id();
+
+        // lib should only contain scripts, so technically they cannot have iterators
+
+        // Search order:
+        // 1) Global namespace - functions registered via Engine::register_XXX
+        // 2) Global modules - packages
+        // 3) Imported modules - functions marked with global namespace
+        // 4) Global sub-modules - functions marked with global namespace
+        let iter_func = self
+            .global_modules
+            .iter()
+            .find_map(|m| m.get_iter(iter_type));
+
+        #[cfg(not(feature = "no_module"))]
+        let iter_func = iter_func
+            .or_else(|| global.get_iter(iter_type))
+            .or_else(|| {
+                self.global_sub_modules
+                    .values()
+                    .find_map(|m| m.get_qualified_iter(iter_type))
+            });
+
+        let iter_func = iter_func.ok_or_else(|| ERR::ErrorFor(expr_start))?;
+
+        // Restore scope at end of statement
+        defer! { scope => rewind; let orig_scope_len = scope.len(); }
+
+        // Add the loop variables
+        let counter_index = counter.as_ref().map(|counter| {
+            let name = self.get_interned_string(&counter.name);
+            scope.push_entry(name, AccessMode::ReadWrite, Dynamic::ZERO);
+            scope.len() - 1
+        });
+
+        scope.push_entry(
+            self.get_interned_string(&var_name.name),
+            AccessMode::ReadWrite,
+            Dynamic::UNIT,
+        );
+        let index = scope.len() - 1;
+
+        let mut result = Dynamic::UNIT;
+
+        if body_is_empty {
+            for _ in iter_func(iter_obj) {
+                self.track_operation(global, body_pos)?;
+            }
+        } else {
+            let mut index_value: INT = -1;
+
+            for iter_value in iter_func(iter_obj) {
+                #[cfg(not(feature = "unchecked"))]
+                {
+                    index_value = index_value.checked_add(1).ok_or_else(|| {
+                        ERR::ErrorArithmetic(
+                            format!("for-loop counter overflow: {index_value}"),
+                            var_name.pos,
+                        )
+                    })?;
+                }
+                #[cfg(feature = "unchecked")]
+                {
+                    index_value += 1;
+                }
+
+                // Increment counter
+                if let Some(counter_index) = counter_index {
+                    *scope.get_mut_by_index(counter_index).write_lock().unwrap() =
+                        Dynamic::from_int(index_value);
+                }
+
+                // Set loop value
+                let value = iter_value
+                    .map_err(|err| err.fill_position(expr_pos))?
+                    .flatten();
+
+                *scope.get_mut_by_index(index).write_lock().unwrap() = value;
+
+                // Run block
+                match run_body(self, global, caches, scope, this_ptr.as_deref_mut()) {
+                    Ok(_) => (),
+                    Err(err) => match *err {
+                        ERR::LoopBreak(false, ..) => (),
+                        ERR::LoopBreak(true, value, ..) => {
+                            result = value;
+                            break;
+                        }
+                        _ => return Err(err),
+                    },
+                }
+            }
+        }
+
+        Ok(result)
+    }
+
     /// Evaluate a statement.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -674,117 +813,18 @@ impl Engine {
             // For loop
             Stmt::For(x, ..) => {
                 let (var_name, counter, FlowControl { expr, body, .. }) = &**x;
-
-                // Guard against too many variables
-                #[cfg(not(feature = "unchecked"))]
-                if scope.len() >= self.max_variables() - usize::from(counter.is_some()) {
-                    return Err(ERR::ErrorTooManyVariables(var_name.pos).into());
-                }
-
-                let iter_obj = self
-                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?
-                    .flatten();
-
-                let iter_type = iter_obj.type_id();
-
-                // lib should only contain scripts, so technically they cannot have iterators
-
-                // Search order:
-                // 1) Global namespace - functions registered via Engine::register_XXX
-                // 2) Global modules - packages
-                // 3) Imported modules - functions marked with global namespace
-                // 4) Global sub-modules - functions marked with global namespace
-                let iter_func = self
-                    .global_modules
-                    .iter()
-                    .find_map(|m| m.get_iter(iter_type));
-
-                #[cfg(not(feature = "no_module"))]
-                let iter_func = iter_func
-                    .or_else(|| global.get_iter(iter_type))
-                    .or_else(|| {
-                        self.global_sub_modules
-                            .values()
-                            .find_map(|m| m.get_qualified_iter(iter_type))
-                    });
-
-                let iter_func = iter_func.ok_or_else(|| ERR::ErrorFor(expr.start_position()))?;
-
-                // Restore scope at end of statement
-                defer! { scope => rewind; let orig_scope_len = scope.len(); }
-
-                // Add the loop variables
-                let counter_index = counter.as_ref().map(|counter| {
-                    let name = self.get_interned_string(&counter.name);
-                    scope.push_entry(name, AccessMode::ReadWrite, Dynamic::ZERO);
-                    scope.len() - 1
-                });
-
-                scope.push_entry(
-                    self.get_interned_string(&var_name.name),
-                    AccessMode::ReadWrite,
-                    Dynamic::UNIT,
-                );
-                let index = scope.len() - 1;
-
-                let mut result = Dynamic::UNIT;
-
-                if body.is_empty() {
-                    for _ in iter_func(iter_obj) {
-                        self.track_operation(global, body.position())?;
-                    }
-                } else {
-                    let mut index_value: INT = -1;
-
-                    for iter_value in iter_func(iter_obj) {
-                        #[cfg(not(feature = "unchecked"))]
-                        {
-                            index_value = index_value.checked_add(1).ok_or_else(|| {
-                                ERR::ErrorArithmetic(
-                                    format!("for-loop counter overflow: {index_value}"),
-                                    var_name.pos,
-                                )
-                            })?;
-                        }
-                        #[cfg(feature = "unchecked")]
-                        {
-                            index_value += 1;
-                        }
-
-                        // Increment counter
-                        if let Some(counter_index) = counter_index {
-                            *scope.get_mut_by_index(counter_index).write_lock().unwrap() =
-                                Dynamic::from_int(index_value);
-                        }
-
-                        // Set loop value
-                        let value = iter_value
-                            .map_err(|err| err.fill_position(expr.position()))?
-                            .flatten();
-
-                        *scope.get_mut_by_index(index).write_lock().unwrap() = value;
-
-                        // Run block
-                        let this_ptr = this_ptr.as_deref_mut();
-                        let statements = body.statements();
-
-                        match self
-                            .eval_stmt_block(global, caches, scope, this_ptr, statements, true)
-                        {
-                            Ok(_) => (),
-                            Err(err) => match *err {
-                                ERR::LoopBreak(false, ..) => (),
-                                ERR::LoopBreak(true, value, ..) => {
-                                    result = value;
-                                    break;
-                                }
-                                _ => return Err(err),
-                            },
-                        }
-                    }
-                }
-
-                Ok(result)
+                let names = (var_name, counter.as_ref());
+                let positions = (expr.start_position(), expr.position(), body.is_empty(), body.position());
+                self.eval_for(
+                    global,
+                    caches,
+                    scope,
+                    this_ptr,
+                    names,
+                    positions,
+                    |e, g, c, s, t| e.eval_expr(g, c, s, t, expr),
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, body.statements(), true),
+                )
             }
 
             // Continue/Break statement
