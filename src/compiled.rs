@@ -371,6 +371,48 @@ fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
                 }
             })
         }
+        Stmt::Switch(switch, _) => {
+            cx.coverage.compiled += 1;
+            let (value, cases) = &**switch;
+            let value = compile_expr(value, cx);
+            // Each case's condition (none when it is a constant) and value.
+            let compiled: Vec<(Option<ExprFn>, ExprFn)> = cases
+                .expressions
+                .iter()
+                .map(|case| {
+                    let condition = match case.lhs {
+                        Expr::BoolConstant(..) => None,
+                        ref condition => Some(compile_expr(condition, cx)),
+                    };
+                    (condition, compile_expr(&case.rhs, cx))
+                })
+                .collect();
+            // What Rhai reads of the cases: their structure, constant conditions, positions.
+            let mut cases = cases.clone();
+            for case in &mut cases.expressions {
+                if !matches!(case.lhs, Expr::BoolConstant(..)) {
+                    case.lhs = Expr::Unit(case.lhs.position());
+                }
+                case.rhs = Expr::Unit(case.rhs.position());
+            }
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.eval_switch(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &cases,
+                    &*value,
+                    |e, g, c, s, t, index, condition| match (compiled.get(index), condition) {
+                        (Some((Some(condition), _)), true) => condition(e, g, c, s, t),
+                        (Some((_, value)), false) => value(e, g, c, s, t),
+                        // Rhai asks only for these.
+                        _ => Ok(Dynamic::UNIT),
+                    },
+                )
+            })
+        }
         // `break`, `continue`
         Stmt::BreakLoop(value, options, pos) => {
             cx.coverage.compiled += 1;
@@ -531,6 +573,48 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
                     &pieces,
                     |e, g, c, s, t, (piece, _)| piece(e, g, c, s, t),
                     |(_, pos)| *pos,
+                )
+            });
+        }
+        Expr::Array(items, _) => {
+            cx.coverage.compiled += 1;
+            let items: Vec<(ExprFn, Position)> = items
+                .iter()
+                .map(|e| (compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_array(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &items,
+                    |e, g, c, s, t, (item, _)| item(e, g, c, s, t),
+                    |(_, pos)| *pos,
+                )
+            });
+        }
+        Expr::Map(map, _) => {
+            cx.coverage.compiled += 1;
+            let (entries, template) = &**map;
+            let template = template.clone();
+            let entries: Vec<(rhai::ImmutableString, ExprFn, Position)> = entries
+                .iter()
+                .map(|(key, e)| (key.name.clone(), compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_map(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &template,
+                    &entries,
+                    |(key, ..)| key.as_str(),
+                    |e, g, c, s, t, (_, value, _)| value(e, g, c, s, t),
+                    |(.., pos)| *pos,
                 )
             });
         }

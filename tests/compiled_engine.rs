@@ -326,7 +326,7 @@ impl Generator {
     }
 
     fn statement(&mut self, depth: u32) -> String {
-        let k = self.next(36);
+        let k = self.next(41);
         match k {
             // By reference: the variable changes (not when it is a constant).
             14 => "s.trim(); a.pop(); c.trim();".into(),
@@ -370,6 +370,21 @@ impl Generator {
                 self.next(9)
             ),
             35 => "do { n -= 1; if n > 100 { break; } } while n > 0;".into(),
+            // switch: values, conditions (one not a boolean), ranges, default, not hashable.
+            36 => format!(
+                "switch n % 5 {{ 0 => n += 1, 1 if len(s) > {} => s += \"y\", 2 | 3 => {{ log_info(s); }}, \
+                 4 if n => n = 0, _ => n -= 1 }}",
+                self.next(8)
+            ),
+            37 => format!(
+                "let r = switch {} {{ 0..3 => \"low\", 3..=9 if n > 2 => `mid ${{n}}`, \"start\" => s, _ => () }}; \
+                 n += len(r ?? \"\");",
+                self.int(1)
+            ),
+            // Array and map literals, nested, past the string size limit.
+            39 => format!("a = [{}, s, [n, {}], a];", self.int(1), self.string(1)),
+            40 => "m = #{ k: s, t: [n, s + s], z: m };".into(),
+            38 => "switch a { [1] => n = 1, _ => n += 1 } switch s { \"start\" => n += 2 }".into(),
             0 => format!("n = {};", self.int(2)),
             1 => format!("s = {};", self.string(2)),
             2 => format!(

@@ -503,6 +503,100 @@ impl Engine {
         Ok(result)
     }
 
+    /// A `switch` ([`Stmt::Switch`]) of `cases`: `value` gives the value switched on, and
+    /// `expr` evaluates the condition (`true`) or the value (`false`) of the case at an index of
+    /// `cases.expressions`.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs `switch` as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_switch(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        SwitchCasesCollection {
+            expressions,
+            cases,
+            def_case,
+            ranges,
+        }: &SwitchCasesCollection,
+        value: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        expr: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            usize,
+            bool,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        let mut result = None;
+
+        let value = value(self, global, caches, scope, this_ptr.as_deref_mut())?;
+
+        if value.is_hashable() {
+            // proxy-rhai patch 11: hashing a string reads all of it (`data_items`).
+            #[cfg(not(feature = "unchecked"))]
+            self.charge_data([&value]);
+            let hash = calc_switch_value_hash(&value);
+
+            // First check hashes
+            if let Some(case) = cases.get(&hash) {
+                debug_assert!(!case.blocks.is_empty());
+
+                for &index in &case.blocks {
+                    let cond_result = match expressions[index].lhs {
+                        Expr::BoolConstant(b, ..) => b,
+                        ref c => expr(self, global, caches, scope, this_ptr.as_deref_mut(), index, true)?
+                            .as_bool()
+                            .map_err(|typ| self.make_type_mismatch_err::<bool>(typ, c.position()))?,
+                    };
+
+                    if cond_result {
+                        result = Some(index);
+                        break;
+                    }
+                }
+            }
+            // Then check ranges
+            if !result.is_some() && !ranges.is_empty() {
+                let value = value.flatten();
+
+                // Then check integer ranges
+                for r in ranges.iter().filter(|r| r.contains(&value)) {
+                    let index = r.index();
+
+                    let cond_result = match expressions[index].lhs {
+                        Expr::BoolConstant(b, ..) => b,
+                        ref c => expr(self, global, caches, scope, this_ptr.as_deref_mut(), index, true)?
+                            .as_bool()
+                            .map_err(|typ| self.make_type_mismatch_err::<bool>(typ, c.position()))?,
+                    };
+
+                    if cond_result {
+                        result = Some(index);
+                        break;
+                    }
+                }
+            }
+        }
+
+        result
+            .or(*def_case)
+            .map_or(Ok(Dynamic::UNIT), |index| {
+                expr(self, global, caches, scope, this_ptr, index, false)
+            })
+    }
+
     /// Evaluate a statement.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -642,80 +736,19 @@ impl Engine {
 
             // Switch statement
             Stmt::Switch(x, ..) => {
-                let (
-                    expr,
-                    SwitchCasesCollection {
-                        expressions,
-                        cases,
-                        def_case,
-                        ranges,
+                let (expr, cases) = &**x;
+                self.eval_switch(
+                    global,
+                    caches,
+                    scope,
+                    this_ptr,
+                    cases,
+                    |e, g, c, s, t| e.eval_expr(g, c, s, t, expr),
+                    |e, g, c, s, t, index, condition| {
+                        let BinaryExpr { lhs, rhs } = &cases.expressions[index];
+                        e.eval_expr(g, c, s, t, if condition { lhs } else { rhs })
                     },
-                ) = &**x;
-
-                let mut result = None;
-
-                let value = self.eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?;
-
-                if value.is_hashable() {
-                    // proxy-rhai patch 11: hashing a string reads all of it (`data_items`).
-                    #[cfg(not(feature = "unchecked"))]
-                    self.charge_data([&value]);
-                    let hash = calc_switch_value_hash(&value);
-
-                    // First check hashes
-                    if let Some(case) = cases.get(&hash) {
-                        debug_assert!(!case.blocks.is_empty());
-
-                        for &index in &case.blocks {
-                            let block = &expressions[index];
-
-                            let cond_result = match block.lhs {
-                                Expr::BoolConstant(b, ..) => b,
-                                ref c => self
-                                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), c)?
-                                    .as_bool()
-                                    .map_err(|typ| {
-                                        self.make_type_mismatch_err::<bool>(typ, c.position())
-                                    })?,
-                            };
-
-                            if cond_result {
-                                result = Some(&block.rhs);
-                                break;
-                            }
-                        }
-                    }
-                    // Then check ranges
-                    if !result.is_some() && !ranges.is_empty() {
-                        let value = value.flatten();
-
-                        // Then check integer ranges
-                        for r in ranges.iter().filter(|r| r.contains(&value)) {
-                            let BinaryExpr { lhs, rhs } = &expressions[r.index()];
-
-                            let cond_result = match lhs {
-                                Expr::BoolConstant(b, ..) => *b,
-                                c => self
-                                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), c)?
-                                    .as_bool()
-                                    .map_err(|typ| {
-                                        self.make_type_mismatch_err::<bool>(typ, c.position())
-                                    })?,
-                            };
-
-                            if cond_result {
-                                result = Some(rhs);
-                                break;
-                            }
-                        }
-                    }
-                }
-
-                result
-                    .or_else(|| def_case.as_ref().map(|&index| &expressions[index].rhs))
-                    .map_or(Ok(Dynamic::UNIT), |expr| {
-                        self.eval_expr(global, caches, scope, this_ptr, expr)
-                    })
+                )
             }
 
             // Loop
