@@ -18,8 +18,8 @@ use std::rc::Rc;
 
 use rhai::{
     ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnArgsVec,
-    FnCallExpr, GlobalRuntimeState, OpAssignment, Position, Scope, ScriptFuncPayload, Stmt, Target,
-    Token, AST,
+    FnCallExpr, FnPtr, GlobalRuntimeState, OpAssignment, Position, Scope, ScriptFuncPayload, Stmt,
+    Target, Token, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -413,6 +413,34 @@ fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
                 )
             })
         }
+        Stmt::TryCatch(flow, _) => {
+            cx.coverage.compiled += 1;
+            // `()` when the error is not named.
+            let catch_var = flow.expr.clone();
+            let body = compile_block(flow.body.statements(), cx);
+            let catch = compile_block(flow.branch.statements(), cx);
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.eval_try_catch(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &catch_var,
+                    |e, g, c, s, t| run_block(&body, e, g, c, s, t, true),
+                    |e, g, c, s, t| run_block(&catch, e, g, c, s, t, true),
+                )
+            })
+        }
+        // The variables closures capture, made shared.
+        Stmt::Share(variables) => {
+            cx.coverage.compiled += 1;
+            let variables = variables.clone();
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.share_variables(global, caches, scope, this, &variables)
+            })
+        }
         // `break`, `continue`
         Stmt::BreakLoop(value, options, pos) => {
             cx.coverage.compiled += 1;
@@ -665,13 +693,16 @@ const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_va
 /// a plain call: the arguments as `get_arg_value` evaluates them, then `exec_fn_call` with a call
 /// site of its own (Rhai's `call_with_values` up to three arguments, its general case past them:
 /// the same steps). `None` for the calls Rhai treats apart (`call`, `Fn`, `curry`, …, capturing
-/// calls, `this` passed first).
+/// calls).
 fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<ExprFn> {
     if call.capture_parent_scope || call.args.len() > 6 {
         return None;
     }
     if let Some(op) = &call.op_token {
         return compile_operator(call, op, pos, cx);
+    }
+    if call.name == "curry" && call.args.len() > 1 {
+        return Some(compile_curry(call, pos, cx));
     }
     if SPECIAL_CALLS.contains(&call.name.as_str()) {
         return None;
@@ -683,8 +714,7 @@ fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<E
         pos,
     };
     match call.args.split_first() {
-        Some((Expr::ThisPtr(..), _)) => None,
-        Some((variable @ Expr::Variable(..), rest)) => {
+        Some((variable @ (Expr::Variable(..) | Expr::ThisPtr(..)), rest)) => {
             let rest: Vec<ExprFn> = rest.iter().map(|a| compile_arg(a, cx)).collect();
             let first = variable.clone();
             match rest.len() {
@@ -709,6 +739,33 @@ fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<E
             }
         }
     }
+}
+
+/// `curry(f, values…)`, as `make_function_call` makes it (a closure that captures variables
+/// is made this way): the function pointer, then the values, as they are (a captured
+/// variable's shared cell), then the size check of the result.
+fn compile_curry(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> ExprFn {
+    let function_at = call.args.first().map_or(pos, Expr::start_position);
+    let mut args = call.args.iter().map(|a| compile_arg(a, cx));
+    let function = args.next();
+    let values: Vec<ExprFn> = args.collect();
+    Box::new(move |engine, global, caches, scope, mut this| {
+        let Some(function) = &function else {
+            return Ok(Dynamic::UNIT);
+        };
+        let mut pointer = function(engine, global, caches, scope, this.as_deref_mut())?
+            .try_cast_result::<FnPtr>()
+            .map_err(|v| {
+                engine.make_type_mismatch_err::<FnPtr>(
+                    engine.map_type_name(v.type_name()),
+                    function_at,
+                )
+            })?;
+        for value in &values {
+            pointer.add_curry(value(engine, global, caches, scope, this.as_deref_mut())?);
+        }
+        engine.check_data_size(Dynamic::from(pointer), pos)
+    })
 }
 
 /// An operator under fast operators (`eval_fn_call_expr`'s short cuts): its operands as
@@ -750,9 +807,10 @@ fn compile_operator(
     }
 }
 
-/// Rhai's `make_function_call` for `f(x, …)`, `x` a variable: one operation at `x`, the other
-/// arguments, then `x` itself, passed by reference unless it is a constant or shared (then
-/// its value is), `N` arguments in all.
+/// Rhai's `make_function_call` for `f(x, …)`, `x` a variable or `this`: one operation at `x`,
+/// the other arguments, then `x` itself, passed by reference unless it is a constant or shared
+/// (then its value is), `N` arguments in all. A shared or unbound `this` is an argument as any
+/// other, evaluated first.
 fn call_on_variable_with<const N: usize>(
     callee: Callee,
     variable: Expr,
@@ -765,6 +823,27 @@ fn call_on_variable_with<const N: usize>(
     Some(Box::new(move |engine, global, caches, scope, mut this| {
         engine.track_operation(global, variable_at)?;
         let mut values = [const { Dynamic::UNIT }; N];
+        if let Expr::ThisPtr(_) = variable {
+            let plain_this = this.as_deref().is_some_and(|this| !this.is_shared());
+            if !plain_this {
+                let value = this
+                    .as_deref()
+                    .ok_or_else(|| EvalAltResult::ErrorUnboundThis(variable_at))?
+                    .clone()
+                    .flatten();
+                if let Some(first) = values.first_mut() {
+                    *first = value;
+                }
+            }
+            for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
+                *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+            }
+            let mut args = values.each_mut();
+            if let (Some(first), Some(this), true) = (args.first_mut(), this, plain_this) {
+                *first = this;
+            }
+            return callee.call_with_first(engine, global, caches, &mut args, plain_this);
+        }
         for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
             *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
         }
@@ -787,27 +866,7 @@ fn call_on_variable_with<const N: usize>(
                 false
             }
         };
-        let Callee {
-            name,
-            hashes,
-            site,
-            pos,
-        } = &callee;
-        engine
-            .exec_fn_call(
-                global,
-                caches,
-                None,
-                name,
-                None,
-                *hashes,
-                &mut args,
-                by_reference,
-                false,
-                Some(site),
-                *pos,
-            )
-            .map(|(value, _)| value)
+        callee.call_with_first(engine, global, caches, &mut args, by_reference)
     }))
 }
 
@@ -1164,14 +1223,32 @@ impl Callee {
         args: &mut [&mut Dynamic],
     ) -> RhaiResult {
         let Self {
+            name, site, pos, ..
+        } = self;
+        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
+            return result;
+        }
+        self.call_with_first(engine, global, caches, args, false)
+    }
+}
+
+impl Callee {
+    /// Rhai's `exec_fn_call` with the arguments evaluated, the first one by reference when
+    /// `by_reference`.
+    fn call_with_first(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        args: &mut [&mut Dynamic],
+        by_reference: bool,
+    ) -> RhaiResult {
+        let Self {
             name,
             hashes,
             site,
             pos,
         } = self;
-        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
-            return result;
-        }
         engine
             .exec_fn_call(
                 global,
@@ -1181,7 +1258,7 @@ impl Callee {
                 None,
                 *hashes,
                 args,
-                false,
+                by_reference,
                 false,
                 Some(site),
                 *pos,

@@ -326,7 +326,7 @@ impl Generator {
     }
 
     fn statement(&mut self, depth: u32) -> String {
-        let k = self.next(41);
+        let k = self.next(46);
         match k {
             // By reference: the variable changes (not when it is a constant).
             14 => "s.trim(); a.pop(); c.trim();".into(),
@@ -384,6 +384,18 @@ impl Generator {
             // Array and map literals, nested, past the string size limit.
             39 => format!("a = [{}, s, [n, {}], a];", self.int(1), self.string(1)),
             40 => "m = #{ k: s, t: [n, s + s], z: m };".into(),
+            // try/catch: errors as maps, thrown values, no variable, rethrown.
+            41 => format!(
+                "try {{ n += len(s) / (n - n); }} catch (e) {{ log_info(`${{e.message}} ${{e.line}}`); }} \
+                 try {{ throw {}; }} catch (x) {{ n += len(`${{x}}`); }}",
+                self.int(1)
+            ),
+            42 => "try { a[99] = 1; } catch { n += 1; }".into(),
+            43 => "try { try { throw s; } catch { throw; } } catch (e) { s = e; }".into(),
+            // A closure capturing variables: they are shared from then on.
+            44 => "let cl = |x| { n += x; len(s) + x }; n += cl.call(1); trim(s); s.pad(3, \"-\");"
+                .into(),
+            45 => "let sh = a; let keep = || sh; n += sh.grow() + len(sh);".into(),
             38 => "switch a { [1] => n = 1, _ => n += 1 } switch s { \"start\" => n += 2 }".into(),
             0 => format!("n = {};", self.int(2)),
             1 => format!("s = {};", self.string(2)),
@@ -431,7 +443,7 @@ impl Generator {
         };
         format!(
             "fn h(x, y) {{ if x > 3 {{ y.len() + x }} else {{ x + 1 }} }}\n\
-             fn grow() {{ this.push(this.len()); this.len() }}\n\
+             fn grow() {{ this.push(this.len()); push(this, type_of(this)); this.len() + len(this) }}\n\
              const K = \"konst\";\n\
              fn on_request_headers() {{\n  let n = 2; let s = \"start\"; let a = [1, 2];\n  \
              let c = \" shared \";\n  \

@@ -597,6 +597,161 @@ impl Engine {
             })
     }
 
+    /// `try { body } catch (catch_var) { catch }` ([`Stmt::TryCatch`]), the blocks run by
+    /// closures.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs `try` as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_try_catch(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        catch_var: &Expr,
+        body: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        catch: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        match body(self, global, caches, scope, this_ptr.as_deref_mut()) {
+            r @ Ok(_) => r,
+            Err(err) if err.is_pseudo_error() => Err(err),
+            Err(err) if !err.is_catchable() => Err(err),
+            Err(mut err) => {
+                let err_value = match err.unwrap_inner() {
+                    // No error variable
+                    _ if catch_var.is_unit() => Dynamic::UNIT,
+
+                    ERR::ErrorRuntime(x, ..) => x.clone(),
+
+                    #[cfg(feature = "no_object")]
+                    _ => {
+                        let _ = err.take_position();
+                        err.to_string().into()
+                    }
+                    #[cfg(not(feature = "no_object"))]
+                    _ => {
+                        let mut err_map = crate::Map::new();
+                        let err_pos = err.take_position();
+
+                        err_map.insert("message".into(), err.to_string().into());
+
+                        if let Some(ref source) = global.source {
+                            err_map.insert("source".into(), source.into());
+                        }
+
+                        if !err_pos.is_none() {
+                            err_map.insert(
+                                "line".into(),
+                                (err_pos.line().unwrap() as INT).into(),
+                            );
+                            err_map.insert(
+                                "position".into(),
+                                (err_pos.position().unwrap_or(0) as INT).into(),
+                            );
+                        }
+
+                        err.dump_fields(&mut err_map);
+                        err_map.into()
+                    }
+                };
+
+                // Restore scope at end of block
+                defer! { scope if !catch_var.is_unit() => rewind; let orig_scope_len = scope.len(); }
+
+                if let Expr::Variable(x, ..) = catch_var {
+                    // Guard against too many variables
+                    #[cfg(not(feature = "unchecked"))]
+                    if scope.len() >= self.max_variables() {
+                        return Err(ERR::ErrorTooManyVariables(catch_var.position()).into());
+                    }
+                    scope.push_entry(x.1.clone(), AccessMode::ReadWrite, err_value);
+                }
+
+                catch(self, global, caches, scope, this_ptr.as_deref_mut())
+                    .map(|_| Dynamic::UNIT)
+                    .map_err(|result_err| match *result_err {
+                        // Re-throw exception
+                        ERR::ErrorRuntime(v, pos) if v.is_unit() => {
+                            err.set_position(pos);
+                            err
+                        }
+                        _ => result_err,
+                    })
+            }
+        }
+    }
+
+    /// Makes `variables` shared ([`Stmt::Share`]), for the closures that capture them.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler.
+    #[cfg(not(feature = "no_closure"))]
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn share_variables(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        variables: &[(crate::types::Ident, Option<core::num::NonZeroUsize>)],
+    ) -> RhaiResult {
+        for (var, index) in variables {
+            // Check the variable resolver, if any
+            if let Some(ref resolve_var) = self.resolve_var {
+                let orig_scope_len = scope.len();
+
+                let context =
+                    EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
+                let resolved_var = resolve_var(
+                    &var.name,
+                    index.map_or(0, core::num::NonZeroUsize::get),
+                    context,
+                );
+
+                if orig_scope_len != scope.len() {
+                    // The scope is changed, always search from now on
+                    global.always_search_scope = true;
+                }
+
+                match resolved_var {
+                    // If resolved to a variable, skip it (because we cannot make it shared)
+                    Ok(Some(_)) => continue,
+                    Ok(None) => (),
+                    Err(err) => return Err(err.fill_position(var.pos)),
+                }
+            }
+
+            // Search the scope
+            let index = index
+                .map(|n| scope.len() - n.get())
+                .or_else(|| scope.search(&var.name))
+                .ok_or_else(|| {
+                    Box::new(ERR::ErrorVariableNotFound(var.name.to_string(), var.pos))
+                })?;
+
+            let val = scope.get_mut_by_index(index);
+
+            if !val.is_shared() {
+                // Replace the variable with a shared value.
+                *val = val.take().into_shared();
+            }
+        }
+
+        Ok(Dynamic::UNIT)
+    }
+
     /// Evaluate a statement.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -879,84 +1034,15 @@ impl Engine {
                     expr: catch_var,
                     branch,
                 } = &**x;
-
-                match self.eval_stmt_block(
+                self.eval_try_catch(
                     global,
                     caches,
                     scope,
-                    this_ptr.as_deref_mut(),
-                    body.statements(),
-                    true,
-                ) {
-                    r @ Ok(_) => r,
-                    Err(err) if err.is_pseudo_error() => Err(err),
-                    Err(err) if !err.is_catchable() => Err(err),
-                    Err(mut err) => {
-                        let err_value = match err.unwrap_inner() {
-                            // No error variable
-                            _ if catch_var.is_unit() => Dynamic::UNIT,
-
-                            ERR::ErrorRuntime(x, ..) => x.clone(),
-
-                            #[cfg(feature = "no_object")]
-                            _ => {
-                                let _ = err.take_position();
-                                err.to_string().into()
-                            }
-                            #[cfg(not(feature = "no_object"))]
-                            _ => {
-                                let mut err_map = crate::Map::new();
-                                let err_pos = err.take_position();
-
-                                err_map.insert("message".into(), err.to_string().into());
-
-                                if let Some(ref source) = global.source {
-                                    err_map.insert("source".into(), source.into());
-                                }
-
-                                if !err_pos.is_none() {
-                                    err_map.insert(
-                                        "line".into(),
-                                        (err_pos.line().unwrap() as INT).into(),
-                                    );
-                                    err_map.insert(
-                                        "position".into(),
-                                        (err_pos.position().unwrap_or(0) as INT).into(),
-                                    );
-                                }
-
-                                err.dump_fields(&mut err_map);
-                                err_map.into()
-                            }
-                        };
-
-                        // Restore scope at end of block
-                        defer! { scope if !catch_var.is_unit() => rewind; let orig_scope_len = scope.len(); }
-
-                        if let Expr::Variable(x, ..) = catch_var {
-                            // Guard against too many variables
-                            #[cfg(not(feature = "unchecked"))]
-                            if scope.len() >= self.max_variables() {
-                                return Err(ERR::ErrorTooManyVariables(catch_var.position()).into());
-                            }
-                            scope.push_entry(x.1.clone(), AccessMode::ReadWrite, err_value);
-                        }
-
-                        let this_ptr = this_ptr.as_deref_mut();
-                        let statements = branch.statements();
-
-                        self.eval_stmt_block(global, caches, scope, this_ptr, statements, true)
-                            .map(|_| Dynamic::UNIT)
-                            .map_err(|result_err| match *result_err {
-                                // Re-throw exception
-                                ERR::ErrorRuntime(v, pos) if v.is_unit() => {
-                                    err.set_position(pos);
-                                    err
-                                }
-                                _ => result_err,
-                            })
-                    }
-                }
+                    this_ptr,
+                    catch_var,
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, body.statements(), true),
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, branch.statements(), true),
+                )
             }
 
             // Throw value
@@ -1062,51 +1148,7 @@ impl Engine {
 
             // Share statement
             #[cfg(not(feature = "no_closure"))]
-            Stmt::Share(x) => {
-                for (var, index) in &**x {
-                    // Check the variable resolver, if any
-                    if let Some(ref resolve_var) = self.resolve_var {
-                        let orig_scope_len = scope.len();
-
-                        let context =
-                            EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
-                        let resolved_var = resolve_var(
-                            &var.name,
-                            index.map_or(0, core::num::NonZeroUsize::get),
-                            context,
-                        );
-
-                        if orig_scope_len != scope.len() {
-                            // The scope is changed, always search from now on
-                            global.always_search_scope = true;
-                        }
-
-                        match resolved_var {
-                            // If resolved to a variable, skip it (because we cannot make it shared)
-                            Ok(Some(_)) => continue,
-                            Ok(None) => (),
-                            Err(err) => return Err(err.fill_position(var.pos)),
-                        }
-                    }
-
-                    // Search the scope
-                    let index = index
-                        .map(|n| scope.len() - n.get())
-                        .or_else(|| scope.search(&var.name))
-                        .ok_or_else(|| {
-                            Box::new(ERR::ErrorVariableNotFound(var.name.to_string(), var.pos))
-                        })?;
-
-                    let val = scope.get_mut_by_index(index);
-
-                    if !val.is_shared() {
-                        // Replace the variable with a shared value.
-                        *val = val.take().into_shared();
-                    }
-                }
-
-                Ok(Dynamic::UNIT)
-            }
+            Stmt::Share(x) => self.share_variables(global, caches, scope, this_ptr, x),
 
             #[allow(unreachable_patterns)]
             _ => unreachable!("statement cannot be evaluated: {:?}", stmt),
