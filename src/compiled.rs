@@ -887,45 +887,47 @@ struct MethodCall {
     first_arg_at: Position,
     /// `?.`: `()` for an object that is `()`.
     elvis: bool,
+    /// Not one of the methods `make_method_call` treats apart (`call`, `curry`, `is_shared`).
+    plain: bool,
 }
 
 impl MethodCall {
-    /// Rhai's `eval_dot_index_chain` once the arguments are evaluated: the object, then
-    /// `make_method_call`.
-    fn call(
+    /// Rhai's `eval_dot_index_chain` once the arguments are evaluated (`values` past the
+    /// first, which is the object's place): the object, then `make_method_call`.
+    fn call<const M: usize>(
         &self,
         engine: &Engine,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
         scope: &mut Scope,
         this: Option<&mut Dynamic>,
-        args: &mut [Dynamic],
+        values: &mut [Dynamic; M],
     ) -> RhaiResult {
         match &self.object {
             Object::Value(object) => {
                 let value = object(engine, global, caches, scope, this)?.flatten();
-                self.call_on(engine, global, caches, &mut value.into(), args)
+                self.call_on(engine, global, caches, &mut value.into(), values)
             }
             Object::Place(Expr::ThisPtr(pos)) => {
                 engine.track_operation(global, *pos)?;
                 let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
-                self.call_on(engine, global, caches, &mut Target::try_from(this)?, args)
+                self.call_on(engine, global, caches, &mut Target::try_from(this)?, values)
             }
             Object::Place(variable) => {
                 engine.track_operation(global, variable.position())?;
                 let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
-                self.call_on(engine, global, caches, target, args)
+                self.call_on(engine, global, caches, target, values)
             }
         }
     }
 
-    fn call_on(
+    fn call_on<const M: usize>(
         &self,
         engine: &Engine,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
         target: &mut Target,
-        args: &mut [Dynamic],
+        values: &mut [Dynamic; M],
     ) -> RhaiResult {
         if self.elvis && target.as_ref().is_unit() {
             return Ok(Dynamic::UNIT);
@@ -936,6 +938,31 @@ impl MethodCall {
             site,
             pos,
         } = &self.callee;
+        // What `make_method_call` does for any other method of any other value than a map
+        // (which may hold a function of that name): the call with the object first, at once
+        // when the site remembers the function.
+        if self.plain && !target.as_ref().is_map() {
+            let by_reference = target.is_ref();
+            let mut args = values.each_mut();
+            if let Some(first) = args.first_mut() {
+                *first = target.as_mut();
+            }
+            let called = engine.call_method_at_site(
+                global,
+                caches,
+                name,
+                &mut args,
+                by_reference,
+                site,
+                *pos,
+            );
+            if let Some(result) = called {
+                return result;
+            }
+        }
+        let args = values
+            .split_first_mut()
+            .map_or(&mut [][..], |(_, args)| args);
         engine
             .make_method_call(
                 global,
@@ -1175,27 +1202,31 @@ fn compile_method_call(chain: &BinaryExpr, options: ASTFlags, cx: &mut Compiler)
         args_at: chain.rhs.position(),
         first_arg_at: call.args.first().map_or(Position::NONE, Expr::position),
         elvis: options.intersects(ASTFlags::NEGATED),
+        plain: !["call", "curry", "is_shared"].contains(&call.name.as_str()),
     };
     match args.len() {
-        0 => method_with::<0>(method, args),
-        1 => method_with::<1>(method, args),
-        2 => method_with::<2>(method, args),
-        3 => method_with::<3>(method, args),
-        4 => method_with::<4>(method, args),
-        5 => method_with::<5>(method, args),
-        _ => method_with::<6>(method, args),
+        0 => method_with::<1>(method, args),
+        1 => method_with::<2>(method, args),
+        2 => method_with::<3>(method, args),
+        3 => method_with::<4>(method, args),
+        4 => method_with::<5>(method, args),
+        5 => method_with::<6>(method, args),
+        _ => method_with::<7>(method, args),
     }
 }
 
-/// A method call with `N` arguments: one operation for them (when there are any), each as
-/// `get_arg_value` evaluates it, then the call.
-fn method_with<const N: usize>(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
-    let args = <[ExprFn; N]>::try_from(args).ok()?;
+/// A method call with `M - 1` arguments: one operation for them (when there are any), each as
+/// `get_arg_value` evaluates it, then the call (the first of the `M` values is the object's
+/// place).
+fn method_with<const M: usize>(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
+    if args.len() + 1 != M {
+        return None;
+    }
     Some(Box::new(move |engine, global, caches, scope, mut this| {
-        let mut values = [const { Dynamic::UNIT }; N];
-        if N > 0 {
+        let mut values = [const { Dynamic::UNIT }; M];
+        if !args.is_empty() {
             engine.track_operation(global, method.args_at)?;
-            for (value, arg) in values.iter_mut().zip(&args) {
+            for (value, arg) in values.iter_mut().skip(1).zip(&args) {
                 *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
             }
         }
