@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use rhai::{
-    ASTFlags, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnCallExpr,
-    GlobalRuntimeState, Position, RhaiFunc, Scope, ScriptFuncPayload, Stmt, AST,
+    ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnArgsVec,
+    FnCallExpr, FnPtr, GlobalRuntimeState, OpAssignment, Position, RhaiFunc, Scope,
+    ScriptFuncPayload, Stmt, Target, Token, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -127,22 +128,26 @@ impl Bindings {
     }
 }
 
-/// What compiling one script needs besides its nodes.
+/// What compiling a script needs besides its AST: the coverage being counted, the engine's
+/// options that change what a node does, and what a call resolves to.
 struct Compiler<'a> {
     coverage: Coverage,
+    /// `Engine::fast_operators`: operators on built-in types run their built-in versions.
+    fast_operators: bool,
     bindings: &'a Bindings,
     /// The script's own functions, by name and arity: a call Rhai resolves to one of them.
     script_fns: HashSet<(String, usize)>,
 }
 
 impl<'a> Compiler<'a> {
-    fn new(ast: &AST, bindings: &'a Bindings) -> Self {
+    fn new(engine: &Engine, ast: &AST, bindings: &'a Bindings) -> Self {
         let script_fns = ast
             .iter_fn_def()
             .map(|f| (f.name.to_string(), f.params.len()))
             .collect();
         Self {
             coverage: Coverage::default(),
+            fast_operators: engine.fast_operators(),
             bindings,
             script_fns,
         }
@@ -158,10 +163,10 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// Compiles every script function of `ast` and installs the bodies where Rhai calls them;
-/// calls to `bindings` call them directly.
-pub fn install(ast: &AST, bindings: &Bindings) -> Coverage {
-    let mut cx = Compiler::new(ast, bindings);
+/// Compiles every script function of `ast`, to run on `engine`, and installs the bodies where
+/// Rhai calls them; calls to `bindings` call them directly.
+pub fn install(engine: &Engine, ast: &AST, bindings: &Bindings) -> Coverage {
+    let mut cx = Compiler::new(engine, ast, bindings);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
         let block = Rc::new(compile_block(body.statements(), &mut cx));
@@ -177,9 +182,9 @@ pub fn install(ast: &AST, bindings: &Bindings) -> Coverage {
     cx.coverage
 }
 
-/// What the compiler would make of `ast`, without installing anything.
-pub fn coverage(ast: &AST, bindings: &Bindings) -> Coverage {
-    let mut cx = Compiler::new(ast, bindings);
+/// What the compiler would make of `ast` for `engine`, without installing anything.
+pub fn coverage(engine: &Engine, ast: &AST, bindings: &Bindings) -> Coverage {
+    let mut cx = Compiler::new(engine, ast, bindings);
     for function in ast.iter_fn_def() {
         let ScriptFuncPayload::Statements(body) = &function.body;
         compile_block(body.statements(), &mut cx);
@@ -283,18 +288,254 @@ fn compile_stmt(stmt: &Stmt, cx: &mut Compiler) -> StmtFn {
                 run_block(taken, engine, global, caches, scope, this, true)
             })
         }
-        // `return`; with `BREAK` it is a `throw`, left to the evaluator.
-        Stmt::Return(value, flags, pos) if !flags.contains(ASTFlags::BREAK) => {
+        // `return`; with `BREAK`, `throw`.
+        Stmt::Return(value, flags, pos) => {
             cx.coverage.compiled += 1;
             let value = value.as_deref().map(|e| compile_expr(e, cx));
-            let pos = *pos;
+            let (is_throw, pos) = (flags.contains(ASTFlags::BREAK), *pos);
             Box::new(move |engine, global, caches, scope, this, _| {
                 engine.track_operation(global, at)?;
                 let value = match &value {
                     Some(value) => value(engine, global, caches, scope, this)?.flatten(),
                     None => Dynamic::UNIT,
                 };
-                Err(EvalAltResult::Return(value, pos).into())
+                Err(match is_throw {
+                    true => EvalAltResult::ErrorRuntime(value, pos),
+                    false => EvalAltResult::Return(value, pos),
+                }
+                .into())
+            })
+        }
+        Stmt::Var(definition, options, pos) => {
+            cx.coverage.compiled += 1;
+            let (name, value, index) = &**definition;
+            let (name, index, options, pos) = (name.clone(), *index, *options, *pos);
+            let value = compile_expr(value, cx);
+            Box::new(move |engine, global, caches, scope, this, restore| {
+                engine.track_operation(global, at)?;
+                let definition = (&name, index, options, pos);
+                engine.eval_var_def(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    definition,
+                    restore,
+                    |e, g, c, s, t| value(e, g, c, s, t),
+                )
+            })
+        }
+        // `x = value`, `x += value`, …: to a variable (an index or a property: evaluated).
+        Stmt::Assignment(assignment) if matches!(assignment.1.lhs, Expr::Variable(..)) => {
+            cx.coverage.compiled += 1;
+            let (op, BinaryExpr { lhs, rhs }) = &**assignment;
+            let (op, lhs) = (op.clone(), lhs.clone());
+            let rhs = compile_expr(rhs, cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                let value = rhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                engine.assign_to_variable(global, caches, scope, this, &op, &lhs, value)?;
+                Ok(Dynamic::UNIT)
+            })
+        }
+        // `x.p = value`, `x[i] += value`, …: the chain as Rhai walks it, with the new value.
+        Stmt::Assignment(assignment) => {
+            let (op, BinaryExpr { lhs, rhs }) = &**assignment;
+            let Some(chain) = compile_chain(lhs, cx).filter(|c| c.is_place()) else {
+                return evaluated_stmt(stmt, cx);
+            };
+            cx.coverage.compiled += 1;
+            let op = op.clone();
+            let rhs = compile_expr(rhs, cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                let value = rhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let value = engine.intern_string(value);
+                let new_value = Some((value, &op));
+                // An assignment's value is `()`.
+                chain
+                    .run(engine, global, caches, scope, this, new_value)
+                    .map(|_| Dynamic::UNIT)
+            })
+        }
+        Stmt::While(flow, _) => {
+            cx.coverage.compiled += 1;
+            let forever = matches!(flow.expr, Expr::Unit(..) | Expr::BoolConstant(true, ..));
+            let guard_at = flow.expr.position();
+            let guard = (!forever).then(|| compile_expr(&flow.expr, cx));
+            let body_at = flow.body.position();
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                loop {
+                    if let Some(guard) = &guard {
+                        let go_on = guard(engine, global, caches, scope, this.as_deref_mut())?
+                            .as_bool()
+                            .map_err(|typ| engine.make_type_mismatch_err::<bool>(typ, guard_at))?;
+                        if !go_on {
+                            return Ok(Dynamic::UNIT);
+                        }
+                    }
+                    if body.is_empty() {
+                        // `loop {}` counts an operation a round; `while c {}` only its guard's.
+                        if guard.is_none() {
+                            engine.track_operation(global, body_at)?;
+                        }
+                        continue;
+                    }
+                    let this = this.as_deref_mut();
+                    match run_block(&body, engine, global, caches, scope, this, true) {
+                        Ok(_) => (),
+                        Err(err) => match *err {
+                            EvalAltResult::LoopBreak(false, ..) => (),
+                            EvalAltResult::LoopBreak(true, value, ..) => return Ok(value),
+                            _ => return Err(err),
+                        },
+                    }
+                }
+            })
+        }
+        Stmt::For(for_loop, _) => {
+            cx.coverage.compiled += 1;
+            let (name, counter, flow) = &**for_loop;
+            let (name, counter) = (name.clone(), counter.clone());
+            let positions = (
+                flow.expr.start_position(),
+                flow.expr.position(),
+                flow.body.is_empty(),
+                flow.body.position(),
+            );
+            let iterable = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                let names = (&name, counter.as_ref());
+                engine.eval_for(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    names,
+                    positions,
+                    &*iterable,
+                    |e, g, c, s, t| run_block(&body, e, g, c, s, t, true),
+                )
+            })
+        }
+        // `do { … } while c`, `do { … } until c`
+        Stmt::Do(flow, options, _) => {
+            cx.coverage.compiled += 1;
+            let is_while = !options.contains(ASTFlags::NEGATED);
+            let guard_at = flow.expr.position();
+            let guard = compile_expr(&flow.expr, cx);
+            let body = compile_block(flow.body.statements(), cx);
+            Box::new(move |engine, global, caches, scope, mut this, _| {
+                engine.track_operation(global, at)?;
+                loop {
+                    if !body.is_empty() {
+                        let this = this.as_deref_mut();
+                        match run_block(&body, engine, global, caches, scope, this, true) {
+                            Ok(_) => (),
+                            Err(err) => match *err {
+                                // As Rhai: `continue` skips the condition.
+                                EvalAltResult::LoopBreak(false, ..) => continue,
+                                EvalAltResult::LoopBreak(true, value, ..) => return Ok(value),
+                                _ => return Err(err),
+                            },
+                        }
+                    }
+                    let condition = guard(engine, global, caches, scope, this.as_deref_mut())?
+                        .as_bool()
+                        .map_err(|typ| engine.make_type_mismatch_err::<bool>(typ, guard_at))?;
+                    if condition ^ is_while {
+                        return Ok(Dynamic::UNIT);
+                    }
+                }
+            })
+        }
+        Stmt::Switch(switch, _) => {
+            cx.coverage.compiled += 1;
+            let (value, cases) = &**switch;
+            let value = compile_expr(value, cx);
+            // Each case's condition (none when it is a constant) and value.
+            let compiled: Vec<(Option<ExprFn>, ExprFn)> = cases
+                .expressions
+                .iter()
+                .map(|case| {
+                    let condition = match case.lhs {
+                        Expr::BoolConstant(..) => None,
+                        ref condition => Some(compile_expr(condition, cx)),
+                    };
+                    (condition, compile_expr(&case.rhs, cx))
+                })
+                .collect();
+            // What Rhai reads of the cases: their structure, constant conditions, positions.
+            let mut cases = cases.clone();
+            for case in &mut cases.expressions {
+                if !matches!(case.lhs, Expr::BoolConstant(..)) {
+                    case.lhs = Expr::Unit(case.lhs.position());
+                }
+                case.rhs = Expr::Unit(case.rhs.position());
+            }
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.eval_switch(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &cases,
+                    &*value,
+                    |e, g, c, s, t, index, condition| match (compiled.get(index), condition) {
+                        (Some((Some(condition), _)), true) => condition(e, g, c, s, t),
+                        (Some((_, value)), false) => value(e, g, c, s, t),
+                        // Rhai asks only for these.
+                        _ => Ok(Dynamic::UNIT),
+                    },
+                )
+            })
+        }
+        Stmt::TryCatch(flow, _) => {
+            cx.coverage.compiled += 1;
+            // `()` when the error is not named.
+            let catch_var = flow.expr.clone();
+            let body = compile_block(flow.body.statements(), cx);
+            let catch = compile_block(flow.branch.statements(), cx);
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.eval_try_catch(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &catch_var,
+                    |e, g, c, s, t| run_block(&body, e, g, c, s, t, true),
+                    |e, g, c, s, t| run_block(&catch, e, g, c, s, t, true),
+                )
+            })
+        }
+        // The variables closures capture, made shared.
+        Stmt::Share(variables) => {
+            cx.coverage.compiled += 1;
+            let variables = variables.clone();
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                engine.share_variables(global, caches, scope, this, &variables)
+            })
+        }
+        // `break`, `continue`
+        Stmt::BreakLoop(value, options, pos) => {
+            cx.coverage.compiled += 1;
+            let is_break = options.contains(ASTFlags::BREAK);
+            let value = value.as_deref().map(|e| compile_expr(e, cx));
+            let pos = *pos;
+            Box::new(move |engine, global, caches, scope, this, _| {
+                engine.track_operation(global, at)?;
+                let value = match &value {
+                    Some(value) => value(engine, global, caches, scope, this)?,
+                    None => Dynamic::UNIT,
+                };
+                Err(EvalAltResult::LoopBreak(is_break, value, pos).into())
             })
         }
         _ => evaluated_stmt(stmt, cx),
@@ -389,6 +630,131 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
             Ok((!stop_at).into())
         });
     }
+    match expr {
+        Expr::Variable(..) => {
+            cx.coverage.compiled += 1;
+            let variable = expr.clone();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine
+                    .search_namespace(global, caches, scope, this, &variable)
+                    .map(Target::take_or_clone)
+            });
+        }
+        Expr::ThisPtr(pos) => {
+            cx.coverage.compiled += 1;
+            let pos = *pos;
+            return Box::new(move |engine, global, _, _, this| {
+                engine.track_operation(global, at)?;
+                this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(pos).into())
+                    .cloned()
+            });
+        }
+        // `a ?? b ?? c`: the first value that is not `()`.
+        Expr::Coalesce(operands, _) => {
+            cx.coverage.compiled += 1;
+            let operands: Vec<ExprFn> = operands.iter().map(|e| compile_expr(e, cx)).collect();
+            return Box::new(move |engine, global, caches, scope, mut this| {
+                engine.track_operation(global, at)?;
+                let mut value = Dynamic::UNIT;
+                for operand in &operands {
+                    value = operand(engine, global, caches, scope, this.as_deref_mut())?;
+                    if !value.is_unit() {
+                        break;
+                    }
+                }
+                Ok(value)
+            });
+        }
+        // `` `text ${value} text` ``
+        Expr::InterpolatedString(pieces, _) => {
+            cx.coverage.compiled += 1;
+            let pieces: Vec<(ExprFn, Position)> = pieces
+                .iter()
+                .map(|e| (compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_interpolated_string(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &pieces,
+                    |e, g, c, s, t, (piece, _)| piece(e, g, c, s, t),
+                    |(_, pos)| *pos,
+                )
+            });
+        }
+        Expr::Array(items, _) => {
+            cx.coverage.compiled += 1;
+            let items: Vec<(ExprFn, Position)> = items
+                .iter()
+                .map(|e| (compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_array(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &items,
+                    |e, g, c, s, t, (item, _)| item(e, g, c, s, t),
+                    |(_, pos)| *pos,
+                )
+            });
+        }
+        Expr::Map(map, _) => {
+            cx.coverage.compiled += 1;
+            let (entries, template) = &**map;
+            let template = template.clone();
+            let entries: Vec<(rhai::ImmutableString, ExprFn, Position)> = entries
+                .iter()
+                .map(|(key, e)| (key.name.clone(), compile_expr(e, cx), e.position()))
+                .collect();
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                engine.eval_map(
+                    global,
+                    caches,
+                    scope,
+                    this,
+                    &template,
+                    &entries,
+                    |(key, ..)| key.as_str(),
+                    |e, g, c, s, t, (_, value, _)| value(e, g, c, s, t),
+                    |(.., pos)| *pos,
+                )
+            });
+        }
+        // A block as an expression, `{ …; value }`.
+        Expr::Stmt(block) => {
+            cx.coverage.compiled += 1;
+            let block = compile_block(block.statements(), cx);
+            return Box::new(move |engine, global, caches, scope, this| {
+                engine.track_operation(global, at)?;
+                run_block(&block, engine, global, caches, scope, this, true)
+            });
+        }
+        Expr::Dot(chain, options, _) => {
+            if let Some(call) = compile_method_call(chain, *options, cx) {
+                cx.coverage.compiled += 1;
+                return Box::new(move |engine, global, caches, scope, this| {
+                    engine.track_operation(global, at)?;
+                    call(engine, global, caches, scope, this)
+                });
+            }
+        }
+        _ => (),
+    }
+    if let Some(chain) = compile_chain(expr, cx) {
+        cx.coverage.compiled += 1;
+        return Box::new(move |engine, global, caches, scope, this| {
+            engine.track_operation(global, at)?;
+            chain.run(engine, global, caches, scope, this, None)
+        });
+    }
     if let Expr::FnCall(call, pos) = expr {
         if let Some(call) = compile_call(call, *pos, cx) {
             cx.coverage.compiled += 1;
@@ -404,27 +770,24 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
 /// Names `make_function_call` treats apart from other calls.
 const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_var", "eval"];
 
-/// Rhai's `eval_fn_call_expr` for a plain call with up to six arguments, none of them a
-/// variable passed first (which Rhai may pass by reference): the arguments as
-/// `get_arg_value` evaluates them, then `exec_fn_call` with a call site of its own (Rhai's
-/// `call_with_values` up to three arguments, its general case past them: the same steps). `None`
-/// for the calls Rhai treats apart (operators, `call`, `Fn`, `curry`, …, capturing calls).
+/// Rhai's `eval_fn_call_expr` for a call with up to six arguments: an operator (under fast
+/// operators), a call whose first argument is a variable (which Rhai may pass by reference), or
+/// a plain call: the arguments as `get_arg_value` evaluates them, then `exec_fn_call` with a call
+/// site of its own (Rhai's `call_with_values` up to three arguments, its general case past them:
+/// the same steps). `None` for the calls Rhai treats apart (`call`, `Fn`, `curry`, …, capturing
+/// calls).
 fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<ExprFn> {
-    if call.op_token.is_some()
-        || call.capture_parent_scope
-        || call.args.len() > 6
-        || SPECIAL_CALLS.contains(&call.name.as_str())
-        || matches!(
-            call.args.first(),
-            Some(Expr::Variable(..) | Expr::ThisPtr(..))
-        )
-    {
+    if call.capture_parent_scope || call.args.len() > 6 {
         return None;
     }
-    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
-    let binding = cx.binding(&call.name, args.len());
-    if binding.is_some() {
-        cx.coverage.direct_calls += 1;
+    if let Some(op) = &call.op_token {
+        return compile_operator(call, op, pos, cx);
+    }
+    if call.name == "curry" && call.args.len() > 1 {
+        return Some(compile_curry(call, pos, cx));
+    }
+    if SPECIAL_CALLS.contains(&call.name.as_str()) {
+        return None;
     }
     let target = Callee {
         name: call.name.clone(),
@@ -432,15 +795,529 @@ fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<E
         site: CallSite::default(),
         pos,
     };
-    match args.len() {
-        0 => call_with::<0>(target, binding, args),
-        1 => call_with::<1>(target, binding, args),
-        2 => call_with::<2>(target, binding, args),
-        3 => call_with::<3>(target, binding, args),
-        4 => call_with::<4>(target, binding, args),
-        5 => call_with::<5>(target, binding, args),
-        _ => call_with::<6>(target, binding, args),
+    match call.args.split_first() {
+        Some((variable @ (Expr::Variable(..) | Expr::ThisPtr(..)), rest)) => {
+            let rest: Vec<ExprFn> = rest.iter().map(|a| compile_arg(a, cx)).collect();
+            let first = variable.clone();
+            match rest.len() {
+                0 => call_on_variable_with::<1>(target, first, rest),
+                1 => call_on_variable_with::<2>(target, first, rest),
+                2 => call_on_variable_with::<3>(target, first, rest),
+                3 => call_on_variable_with::<4>(target, first, rest),
+                4 => call_on_variable_with::<5>(target, first, rest),
+                _ => call_on_variable_with::<6>(target, first, rest),
+            }
+        }
+        _ => {
+            let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
+            let binding = cx.binding(&call.name, args.len());
+            if binding.is_some() {
+                cx.coverage.direct_calls += 1;
+            }
+            match args.len() {
+                0 => call_with::<0>(target, binding, args),
+                1 => call_with::<1>(target, binding, args),
+                2 => call_with::<2>(target, binding, args),
+                3 => call_with::<3>(target, binding, args),
+                4 => call_with::<4>(target, binding, args),
+                5 => call_with::<5>(target, binding, args),
+                _ => call_with::<6>(target, binding, args),
+            }
+        }
     }
+}
+
+/// `curry(f, values…)`, as `make_function_call` makes it (a closure that captures variables
+/// is made this way): the function pointer, then the values, as they are (a captured
+/// variable's shared cell), then the size check of the result.
+fn compile_curry(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> ExprFn {
+    let function_at = call.args.first().map_or(pos, Expr::start_position);
+    let mut args = call.args.iter().map(|a| compile_arg(a, cx));
+    let function = args.next();
+    let values: Vec<ExprFn> = args.collect();
+    Box::new(move |engine, global, caches, scope, mut this| {
+        let Some(function) = &function else {
+            return Ok(Dynamic::UNIT);
+        };
+        let mut pointer = function(engine, global, caches, scope, this.as_deref_mut())?
+            .try_cast_result::<FnPtr>()
+            .map_err(|v| {
+                engine.make_type_mismatch_err::<FnPtr>(
+                    engine.map_type_name(v.type_name()),
+                    function_at,
+                )
+            })?;
+        for value in &values {
+            pointer.add_curry(value(engine, global, caches, scope, this.as_deref_mut())?);
+        }
+        engine.check_data_size(Dynamic::from(pointer), pos)
+    })
+}
+
+/// An operator under fast operators (`eval_fn_call_expr`'s short cuts): its operands as
+/// `get_arg_value` evaluates them, then the built-in version for built-in types, else the
+/// function (`Engine::call_unary_operator`, `call_binary_operator`).
+fn compile_operator(
+    call: &FnCallExpr,
+    op: &Token,
+    pos: Position,
+    cx: &mut Compiler,
+) -> Option<ExprFn> {
+    if !cx.fast_operators {
+        return None;
+    }
+    let (name, op, hashes, site) = (
+        call.name.clone(),
+        op.clone(),
+        call.hashes,
+        CallSite::default(),
+    );
+    match &call.args[..] {
+        [operand] => {
+            let operand = compile_arg(operand, cx);
+            Some(Box::new(move |engine, global, caches, scope, this| {
+                let value = operand(engine, global, caches, scope, this)?.flatten();
+                engine.call_unary_operator(global, caches, &name, &op, hashes, value, &site, pos)
+            }))
+        }
+        [lhs, rhs] => {
+            let (lhs, rhs) = (compile_arg(lhs, cx), compile_arg(rhs, cx));
+            Some(Box::new(move |engine, global, caches, scope, mut this| {
+                let lhs = lhs(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let rhs = rhs(engine, global, caches, scope, this)?.flatten();
+                engine
+                    .call_binary_operator(global, caches, &name, &op, hashes, lhs, rhs, &site, pos)
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Rhai's `make_function_call` for `f(x, …)`, `x` a variable or `this`: one operation at `x`,
+/// the other arguments, then `x` itself, passed by reference unless it is a constant or shared
+/// (then its value is), `N` arguments in all. A shared or unbound `this` is an argument as any
+/// other, evaluated first.
+fn call_on_variable_with<const N: usize>(
+    callee: Callee,
+    variable: Expr,
+    rest: Vec<ExprFn>,
+) -> Option<ExprFn> {
+    if rest.len() + 1 != N {
+        return None;
+    }
+    let variable_at = variable.position();
+    Some(Box::new(move |engine, global, caches, scope, mut this| {
+        engine.track_operation(global, variable_at)?;
+        let mut values = [const { Dynamic::UNIT }; N];
+        if let Expr::ThisPtr(_) = variable {
+            let plain_this = this.as_deref().is_some_and(|this| !this.is_shared());
+            if !plain_this {
+                let value = this
+                    .as_deref()
+                    .ok_or_else(|| EvalAltResult::ErrorUnboundThis(variable_at))?
+                    .clone()
+                    .flatten();
+                if let Some(first) = values.first_mut() {
+                    *first = value;
+                }
+            }
+            for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
+                *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+            }
+            let mut args = values.each_mut();
+            if let (Some(first), Some(this), true) = (args.first_mut(), this, plain_this) {
+                *first = this;
+            }
+            return callee.call_with_first(engine, global, caches, &mut args, plain_this);
+        }
+        for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
+            *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+        }
+        let mut target = engine.search_namespace(global, caches, scope, this, &variable)?;
+        if target.as_ref().is_read_only() {
+            target = target.into_owned();
+        }
+        let mut args = values.each_mut();
+        let by_reference = match target {
+            Target::RefMut(value) if !value.is_shared() => {
+                if let Some(first) = args.first_mut() {
+                    *first = value;
+                }
+                true
+            }
+            target => {
+                if let Some(first) = args.first_mut() {
+                    **first = target.take_or_clone().flatten();
+                }
+                false
+            }
+        };
+        callee.call_with_first(engine, global, caches, &mut args, by_reference)
+    }))
+}
+
+/// What a method call is called on.
+enum Object {
+    /// A variable or `this`, which the method gets by reference.
+    Place(Expr),
+    /// Any other expression's value.
+    Value(ExprFn),
+}
+
+/// A method call `object.f(args)` (or `object?.f(args)`).
+struct MethodCall {
+    callee: Callee,
+    object: Object,
+    /// Where the arguments are counted as one operation (the call's position).
+    args_at: Position,
+    first_arg_at: Position,
+    /// `?.`: `()` for an object that is `()`.
+    elvis: bool,
+    /// Not one of the methods `make_method_call` treats apart (`call`, `curry`, `is_shared`).
+    plain: bool,
+}
+
+impl MethodCall {
+    /// Rhai's `eval_dot_index_chain` once the arguments are evaluated (`values` past the
+    /// first, which is the object's place): the object, then `make_method_call`.
+    fn call<const M: usize>(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        this: Option<&mut Dynamic>,
+        values: &mut [Dynamic; M],
+    ) -> RhaiResult {
+        match &self.object {
+            Object::Value(object) => {
+                let value = object(engine, global, caches, scope, this)?.flatten();
+                self.call_on(engine, global, caches, &mut value.into(), values)
+            }
+            Object::Place(Expr::ThisPtr(pos)) => {
+                engine.track_operation(global, *pos)?;
+                let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
+                self.call_on(engine, global, caches, &mut Target::try_from(this)?, values)
+            }
+            Object::Place(variable) => {
+                engine.track_operation(global, variable.position())?;
+                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                self.call_on(engine, global, caches, target, values)
+            }
+        }
+    }
+
+    fn call_on<const M: usize>(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        target: &mut Target,
+        values: &mut [Dynamic; M],
+    ) -> RhaiResult {
+        if self.elvis && target.as_ref().is_unit() {
+            return Ok(Dynamic::UNIT);
+        }
+        let Callee {
+            name,
+            hashes,
+            site,
+            pos,
+        } = &self.callee;
+        // What `make_method_call` does for any other method of any other value than a map
+        // (which may hold a function of that name): the call with the object first, at once
+        // when the site remembers the function.
+        if self.plain && !target.as_ref().is_map() {
+            let by_reference = target.is_ref();
+            let mut args = values.each_mut();
+            if let Some(first) = args.first_mut() {
+                *first = target.as_mut();
+            }
+            let called = engine.call_method_at_site(
+                global,
+                caches,
+                name,
+                &mut args,
+                by_reference,
+                site,
+                *pos,
+            );
+            if let Some(result) = called {
+                return result;
+            }
+        }
+        let args = values
+            .split_first_mut()
+            .map_or(&mut [][..], |(_, args)| args);
+        engine
+            .make_method_call(
+                global,
+                caches,
+                name,
+                *hashes,
+                target,
+                args,
+                self.first_arg_at,
+                Some(site),
+                *pos,
+            )
+            .map(|(value, _)| value)
+    }
+}
+
+/// Rhai's `eval_dot_index_chain_arguments`: the values a chain's method calls and indexes
+/// need, evaluated before its object, one operation at each level of the chain.
+type ChainArgsFn = Box<
+    dyn Fn(
+        &Engine,
+        &mut GlobalRuntimeState,
+        &mut Caches,
+        &mut Scope,
+        Option<&mut Dynamic>,
+        &mut FnArgsVec<Dynamic>,
+    ) -> Result<(), Box<EvalAltResult>>,
+>;
+
+/// What a level of a chain needs evaluated before the levels after it.
+enum ChainLevel {
+    /// A property: nothing.
+    Property,
+    /// A method call's arguments.
+    Arguments(Vec<ExprFn>),
+    /// An index.
+    Index(ExprFn),
+}
+
+impl ChainLevel {
+    fn of(expr: &Expr, dotting: bool, cx: &mut Compiler) -> Option<Self> {
+        Some(match (expr, dotting) {
+            (Expr::Property(..), true) => Self::Property,
+            (Expr::MethodCall(call, _), true) => {
+                Self::Arguments(call.args.iter().map(|a| compile_arg(a, cx)).collect())
+            }
+            (index, false) => Self::Index(compile_expr(index, cx)),
+            _ => return None,
+        })
+    }
+
+    fn push(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this: Option<&mut Dynamic>,
+        values: &mut FnArgsVec<Dynamic>,
+    ) -> Result<(), Box<EvalAltResult>> {
+        match self {
+            Self::Property => (),
+            Self::Arguments(args) => {
+                for arg in args {
+                    values.push(arg(engine, global, caches, scope, this.as_deref_mut())?.flatten());
+                }
+            }
+            Self::Index(index) => {
+                values.push(index(engine, global, caches, scope, this)?.flatten())
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `expr` (the `rhs` of `parent`) as `eval_dot_index_chain_arguments` evaluates it; `None`
+/// for a shape it would not accept.
+fn compile_chain_args(parent: &Expr, expr: &Expr, cx: &mut Compiler) -> Option<ChainArgsFn> {
+    let at = expr.position();
+    let dotting = matches!(parent, Expr::Dot(..));
+    match expr {
+        Expr::Index(x, ..) | Expr::Dot(x, ..) if !parent.options().intersects(ASTFlags::BREAK) => {
+            let level = ChainLevel::of(&x.lhs, dotting, cx)?;
+            let rest = compile_chain_args(expr, &x.rhs, cx)?;
+            Some(Box::new(
+                move |engine, global, caches, scope, mut this, values| {
+                    engine.track_operation(global, at)?;
+                    // This level's values go after the next levels': the chain takes them from
+                    // the end.
+                    let mut own = FnArgsVec::new();
+                    level.push(engine, global, caches, scope, this.as_deref_mut(), &mut own)?;
+                    rest(engine, global, caches, scope, this, values)?;
+                    values.extend(own);
+                    Ok(())
+                },
+            ))
+        }
+        Expr::Index(..) | Expr::Dot(..) if dotting => None,
+        _ => {
+            let level = ChainLevel::of(expr, dotting, cx)?;
+            Some(Box::new(
+                move |engine, global, caches, scope, this, values| {
+                    engine.track_operation(global, at)?;
+                    level.push(engine, global, caches, scope, this, values)
+                },
+            ))
+        }
+    }
+}
+
+/// What `eval_dot_index_chain` evaluates before the chain's object.
+enum ChainArgs {
+    /// Nothing (`x.prop`, `x.f()`).
+    None,
+    /// A literal index (`x[1]`), no operation.
+    Literal(Dynamic),
+    Evaluated(ChainArgsFn),
+}
+
+/// A dot or index chain (`x.a.b`, `f()[1].c`, `this.m(1).p`): its arguments and its object
+/// compiled, the walk through it Rhai's (`eval_dot_index_chain_raw`).
+struct Chain {
+    /// The chain itself, which the walk reads.
+    expr: Expr,
+    args: ChainArgs,
+    object: Object,
+}
+
+impl Chain {
+    /// Whether the chain's object is a variable or `this`, which can be assigned through it.
+    fn is_place(&self) -> bool {
+        matches!(self.object, Object::Place(..))
+    }
+
+    /// Rhai's `eval_dot_index_chain`, with the new value when the chain is assigned to.
+    fn run(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this: Option<&mut Dynamic>,
+        new_value: Option<(Dynamic, &OpAssignment)>,
+    ) -> RhaiResult {
+        let (Expr::Dot(chain, ..) | Expr::Index(chain, ..)) = &self.expr else {
+            return Ok(Dynamic::UNIT);
+        };
+        let BinaryExpr { lhs, rhs } = &**chain;
+        let values = &mut FnArgsVec::new();
+        match &self.args {
+            ChainArgs::None => (),
+            ChainArgs::Literal(value) => values.push(value.clone()),
+            ChainArgs::Evaluated(args) => {
+                args(engine, global, caches, scope, this.as_deref_mut(), values)?
+            }
+        }
+        let expr = &self.expr;
+        match &self.object {
+            Object::Place(Expr::ThisPtr(pos)) => {
+                engine.track_operation(global, *pos)?;
+                let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
+                let target = &mut Target::try_from(this)?;
+                let scope = Some(scope);
+                engine.eval_dot_index_chain_raw(
+                    global, caches, scope, None, lhs, expr, target, rhs, values, new_value,
+                )
+            }
+            Object::Place(variable) => {
+                engine.track_operation(global, variable.position())?;
+                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                engine.eval_dot_index_chain_raw(
+                    global, caches, None, None, lhs, expr, target, rhs, values, new_value,
+                )
+            }
+            // Never assigned to (`is_place`).
+            Object::Value(object) => {
+                let value = object(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+                let target = &mut value.into();
+                let scope = Some(scope);
+                engine.eval_dot_index_chain_raw(
+                    global, caches, scope, this, lhs, expr, target, rhs, values, None,
+                )
+            }
+        }
+        .map(|(value, _)| value)
+    }
+}
+
+/// A dot or index chain, `None` for any other expression.
+fn compile_chain(expr: &Expr, cx: &mut Compiler) -> Option<Chain> {
+    let (Expr::Dot(chain, ..) | Expr::Index(chain, ..)) = expr else {
+        return None;
+    };
+    let BinaryExpr { lhs, rhs } = &**chain;
+    let dotting = matches!(expr, Expr::Dot(..));
+    let args = match rhs {
+        Expr::Property(..) if dotting => ChainArgs::None,
+        Expr::MethodCall(call, _) if dotting && call.args.is_empty() => ChainArgs::None,
+        literal if !dotting && literal.get_literal_value(None).is_some() => {
+            ChainArgs::Literal(literal.get_literal_value(None)?)
+        }
+        _ => ChainArgs::Evaluated(compile_chain_args(expr, rhs, cx)?),
+    };
+    let object = match lhs {
+        place @ (Expr::Variable(..) | Expr::ThisPtr(..)) => Object::Place(place.clone()),
+        value => Object::Value(compile_expr(value, cx)),
+    };
+    Some(Chain {
+        expr: expr.clone(),
+        args,
+        object,
+    })
+}
+
+/// `lhs.f(args)` with up to six arguments (a dot chain of one method call): `None` for
+/// anything else (properties, indexing, longer chains).
+fn compile_method_call(chain: &BinaryExpr, options: ASTFlags, cx: &mut Compiler) -> Option<ExprFn> {
+    let Expr::MethodCall(call, pos) = &chain.rhs else {
+        return None;
+    };
+    if call.args.len() > 6 {
+        return None;
+    }
+    let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
+    let object = match &chain.lhs {
+        place @ (Expr::Variable(..) | Expr::ThisPtr(..)) => Object::Place(place.clone()),
+        value => Object::Value(compile_expr(value, cx)),
+    };
+    let method = MethodCall {
+        callee: Callee {
+            name: call.name.clone(),
+            hashes: call.hashes,
+            site: CallSite::default(),
+            pos: *pos,
+        },
+        object,
+        args_at: chain.rhs.position(),
+        first_arg_at: call.args.first().map_or(Position::NONE, Expr::position),
+        elvis: options.intersects(ASTFlags::NEGATED),
+        plain: !["call", "curry", "is_shared"].contains(&call.name.as_str()),
+    };
+    match args.len() {
+        0 => method_with::<1>(method, args),
+        1 => method_with::<2>(method, args),
+        2 => method_with::<3>(method, args),
+        3 => method_with::<4>(method, args),
+        4 => method_with::<5>(method, args),
+        5 => method_with::<6>(method, args),
+        _ => method_with::<7>(method, args),
+    }
+}
+
+/// A method call with `M - 1` arguments: one operation for them (when there are any), each as
+/// `get_arg_value` evaluates it, then the call (the first of the `M` values is the object's
+/// place).
+fn method_with<const M: usize>(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
+    if args.len() + 1 != M {
+        return None;
+    }
+    Some(Box::new(move |engine, global, caches, scope, mut this| {
+        let mut values = [const { Dynamic::UNIT }; M];
+        if !args.is_empty() {
+            engine.track_operation(global, method.args_at)?;
+            for (value, arg) in values.iter_mut().skip(1).zip(&args) {
+                *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
+            }
+        }
+        method.call(engine, global, caches, scope, this, &mut values)
+    }))
 }
 
 /// The function a compiled call calls, and where.
@@ -463,14 +1340,32 @@ impl Callee {
         args: &mut [&mut Dynamic],
     ) -> RhaiResult {
         let Self {
+            name, site, pos, ..
+        } = self;
+        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
+            return result;
+        }
+        self.call_with_first(engine, global, caches, args, false)
+    }
+}
+
+impl Callee {
+    /// Rhai's `exec_fn_call` with the arguments evaluated, the first one by reference when
+    /// `by_reference`.
+    fn call_with_first(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        args: &mut [&mut Dynamic],
+        by_reference: bool,
+    ) -> RhaiResult {
+        let Self {
             name,
             hashes,
             site,
             pos,
         } = self;
-        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
-            return result;
-        }
         engine
             .exec_fn_call(
                 global,
@@ -480,7 +1375,7 @@ impl Callee {
                 None,
                 *hashes,
                 args,
-                false,
+                by_reference,
                 false,
                 Some(site),
                 *pos,

@@ -412,7 +412,9 @@ impl<H: Host + 'static> Plugin<H> {
         ast: AST,
         constants: Vec<(rhai::ImmutableString, Dynamic)>,
     ) -> Result<(), ConfigError> {
-        let script = script_of(ast, self.config.engine, &self.api.bindings.borrow())?;
+        let bindings = self.api.bindings.borrow();
+        let script = script_of(&self.engine, ast, self.config.engine, &bindings)?;
+        drop(bindings);
         let config = to_rhai(&self.config.user_config, "config")?;
         let constants: Vec<Constant> = constants
             .into_iter()
@@ -517,7 +519,7 @@ fn compile(
     kind: ScriptEngine,
     bindings: &crate::compiled::Bindings,
 ) -> Result<Script, ConfigError> {
-    let script = script_of(parse(engine, source)?, kind, bindings)?;
+    let script = script_of(engine, parse(engine, source)?, kind, bindings)?;
     if script.phases.iter().next().is_none() && script.tick.is_none() {
         return Err(ConfigError::new(
             ConfigErrorKind::Phases,
@@ -551,12 +553,13 @@ fn compile_error(source: &str, e: &rhai::ParseError) -> ConfigError {
 
 /// A parsed script and the phase functions it defines (any number of them).
 pub(crate) fn script_of(
+    engine: &Engine,
     ast: AST,
     kind: ScriptEngine,
     bindings: &crate::compiled::Bindings,
 ) -> Result<Script, ConfigError> {
     if kind == ScriptEngine::Compiled {
-        crate::compiled::install(&ast, bindings);
+        crate::compiled::install(engine, &ast, bindings);
     }
     let mut functions: [Option<PhaseFn>; Phase::ALL.len()] = Default::default();
     let mut tick = None;
@@ -650,7 +653,11 @@ impl<H: Host + 'static> Plugin<H> {
         source: &str,
     ) -> Result<crate::compiled::Coverage, ConfigError> {
         let ast = parse(&self.engine, source)?;
-        Ok(crate::compiled::coverage(&ast, &self.api.bindings.borrow()))
+        Ok(crate::compiled::coverage(
+            &self.engine,
+            &ast,
+            &self.api.bindings.borrow(),
+        ))
     }
 }
 

@@ -232,6 +232,8 @@ impl Engine {
     }
 
     /// Chain-evaluate a dot/index chain.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
     fn eval_dot_index_chain_raw(
         &self,
         global: &mut GlobalRuntimeState,

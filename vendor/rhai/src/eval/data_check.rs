@@ -427,9 +427,11 @@ impl Engine {
     }
 
     /// Check whether the size of a [`Dynamic`] is within limits.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[cfg(not(feature = "unchecked"))]
+    #[crate::expose_under_internals]
     #[inline(always)]
-    pub(crate) fn check_data_size<T: Borrow<Dynamic>>(
+    fn check_data_size<T: Borrow<Dynamic>>(
         &self,
         value: T,
         pos: Position,

@@ -135,7 +135,9 @@ impl Engine {
     }
     /// Search for a variable within the scope or within imports,
     /// depending on whether the variable name is namespace-qualified.
-    pub(crate) fn search_namespace<'s>(
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
+    fn search_namespace<'s>(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
@@ -204,6 +206,158 @@ impl Engine {
             _ => unreachable!("Expr::Variable expected but gets {:?}", expr),
         }
     }
+    /// An array literal of `items`: each evaluated by `item`, at `position`.
+    /// proxy-rhai patch 19: out of `eval_expr`, public under `internals` for the plugin's compiler,
+    /// which makes arrays as the evaluator does.
+    #[cfg(not(feature = "no_index"))]
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_array<P>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        items: &[P],
+        item: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            &P,
+        ) -> RhaiResult,
+        position: impl Fn(&P) -> crate::Position,
+    ) -> RhaiResult {
+        let mut array = crate::Array::with_capacity(items.len());
+
+        #[cfg(not(feature = "unchecked"))]
+        let mut total_data_sizes = (0, 0, 0);
+
+        for item_expr in items {
+            let value = item(self, global, caches, scope, this_ptr.as_deref_mut(), item_expr)?
+                .flatten();
+
+            #[cfg(not(feature = "unchecked"))]
+            if self.has_data_size_limit() {
+                let (val_sizes, depth) = self.data_sizes_and_depth(&value);
+
+                total_data_sizes = (
+                    total_data_sizes.0 + val_sizes.0 + 1,
+                    total_data_sizes.1 + val_sizes.1,
+                    total_data_sizes.2 + val_sizes.2,
+                );
+                self.throw_on_size(total_data_sizes)
+                    .and_then(|()| self.throw_on_depth(depth + 1))
+                    .map_err(|err| err.fill_position(position(item_expr)))?;
+            }
+
+            array.push(value);
+        }
+
+        Ok(Dynamic::from_array(array))
+    }
+
+    /// A map literal: `template` holds its keys, `entries` their values, each evaluated by
+    /// `value`, at `position`.
+    /// proxy-rhai patch 19: out of `eval_expr`, public under `internals` for the plugin's compiler,
+    /// which makes maps as the evaluator does.
+    #[cfg(not(feature = "no_object"))]
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_map<P>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        template: &crate::Map,
+        entries: &[P],
+        key: impl Fn(&P) -> &str,
+        value: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            &P,
+        ) -> RhaiResult,
+        position: impl Fn(&P) -> crate::Position,
+    ) -> RhaiResult {
+        let mut map = template.clone();
+
+        #[cfg(not(feature = "unchecked"))]
+        let mut total_data_sizes = (0, 0, 0);
+
+        for entry in entries {
+            let value = value(self, global, caches, scope, this_ptr.as_deref_mut(), entry)?
+                .flatten();
+
+            #[cfg(not(feature = "unchecked"))]
+            if self.has_data_size_limit() {
+                let (delta, depth) = self.data_sizes_and_depth(&value);
+                total_data_sizes = (
+                    total_data_sizes.0 + delta.0,
+                    total_data_sizes.1 + delta.1 + 1,
+                    total_data_sizes.2 + delta.2,
+                );
+                self.throw_on_size(total_data_sizes)
+                    .and_then(|()| self.throw_on_depth(depth + 1))
+                    .map_err(|err| err.fill_position(position(entry)))?;
+            }
+
+            *map.get_mut(key(entry)).unwrap() = value;
+        }
+
+        Ok(Dynamic::from_map(map))
+    }
+
+    /// An interpolated string of `pieces`: each evaluated by `piece`, at `position`.
+    /// proxy-rhai patch 19: out of `eval_expr`, public under `internals` for the plugin's compiler,
+    /// which interpolates as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_interpolated_string<P>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        pieces: &[P],
+        piece: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            &P,
+        ) -> RhaiResult,
+        position: impl Fn(&P) -> crate::Position,
+    ) -> RhaiResult {
+        let mut concat = crate::new_smart_string();
+
+        for expr in pieces {
+            let item = &mut piece(self, global, caches, scope, this_ptr.as_deref_mut(), expr)?
+                .flatten();
+            let pos = position(expr);
+
+            if item.is_string() {
+                write!(concat, "{item}").unwrap();
+            } else {
+                // proxy-rhai patch 17 (size): an error for a text past the string limit.
+                let display = print_with_func_raw(self, global, caches, FUNC_TO_STRING, item, pos)
+                    .map_err(|err| err.fill_position(pos))?;
+                write!(concat, "{display}").unwrap();
+            }
+
+            #[cfg(not(feature = "unchecked"))]
+            self.throw_on_size((0, 0, concat.len()))
+                .map_err(|err| err.fill_position(pos))?;
+        }
+
+        Ok(self.get_interned_string(concat).into())
+    }
+
     /// Evaluate an expression.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -256,95 +410,39 @@ impl Engine {
                 .search_namespace(global, caches, scope, this_ptr, expr)
                 .map(Target::take_or_clone),
 
-            Expr::InterpolatedString(x, _) => {
-                let mut concat = crate::new_smart_string();
-
-                for expr in &**x {
-                    let item = &mut self
-                        .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?
-                        .flatten();
-                    let pos = expr.position();
-
-                    if item.is_string() {
-                        write!(concat, "{item}").unwrap();
-                    } else {
-                        // proxy-rhai patch 17 (size): an error for a text past the string limit.
-                        let display =
-                            print_with_func_raw(self, global, caches, FUNC_TO_STRING, item, pos)
-                                .map_err(|err| err.fill_position(pos))?;
-                        write!(concat, "{display}").unwrap();
-                    }
-
-                    #[cfg(not(feature = "unchecked"))]
-                    self.throw_on_size((0, 0, concat.len()))
-                        .map_err(|err| err.fill_position(pos))?;
-                }
-
-                Ok(self.get_interned_string(concat).into())
-            }
+            Expr::InterpolatedString(x, _) => self.eval_interpolated_string(
+                global,
+                caches,
+                scope,
+                this_ptr,
+                x,
+                |e, g, c, s, t, expr| e.eval_expr(g, c, s, t, expr),
+                Expr::position,
+            ),
 
             #[cfg(not(feature = "no_index"))]
-            Expr::Array(x, ..) => {
-                let mut array = crate::Array::with_capacity(x.len());
-
-                #[cfg(not(feature = "unchecked"))]
-                let mut total_data_sizes = (0, 0, 0);
-
-                for item_expr in &**x {
-                    let value = self
-                        .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), item_expr)?
-                        .flatten();
-
-                    #[cfg(not(feature = "unchecked"))]
-                    if self.has_data_size_limit() {
-                        let (val_sizes, depth) = self.data_sizes_and_depth(&value);
-
-                        total_data_sizes = (
-                            total_data_sizes.0 + val_sizes.0 + 1,
-                            total_data_sizes.1 + val_sizes.1,
-                            total_data_sizes.2 + val_sizes.2,
-                        );
-                        self.throw_on_size(total_data_sizes)
-                            .and_then(|()| self.throw_on_depth(depth + 1))
-                            .map_err(|err| err.fill_position(item_expr.position()))?;
-                    }
-
-                    array.push(value);
-                }
-
-                Ok(Dynamic::from_array(array))
-            }
+            Expr::Array(x, ..) => self.eval_array(
+                global,
+                caches,
+                scope,
+                this_ptr,
+                x,
+                |e, g, c, s, t, expr| e.eval_expr(g, c, s, t, expr),
+                Expr::position,
+            ),
 
             #[cfg(not(feature = "no_object"))]
-            Expr::Map(x, ..) => {
-                let mut map = x.1.clone();
-
-                #[cfg(not(feature = "unchecked"))]
-                let mut total_data_sizes = (0, 0, 0);
-
-                for (key, value_expr) in &x.0 {
-                    let value = self
-                        .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), value_expr)?
-                        .flatten();
-
-                    #[cfg(not(feature = "unchecked"))]
-                    if self.has_data_size_limit() {
-                        let (delta, depth) = self.data_sizes_and_depth(&value);
-                        total_data_sizes = (
-                            total_data_sizes.0 + delta.0,
-                            total_data_sizes.1 + delta.1 + 1,
-                            total_data_sizes.2 + delta.2,
-                        );
-                        self.throw_on_size(total_data_sizes)
-                            .and_then(|()| self.throw_on_depth(depth + 1))
-                            .map_err(|err| err.fill_position(value_expr.position()))?;
-                    }
-
-                    *map.get_mut(key.as_str()).unwrap() = value;
-                }
-
-                Ok(Dynamic::from_map(map))
-            }
+            Expr::Map(x, ..) => self.eval_map(
+                global,
+                caches,
+                scope,
+                this_ptr,
+                &x.1,
+                &x.0,
+                |(key, _)| key.as_str(),
+                |e, g, c, s, t, (_, expr)| e.eval_expr(g, c, s, t, expr),
+                |(_, expr)| expr.position(),
+            ),
 
             Expr::And(x, ..) => {
                 let mut value = Dynamic::TRUE;

@@ -20,6 +20,8 @@ impl Engine {
     }
 
     /// If the value is a string, intern it.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
+    #[crate::expose_under_internals]
     #[inline(always)]
     fn intern_string(&self, value: Dynamic) -> Dynamic {
         match value.0 {
@@ -207,6 +209,549 @@ impl Engine {
         target.propagate_changed_value(pos)
     }
 
+    /// Define a variable (`let`, `const`: a [`Stmt::Var`]), its initial value given by `value`,
+    /// called where the initial expression is evaluated.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which defines variables as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_var_def(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        (var_name, index, options, pos): (
+            &crate::types::Ident,
+            Option<std::num::NonZeroUsize>,
+            ASTFlags,
+            crate::Position,
+        ),
+        rewind_scope: bool,
+        value: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        if !self.allow_shadowing() && scope.contains(var_name.as_str()) {
+            return Err(ERR::ErrorVariableExists(var_name.as_str().to_string(), pos).into());
+        }
+
+        let access = if options.contains(ASTFlags::CONSTANT) {
+            AccessMode::ReadOnly
+        } else {
+            AccessMode::ReadWrite
+        };
+        let export = options.contains(ASTFlags::EXPORTED);
+
+        // Check variable definition filter
+        if let Some(ref filter) = self.def_var_filter {
+            let will_shadow = scope.contains(var_name.as_str());
+            let is_const = access == AccessMode::ReadOnly;
+            let info = VarDefInfo::new(
+                var_name.as_str(),
+                is_const,
+                global.scope_level,
+                will_shadow,
+            );
+            let orig_scope_len = scope.len();
+            let context =
+                EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
+            let filter_result = filter(true, info, context);
+
+            if orig_scope_len != scope.len() {
+                // The scope is changed, always search from now on
+                global.always_search_scope = true;
+            }
+
+            if !filter_result? {
+                return Err(ERR::ErrorForbiddenVariable(
+                    var_name.as_str().to_string(),
+                    pos,
+                )
+                .into());
+            }
+        }
+
+        // Guard against too many variables
+        #[cfg(not(feature = "unchecked"))]
+        if index.is_none() && scope.len() >= self.max_variables() {
+            return Err(ERR::ErrorTooManyVariables(pos).into());
+        }
+
+        // Evaluate initial value
+        let value = value(self, global, caches, scope, this_ptr)?.flatten();
+        let mut value = self.intern_string(value);
+
+        let _alias = if !rewind_scope {
+            // Put global constants into global module
+            #[cfg(not(feature = "no_function"))]
+            #[cfg(not(feature = "no_module"))]
+            if global.scope_level == 0
+                && access == AccessMode::ReadOnly
+                && global.lib.iter().any(|m| !m.is_empty())
+            {
+                crate::func::locked_write(global.constants.get_or_insert_with(|| {
+                    crate::Shared::new(
+                        crate::Locked::new(std::collections::BTreeMap::new()),
+                    )
+                }))
+                .unwrap()
+                .insert(var_name.name.clone(), value.clone());
+            }
+
+            export.then_some(var_name)
+        } else if !export {
+            None
+        } else {
+            unreachable!("exported variable not on global level");
+        };
+
+        self.set_access_mode_charged(&mut value, access);
+        match index {
+            Some(index) => {
+                *scope.get_mut_by_index(scope.len() - index.get()) = value;
+            }
+            _ => {
+                scope.push_entry_as_is(var_name.name.clone(), value);
+            }
+        }
+
+        #[cfg(not(feature = "no_module"))]
+        if let Some(alias) = _alias {
+            scope.add_alias_by_index(scope.len() - 1, alias.as_str().into());
+        }
+
+        Ok(Dynamic::UNIT)
+    }
+
+    /// Assign `rhs_val` to the variable `lhs` with `op_info` (`=`, `+=`, …), the right side
+    /// evaluated.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which assigns as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn assign_to_variable(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        this_ptr: Option<&mut Dynamic>,
+        op_info: &OpAssignment,
+        lhs: &Expr,
+        rhs_val: Dynamic,
+    ) -> RhaiResultOf<()> {
+        self.track_operation(global, lhs.position())?;
+
+        let mut target = self.search_namespace(global, caches, scope, this_ptr, lhs)?;
+
+        let is_temp_result = !target.is_ref();
+
+        #[cfg(not(feature = "no_closure"))]
+        // Also handle case where target is a `Dynamic` shared value
+        // (returned by a variable resolver, for example)
+        let is_temp_result = is_temp_result && !target.is_shared();
+
+        // Cannot assign to temp result from expression
+        if is_temp_result {
+            let name = lhs.get_variable_name(false).unwrap_or_default();
+            return Err(ERR::ErrorAssignmentToConstant(name.to_string(), lhs.position()).into());
+        }
+
+        self.eval_op_assignment(global, caches, op_info, lhs, &mut target, rhs_val)
+    }
+
+    /// A `for` loop ([`Stmt::For`]): `iterable` gives the value iterated over, `run_body` runs
+    /// the body once; the positions are the iterable's (start and end) and the body's.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs loops as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_for(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        (var_name, counter): (&crate::types::Ident, Option<&crate::types::Ident>),
+        (expr_start, expr_pos, body_is_empty, body_pos): (
+            crate::Position,
+            crate::Position,
+            bool,
+            crate::Position,
+        ),
+        iterable: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        mut run_body: impl FnMut(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        // Guard against too many variables
+        #[cfg(not(feature = "unchecked"))]
+        if scope.len() >= self.max_variables() - usize::from(counter.is_some()) {
+            return Err(ERR::ErrorTooManyVariables(var_name.pos).into());
+        }
+
+        let iter_obj = iterable(self, global, caches, scope, this_ptr.as_deref_mut())?.flatten();
+
+        let iter_type = iter_obj.type_id();
+
+        // lib should only contain scripts, so technically they cannot have iterators
+
+        // Search order:
+        // 1) Global namespace - functions registered via Engine::register_XXX
+        // 2) Global modules - packages
+        // 3) Imported modules - functions marked with global namespace
+        // 4) Global sub-modules - functions marked with global namespace
+        let iter_func = self
+            .global_modules
+            .iter()
+            .find_map(|m| m.get_iter(iter_type));
+
+        #[cfg(not(feature = "no_module"))]
+        let iter_func = iter_func
+            .or_else(|| global.get_iter(iter_type))
+            .or_else(|| {
+                self.global_sub_modules
+                    .values()
+                    .find_map(|m| m.get_qualified_iter(iter_type))
+            });
+
+        let iter_func = iter_func.ok_or_else(|| ERR::ErrorFor(expr_start))?;
+
+        // Restore scope at end of statement
+        defer! { scope => rewind; let orig_scope_len = scope.len(); }
+
+        // Add the loop variables
+        let counter_index = counter.as_ref().map(|counter| {
+            let name = self.get_interned_string(&counter.name);
+            scope.push_entry(name, AccessMode::ReadWrite, Dynamic::ZERO);
+            scope.len() - 1
+        });
+
+        scope.push_entry(
+            self.get_interned_string(&var_name.name),
+            AccessMode::ReadWrite,
+            Dynamic::UNIT,
+        );
+        let index = scope.len() - 1;
+
+        let mut result = Dynamic::UNIT;
+
+        if body_is_empty {
+            for _ in iter_func(iter_obj) {
+                self.track_operation(global, body_pos)?;
+            }
+        } else {
+            let mut index_value: INT = -1;
+
+            for iter_value in iter_func(iter_obj) {
+                #[cfg(not(feature = "unchecked"))]
+                {
+                    index_value = index_value.checked_add(1).ok_or_else(|| {
+                        ERR::ErrorArithmetic(
+                            format!("for-loop counter overflow: {index_value}"),
+                            var_name.pos,
+                        )
+                    })?;
+                }
+                #[cfg(feature = "unchecked")]
+                {
+                    index_value += 1;
+                }
+
+                // Increment counter
+                if let Some(counter_index) = counter_index {
+                    *scope.get_mut_by_index(counter_index).write_lock().unwrap() =
+                        Dynamic::from_int(index_value);
+                }
+
+                // Set loop value
+                let value = iter_value
+                    .map_err(|err| err.fill_position(expr_pos))?
+                    .flatten();
+
+                *scope.get_mut_by_index(index).write_lock().unwrap() = value;
+
+                // Run block
+                match run_body(self, global, caches, scope, this_ptr.as_deref_mut()) {
+                    Ok(_) => (),
+                    Err(err) => match *err {
+                        ERR::LoopBreak(false, ..) => (),
+                        ERR::LoopBreak(true, value, ..) => {
+                            result = value;
+                            break;
+                        }
+                        _ => return Err(err),
+                    },
+                }
+            }
+        }
+
+        Ok(result)
+    }
+
+    /// A `switch` ([`Stmt::Switch`]) of `cases`: `value` gives the value switched on, and
+    /// `expr` evaluates the condition (`true`) or the value (`false`) of the case at an index of
+    /// `cases.expressions`.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs `switch` as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_switch(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        SwitchCasesCollection {
+            expressions,
+            cases,
+            def_case,
+            ranges,
+        }: &SwitchCasesCollection,
+        value: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        expr: impl Fn(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+            usize,
+            bool,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        let mut result = None;
+
+        let value = value(self, global, caches, scope, this_ptr.as_deref_mut())?;
+
+        if value.is_hashable() {
+            // proxy-rhai patch 11: hashing a string reads all of it (`data_items`).
+            #[cfg(not(feature = "unchecked"))]
+            self.charge_data([&value]);
+            let hash = calc_switch_value_hash(&value);
+
+            // First check hashes
+            if let Some(case) = cases.get(&hash) {
+                debug_assert!(!case.blocks.is_empty());
+
+                for &index in &case.blocks {
+                    let cond_result = match expressions[index].lhs {
+                        Expr::BoolConstant(b, ..) => b,
+                        ref c => expr(self, global, caches, scope, this_ptr.as_deref_mut(), index, true)?
+                            .as_bool()
+                            .map_err(|typ| self.make_type_mismatch_err::<bool>(typ, c.position()))?,
+                    };
+
+                    if cond_result {
+                        result = Some(index);
+                        break;
+                    }
+                }
+            }
+            // Then check ranges
+            if !result.is_some() && !ranges.is_empty() {
+                let value = value.flatten();
+
+                // Then check integer ranges
+                for r in ranges.iter().filter(|r| r.contains(&value)) {
+                    let index = r.index();
+
+                    let cond_result = match expressions[index].lhs {
+                        Expr::BoolConstant(b, ..) => b,
+                        ref c => expr(self, global, caches, scope, this_ptr.as_deref_mut(), index, true)?
+                            .as_bool()
+                            .map_err(|typ| self.make_type_mismatch_err::<bool>(typ, c.position()))?,
+                    };
+
+                    if cond_result {
+                        result = Some(index);
+                        break;
+                    }
+                }
+            }
+        }
+
+        result
+            .or(*def_case)
+            .map_or(Ok(Dynamic::UNIT), |index| {
+                expr(self, global, caches, scope, this_ptr, index, false)
+            })
+    }
+
+    /// `try { body } catch (catch_var) { catch }` ([`Stmt::TryCatch`]), the blocks run by
+    /// closures.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler,
+    /// which runs `try` as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn eval_try_catch(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        catch_var: &Expr,
+        body: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+        catch: impl FnOnce(
+            &Self,
+            &mut GlobalRuntimeState,
+            &mut Caches,
+            &mut Scope,
+            Option<&mut Dynamic>,
+        ) -> RhaiResult,
+    ) -> RhaiResult {
+        match body(self, global, caches, scope, this_ptr.as_deref_mut()) {
+            r @ Ok(_) => r,
+            Err(err) if err.is_pseudo_error() => Err(err),
+            Err(err) if !err.is_catchable() => Err(err),
+            Err(mut err) => {
+                let err_value = match err.unwrap_inner() {
+                    // No error variable
+                    _ if catch_var.is_unit() => Dynamic::UNIT,
+
+                    ERR::ErrorRuntime(x, ..) => x.clone(),
+
+                    #[cfg(feature = "no_object")]
+                    _ => {
+                        let _ = err.take_position();
+                        err.to_string().into()
+                    }
+                    #[cfg(not(feature = "no_object"))]
+                    _ => {
+                        let mut err_map = crate::Map::new();
+                        let err_pos = err.take_position();
+
+                        err_map.insert("message".into(), err.to_string().into());
+
+                        if let Some(ref source) = global.source {
+                            err_map.insert("source".into(), source.into());
+                        }
+
+                        if !err_pos.is_none() {
+                            err_map.insert(
+                                "line".into(),
+                                (err_pos.line().unwrap() as INT).into(),
+                            );
+                            err_map.insert(
+                                "position".into(),
+                                (err_pos.position().unwrap_or(0) as INT).into(),
+                            );
+                        }
+
+                        err.dump_fields(&mut err_map);
+                        err_map.into()
+                    }
+                };
+
+                // Restore scope at end of block
+                defer! { scope if !catch_var.is_unit() => rewind; let orig_scope_len = scope.len(); }
+
+                if let Expr::Variable(x, ..) = catch_var {
+                    // Guard against too many variables
+                    #[cfg(not(feature = "unchecked"))]
+                    if scope.len() >= self.max_variables() {
+                        return Err(ERR::ErrorTooManyVariables(catch_var.position()).into());
+                    }
+                    scope.push_entry(x.1.clone(), AccessMode::ReadWrite, err_value);
+                }
+
+                catch(self, global, caches, scope, this_ptr.as_deref_mut())
+                    .map(|_| Dynamic::UNIT)
+                    .map_err(|result_err| match *result_err {
+                        // Re-throw exception
+                        ERR::ErrorRuntime(v, pos) if v.is_unit() => {
+                            err.set_position(pos);
+                            err
+                        }
+                        _ => result_err,
+                    })
+            }
+        }
+    }
+
+    /// Makes `variables` shared ([`Stmt::Share`]), for the closures that capture them.
+    /// proxy-rhai patch 19: out of `eval_stmt`, public under `internals` for the plugin's compiler.
+    #[cfg(not(feature = "no_closure"))]
+    #[crate::expose_under_internals]
+    #[inline(always)]
+    fn share_variables(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        mut this_ptr: Option<&mut Dynamic>,
+        variables: &[(crate::types::Ident, Option<core::num::NonZeroUsize>)],
+    ) -> RhaiResult {
+        for (var, index) in variables {
+            // Check the variable resolver, if any
+            if let Some(ref resolve_var) = self.resolve_var {
+                let orig_scope_len = scope.len();
+
+                let context =
+                    EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
+                let resolved_var = resolve_var(
+                    &var.name,
+                    index.map_or(0, core::num::NonZeroUsize::get),
+                    context,
+                );
+
+                if orig_scope_len != scope.len() {
+                    // The scope is changed, always search from now on
+                    global.always_search_scope = true;
+                }
+
+                match resolved_var {
+                    // If resolved to a variable, skip it (because we cannot make it shared)
+                    Ok(Some(_)) => continue,
+                    Ok(None) => (),
+                    Err(err) => return Err(err.fill_position(var.pos)),
+                }
+            }
+
+            // Search the scope
+            let index = index
+                .map(|n| scope.len() - n.get())
+                .or_else(|| scope.search(&var.name))
+                .ok_or_else(|| {
+                    Box::new(ERR::ErrorVariableNotFound(var.name.to_string(), var.pos))
+                })?;
+
+            let val = scope.get_mut_by_index(index);
+
+            if !val.is_shared() {
+                // Replace the variable with a shared value.
+                *val = val.take().into_shared();
+            }
+        }
+
+        Ok(Dynamic::UNIT)
+    }
+
     /// Evaluate a statement.
     /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[crate::expose_under_internals]
@@ -274,32 +819,12 @@ impl Engine {
                     }
                     #[cfg(feature = "no_function")]
                     unreachable!();
-                } else if let Expr::Variable(x, ..) = lhs {
+                } else if let Expr::Variable(..) = lhs {
                     let rhs_val = self
                         .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), rhs)?
                         .flatten();
 
-                    self.track_operation(global, lhs.position())?;
-
-                    let mut target = self.search_namespace(global, caches, scope, this_ptr, lhs)?;
-
-                    let is_temp_result = !target.is_ref();
-
-                    #[cfg(not(feature = "no_closure"))]
-                    // Also handle case where target is a `Dynamic` shared value
-                    // (returned by a variable resolver, for example)
-                    let is_temp_result = is_temp_result && !target.is_shared();
-
-                    // Cannot assign to temp result from expression
-                    if is_temp_result {
-                        return Err(ERR::ErrorAssignmentToConstant(
-                            x.1.to_string(),
-                            lhs.position(),
-                        )
-                        .into());
-                    }
-
-                    self.eval_op_assignment(global, caches, op_info, lhs, &mut target, rhs_val)?;
+                    self.assign_to_variable(global, caches, scope, this_ptr, op_info, lhs, rhs_val)?;
                 } else {
                     #[cfg(any(not(feature = "no_index"), not(feature = "no_object")))]
                     {
@@ -339,101 +864,11 @@ impl Engine {
 
             // Variable definition
             Stmt::Var(x, options, pos) => {
-                if !self.allow_shadowing() && scope.contains(x.0.as_str()) {
-                    return Err(ERR::ErrorVariableExists(x.0.as_str().to_string(), *pos).into());
-                }
-
-                // Let/const statement
                 let (var_name, expr, index) = &**x;
-
-                let access = if options.contains(ASTFlags::CONSTANT) {
-                    AccessMode::ReadOnly
-                } else {
-                    AccessMode::ReadWrite
-                };
-                let export = options.contains(ASTFlags::EXPORTED);
-
-                // Check variable definition filter
-                if let Some(ref filter) = self.def_var_filter {
-                    let will_shadow = scope.contains(var_name.as_str());
-                    let is_const = access == AccessMode::ReadOnly;
-                    let info = VarDefInfo::new(
-                        var_name.as_str(),
-                        is_const,
-                        global.scope_level,
-                        will_shadow,
-                    );
-                    let orig_scope_len = scope.len();
-                    let context =
-                        EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
-                    let filter_result = filter(true, info, context);
-
-                    if orig_scope_len != scope.len() {
-                        // The scope is changed, always search from now on
-                        global.always_search_scope = true;
-                    }
-
-                    if !filter_result? {
-                        return Err(ERR::ErrorForbiddenVariable(
-                            var_name.as_str().to_string(),
-                            *pos,
-                        )
-                        .into());
-                    }
-                }
-
-                // Guard against too many variables
-                #[cfg(not(feature = "unchecked"))]
-                if index.is_none() && scope.len() >= self.max_variables() {
-                    return Err(ERR::ErrorTooManyVariables(*pos).into());
-                }
-
-                // Evaluate initial value
-                let value = self
-                    .eval_expr(global, caches, scope, this_ptr, expr)?
-                    .flatten();
-                let mut value = self.intern_string(value);
-
-                let _alias = if !rewind_scope {
-                    // Put global constants into global module
-                    #[cfg(not(feature = "no_function"))]
-                    #[cfg(not(feature = "no_module"))]
-                    if global.scope_level == 0
-                        && access == AccessMode::ReadOnly
-                        && global.lib.iter().any(|m| !m.is_empty())
-                    {
-                        crate::func::locked_write(global.constants.get_or_insert_with(|| {
-                            crate::Shared::new(
-                                crate::Locked::new(std::collections::BTreeMap::new()),
-                            )
-                        }))
-                        .unwrap()
-                        .insert(var_name.name.clone(), value.clone());
-                    }
-
-                    export.then_some(var_name)
-                } else if !export {
-                    None
-                } else {
-                    unreachable!("exported variable not on global level");
-                };
-
-                self.set_access_mode_charged(&mut value, access);
-                match index {
-                    Some(index) => {
-                        *scope.get_mut_by_index(scope.len() - index.get()) = value;
-                    }
-                    _ => {
-                        scope.push_entry_as_is(var_name.name.clone(), value);
-                    }
-                }
-
-                #[cfg(not(feature = "no_module"))]
-                if let Some(alias) = _alias {
-                    scope.add_alias_by_index(scope.len() - 1, alias.as_str().into());
-                }
-
-                Ok(Dynamic::UNIT)
+                let var = (var_name, *index, *options, *pos);
+                self.eval_var_def(global, caches, scope, this_ptr, var, rewind_scope, |e, g, c, s, t| {
+                    e.eval_expr(g, c, s, t, expr)
+                })
             }
 
             // If statement
@@ -456,80 +891,19 @@ impl Engine {
 
             // Switch statement
             Stmt::Switch(x, ..) => {
-                let (
-                    expr,
-                    SwitchCasesCollection {
-                        expressions,
-                        cases,
-                        def_case,
-                        ranges,
+                let (expr, cases) = &**x;
+                self.eval_switch(
+                    global,
+                    caches,
+                    scope,
+                    this_ptr,
+                    cases,
+                    |e, g, c, s, t| e.eval_expr(g, c, s, t, expr),
+                    |e, g, c, s, t, index, condition| {
+                        let BinaryExpr { lhs, rhs } = &cases.expressions[index];
+                        e.eval_expr(g, c, s, t, if condition { lhs } else { rhs })
                     },
-                ) = &**x;
-
-                let mut result = None;
-
-                let value = self.eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?;
-
-                if value.is_hashable() {
-                    // proxy-rhai patch 11: hashing a string reads all of it (`data_items`).
-                    #[cfg(not(feature = "unchecked"))]
-                    self.charge_data([&value]);
-                    let hash = calc_switch_value_hash(&value);
-
-                    // First check hashes
-                    if let Some(case) = cases.get(&hash) {
-                        debug_assert!(!case.blocks.is_empty());
-
-                        for &index in &case.blocks {
-                            let block = &expressions[index];
-
-                            let cond_result = match block.lhs {
-                                Expr::BoolConstant(b, ..) => b,
-                                ref c => self
-                                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), c)?
-                                    .as_bool()
-                                    .map_err(|typ| {
-                                        self.make_type_mismatch_err::<bool>(typ, c.position())
-                                    })?,
-                            };
-
-                            if cond_result {
-                                result = Some(&block.rhs);
-                                break;
-                            }
-                        }
-                    }
-                    // Then check ranges
-                    if !result.is_some() && !ranges.is_empty() {
-                        let value = value.flatten();
-
-                        // Then check integer ranges
-                        for r in ranges.iter().filter(|r| r.contains(&value)) {
-                            let BinaryExpr { lhs, rhs } = &expressions[r.index()];
-
-                            let cond_result = match lhs {
-                                Expr::BoolConstant(b, ..) => *b,
-                                c => self
-                                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), c)?
-                                    .as_bool()
-                                    .map_err(|typ| {
-                                        self.make_type_mismatch_err::<bool>(typ, c.position())
-                                    })?,
-                            };
-
-                            if cond_result {
-                                result = Some(rhs);
-                                break;
-                            }
-                        }
-                    }
-                }
-
-                result
-                    .or_else(|| def_case.as_ref().map(|&index| &expressions[index].rhs))
-                    .map_or(Ok(Dynamic::UNIT), |expr| {
-                        self.eval_expr(global, caches, scope, this_ptr, expr)
-                    })
+                )
             }
 
             // Loop
@@ -627,117 +1001,18 @@ impl Engine {
             // For loop
             Stmt::For(x, ..) => {
                 let (var_name, counter, FlowControl { expr, body, .. }) = &**x;
-
-                // Guard against too many variables
-                #[cfg(not(feature = "unchecked"))]
-                if scope.len() >= self.max_variables() - usize::from(counter.is_some()) {
-                    return Err(ERR::ErrorTooManyVariables(var_name.pos).into());
-                }
-
-                let iter_obj = self
-                    .eval_expr(global, caches, scope, this_ptr.as_deref_mut(), expr)?
-                    .flatten();
-
-                let iter_type = iter_obj.type_id();
-
-                // lib should only contain scripts, so technically they cannot have iterators
-
-                // Search order:
-                // 1) Global namespace - functions registered via Engine::register_XXX
-                // 2) Global modules - packages
-                // 3) Imported modules - functions marked with global namespace
-                // 4) Global sub-modules - functions marked with global namespace
-                let iter_func = self
-                    .global_modules
-                    .iter()
-                    .find_map(|m| m.get_iter(iter_type));
-
-                #[cfg(not(feature = "no_module"))]
-                let iter_func = iter_func
-                    .or_else(|| global.get_iter(iter_type))
-                    .or_else(|| {
-                        self.global_sub_modules
-                            .values()
-                            .find_map(|m| m.get_qualified_iter(iter_type))
-                    });
-
-                let iter_func = iter_func.ok_or_else(|| ERR::ErrorFor(expr.start_position()))?;
-
-                // Restore scope at end of statement
-                defer! { scope => rewind; let orig_scope_len = scope.len(); }
-
-                // Add the loop variables
-                let counter_index = counter.as_ref().map(|counter| {
-                    let name = self.get_interned_string(&counter.name);
-                    scope.push_entry(name, AccessMode::ReadWrite, Dynamic::ZERO);
-                    scope.len() - 1
-                });
-
-                scope.push_entry(
-                    self.get_interned_string(&var_name.name),
-                    AccessMode::ReadWrite,
-                    Dynamic::UNIT,
-                );
-                let index = scope.len() - 1;
-
-                let mut result = Dynamic::UNIT;
-
-                if body.is_empty() {
-                    for _ in iter_func(iter_obj) {
-                        self.track_operation(global, body.position())?;
-                    }
-                } else {
-                    let mut index_value: INT = -1;
-
-                    for iter_value in iter_func(iter_obj) {
-                        #[cfg(not(feature = "unchecked"))]
-                        {
-                            index_value = index_value.checked_add(1).ok_or_else(|| {
-                                ERR::ErrorArithmetic(
-                                    format!("for-loop counter overflow: {index_value}"),
-                                    var_name.pos,
-                                )
-                            })?;
-                        }
-                        #[cfg(feature = "unchecked")]
-                        {
-                            index_value += 1;
-                        }
-
-                        // Increment counter
-                        if let Some(counter_index) = counter_index {
-                            *scope.get_mut_by_index(counter_index).write_lock().unwrap() =
-                                Dynamic::from_int(index_value);
-                        }
-
-                        // Set loop value
-                        let value = iter_value
-                            .map_err(|err| err.fill_position(expr.position()))?
-                            .flatten();
-
-                        *scope.get_mut_by_index(index).write_lock().unwrap() = value;
-
-                        // Run block
-                        let this_ptr = this_ptr.as_deref_mut();
-                        let statements = body.statements();
-
-                        match self
-                            .eval_stmt_block(global, caches, scope, this_ptr, statements, true)
-                        {
-                            Ok(_) => (),
-                            Err(err) => match *err {
-                                ERR::LoopBreak(false, ..) => (),
-                                ERR::LoopBreak(true, value, ..) => {
-                                    result = value;
-                                    break;
-                                }
-                                _ => return Err(err),
-                            },
-                        }
-                    }
-                }
-
-                Ok(result)
+                let names = (var_name, counter.as_ref());
+                let positions = (expr.start_position(), expr.position(), body.is_empty(), body.position());
+                self.eval_for(
+                    global,
+                    caches,
+                    scope,
+                    this_ptr,
+                    names,
+                    positions,
+                    |e, g, c, s, t| e.eval_expr(g, c, s, t, expr),
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, body.statements(), true),
+                )
             }
 
             // Continue/Break statement
@@ -759,84 +1034,15 @@ impl Engine {
                     expr: catch_var,
                     branch,
                 } = &**x;
-
-                match self.eval_stmt_block(
+                self.eval_try_catch(
                     global,
                     caches,
                     scope,
-                    this_ptr.as_deref_mut(),
-                    body.statements(),
-                    true,
-                ) {
-                    r @ Ok(_) => r,
-                    Err(err) if err.is_pseudo_error() => Err(err),
-                    Err(err) if !err.is_catchable() => Err(err),
-                    Err(mut err) => {
-                        let err_value = match err.unwrap_inner() {
-                            // No error variable
-                            _ if catch_var.is_unit() => Dynamic::UNIT,
-
-                            ERR::ErrorRuntime(x, ..) => x.clone(),
-
-                            #[cfg(feature = "no_object")]
-                            _ => {
-                                let _ = err.take_position();
-                                err.to_string().into()
-                            }
-                            #[cfg(not(feature = "no_object"))]
-                            _ => {
-                                let mut err_map = crate::Map::new();
-                                let err_pos = err.take_position();
-
-                                err_map.insert("message".into(), err.to_string().into());
-
-                                if let Some(ref source) = global.source {
-                                    err_map.insert("source".into(), source.into());
-                                }
-
-                                if !err_pos.is_none() {
-                                    err_map.insert(
-                                        "line".into(),
-                                        (err_pos.line().unwrap() as INT).into(),
-                                    );
-                                    err_map.insert(
-                                        "position".into(),
-                                        (err_pos.position().unwrap_or(0) as INT).into(),
-                                    );
-                                }
-
-                                err.dump_fields(&mut err_map);
-                                err_map.into()
-                            }
-                        };
-
-                        // Restore scope at end of block
-                        defer! { scope if !catch_var.is_unit() => rewind; let orig_scope_len = scope.len(); }
-
-                        if let Expr::Variable(x, ..) = catch_var {
-                            // Guard against too many variables
-                            #[cfg(not(feature = "unchecked"))]
-                            if scope.len() >= self.max_variables() {
-                                return Err(ERR::ErrorTooManyVariables(catch_var.position()).into());
-                            }
-                            scope.push_entry(x.1.clone(), AccessMode::ReadWrite, err_value);
-                        }
-
-                        let this_ptr = this_ptr.as_deref_mut();
-                        let statements = branch.statements();
-
-                        self.eval_stmt_block(global, caches, scope, this_ptr, statements, true)
-                            .map(|_| Dynamic::UNIT)
-                            .map_err(|result_err| match *result_err {
-                                // Re-throw exception
-                                ERR::ErrorRuntime(v, pos) if v.is_unit() => {
-                                    err.set_position(pos);
-                                    err
-                                }
-                                _ => result_err,
-                            })
-                    }
-                }
+                    this_ptr,
+                    catch_var,
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, body.statements(), true),
+                    |e, g, c, s, t| e.eval_stmt_block(g, c, s, t, branch.statements(), true),
+                )
             }
 
             // Throw value
@@ -942,51 +1148,7 @@ impl Engine {
 
             // Share statement
             #[cfg(not(feature = "no_closure"))]
-            Stmt::Share(x) => {
-                for (var, index) in &**x {
-                    // Check the variable resolver, if any
-                    if let Some(ref resolve_var) = self.resolve_var {
-                        let orig_scope_len = scope.len();
-
-                        let context =
-                            EvalContext::new(self, global, caches, scope, this_ptr.as_deref_mut());
-                        let resolved_var = resolve_var(
-                            &var.name,
-                            index.map_or(0, core::num::NonZeroUsize::get),
-                            context,
-                        );
-
-                        if orig_scope_len != scope.len() {
-                            // The scope is changed, always search from now on
-                            global.always_search_scope = true;
-                        }
-
-                        match resolved_var {
-                            // If resolved to a variable, skip it (because we cannot make it shared)
-                            Ok(Some(_)) => continue,
-                            Ok(None) => (),
-                            Err(err) => return Err(err.fill_position(var.pos)),
-                        }
-                    }
-
-                    // Search the scope
-                    let index = index
-                        .map(|n| scope.len() - n.get())
-                        .or_else(|| scope.search(&var.name))
-                        .ok_or_else(|| {
-                            Box::new(ERR::ErrorVariableNotFound(var.name.to_string(), var.pos))
-                        })?;
-
-                    let val = scope.get_mut_by_index(index);
-
-                    if !val.is_shared() {
-                        // Replace the variable with a shared value.
-                        *val = val.take().into_shared();
-                    }
-                }
-
-                Ok(Dynamic::UNIT)
-            }
+            Stmt::Share(x) => self.share_variables(global, caches, scope, this_ptr, x),
 
             #[allow(unreachable_patterns)]
             _ => unreachable!("statement cannot be evaluated: {:?}", stmt),

@@ -104,8 +104,10 @@ impl Engine {
     }
 
     /// Call a dot method.
+    /// proxy-rhai patch 19: public under `internals`, for the plugin's compiler.
     #[cfg(not(feature = "no_object"))]
-    pub(crate) fn make_method_call(
+    #[crate::expose_under_internals]
+    fn make_method_call(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
@@ -982,6 +984,114 @@ impl Engine {
         self.eval_global_statements(global, caches, scope, statements, false)
     }
 
+    /// A unary operator applied to its evaluated operand under Fast Operators mode.
+    /// proxy-rhai patch 19: out of `eval_fn_call_expr`, public under `internals` for the plugin's
+    /// compiler, which applies operators as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline]
+    fn call_unary_operator(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        name: &str,
+        op_token: &Token,
+        hashes: FnCallHashes,
+        mut value: Dynamic,
+        site: &CallSite,
+        pos: Position,
+    ) -> RhaiResult {
+        if matches!(op_token, &Token::Bang) {
+            if let Union::Bool(b, ..) = &value.0 {
+                return Ok((!b).into());
+            }
+        }
+        if matches!(op_token, &Token::Minus | &Token::UnaryMinus) {
+            if let Union::Int(n, ..) = &value.0 {
+                #[cfg(not(feature = "unchecked"))]
+                let value = n.checked_neg().ok_or_else(|| {
+                    Box::new(ERR::ErrorArithmetic("integer overflow".into(), pos))
+                })?;
+                #[cfg(feature = "unchecked")]
+                let value = -n;
+
+                return Ok(value.into());
+            }
+            #[cfg(not(feature = "no_float"))]
+            if let Union::Float(n, ..) = &value.0 {
+                return Ok((-(**n)).into());
+            }
+            #[cfg(feature = "decimal")]
+            if let Union::Decimal(n, ..) = &value.0 {
+                return Ok((-(**n)).into());
+            }
+        }
+
+        let operand = &mut [&mut value];
+        let op_token = Some(op_token);
+
+        self.exec_fn_call(
+            global, caches, None, name, op_token, hashes, operand, false, false, Some(site), pos,
+        )
+        .map(|(v, ..)| v)
+    }
+
+    /// A binary operator applied to its evaluated operands under Fast Operators mode.
+    /// proxy-rhai patch 19: out of `eval_fn_call_expr`, public under `internals` for the plugin's
+    /// compiler, which applies operators as the evaluator does.
+    #[crate::expose_under_internals]
+    #[inline]
+    fn call_binary_operator(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        name: &str,
+        op_token: &Token,
+        hashes: FnCallHashes,
+        mut lhs: Dynamic,
+        mut rhs: Dynamic,
+        site: &CallSite,
+        pos: Position,
+    ) -> RhaiResult {
+        if lhs.is_variant() || rhs.is_variant() {
+            // For custom types, give registered functions a chance to run first before considering the built-in fallback
+        } else {
+            // For other types, try to get a built-in
+            if let Some((func, need_context)) = get_builtin_binary_op_fn(op_token, &lhs, &rhs) {
+                // We may not need to bump the level because built-in's do not need it.
+                //defer! { let orig_level = global.level; global.level += 1 }
+
+                let context = need_context.then(|| (self, name, None, &*global, pos).into());
+
+                // proxy-rhai patch 11: the operands and the result count as operations
+                // (`data_items`): `s + t` copies both, `s == t` reads both.
+                #[cfg(not(feature = "unchecked"))]
+                self.charge_data([&lhs, &rhs]);
+                let result = func(context, &mut [&mut lhs, &mut rhs])
+                    .map_err(|err| err.fill_position(pos))?;
+                #[cfg(not(feature = "unchecked"))]
+                self.charge_data([&result]);
+                return Ok(result);
+            }
+        }
+
+        let operands = &mut [&mut lhs, &mut rhs];
+
+        self.exec_fn_call(
+            global,
+            caches,
+            None,
+            name,
+            Some(op_token),
+            hashes,
+            operands,
+            false,
+            false,
+            Some(site),
+            pos,
+        )
+        .map(|(v, ..)| v)
+    }
+
     /// # Main Entry-Point (`FnCallExpr`)
     ///
     /// Evaluate a function call expression.
@@ -1013,94 +1123,33 @@ impl Engine {
         // Short-circuit native unary operator call if under Fast Operators mode
         if self.fast_operators() && args.len() == 1 {
             if let Some(op_token) = op_token {
-                let mut value = self
+                let value = self
                     .get_arg_value(global, caches, scope, this_ptr.as_deref_mut(), &args[0])?
                     .0
                     .flatten();
 
-                if matches!(op_token, &Token::Bang) {
-                    if let Union::Bool(b, ..) = &value.0 {
-                        return Ok((!b).into());
-                    }
-                }
-                if matches!(op_token, &Token::Minus | &Token::UnaryMinus) {
-                    if let Union::Int(n, ..) = &value.0 {
-                        #[cfg(not(feature = "unchecked"))]
-                        let value = n.checked_neg().ok_or_else(|| {
-                            Box::new(ERR::ErrorArithmetic("integer overflow".into(), pos))
-                        })?;
-                        #[cfg(feature = "unchecked")]
-                        let value = -n;
-
-                        return Ok(value.into());
-                    }
-                    #[cfg(not(feature = "no_float"))]
-                    if let Union::Float(n, ..) = &value.0 {
-                        return Ok((-(**n)).into());
-                    }
-                    #[cfg(feature = "decimal")]
-                    if let Union::Decimal(n, ..) = &value.0 {
-                        return Ok((-(**n)).into());
-                    }
-                }
-
-                let operand = &mut [&mut value];
-                let op_token = Some(op_token);
-
-                return self
-                    .exec_fn_call(
-                        global, caches, None, name, op_token, *hashes, operand, false, false,
-                        Some(site), pos,
-                    )
-                    .map(|(v, ..)| v);
+                return self.call_unary_operator(
+                    global, caches, name, op_token, *hashes, value, site, pos,
+                );
             }
         }
 
         // Short-circuit native binary operator call if under Fast Operators mode
         if self.fast_operators() && args.len() == 2 && op_token.is_some() {
-            let mut lhs = self
+            let lhs = self
                 .get_arg_value(global, caches, scope, this_ptr.as_deref_mut(), &args[0])?
                 .0
                 .flatten();
 
-            let mut rhs = self
+            let rhs = self
                 .get_arg_value(global, caches, scope, this_ptr.as_deref_mut(), &args[1])?
                 .0
                 .flatten();
 
-            if lhs.is_variant() || rhs.is_variant() {
-                // For custom types, give registered functions a chance to run first before considering the built-in fallback
-            } else {
-                // For other types, try to get a built-in
-                if let Some((func, need_context)) =
-                    get_builtin_binary_op_fn(op_token.unwrap(), &lhs, &rhs)
-                {
-                    // We may not need to bump the level because built-in's do not need it.
-                    //defer! { let orig_level = global.level; global.level += 1 }
-
-                    let context =
-                        need_context.then(|| (self, name.as_str(), None, &*global, pos).into());
-
-                    // proxy-rhai patch 11: the operands and the result count as operations
-                    // (`data_items`): `s + t` copies both, `s == t` reads both.
-                    #[cfg(not(feature = "unchecked"))]
-                    self.charge_data([&lhs, &rhs]);
-                    let result = func(context, &mut [&mut lhs, &mut rhs])
-                        .map_err(|err| err.fill_position(pos))?;
-                    #[cfg(not(feature = "unchecked"))]
-                    self.charge_data([&result]);
-                    return Ok(result);
-                }
-            }
-
-            let operands = &mut [&mut lhs, &mut rhs];
-
-            return self
-                .exec_fn_call(
-                    global, caches, None, name, op_token, *hashes, operands, false, false,
-                    Some(site), pos,
-                )
-                .map(|(v, ..)| v);
+            let op_token = op_token.unwrap();
+            return self.call_binary_operator(
+                global, caches, name, op_token, *hashes, lhs, rhs, site, pos,
+            );
         }
 
         #[cfg(not(feature = "no_module"))]

@@ -663,6 +663,40 @@ impl Engine {
         Ok(result)
     }
 
+    /// proxy-rhai patch 19: [`call_at_site`][Self::call_at_site] for a method call that is not
+    /// one of `make_method_call`'s own (`call`, `curry`, `is_shared`, a map's function
+    /// property): `args` has the object first, by reference when `is_ref_mut`, and the data race
+    /// check [`exec_fn_call`][Self::exec_fn_call] starts with is made. `None`: the site has no
+    /// function for these types, make the whole call.
+    #[cfg(feature = "internals")]
+    #[inline]
+    pub fn call_method_at_site(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &Caches,
+        name: &str,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        site: &CallSite,
+        pos: Position,
+    ) -> Option<RhaiResultOf<Dynamic>> {
+        if !caches.is_persistent() {
+            return None;
+        }
+        let entry = site.get(args)?;
+        #[cfg(not(feature = "no_closure"))]
+        #[cfg(not(feature = "unchecked"))]
+        if let Err(err) = ensure_no_data_race(name, args, is_ref_mut) {
+            return Some(Err(err));
+        }
+        Some(self.track_operation(global, pos).and_then(|()| {
+            defer! { let orig_level = global.level; global.level += 1 }
+            let source = entry.source.as_ref();
+            self.call_native_fn(global, name, &entry.func, source, args, is_ref_mut, pos)
+                .map(|(value, _)| value)
+        }))
+    }
+
     /// proxy-rhai patch 6 (speed): [`exec_native_fn_call`][Self::exec_native_fn_call] past its
     /// checks (operations, data race, syntactic functions), which the caller made; the function
     /// found is remembered in `site`, when given.
