@@ -799,14 +799,7 @@ fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<E
         Some((variable @ (Expr::Variable(..) | Expr::ThisPtr(..)), rest)) => {
             let rest: Vec<ExprFn> = rest.iter().map(|a| compile_arg(a, cx)).collect();
             let first = variable.clone();
-            match rest.len() {
-                0 => call_on_variable_with::<1>(target, first, rest),
-                1 => call_on_variable_with::<2>(target, first, rest),
-                2 => call_on_variable_with::<3>(target, first, rest),
-                3 => call_on_variable_with::<4>(target, first, rest),
-                4 => call_on_variable_with::<5>(target, first, rest),
-                _ => call_on_variable_with::<6>(target, first, rest),
-            }
+            Some(call_on_variable_with(target, first, rest))
         }
         _ => {
             let args: Vec<ExprFn> = call.args.iter().map(|a| compile_arg(a, cx)).collect();
@@ -895,20 +888,14 @@ fn compile_operator(
 
 /// Rhai's `make_function_call` for `f(x, …)`, `x` a variable or `this`: one operation at `x`,
 /// the other arguments, then `x` itself, passed by reference unless it is a constant or shared
-/// (then its value is), `N` arguments in all. A shared or unbound `this` is an argument as any
-/// other, evaluated first.
-fn call_on_variable_with<const N: usize>(
-    callee: Callee,
-    variable: Expr,
-    rest: Vec<ExprFn>,
-) -> Option<ExprFn> {
-    if rest.len() + 1 != N {
-        return None;
-    }
+/// (then its value is). A shared or unbound `this` is an argument as any other, evaluated
+/// first.
+fn call_on_variable_with(callee: Callee, variable: Expr, rest: Vec<ExprFn>) -> ExprFn {
     let variable_at = variable.position();
-    Some(Box::new(move |engine, global, caches, scope, mut this| {
+    Box::new(move |engine, global, caches, scope, mut this| {
         engine.track_operation(global, variable_at)?;
-        let mut values = [const { Dynamic::UNIT }; N];
+        let mut values = [const { Dynamic::UNIT }; MAX_VALUES];
+        let count = rest.len() + 1;
         if let Expr::ThisPtr(_) = variable {
             let plain_this = this.as_deref().is_some_and(|this| !this.is_shared());
             if !plain_this {
@@ -924,11 +911,12 @@ fn call_on_variable_with<const N: usize>(
             for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
                 *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
             }
-            let mut args = values.each_mut();
+            let mut refs = values.each_mut();
+            let args = refs.get_mut(..count).unwrap_or_default();
             if let (Some(first), Some(this), true) = (args.first_mut(), this, plain_this) {
                 *first = this;
             }
-            return callee.call_with_first(engine, global, caches, &mut args, plain_this);
+            return callee.call_with_first(engine, global, caches, args, plain_this);
         }
         for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
             *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
@@ -937,7 +925,8 @@ fn call_on_variable_with<const N: usize>(
         if target.as_ref().is_read_only() {
             target = target.into_owned();
         }
-        let mut args = values.each_mut();
+        let mut refs = values.each_mut();
+        let args = refs.get_mut(..count).unwrap_or_default();
         let by_reference = match target {
             Target::RefMut(value) if !value.is_shared() => {
                 if let Some(first) = args.first_mut() {
@@ -952,9 +941,12 @@ fn call_on_variable_with<const N: usize>(
                 false
             }
         };
-        callee.call_with_first(engine, global, caches, &mut args, by_reference)
-    }))
+        callee.call_with_first(engine, global, caches, args, by_reference)
+    })
 }
+
+/// The most values a compiled call passes: six arguments and a method's object.
+const MAX_VALUES: usize = 7;
 
 /// What a method call is called on.
 enum Object {
@@ -975,19 +967,21 @@ struct MethodCall {
     elvis: bool,
     /// Not one of the methods `make_method_call` treats apart (`call`, `curry`, `is_shared`).
     plain: bool,
+    /// How many values the call passes: the object and its arguments.
+    values: usize,
 }
 
 impl MethodCall {
     /// Rhai's `eval_dot_index_chain` once the arguments are evaluated (`values` past the
     /// first, which is the object's place): the object, then `make_method_call`.
-    fn call<const M: usize>(
+    fn call(
         &self,
         engine: &Engine,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
         scope: &mut Scope,
         this: Option<&mut Dynamic>,
-        values: &mut [Dynamic; M],
+        values: &mut [Dynamic; MAX_VALUES],
     ) -> RhaiResult {
         match &self.object {
             Object::Value(object) => {
@@ -997,7 +991,8 @@ impl MethodCall {
             Object::Place(Expr::ThisPtr(pos)) => {
                 engine.track_operation(global, *pos)?;
                 let this = this.ok_or_else(|| EvalAltResult::ErrorUnboundThis(*pos))?;
-                self.call_on(engine, global, caches, &mut Target::try_from(this)?, values)
+                let target = &mut Target::try_from(this)?;
+                self.call_on(engine, global, caches, target, values)
             }
             Object::Place(variable) => {
                 engine.track_operation(global, variable.position())?;
@@ -1007,14 +1002,15 @@ impl MethodCall {
         }
     }
 
-    fn call_on<const M: usize>(
+    fn call_on(
         &self,
         engine: &Engine,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
         target: &mut Target,
-        values: &mut [Dynamic; M],
+        values: &mut [Dynamic; MAX_VALUES],
     ) -> RhaiResult {
+        let count = self.values;
         if self.elvis && target.as_ref().is_unit() {
             return Ok(Dynamic::UNIT);
         }
@@ -1029,26 +1025,18 @@ impl MethodCall {
         // when the site remembers the function.
         if self.plain && !target.as_ref().is_map() {
             let by_reference = target.is_ref();
-            let mut args = values.each_mut();
+            let mut refs = values.each_mut();
+            let args = refs.get_mut(..count).unwrap_or_default();
             if let Some(first) = args.first_mut() {
                 *first = target.as_mut();
             }
-            let called = engine.call_method_at_site(
-                global,
-                caches,
-                name,
-                &mut args,
-                by_reference,
-                site,
-                *pos,
-            );
+            let called =
+                engine.call_method_at_site(global, caches, name, args, by_reference, site, *pos);
             if let Some(result) = called {
                 return result;
             }
         }
-        let args = values
-            .split_first_mut()
-            .map_or(&mut [][..], |(_, args)| args);
+        let args = values.get_mut(1..count).unwrap_or_default();
         engine
             .make_method_call(
                 global,
@@ -1289,27 +1277,20 @@ fn compile_method_call(chain: &BinaryExpr, options: ASTFlags, cx: &mut Compiler)
         first_arg_at: call.args.first().map_or(Position::NONE, Expr::position),
         elvis: options.intersects(ASTFlags::NEGATED),
         plain: !["call", "curry", "is_shared"].contains(&call.name.as_str()),
+        values: args.len() + 1,
     };
-    match args.len() {
-        0 => method_with::<1>(method, args),
-        1 => method_with::<2>(method, args),
-        2 => method_with::<3>(method, args),
-        3 => method_with::<4>(method, args),
-        4 => method_with::<5>(method, args),
-        5 => method_with::<6>(method, args),
-        _ => method_with::<7>(method, args),
-    }
+    method_with(method, args)
 }
 
-/// A method call with `M - 1` arguments: one operation for them (when there are any), each as
-/// `get_arg_value` evaluates it, then the call (the first of the `M` values is the object's
+/// A method call with `args`: one operation for them (when there are any), each as
+/// `get_arg_value` evaluates it, then the call (the first of the values is the object's
 /// place).
-fn method_with<const M: usize>(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
-    if args.len() + 1 != M {
+fn method_with(method: MethodCall, args: Vec<ExprFn>) -> Option<ExprFn> {
+    if args.len() >= MAX_VALUES {
         return None;
     }
     Some(Box::new(move |engine, global, caches, scope, mut this| {
-        let mut values = [const { Dynamic::UNIT }; M];
+        let mut values = [const { Dynamic::UNIT }; MAX_VALUES];
         if !args.is_empty() {
             engine.track_operation(global, method.args_at)?;
             for (value, arg) in values.iter_mut().skip(1).zip(&args) {
