@@ -328,20 +328,30 @@ impl HeaderMap {
     /// The map in the proxy-wasm ABI's encoding: the count, each name's and value's size, then
     /// each name and value followed by a NUL.
     pub fn to_abi(&self) -> Bytes {
-        let sizes = self.live_entries().map(|e| (e.name_len, e.value_len));
-        let mut bytes = abi_head(self.abi_size(), self.count, sizes);
-        // The records, in runs of ones that follow each other in the buffer.
-        let mut run = 0..0;
-        for e in self.live_entries() {
+        let mut bytes = Vec::with_capacity(self.abi_size());
+        bytes.extend_from_slice(&(self.count as u32).to_le_bytes());
+        bytes.resize(4 + 8 * self.count, 0);
+        // One pass: each entry's sizes in the head, and the records, in runs of ones that
+        // follow each other in the buffer.
+        let (mut at, mut run) = (4, 0..0);
+        for (e, tag) in self.entries.iter().zip(&self.tags) {
+            if *tag == DEAD {
+                continue;
+            }
+            if let Some(sizes) = bytes.get_mut(at..at + 8) {
+                let (name, value) = (e.name_len as u32 as u64, e.value_len as u32 as u64);
+                sizes.copy_from_slice(&(name | value << 32).to_le_bytes());
+            }
+            at += 8;
             let record = e.record();
             if record.start == run.end {
                 run.end = record.end;
             } else {
-                bytes.extend_from_slice(self.bytes.get(run).unwrap_or_default());
+                bytes.extend_from_slice(self.slice(run));
                 run = record;
             }
         }
-        bytes.extend_from_slice(self.bytes.get(run).unwrap_or_default());
+        bytes.extend_from_slice(self.slice(run));
         bytes
     }
 
@@ -351,8 +361,12 @@ impl HeaderMap {
     pub fn abi_of(pairs: &[(&str, &[u8])]) -> Bytes {
         let live = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
         let size = header_check::pair_list_bytes(pairs.len(), live);
-        let sizes = pairs.iter().map(|(k, v)| (k.len(), v.len()));
-        let mut bytes = abi_head(size, pairs.len(), sizes);
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (name, value) in pairs {
+            bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
         for (name, value) in pairs {
             for part in [name.as_bytes(), value] {
                 bytes.extend_from_slice(part);
@@ -624,18 +638,6 @@ impl HeaderMap {
         }
         self.bytes = compact;
     }
-}
-
-/// A buffer for an encoding of `size` bytes, with its head: the count of pairs and their
-/// names' and values' sizes.
-fn abi_head(size: usize, count: usize, sizes: impl Iterator<Item = (usize, usize)>) -> Bytes {
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&(count as u32).to_le_bytes());
-    for (name, value) in sizes {
-        let sizes = name as u32 as u64 | (value as u32 as u64) << 32;
-        bytes.extend_from_slice(&sizes.to_le_bytes());
-    }
-    bytes
 }
 
 /// Entries a map read from the proxy has room for before its lists grow: a call's adds.
