@@ -287,11 +287,7 @@ impl Host for WasmHost {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<(), Status> {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.push(name, value);
-        }
-        let headers = map.to_abi();
+        let headers = HeaderMap::abi_of(headers);
         ok(unsafe {
             proxy_send_local_response(
                 status,
