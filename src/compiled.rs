@@ -587,6 +587,14 @@ fn variant(value: &impl std::fmt::Debug) -> String {
     word.0
 }
 
+/// Each of `exprs` compiled, with its position.
+fn compile_each(exprs: &[Expr], cx: &mut Compiler) -> Vec<(ExprFn, Position)> {
+    exprs
+        .iter()
+        .map(|e| (compile_expr(e, cx), e.position()))
+        .collect()
+}
+
 /// Rhai's `eval_expr`: one operation reported at the expression, then its value.
 fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
     let at = expr.position();
@@ -613,10 +621,7 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
         cx.coverage.compiled += 1;
         // `&&` stops at the first `false`, `||` at the first `true`: that is its value.
         let stop_at = matches!(expr, Expr::Or(..));
-        let operands: Vec<(ExprFn, Position)> = operands
-            .iter()
-            .map(|e| (compile_expr(e, cx), e.position()))
-            .collect();
+        let operands = compile_each(operands, cx);
         return Box::new(move |engine, global, caches, scope, mut this| {
             engine.track_operation(global, at)?;
             for (operand, pos) in &operands {
@@ -669,10 +674,7 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
         // `` `text ${value} text` ``
         Expr::InterpolatedString(pieces, _) => {
             cx.coverage.compiled += 1;
-            let pieces: Vec<(ExprFn, Position)> = pieces
-                .iter()
-                .map(|e| (compile_expr(e, cx), e.position()))
-                .collect();
+            let pieces = compile_each(pieces, cx);
             return Box::new(move |engine, global, caches, scope, this| {
                 engine.track_operation(global, at)?;
                 engine.eval_interpolated_string(
@@ -688,10 +690,7 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
         }
         Expr::Array(items, _) => {
             cx.coverage.compiled += 1;
-            let items: Vec<(ExprFn, Position)> = items
-                .iter()
-                .map(|e| (compile_expr(e, cx), e.position()))
-                .collect();
+            let items = compile_each(items, cx);
             return Box::new(move |engine, global, caches, scope, this| {
                 engine.track_operation(global, at)?;
                 engine.eval_array(
