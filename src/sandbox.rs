@@ -23,6 +23,7 @@
 //! | what a failed call leaves in the proxy | `Api::commit` / `Api::roll_back`: a call's writes reach the proxy only when it ends well |
 //! | secrets in the plugin's log lines | `redact.rs` |
 
+use std::fmt;
 use std::rc::Rc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, OptimizationLevel};
@@ -103,7 +104,7 @@ pub(crate) fn lossy(bytes: Vec<u8>) -> String {
 /// text would be longer than `max` bytes (the string size limit; 0: none), said before it is
 /// made. Each invalid byte becomes three (U+FFFD), and a failed allocation traps the VM.
 pub(crate) fn text_within(
-    what: &str,
+    what: impl fmt::Display,
     bytes: Vec<u8>,
     max: usize,
 ) -> Result<String, Box<EvalAltResult>> {
@@ -120,7 +121,11 @@ pub(crate) fn text_within(
 /// An error about `what` when the text it is about to make, `len` bytes, would be longer than
 /// `max` (the string size limit; 0: none). Rhai checks a result's size after the call: a text
 /// several times its input (escaped, encoded) could ask for more than the VM's 1 GB first.
-pub(crate) fn check_text_len(what: &str, len: usize, max: usize) -> Result<(), Box<EvalAltResult>> {
+pub(crate) fn check_text_len(
+    what: impl fmt::Display,
+    len: usize,
+    max: usize,
+) -> Result<(), Box<EvalAltResult>> {
     if max != 0 && len > max {
         return Err(format!(
             "{what}: the text would be {len} bytes, more than limits.max_string_size ({max})"

@@ -380,6 +380,26 @@ fn splitters_work_only_in_chunk_phases_and_are_bounded() {
 }
 
 #[test]
+fn a_chunk_past_the_string_limit_is_a_script_error_that_names_it() {
+    let p = Emulator::new(
+        &json!({
+            "script": "fn on_response_chunk(chunk, last) { log_info(chunk.len); }",
+            "limits": { "max_string_size": 2000 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut r = Response::ok(vec![b'x'; 5000]);
+    r.chunk_size = 3000;
+    let o = p.run(&Request::get("/"), &mut r);
+    let errors = o.script_errors();
+    let expected = "the chunk given to on_response_chunk: the text would be 3000 bytes, \
+                    more than limits.max_string_size (2000)";
+    assert!(errors.iter().any(|e| e.contains(expected)), "{errors:?}");
+    assert!(messages(&o).iter().all(|m| m != "3000"), "{:?}", o.log);
+}
+
+#[test]
 fn a_chunk_function_must_take_chunk_and_last() {
     let e = Emulator::with_script("fn on_response_chunk(chunk) { }", json!({}))
         .err()
