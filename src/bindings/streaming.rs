@@ -127,7 +127,7 @@ impl SseState {
 /// how much of them ends on a character boundary: all of them, but an incomplete UTF-8
 /// character at their end when the rest is text (binary data is not held back).
 pub(crate) fn complete_utf8(bytes: Vec<u8>) -> (usize, Result<String, Vec<u8>>) {
-    match String::from_utf8(bytes) {
+    match crate::sandbox::text_of(bytes) {
         Ok(text) => (text.len(), Ok(text)),
         Err(e) => {
             let error = e.utf8_error();

@@ -1,5 +1,6 @@
 //! Rhai's string functions that could make a value far past the limits, or never end, replaced
-//! with versions that can't (the same names, parameter types, results and errors).
+//! with versions that can't (the same names, parameter types, results and errors); and
+//! `contains`, replaced with a faster search.
 //!
 //! Rhai makes a function's result, then checks its size. A short `find` and a long substitute
 //! multiply a string: `s.replace("x", t)` with a 1 MB `s` and a 1,000-character `t` asks for
@@ -105,6 +106,17 @@ fn register_into(module: &mut Module) {
             pad(&ctx, s, len, with)
         },
     );
+
+    // For speed: std's search is Two-Way, byte by byte; memchr's is vector code under wasm's
+    // `simd128` (1 MB searched for a 17-byte marker: 6.6 M wasm instructions before, 1.6 M).
+    pure("contains").set_into_module(module, |s: &str, find: &str| {
+        memchr::memmem::find(s.as_bytes(), find.as_bytes()).is_some()
+    });
+    pure("contains").set_into_module(module, |s: &str, find: char| {
+        let mut bytes = [0; 4];
+        let find = find.encode_utf8(&mut bytes);
+        memchr::memmem::find(s.as_bytes(), find.as_bytes()).is_some()
+    });
 
     register_splits(module);
 }
@@ -328,6 +340,7 @@ mod tests {
             "make_lower",
             "replace",
             "pad",
+            "contains",
         ];
         let replaced = replaced.iter().chain(&["to_chars", "split", "split_rev"]);
         let mut calls = Vec::new();
@@ -368,7 +381,7 @@ mod tests {
                 args.join(", ")
             ));
         }
-        assert_eq!(calls.len(), 20, "{calls:?}");
+        assert_eq!(calls.len(), 22, "{calls:?}");
         let mut engine = rhai::Engine::new_raw();
         super::register(&mut engine);
         for call in &calls {
@@ -389,8 +402,19 @@ mod tests {
             "  two  words ",
             "ΣΑΣ σας",
             "İi",
+            "the quick brown fox, ΐé ß, jumps over the lazy dog again, proxy-rhai-marker end",
         ];
         let mut calls = vec!["s.to_chars()".to_string(), "s.split()".to_string()];
+        let needles = [
+            r#""proxy-rhai-marker""#,
+            r#""marker end""#,
+            r#""dog, ΐ""#,
+            "'ß'",
+            "'x'",
+        ];
+        for find in needles {
+            calls.push(format!("s.contains({find})"));
+        }
         for f in ["to_upper", "to_lower", "make_upper", "make_lower"] {
             calls.push(format!("s.{f}()"));
         }
@@ -401,6 +425,7 @@ mod tests {
                     calls.push(format!("s.{f}({by}, {n})"));
                 }
             }
+            calls.push(format!("s.contains({by})"));
             for with in [r#""""#, r#""<>""#, "'ΐ'"] {
                 calls.push(format!("s.replace({by}, {with})"));
             }
