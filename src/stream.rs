@@ -8,10 +8,7 @@ use std::rc::Rc;
 
 use rhai::{Dynamic, EvalAltResult, FnPtr, Map, SharedCells};
 
-#[cfg(not(feature = "plugin"))]
 pub use crate::proxy_types::Action;
-#[cfg(feature = "plugin")]
-pub use proxy_wasm::types::Action;
 
 use crate::bindings::streaming::Splitter;
 use crate::bindings::{CallAnswer, PhaseAction, CALLBACK_PARAMETERS, REDIS_CALLBACK_PARAMETERS};
