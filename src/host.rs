@@ -7,10 +7,7 @@
 
 use std::time::Duration;
 
-#[cfg(not(feature = "plugin"))]
 pub use crate::proxy_types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
-#[cfg(feature = "plugin")]
-pub use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
 use crate::header_map::HeaderMap;
 

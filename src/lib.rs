@@ -45,7 +45,6 @@ pub mod phase;
 pub mod playground;
 pub mod plugin;
 mod proto;
-#[cfg(not(feature = "plugin"))]
 mod proxy_types;
 pub mod redact;
 mod resp;

@@ -727,6 +727,87 @@ mod tests {
         }
     }
 
+    /// A call into the script ends the same on both engines, as Rhai gives it (the plugin's
+    /// messages leave out some of it: `ErrorInFunctionCall`, the position of `exit`): the error
+    /// with its wrapping and positions, the value, and the operations counted. Each limit is
+    /// tried at every value that makes it trip somewhere else, the call's first operation
+    /// included; each call runs twice, the second on what the first left behind.
+    #[test]
+    fn calls_into_the_script_end_the_same_compiled() {
+        let scripts = [
+            "fn on_request_headers() { throw \"boom\"; }",
+            "fn on_request_headers() { let x = 1; x.nope() }",
+            "fn f() { throw 1 } fn on_request_headers() { f() }",
+            "fn on_request_headers() { exit(5); }",
+            "fn f(n) { if n > 1 { exit(n) } n } fn on_request_headers() { f(1); f(2); 3 }",
+            "fn on_request_headers() { if true { return 3; } 4 }",
+            "fn f(n) { return n + 1; } fn on_request_headers() { return f(1); }",
+            "fn on_request_headers() { }",
+            "fn on_request_headers() { let n = 0; for i in 0..4 { n += i; } n }",
+            "fn r(n) { if n > 0 { r(n - 1) } else { n } } fn on_request_headers() { r(3) }",
+            "fn on_request_chunk(chunk, last) { if last { throw chunk } chunk.len() }",
+            "fn on_request_chunk(chunk, last) { return chunk + last; }",
+            "fn on_request_headers() { } fn on_tick() { exit() }",
+        ];
+        let run = |source: &str, kind: ScriptEngine, operations: u64, levels: usize| {
+            let mut engine = Engine::new();
+            engine.set_max_operations(operations);
+            engine.set_max_call_levels(levels);
+            let counted = Rc::new(std::cell::Cell::new(0));
+            let count = counted.clone();
+            engine.on_progress(move |n| {
+                count.set(n);
+                None
+            });
+            let bindings = crate::compiled::Bindings::default();
+            let script = compile(&engine, source, kind, &bindings).unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                for phase in [Some(Phase::RequestHeaders), None] {
+                    counted.set(0);
+                    let result = script.call(&engine, phase);
+                    seen.push(format!("{result:?} after {} operations", counted.get()));
+                }
+                counted.set(0);
+                let chunk = Dynamic::from("abc");
+                let result = script.call_chunk(&engine, Phase::RequestChunk, chunk, true);
+                seen.push(format!("{result:?} after {} operations", counted.get()));
+            }
+            seen
+        };
+        for source in scripts {
+            for operations in 0..24 {
+                for levels in 0..5 {
+                    let compiled = run(source, ScriptEngine::Compiled, operations, levels);
+                    let evaluated = run(source, ScriptEngine::Rhai, operations, levels);
+                    assert_eq!(
+                        compiled, evaluated,
+                        "{source} with max_operations {operations}, max_call_levels {levels}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Each call into a script runs on the state the last one left, renewed in place: it must
+    /// be what a new state is (but for the script's functions and source, set by the call).
+    #[test]
+    fn a_renewed_runtime_state_is_a_new_one() {
+        let mut engine = Engine::new();
+        *engine.default_tag_mut() = Dynamic::from(7_i64);
+        let mut global = engine.new_global_runtime_state();
+        global.num_operations = 99.into();
+        global.level = 3;
+        global.scope_level = 4;
+        global.always_search_scope = true;
+        global.tag = Dynamic::from("changed");
+        engine.renew_global_runtime_state(&mut global);
+        assert_eq!(
+            format!("{global:?}"),
+            format!("{:?}", engine.new_global_runtime_state())
+        );
+    }
+
     /// Names made at run time can't grow a script's resolution cache without end.
     #[test]
     fn resolutions_of_names_made_at_run_time_are_bounded() {

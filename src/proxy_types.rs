@@ -1,7 +1,7 @@
-//! proxy-wasm's types, for the builds without the `plugin` feature (the playground's): the
-//! same names, variants and values as `proxy_wasm::types` 0.2.5, which the other builds use.
-//! Linking the proxy-wasm crate would bring its `proxy_on_*` exports into the module, and with
-//! them imports of every proxy-wasm host call, which a browser doesn't have.
+//! proxy-wasm's types (ABI 0.2.1): the same names, variants and values as the proxy-wasm
+//! crate's `types` (0.2.5). The plugin does not link that crate: its entry points and its
+//! context table are the plugin's own (`src/wasm.rs`), and the playground's module must not
+//! import proxy-wasm's host calls, which a browser doesn't have.
 
 #[repr(u32)]
 #[derive(Copy, Clone, Eq, PartialEq, Hash, Debug)]

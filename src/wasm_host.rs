@@ -1,17 +1,17 @@
 //! [`Host`] over the proxy-wasm ABI 0.2.1, for the wasm build.
 //!
-//! The SDK's own `hostcalls` panic on any status they do not expect (a refused body write, a
-//! non-UTF-8 header value), and a panic traps the VM. These wrappers call the ABI directly and
-//! hand every status back. Only `dispatch_http_call` goes through the SDK, whose dispatcher must
-//! learn the call's token to route the answer back to the stream.
+//! Each wrapper calls the ABI directly and hands every status back (the proxy-wasm SDK's
+//! `hostcalls` panic on a status they do not expect, and a panic traps the VM).
 
 use std::ptr::{null, null_mut};
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-
 use crate::header_map::HeaderMap;
 use crate::host::{BufferType, Bytes, Host, LogLevel, MapType, MetricType, Status};
+
+/// `proxy_continue_stream`'s stream types (the ABI's `StreamType`).
+const STREAM_HTTP_REQUEST: u32 = 0;
+const STREAM_HTTP_RESPONSE: u32 = 1;
 
 /// The proxy the plugin runs in.
 #[derive(Clone, Copy, Default)]
@@ -56,7 +56,8 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
-    // The type as a number: Higress's Redis reply is buffer type 9, which the SDK's enum lacks.
+    // The type as a number: Higress's Redis reply is buffer type 9, which the ABI's
+    // `BufferType` lacks.
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -82,6 +83,19 @@ extern "C" {
         grpc_status: i32,
     ) -> Status;
     fn proxy_continue_stream(stream_type: u32) -> Status;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -150,18 +164,15 @@ extern "C" {
         query_size: usize,
         return_token: *mut u32,
     ) -> u32;
-    fn proxy_set_effective_context(context_id: u32) -> Status;
 }
 
-/// Makes `context_id` the context later host calls act on (the SDK's wrapper panics on a
-/// status it doesn't expect).
-#[cfg(feature = "higress")]
+/// Makes `context_id` the context later host calls act on.
 pub(crate) fn set_effective_context(context_id: u32) -> Result<(), Status> {
     ok(unsafe { proxy_set_effective_context(context_id) })
 }
 
-/// A status of Higress's own functions, taken as a number: a value the SDK's enum lacks would
-/// be undefined behaviour as that enum.
+/// A status of Higress's own functions, taken as a number: a value the ABI's `Status` lacks
+/// would be undefined behaviour as that enum.
 #[cfg(feature = "higress")]
 fn status_of(code: u32) -> Result<(), Status> {
     match code {
@@ -192,7 +203,8 @@ fn ok(status: Status) -> Result<(), Status> {
     }
 }
 
-/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`
+/// (`src/wasm.rs`).
 ///
 /// # Safety
 /// `data` must be null or point to `size` bytes allocated by the guest allocator.
@@ -303,11 +315,11 @@ impl Host for WasmHost {
     }
 
     fn resume_http_request(&self) -> Result<(), Status> {
-        ok(unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpRequest as u32) })
+        ok(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
     }
 
     fn resume_http_response(&self) -> Result<(), Status> {
-        ok(unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) })
+        ok(unsafe { proxy_continue_stream(STREAM_HTTP_RESPONSE) })
     }
 
     fn dispatch_http_call(
@@ -317,10 +329,31 @@ impl Host for WasmHost {
         body: &[u8],
         timeout: Duration,
     ) -> Result<u32, Status> {
-        // The SDK panics on statuses other than Ok, BadArgument and InternalFailure; Envoy
-        // answers a refused call with one of those.
-        let body = (!body.is_empty()).then_some(body);
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let headers = HeaderMap::abi_of(&pairs);
+        let trailers = HeaderMap::abi_of(&[]);
+        let mut token = 0;
+        ok(unsafe {
+            proxy_http_call(
+                cluster.as_ptr(),
+                cluster.len(),
+                headers.as_ptr(),
+                headers.len(),
+                if body.is_empty() {
+                    null()
+                } else {
+                    body.as_ptr()
+                },
+                body.len(),
+                trailers.as_ptr(),
+                trailers.len(),
+                u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                &mut token,
+            )
+        })?;
+        // Its answer goes to the stream that made it.
+        crate::wasm::callout_dispatched(token);
+        Ok(token)
     }
 
     fn has_redis(&self) -> bool {

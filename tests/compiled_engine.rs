@@ -200,6 +200,53 @@ fn bench_and_fuzz_scripts_run_the_same_compiled() {
     assert_same(cases);
 }
 
+/// How a call into the script ends, at its entry: an error thrown by the phase function itself
+/// or by a function it calls, `exit()`, `return`, the operations limit and the call depth
+/// limit reached, in phases, chunk functions, callbacks and `on_tick`, with each limit at
+/// several values so that it trips at different places, the call's first operation included.
+#[test]
+fn phase_calls_end_the_same_compiled() {
+    let scripts = [
+        "fn on_request_headers() { throw \"boom\"; }",
+        "fn on_request_headers() { add_request_header(\"x-a\", \"1\"); let x = 1; x.nope() }",
+        "fn on_request_headers() { add_request_header(\"x-a\", \"1\"); exit(5); }",
+        "fn f(n) { if n > 1 { exit(n) } n } fn on_request_headers() { f(1); f(2); 3 }",
+        "fn on_request_headers() { if true { return 3; } 4 }",
+        "fn f(n) { return n + 1; } fn on_request_headers() { return f(1); }",
+        "fn on_request_headers() { } fn on_response_headers() { return; }",
+        "fn on_request_headers() { let n = 0; for i in 0..400 { n += i; } n }",
+        "fn on_request_headers() { loop { } }",
+        "fn r(n) { r(n + 1) } fn on_request_headers() { r(0) }",
+        "fn r(n) { if n > 0 { r(n - 1) } else { n } } fn on_request_headers() { r(2) }",
+        "fn on_request_chunk(chunk, last) { if last { throw chunk.len(); } chunk.len() }",
+        "fn on_request_chunk(chunk, last) { if last { exit(1) } return chunk.len(); }",
+        "fn on_request_chunk(chunk, last) { let n = 0; for i in 0..100 { n += i; } n }",
+        "fn r(n) { if n > 0 { r(n - 1) } } \
+         fn on_request_headers() { http_get(\"callout\", \"/\", [], 1000, || { r(2); throw 1; }); }",
+        "fn on_request_headers() { http_get(\"callout\", \"/\", [], 1000, || exit(2)); }",
+        "fn on_request_headers() { } fn on_tick() { throw \"tick\" }",
+        "fn on_request_headers() { } fn on_tick() { let n = 0; for i in 0..400 { n += i; } }",
+    ];
+    let mut cases = Vec::new();
+    for script in scripts {
+        for limits in [
+            serde_json::json!({}),
+            serde_json::json!({ "max_call_depth": 1 }),
+            serde_json::json!({ "max_call_depth": 2 }),
+            serde_json::json!({ "max_call_depth": 3 }),
+            serde_json::json!({ "max_operations": 1000 }),
+            serde_json::json!({ "max_operations": 1001 }),
+            serde_json::json!({ "max_operations": 1237 }),
+        ] {
+            cases.push((
+                format!("{script} with limits {limits}"),
+                serde_json::json!({ "script": script, "limits": limits }),
+            ));
+        }
+    }
+    assert_same(cases);
+}
+
 #[test]
 fn script_tests_give_the_same_results_compiled() {
     let files = find_test_files(&[root().join("scripts")]).unwrap();

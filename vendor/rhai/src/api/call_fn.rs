@@ -168,29 +168,12 @@ impl Engine {
         args: &mut [Dynamic],
         cache: &mut FnCallCache,
     ) -> RhaiResult {
-        let mut args: FnArgsVec<&mut Dynamic> = args.iter_mut().collect();
-        let global = &mut self.new_global_runtime_state();
-        global.source = ast.source_raw().cloned();
-        global.lib.push(ast.shared_lib().clone());
-        #[cfg(not(feature = "no_module"))]
-        {
-            global.embedded_module_resolver = ast.resolver.clone();
-        }
-        self.call_script_fn(
-            global.into(),
-            cache.for_call(),
-            scope,
-            None,
-            None,
-            &function.0,
-            &mut args,
-            false,
-            Position::NONE,
-        )
-        .or_else(|err| match *err {
-            ERR::Exit(out, ..) => Ok(out),
-            _ => Err(err),
-        })
+        let (global, caches) = cache.for_ast_call(self, ast);
+        self.call_phase_script_fn(global, caches, scope, &function.0, args)
+            .or_else(|err| match *err {
+                ERR::Exit(out, ..) => Ok(out),
+                _ => Err(err),
+            })
     }
     /// Make a function call with multiple [`Dynamic`] arguments.
     ///

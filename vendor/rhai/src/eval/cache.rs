@@ -60,15 +60,24 @@ pub struct Caches {
 /// The resolutions, and those its calls leave in the [`AST`]'s call sites ([`CallSite`]), stay
 /// right as long as the engine's functions and the [`AST`]'s stay as they are: use one per
 /// [`AST`], with one engine, and register nothing after the first call.
+///
+/// proxy-rhai patch 19 (speed): it keeps the runtime state the calls run on too, made once and
+/// made new again for each call ([`FnCallCache::for_ast_call`]).
 #[derive(Debug, Clone)]
-pub struct FnCallCache(pub(crate) Caches);
+pub struct FnCallCache {
+    caches: Caches,
+    global: Option<crate::eval::GlobalRuntimeState>,
+}
 
 impl Default for FnCallCache {
     fn default() -> Self {
-        Self(Caches {
-            persistent: true,
-            ..Caches::new()
-        })
+        Self {
+            caches: Caches {
+                persistent: true,
+                ..Caches::new()
+            },
+            global: None,
+        }
     }
 }
 
@@ -77,7 +86,7 @@ impl FnCallCache {
     /// (`is_def_fn(name, 0)`) adds one per name, so a caller bounds it.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0.fn_resolution.iter().map(|c| c.dict.len()).sum()
+        self.caches.fn_resolution.iter().map(|c| c.dict.len()).sum()
     }
     /// Whether it holds none.
     #[must_use]
@@ -91,11 +100,46 @@ impl FnCallCache {
     /// The caches for a call. They hold a level of their own: the called function's body pushes
     /// the first level and pops it when it returns, which would empty a cache that had none.
     pub(crate) fn for_call(&mut self) -> &mut Caches {
-        if self.0.fn_resolution_caches_len() == 0 {
-            self.0.push_fn_resolution_cache();
-        }
-        &mut self.0
+        with_level(&mut self.caches)
     }
+    /// proxy-rhai patch 19 (speed): the runtime state and the caches for a call into `ast` on
+    /// `engine`. The state is the last call's, made again as a call's own would be made: as new
+    /// ([`Engine::renew_global_runtime_state`]), with `ast`'s functions and source (kept from the
+    /// last call when they are the same).
+    pub(crate) fn for_ast_call(
+        &mut self,
+        engine: &crate::Engine,
+        ast: &crate::AST,
+    ) -> (&mut crate::eval::GlobalRuntimeState, &mut Caches) {
+        let global = match self.global {
+            Some(ref mut global) => {
+                engine.renew_global_runtime_state(global);
+                global
+            }
+            None => self.global.insert(engine.new_global_runtime_state()),
+        };
+        if global.source.as_ref() != ast.source_raw() {
+            global.source = ast.source_raw().cloned();
+        }
+        #[cfg(not(feature = "no_function"))]
+        if !matches!(&*global.lib, [lib] if crate::Shared::ptr_eq(lib, ast.shared_lib())) {
+            global.lib.clear();
+            global.lib.push(ast.shared_lib().clone());
+        }
+        #[cfg(not(feature = "no_module"))]
+        {
+            global.embedded_module_resolver = ast.resolver.clone();
+        }
+        (global, with_level(&mut self.caches))
+    }
+}
+
+/// `caches` with a level of their own ([`FnCallCache::for_call`]).
+fn with_level(caches: &mut Caches) -> &mut Caches {
+    if caches.fn_resolution_caches_len() == 0 {
+        caches.push_fn_resolution_cache();
+    }
+    caches
 }
 
 /// _(internals)_ proxy-rhai patch 6 (speed): the native function a call site (a function or method

@@ -4,7 +4,9 @@
 use super::func_call::FnCallArgs;
 use super::FnAccess;
 use crate::eval::{Caches, GlobalRef, GlobalRuntimeState};
-use crate::{Dynamic, Engine, FnArgsVec, ImmutableString, Position, RhaiResult, Scope, ERR};
+use crate::{
+    Dynamic, Engine, FnArgsVec, ImmutableString, Position, RhaiResult, RhaiResultOf, Scope, ERR,
+};
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
 use std::{fmt, hash::Hash};
@@ -328,6 +330,103 @@ impl From<&crate::eval::GlobalRuntimeState> for EncapsulatedEnviron {
     }
 }
 
+/// proxy-rhai patch 19: the lengths a call of a script function restores when it returns, as
+/// they were before it.
+struct Frame {
+    scope_len: usize,
+    lib_len: usize,
+    #[cfg(not(feature = "no_module"))]
+    imports_len: usize,
+    caches_len: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    fn save(global: &GlobalRuntimeState, caches: &Caches, scope: &Scope) -> Self {
+        Self {
+            scope_len: scope.len(),
+            lib_len: global.lib.len(),
+            #[cfg(not(feature = "no_module"))]
+            imports_len: global.num_imports(),
+            caches_len: caches.fn_resolution_caches_len(),
+        }
+    }
+
+    /// Removes the call's variables (its `arg_slots` parameters only, unless `rewind_scope`),
+    /// and the functions, modules and resolution caches it added.
+    #[inline(always)]
+    fn restore(
+        self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        arg_slots: usize,
+        rewind_scope: bool,
+    ) {
+        if rewind_scope {
+            scope.rewind(self.scope_len);
+        } else if arg_slots > 0 {
+            // Remove arguments only, leaving new variables in the scope
+            scope.remove_range(self.scope_len, arg_slots);
+        }
+        global.lib.truncate(self.lib_len);
+        #[cfg(not(feature = "no_module"))]
+        global.truncate_imports(self.imports_len);
+        caches.rewind_fn_resolution_caches(self.caches_len);
+    }
+}
+
+/// proxy-rhai patch 19: puts a call's arguments into `scope` as `fn_def`'s parameters; how many.
+#[inline(always)]
+fn push_params(
+    scope: &mut Scope,
+    fn_def: &ScriptFuncDef,
+    values: impl IntoIterator<Item = Dynamic>,
+) -> usize {
+    scope.extend(fn_def.params.iter().cloned().zip(values));
+    fn_def.params.len()
+}
+
+/// proxy-rhai patch 19: what an error out of a script function's body becomes for its caller:
+/// `return`'s value; `exit` and system errors as they are, at `pos`; any other error wrapped in
+/// `ErrorInFunctionCall`, which names the function and its source.
+fn script_fn_error(
+    err: Box<ERR>,
+    global: &GlobalRuntimeState,
+    _env: Option<&EncapsulatedEnviron>,
+    fn_def: &ScriptFuncDef,
+    pos: Position,
+) -> RhaiResult {
+    match *err {
+        // Convert return statement to return value
+        ERR::Return(x, ..) => Ok(x),
+        // Exit value is passed straight-through
+        mut err @ ERR::Exit(..) => {
+            err.set_position(pos);
+            Err(err.into())
+        }
+        // System errors are passed straight-through
+        mut err if err.is_system_exception() => {
+            err.set_position(pos);
+            Err(err.into())
+        }
+        // Other errors are wrapped in `ErrorInFunctionCall`
+        _ => Err(ERR::ErrorInFunctionCall(
+            fn_def.name.to_string(),
+            #[cfg(not(feature = "no_module"))]
+            _env.and_then(|env| env.lib.last())
+                .and_then(|m| m.id())
+                .unwrap_or_else(|| global.source().unwrap_or(""))
+                .to_string(),
+            #[cfg(feature = "no_module")]
+            global.source().unwrap_or("").to_string(),
+            err,
+            pos,
+        )
+        .into()),
+    }
+}
+
 impl Engine {
     /// # Main Entry-Point
     ///
@@ -357,46 +456,15 @@ impl Engine {
 
         let global = global_ref.as_mut_level_up();
 
-        // proxy-rhai patch 11: each argument was copied in (`data_items`).
-        #[cfg(not(feature = "unchecked"))]
-        self.charge_data(args.iter().map(|a| &**a));
-
-        self.track_operation(global, pos)?;
-
-        // Check for stack overflow
-        #[cfg(not(feature = "unchecked"))]
-        if global.level > self.max_call_levels() {
-            return Err(ERR::ErrorStackOverflow(pos).into());
-        }
-
-        // Guard against too many variables
-        #[cfg(not(feature = "unchecked"))]
-        if scope.len() + fn_def.params.len() > self.max_variables() {
-            return Err(ERR::ErrorTooManyVariables(pos).into());
-        }
+        self.enter_script_fn(global, scope, fn_def, args.iter().map(|a| &**a), pos)?;
 
         // Short-circuit empty function body
-        match fn_def.body {
-            #[cfg(not(feature = "no_ast"))]
-            ScriptFuncPayload::Statements(ref block) => {
-                let is_empty = block.is_empty();
-                #[cfg(feature = "debugging")]
-                let is_empty = is_empty && self.debugger_interface.is_none();
-
-                if is_empty {
-                    return Ok(Dynamic::UNIT);
-                }
-            }
-            // We don't know about Grain functions, so call it anyway
-            #[cfg(feature = "grain")]
-            ScriptFuncPayload::GrainVM { .. } => (),
+        if self.has_empty_body(fn_def) {
+            return Ok(Dynamic::UNIT);
         }
 
         // Save the original state
-        let orig_scope_len = scope.len();
-        let orig_lib_len = global.lib.len();
-        #[cfg(not(feature = "no_module"))]
-        let orig_imports_len = global.num_imports();
+        let frame = Frame::save(global, caches, scope);
 
         #[cfg(feature = "debugging")]
         let orig_call_stack_len = global
@@ -424,8 +492,6 @@ impl Engine {
         }
 
         // Merge in encapsulated environment, if any
-        let orig_fn_resolution_caches_len = caches.fn_resolution_caches_len();
-
         #[cfg(not(feature = "no_module"))]
         let orig_constants = _env.map(
             |EncapsulatedEnviron {
@@ -452,8 +518,7 @@ impl Engine {
             #[cfg(not(feature = "no_ast"))]
             ScriptFuncPayload::Statements(ref body) => {
                 // Put arguments into scope as variables
-                scope.extend(fn_def.params.iter().cloned().zip(arg_values));
-                _arg_slots = fn_def.params.len();
+                _arg_slots = push_params(scope, fn_def, arg_values);
 
                 #[cfg(feature = "debugging")]
                 if self.is_debugger_registered() {
@@ -473,34 +538,7 @@ impl Engine {
                         rewind_scope,
                     ),
                 }
-                .or_else(|err| match *err {
-                    // Convert return statement to return value
-                    ERR::Return(x, ..) => Ok(x),
-                    // Exit value is passed straight-through
-                    mut err @ ERR::Exit(..) => {
-                        err.set_position(pos);
-                        Err(err.into())
-                    }
-                    // System errors are passed straight-through
-                    mut err if err.is_system_exception() => {
-                        err.set_position(pos);
-                        Err(err.into())
-                    }
-                    // Other errors are wrapped in `ErrorInFunctionCall`
-                    _ => Err(ERR::ErrorInFunctionCall(
-                        fn_def.name.to_string(),
-                        #[cfg(not(feature = "no_module"))]
-                        _env.and_then(|env| env.lib.last())
-                            .and_then(|m| m.id())
-                            .unwrap_or_else(|| global.source().unwrap_or(""))
-                            .to_string(),
-                        #[cfg(feature = "no_module")]
-                        global.source().unwrap_or("").to_string(),
-                        err,
-                        pos,
-                    )
-                    .into()),
-                })
+                .or_else(|err| script_fn_error(err, global, _env, fn_def, pos))
             }
             // Rhai Grain VM
             #[cfg(feature = "grain")]
@@ -592,24 +630,13 @@ impl Engine {
         }
 
         // Remove all local variables and imported modules
-        if rewind_scope {
-            scope.rewind(orig_scope_len);
-        } else if _arg_slots > 0 {
-            // Remove arguments only, leaving new variables in the scope
-            scope.remove_range(orig_scope_len, _arg_slots);
-        }
-        global.lib.truncate(orig_lib_len);
-        #[cfg(not(feature = "no_module"))]
-        global.truncate_imports(orig_imports_len);
+        frame.restore(global, caches, scope, _arg_slots, rewind_scope);
 
         // Restore constants
         #[cfg(not(feature = "no_module"))]
         if let Some(constants) = orig_constants {
             global.constants = constants;
         }
-
-        // Restore state
-        caches.rewind_fn_resolution_caches(orig_fn_resolution_caches_len);
 
         // proxy-rhai patch 10: a call from a native function (the closure of `a.map(|x| ..)`) ran
         // on a copy of the caller's state; its operations go back to the caller's count, as
@@ -623,6 +650,100 @@ impl Engine {
         }
 
         _result
+    }
+
+    /// proxy-rhai patch 19: what a call of a script function checks and counts before its body
+    /// runs: the data its arguments bring in (patch 11), its operation, the call depth and the
+    /// variables it adds. [`call_script_fn`][Self::call_script_fn] and
+    /// [`call_phase_script_fn`][Self::call_phase_script_fn] share it.
+    #[inline(always)]
+    fn enter_script_fn<'a>(
+        &self,
+        global: &mut GlobalRuntimeState,
+        scope: &Scope,
+        fn_def: &ScriptFuncDef,
+        args: impl IntoIterator<Item = &'a Dynamic>,
+        pos: Position,
+    ) -> RhaiResultOf<()> {
+        // proxy-rhai patch 11: each argument was copied in (`data_items`).
+        #[cfg(not(feature = "unchecked"))]
+        self.charge_data(args);
+        #[cfg(feature = "unchecked")]
+        let _ = (scope, fn_def, args);
+
+        self.track_operation(global, pos)?;
+
+        // Check for stack overflow
+        #[cfg(not(feature = "unchecked"))]
+        if global.level > self.max_call_levels() {
+            return Err(ERR::ErrorStackOverflow(pos).into());
+        }
+
+        // Guard against too many variables
+        #[cfg(not(feature = "unchecked"))]
+        if scope.len() + fn_def.params.len() > self.max_variables() {
+            return Err(ERR::ErrorTooManyVariables(pos).into());
+        }
+        Ok(())
+    }
+
+    /// proxy-rhai patch 19: whether a call of `fn_def` has nothing to run and returns `()` at once.
+    #[inline(always)]
+    fn has_empty_body(&self, fn_def: &ScriptFuncDef) -> bool {
+        match fn_def.body {
+            #[cfg(not(feature = "no_ast"))]
+            ScriptFuncPayload::Statements(ref block) => {
+                let is_empty = block.is_empty();
+                #[cfg(feature = "debugging")]
+                let is_empty = is_empty && self.debugger_interface.is_none();
+                is_empty
+            }
+            // We don't know about Grain functions, so call it anyway
+            #[cfg(feature = "grain")]
+            ScriptFuncPayload::GrainVM { .. } => false,
+        }
+    }
+
+    /// proxy-rhai patch 19 (speed): [`call_script_fn`][Self::call_script_fn] for a call from
+    /// outside any function ([`Engine::call_phase_fn`]), on a state of its own, without `this`,
+    /// the arguments owned. A compiled body runs with the same checks, operations, scope and
+    /// outcome, without what only other calls need: a state shared with a caller, the arguments
+    /// gathered twice, an environment to merge, the debugger (a build with one takes the general
+    /// way). Any other body goes to `call_script_fn`.
+    pub(crate) fn call_phase_script_fn(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        fn_def: &ScriptFuncDef,
+        args: &mut [Dynamic],
+    ) -> RhaiResult {
+        let pos = Position::NONE;
+        #[cfg(not(feature = "debugging"))]
+        if let Some(run) = fn_def.compiled.get() {
+            self.enter_script_fn(global, scope, fn_def, args.iter(), pos)?;
+            if self.has_empty_body(fn_def) {
+                return Ok(Dynamic::UNIT);
+            }
+            let frame = Frame::save(global, caches, scope);
+            let arg_slots = push_params(scope, fn_def, args.iter_mut().map(Dynamic::take));
+            let result = run_compiled(&**run, self, global, caches, scope, None, false)
+                .or_else(|err| script_fn_error(err, global, None, fn_def, pos));
+            frame.restore(global, caches, scope, arg_slots, false);
+            return result;
+        }
+        let mut args: FnArgsVec<&mut Dynamic> = args.iter_mut().collect();
+        self.call_script_fn(
+            global.into(),
+            caches,
+            scope,
+            None,
+            None,
+            fn_def,
+            &mut args,
+            false,
+            pos,
+        )
     }
 
     // Does a script-defined function exist?
