@@ -126,48 +126,23 @@ impl Engine {
             }),
         }
     }
-    /// _(internals)_ proxy-rhai patch 19 (speed): `global`, which a call ran on, made in place
-    /// as [`new_global_runtime_state`][Engine::new_global_runtime_state] makes a new one (each
-    /// field that sets is set again: a field added there must be added here), but for the
-    /// functions and the source of the script it runs (`lib` and `source`), which the caller
-    /// sets for its next call.
+    /// _(internals)_ proxy-rhai patch 19 (speed): `global`, which a call ran on, made what
+    /// [`new_global_runtime_state`][Engine::new_global_runtime_state] makes, but for the
+    /// functions and the source of the script it runs (`lib` and `source`), kept for the
+    /// caller to set for its next call (their allocations are reused).
     /// Exported under the `internals` feature only.
     #[expose_under_internals]
     #[inline]
     fn renew_global_runtime_state(&self, global: &mut GlobalRuntimeState) {
-        // proxy-rhai patch 9: a call is charged for its own size walks only.
-        #[cfg(not(feature = "unchecked"))]
-        self.data_walked
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        #[cfg(not(feature = "no_module"))]
-        {
-            global.imports.clear();
-            global.modules.clear();
-            global.num_modules_loaded = 0;
-            global.embedded_module_resolver = None;
-        }
-        global.num_operations = Default::default();
-        global.scope_level = 0;
-        global.level = 0;
-        global.always_search_scope = false;
-        #[cfg(not(feature = "no_module"))]
+        #[cfg(not(feature = "no_function"))]
+        let lib = std::mem::take(&mut global.lib);
+        let source = global.source.take();
+        *global = self.new_global_runtime_state();
         #[cfg(not(feature = "no_function"))]
         {
-            global.constants = None;
+            global.lib = lib;
         }
-        #[cfg(feature = "grain")]
-        {
-            global.grain_faults = None;
-        }
-        global.tag = self.default_tag().clone();
-        #[cfg(feature = "debugging")]
-        #[cfg(not(feature = "no_ast"))]
-        {
-            global.debugger = self.debugger_interface.as_ref().map(|x| {
-                let dbg = crate::eval::Debugger::new(crate::eval::DebuggerStatus::Init);
-                (x.0)(self, dbg).into()
-            });
-        }
+        global.source = source;
     }
 }
 
