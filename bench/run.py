@@ -28,7 +28,8 @@ What it does, in order (every process it starts is stopped at the end, even on e
     steadiest figure of the run (its spread is a few tenths of a µs), given beside the issue's
     (not for the streamed body: a direct response reaches a filter in one piece);
  6. memory: an Envoy per variant at --concurrency 8 (and 1), every worker warmed (checked in the
-    per-worker listener stats), VmRSS read; per VM = (RSS(variant) - RSS(no filter)) / 8;
+    per-worker listener stats), VmRSS read; per VM = (RSS(variant) - RSS(no filter)) / 8; and the
+    live heap (admin /memory "allocated"), which leaves out the freed memory tcmalloc keeps;
  7. configure time of a 1,000-line script: in Envoy (V8), from Envoy's log timestamps, and
     natively through the emulator (the micro runner);
  8. the micro-benchmarks of the binding layer (bench/micro);
@@ -295,6 +296,12 @@ class Envoy:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
         return ns, ticks
+
+    def heap_kib(self):
+        """What Envoy's allocator has handed out and not got back (admin /memory "allocated"):
+        VmRSS also holds freed memory tcmalloc keeps, such as V8's scratch memory from compiling
+        the module, which varies from run to run and from build to build."""
+        return int(json.loads(self.admin("/memory"))["allocated"]) // 1024
 
     def rss_kib(self):
         with open(f"/proc/{self.pid}/status") as f:
@@ -748,11 +755,13 @@ def memory_phase(args, wasm, workdir, json_body, pins, results):
                         workers = warm_all_workers(envoy, port, w, conc, load_cpu, name)
                         time.sleep(args.mem_settle)
                         rss = envoy.rss_kib()
+                        heap = envoy.heap_kib()
                     finally:
                         envoy.stop()
                     mem.append({"repeat": rep, "workload": w, "variant": v, "concurrency": conc,
-                                "rss_kib": rss, "connections_per_worker": workers})
-                    log(f"   {w:8} {v:7} --concurrency {conc}: VmRSS {rss / 1024:7.1f} MiB "
+                                "rss_kib": rss, "heap_kib": heap, "connections_per_worker": workers})
+                    log(f"   {w:8} {v:7} --concurrency {conc}: VmRSS {rss / 1024:7.1f} MiB, "
+                        f"live heap {heap / 1024:6.1f} MiB "
                         f"(connections per worker {sorted(workers.values())})")
     upstream.stop()
     results["memory_runs"] = mem
@@ -883,14 +892,17 @@ def summarize(results):
             s["p99_rate"][(v, w)] = med([r["fixed_p99_ms"] for r in mine])
             s["p99_max"][(v, w)] = med([r["max_p99_ms"] for r in mine])
     mem = results.get("memory_runs", [])
-    s["rss"], s["per_vm"], s["per_worker_slope"] = {}, {}, {}
+    s["rss"], s["heap"], s["per_vm"], s["per_worker_slope"] = {}, {}, {}, {}
     conc = results.get("mem_concurrency", 8)
     for w in {m["workload"] for m in mem}:
         for v in VARIANTS:
             for c in (conc, 1):
-                xs = [m["rss_kib"] for m in mem if m["workload"] == w and m["variant"] == v and m["concurrency"] == c]
-                if xs:
-                    s["rss"][(v, w, c)] = med(xs) / 1024
+                mine = [m for m in mem if m["workload"] == w and m["variant"] == v and m["concurrency"] == c]
+                if mine:
+                    s["rss"][(v, w, c)] = med([m["rss_kib"] for m in mine]) / 1024
+                heaps = [m["heap_kib"] for m in mine if "heap_kib" in m]
+                if heaps:
+                    s["heap"][(v, w, c)] = med(heaps) / 1024
         for v in FILTERED:
             if (v, w, conc) in s["rss"] and ("none", w, conc) in s["rss"]:
                 s["per_vm"][(v, w)] = (s["rss"][(v, w, conc)] - s["rss"][("none", w, conc)]) / conc
@@ -1069,6 +1081,16 @@ def render_markdown(results, s, chart_name=None):
                      "costs (V8, the compiled module) that the per-VM figure spreads over the 8 workers: "
                      + "; ".join(fixed) + ".")
             L.append("")
+        live = [f"{w}: " + ", ".join(
+                    f"{LABEL[v]} {s['heap'][(v, w, 1)] - s['heap'][('none', w, 1)]:.1f} / "
+                    f"{s['heap'][(v, w, conc)] - s['heap'][('none', w, conc)]:.1f}"
+                    for v in FILTERED if (v, w, 1) in s["heap"] and (v, w, conc) in s["heap"])
+                for w in WORKLOADS if ("none", w, 1) in s["heap"] and ("none", w, conc) in s["heap"]]
+        if live:
+            L.append(f"Of that, live: the heap a variant adds (tcmalloc's allocated bytes, admin /memory) "
+                     f"with 1 / {conc} workers, in MiB; the rest of RSS is freed memory tcmalloc keeps, "
+                     f"such as V8's scratch memory from compiling the module: " + "; ".join(live) + ".")
+            L.append("")
     ws = results["wasm_size"]
     L.append("### Sizes and configure time")
     L.append("")
@@ -1166,14 +1188,15 @@ def print_tables(results, s):
     if s["rss"]:
         conc = results["mem_concurrency"]
         log("")
-        log(f"{'memory':18} {'variant':12} {'RSS c' + str(conc) + ' MiB':>12} {'RSS c1 MiB':>11} {'per VM MiB':>11} {'slope MiB':>10}")
+        log(f"{'memory':18} {'variant':12} {'RSS c' + str(conc) + ' MiB':>12} {'RSS c1 MiB':>11} {'per VM MiB':>11} {'slope MiB':>10} {'live heap c' + str(conc) + '/c1':>16}")
         for (v, w, c), rss in sorted(s["rss"].items(), key=lambda kv: (WORKLOADS.index(kv[0][1]), VARIANTS.index(kv[0][0]))):
             if c != conc:
                 continue
             pv = s["per_vm"].get((v, w))
             sl = s["per_worker_slope"].get((v, w))
+            heap = f"{s['heap'].get((v, w, c), float('nan')):.1f}/{s['heap'].get((v, w, 1), float('nan')):.1f}"
             log(f"{WORKLOAD_LABEL[w]:18} {LABEL[v]:12} {rss:12.1f} {s['rss'].get((v, w, 1), float('nan')):11.1f} "
-                f"{'—' if pv is None else f'{pv:.2f}':>11} {'—' if sl is None else f'{sl:.2f}':>10}")
+                f"{'—' if pv is None else f'{pv:.2f}':>11} {'—' if sl is None else f'{sl:.2f}':>10} {heap:>16}")
     if s["cpu_alone_above"]:
         log("")
         log(f"{'filter alone':18} {'variant':12} {'cpu us/req above floor':>26}")
