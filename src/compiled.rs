@@ -20,6 +20,7 @@
 
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::rc::Rc;
 
 use rhai::{
@@ -165,6 +166,10 @@ impl<'a> Compiler<'a> {
 
 /// Compiles every script function of `ast`, to run on `engine`, and installs the bodies where
 /// Rhai calls them; calls to `bindings` call them directly.
+///
+/// `engine`'s variable resolver, if it has one, must decline every variable the parser gave a
+/// scope offset (`index > 0`), as the plugin's and the test runner's do: compiled code reads
+/// those from the scope without asking it.
 pub fn install(engine: &Engine, ast: &AST, bindings: &Bindings) -> Coverage {
     let mut cx = Compiler::new(engine, ast, bindings);
     for function in ast.iter_fn_def() {
@@ -639,10 +644,17 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
         Expr::Variable(..) => {
             cx.coverage.compiled += 1;
             let variable = expr.clone();
+            let local = local_offset(expr);
             return Box::new(move |engine, global, caches, scope, this| {
                 engine.track_operation(global, at)?;
-                engine
-                    .search_namespace(global, caches, scope, this, &variable)
+                // A local's value, cloned at once; a shared one is locked on the way.
+                if local > 0 && !global.always_search_scope {
+                    match scope.local_from_end_mut(local) {
+                        Some(value) if !value.is_shared() => return Ok(value.clone()),
+                        _ => {}
+                    }
+                }
+                find_variable(engine, global, caches, scope, this, &variable)
                     .map(Target::take_or_clone)
             });
         }
@@ -920,7 +932,7 @@ fn call_on_variable_with(callee: Callee, variable: Expr, rest: Vec<ExprFn>) -> E
         for (value, arg) in values.iter_mut().skip(1).zip(&rest) {
             *value = arg(engine, global, caches, scope, this.as_deref_mut())?.flatten();
         }
-        let mut target = engine.search_namespace(global, caches, scope, this, &variable)?;
+        let mut target = find_variable(engine, global, caches, scope, this, &variable)?;
         if target.as_ref().is_read_only() {
             target = target.into_owned();
         }
@@ -995,7 +1007,7 @@ impl MethodCall {
             }
             Object::Place(variable) => {
                 engine.track_operation(global, variable.position())?;
-                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                let target = &mut find_variable(engine, global, caches, scope, this, variable)?;
                 self.call_on(engine, global, caches, target, values)
             }
         }
@@ -1205,7 +1217,7 @@ impl Chain {
             }
             Object::Place(variable) => {
                 engine.track_operation(global, variable.position())?;
-                let target = &mut engine.search_namespace(global, caches, scope, this, variable)?;
+                let target = &mut find_variable(engine, global, caches, scope, this, variable)?;
                 engine.eval_dot_index_chain_raw(
                     global, caches, None, None, lhs, expr, target, rhs, values, new_value,
                 )
@@ -1221,6 +1233,42 @@ impl Chain {
             }
         }
         .map(|(value, _)| value)
+    }
+}
+
+/// The offset from the scope's end the parser gave a local variable; 0: found by name.
+fn local_offset(variable: &Expr) -> usize {
+    // (No namespaces: the plugin's engine is built without modules.)
+    match variable {
+        Expr::Variable(_, Some(offset), _) => usize::from(offset.get()),
+        Expr::Variable(v, None, _) => v.0.map_or(0, NonZeroUsize::get),
+        _ => 0,
+    }
+}
+
+/// A variable, as Rhai's `search_namespace` finds it. A local the parser gave an offset from
+/// the scope's end is taken at that offset, past the variable resolver, which declines locals
+/// (see [`install`]), and the rest of Rhai's search.
+fn find_variable<'s>(
+    engine: &Engine,
+    global: &mut GlobalRuntimeState,
+    caches: &mut Caches,
+    scope: &'s mut Scope,
+    this: Option<&'s mut Dynamic>,
+    variable: &Expr,
+) -> Result<Target<'s>, Box<EvalAltResult>> {
+    let local = local_offset(variable);
+    if local == 0 || local > scope.len() || global.always_search_scope {
+        return engine.search_namespace(global, caches, scope, this, variable);
+    }
+    match scope.local_from_end_mut(local) {
+        Some(value) => Target::try_from(value),
+        // (Not reached: the scope is longer than `local`.)
+        None => Err(EvalAltResult::ErrorVariableNotFound(
+            format!("{variable:?}"),
+            variable.position(),
+        )
+        .into()),
     }
 }
 

@@ -923,6 +923,28 @@ impl Scope<'_> {
         self.iter_inner()
             .map(|(name, constant, value)| (name.as_str(), constant, value.flatten_clone()))
     }
+    /// proxy-rhai patch 19: the variable `offset` entries from the end of the scope (1: the
+    /// last pushed), as the parser numbers a local variable in
+    /// [`Expr::Variable`][crate::Expr::Variable]; `None` past the start. Shared values are
+    /// not expanded.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use rhai::Scope;
+    ///
+    /// let mut scope = Scope::new();
+    /// scope.push("x", 40_i64).push("y", 2_i64);
+    /// assert_eq!(scope.local_from_end_mut(2).unwrap().as_int().unwrap(), 40);
+    /// assert!(scope.local_from_end_mut(3).is_none());
+    /// ```
+    #[cfg(feature = "internals")]
+    #[inline]
+    #[must_use]
+    pub fn local_from_end_mut(&mut self, offset: usize) -> Option<&mut Dynamic> {
+        let index = self.values.len().checked_sub(offset)?;
+        self.values.get_mut(index)
+    }
     /// Get an iterator to entries in the [`Scope`].
     /// Shared values are not expanded.
     #[inline(always)]
