@@ -13,20 +13,25 @@
 //! it: a phase call, a call from another function (compiled or evaluated), a closure called
 //! back by a native function or by the plugin.
 //!
+//! A call of one of the script's own functions is resolved here too (`ScriptFn`): it enters
+//! the function as `exec_fn_call` would (`Engine::call_script_fn_at_site`), past the
+//! resolution.
+//!
 //! A call to one of the plugin's bindings ([`Bindings`]) is resolved here, once: the compiled
 //! call checks its arguments' types and calls the function Rhai registered for the binding,
 //! with what Rhai does around a native call (`Engine::call_native_by_value`), past Rhai's
 //! resolution. Arguments of other types take Rhai's way, with its errors.
 
 use std::any::TypeId;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use rhai::{
     ASTFlags, BinaryExpr, Caches, CallSite, Dynamic, Engine, EvalAltResult, Expr, FnArgsVec,
-    FnCallExpr, FnPtr, GlobalRuntimeState, OpAssignment, Position, RhaiFunc, Scope,
-    ScriptFuncPayload, Stmt, Target, Token, AST,
+    FnCallExpr, FnPtr, GlobalRuntimeState, Module, OpAssignment, Position, RhaiFunc, Scope,
+    ScriptFuncDef, ScriptFuncPayload, Stmt, Target, Token, AST,
 };
 
 type RhaiResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -137,30 +142,60 @@ struct Compiler<'a> {
     fast_operators: bool,
     bindings: &'a Bindings,
     /// The script's own functions, by name and arity: a call Rhai resolves to one of them.
-    script_fns: HashSet<(String, usize)>,
+    /// With the one a function call (not a method call) resolves to: not a method with a
+    /// `this` type, which only a method call finds.
+    script_fns: HashMap<(String, usize), Option<Rc<ScriptFuncDef>>>,
+    /// The module that holds them.
+    lib: Weak<Module>,
 }
 
 impl<'a> Compiler<'a> {
     fn new(engine: &Engine, ast: &AST, bindings: &'a Bindings) -> Self {
-        let script_fns = ast
-            .iter_fn_def()
-            .map(|f| (f.name.to_string(), f.params.len()))
-            .collect();
+        let mut script_fns: HashMap<_, Option<Rc<ScriptFuncDef>>> = HashMap::new();
+        for f in ast.iter_fn_def() {
+            let called = script_fns
+                .entry((f.name.to_string(), f.params.len()))
+                .or_default();
+            if f.this_type.is_none() {
+                *called = Some(f.clone());
+            }
+        }
         Self {
             coverage: Coverage::default(),
             fast_operators: engine.fast_operators(),
             bindings,
             script_fns,
+            lib: Rc::downgrade(ast.shared_lib()),
         }
     }
 
     /// The binding a call of `name` with `arity` arguments resolves to, when it is one.
     fn binding(&self, name: &str, arity: usize) -> Option<Rc<Binding>> {
-        if self.script_fns.contains(&(name.to_string(), arity)) {
+        if self.script_fns.contains_key(&(name.to_string(), arity)) {
             return None;
         }
         let bindings: &HashMap<(&str, usize), Option<Rc<Binding>>> = &self.bindings.0;
         bindings.get(&(name, arity))?.clone()
+    }
+
+    /// The function of the script `call` resolves to, when Rhai's `exec_fn_call` would call
+    /// it as it is: not a name it answers itself, a body that is not empty (Rhai returns `()`
+    /// for one, without a call).
+    fn script_fn(&self, call: &FnCallExpr) -> Option<ScriptFn> {
+        let name = call.name.as_str();
+        if call.hashes.is_native_only() || SYNTACTIC_CALLS.contains(&name) {
+            return None;
+        }
+        let function = self.script_fns.get(&(name.to_string(), call.args.len()))?;
+        let function = function.as_ref().filter(|f| {
+            let ScriptFuncPayload::Statements(body) = &f.body;
+            !body.is_empty()
+        })?;
+        Some(ScriptFn {
+            lib: self.lib.clone(),
+            function: Rc::downgrade(function),
+            scope: Cell::default(),
+        })
     }
 }
 
@@ -781,6 +816,18 @@ fn compile_expr(expr: &Expr, cx: &mut Compiler) -> ExprFn {
 /// Names `make_function_call` treats apart from other calls.
 const SPECIAL_CALLS: [&str; 6] = ["call", "Fn", "curry", "is_shared", "is_def_var", "eval"];
 
+/// Names `exec_fn_call` answers itself (`exec_syntactic_fn_call`) before any script function.
+const SYNTACTIC_CALLS: [&str; 8] = [
+    "type_of",
+    "is_shared",
+    "is_def_fn",
+    "is_def_var",
+    "Fn",
+    "eval",
+    "call",
+    "curry",
+];
+
 /// Rhai's `eval_fn_call_expr` for a call with up to six arguments: an operator (under fast
 /// operators), a call whose first argument is a variable (which Rhai may pass by reference), or
 /// a plain call: the arguments as `get_arg_value` evaluates them, then `exec_fn_call` with a call
@@ -805,6 +852,7 @@ fn compile_call(call: &FnCallExpr, pos: Position, cx: &mut Compiler) -> Option<E
         hashes: call.hashes,
         site: CallSite::default(),
         pos,
+        script: cx.script_fn(call),
     };
     match call.args.split_first() {
         Some((variable @ (Expr::Variable(..) | Expr::ThisPtr(..)), rest)) => {
@@ -1030,6 +1078,7 @@ impl MethodCall {
             hashes,
             site,
             pos,
+            ..
         } = &self.callee;
         // What `make_method_call` does for any other method of any other value than a map
         // (which may hold a function of that name): the call with the object first, at once
@@ -1318,6 +1367,7 @@ fn compile_method_call(chain: &BinaryExpr, options: ASTFlags, cx: &mut Compiler)
             hashes: call.hashes,
             site: CallSite::default(),
             pos: *pos,
+            script: None,
         },
         object,
         args_at: chain.rhs.position(),
@@ -1355,6 +1405,8 @@ struct Callee {
     /// Remembers the native function the call resolved to, for the argument types it had.
     site: CallSite,
     pos: Position,
+    /// The function of the script the call resolves to, when it is one.
+    script: Option<ScriptFn>,
 }
 
 impl Callee {
@@ -1370,8 +1422,11 @@ impl Callee {
         let Self {
             name, site, pos, ..
         } = self;
-        if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
-            return result;
+        // A site remembers no native function for a call that resolves to a script's.
+        if self.script.is_none() {
+            if let Some(result) = engine.call_at_site(global, caches, name, args, site, *pos) {
+                return result;
+            }
         }
         self.call_with_first(engine, global, caches, args, false)
     }
@@ -1379,7 +1434,7 @@ impl Callee {
 
 impl Callee {
     /// Rhai's `exec_fn_call` with the arguments evaluated, the first one by reference when
-    /// `by_reference`.
+    /// `by_reference`: the script's function at once, when the call resolves to it.
     fn call_with_first(
         &self,
         engine: &Engine,
@@ -1393,7 +1448,14 @@ impl Callee {
             hashes,
             site,
             pos,
+            script,
         } = self;
+        let called = script
+            .as_ref()
+            .and_then(|script| script.call(engine, global, caches, args, by_reference, *pos));
+        if let Some(result) = called {
+            return result;
+        }
         engine
             .exec_fn_call(
                 global,
@@ -1409,6 +1471,52 @@ impl Callee {
                 *pos,
             )
             .map(|(value, _)| value)
+    }
+}
+
+/// A function of the script a compiled call resolves to, found at configuration.
+struct ScriptFn {
+    /// The module of the script's functions, and the function. Weak: the compiled body that
+    /// holds this is in the function's definition, which is in the module.
+    lib: Weak<Module>,
+    function: Weak<ScriptFuncDef>,
+    /// The new, empty scope Rhai makes for each call, for the function's variables, kept from
+    /// call to call: made anew, its lists would be allocated on every call.
+    scope: Cell<Scope<'static>>,
+}
+
+impl ScriptFn {
+    /// Rhai's `exec_fn_call` for a call that resolves to the function
+    /// (`Engine::call_script_fn_at_site`); `None` when the call would not resolve to it: the
+    /// script's functions are not the module a call searches first.
+    fn call(
+        &self,
+        engine: &Engine,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        args: &mut [&mut Dynamic],
+        by_reference: bool,
+        pos: Position,
+    ) -> Option<RhaiResult> {
+        let first = global.lib.last()?;
+        if !std::ptr::eq(Rc::as_ptr(first), self.lib.as_ptr()) {
+            return None;
+        }
+        let function = self.function.upgrade()?;
+        let mut scope = self.scope.take();
+        let result = engine.call_script_fn_at_site(
+            global,
+            caches,
+            &mut scope,
+            &function,
+            args,
+            by_reference,
+            pos,
+        );
+        // The call leaves it empty; a scope that is not would show its variables to the next.
+        scope.clear();
+        self.scope.set(scope);
+        Some(result)
     }
 }
 

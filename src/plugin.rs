@@ -731,7 +731,13 @@ mod tests {
     /// messages leave out some of it: `ErrorInFunctionCall`, the position of `exit`): the error
     /// with its wrapping and positions, the value, and the operations counted. Each limit is
     /// tried at every value that makes it trip somewhere else, the call's first operation
-    /// included; each call runs twice, the second on what the first left behind.
+    /// included; each call runs twice, the second on what the first left behind. A phase's
+    /// value that is a function pointer is called back, as a callout's callback is, with as
+    /// many arguments as it takes and with one too many, and must end as a call on a state of
+    /// its own (`FnPtr::call`) does; nested calls of the script's functions
+    /// are made with their first argument a variable or not, with errors, `exit`, `this` and
+    /// empty bodies, down to the call depth limit and the variables limit, and with the script
+    /// given a source name, which errors carry.
     #[test]
     fn calls_into_the_script_end_the_same_compiled() {
         let scripts = [
@@ -748,11 +754,37 @@ mod tests {
             "fn on_request_chunk(chunk, last) { if last { throw chunk } chunk.len() }",
             "fn on_request_chunk(chunk, last) { return chunk + last; }",
             "fn on_request_headers() { } fn on_tick() { exit() }",
+            // Nested calls.
+            "fn h(a, b) { let c = a + b; if c > 3 { throw c } c } \
+             fn on_request_headers() { let x = h(1, 1); let y = h(x, 1); h(y, x) }",
+            "fn inc(a) { a += 1; a } fn on_request_headers() { let x = 1; let y = inc(x); [x, y] }",
+            "fn e(a) { } fn r(n) { e(n); if n > 0 { r(n - 1) } } fn on_request_headers() { r(4) }",
+            "fn t() { this } fn on_request_headers() { t() }",
+            "fn m(a) { this + a } fn on_request_headers() { let n = 1; n.m(2) + m(3) }",
+            "fn int.m(a) { this * a } fn m(a) { a + 1 } fn on_request_headers() { m(2) + 2.m(3) }",
+            "fn v(a, b) { let c = a; let d = b; c + d } \
+             fn on_request_headers() { let x = 1; v(x, 2) + v(3, x) }",
+            "fn on_request_chunk(chunk, last) { let s = chunk; s.len() + w(s, last) } \
+             fn w(s, last) { if last { exit(s) } s.len() }",
+            // Callbacks.
+            "fn on_request_headers() { let x = 40; |a| a + x }",
+            "fn on_request_headers() { let f = |a, b| a * 10 + b; f.curry(2) }",
+            "fn h(n) { if n > 1 { throw n } n } \
+             fn on_request_headers() { let s = [1]; |a| { s.push(a); h(s.len()) } }",
+            "fn on_request_headers() { |a| { let x = a; x.nope() } }",
+            "fn on_request_headers() { |a| this }",
+            "fn on_request_headers() { |a| exit(a) }",
+            "fn on_request_headers() { |a| { return a; } }",
+            "fn d(a) { a * 2 } fn on_request_headers() { Fn(\"d\") }",
+            "fn r(n) { if n > 0 { r(n - 1) } else { n } } fn on_request_headers() { |a| r(a + 1) }",
         ];
-        let run = |source: &str, kind: ScriptEngine, operations: u64, levels: usize| {
+        // `alone`: callbacks called as on a state of their own, made for the call (`FnPtr::call`).
+        let run = |source: &str, kind: ScriptEngine, operations: u64, limits, alone: bool| {
             let mut engine = Engine::new();
             engine.set_max_operations(operations);
+            let (levels, variables, named): (usize, usize, bool) = limits;
             engine.set_max_call_levels(levels);
+            engine.set_max_variables(variables);
             let counted = Rc::new(std::cell::Cell::new(0));
             let count = counted.clone();
             engine.on_progress(move |n| {
@@ -760,30 +792,66 @@ mod tests {
                 None
             });
             let bindings = crate::compiled::Bindings::default();
-            let script = compile(&engine, source, kind, &bindings).unwrap();
+            let mut ast = parse(&engine, source).unwrap();
+            if named {
+                ast.set_source("script.rhai");
+            }
+            let script = script_of(&engine, ast, kind, &bindings).unwrap();
             let mut seen = Vec::new();
             for _ in 0..2 {
                 for phase in [Some(Phase::RequestHeaders), None] {
                     counted.set(0);
                     let result = script.call(&engine, phase);
                     seen.push(format!("{result:?} after {} operations", counted.get()));
+                    let Some(callback) = result.ok().and_then(|r| r.try_cast::<FnPtr>()) else {
+                        continue;
+                    };
+                    let takes = callback
+                        .num_params()
+                        .map_or(1, |n| n - callback.curry().len());
+                    for given in [takes, takes + 1] {
+                        counted.set(0);
+                        let args = (0..given).map(|i| Dynamic::from(i as i64 + 1)).collect();
+                        let result = match alone {
+                            false => script.call_back(&engine, &callback, args),
+                            true => callback.call(&engine, &script.ast, args),
+                        };
+                        seen.push(format!("{result:?} after {} operations", counted.get()));
+                    }
                 }
                 counted.set(0);
                 let chunk = Dynamic::from("abc");
                 let result = script.call_chunk(&engine, Phase::RequestChunk, chunk, true);
                 seen.push(format!("{result:?} after {} operations", counted.get()));
             }
-            seen
+            // Closures are named by a count of those parsed: each compilation names them anew.
+            let closures: Vec<_> = script
+                .ast
+                .iter_fn_def()
+                .map(|f| f.name.to_string())
+                .filter(|name| name.starts_with("anon$"))
+                .collect();
+            let unnamed = |line: String| closures.iter().fold(line, |l, c| l.replace(c, "anon$"));
+            seen.into_iter().map(unnamed).collect::<Vec<_>>()
         };
+        let limits = (0..5)
+            .map(|levels| (levels, usize::MAX, false))
+            .chain((0..4).map(|variables| (8, variables, false)))
+            .chain([(8, usize::MAX, true)]);
         for source in scripts {
             for operations in 0..24 {
-                for levels in 0..5 {
-                    let compiled = run(source, ScriptEngine::Compiled, operations, levels);
-                    let evaluated = run(source, ScriptEngine::Rhai, operations, levels);
+                for limits in limits.clone() {
+                    let compiled = run(source, ScriptEngine::Compiled, operations, limits, false);
+                    let evaluated = run(source, ScriptEngine::Rhai, operations, limits, false);
                     assert_eq!(
                         compiled, evaluated,
-                        "{source} with max_operations {operations}, max_call_levels {levels}"
+                        "{source} with max_operations {operations}, (max_call_levels, \
+                         max_variables, a source name) {limits:?}"
                     );
+                    if limits.2 {
+                        let alone = run(source, ScriptEngine::Compiled, operations, limits, true);
+                        assert_eq!(compiled, alone, "{source} called back alone");
+                    }
                 }
             }
         }

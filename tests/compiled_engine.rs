@@ -224,6 +224,14 @@ fn phase_calls_end_the_same_compiled() {
         "fn r(n) { if n > 0 { r(n - 1) } } \
          fn on_request_headers() { http_get(\"callout\", \"/\", [], 1000, || { r(2); throw 1; }); }",
         "fn on_request_headers() { http_get(\"callout\", \"/\", [], 1000, || exit(2)); }",
+        "fn h(a, b) { if a > b { throw a } a + b } \
+         fn on_request_headers() { let x = 1; let y = h(x, 2); add_request_header(\"x-a\", `${h(y, 5)}`) }",
+        "fn on_request_headers() { let n = 2; let f = |a, b| a + b + n; \
+         http_get(\"callout\", \"/\", [], 1000, f.curry(1)); }",
+        "fn tag(s) { if s > 300 { exit(s) } `t-${s}` } fn on_request_headers() { let k = \"x-k\"; \
+         http_get(\"callout\", \"/\", [], 1000, |status| add_request_header(k, tag(status))); }",
+        "fn d(status, headers) { headers.len() + status } \
+         fn on_request_headers() { http_get(\"callout\", \"/\", [], 1000, Fn(\"d\")); }",
         "fn on_request_headers() { } fn on_tick() { throw \"tick\" }",
         "fn on_request_headers() { } fn on_tick() { let n = 0; for i in 0..400 { n += i; } }",
     ];

@@ -169,7 +169,7 @@ impl Engine {
         cache: &mut FnCallCache,
     ) -> RhaiResult {
         let (global, caches) = cache.for_ast_call(self, ast);
-        self.call_phase_script_fn(global, caches, scope, &function.0, args)
+        self.call_script_fn_direct(global, caches, scope, &function.0, args, false, Position::NONE)
             .or_else(|err| match *err {
                 ERR::Exit(out, ..) => Ok(out),
                 _ => Err(err),

@@ -97,11 +97,6 @@ impl FnCallCache {
     pub fn clear(&mut self) {
         *self = Self::default();
     }
-    /// The caches for a call. They hold a level of their own: the called function's body pushes
-    /// the first level and pops it when it returns, which would empty a cache that had none.
-    pub(crate) fn for_call(&mut self) -> &mut Caches {
-        with_level(&mut self.caches)
-    }
     /// proxy-rhai patch 19 (speed): the runtime state and the caches for a call into `ast` on
     /// `engine`. The state is the last call's, made again as a call's own would be made: as new
     /// ([`Engine::renew_global_runtime_state`]), with `ast`'s functions and source (kept from the
@@ -111,6 +106,41 @@ impl FnCallCache {
         engine: &crate::Engine,
         ast: &crate::AST,
     ) -> (&mut crate::eval::GlobalRuntimeState, &mut Caches) {
+        let (global, caches) = self.renewed_with_lib(engine, ast);
+        if global.source.as_ref() != ast.source_raw() {
+            global.source = ast.source_raw().cloned();
+        }
+        #[cfg(not(feature = "no_module"))]
+        {
+            global.embedded_module_resolver = ast.resolver.clone();
+        }
+        (global, caches)
+    }
+    /// proxy-rhai patch 19 (speed): the runtime state and the caches for a call of a function
+    /// pointer into `ast` on `engine` ([`FnPtr::call_with_cache`][crate::FnPtr::call_with_cache]):
+    /// the state [`FnPtr::call`][crate::FnPtr::call] makes, new with `ast`'s functions, without
+    /// its source, renewed in place as for [`for_ast_call`][Self::for_ast_call].
+    #[cfg(not(feature = "no_function"))]
+    pub(crate) fn for_fn_ptr_call(
+        &mut self,
+        engine: &crate::Engine,
+        ast: &crate::AST,
+    ) -> (&mut crate::eval::GlobalRuntimeState, &mut Caches) {
+        let (global, caches) = self.renewed_with_lib(engine, ast);
+        if global.source.is_some() {
+            global.source = None;
+        }
+        (global, caches)
+    }
+    /// The last call's runtime state made new ([`Engine::renew_global_runtime_state`], which
+    /// keeps the source), with `ast`'s functions, and the caches. (Inlined: a call of its own
+    /// cost each phase call ~16 more wasm instructions.)
+    #[inline(always)]
+    fn renewed_with_lib(
+        &mut self,
+        engine: &crate::Engine,
+        _ast: &crate::AST,
+    ) -> (&mut crate::eval::GlobalRuntimeState, &mut Caches) {
         let global = match self.global {
             Some(ref mut global) => {
                 engine.renew_global_runtime_state(global);
@@ -118,23 +148,17 @@ impl FnCallCache {
             }
             None => self.global.insert(engine.new_global_runtime_state()),
         };
-        if global.source.as_ref() != ast.source_raw() {
-            global.source = ast.source_raw().cloned();
-        }
         #[cfg(not(feature = "no_function"))]
-        if !matches!(&*global.lib, [lib] if crate::Shared::ptr_eq(lib, ast.shared_lib())) {
+        if !matches!(&*global.lib, [lib] if crate::Shared::ptr_eq(lib, _ast.shared_lib())) {
             global.lib.clear();
-            global.lib.push(ast.shared_lib().clone());
-        }
-        #[cfg(not(feature = "no_module"))]
-        {
-            global.embedded_module_resolver = ast.resolver.clone();
+            global.lib.push(_ast.shared_lib().clone());
         }
         (global, with_level(&mut self.caches))
     }
 }
 
-/// `caches` with a level of their own ([`FnCallCache::for_call`]).
+/// `caches` for a call, with a level of their own: the called function's body pushes the first
+/// level and pops it when it returns, which would empty a cache that had none.
 fn with_level(caches: &mut Caches) -> &mut Caches {
     if caches.fn_resolution_caches_len() == 0 {
         caches.push_fn_resolution_cache();

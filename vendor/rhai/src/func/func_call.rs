@@ -1015,6 +1015,105 @@ impl Engine {
         }
     }
 
+    /// proxy-rhai patch 19: what [`exec_fn_call`][Self::exec_fn_call] does once a call resolved
+    /// to `fn_def` (with `env`), found in a module whose id is `source`, its body not empty:
+    /// the function runs in `scope`, with `source` as the state's; a method call's first
+    /// argument is its `this`, any other call's is copied when it is passed by reference.
+    /// [`call_script_fn_at_site`][Self::call_script_fn_at_site] shares it.
+    #[cfg(not(feature = "no_function"))]
+    fn call_resolved_script_fn(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        fn_def: &crate::func::ScriptFuncDef,
+        env: Option<&crate::func::EncapsulatedEnviron>,
+        source: Option<ImmutableString>,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        is_method_call: bool,
+        pos: Position,
+    ) -> RhaiResultOf<Dynamic> {
+        // Swap source
+        let orig_source = mem::replace(&mut global.source, source);
+        defer! { global => move |g| g.source = orig_source }
+
+        if is_method_call {
+            // Method call of script function - map first argument to `this`
+            let (first_arg, args) = args.split_first_mut().unwrap();
+            let this_ptr = Some(&mut **first_arg);
+            return self.call_script_fn(
+                global.into(),
+                caches,
+                scope,
+                this_ptr,
+                env,
+                fn_def,
+                args,
+                true,
+                pos,
+            );
+        }
+
+        // Normal call of script function
+        let backup = &mut ArgBackup::new();
+
+        // The first argument is a reference?
+        let swap = is_ref_mut && !args.is_empty();
+
+        if swap {
+            backup.change_first_arg_to_copy(args);
+        }
+
+        defer! { args = (args) if swap => move |a| backup.restore_first_arg(a) }
+
+        match env {
+            None => self.call_script_fn_direct(global, caches, scope, fn_def, args, true, pos),
+            env => {
+                let global = global.into();
+                self.call_script_fn(global, caches, scope, None, env, fn_def, args, true, pos)
+            }
+        }
+    }
+
+    /// proxy-rhai patch 19 (speed): what [`exec_fn_call`][Self::exec_fn_call] does for a call
+    /// (not a method call) of `fn_def`, a function of the script whose body is not empty, by a
+    /// compiled call site that resolved the call itself, at configuration, for when the
+    /// script's functions are the module a call resolves in first: the last of `global.lib`
+    /// (the caller checks). The call goes one level deeper and runs in `scope`, which stands for
+    /// the new scope `exec_fn_call` makes: it must be empty. The data race check is left out:
+    /// the site passes no shared value. So is the call site's native function: a site
+    /// remembers one only for a call that resolved to one.
+    #[cfg(feature = "internals")]
+    #[cfg(not(feature = "no_function"))]
+    #[inline]
+    pub fn call_script_fn_at_site(
+        &self,
+        global: &mut GlobalRuntimeState,
+        caches: &mut Caches,
+        scope: &mut Scope,
+        fn_def: &crate::func::ScriptFuncDef,
+        args: &mut FnCallArgs,
+        is_ref_mut: bool,
+        pos: Position,
+    ) -> RhaiResultOf<Dynamic> {
+        let source = global.lib.last().and_then(|lib| lib.id_raw().cloned());
+        defer! { let orig_level = global.level; global.level += 1 }
+        let (env, is_method_call) = (None, false);
+        self.call_resolved_script_fn(
+            global,
+            caches,
+            scope,
+            fn_def,
+            env,
+            source,
+            args,
+            is_ref_mut,
+            is_method_call,
+            pos,
+        )
+    }
+
     /// # Main Entry-Point (By Name)
     ///
     /// Perform an actual function call, native Rust or scripted, by name, taking care of special functions.
@@ -1114,35 +1213,21 @@ impl Engine {
                     &mut empty_scope
                 };
 
-                // Swap source
-                let orig_source = mem::replace(&mut global.source, source);
-                defer! { global => move |g| g.source = orig_source }
-                let global = global.into();
-
                 // Execute function call
-                return if _is_method_call {
-                    // Method call of script function - map first argument to `this`
-                    let (first_arg, args) = args.split_first_mut().unwrap();
-                    let this_ptr = Some(&mut **first_arg);
-                    self.call_script_fn(
-                        global, caches, scope, this_ptr, env, fn_def, args, true, pos,
+                return self
+                    .call_resolved_script_fn(
+                        global,
+                        caches,
+                        scope,
+                        fn_def,
+                        env,
+                        source,
+                        args,
+                        is_ref_mut,
+                        _is_method_call,
+                        pos,
                     )
-                } else {
-                    // Normal call of script function
-                    let backup = &mut ArgBackup::new();
-
-                    // The first argument is a reference?
-                    let swap = is_ref_mut && !args.is_empty();
-
-                    if swap {
-                        backup.change_first_arg_to_copy(args);
-                    }
-
-                    defer! { args = (args) if swap => move |a| backup.restore_first_arg(a) }
-
-                    self.call_script_fn(global, caches, scope, None, env, fn_def, args, true, pos)
-                }
-                .map(|r| (r, false));
+                    .map(|r| (r, false));
             }
         }
 

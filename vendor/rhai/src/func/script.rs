@@ -9,6 +9,7 @@ use crate::{
 };
 #[cfg(feature = "no_std")]
 use std::prelude::v1::*;
+use std::borrow::{Borrow, BorrowMut};
 use std::{fmt, hash::Hash};
 
 /// A type containing the body of a script-defined function.
@@ -377,13 +378,16 @@ impl Frame {
 }
 
 /// proxy-rhai patch 19: puts a call's arguments into `scope` as `fn_def`'s parameters; how many.
+/// (Each name is the parameter's own string: `Scope::extend` would copy it into a new one.)
 #[inline(always)]
 fn push_params(
     scope: &mut Scope,
     fn_def: &ScriptFuncDef,
     values: impl IntoIterator<Item = Dynamic>,
 ) -> usize {
-    scope.extend(fn_def.params.iter().cloned().zip(values));
+    for (name, value) in fn_def.params.iter().zip(values) {
+        scope.push_entry(name.clone(), crate::types::dynamic::AccessMode::ReadWrite, value);
+    }
     fn_def.params.len()
 }
 
@@ -655,7 +659,7 @@ impl Engine {
     /// proxy-rhai patch 19: what a call of a script function checks and counts before its body
     /// runs: the data its arguments bring in (patch 11), its operation, the call depth and the
     /// variables it adds. [`call_script_fn`][Self::call_script_fn] and
-    /// [`call_phase_script_fn`][Self::call_phase_script_fn] share it.
+    /// [`call_script_fn_direct`][Self::call_script_fn_direct] share it.
     #[inline(always)]
     fn enter_script_fn<'a>(
         &self,
@@ -704,35 +708,39 @@ impl Engine {
         }
     }
 
-    /// proxy-rhai patch 19 (speed): [`call_script_fn`][Self::call_script_fn] for a call from
-    /// outside any function ([`Engine::call_phase_fn`]), on a state of its own, without `this`,
-    /// the arguments owned. A compiled body runs with the same checks, operations, scope and
-    /// outcome, without what only other calls need: a state shared with a caller, the arguments
-    /// gathered twice, an environment to merge, the debugger (a build with one takes the general
-    /// way). Any other body goes to `call_script_fn`.
-    pub(crate) fn call_phase_script_fn(
+    /// proxy-rhai patch 19 (speed): [`call_script_fn`][Self::call_script_fn] on a state the
+    /// caller holds itself, without `this` or an environment, the arguments consumed: a phase
+    /// call ([`Engine::call_phase_fn`]), a callback's (`FnPtr::call_with_cache`), a call that
+    /// resolved to a function of the script. A compiled body runs with the same checks,
+    /// operation, scope and outcome, without what only other calls need: a state shared with a
+    /// caller, the arguments gathered twice, an environment to merge, the debugger (a build with
+    /// one takes the general way). Any other body goes to `call_script_fn`.
+    pub(crate) fn call_script_fn_direct<A: BorrowMut<Dynamic>>(
         &self,
         global: &mut GlobalRuntimeState,
         caches: &mut Caches,
         scope: &mut Scope,
         fn_def: &ScriptFuncDef,
-        args: &mut [Dynamic],
+        args: &mut [A],
+        rewind_scope: bool,
+        pos: Position,
     ) -> RhaiResult {
-        let pos = Position::NONE;
         #[cfg(not(feature = "debugging"))]
         if let Some(run) = fn_def.compiled.get() {
-            self.enter_script_fn(global, scope, fn_def, args.iter(), pos)?;
+            let values = args.iter().map(Borrow::<Dynamic>::borrow);
+            self.enter_script_fn(global, scope, fn_def, values, pos)?;
             if self.has_empty_body(fn_def) {
                 return Ok(Dynamic::UNIT);
             }
             let frame = Frame::save(global, caches, scope);
-            let arg_slots = push_params(scope, fn_def, args.iter_mut().map(Dynamic::take));
-            let result = run_compiled(&**run, self, global, caches, scope, None, false)
+            let values = args.iter_mut().map(|a| BorrowMut::<Dynamic>::borrow_mut(a).take());
+            let arg_slots = push_params(scope, fn_def, values);
+            let result = run_compiled(&**run, self, global, caches, scope, None, rewind_scope)
                 .or_else(|err| script_fn_error(err, global, None, fn_def, pos));
-            frame.restore(global, caches, scope, arg_slots, false);
+            frame.restore(global, caches, scope, arg_slots, rewind_scope);
             return result;
         }
-        let mut args: FnArgsVec<&mut Dynamic> = args.iter_mut().collect();
+        let mut args: FnArgsVec<&mut Dynamic> = args.iter_mut().map(BorrowMut::<Dynamic>::borrow_mut).collect();
         self.call_script_fn(
             global.into(),
             caches,
@@ -741,7 +749,7 @@ impl Engine {
             None,
             fn_def,
             &mut args,
-            false,
+            rewind_scope,
             pos,
         )
     }

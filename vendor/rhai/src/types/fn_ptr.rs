@@ -301,7 +301,14 @@ impl FnPtr {
         ast: &AST,
         args: impl FuncArgs,
     ) -> RhaiResultOf<T> {
-        self.call_with_caches(engine, ast, &mut Scope::new(), args, &mut crate::eval::Caches::new())
+        let _ast = ast;
+        let global = &mut engine.new_global_runtime_state();
+
+        #[cfg(not(feature = "no_function"))]
+        global.lib.push(_ast.shared_lib().clone());
+
+        let caches = &mut crate::eval::Caches::new();
+        self.call_with_caches(engine, &mut Scope::new(), args, global, caches)
     }
     /// proxy-rhai patch 5 (speed): [`call`][FnPtr::call], keeping the function resolutions it makes
     /// in `cache` for the next call into the same `ast` (see
@@ -334,25 +341,22 @@ impl FnPtr {
         args: impl FuncArgs,
         cache: &mut crate::FnCallCache,
     ) -> RhaiResultOf<T> {
-        self.call_with_caches(engine, ast, scope, args, cache.for_call())
+        // proxy-rhai patch 19 (speed): on the state kept in `cache`, renewed for the call.
+        let (global, caches) = cache.for_fn_ptr_call(engine, ast);
+        self.call_with_caches(engine, scope, args, global, caches)
     }
+    /// The call, on `global` (a new state with the script's functions).
     #[cfg(not(feature = "no_ast"))]
     fn call_with_caches<T: Variant + Clone>(
         &self,
         engine: &Engine,
-        ast: &AST,
         scope: &mut Scope,
         args: impl FuncArgs,
+        global: &mut crate::eval::GlobalRuntimeState,
         caches: &mut crate::eval::Caches,
     ) -> RhaiResultOf<T> {
-        let _ast = ast;
         let mut arg_values = StaticVec::new_const();
         args.parse(&mut arg_values);
-
-        let global = &mut engine.new_global_runtime_state();
-
-        #[cfg(not(feature = "no_function"))]
-        global.lib.push(_ast.shared_lib().clone());
 
         let mut args_data = FnArgsVec::new_const();
         let args = self.with_curry(&mut arg_values, &mut args_data);
@@ -566,7 +570,7 @@ impl FnPtr {
     #[inline(always)]
     fn call_linked_script(
         engine: &Engine,
-        global: crate::eval::GlobalRef,
+        mut global: crate::eval::GlobalRef,
         caches: &mut crate::eval::Caches,
         scope: &mut Scope,
         this_ptr: Option<&mut Dynamic>,
@@ -579,6 +583,11 @@ impl FnPtr {
         // (`CALLBACK_OPERATIONS`; the other forms are charged in `_call_fn_raw`).
         #[cfg(not(feature = "unchecked"))]
         engine.charge_callback();
+        // proxy-rhai patch 19 (speed): on a state of its own, without `this` or an environment,
+        // the function is entered directly.
+        if let (crate::eval::GlobalRef::Mut(global), None, None) = (&mut global, &this_ptr, env) {
+            return engine.call_script_fn_direct(global, caches, scope, fn_def, arg_values, true, pos);
+        }
         let args = &mut arg_values.iter_mut().collect::<FnArgsVec<_>>();
         engine.call_script_fn(global, caches, scope, this_ptr, env, fn_def, args, true, pos)
     }
