@@ -1430,9 +1430,7 @@ impl Callee {
         }
         self.call_with_first(engine, global, caches, args, false)
     }
-}
 
-impl Callee {
     /// Rhai's `exec_fn_call` with the arguments evaluated, the first one by reference when
     /// `by_reference`: the script's function at once, when the call resolves to it.
     fn call_with_first(
