@@ -6,7 +6,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use rhai::{Dynamic, Engine, EvalAltResult, FnCallCache, FnPtr, PhaseFn, Scope, SharedCells, AST};
+use rhai::{
+    ASTNode, Dynamic, Engine, EvalAltResult, Expr, FnCallCache, FnPtr, PhaseFn, Scope, SharedCells,
+    Stmt, AST,
+};
 
 use crate::bindings::{Api, Constant, Constants};
 use crate::config::{
@@ -16,6 +19,7 @@ use crate::host::{Host, LogLevel, MapType};
 use crate::phase::{Phase, Phases};
 use crate::redact::Redactor;
 use crate::sandbox;
+use crate::stream::Side;
 
 /// Name of the plugin-level timer function.
 pub const TICK_FUNCTION: &str = "on_tick";
@@ -33,6 +37,10 @@ pub struct Script {
     response_chunk: Option<PhaseFn>,
     phases: Phases,
     tick: Option<PhaseFn>,
+    /// Whether the script can change the request's and the response's body: see
+    /// [`body_writers`].
+    changes_request_body: bool,
+    changes_response_body: bool,
     /// What calls into the script keep from one request to the next.
     calls: RefCell<Calls>,
 }
@@ -127,6 +135,15 @@ impl Script {
     /// The phase functions the script defines.
     pub(crate) fn phases(&self) -> Phases {
         self.phases
+    }
+
+    /// Whether the script can change the body of `side`'s message; when it can't, the message
+    /// keeps its `content-length`.
+    pub(crate) fn changes_body(&self, side: Side) -> bool {
+        match side {
+            Side::Request => self.changes_request_body,
+            Side::Response => self.changes_response_body,
+        }
     }
 
     /// Whether the script defines `on_tick()`.
@@ -607,6 +624,7 @@ pub(crate) fn script_of(
             _ => functions.get(*p as usize).is_some_and(Option::is_some),
         })
         .collect();
+    let (changes_request_body, changes_response_body) = body_writers(&ast);
     Ok(Script {
         ast,
         functions,
@@ -614,8 +632,79 @@ pub(crate) fn script_of(
         response_chunk,
         phases: Phases::of(&defined),
         tick,
+        changes_request_body,
+        changes_response_body,
         calls: RefCell::default(),
     })
+}
+
+/// The functions that change a request's body, then a response's.
+const BODY_WRITERS: [[&str; 3]; 2] = [
+    [
+        "append_request_body",
+        "prepend_request_body",
+        "replace_request_body",
+    ],
+    [
+        "append_response_body",
+        "prepend_response_body",
+        "replace_response_body",
+    ],
+];
+
+/// Whether `ast` can change the request's body, and the response's: whether it names one of
+/// their [`BODY_WRITERS`] anywhere (a call, a method call, a function pointer, a string, which
+/// `Fn` could make one of), or makes a function pointer of a name known only at run time
+/// (`Fn(name)`), which could be any of them. A script without `eval` and `import` can reach a
+/// function no other way.
+fn body_writers(ast: &AST) -> (bool, bool) {
+    let mut writes = [false; 2];
+    let mut name = |name: &str| {
+        for (side, writers) in writes.iter_mut().zip(BODY_WRITERS) {
+            *side |= writers.contains(&name);
+        }
+    };
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Stmt(Stmt::FnCall(call, _)))
+            | Some(ASTNode::Expr(Expr::FnCall(call, _) | Expr::MethodCall(call, _))) => {
+                name(&call.name);
+                let literal = |arg: &Expr| arg.get_literal_value(None).is_some();
+                if call.name == "Fn" && !call.args.iter().all(literal) {
+                    name(BODY_WRITERS[0][0]);
+                    name(BODY_WRITERS[1][0]);
+                }
+            }
+            // Constants the parser or the optimizer made: `"text"`, `` `a${"b"}` ``, a
+            // `Fn("name")`, a constant array or map.
+            Some(ASTNode::Expr(
+                e @ (Expr::StringConstant(..)
+                | Expr::InterpolatedString(..)
+                | Expr::DynamicConstant(..)),
+            )) => {
+                if let Some(value) = e.get_literal_value(None) {
+                    names_in(&value, &mut name);
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    let [request, response] = writes;
+    (request, response)
+}
+
+/// The strings and function pointers' names in `value`, its arrays' and maps' too.
+fn names_in(value: &Dynamic, name: &mut impl FnMut(&str)) {
+    if let Some(text) = value.read_lock::<rhai::ImmutableString>() {
+        name(&text);
+    } else if let Some(pointer) = value.read_lock::<FnPtr>() {
+        name(pointer.fn_name());
+    } else if let Some(array) = value.read_lock::<rhai::Array>() {
+        array.iter().for_each(|v| names_in(v, name));
+    } else if let Some(map) = value.read_lock::<rhai::Map>() {
+        map.values().for_each(|v| names_in(v, name));
+    }
 }
 
 /// What to write instead, for the mistakes a newcomer from JavaScript or JSON makes.
@@ -686,6 +775,31 @@ fn position(pos: rhai::Position) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which bodies a script can change, as the plugin decides it at configuration: every way
+    /// a script can reach a writer counts, on its side only.
+    #[test]
+    fn a_script_changes_the_bodies_whose_writers_it_names() {
+        let engine = sandbox::std_engine();
+        let writers = |script: &str| body_writers(&engine.compile(script).unwrap());
+        let cases = [
+            ("fn on_request_chunk(c, l) { log_info(c); }", (false, false)),
+            ("fn on_request_body() { replace_request_body(\"x\"); }", (true, false)),
+            ("fn on_response_chunk(c, l) { \"x\".append_response_body(); }", (false, true)),
+            ("fn h() { prepend_response_body(\"x\") } fn on_response_headers() { }", (false, true)),
+            ("fn on_request_headers() { http_get(\"c\", \"/\", [], 5, || append_request_body(\"x\")); }", (true, false)),
+            ("fn on_response_body() { call(Fn(\"replace_response_body\"), \"x\"); }", (false, true)),
+            ("fn on_response_body() { let f = \"replace_response_body\"; call(Fn(f), \"x\"); }", (true, true)),
+            ("fn on_response_body() { call(Fn(get_request_header(\"f\")), \"x\"); }", (true, true)),
+            ("fn on_response_body() { call(Fn(`replace_${\"response\"}_body`), \"x\"); }", (false, true)),
+            ("const W = [Fn(\"append_request_body\")]; fn on_request_body() { call(W[0], \"x\"); }", (true, false)),
+            ("fn on_request_body() { let m = #{w: \"prepend_request_body\"}; call(Fn(m.w), \"x\"); }", (true, true)),
+            ("fn on_response_body() { let body = get_response_body(); log_info(body); }", (false, false)),
+        ];
+        for (script, expected) in cases {
+            assert_eq!(writers(script), expected, "{script}");
+        }
+    }
 
     /// A compiled call calls a binding directly when its arguments have the binding's types;
     /// Rhai must then choose that binding too. It looks for the arguments' exact types first,

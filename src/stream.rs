@@ -692,6 +692,12 @@ impl<H: Host + 'static> HttpStream<H> {
             .is_some_and(|s| s.script.defines(phase))
     }
 
+    fn changes_body(&self, side: Side) -> bool {
+        self.selection
+            .as_ref()
+            .is_some_and(|s| s.script.changes_body(side))
+    }
+
     /// How a message's body goes through the plugin: see `Body phases` in the README.
     fn body_mode(&self, side: Side) -> BodyMode {
         if self.upgraded {
@@ -1031,8 +1037,9 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// After a header phase (`action`: what it returned), before the body. A body or chunk
-    /// phase may change the body's length: when the headers go on before it, drop
-    /// `content-length` so the message stays well-formed (the proxy frames it anew). With
+    /// phase of a script that can change the body may change its length: when the headers go
+    /// on before it, drop `content-length` so the message stays well-formed (the proxy frames
+    /// it anew). With
     /// allow_on_headers_stop_iteration the plugin holds a buffered message's headers instead
     /// (Envoy then delivers the body while they wait), and sets `content-length` after the body
     /// phase.
@@ -1051,6 +1058,9 @@ impl<H: Host + 'static> HttpStream<H> {
         if mode == BodyMode::Buffered && self.plugin.config.allow_on_headers_stop_iteration {
             self.holds_headers |= side.bit();
             return Action::Pause;
+        }
+        if !self.changes_body(side) {
+            return action;
         }
         let _ = self
             .plugin

@@ -56,6 +56,29 @@ fn rewriting_a_body_drops_the_stale_content_length() {
 }
 
 #[test]
+fn content_length_stays_when_the_script_cannot_change_the_body() {
+    // Read, not written: both keep their length.
+    let p = plugin(
+        r#"fn on_request_body() { log_info(get_request_body()); }
+        fn on_response_body() { log_info(get_response_body()); }"#,
+    );
+    let o = p.run(&Request::post("/", "12345"), &mut Response::ok("abc"));
+    assert_eq!(o.upstream_header("content-length").as_deref(), Some("5"));
+    assert_eq!(o.response_header("content-length").as_deref(), Some("3"));
+    // A writer reached through a name known only at run time: either body may change.
+    let p = plugin(
+        r#"fn on_request_body() { log_info(get_request_body()); }
+        fn on_response_body() { call(Fn(get_context("writer")), "x"); }
+        fn on_request_headers() { set_context("writer", get_request_header("x-writer")); }"#,
+    );
+    let request = Request::post("/", "12345").header("x-writer", "replace_response_body");
+    let o = p.run(&request, &mut Response::ok("abc"));
+    assert_eq!(o.upstream_header("content-length"), None);
+    assert_eq!(o.response_header("content-length"), None);
+    assert_eq!(o.response.body, b"x");
+}
+
+#[test]
 fn content_length_stays_when_no_body_phase_is_defined() {
     let p = plugin(r#"fn on_request_headers() { }"#);
     let o = p.run(&Request::post("/", "12345"), &mut Response::ok("abc"));

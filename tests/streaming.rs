@@ -63,6 +63,23 @@ fn a_chunk_is_replaced_dropped_or_framed() {
 }
 
 #[test]
+fn a_body_the_script_cannot_change_keeps_its_content_length() {
+    // Only the request's body is written: the response keeps its length and its framing.
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) { replace_request_body(chunk.to_upper()); }
+        fn on_response_chunk(chunk, last) { log_info(chunk); }"#,
+    );
+    let mut request = Request::post("/", "abcd");
+    request.chunk_sizes = vec![2];
+    let o = p.run(&request, &mut response("efgh", &[2]));
+    assert_eq!(o.upstream_header("content-length"), None);
+    assert_eq!(o.upstream.as_ref().unwrap().body, b"ABCD");
+    assert_eq!(o.response_header("content-length").as_deref(), Some("4"));
+    assert_eq!(o.response.body, b"efgh");
+    assert_eq!(messages(&o), ["ef", "gh"]);
+}
+
+#[test]
 fn a_chunk_never_splits_a_utf8_character() {
     // "é" is two bytes: the first chunk ends inside it.
     let p = plugin(

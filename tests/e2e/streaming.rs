@@ -483,6 +483,45 @@ fn large_bodies_stream_with_flat_memory() {
     envoy.assert_healthy();
 }
 
+/// A chunk function that can't change its body (the script names none of that side's
+/// writers) leaves `content-length` as it was: the response keeps its framing. The request,
+/// whose pieces the script rewrites, goes on chunked.
+#[test]
+fn a_body_the_script_cannot_change_keeps_its_content_length() {
+    const LEN: u64 = 300_000;
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({ "script": r#"
+            fn on_request_chunk(chunk, last) { replace_request_body(chunk.to_upper()); }
+            fn on_response_chunk(chunk, last) {
+                set_context("n", (get_context("n") ?? 0) + chunk.bytes);
+                if last { log_info(`response of ${get_context("n")} bytes seen`); }
+            }"# }),
+    );
+    let mut s = open(envoy.addr(), &format!("/stream/{LEN}"));
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    assert!(
+        head.contains(&format!("content-length: {LEN}\r\n")),
+        "{head}"
+    );
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(raw.len() - head_end, LEN as usize);
+    envoy.wait_for_log(&format!("response of {LEN} bytes seen"));
+
+    let reply = upload(envoy.addr(), 1 << 20);
+    assert!(reply.contains(r#""chunked":true"#), "{reply}");
+    assert!(
+        reply.contains(&format!(r#""received":{}"#, 1 << 20)),
+        "{reply}"
+    );
+    assert!(vm_failures(&envoy.log()).is_empty());
+    envoy.assert_healthy();
+}
+
 /// Uploads `len` bytes with `content-length`, 64 KiB at a time; returns the raw response.
 fn upload(addr: SocketAddr, len: u64) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
