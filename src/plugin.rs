@@ -795,6 +795,7 @@ mod tests {
             ("const W = [Fn(\"append_request_body\")]; fn on_request_body() { call(W[0], \"x\"); }", (true, false)),
             ("fn on_request_body() { let m = #{w: \"prepend_request_body\"}; call(Fn(m.w), \"x\"); }", (true, true)),
             ("fn on_response_body() { let body = get_response_body(); log_info(body); }", (false, false)),
+            ("fn f(w) { call(w, \"x\") } fn on_request_body() { call(Fn(\"f\").curry(Fn(\"replace_request_body\"))); }", (true, false)),
         ];
         for (script, expected) in cases {
             assert_eq!(writers(script), expected, "{script}");

@@ -1039,10 +1039,9 @@ impl<H: Host + 'static> HttpStream<H> {
     /// After a header phase (`action`: what it returned), before the body. A body or chunk
     /// phase of a script that can change the body may change its length: when the headers go
     /// on before it, drop `content-length` so the message stays well-formed (the proxy frames
-    /// it anew). With
-    /// allow_on_headers_stop_iteration the plugin holds a buffered message's headers instead
-    /// (Envoy then delivers the body while they wait), and sets `content-length` after the body
-    /// phase.
+    /// it anew). With allow_on_headers_stop_iteration the plugin holds a buffered message's
+    /// headers instead (Envoy then delivers the body while they wait), and sets
+    /// `content-length` after the body phase.
     #[inline]
     fn prepare_body(&mut self, side: Side, end_of_stream: bool, action: Action) -> Action {
         if end_of_stream || self.state.local_response_sent {
