@@ -77,6 +77,25 @@ fn higress_rules_choose_script_and_config_first_match_wins() {
 }
 
 #[test]
+fn each_rule_s_script_decides_whether_a_body_keeps_its_content_length() {
+    // The global script rewrites the response; a rule's script only reads it.
+    let p = Emulator::new(
+        &json!({
+            "script": r#"fn on_response_chunk(chunk, last) { replace_response_body(chunk + "!"); }"#,
+            "_rules_": [{"_match_domain_": ["read.only"], "script": r#"fn on_response_chunk(chunk, last) { log_info(chunk); }"#}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let read = p.run(&request("read.only", "", ""), &mut Response::ok("abc"));
+    assert_eq!(read.response_header("content-length").as_deref(), Some("3"));
+    assert_eq!(read.response.body, b"abc");
+    let written = p.run(&request("other", "", ""), &mut Response::ok("abc"));
+    assert_eq!(written.response_header("content-length"), None);
+    assert_eq!(written.response.body, b"abc!");
+}
+
+#[test]
 fn rules_without_a_global_script_leave_other_requests_untouched() {
     let p = Emulator::new(
         &json!({"_rules_": [{"_match_domain_": ["a.com"], "script": "fn on_request_headers() { send_http_response(403, [], \"no\"); }"}]})
