@@ -22,7 +22,6 @@ shares together above the no-filter listener's in the same round.
 """
 import argparse
 import collections
-import json
 import re
 import statistics
 import subprocess
@@ -85,22 +84,16 @@ def main():
     proxy_cpus, upstream_cpus, load_cpus = R.cpu_sets()
     work = R.ROOT / "bench" / "results" / f"perf-split-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    script = (R.BENCH / "scripts" / f"{args.workload}.rhai").read_text()
     json_body = (R.BENCH / "data" / "body-10k.json").read_text()
     upstream, upstream_port = R.start_upstream(work, json_body, upstream_cpus)
     variants = {"none": None, "native": str(native), **rhai}
     ports = R.free_ports(len(variants) + 1)
     admin = ports.pop()
     listeners, port_of = [], {}
-    for label, wasm in variants.items():
+    for label in variants:
         port_of[label] = ports.pop()
-        filters = []
-        if label == "native":
-            configuration = json.dumps({"workload": args.workload, "cluster": "callout"})
-        else:
-            configuration = json.dumps({"script": script, "config": {}})
-        if wasm:
-            filters = [R.eb.wasm_filter(wasm, configuration, name=label, vm_id=label)]
+        # run.py's filters: each label but "none" and "native" is a proxy-rhai build.
+        filters = R.filter_for(label, args.workload, variants, lua_code={})
         listeners.append((label, port_of[label], filters))
     envoy = R.Envoy("proxy", R.proxy_bootstrap(admin, listeners, upstream_port), admin, work,
                     concurrency=1, cpus=proxy_cpus)

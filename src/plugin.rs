@@ -849,10 +849,10 @@ mod tests {
     /// included; each call runs twice, the second on what the first left behind. A phase's
     /// value that is a function pointer is called back, as a callout's callback is, with as
     /// many arguments as it takes and with one too many, and must end as a call on a state of
-    /// its own (`FnPtr::call`) does; nested calls of the script's functions
-    /// are made with their first argument a variable or not, with errors, `exit`, `this` and
-    /// empty bodies, down to the call depth limit and the variables limit, and with the script
-    /// given a source name, which errors carry.
+    /// its own (`FnPtr::call`) does; nested calls of the script's functions are made with
+    /// their first argument a variable or not, with errors, `exit`, `this` and empty bodies,
+    /// down to the call depth limit and the variables limit, and with the script given a
+    /// source name, which errors carry.
     #[test]
     fn calls_into_the_script_end_the_same_compiled() {
         let scripts = [
