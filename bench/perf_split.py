@@ -3,7 +3,7 @@
 and builtins, statically linked), V8's JIT code (the wasm plugin) and libc.
 
     python3 bench/perf_split.py [--workload stream] [--rounds 5] [--duration 5]
-        [--wasm LABEL=FILE ...]
+        [--wasm LABEL=FILE ...] [--script LABEL=FILE ...]
 
 Why: on a 2-core VM the bench's "CPU per request above the floor" of the streamed body moves by
 ±30 % from run to run, much of it in the kernel's share (loopback TCP, flow control), though
@@ -13,15 +13,19 @@ plugins' own code (the JIT share) and what Envoy and V8 do for them (the Envoy a
 host calls, V8's builtins; `memory.copy` of a large block is libc's memmove) can be compared
 apart from the kernel's. The Envoy binary is stripped: its share is not split further.
 
-One Envoy (--concurrency 1, pinned like run.py's) with a listener per variant: no filter, the
-native plugin, and proxy-rhai (`target/proxy_rhai.wasm`, or each --wasm LABEL=FILE given, each
-its own VM), on run.py's upstream and workloads. Each round runs every variant at full speed
+One Envoy (--concurrency 1, pinned like run.py's) with a listener per variant: no filter,
+Envoy's Lua filter (bench/lua; LuaJIT is linked into Envoy, so its traces land in the JIT share
+and its interpreter in Envoy's), the native plugin, and proxy-rhai (`target/proxy_rhai.wasm`,
+or each --wasm LABEL=FILE given, each its own VM), on run.py's upstream and workloads. Each
+--script LABEL=FILE adds `target/proxy_rhai.wasm` running that script instead of the
+workload's (e.g. one that only takes each piece, to see what handing it to a script costs). Each round runs every variant at full speed
 (wrk, 16 connections) for --duration seconds, in an order rotated each round, under perf.
 Prints each run, then per variant the median µs per request of each share and of the user-space
 shares together above the no-filter listener's in the same round.
 """
 import argparse
 import collections
+import json
 import re
 import statistics
 import subprocess
@@ -76,6 +80,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--wasm", action="append", default=[], metavar="LABEL=FILE",
                     help="a proxy-rhai .wasm to measure (default rhai=target/proxy_rhai.wasm)")
+    ap.add_argument("--script", action="append", default=[], metavar="LABEL=FILE",
+                    help="target/proxy_rhai.wasm running this script instead of the workload's")
     args = ap.parse_args()
     rhai = dict(w.split("=", 1) for w in args.wasm) or {"rhai": str(R.ROOT / "target" / "proxy_rhai.wasm")}
     native = R.ROOT / "target" / "bench_native_plugin.wasm"
@@ -86,14 +92,19 @@ def main():
     work.mkdir(parents=True)
     json_body = (R.BENCH / "data" / "body-10k.json").read_text()
     upstream, upstream_port = R.start_upstream(work, json_body, upstream_cpus)
-    variants = {"none": None, "native": str(native), **rhai}
+    variants = {"none": None, "lua": None, "native": str(native), **rhai}
+    scripts = dict(s.split("=", 1) for s in args.script)
+    variants.update({label: str(R.ROOT / "target" / "proxy_rhai.wasm") for label in scripts})
     ports = R.free_ports(len(variants) + 1)
     admin = ports.pop()
     listeners, port_of = [], {}
     for label in variants:
         port_of[label] = ports.pop()
-        # run.py's filters: each label but "none" and "native" is a proxy-rhai build.
-        filters = R.filter_for(label, args.workload, variants, lua_code={})
+        # run.py's filters: each label but "none", "lua" and "native" is a proxy-rhai build.
+        filters = R.filter_for(label, args.workload, variants, lua_code=R.load_lua())
+        if label in scripts:
+            configuration = json.dumps({"script": Path(scripts[label]).read_text(), "config": {}})
+            filters = [R.eb.wasm_filter(variants[label], configuration, name=label, vm_id=label)]
         listeners.append((label, port_of[label], filters))
     envoy = R.Envoy("proxy", R.proxy_bootstrap(admin, listeners, upstream_port), admin, work,
                     concurrency=1, cpus=proxy_cpus)
