@@ -656,7 +656,8 @@ const BODY_WRITERS: [[&str; 3]; 2] = [
 /// their [`BODY_WRITERS`] anywhere (a call, a method call, a function pointer, a string, which
 /// `Fn` could make one of), or makes a function pointer of a name known only at run time
 /// (`Fn(name)`), which could be any of them. A script without `eval` and `import` can reach a
-/// function no other way.
+/// function no other way: a string is not callable, and a pointer to `Fn` itself
+/// (`call(Fn("Fn"), name)`) is refused when called, `Fn` being a keyword.
 fn body_writers(ast: &AST) -> (bool, bool) {
     let mut writes = [false; 2];
     let mut name = |name: &str| {
@@ -800,6 +801,20 @@ mod tests {
         for (script, expected) in cases {
             assert_eq!(writers(script), expected, "{script}");
         }
+    }
+
+    /// What keeps `body_writers` whole: a name known only at run time reaches a function
+    /// through `Fn` alone, and a pointer to `Fn` itself can't be called.
+    #[test]
+    fn a_pointer_to_fn_cannot_be_called() {
+        let engine = sandbox::std_engine();
+        let error = engine
+            .run(r#"let name = "to_" + "string"; call(call(Fn("Fn"), name), 1);"#)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("'Fn' is a reserved keyword"),
+            "{error}"
+        );
     }
 
     /// A compiled call calls a binding directly when its arguments have the binding's types;
