@@ -1308,7 +1308,7 @@ def main():
                     help="h2load connections at the fixed rate (default: one per 100 req/s, at least 4)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections at full speed")
     ap.add_argument("--wasm", help="use this proxy-rhai .wasm instead of building it with tools/build-wasm.sh")
-    ap.add_argument("--mem-workloads", help="workloads measured for memory (default trivial,json; quick trivial)")
+    ap.add_argument("--mem-workloads", help="workloads measured for memory (default trivial,json,stream; quick trivial)")
     ap.add_argument("--mem-concurrency", type=int, default=8)
     ap.add_argument("--mem-repeats", type=int, help="fresh Envoys per memory measure (default 2; quick 1)")
     ap.add_argument("--configure-repeats", type=int, help="Envoy starts per configure measure (default 5; quick 2)")
@@ -1338,7 +1338,7 @@ def main():
     args.duration = args.duration or (2 if q else 5)
     args.max_duration = args.max_duration or (2 if q else 4)
     args.calib_duration = 1 if q else 2
-    default_mem = [w for w in (["trivial"] if q else ["trivial", "json"]) if w in WORKLOADS] or WORKLOADS[:1]
+    default_mem = [w for w in (["trivial"] if q else ["trivial", "json", "stream"]) if w in WORKLOADS] or WORKLOADS[:1]
     args.mem_workloads = args.mem_workloads.split(",") if args.mem_workloads else default_mem
     args.mem_repeats = args.mem_repeats or (1 if q else 2)
     args.mem_settle = 0.5 if q else 1.0
