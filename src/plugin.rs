@@ -701,6 +701,8 @@ fn names_in(value: &Dynamic, name: &mut impl FnMut(&str)) {
         name(&text);
     } else if let Some(pointer) = value.read_lock::<FnPtr>() {
         name(pointer.fn_name());
+        // `curry(Fn("f"), Fn("writer"))` is folded into one constant pointer to `f`.
+        pointer.iter_curry().for_each(|v| names_in(v, name));
     } else if let Some(array) = value.read_lock::<rhai::Array>() {
         array.iter().for_each(|v| names_in(v, name));
     } else if let Some(map) = value.read_lock::<rhai::Map>() {
@@ -797,6 +799,8 @@ mod tests {
             ("fn on_request_body() { let m = #{w: \"prepend_request_body\"}; call(Fn(m.w), \"x\"); }", (true, true)),
             ("fn on_response_body() { let body = get_response_body(); log_info(body); }", (false, false)),
             ("fn f(w) { call(w, \"x\") } fn on_request_body() { call(Fn(\"f\").curry(Fn(\"replace_request_body\"))); }", (true, false)),
+            ("fn f(w) { call(w, \"x\") } fn on_request_body() { call(curry(Fn(\"f\"), Fn(\"replace_request_body\"))); }", (true, false)),
+            ("const W = [curry(Fn(\"f\"), Fn(\"append_response_body\"))]; fn f(w) { call(w, \"x\") } fn on_response_body() { call(W[0]); }", (false, true)),
         ];
         for (script, expected) in cases {
             assert_eq!(writers(script), expected, "{script}");

@@ -192,6 +192,13 @@ impl Side {
         }
     }
 
+    fn headers_phase(self) -> Phase {
+        match self {
+            Side::Request => Phase::RequestHeaders,
+            Side::Response => Phase::ResponseHeaders,
+        }
+    }
+
     fn body_phase(self) -> Phase {
         match self {
             Side::Request => Phase::RequestBody,
@@ -511,6 +518,9 @@ impl<H: Host + 'static> HttpStream<H> {
         if self.state.local_response_sent || self.pending(side) {
             return;
         }
+        if call.phase == side.headers_phase() && self.has_body(side) {
+            self.frame_for_body(side);
+        }
         let mode = self.body_mode(side);
         if mode == BodyMode::Buffered && call.phase == side.body_phase() {
             self.fit_content_length(side);
@@ -692,6 +702,14 @@ impl<H: Host + 'static> HttpStream<H> {
             .is_some_and(|s| s.script.defines(phase))
     }
 
+    /// Whether the message has a body: its headers did not end the stream.
+    fn has_body(&self, side: Side) -> bool {
+        match side {
+            Side::Request => self.state.request_has_body,
+            Side::Response => self.state.response_has_body,
+        }
+    }
+
     fn changes_body(&self, side: Side) -> bool {
         self.selection
             .as_ref()
@@ -820,19 +838,23 @@ impl<H: Host + 'static> HttpStream<H> {
         if self.state.local_response_sent {
             return Action::Continue;
         }
+        let held = self.held_back(side);
+        if held {
+            // Callouts hold the stream: the proxy buffers what arrives. Kept for when they are
+            // answered, in whichever mode the callbacks leave the body (those of the header
+            // phase may choose another).
+            let s = self.side_mut(side);
+            (s.size, s.ended, s.body_seen) = (size, end_of_stream, Some(size));
+        }
         match self.body_mode(side) {
-            BodyMode::Untouched if self.held_back(side) => Action::Pause,
+            BodyMode::Untouched if held => Action::Pause,
             BodyMode::Untouched => Action::Continue,
             BodyMode::Buffered => self.on_body(side.body_phase(), size, end_of_stream),
+            BodyMode::Streamed if held => Action::Pause,
             BodyMode::Streamed => {
                 let s = self.side_mut(side);
                 s.size = size;
                 s.ended = end_of_stream;
-                if self.held_back(side) {
-                    // A chunk's callouts hold the stream: the proxy buffers what arrives, and
-                    // the chunk function gets it when they are answered.
-                    return Action::Pause;
-                }
                 self.run_chunks(side)
             }
         }
@@ -1036,12 +1058,7 @@ impl<H: Host + 'static> HttpStream<H> {
         self.run_phase(side.trailers_phase())
     }
 
-    /// After a header phase (`action`: what it returned), before the body. A body or chunk
-    /// phase of a script that can change the body may change its length: when the headers go
-    /// on before it, drop `content-length` so the message stays well-formed (the proxy frames
-    /// it anew). With allow_on_headers_stop_iteration the plugin holds a buffered message's
-    /// headers instead (Envoy then delivers the body while they wait), and sets
-    /// `content-length` after the body phase.
+    /// After a header phase (`action`: what it returned), before the body.
     #[inline]
     fn prepare_body(&mut self, side: Side, end_of_stream: bool, action: Action) -> Action {
         if end_of_stream || self.state.local_response_sent {
@@ -1050,23 +1067,35 @@ impl<H: Host + 'static> HttpStream<H> {
         if action == Action::Pause && !self.pending(side) {
             self.stopped |= side.bit();
         }
-        let mode = self.body_mode(side);
-        if mode == BodyMode::Untouched {
-            return action;
-        }
-        if mode == BodyMode::Buffered && self.plugin.config.allow_on_headers_stop_iteration {
-            self.holds_headers |= side.bit();
+        if self.frame_for_body(side) {
             return Action::Pause;
         }
-        if !self.changes_body(side) {
-            return action;
-        }
-        let _ = self
-            .plugin
-            .api
-            .host
-            .remove_map_value(side.headers(), "content-length");
         action
+    }
+
+    /// Readies the headers for the body's mode; `true` when they are to be held. A body or
+    /// chunk phase of a script that can change the body may change its length: when the
+    /// headers go on before it, drop `content-length` so the message stays well-formed (the
+    /// proxy frames it anew). With allow_on_headers_stop_iteration the plugin holds a buffered
+    /// message's headers instead (Envoy then delivers the body while they wait), and sets
+    /// `content-length` after the body phase. Made when the header phase ends, and again when
+    /// its last callout is answered: a callback may choose another mode (`skip_*_body`,
+    /// `buffer_*_body`, `stream_*_body`) while the headers still wait.
+    fn frame_for_body(&mut self, side: Side) -> bool {
+        let mode = self.body_mode(side);
+        if mode == BodyMode::Buffered && self.plugin.config.allow_on_headers_stop_iteration {
+            self.holds_headers |= side.bit();
+            return true;
+        }
+        self.holds_headers &= !side.bit();
+        if mode != BodyMode::Untouched && self.changes_body(side) {
+            let _ = self
+                .plugin
+                .api
+                .host
+                .remove_map_value(side.headers(), "content-length");
+        }
+        false
     }
 
     /// After the body phase, while the plugin holds the headers: a `content-length` they

@@ -169,6 +169,8 @@ fn cases_in_the_emulator() {
     let mut failures = Vec::new();
     for case in cases() {
         let emulator = Emulator::new(&plugin_config(&case).to_string()).unwrap();
+        // The cluster of Envoy's upstream, which callouts may target there too.
+        emulator.add_cluster("upstream");
         let mut request = Request::new(
             &case.request.method,
             &case.request.path,
