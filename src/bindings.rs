@@ -499,6 +499,10 @@ impl<H: Host> Api<H> {
         frame.stream.paused = None;
         drop(frame);
         self.commit();
+        self.frame
+            .borrow_mut()
+            .stream
+            .release_headers(&self.host, side);
         match side {
             Side::Request => self.host.resume_http_request()?,
             Side::Response => self.host.resume_http_response()?,

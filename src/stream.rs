@@ -45,6 +45,54 @@ pub(crate) struct StreamState {
     pub deferred_errors: Vec<String>,
     /// Callouts this request made, its callbacks' included (for `limits.max_callouts`).
     pub callouts_made: usize,
+    /// Where each side's headers stand with the body's framing.
+    pub framing: Framing,
+}
+
+/// What each side's headers still need for the body's framing. Kept in the stream's state,
+/// where every resume finds it (the script's `resume_http_*()`, the driver's, the error
+/// policy's): the headers may go on at any of them, and `content-length` must be settled by
+/// then. Per side, bits of [`Side::bit`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Framing {
+    /// The header phase ended with the headers held (callouts, `PAUSE`): their
+    /// `content-length` is settled when they go on, for the body's mode then.
+    held: u8,
+    /// The headers wait for the body phase, which sets `content-length` to the body's
+    /// length (allow_on_headers_stop_iteration).
+    for_body: u8,
+    /// The headers went on: the body's mode can't change any more.
+    released: u8,
+    /// The script can change the body ([`crate::plugin::Script::changes_body`]).
+    writes: u8,
+    /// The script defines the body phase, the chunk phase.
+    buffers: u8,
+    streams: u8,
+    /// Its bodies pass untouched (a websocket, CONNECT: see `on_request_headers`).
+    pub upgraded: bool,
+}
+
+impl Framing {
+    /// For a stream of `script`.
+    pub(crate) fn of(script: &crate::plugin::Script) -> Self {
+        let bits = |f: &dyn Fn(Side) -> bool| {
+            [Side::Request, Side::Response]
+                .into_iter()
+                .filter(|&side| f(side))
+                .fold(0, |bits, side| bits | side.bit())
+        };
+        Self {
+            writes: bits(&|side| script.changes_body(side)),
+            buffers: bits(&|side| script.defines(side.body_phase())),
+            streams: bits(&|side| script.defines(side.chunk_phase())),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `side`'s headers went on, so the body's mode is settled.
+    pub(crate) fn released(&self, side: Side) -> bool {
+        self.released & side.bit() != 0
+    }
 }
 
 impl StreamState {
@@ -60,6 +108,46 @@ impl StreamState {
         match buffer {
             BufferType::HttpRequestBody => &mut self.request_body,
             _ => &mut self.response_body,
+        }
+    }
+
+    /// Just before `side`'s held headers go on: `content-length` is dropped when the script
+    /// can change the body and it goes through a body or chunk phase in its mode now, or
+    /// when the body phase that was to set it has not ended.
+    pub(crate) fn release_headers(&mut self, host: &impl Host, side: Side) {
+        let bit = side.bit();
+        if self.framing.held & bit == 0 {
+            return;
+        }
+        let passes = self.body_mode(side) != BodyMode::Untouched;
+        let f = &mut self.framing;
+        let early = f.for_body & bit != 0;
+        f.held &= !bit;
+        f.for_body &= !bit;
+        f.released |= bit;
+        if (early || passes) && f.writes & bit != 0 {
+            let _ = host.remove_map_value(side.headers(), "content-length");
+        }
+    }
+
+    /// How a message's body goes through the plugin: see `Body phases` in the README.
+    fn body_mode(&self, side: Side) -> BodyMode {
+        let f = &self.framing;
+        if f.upgraded {
+            return BodyMode::Untouched;
+        }
+        let choice = match side {
+            Side::Request => self.request_body_choice,
+            Side::Response => self.response_body_choice,
+        };
+        let buffered = f.buffers & side.bit() != 0;
+        let streamed = f.streams & side.bit() != 0;
+        match choice {
+            BodyChoice::Skip => BodyMode::Untouched,
+            BodyChoice::Buffer if buffered => BodyMode::Buffered,
+            _ if streamed => BodyMode::Streamed,
+            _ if buffered => BodyMode::Buffered,
+            _ => BodyMode::Untouched,
         }
     }
 
@@ -257,15 +345,10 @@ pub struct HttpStream<H: Host> {
     /// The request id, once an error needed it and the proxy gave it: read on the first
     /// error, not on every request.
     request_id: Option<String>,
-    /// The stream became a tunnel (websocket, CONNECT): its bodies pass untouched.
-    upgraded: bool,
     /// Per side ([`Side::bit`]): the header phase returned `PAUSE` with no callout, so nothing
     /// resumes the stream. (Bits here, not in [`SideState`]: a larger stream moved the
     /// allocator's work per request.)
     stopped: u8,
-    /// Per side: the plugin holds the headers until the body phase has run
-    /// (allow_on_headers_stop_iteration), and keeps their `content-length` exact.
-    holds_headers: u8,
 }
 
 /// Where one direction of the stream stands with its body and trailers.
@@ -318,14 +401,15 @@ impl<H: Host + 'static> HttpStream<H> {
             response: SideState::default(),
             cells: SharedCells::default(),
             request_id: None,
-            upgraded: false,
             stopped: 0,
-            holds_headers: 0,
         }
     }
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
+        if let Some(selection) = &self.selection {
+            self.state.framing = Framing::of(&selection.script);
+        }
         self.state.request_has_body = !end_of_stream;
         if !end_of_stream
             && (self.body_mode(Side::Request) != BodyMode::Untouched
@@ -334,7 +418,7 @@ impl<H: Host + 'static> HttpStream<H> {
         {
             // An upgraded stream (websocket, CONNECT) ends when the connection does: a body
             // phase waiting for its end would hold every byte of it. Its bodies pass untouched.
-            self.upgraded = true;
+            self.state.framing.upgraded = true;
         }
         let action = self.run_phase(Phase::RequestHeaders);
         self.prepare_body(Side::Request, end_of_stream, action)
@@ -519,7 +603,8 @@ impl<H: Host + 'static> HttpStream<H> {
             return;
         }
         if call.phase == side.headers_phase() && self.has_body(side) {
-            self.frame_for_body(side);
+            // The callbacks may have chosen another mode for the body.
+            self.hold_for_body(side);
         }
         let mode = self.body_mode(side);
         if mode == BodyMode::Buffered && call.phase == side.body_phase() {
@@ -527,7 +612,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let s = self.side(side);
         if mode == BodyMode::Buffered
-            && (self.holds_headers & side.bit() != 0 || s.body_seen.is_some())
+            && (self.state.framing.for_body & side.bit() != 0 || s.body_seen.is_some())
         {
             // The header phase's callouts are answered while the headers wait for the body
             // phase, or the body came while they held the stream (Envoy delivers it then only
@@ -710,30 +795,9 @@ impl<H: Host + 'static> HttpStream<H> {
         }
     }
 
-    fn changes_body(&self, side: Side) -> bool {
-        self.selection
-            .as_ref()
-            .is_some_and(|s| s.script.changes_body(side))
-    }
-
     /// How a message's body goes through the plugin: see `Body phases` in the README.
     fn body_mode(&self, side: Side) -> BodyMode {
-        if self.upgraded {
-            return BodyMode::Untouched;
-        }
-        let choice = match side {
-            Side::Request => self.state.request_body_choice,
-            Side::Response => self.state.response_body_choice,
-        };
-        let buffered = self.defines(side.body_phase());
-        let streamed = self.defines(side.chunk_phase());
-        match choice {
-            BodyChoice::Skip => BodyMode::Untouched,
-            BodyChoice::Buffer if buffered => BodyMode::Buffered,
-            _ if streamed => BodyMode::Streamed,
-            _ if buffered => BodyMode::Buffered,
-            _ => BodyMode::Untouched,
-        }
+        self.state.body_mode(side)
     }
 
     fn side(&self, side: Side) -> &SideState {
@@ -1058,7 +1122,14 @@ impl<H: Host + 'static> HttpStream<H> {
         self.run_phase(side.trailers_phase())
     }
 
-    /// After a header phase (`action`: what it returned), before the body.
+    /// After a header phase (`action`: what it returned), before the body. A body or chunk
+    /// phase of a script that can change the body may change its length: when the headers go
+    /// on before it, `content-length` is dropped so the message stays well-formed (the proxy
+    /// frames it anew), as [`StreamState::release_headers`] decides when they go: now, or at
+    /// the resume that lets them go when the phase holds them (its callbacks may still choose
+    /// the body's mode). With allow_on_headers_stop_iteration the plugin holds a buffered
+    /// message's headers instead (Envoy then delivers the body while they wait), and sets
+    /// `content-length` after the body phase.
     #[inline]
     fn prepare_body(&mut self, side: Side, end_of_stream: bool, action: Action) -> Action {
         if end_of_stream || self.state.local_response_sent {
@@ -1067,44 +1138,41 @@ impl<H: Host + 'static> HttpStream<H> {
         if action == Action::Pause && !self.pending(side) {
             self.stopped |= side.bit();
         }
-        if self.frame_for_body(side) {
+        self.state.framing.held |= side.bit();
+        if self.hold_for_body(side) {
             return Action::Pause;
+        }
+        if action == Action::Continue {
+            self.state.release_headers(&self.plugin.api.host, side);
         }
         action
     }
 
-    /// Readies the headers for the body's mode; `true` when they are to be held. A body or
-    /// chunk phase of a script that can change the body may change its length: when the
-    /// headers go on before it, drop `content-length` so the message stays well-formed (the
-    /// proxy frames it anew). With allow_on_headers_stop_iteration the plugin holds a buffered
-    /// message's headers instead (Envoy then delivers the body while they wait), and sets
-    /// `content-length` after the body phase. Made when the header phase ends, and again when
-    /// its last callout is answered: a callback may choose another mode (`skip_*_body`,
-    /// `buffer_*_body`, `stream_*_body`) while the headers still wait.
-    fn frame_for_body(&mut self, side: Side) -> bool {
-        let mode = self.body_mode(side);
-        if mode == BodyMode::Buffered && self.plugin.config.allow_on_headers_stop_iteration {
-            self.holds_headers |= side.bit();
-            return true;
+    /// Whether the headers wait for the body phase (a buffered body, with
+    /// allow_on_headers_stop_iteration), decided for the body's mode now.
+    fn hold_for_body(&mut self, side: Side) -> bool {
+        let hold = self.body_mode(side) == BodyMode::Buffered
+            && self.plugin.config.allow_on_headers_stop_iteration;
+        let f = &mut self.state.framing;
+        if hold {
+            f.for_body |= side.bit();
+        } else {
+            f.for_body &= !side.bit();
         }
-        self.holds_headers &= !side.bit();
-        if mode != BodyMode::Untouched && self.changes_body(side) {
-            let _ = self
-                .plugin
-                .api
-                .host
-                .remove_map_value(side.headers(), "content-length");
-        }
-        false
+        hold
     }
 
-    /// After the body phase, while the plugin holds the headers: a `content-length` they
-    /// have is set to the body's length as the phase left it.
+    /// After the body phase, while the plugin holds the headers for it: a `content-length`
+    /// they have is set to the body's length as the phase left it, and they go on.
     fn fit_content_length(&mut self, side: Side) {
-        if self.holds_headers & side.bit() == 0 {
+        let f = &mut self.state.framing;
+        let bit = side.bit();
+        if f.for_body & bit == 0 {
             return;
         }
-        self.holds_headers &= !side.bit();
+        f.for_body &= !bit;
+        f.held &= !bit;
+        f.released |= bit;
         let len = self.state.view(side.buffer()).len.to_string();
         let host = &self.plugin.api.host;
         let map = side.headers();

@@ -140,7 +140,17 @@ impl<H: Host> Api<H> {
                 return err(format!("{f}(): the script defines no {phase}"));
             }
         }
-        *self.frame.borrow_mut().stream.choice_mut(side) = choice;
+        let mut frame = self.frame.borrow_mut();
+        if frame.stream.framing.released(side) {
+            let what = match side {
+                Side::Request => "request",
+                Side::Response => "response",
+            };
+            return err(format!(
+                "{f}(): the {what}'s headers went on already (the stream was resumed): choose how its body goes before that"
+            ));
+        }
+        *frame.stream.choice_mut(side) = choice;
         Ok(())
     }
 }
@@ -304,21 +314,21 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
         |a| Ok(a.frame.borrow().stream.response_has_body)
     );
     bind!(reg, "skip_request_body", RQH, "()",
-        "Lets this request's body through untouched: neither `on_request_body` nor `on_request_chunk` runs for it and the plugin won't buffer it (nor drop its `content-length`).",
+        "Lets this request's body through untouched: neither `on_request_body` nor `on_request_chunk` runs for it and the plugin won't buffer it (nor drop its `content-length`). Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_request_headers() {
     if get_request_header("content-type") != "application/json" { skip_request_body(); }
 }
 fn on_request_body() { let doc = parse_json(get_request_body()); }"#,
         |a as f| a.choose_body(f, Side::Request, BodyChoice::Skip));
     bind!(reg, "skip_response_body", RSH, "()",
-        "Lets this response's body through untouched: neither `on_response_body` nor `on_response_chunk` runs for it and the plugin won't buffer it (a large download on a route whose JSON answers a script rewrites).",
+        "Lets this response's body through untouched: neither `on_response_body` nor `on_response_chunk` runs for it and the plugin won't buffer it (a large download on a route whose JSON answers a script rewrites). Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_response_headers() {
     if !(get_response_header("content-type") ?? "").starts_with("application/json") { skip_response_body(); }
 }
 fn on_response_body() { replace_response_body(to_json(parse_json(get_response_body()))); }"#,
         |a as f| a.choose_body(f, Side::Response, BodyChoice::Skip));
     bind!(reg, "buffer_request_body", RQH, "()",
-        "For a script that defines both `on_request_body` and `on_request_chunk`: this request's body is buffered and `on_request_body` runs once, on all of it (without this call the body is streamed through `on_request_chunk`). An error when the script defines no `on_request_body`.",
+        "For a script that defines both `on_request_body` and `on_request_chunk`: this request's body is buffered and `on_request_body` runs once, on all of it (without this call the body is streamed through `on_request_chunk`). An error when the script defines no `on_request_body`. Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_request_headers() {
     if get_request_header("content-type") == "application/json" { buffer_request_body(); }
 }
@@ -326,7 +336,7 @@ fn on_request_body() { let doc = parse_json(get_request_body()); }
 fn on_request_chunk(chunk, last) { set_context("bytes", (get_context("bytes") ?? 0) + chunk.len()); }"#,
         |a as f| a.choose_body(f, Side::Request, BodyChoice::Buffer));
     bind!(reg, "stream_request_body", RQH, "()",
-        "This request's body goes through `on_request_chunk`, piece by piece (the default when the script defines it). An error when the script defines no `on_request_chunk`.",
+        "This request's body goes through `on_request_chunk`, piece by piece (the default when the script defines it). An error when the script defines no `on_request_chunk`. Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_request_headers() {
     if get_request_header("content-type") == "application/json" { buffer_request_body(); } else { stream_request_body(); }
 }
@@ -334,7 +344,7 @@ fn on_request_body() { let doc = parse_json(get_request_body()); }
 fn on_request_chunk(chunk, last) { }"#,
         |a as f| a.choose_body(f, Side::Request, BodyChoice::Stream));
     bind!(reg, "buffer_response_body", RSH, "()",
-        "For a script that defines both `on_response_body` and `on_response_chunk`: this response's body is buffered and `on_response_body` runs once, on all of it (without this call it is streamed). An error when the script defines no `on_response_body`.",
+        "For a script that defines both `on_response_body` and `on_response_chunk`: this response's body is buffered and `on_response_body` runs once, on all of it (without this call it is streamed). An error when the script defines no `on_response_body`. Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_response_headers() {
     if (get_response_header("content-type") ?? "").starts_with("application/json") { buffer_response_body(); }
 }
@@ -342,7 +352,7 @@ fn on_response_body() { replace_response_body(to_json(parse_json(get_response_bo
 fn on_response_chunk(chunk, last) { }"#,
         |a as f| a.choose_body(f, Side::Response, BodyChoice::Buffer));
     bind!(reg, "stream_response_body", RSH, "()",
-        "This response's body goes through `on_response_chunk`, piece by piece (the default when the script defines it). An error when the script defines no `on_response_chunk`.",
+        "This response's body goes through `on_response_chunk`, piece by piece (the default when the script defines it). An error when the script defines no `on_response_chunk`. Also in the header phase's callbacks, until the stream is resumed (an error after: the headers went on).",
         r#"fn on_response_headers() {
     if get_response_header("content-type") == "text/event-stream" { stream_response_body(); } else { buffer_response_body(); }
 }
