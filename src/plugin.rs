@@ -19,7 +19,7 @@ use crate::host::{Host, LogLevel, MapType};
 use crate::phase::{Phase, Phases};
 use crate::redact::Redactor;
 use crate::sandbox;
-use crate::stream::Side;
+use crate::stream::{Framing, Side};
 
 /// Name of the plugin-level timer function.
 pub const TICK_FUNCTION: &str = "on_tick";
@@ -41,6 +41,8 @@ pub struct Script {
     /// [`body_writers`].
     changes_request_body: bool,
     changes_response_body: bool,
+    /// A stream's framing state before its first event, made once from the above.
+    framing: Framing,
     /// What calls into the script keep from one request to the next.
     calls: RefCell<Calls>,
 }
@@ -144,6 +146,11 @@ impl Script {
             Side::Request => self.changes_request_body,
             Side::Response => self.changes_response_body,
         }
+    }
+
+    /// A new stream's framing state for this script.
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Whether the script defines `on_tick()`.
@@ -625,7 +632,7 @@ pub(crate) fn script_of(
         })
         .collect();
     let (changes_request_body, changes_response_body) = body_writers(&ast);
-    Ok(Script {
+    let mut script = Script {
         ast,
         functions,
         request_chunk,
@@ -634,8 +641,11 @@ pub(crate) fn script_of(
         tick,
         changes_request_body,
         changes_response_body,
+        framing: Framing::default(),
         calls: RefCell::default(),
-    })
+    };
+    script.framing = Framing::of(&script);
+    Ok(script)
 }
 
 /// The functions that change a request's body, then a response's.

@@ -408,7 +408,7 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.selection = self.plugin.select();
         if let Some(selection) = &self.selection {
-            self.state.framing = Framing::of(&selection.script);
+            self.state.framing = selection.script.framing();
         }
         self.state.request_has_body = !end_of_stream;
         if !end_of_stream
