@@ -425,12 +425,14 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_data(Side::Request, body_size, end_of_stream)
+        let action = self.on_data(Side::Request, body_size, end_of_stream);
+        self.let_headers_go(Side::Request, action)
     }
 
     /// Trailers end the body: a body or chunk call still waiting for the end runs first.
     pub fn on_request_trailers(&mut self) -> Action {
-        self.on_trailers(Side::Request)
+        let action = self.on_trailers(Side::Request);
+        self.let_headers_go(Side::Request, action)
     }
 
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
@@ -440,11 +442,23 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.on_data(Side::Response, body_size, end_of_stream)
+        let action = self.on_data(Side::Response, body_size, end_of_stream);
+        self.let_headers_go(Side::Response, action)
     }
 
     pub fn on_response_trailers(&mut self) -> Action {
-        self.on_trailers(Side::Response)
+        let action = self.on_trailers(Side::Response);
+        self.let_headers_go(Side::Response, action)
+    }
+
+    /// A body or trailers call returns `action`: `Continue` lets go headers the header phase
+    /// held too (Envoy delivers data while they wait with allow_on_headers_stop_iteration),
+    /// so their `content-length` is settled first.
+    fn let_headers_go(&mut self, side: Side, action: Action) -> Action {
+        if action == Action::Continue {
+            self.state.release_headers(&self.plugin.api.host, side);
+        }
+        action
     }
 
     /// The stream is over: `on_log()` runs (its errors are only logged).
@@ -602,9 +616,15 @@ impl<H: Host + 'static> HttpStream<H> {
         if self.state.local_response_sent || self.pending(side) {
             return;
         }
-        if call.phase == side.headers_phase() && self.has_body(side) {
-            // The callbacks may have chosen another mode for the body.
-            self.hold_for_body(side);
+        if call.phase == side.headers_phase() {
+            if self.state.paused.is_some_and(|paused| paused != side) {
+                // The script resumed this side before: the pause is the other side's.
+                return;
+            }
+            if !self.state.framing.released(side) && self.has_body(side) {
+                // The callbacks may have chosen another mode for the body.
+                self.hold_for_body(side);
+            }
         }
         let mode = self.body_mode(side);
         if mode == BodyMode::Buffered && call.phase == side.body_phase() {
@@ -1243,7 +1263,9 @@ impl<H: Host + 'static> HttpStream<H> {
     /// Applies the error policy to a failed script call.
     fn fail(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) -> Action {
         self.log_error(phase, error, in_callback);
-        self.state.calls.clear();
+        let side = Side::of(phase);
+        // The other side's callouts still hold it: their callbacks resume it.
+        self.state.calls.retain(|c| Side::of(c.phase) != side);
         let policy = &self.plugin.config.error_policy;
         match policy.mode {
             FailMode::FailOpen => {

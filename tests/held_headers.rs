@@ -149,3 +149,29 @@ fn chunk_phases_and_other_sides_never_get_the_headers() {
     assert_eq!(o.upstream_header("x-from-body"), None);
     assert!(o.stalled.is_none());
 }
+
+/// Headers held by a `PAUSE` from the header phase go on when the trailers end a streamed
+/// body (Envoy then calls the chunk function with `last`): `content-length` is settled for the
+/// body the chunk function grew, on either side.
+#[test]
+fn headers_held_by_pause_go_on_at_the_trailers_without_a_stale_content_length() {
+    let script = r#"
+        fn on_request_headers() { return PAUSE; }
+        fn on_request_chunk(chunk, last) { if last { append_request_body("|X"); } }
+        fn on_response_headers() { return PAUSE; }
+        fn on_response_chunk(chunk, last) { if last { append_response_body("|Y"); } }
+    "#;
+    let config = json!({"script": script, "allow_on_headers_stop_iteration": true});
+    let p = Emulator::new(&config.to_string()).expect("configures");
+    let mut request = Request::post("/", "hello").header("content-length", "5");
+    request.trailers = vec![("x-t".into(), b"1".to_vec())];
+    let mut response = Response::ok("world").header("content-length", "5");
+    response.trailers = vec![("x-t".into(), b"2".to_vec())];
+    let o = p.run(&request, &mut response);
+    assert!(o.script_errors().is_empty(), "{:?}", o.log);
+    let upstream = o.upstream.as_ref().expect("reached the upstream");
+    assert_eq!(upstream.body, b"hello|X");
+    assert_eq!(o.upstream_header("content-length"), None);
+    assert_eq!(o.response.body, b"world|Y");
+    assert_eq!(o.response_header("content-length"), None);
+}
