@@ -361,7 +361,7 @@ pub(crate) fn check_size(
 /// Whether `name` frames a message's body: a callout's body is framed by the proxy, and a
 /// script's `transfer-encoding: chunked` let the target read a second request from the body
 /// (measured in Envoy 1.40).
-fn is_framing(name: &str) -> bool {
+pub(crate) fn is_framing(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
 }
 

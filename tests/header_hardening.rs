@@ -336,3 +336,60 @@ fn whole_lists_over_the_limit_are_refused_at_the_call() {
         "replace_response_trailers(): trailers would be 1025 headers",
     );
 }
+
+/// `content-length` and `transfer-encoding` frame the body: a script may leave them as they
+/// are (a whole list read and written back) or remove them, never set one of its own.
+#[test]
+fn a_script_cannot_frame_the_body_itself() {
+    let script = r#"
+        fn on_request_headers() {
+            let list = get_request_headers();
+            replace_request_headers(list);
+            replace_request_header("content-length", get_request_header("content-length"));
+            for op in get_request_header("x-op").split(",") {
+                try {
+                    switch op {
+                        "short" => replace_request_header("content-length", "3"),
+                        "second" => add_request_header("content-length", "5"),
+                        "chunked" => add_request_header("transfer-encoding", "chunked"),
+                        "list" => replace_request_headers([["content-length", "9"]]),
+                        "remove" => remove_request_header("content-length"),
+                    }
+                    add_request_header("x-done", op);
+                } catch (e) {
+                    add_request_header("x-refused", e.to_string());
+                }
+            }
+        }
+    "#;
+    let p = Emulator::with_script(script, json!({})).expect("configures");
+    let request = Request::post("/", "hello")
+        .header("content-length", "5")
+        .header("x-op", "short,second,chunked,list,remove");
+    let o = p.run(&request, &mut Response::ok("ok"));
+    let upstream = o.upstream.as_ref().expect("reached the upstream");
+    let refused: Vec<String> = upstream
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-refused")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for (message, name) in refused.iter().zip([
+        "content-length",
+        "content-length",
+        "transfer-encoding",
+        "content-length",
+    ]) {
+        assert!(
+            message.contains(&format!(
+                "a script may not set {name}: the proxy frames the body"
+            )),
+            "{message}"
+        );
+    }
+    assert_eq!(o.upstream_header("x-done").as_deref(), Some("remove"));
+    assert_eq!(o.upstream_header("content-length"), None);
+    assert_eq!(o.upstream_header("transfer-encoding"), None);
+    assert_eq!(upstream.body, b"hello");
+}

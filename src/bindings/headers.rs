@@ -208,6 +208,15 @@ impl<H: Host> Api<H> {
         let pairs = header_pairs(f, headers)?;
         let pairs = pairs.iter().map(|(k, v)| (k.as_str(), &v[..]));
         header_check::check_list(f, Target::of(map), pairs.clone()).or_else(err)?;
+        for framing in ["content-length", "transfer-encoding"] {
+            let mut values = pairs
+                .clone()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(framing));
+            if let Some((_, value)) = values.next() {
+                let twice = values.next().is_some();
+                self.check_framing(f, map, framing, value, twice)?;
+            }
+        }
         let headers = HeaderMap::from_pairs(map, pairs);
         match self.frame.borrow_mut().batch(map) {
             Some(batch) => batch.set_all(headers, map, f).or_else(err),
@@ -232,11 +241,43 @@ impl<H: Host> Api<H> {
     ) -> ScriptResult<()> {
         let value = header_value_of(f, value)?;
         let added = check_write(f, map, &name, value.as_bytes(), adding)?;
+        if header_check::is_framing(&name) {
+            self.check_framing(f, map, &name, value.as_bytes(), adding)?;
+        }
         let write = match adding {
             true => Write::Add(name, value),
             false => Write::Replace(name, value),
         };
         self.write_header(f, map, write, added)
+    }
+
+    /// A script's write of `content-length` or `transfer-encoding` (`adding`: a second
+    /// value): only one that leaves the message's as it is. The plugin frames a body it may
+    /// change itself ([`crate::stream::StreamState::release_headers`]); a value the script
+    /// made up would make the next hop read the body short, wait for more, or read a second
+    /// request from it (measured in Envoy 1.40). Removing one is allowed.
+    #[cold]
+    #[inline(never)]
+    fn check_framing(
+        &self,
+        f: &str,
+        map: MapType,
+        name: &str,
+        value: &[u8],
+        adding: bool,
+    ) -> ScriptResult<()> {
+        let current = match self.frame.borrow_mut().batch(map) {
+            Some(batch) => batch
+                .get(&self.host, map, name)
+                .map(|v| v.map(Cow::into_owned)),
+            None => return Ok(()), // a callout's maps: refused by `header_check`
+        };
+        if !adding && current.ok().flatten().as_deref() == Some(value) {
+            return Ok(());
+        }
+        err(format!(
+            "{f}(): a script may not set {name}: the proxy frames the body (remove it, or change the body and the plugin frames it anew)"
+        ))
     }
 
     fn remove_header(&self, f: &str, map: MapType, name: ImmutableString) -> ScriptResult<()> {
