@@ -1270,7 +1270,7 @@ impl<H: Host + 'static> HttpStream<H> {
         match policy.mode {
             FailMode::FailOpen => {
                 if in_callback {
-                    self.resume(Side::of(phase));
+                    self.resume(side);
                 }
                 Action::Continue
             }

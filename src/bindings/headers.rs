@@ -270,7 +270,7 @@ impl<H: Host> Api<H> {
             Some(batch) => batch
                 .get(&self.host, map, name)
                 .map(|v| v.map(Cow::into_owned)),
-            None => return Ok(()), // a callout's maps: refused by `header_check`
+            None => return Ok(()), // a callout answer's maps: read-only
         };
         if !adding && current.ok().flatten().as_deref() == Some(value) {
             return Ok(());
