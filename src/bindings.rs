@@ -493,10 +493,10 @@ impl<H: Host> Api<H> {
     /// Resumes `side` if the plugin paused it; returns whether it did.
     pub(crate) fn resume(&self, side: Side) -> Result<bool, Status> {
         let mut frame = self.frame.borrow_mut();
-        if frame.stream.paused != Some(side) || frame.stream.local_response_sent {
+        if !frame.stream.is_paused(side) || frame.stream.local_response_sent {
             return Ok(false);
         }
-        frame.stream.paused = None;
+        frame.stream.set_paused(side, false);
         drop(frame);
         self.commit();
         self.frame

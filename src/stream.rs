@@ -27,8 +27,10 @@ pub(crate) struct StreamState {
     pub calls: Vec<PendingCall>,
     /// A local response was sent: the stream is finished for the script.
     pub local_response_sent: bool,
-    /// The side (request or response) the plugin paused, waiting for callouts to be answered.
-    pub paused: Option<Side>,
+    /// The sides (bits of [`Side::bit`]) the plugin paused, waiting for callouts to be
+    /// answered. Per side: both can wait at once (a request chunk's callout while the response
+    /// headers' holds the response), and each resumes on its own.
+    paused: u8,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -96,6 +98,19 @@ impl Framing {
 }
 
 impl StreamState {
+    /// Whether the plugin holds `side` for callouts.
+    pub(crate) fn is_paused(&self, side: Side) -> bool {
+        self.paused & side.bit() != 0
+    }
+
+    pub(crate) fn set_paused(&mut self, side: Side, paused: bool) {
+        if paused {
+            self.paused |= side.bit();
+        } else {
+            self.paused &= !side.bit();
+        }
+    }
+
     pub(crate) fn view(&self, buffer: BufferType) -> BodyView {
         match buffer {
             BufferType::HttpRequestBody => self.request_body,
@@ -601,6 +616,9 @@ impl<H: Host + 'static> HttpStream<H> {
         if chunk {
             self.view_paused_chunk(side);
         }
+        // The script may have resumed this side in an earlier callback: what the proxy held
+        // went on then, without the plugin, so this one leaves the stream as it is.
+        let was_paused = self.state.is_paused(side);
         let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
         if chunk {
             // The callback may have rewritten the chunk: what the buffer holds moved with it.
@@ -613,18 +631,15 @@ impl<H: Host + 'static> HttpStream<H> {
             self.fail(call.phase, &e, true);
             return;
         }
-        if self.state.local_response_sent || self.pending(side) {
+        if self.state.local_response_sent || self.pending(side) || !was_paused {
             return;
         }
-        if call.phase == side.headers_phase() {
-            if self.state.paused.is_some_and(|paused| paused != side) {
-                // The script resumed this side before: the pause is the other side's.
-                return;
-            }
-            if !self.state.framing.released(side) && self.has_body(side) {
-                // The callbacks may have chosen another mode for the body.
-                self.hold_for_body(side);
-            }
+        if call.phase == side.headers_phase()
+            && !self.state.framing.released(side)
+            && self.has_body(side)
+        {
+            // The callbacks may have chosen another mode for the body.
+            self.hold_for_body(side);
         }
         let mode = self.body_mode(side);
         if mode == BodyMode::Buffered && call.phase == side.body_phase() {
@@ -638,7 +653,7 @@ impl<H: Host + 'static> HttpStream<H> {
             // phase, or the body came while they held the stream (Envoy delivers it then only
             // with allow_on_headers_stop_iteration): the body phase lets the stream go.
             let (ended, body_seen) = (s.ended, s.body_seen);
-            self.state.paused = None;
+            self.state.set_paused(side, false);
             if !ended {
                 return; // the rest of the body still comes to the plugin
             }
@@ -647,7 +662,7 @@ impl<H: Host + 'static> HttpStream<H> {
                     return; // its own callouts (or a local response) take over
                 }
             }
-            self.state.paused = Some(side); // for the resume below
+            self.state.set_paused(side, true); // for the resume below
         }
         if mode == BodyMode::Streamed {
             self.side_mut(side).paused_chunk = None;
@@ -658,7 +673,7 @@ impl<H: Host + 'static> HttpStream<H> {
             if unseen && self.run_chunks(side) == Action::Pause {
                 if !self.pending(side) {
                     // Held without a callout: the next data goes through the chunk function.
-                    self.state.paused = None;
+                    self.state.set_paused(side, false);
                 }
                 return;
             }
@@ -870,7 +885,7 @@ impl<H: Host + 'static> HttpStream<H> {
             return Action::Pause;
         }
         if self.state.calls.iter().any(|c| c.phase == phase) {
-            self.state.paused = Some(Side::of(phase));
+            self.state.set_paused(Side::of(phase), true);
             return Action::Pause;
         }
         if asks_to_pause(returned) {
@@ -981,7 +996,7 @@ impl<H: Host + 'static> HttpStream<H> {
     /// arrives: Envoy delivers a body then only with allow_on_headers_stop_iteration (else it
     /// holds the body back too). The body waits in the proxy's buffer.
     fn held_back(&self, side: Side) -> bool {
-        self.state.paused == Some(side) || self.stopped & side.bit() != 0
+        self.state.is_paused(side) || self.stopped & side.bit() != 0
     }
 
     /// Gives the chunk function what the proxy's buffer holds past what it already had, and
@@ -1049,7 +1064,7 @@ impl<H: Host + 'static> HttpStream<H> {
         s.size = s.done + tail;
         if waiting {
             s.paused_chunk = Some(start);
-            self.state.paused = Some(side);
+            self.state.set_paused(side, true);
             return Action::Pause;
         }
         let hold = !ended && asks_to_pause(returned);
@@ -1123,7 +1138,7 @@ impl<H: Host + 'static> HttpStream<H> {
                 }
             }
             BodyMode::Streamed if !self.state.local_response_sent => {
-                let paused = self.state.paused == Some(side);
+                let paused = self.state.is_paused(side);
                 let s = self.side_mut(side);
                 s.ended = true;
                 s.trailers_came = true;

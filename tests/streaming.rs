@@ -236,6 +236,37 @@ fn pause_holds_chunks_until_a_later_call_lets_them_go() {
 }
 
 #[test]
+fn a_late_header_callback_after_an_early_resume_leaves_the_chunks_alone() {
+    // The first callback resumes the request; the second answers after a chunk held by
+    // `PAUSE`. That chunk went on with the next one, never given to the function twice.
+    let p = plugin(
+        r#"fn on_request_headers() {
+            http_get("auth", "/a", [], 100, |status| { resume_http_request(); });
+            http_get("auth", "/b", [], 100, |status| { log_info("late callback"); });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`chunk ${chunk} ${last}`);
+            if !last { return PAUSE; }
+        }"#,
+    );
+    p.add_cluster("auth");
+    let mut request = Request::post("/", "helloworld");
+    request.chunk_sizes = vec![5];
+    let answer = |_: &proxy_rhai::emulator::Callout| Reply::Answer {
+        status: 200,
+        headers: vec![],
+        body: vec![],
+    };
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answer.clone());
+    assert!(o.script_errors().is_empty(), "{:?}", o.log);
+    assert_eq!(
+        messages(&o),
+        ["chunk hello false", "late callback", "chunk world true"]
+    );
+    assert_eq!(o.upstream.unwrap().body, b"helloworld");
+}
+
+#[test]
 fn a_callout_from_a_chunk_holds_the_stream_until_its_callback() {
     let script = r#"
         fn on_request_chunk(chunk, last) {

@@ -24,6 +24,7 @@ const GATE_TIMEOUT: Duration = Duration::from_secs(20);
 /// | `/sse/redact` | events with a card number split across pieces |
 /// | `/stream/N` | N bytes (`content-length`), written 64 KiB at a time |
 /// | `/discard` | reads the request body without keeping it; answers `{"received": N}` |
+/// | `/early` | answers `early` at once, then reads the (chunked) request body and ends with `got N` |
 struct StreamServer {
     port: u16,
     gate: Arc<Gate>,
@@ -156,6 +157,27 @@ fn serve(conn: TcpStream, gate: &Gate) -> std::io::Result<()> {
             )?;
             w.flush()
         }
+        "/early" => {
+            w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")?;
+            chunk(&mut w, b"early\n")?;
+            let mut received = 0u64;
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size)? == 0 {
+                    return Ok(());
+                }
+                let size = u64::from_str_radix(size.trim(), 16).unwrap_or(0);
+                received += std::io::copy(&mut reader.by_ref().take(size), &mut std::io::sink())?;
+                let mut end = String::new();
+                reader.read_line(&mut end)?;
+                if size == 0 {
+                    break;
+                }
+            }
+            chunk(&mut w, format!("got {received}\n").as_bytes())?;
+            w.write_all(b"0\r\n\r\n")?;
+            w.flush()
+        }
         path if path.starts_with("/stream/") => {
             let n: u64 = path["/stream/".len()..].parse().unwrap_or(0);
             write!(
@@ -193,6 +215,7 @@ fn envoy(server: &StreamServer, plugin: serde_json::Value) -> Envoy {
         .route("sse", "/sse", "streams")
         .route("stream", "/stream", "streams")
         .route("discard", "/discard", "streams")
+        .route("early", "/early", "streams")
         .start()
 }
 
@@ -378,6 +401,112 @@ fn a_callout_from_a_chunk_holds_the_stream_and_no_chunk_is_skipped() {
     assert_eq!(body.matches("|checked|").count(), 1, "{body}");
     let all = String::from_utf8(chunks.concat()).unwrap().to_uppercase();
     assert_eq!(body.replace("|checked|", ""), all);
+    envoy.assert_healthy();
+}
+
+/// A header callback resumes the request while a second callout is in flight; the chunk
+/// function holds the first piece (`PAUSE`), and the late callback comes before the second
+/// piece. The late callback leaves the stream alone: the second call gets only the new bytes.
+/// Ordered by the log and the upstream's barrier, not by time.
+#[test]
+fn a_late_header_callback_leaves_a_held_chunk_alone() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            let id = get_request_header("x-id");
+            set_context("id", id);
+            http_get("upstream", "/a", [], 5000, |status| { resume_http_request(); });
+            http_get("upstream", `/barrier/${id}/2`, [], 30000, |status| {
+                log_info(`late callback ${get_context("id")}`);
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`chunk ${get_context("id")} [${chunk}] ${last}`);
+            if !last { return PAUSE; }
+        }"#,
+    );
+    let mut s = TcpStream::connect(envoy.addr()).unwrap();
+    s.set_read_timeout(Some(GATE_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST /late HTTP/1.1\r\nhost: localhost\r\nx-id: late-1\r\nconnection: close\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    .unwrap();
+    envoy.wait_for_log("chunk late-1 [hello] false");
+    // The late callout waits at the barrier for this request.
+    let mut upstream = TcpStream::connect(("127.0.0.1", envoy.upstream.port())).unwrap();
+    upstream
+        .write_all(b"GET /barrier/late-1/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    envoy.wait_for_log("late callback late-1");
+    s.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""body":"helloworld""#), "{reply}");
+    // Envoy gives the end of the chunked body as a call of its own: `[] true`.
+    let chunks: Vec<String> = envoy
+        .plugin_log_lines("chunk late-1 ")
+        .iter()
+        .filter_map(|l| Some(l.split_once("chunk late-1 ")?.1.to_string()))
+        .collect();
+    assert_eq!(chunks, ["[hello] false", "[world] false", "[] true"]);
+    envoy.assert_healthy();
+}
+
+/// Both sides wait for callouts at once: a request chunk's callout holds the whole request
+/// body while the upstream already answers and a response-header callout holds the response.
+/// Each side resumes when its own callouts are answered, whichever comes first. Ordered by
+/// the log and the upstream's barrier, not by time.
+#[test]
+fn the_request_and_the_response_wait_for_their_own_callouts() {
+    let server = StreamServer::start();
+    let envoy = envoy(
+        &server,
+        json!({ "script": r#"
+            fn on_request_chunk(chunk, last) {
+                if get_context("asked") == () {
+                    set_context("asked", true);
+                    http_get("upstream", "/barrier/both-sides/2", [], 30000, |status| {
+                        log_info("request callback");
+                    });
+                    log_info("request chunk held");
+                }
+            }
+            fn on_response_headers() {
+                http_get("upstream", "/a", [], 5000, |status| { log_info("response callback"); });
+            }
+        "# }),
+    );
+    let mut s = TcpStream::connect(envoy.addr()).unwrap();
+    s.set_read_timeout(Some(GATE_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST /early HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    envoy.wait_for_log("request chunk held");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"early\n");
+    envoy.wait_for_log("response callback");
+    // Now the request's callout is answered: it waits at the barrier for this call.
+    let mut upstream = TcpStream::connect(("127.0.0.1", envoy.upstream.port())).unwrap();
+    upstream
+        .write_all(
+            b"GET /barrier/both-sides/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+    envoy.wait_for_log("request callback");
+    // No more data comes to resume the request: only the callback's answer can.
+    read_until(&mut s, &mut seen, b"0\r\n\r\n");
+    assert!(
+        seen.ends_with(b"0\r\n\r\n"),
+        "the response never ended (the request was never resumed): {}",
+        String::from_utf8_lossy(&seen)
+    );
+    let body = String::from_utf8_lossy(&dechunk(&seen)).into_owned();
+    assert_eq!(body, "early\ngot 10\n");
     envoy.assert_healthy();
 }
 
