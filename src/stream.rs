@@ -1138,11 +1138,13 @@ impl<H: Host + 'static> HttpStream<H> {
                 }
             }
             BodyMode::Streamed if !self.state.local_response_sent => {
-                let paused = self.state.is_paused(side);
+                // Held by callouts, or by the header phase's `PAUSE`, which holds the whole
+                // message (as it does a buffered one): the trailers wait too.
+                let held = self.held_back(side);
                 let s = self.side_mut(side);
                 s.ended = true;
                 s.trailers_came = true;
-                if paused {
+                if held {
                     s.trailers_deferred = true;
                     return Action::Pause;
                 }

@@ -514,6 +514,8 @@ pub struct Emulator {
     pub buffer_limit: usize,
     /// Callouts made in a chunk phase are answered after this many more chunks arrived (0:
     /// before the next one), so a test can have chunks arrive while a callout holds the stream.
+    /// With allow_on_headers_stop_iteration, a header phase's callouts too (0: before the
+    /// body), as Envoy does when the body comes before their answers.
     pub callout_delay_chunks: usize,
     /// When `on_tick` is due next, in milliseconds (`None`: one period from the clock's next
     /// move).
@@ -985,8 +987,9 @@ impl Run<'_> {
     ) -> Result<Vec<Vec<u8>>, Flow> {
         let mut passed = Vec::new();
         let mut buffering = false;
-        // Chunks that arrived since a chunk call paused for its callouts.
-        let mut waited = 0;
+        // Chunks that arrived since a chunk call paused for its callouts; the first chunk
+        // counts already for a header phase's callouts left unanswered.
+        let mut waited = usize::from(self.undelivered().is_some());
         for (i, chunk) in chunks.iter().enumerate() {
             let end = ends_stream && i + 1 == chunks.len();
             let size = {
@@ -1115,7 +1118,18 @@ impl Run<'_> {
     /// allow_on_headers_stop_iteration) a pause holds only the headers: once its callouts are
     /// answered, the body comes to the plugin while they wait, writable until it lets them go.
     fn settle_headers(&mut self, action: Action, request: bool, end: bool) -> Flow {
-        match self.settle(action, request) {
+        let answer_later = self.stop_iteration
+            && !end
+            && self.callout_delay_chunks > 0
+            && action == Action::Pause
+            && self.state().local_response.is_none()
+            && self.undelivered().is_some();
+        let flow = if answer_later {
+            Flow::Stalled // the body's loop answers them
+        } else {
+            self.settle(action, request)
+        };
+        match flow {
             Flow::Stalled if self.stop_iteration && !end => {
                 let mut s = self.state();
                 if request {

@@ -302,6 +302,34 @@ fn envoy_option_without_the_key_holds_the_body_for_header_callouts() {
     envoy.assert_healthy();
 }
 
+/// A `PAUSE` from the header phase with no callout holds the whole request, the body Envoy
+/// still delivers and its trailers included, until Envoy's timeouts: here the connection
+/// manager's `request_timeout` ends it (Envoy answers 504 `request timeout` once the client
+/// sent the whole request), and nothing reached the upstream. (Before, the
+/// trailers' call of a streamed body let the headers go, with the body the chunk function
+/// grew; a buffered body stayed held.)
+#[test]
+fn a_pause_from_the_header_phase_holds_the_body_and_trailers_too() {
+    for body_phase in [
+        r#"fn on_request_chunk(chunk, last) { if last { append_request_body("|X"); } }"#,
+        r#"fn on_request_body() { append_request_body("|X"); }"#,
+    ] {
+        let envoy = Envoy::builder(json!({
+            "script": format!("fn on_request_headers() {{ return PAUSE; }} {body_phase}"),
+            "allow_on_headers_stop_iteration": true,
+        }))
+        .allow_on_headers_stop_iteration(true)
+        .enable_trailers()
+        .request_timeout(std::time::Duration::from_secs(1))
+        .start();
+        let r = envoy.request_with_trailers("POST", "/held", &[], b"hello", &[("x-a", "b")]);
+        assert_status(&r, 504);
+        assert_eq!(r.text(), "request timeout");
+        assert_eq!(envoy.upstream.hits("/held"), 0, "{body_phase}");
+        envoy.assert_healthy();
+    }
+}
+
 /// Sixteen held requests at once in the one VM, half waiting on a header-phase callout while
 /// the others' bodies arrive: each body phase writes its own message's headers, and each
 /// client gets its own exact framing.

@@ -30,6 +30,9 @@ pub struct EnvoyBuilder {
     clusters: Vec<(String, u16)>,
     buffer_limit: Option<u32>,
     route_timeout: Option<Duration>,
+    /// The connection manager's `request_timeout`: the whole request must get past the
+    /// filters in this time.
+    request_timeout: Option<Duration>,
     http2: bool,
     /// Envoy's `--concurrency`.
     pub(super) concurrency: u32,
@@ -70,6 +73,7 @@ impl EnvoyBuilder {
             clusters: Vec::new(),
             buffer_limit: None,
             route_timeout: None,
+            request_timeout: None,
             http2: false,
             concurrency: 1,
             routes: Vec::new(),
@@ -139,6 +143,12 @@ impl EnvoyBuilder {
     /// The route's timeout (Envoy's default is 15 s).
     pub fn route_timeout(mut self, timeout: Duration) -> Self {
         self.route_timeout = Some(timeout);
+        self
+    }
+
+    /// The connection manager's `request_timeout` (Envoy's default: none).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
@@ -377,6 +387,9 @@ impl EnvoyBuilder {
         });
         if self.trailers {
             hcm["http_protocol_options"] = json!({"enable_trailers": true});
+        }
+        if let Some(t) = self.request_timeout {
+            hcm["request_timeout"] = json!(format!("{:.3}s", t.as_secs_f64()));
         }
         if self.websocket {
             hcm["upgrade_configs"] = json!([{"upgrade_type": "websocket"}]);
