@@ -490,24 +490,16 @@ impl<H: Host> Api<H> {
         Ok(())
     }
 
-    /// Resumes `side` if the plugin paused it; returns whether it did.
-    pub(crate) fn resume(&self, side: Side) -> Result<bool, Status> {
-        let mut frame = self.frame.borrow_mut();
-        if !frame.stream.is_paused(side) || frame.stream.local_response_sent {
-            return Ok(false);
-        }
-        frame.stream.set_paused(side, false);
-        drop(frame);
-        self.commit();
+    /// `resume_http_*()`: asks the driver to let `side` go once this callback returns, when
+    /// its phase's callouts hold it ([`crate::stream::StreamState::ask_resume`]).
+    pub(crate) fn resume(&self, side: Side) -> bool {
+        let Some(phase) = self.phase.get() else {
+            return false;
+        };
         self.frame
             .borrow_mut()
             .stream
-            .release_headers(&self.host, side);
-        match side {
-            Side::Request => self.host.resume_http_request()?,
-            Side::Response => self.host.resume_http_response()?,
-        }
-        Ok(true)
+            .ask_resume(&self.host, side, phase)
     }
 }
 

@@ -27,10 +27,13 @@ pub(crate) struct StreamState {
     pub calls: Vec<PendingCall>,
     /// A local response was sent: the stream is finished for the script.
     pub local_response_sent: bool,
-    /// The sides (bits of [`Side::bit`]) the plugin paused, waiting for callouts to be
-    /// answered. Per side: both can wait at once (a request chunk's callout while the response
-    /// headers' holds the response), and each resumes on its own.
-    paused: u8,
+    /// Per side: the phase whose callouts hold it, if any. Both sides can wait at once (a
+    /// request chunk's callout while the response headers' holds the response), and each
+    /// resumes on its own.
+    paused: [Option<Phase>; 2],
+    /// The running callback asked to resume its side (`resume_http_*()`): the driver lets it
+    /// go once the callback returned.
+    resume_asked: bool,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -98,17 +101,26 @@ impl Framing {
 }
 
 impl StreamState {
-    /// Whether the plugin holds `side` for callouts.
-    pub(crate) fn is_paused(&self, side: Side) -> bool {
-        self.paused & side.bit() != 0
+    /// The phase whose callouts hold `side`, if any.
+    pub(crate) fn paused_by(&self, side: Side) -> Option<Phase> {
+        self.paused[side as usize]
     }
 
-    pub(crate) fn set_paused(&mut self, side: Side, paused: bool) {
-        if paused {
-            self.paused |= side.bit();
-        } else {
-            self.paused &= !side.bit();
+    fn set_paused(&mut self, side: Side, phase: Option<Phase>) {
+        self.paused[side as usize] = phase;
+    }
+
+    /// `resume_http_*()` in a callback of `phase`: when `phase`'s callouts hold `side`, its
+    /// headers' framing is settled now (a body mode chosen after this is refused), and the
+    /// driver lets the side go once the callback returned, whatever callouts are still out.
+    /// Returns whether it will.
+    pub(crate) fn ask_resume(&mut self, host: &impl Host, side: Side, phase: Phase) -> bool {
+        if self.paused_by(side) != Some(phase) || self.resume_asked || self.local_response_sent {
+            return false;
         }
+        self.resume_asked = true;
+        self.release_headers(host, side);
+        true
     }
 
     pub(crate) fn view(&self, buffer: BufferType) -> BodyView {
@@ -504,13 +516,7 @@ impl<H: Host + 'static> HttpStream<H> {
         };
         let call = self.state.calls.remove(index);
         let arity = self.callback_arity(&call.callback, CALLBACK_PARAMETERS);
-        let args = match self.call_answer(&call, num_headers, body_size, arity) {
-            Ok(args) => args,
-            Err(e) => {
-                self.fail(call.phase, &e, true);
-                return;
-            }
-        };
+        let args = self.call_answer(&call, num_headers, body_size, arity);
         self.call_back(call, Some(CallAnswer { body_size }), args);
     }
 
@@ -543,16 +549,9 @@ impl<H: Host + 'static> HttpStream<H> {
             }
         }
         let call = self.state.calls.remove(index);
-        match reply {
-            Ok(reply) => {
-                let arity = self.callback_arity(&call.callback, REDIS_CALLBACK_PARAMETERS);
-                let args = if arity == 0 { Vec::new() } else { vec![reply] };
-                self.call_back(call, None, args);
-            }
-            Err(e) => {
-                self.fail(call.phase, &e, true);
-            }
-        }
+        let arity = self.callback_arity(&call.callback, REDIS_CALLBACK_PARAMETERS);
+        let args = reply.map(|reply| if arity == 0 { Vec::new() } else { vec![reply] });
+        self.call_back(call, None, args);
     }
 
     /// Where the call `token` (a Redis call or a callout: their tokens may be equal) waits.
@@ -608,33 +607,54 @@ impl<H: Host + 'static> HttpStream<H> {
         }
     }
 
-    /// Runs a callout's (or a Redis call's) callback in the phase that made the call, then
-    /// resumes the stream once no call of that side is pending.
-    fn call_back(&mut self, call: PendingCall, answer: Option<CallAnswer>, args: Vec<Dynamic>) {
+    /// Runs a callout's (or a Redis call's) callback in the phase that made the call, with
+    /// `args` (or fails as a callback that threw, when the answer couldn't be given), then
+    /// lets the side go once no call of that phase holds it.
+    fn call_back(
+        &mut self,
+        call: PendingCall,
+        answer: Option<CallAnswer>,
+        args: Result<Vec<Dynamic>, Box<EvalAltResult>>,
+    ) {
         let side = Side::of(call.phase);
+        // The callouts of this phase hold the side: else the script let it go in an earlier
+        // callback (what the proxy held went on then, without the plugin), or another phase's
+        // callouts hold it now, and this callback leaves the stream as it is.
+        let holds = self.state.paused_by(side) == Some(call.phase);
         let chunk = call.phase.is_chunk();
-        if chunk {
-            self.view_paused_chunk(side);
-        }
-        // The script may have resumed this side in an earlier callback: what the proxy held
-        // went on then, without the plugin, so this one leaves the stream as it is.
-        let was_paused = self.state.is_paused(side);
-        let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
-        if chunk {
-            // The callback may have rewritten the chunk: what the buffer holds moved with it.
-            let view = *self.state.view_mut(side.buffer());
-            let s = self.side_mut(side);
-            s.done = view.start + view.len;
-            s.size = s.done + view.after;
-        }
+        let result = args.and_then(|args| {
+            if chunk {
+                self.view_paused_chunk(side);
+            }
+            let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
+            if chunk {
+                // The callback may have rewritten the chunk: what the buffer holds moved.
+                let view = *self.state.view_mut(side.buffer());
+                let s = self.side_mut(side);
+                s.done = view.start + view.len;
+                s.size = s.done + view.after;
+            }
+            result
+        });
+        let asked = std::mem::take(&mut self.state.resume_asked);
+        // fail_open: the stream goes on as after a callback that wrote nothing.
         if let Err(e) = result {
-            self.fail(call.phase, &e, true);
+            if self.fail(call.phase, &e, true) == Action::Pause {
+                return; // fail_closed answered
+            }
+        }
+        if !holds || self.state.local_response_sent || self.pending(side) && !asked {
             return;
         }
-        if self.state.local_response_sent || self.pending(side) || !was_paused {
-            return;
-        }
-        if call.phase == side.headers_phase()
+        self.state.set_paused(side, None);
+        self.let_go(side, call.phase);
+    }
+
+    /// `phase`'s callouts no longer hold `side`: what arrived meanwhile goes through the body
+    /// or chunk function (Envoy forwards held data without calling the filter again), the
+    /// deferred trailers phase runs, then the side resumes, unless one of them holds it again.
+    fn let_go(&mut self, side: Side, phase: Phase) {
+        if phase == side.headers_phase()
             && !self.state.framing.released(side)
             && self.has_body(side)
         {
@@ -642,7 +662,7 @@ impl<H: Host + 'static> HttpStream<H> {
             self.hold_for_body(side);
         }
         let mode = self.body_mode(side);
-        if mode == BodyMode::Buffered && call.phase == side.body_phase() {
+        if mode == BodyMode::Buffered && phase == side.body_phase() {
             self.fit_content_length(side);
         }
         let s = self.side(side);
@@ -652,30 +672,21 @@ impl<H: Host + 'static> HttpStream<H> {
             // The header phase's callouts are answered while the headers wait for the body
             // phase, or the body came while they held the stream (Envoy delivers it then only
             // with allow_on_headers_stop_iteration): the body phase lets the stream go.
-            let (ended, body_seen) = (s.ended, s.body_seen);
-            self.state.set_paused(side, false);
-            if !ended {
+            if !s.ended {
                 return; // the rest of the body still comes to the plugin
             }
-            if let Some(size) = body_seen {
+            if let Some(size) = s.body_seen {
                 if self.on_body(side.body_phase(), size, true) == Action::Pause {
                     return; // its own callouts (or a local response) take over
                 }
             }
-            self.state.set_paused(side, true); // for the resume below
         }
         if mode == BodyMode::Streamed {
             self.side_mut(side).paused_chunk = None;
-            // What arrived while the callouts held the stream goes through the chunk function
-            // before it resumes: Envoy forwards held data without calling the filter again.
             let s = self.side(side);
             let unseen = s.size > s.done || (s.ended && !s.last_given);
             if unseen && self.run_chunks(side) == Action::Pause {
-                if !self.pending(side) {
-                    // Held without a callout: the next data goes through the chunk function.
-                    self.state.set_paused(side, false);
-                }
-                return;
+                return; // held again: the next data, or its callouts, go on from here
             }
             let s = self.side_mut(side);
             (s.done, s.size) = (0, 0);
@@ -885,7 +896,7 @@ impl<H: Host + 'static> HttpStream<H> {
             return Action::Pause;
         }
         if self.state.calls.iter().any(|c| c.phase == phase) {
-            self.state.set_paused(Side::of(phase), true);
+            self.state.set_paused(Side::of(phase), Some(phase));
             return Action::Pause;
         }
         if asks_to_pause(returned) {
@@ -996,7 +1007,7 @@ impl<H: Host + 'static> HttpStream<H> {
     /// arrives: Envoy delivers a body then only with allow_on_headers_stop_iteration (else it
     /// holds the body back too). The body waits in the proxy's buffer.
     fn held_back(&self, side: Side) -> bool {
-        self.state.is_paused(side) || self.stopped & side.bit() != 0
+        self.state.paused_by(side).is_some() || self.stopped & side.bit() != 0
     }
 
     /// Gives the chunk function what the proxy's buffer holds past what it already had, and
@@ -1064,7 +1075,7 @@ impl<H: Host + 'static> HttpStream<H> {
         s.size = s.done + tail;
         if waiting {
             s.paused_chunk = Some(start);
-            self.state.set_paused(side, true);
+            self.state.set_paused(side, Some(phase));
             return Action::Pause;
         }
         let hold = !ended && asks_to_pause(returned);
@@ -1225,14 +1236,20 @@ impl<H: Host + 'static> HttpStream<H> {
         }
     }
 
+    /// Lets `side` go on in the proxy, its held headers' framing settled first. Called once
+    /// per hold: by the last callback that held it, or the one that asked to resume.
     fn resume(&mut self, side: Side) {
-        // The driver's own resume goes through the same bookkeeping as the script's.
-        let api = &self.plugin.api;
-        std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
-        let resumed = api.resume(side);
-        std::mem::swap(&mut api.frame.borrow_mut().stream, &mut self.state);
+        if self.state.local_response_sent {
+            return;
+        }
+        let host = &self.plugin.api.host;
+        self.state.release_headers(host, side);
+        let resumed = match side {
+            Side::Request => host.resume_http_request(),
+            Side::Response => host.resume_http_response(),
+        };
         if let Err(status) = resumed {
-            api.log_plugin(
+            self.plugin.api.log_plugin(
                 LogLevel::Warn,
                 &format!("resuming the {side:?} failed: {status:?}"),
             );
@@ -1283,14 +1300,14 @@ impl<H: Host + 'static> HttpStream<H> {
         let side = Side::of(phase);
         // The other side's callouts still hold it: their callbacks resume it.
         self.state.calls.retain(|c| Side::of(c.phase) != side);
+        if !in_callback {
+            // The proxy lets what it holds of this side go on (fail_open), or the stream ends.
+            let s = self.side_mut(side);
+            (s.done, s.size, s.paused_chunk) = (0, 0, None);
+        }
         let policy = &self.plugin.config.error_policy;
         match policy.mode {
-            FailMode::FailOpen => {
-                if in_callback {
-                    self.resume(side);
-                }
-                Action::Continue
-            }
+            FailMode::FailOpen => Action::Continue,
             FailMode::FailClosed => {
                 let (status, body) = (policy.status, policy.body.clone());
                 self.answer_locally(status, &body)

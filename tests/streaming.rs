@@ -457,3 +457,125 @@ fn a_chunk_function_must_take_chunk_and_last() {
         "{e}"
     );
 }
+
+/// A plugin with `script` and the error policy `fail_open`, with a cluster `auth` for callouts.
+fn fail_open(script: &str) -> Emulator {
+    let config = json!({"script": script, "error_policy": {"mode": "fail_open"}});
+    let p = Emulator::new(&config.to_string()).expect("script configures");
+    p.add_cluster("auth");
+    p
+}
+
+fn answered(_: &proxy_rhai::emulator::Callout) -> Reply {
+    Reply::Answer {
+        status: 200,
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+#[test]
+fn fail_open_a_chunk_callback_that_throws_leaves_the_next_pieces_to_the_function() {
+    let p = fail_open(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`chunk [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("auth", "/", [], 100, |s| { append_request_body("|undone"); throw "boom"; });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let mut request = Request::post("/", "helloworld");
+    request.chunk_sizes = vec![5, 5];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert_eq!(o.script_errors().len(), 1, "{:?}", o.log);
+    assert_eq!(o.upstream.unwrap().body, b"HELLOWORLD");
+}
+
+#[test]
+fn fail_open_a_chunk_call_that_throws_after_a_pause_keeps_the_next_pieces_whole() {
+    let p = fail_open(
+        r#"fn on_request_chunk(chunk, last) {
+            if chunk.starts_with("p") { return PAUSE; }
+            if chunk.starts_with("t") { throw "boom"; }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let mut request = Request::post("/", "ppppttttabcdefgh");
+    request.chunk_sizes = vec![4, 4, 4, 4];
+    let o = p.run(&request, &mut Response::ok(""));
+    assert_eq!(o.upstream.unwrap().body, b"ppppttttABCDEFGH");
+}
+
+#[test]
+fn fail_open_a_chunk_callback_that_throws_still_runs_the_trailers() {
+    let mut p = fail_open(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`chunk [${chunk}] ${last}`);
+            if !last { http_get("auth", "/", [], 100, |s| { throw "boom"; }); }
+        }
+        fn on_request_trailers() { add_request_trailer("x-t", "1"); }"#,
+    );
+    p.callout_delay_chunks = 1;
+    let mut request = Request::post("/", "hello");
+    request.trailers = vec![("x-sum".into(), b"5".to_vec())];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert_eq!(
+        messages(&o)[..2],
+        [
+            "chunk [hello] false".to_string(),
+            "chunk [] true".to_string()
+        ]
+    );
+    let up = o.upstream.unwrap();
+    assert_eq!(up.body, b"hello");
+    assert_eq!(up.trailers.last().map(|t| t.0.as_str()), Some("x-t"));
+}
+
+#[test]
+fn a_chunk_callback_that_resumes_keeps_a_split_character_for_the_next_piece() {
+    let mut p = plugin(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`chunk [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("auth", "/", [], 100, |s| { resume_http_request(); });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    p.add_cluster("auth");
+    p.callout_delay_chunks = 1;
+    let mut request = Request::post("/", "firstab\u{e9}cdef");
+    request.chunk_sizes = vec![5, 3, 5];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert_eq!(
+        messages(&o),
+        [
+            "chunk [first] false",
+            "chunk [ab] false",
+            "chunk [\u{e9}cdef] true"
+        ]
+    );
+    assert_eq!(o.upstream.unwrap().body, "FIRSTAB\u{c9}CDEF".as_bytes());
+}
+
+/// With allow_on_headers_stop_iteration the body comes while a header callout holds the
+/// headers; the callback resumes after the first piece: the body phase still gets it whole.
+#[test]
+fn an_early_resume_with_part_of_the_body_keeps_the_body_whole() {
+    let script = r#"fn on_request_headers() {
+            http_get("auth", "/", [], 100, |s| { resume_http_request(); });
+        }
+        fn on_request_body() { replace_request_body("<" + get_request_body() + ">"); }"#;
+    let config = json!({"script": script, "allow_on_headers_stop_iteration": true});
+    let mut p = Emulator::new(&config.to_string()).expect("script configures");
+    p.add_cluster("auth");
+    p.callout_delay_chunks = 1;
+    let mut request = Request::post("/", "helloworld").header("content-length", "10");
+    request.chunk_sizes = vec![5, 5];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert_eq!(o.upstream_header("content-length"), None);
+    assert_eq!(o.upstream.unwrap().body, b"<helloworld>");
+}

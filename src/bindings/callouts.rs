@@ -24,8 +24,8 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     }
 }"#,
         |a as f, status: i64, headers: Dynamic, body: Dynamic| a.send_local_response(f, status, &headers, &body));
-    bind!(reg, "resume_http_request", Callback, "bool: whether the request was paused",
-        "Lets a request paused for callouts go on now, without waiting for the other calls. The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice.",
+    bind!(reg, "resume_http_request", Callback, "bool: whether the request will go on when this callback returns",
+        "Lets a request paused for this callback's phase's callouts go on when the callback returns, without waiting for the other calls (their callbacks still run, and leave the stream alone). The plugin resumes by itself after the last callback; calling this is never needed, and never resumes twice. Does nothing and returns `false` once the request went on, or while another phase's callouts hold it (e.g. a chunk's callout, for a late callback of the header phase).",
         r#"fn on_request_headers() {
     http_get("flags", "/flags", [], 200, |status, headers, body| {
         set_context("flags", body);
@@ -33,21 +33,19 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
     });
     http_post("audit", "/log", [], get_request_header(":path"), 5000, |status, headers, body| {});
 }"#,
-        |a as f| a.resume(Side::Request).or_else(|s| refused(f, s)));
+        |a| Ok(a.resume(Side::Request)));
     bind!(
         reg,
         "resume_http_response",
         Callback,
-        "bool: whether the response was paused",
-        "Lets a response paused for callouts go on now (see `resume_http_request`).",
+        "bool: whether the response will go on when this callback returns",
+        "Lets a response paused for this callback's phase's callouts go on when the callback returns (see `resume_http_request`).",
         r#"fn on_response_headers() {
     http_get("stats", "/hit", [], 100, |status, headers, body| {
         resume_http_response();
     });
 }"#,
-        |a as f| a
-            .resume(Side::Response)
-            .or_else(|s| refused(f, s))
+        |a| Ok(a.resume(Side::Response))
     );
 
     // Callouts.

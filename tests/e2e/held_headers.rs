@@ -330,6 +330,37 @@ fn a_pause_from_the_header_phase_holds_the_body_and_trailers_too() {
     }
 }
 
+/// A header callback resumes the request when only part of a buffered body has come: the
+/// body waits for the rest, and the body phase gets it whole (the headers go with it, without
+/// `content-length`: the script let them go before the body phase).
+#[test]
+fn an_early_resume_with_part_of_the_body_keeps_the_body_whole() {
+    let envoy = Envoy::builder(
+        json!({"allow_on_headers_stop_iteration": true, "script": r#"
+        fn on_request_headers() {
+            http_get("upstream", "/barrier/part/2", [], 30000, |s| { resume_http_request(); });
+        }
+        fn on_request_body() {
+            replace_request_body("<" + get_request_body() + ">");
+        }"#}),
+    )
+    .allow_on_headers_stop_iteration(true)
+    .start();
+    let mut request = envoy.piecewise(
+        "POST /part HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: 10\r\n\r\n",
+    );
+    request.send(b"hello");
+    envoy.release_barrier("part");
+    request.send(b"world");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    let echo = reply.echo();
+    assert_eq!(echo.body, "<helloworld>");
+    assert_eq!(echo.header("content-length"), None);
+    echo.assert_framing();
+    envoy.assert_healthy();
+}
+
 /// Sixteen held requests at once in the one VM, half waiting on a header-phase callout while
 /// the others' bodies arrive: each body phase writes its own message's headers, and each
 /// client gets its own exact framing.

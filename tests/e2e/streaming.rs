@@ -404,53 +404,233 @@ fn a_callout_from_a_chunk_holds_the_stream_and_no_chunk_is_skipped() {
     envoy.assert_healthy();
 }
 
+/// The head of a chunked `POST path` on a connection closed after the response.
+fn chunked_head(path: &str, headers: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{headers}\
+         transfer-encoding: chunked\r\n\r\n"
+    )
+}
+
+/// One piece of chunked encoding.
+fn piece(data: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat()
+}
+
+/// What the script logged after `marker`, line by line.
+fn logged(envoy: &Envoy, marker: &str) -> Vec<String> {
+    envoy
+        .plugin_log_lines(marker)
+        .iter()
+        .filter_map(|l| Some(l.split_once(marker)?.1.to_string()))
+        .collect()
+}
+
 /// A header callback resumes the request while a second callout is in flight; the chunk
 /// function holds the first piece (`PAUSE`), and the late callback comes before the second
 /// piece. The late callback leaves the stream alone: the second call gets only the new bytes.
-/// Ordered by the log and the upstream's barrier, not by time.
 #[test]
 fn a_late_header_callback_leaves_a_held_chunk_alone() {
     let envoy = Envoy::with_script(
         r#"fn on_request_headers() {
-            let id = get_request_header("x-id");
-            set_context("id", id);
             http_get("upstream", "/a", [], 5000, |status| { resume_http_request(); });
-            http_get("upstream", `/barrier/${id}/2`, [], 30000, |status| {
-                log_info(`late callback ${get_context("id")}`);
+            http_get("upstream", "/barrier/late-1/2", [], 30000, |status| {
+                log_info("late callback");
             });
         }
         fn on_request_chunk(chunk, last) {
-            log_info(`chunk ${get_context("id")} [${chunk}] ${last}`);
+            log_info(`got [${chunk}] ${last}`);
             if !last { return PAUSE; }
         }"#,
     );
-    let mut s = TcpStream::connect(envoy.addr()).unwrap();
-    s.set_read_timeout(Some(GATE_TIMEOUT)).unwrap();
-    write!(
-        s,
-        "POST /late HTTP/1.1\r\nhost: localhost\r\nx-id: late-1\r\nconnection: close\r\n\
-         transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
-    )
-    .unwrap();
-    envoy.wait_for_log("chunk late-1 [hello] false");
-    // The late callout waits at the barrier for this request.
-    let mut upstream = TcpStream::connect(("127.0.0.1", envoy.upstream.port())).unwrap();
-    upstream
-        .write_all(b"GET /barrier/late-1/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    envoy.wait_for_log("late callback late-1");
-    s.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains(r#""body":"helloworld""#), "{reply}");
+    let mut request = envoy.piecewise(&chunked_head("/late", ""));
+    request.send(&piece(b"hello"));
+    envoy.wait_for_log("got [hello] false");
+    envoy.release_barrier("late-1");
+    envoy.wait_for_log("late callback");
+    request.send(&piece(b"world")).send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "helloworld");
     // Envoy gives the end of the chunked body as a call of its own: `[] true`.
-    let chunks: Vec<String> = envoy
-        .plugin_log_lines("chunk late-1 ")
-        .iter()
-        .filter_map(|l| Some(l.split_once("chunk late-1 ")?.1.to_string()))
-        .collect();
-    assert_eq!(chunks, ["[hello] false", "[world] false", "[] true"]);
+    assert_eq!(
+        logged(&envoy, "got "),
+        ["[hello] false", "[world] false", "[] true"]
+    );
+    envoy.assert_healthy();
+}
+
+/// A late header callback's `resume_http_request()` while a chunk's callout holds the request:
+/// the chunk's hold is not the header phase's to end. The chunk callback still rewrites its own
+/// piece, and the piece that came meanwhile goes through the chunk function.
+#[test]
+fn a_late_header_resume_leaves_a_chunk_callout_its_hold() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/header-late/2", [], 30000, |s| {
+                log_info(`late resume: ${resume_http_request()}`);
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("upstream", "/barrier/chunk-call/2", [], 30000, |s| {
+                    log_info(`got callback [${get_request_body()}]`);
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/late-resume", ""));
+    request.send(&piece(b"xaaaa"));
+    envoy.wait_for_log("got [xaaaa] false");
+    envoy.release_barrier("header-late");
+    assert!(envoy
+        .wait_for_log("late resume: ")
+        .ends_with("late resume: false"));
+    request.send(&piece(b"bbbbb"));
+    envoy.release_barrier("chunk-call");
+    envoy.wait_for_log("got callback");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "<XAAAA>BBBBB");
+    assert_eq!(
+        logged(&envoy, "got "),
+        [
+            "[xaaaa] false",
+            "callback [XAAAA]",
+            "[bbbbb] false",
+            "[] true"
+        ]
+    );
+    envoy.assert_healthy();
+}
+
+/// fail_open: a chunk callout's callback throws. Its writes are undone, and the pieces after
+/// it still go through the chunk function.
+#[test]
+fn fail_open_a_chunk_callback_that_throws_leaves_the_next_pieces_to_the_function() {
+    let envoy = Envoy::start(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("upstream", "/barrier/throws/2", [], 30000, |s| {
+                    append_request_body("|undone");
+                    log_info("callback throws");
+                    throw "boom";
+                });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#}));
+    let mut request = envoy.piecewise(&chunked_head("/throws", ""));
+    request.send(&piece(b"hello"));
+    envoy.wait_for_log("got [hello] false");
+    envoy.release_barrier("throws");
+    envoy.wait_for_log("callback throws");
+    request.send(&piece(b"world"));
+    envoy.wait_for_log("got [world] false");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "HELLOWORLD");
+    envoy.assert_healthy();
+}
+
+/// fail_open: a chunk call throws after an earlier piece was held with `PAUSE`. Envoy lets
+/// both go on as they are; the next pieces go through the function from their first byte.
+#[test]
+fn fail_open_a_chunk_call_that_throws_after_a_pause_keeps_the_next_pieces_whole() {
+    let envoy = Envoy::start(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk.starts_with("p") { return PAUSE; }
+            if chunk.starts_with("t") { throw "boom"; }
+            replace_request_body(chunk.to_upper());
+        }"#}));
+    let mut request = envoy.piecewise(&chunked_head("/pause-throw", ""));
+    for (data, seen) in [
+        (b"pppp", "got [pppp] false"),
+        (b"tttt", "got [tttt] false"),
+        (b"abcd", "got [abcd] false"),
+        (b"efgh", "got [efgh] false"),
+    ] {
+        request.send(&piece(data));
+        envoy.wait_for_log(seen);
+    }
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "ppppttttABCDEFGH");
+    envoy.assert_healthy();
+}
+
+/// fail_open: the trailers come while a chunk's callout holds the request, and its callback
+/// throws. The chunk function's call with `last` and the trailers phase still run.
+#[test]
+fn fail_open_a_chunk_callback_that_throws_still_runs_the_trailers() {
+    let envoy = Envoy::builder(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if !last {
+                http_get("upstream", "/barrier/trailers/2", [], 30000, |s| { throw "boom"; });
+            }
+        }
+        fn on_request_trailers() { add_request_trailer("x-t", "1"); }"#}))
+    .enable_trailers()
+    .start();
+    let mut request = envoy.piecewise(&chunked_head("/trailers", ""));
+    request
+        .send(&piece(b"hello"))
+        .send(b"0\r\nx-sum: 5\r\n\r\n");
+    envoy.release_barrier("trailers");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    let echo = reply.echo();
+    assert_eq!(echo.body, "hello");
+    assert_eq!(echo.raw["trailers"], json!([["x-sum", "5"], ["x-t", "1"]]));
+    assert_eq!(logged(&envoy, "got "), ["[hello] false", "[] true"]);
+    envoy.assert_healthy();
+}
+
+/// A chunk callback resumes the request while what came meanwhile ends inside a UTF-8
+/// character: the complete part goes through the chunk function, the character's first byte
+/// waits for the rest, and the next piece starts with the character whole.
+#[test]
+fn a_chunk_callback_that_resumes_keeps_a_split_character_for_the_next_piece() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("upstream", "/barrier/utf8/2", [], 30000, |s| { resume_http_request(); });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/utf8", ""));
+    request.send(&piece(b"first"));
+    envoy.wait_for_log("got [first] false");
+    request.send(&piece(b"ab\xC3"));
+    envoy.release_barrier("utf8");
+    envoy.wait_for_log("got [ab] false");
+    request.send(&piece(b"\xA9cdef")).send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "FIRSTAB\u{c9}CDEF");
+    assert_eq!(
+        logged(&envoy, "got "),
+        [
+            "[first] false",
+            "[ab] false",
+            "[\u{e9}cdef] false",
+            "[] true"
+        ]
+    );
     envoy.assert_healthy();
 }
 
@@ -491,12 +671,7 @@ fn the_request_and_the_response_wait_for_their_own_callouts() {
     read_until(&mut s, &mut seen, b"early\n");
     envoy.wait_for_log("response callback");
     // Now the request's callout is answered: it waits at the barrier for this call.
-    let mut upstream = TcpStream::connect(("127.0.0.1", envoy.upstream.port())).unwrap();
-    upstream
-        .write_all(
-            b"GET /barrier/both-sides/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n",
-        )
-        .unwrap();
+    envoy.release_barrier("both-sides");
     envoy.wait_for_log("request callback");
     // No more data comes to resume the request: only the callback's answer can.
     read_until(&mut s, &mut seen, b"0\r\n\r\n");

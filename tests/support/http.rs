@@ -1,5 +1,6 @@
 //! The test's HTTP/1.1 client: requests to Envoy (well-formed, chunked, with trailers, or
-//! raw bytes), one connection each, and [`Reply`], the response as the client got it.
+//! raw bytes, or written piece by piece: [`Piecewise`]), one connection each, and [`Reply`],
+//! the response as the client got it.
 
 use std::fmt::Write as _;
 use std::io::{self, BufReader, Write};
@@ -269,5 +270,70 @@ impl Envoy {
             s.write_all(b"0\r\n\r\n")
         })
         .unwrap_or_else(|e| panic!("{method} {path} (chunked): no response from Envoy: {e}"))
+    }
+}
+
+/// The connection manager's count of the bytes Envoy read from its clients.
+const RX_BYTES: &str = "http.ingress.downstream_cx_rx_bytes_total";
+
+/// A request written piece by piece on one connection. Each [`Piecewise::send`] returns once
+/// Envoy has read the piece (its connection manager counted the bytes): the worker hands read
+/// bytes to the filters before it handles any later event (a callout's answer), so a test
+/// orders a body's pieces against callouts without sleeping.
+pub struct Piecewise<'a> {
+    envoy: &'a Envoy,
+    stream: TcpStream,
+    /// What Envoy's count must reach once all sent so far is read.
+    read_at: u64,
+}
+
+impl Piecewise<'_> {
+    /// Writes `bytes` and waits until Envoy has read them.
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        self.stream.write_all(bytes).expect("write to Envoy");
+        self.read_at += bytes.len() as u64;
+        let at = self.read_at;
+        self.envoy.wait_for_stat(RX_BYTES, |v| v >= at);
+        self
+    }
+
+    /// Reads the response.
+    pub fn reply(self) -> Reply {
+        read_reply(&self.stream, false)
+            .unwrap_or_else(|e| panic!("piecewise request: no response from Envoy: {e}"))
+    }
+}
+
+impl Envoy {
+    /// Starts a request on a new connection (see [`Piecewise`]): sends `head` (the request
+    /// line and headers, or more) at once.
+    pub fn piecewise(&self, head: &str) -> Piecewise<'_> {
+        let stream = connect(self.addr()).expect("connect to Envoy");
+        let read_at = self.stat(RX_BYTES).unwrap_or(0);
+        let mut request = Piecewise {
+            envoy: self,
+            stream,
+            read_at,
+        };
+        request.send(head.as_bytes());
+        request
+    }
+
+    /// Joins the upstream's barrier `NAME` as its second caller (`/barrier/NAME/2`): a callout
+    /// waiting there is answered. Returns once both went through.
+    pub fn release_barrier(&self, name: &str) {
+        let mut upstream = connect(SocketAddr::from(([127, 0, 0, 1], self.upstream.port())))
+            .expect("connect to the upstream");
+        write!(
+            upstream,
+            "GET /barrier/{name}/2 HTTP/1.1\r\nhost: upstream\r\nconnection: close\r\n\r\n"
+        )
+        .expect("write to the upstream");
+        let answer = read_reply(&upstream, false).expect("the barrier's answer");
+        assert!(
+            answer.text().contains("reached"),
+            "barrier {name}: {}",
+            answer.text()
+        );
     }
 }
