@@ -509,7 +509,7 @@ impl<H: Host + 'static> HttpStream<H> {
     }
 
     /// A callout answered (or failed: `num_headers == 0`). Runs its callback in the phase that
-    /// dispatched it, then resumes the stream once no call of that side is pending.
+    /// dispatched it, then resumes the stream once no call of that phase holds it.
     pub fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         let Some(index) = self.pending_call(token, false) else {
             return; // dropped when the stream was answered
@@ -1298,8 +1298,9 @@ impl<H: Host + 'static> HttpStream<H> {
     fn fail(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) -> Action {
         self.log_error(phase, error, in_callback);
         let side = Side::of(phase);
-        // The other side's callouts still hold it: their callbacks resume it.
-        self.state.calls.retain(|c| Side::of(c.phase) != side);
+        // The failed phase's callouts are dropped (its wait ends); another phase's keep their
+        // hold (a chunk's, while a late header callback fails), and their callbacks resume it.
+        self.state.calls.retain(|c| c.phase != phase);
         if !in_callback {
             // The proxy lets what it holds of this side go on (fail_open), or the stream ends.
             let s = self.side_mut(side);

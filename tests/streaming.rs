@@ -579,3 +579,32 @@ fn an_early_resume_with_part_of_the_body_keeps_the_body_whole() {
     assert_eq!(o.upstream_header("content-length"), None);
     assert_eq!(o.upstream.unwrap().body, b"<helloworld>");
 }
+
+/// fail_open: a late header callback throws while a chunk's callout holds the request. The
+/// chunk's callout keeps its hold, and its callback lets the request go.
+#[test]
+fn fail_open_a_late_header_callback_that_throws_leaves_a_chunk_callout_its_hold() {
+    let p = fail_open(
+        r#"fn on_request_headers() {
+            http_get("auth", "/a", [], 100, |s| { resume_http_request(); });
+            http_get("auth", "/b", [], 100, |s| { throw "late boom"; });
+        }
+        fn on_request_chunk(chunk, last) {
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("auth", "/c", [], 100, |s| { log_info("chunk callback"); });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#,
+    );
+    let mut request = Request::post("/", "helloworld");
+    request.chunk_sizes = vec![5, 5];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert!(o.stalled.is_none(), "{:?}", o.log);
+    assert!(
+        messages(&o).iter().any(|m| m == "chunk callback"),
+        "{:?}",
+        o.log
+    );
+    assert_eq!(o.upstream.unwrap().body, b"HELLOWORLD");
+}

@@ -510,6 +510,47 @@ fn a_late_header_resume_leaves_a_chunk_callout_its_hold() {
     envoy.assert_healthy();
 }
 
+/// fail_open: a late header callback throws while a chunk's callout holds the request. The
+/// chunk's callout keeps its hold, and its callback lets the request go.
+#[test]
+fn fail_open_a_late_header_callback_that_throws_leaves_a_chunk_callout_its_hold() {
+    let envoy = Envoy::start(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/late-throw/2", [], 30000, |s| {
+                log_info("late callback throws");
+                throw "late boom";
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if get_context("asked") == () {
+                set_context("asked", true);
+                http_get("upstream", "/barrier/chunk-hold/2", [], 30000, |s| {
+                    log_info("got callback");
+                });
+            }
+            replace_request_body(chunk.to_upper());
+        }"#}));
+    let mut request = envoy.piecewise(&chunked_head("/late-throw", ""));
+    request.send(&piece(b"hello"));
+    envoy.wait_for_log("got [hello] false");
+    envoy.release_barrier("late-throw");
+    envoy.wait_for_log("late callback throws");
+    request.send(&piece(b"world"));
+    envoy.release_barrier("chunk-hold");
+    envoy.wait_for_log("got [world] false");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "HELLOWORLD");
+    assert_eq!(
+        logged(&envoy, "got "),
+        ["[hello] false", "callback", "[world] false", "[] true"]
+    );
+    envoy.assert_healthy();
+}
+
 /// fail_open: a chunk callout's callback throws. Its writes are undone, and the pieces after
 /// it still go through the chunk function.
 #[test]
