@@ -221,6 +221,9 @@ pub(crate) struct BodyView {
     pub after: usize,
     /// The proxy holds no buffer to write to: the data went on before the trailers came.
     pub closed: bool,
+    /// The body or chunk a callback's call was made for went on before its answer (the
+    /// script resumed the stream in an earlier callback): reading or writing it is an error.
+    pub gone: bool,
 }
 
 /// What the header phase chose for a message's body (`buffer_*_body()`, `stream_*_body()`,
@@ -263,6 +266,9 @@ pub(crate) struct PendingCall {
     /// A Redis call, not an HTTP callout (tokens of the two kinds may be equal). A flag, so
     /// that a callout's entry is no larger: its query is in [`RareState::redis_queries`].
     pub redis: bool,
+    /// Its phase's wait ended before its answer (`resume_http_*()` in a sibling's callback):
+    /// it holds nothing, and its callback leaves the stream alone.
+    pub detached: bool,
 }
 
 /// What a Redis call sent, kept to send it again after a `NOAUTH` reply.
@@ -617,17 +623,27 @@ impl<H: Host + 'static> HttpStream<H> {
         args: Result<Vec<Dynamic>, Box<EvalAltResult>>,
     ) {
         let side = Side::of(call.phase);
-        // The callouts of this phase hold the side: else the script let it go in an earlier
-        // callback (what the proxy held went on then, without the plugin), or another phase's
-        // callouts hold it now, and this callback leaves the stream as it is.
-        let holds = self.state.paused_by(side) == Some(call.phase);
+        // The call holds the side: else the script let it go in an earlier callback (what the
+        // proxy held went on then, without the plugin), or another phase's callouts hold it
+        // now, and this callback leaves the stream as it is.
+        let holds = self.state.paused_by(side) == Some(call.phase) && !call.detached;
         let chunk = call.phase.is_chunk();
+        let body = chunk || call.phase == side.body_phase();
         let result = args.and_then(|args| {
-            if chunk {
+            if holds && chunk {
                 self.view_paused_chunk(side);
             }
+            let view = *self.state.view_mut(side.buffer());
+            if !holds && body {
+                *self.state.view_mut(side.buffer()) = BodyView {
+                    gone: true,
+                    ..BodyView::default()
+                };
+            }
             let result = self.enter(call.phase, answer, Call::Callback(call.callback, args));
-            if chunk {
+            if !holds && body {
+                *self.state.view_mut(side.buffer()) = view;
+            } else if chunk {
                 // The callback may have rewritten the chunk: what the buffer holds moved.
                 let view = *self.state.view_mut(side.buffer());
                 let s = self.side_mut(side);
@@ -645,6 +661,14 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         if !holds || self.state.local_response_sent || self.pending(side) && !asked {
             return;
+        }
+        for late in self
+            .state
+            .calls
+            .iter_mut()
+            .filter(|c| c.phase == call.phase)
+        {
+            late.detached = true;
         }
         self.state.set_paused(side, None);
         self.let_go(side, call.phase);
@@ -878,8 +902,20 @@ impl<H: Host + 'static> HttpStream<H> {
         (!value.is_empty()).then(|| crate::sandbox::lossy(value))
     }
 
+    /// Whether callouts hold `side`.
     fn pending(&self, side: Side) -> bool {
-        self.state.calls.iter().any(|c| Side::of(c.phase) == side)
+        self.state
+            .calls
+            .iter()
+            .any(|c| Side::of(c.phase) == side && !c.detached)
+    }
+
+    /// Whether the call into `phase` that just returned left callouts to wait for.
+    fn waits_for_calls(&self, phase: Phase) -> bool {
+        self.state
+            .calls
+            .iter()
+            .any(|c| c.phase == phase && !c.detached)
     }
 
     /// Runs a phase function when the script defines it, and decides the proxy's action.
@@ -895,7 +931,7 @@ impl<H: Host + 'static> HttpStream<H> {
             self.state.calls.clear();
             return Action::Pause;
         }
-        if self.state.calls.iter().any(|c| c.phase == phase) {
+        if self.waits_for_calls(phase) {
             self.state.set_paused(Side::of(phase), Some(phase));
             return Action::Pause;
         }
@@ -1058,6 +1094,7 @@ impl<H: Host + 'static> HttpStream<H> {
             len: cut,
             after: tail,
             closed,
+            gone: false,
         };
         self.side_mut(side).last_given = ended;
         let returned = match self.enter(phase, None, Call::Chunk(chunk, ended)) {
@@ -1069,7 +1106,7 @@ impl<H: Host + 'static> HttpStream<H> {
             return Action::Pause;
         }
         let written = self.state.view_mut(buffer).len;
-        let waiting = self.state.calls.iter().any(|c| c.phase == phase);
+        let waiting = self.waits_for_calls(phase);
         let s = self.side_mut(side);
         s.done = start + written;
         s.size = s.done + tail;
@@ -1122,7 +1159,7 @@ impl<H: Host + 'static> HttpStream<H> {
                 start,
                 len: s.done - start,
                 after: s.size.saturating_sub(s.done),
-                closed: false,
+                ..BodyView::default()
             };
             *self.state.view_mut(side.buffer()) = view;
         }

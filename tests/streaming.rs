@@ -608,3 +608,41 @@ fn fail_open_a_late_header_callback_that_throws_leaves_a_chunk_callout_its_hold(
     );
     assert_eq!(o.upstream.unwrap().body, b"HELLOWORLD");
 }
+
+/// A chunk's two callouts; the first one's callback resumes: the second holds nothing any
+/// more. The next piece goes through the chunk function when it comes, and the late callback
+/// can't act on a piece that went on (a clear error, not a write into the next piece).
+#[test]
+fn a_callout_left_behind_by_a_resume_holds_nothing() {
+    let p = plugin(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("auth", "/a", [], 100, |s| {
+                    replace_request_body("A1");
+                    log_info(`early resume: ${resume_http_request()}`);
+                });
+                http_get("auth", "/b", [], 100, |s| {
+                    try { replace_request_body("<late>"); } catch (e) { log_info(`late: ${e}`); }
+                });
+            } else {
+                replace_request_body(chunk.to_upper());
+            }
+        }"#,
+    );
+    p.add_cluster("auth");
+    let mut request = Request::post("/", "aaaabbbb");
+    request.chunk_sizes = vec![4, 4];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    let log = messages(&o);
+    assert_eq!(log[..2], ["got [aaaa] false", "early resume: true"]);
+    assert!(
+        log[2].starts_with(
+            "late: replace_request_body(): the body this callback's call was made for went \
+             on already"
+        ),
+        "{log:?}"
+    );
+    assert_eq!(log[3], "got [bbbb] true");
+    assert_eq!(o.upstream.unwrap().body, b"A1BBBB");
+}

@@ -14,13 +14,21 @@ enum BodyEdit {
 }
 
 impl<H: Host> Api<H> {
-    fn view(&self, buffer: BufferType) -> BodyView {
-        *self.frame.borrow_mut().stream.view_mut(buffer)
+    /// The part of the body `f` acts on; an error in a callback whose body went on already.
+    fn view_for(&self, f: &str, buffer: BufferType) -> ScriptResult<BodyView> {
+        let view = *self.frame.borrow_mut().stream.view_mut(buffer);
+        if view.gone {
+            return err(format!(
+                "{f}(): the body this callback's call was made for went on already (the \
+                 script resumed the stream in an earlier callback): act on it before resuming"
+            ));
+        }
+        Ok(view)
     }
 
     /// The body (or chunk) as the script sees it: the proxy's, with this call's writes applied.
     fn get_body(&self, f: &str, buffer: BufferType) -> ScriptResult<Vec<u8>> {
-        self.reserve(f, self.view(buffer).len)?;
+        self.reserve(f, self.view_for(f, buffer)?.len)?;
         let frame = self.frame.borrow();
         self.written_body(&frame, buffer).or_else(|s| refused(f, s))
     }
@@ -58,7 +66,7 @@ impl<H: Host> Api<H> {
         data: &Dynamic,
     ) -> ScriptResult<()> {
         let data = bytes_of(f, data)?;
-        let view = self.view(buffer);
+        let view = self.view_for(f, buffer)?;
         if view.closed {
             if data.is_empty() {
                 return Ok(()); // nothing to add: the (empty) chunk stays as it is

@@ -470,6 +470,7 @@ impl<H: Host> Api<H> {
             callback: call.callback,
             deadline_nanos: sent.saturating_add(timeout_ms as u64 * 1_000_000),
             redis: false,
+            detached: false,
         });
         Ok(i64::from(id))
     }

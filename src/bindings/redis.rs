@@ -271,6 +271,7 @@ impl<H: Host> Api<H> {
             callback,
             deadline_nanos: sent.saturating_add(u64::from(timeout_ms) * 1_000_000),
             redis: true,
+            detached: false,
         });
         let query = RedisQuery {
             cluster: cluster.to_string(),

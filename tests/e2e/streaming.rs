@@ -551,6 +551,78 @@ fn fail_open_a_late_header_callback_that_throws_leaves_a_chunk_callout_its_hold(
     envoy.assert_healthy();
 }
 
+/// A chunk's two callouts; the first one's callback resumes: the second holds nothing any
+/// more. The next piece, arriving before the late answer, goes through the chunk function and
+/// on; the late callback can't act on a piece that went on (a clear error).
+#[test]
+fn a_callout_left_behind_by_a_resume_holds_nothing() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/a", [], 5000, |s| {
+                    replace_request_body("A1");
+                    log_info(`got resume: ${resume_http_request()}`);
+                });
+                http_get("upstream", "/barrier/left-behind/2", [], 30000, |s| {
+                    try { replace_request_body("<late>"); } catch (e) { log_info(`got late: ${e}`); }
+                });
+            } else {
+                replace_request_body(chunk.to_upper());
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/left-behind", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got resume: ");
+    request.send(&piece(b"bbbb"));
+    envoy.wait_for_log("got [bbbb] false");
+    envoy.release_barrier("left-behind");
+    envoy.wait_for_log("got late: ");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "A1BBBB");
+    let got = logged(&envoy, "got ");
+    assert_eq!(got[..3], ["[aaaa] false", "resume: true", "[bbbb] false"]);
+    assert!(
+        got[3].starts_with("late: replace_request_body(): the body this callback's call"),
+        "{got:?}"
+    );
+    assert_eq!(got[4..], ["[] true"]);
+    envoy.assert_healthy();
+}
+
+/// fail_open: a late header callback throws while a body-phase callout holds the request:
+/// that callout keeps its hold, and its callback's write goes on.
+#[test]
+fn fail_open_a_late_header_callback_that_throws_leaves_a_body_callout_its_hold() {
+    let envoy = Envoy::start(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/late-throw-body/2", [], 30000, |s| {
+                log_info("late callback throws");
+                throw "late boom";
+            });
+        }
+        fn on_request_body() {
+            log_info(`body [${get_request_body()}]`);
+            http_get("upstream", "/barrier/body-hold/2", [], 30000, |s| {
+                append_request_body("|B");
+            });
+        }"#}));
+    let mut request = envoy.piecewise(&chunked_head("/late-throw-body", ""));
+    request.send(&piece(b"hello")).send(b"0\r\n\r\n");
+    envoy.wait_for_log("body [hello]");
+    envoy.release_barrier("late-throw-body");
+    envoy.wait_for_log("late callback throws");
+    envoy.release_barrier("body-hold");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "hello|B");
+    envoy.assert_healthy();
+}
+
 /// fail_open: a chunk callout's callback throws. Its writes are undone, and the pieces after
 /// it still go through the chunk function.
 #[test]
