@@ -34,6 +34,8 @@ pub(crate) struct StreamState {
     /// The running callback asked to resume its side (`resume_http_*()`): the driver lets it
     /// go once the callback returned.
     resume_asked: bool,
+    /// The running callback's call holds its side (not detached, its phase's wait not over).
+    callback_holds: bool,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -110,12 +112,16 @@ impl StreamState {
         self.paused[side as usize] = phase;
     }
 
-    /// `resume_http_*()` in a callback of `phase`: when `phase`'s callouts hold `side`, its
+    /// `resume_http_*()` in a callback of `phase`: when the callback's call holds `side`, its
     /// headers' framing is settled now (a body mode chosen after this is refused), and the
     /// driver lets the side go once the callback returned, whatever callouts are still out.
     /// Returns whether it will.
     pub(crate) fn ask_resume(&mut self, host: &impl Host, side: Side, phase: Phase) -> bool {
-        if self.paused_by(side) != Some(phase) || self.resume_asked || self.local_response_sent {
+        if !self.callback_holds
+            || self.paused_by(side) != Some(phase)
+            || self.resume_asked
+            || self.local_response_sent
+        {
             return false;
         }
         self.resume_asked = true;
@@ -397,6 +403,9 @@ struct SideState {
     done: usize,
     /// Streamed: where the chunk that waits for its callouts starts (their callbacks act on it).
     paused_chunk: Option<usize>,
+    /// Streamed: that chunk's call also returned `PAUSE`: once the callouts are answered, what
+    /// the plugin holds stays held for the next call that doesn't pause.
+    pause_after_calls: bool,
     /// Streamed: the data ended (end of stream, or the trailers came).
     ended: bool,
     /// Streamed: the trailers came (then the proxy holds no buffer unless the plugin held data).
@@ -629,6 +638,8 @@ impl<H: Host + 'static> HttpStream<H> {
         let holds = self.state.paused_by(side) == Some(call.phase) && !call.detached;
         let chunk = call.phase.is_chunk();
         let body = chunk || call.phase == side.body_phase();
+        let sent_from = self.state.calls.len();
+        self.state.callback_holds = holds;
         let result = args.and_then(|args| {
             if holds && chunk {
                 self.view_paused_chunk(side);
@@ -652,10 +663,21 @@ impl<H: Host + 'static> HttpStream<H> {
             }
             result
         });
+        self.state.callback_holds = false;
         let asked = std::mem::take(&mut self.state.resume_asked);
+        if !holds {
+            // What a callback that holds nothing sends holds nothing either (a chain from a
+            // late callback): the stream went on without them.
+            for sent in self.state.calls.iter_mut().skip(sent_from) {
+                sent.detached = true;
+            }
+        }
         // fail_open: the stream goes on as after a callback that wrote nothing.
         if let Err(e) = result {
-            if self.fail(call.phase, &e, true) == Action::Pause {
+            if !holds {
+                self.state.calls.truncate(sent_from); // the callouts it sent, and no other
+            }
+            if self.fail(call.phase, &e, true, holds) == Action::Pause {
                 return; // fail_closed answered
             }
         }
@@ -706,11 +728,15 @@ impl<H: Host + 'static> HttpStream<H> {
             }
         }
         if mode == BodyMode::Streamed {
-            self.side_mut(side).paused_chunk = None;
-            let s = self.side(side);
+            let s = self.side_mut(side);
+            s.paused_chunk = None;
+            let paused = std::mem::take(&mut s.pause_after_calls) && !s.ended;
             let unseen = s.size > s.done || (s.ended && !s.last_given);
             if unseen && self.run_chunks(side) == Action::Pause {
                 return; // held again: the next data, or its callouts, go on from here
+            }
+            if !unseen && paused {
+                return; // the chunk's `PAUSE`: the next call that doesn't pause lets it go
             }
             let s = self.side_mut(side);
             (s.done, s.size) = (0, 0);
@@ -925,7 +951,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let returned = match self.enter(phase, None, Call::Phase) {
             Ok(value) => value,
-            Err(e) => return self.fail(phase, &e, false),
+            Err(e) => return self.fail(phase, &e, false, true),
         };
         if self.state.local_response_sent {
             self.state.calls.clear();
@@ -1087,7 +1113,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let tail = len - cut;
         let chunk = match self.chunk_text(phase, fresh, cut) {
             Ok(chunk) => chunk,
-            Err(e) => return self.fail(phase, &e, false),
+            Err(e) => return self.fail(phase, &e, false, true),
         };
         *self.state.view_mut(buffer) = BodyView {
             start,
@@ -1099,7 +1125,7 @@ impl<H: Host + 'static> HttpStream<H> {
         self.side_mut(side).last_given = ended;
         let returned = match self.enter(phase, None, Call::Chunk(chunk, ended)) {
             Ok(value) => value,
-            Err(e) => return self.fail(phase, &e, false),
+            Err(e) => return self.fail(phase, &e, false, true),
         };
         if self.state.local_response_sent {
             self.state.calls.clear();
@@ -1110,12 +1136,13 @@ impl<H: Host + 'static> HttpStream<H> {
         let s = self.side_mut(side);
         s.done = start + written;
         s.size = s.done + tail;
+        let hold = !ended && asks_to_pause(returned);
         if waiting {
             s.paused_chunk = Some(start);
+            s.pause_after_calls = hold;
             self.state.set_paused(side, Some(phase));
             return Action::Pause;
         }
-        let hold = !ended && asks_to_pause(returned);
         if tail > 0 || hold {
             return Action::Pause;
         }
@@ -1331,13 +1358,23 @@ impl<H: Host + 'static> HttpStream<H> {
         }
     }
 
-    /// Applies the error policy to a failed script call.
-    fn fail(&mut self, phase: Phase, error: &EvalAltResult, in_callback: bool) -> Action {
+    /// Applies the error policy to a failed script call. `ends_wait`: the call was the phase
+    /// function, or a callback whose call held its side: the phase's callouts are dropped
+    /// (the ones it sent; for a callback, its wait ends). Detached calls and another phase's
+    /// keep their hold (a chunk's, while a late header callback fails): their callbacks
+    /// resume it.
+    fn fail(
+        &mut self,
+        phase: Phase,
+        error: &EvalAltResult,
+        in_callback: bool,
+        ends_wait: bool,
+    ) -> Action {
         self.log_error(phase, error, in_callback);
         let side = Side::of(phase);
-        // The failed phase's callouts are dropped (its wait ends); another phase's keep their
-        // hold (a chunk's, while a late header callback fails), and their callbacks resume it.
-        self.state.calls.retain(|c| c.phase != phase);
+        if ends_wait {
+            self.state.calls.retain(|c| c.phase != phase || c.detached);
+        }
         if !in_callback {
             // The proxy lets what it holds of this side go on (fail_open), or the stream ends.
             let s = self.side_mut(side);

@@ -460,10 +460,7 @@ fn a_chunk_function_must_take_chunk_and_last() {
 
 /// A plugin with `script` and the error policy `fail_open`, with a cluster `auth` for callouts.
 fn fail_open(script: &str) -> Emulator {
-    let config = json!({"script": script, "error_policy": {"mode": "fail_open"}});
-    let p = Emulator::new(&config.to_string()).expect("script configures");
-    p.add_cluster("auth");
-    p
+    with_auth(script, true)
 }
 
 fn answered(_: &proxy_rhai::emulator::Callout) -> Reply {
@@ -645,4 +642,114 @@ fn a_callout_left_behind_by_a_resume_holds_nothing() {
     );
     assert_eq!(log[3], "got [bbbb] true");
     assert_eq!(o.upstream.unwrap().body, b"A1BBBB");
+}
+
+/// A plugin with `script` (and `fail_open` as its error policy when asked), with a cluster
+/// `auth` for callouts.
+fn with_auth(script: &str, fail_open: bool) -> Emulator {
+    let mut config = json!({ "script": script });
+    if fail_open {
+        config["error_policy"] = json!({"mode": "fail_open"});
+    }
+    let p = Emulator::new(&config.to_string()).expect("script configures");
+    p.add_cluster("auth");
+    p
+}
+
+#[test]
+fn fail_open_a_detached_callback_that_throws_leaves_a_new_hold_alone() {
+    let mut p = with_auth(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("auth", "/a", [], 100, |s| { log_info(`resume: ${resume_http_request()}`); });
+                http_get("auth", "/b", [], 100, |s| { log_info("detached throws"); throw "boom"; });
+            } else if chunk == "bbbb" {
+                http_get("auth", "/c", [], 100, |s| {
+                    log_info("hold callback");
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+        }"#,
+        true,
+    );
+    p.callout_delay_chunks = 1;
+    let mut request = Request::post("/", "aaaabbbbcccc");
+    request.chunk_sizes = vec![4, 4, 4];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert!(o.stalled.is_none(), "{:?}", messages(&o));
+    assert!(
+        messages(&o).iter().any(|m| m == "hold callback"),
+        "{:?}",
+        messages(&o)
+    );
+    assert_eq!(o.upstream.unwrap().body, b"aaaa<bbbb>cccc");
+}
+
+#[test]
+fn a_late_header_callback_chain_does_not_keep_a_chunk_waiting() {
+    let p = with_auth(
+        r#"fn on_request_headers() {
+            http_get("auth", "/a", [], 100, |s| { resume_http_request(); });
+            http_get("auth", "/b", [], 100, |s| {
+                log_info("late header callback");
+                http_get("auth", "/chain", [], 100, |s| { log_info("chain callback"); });
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("auth", "/c", [], 100, |s| {
+                    log_info("chunk callback");
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+        }"#,
+        false,
+    );
+    let mut request = Request::post("/", "aaaabbbb");
+    request.chunk_sizes = vec![4, 4];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert!(o.stalled.is_none(), "{:?}", messages(&o));
+    assert_eq!(o.upstream.unwrap().body, b"<aaaa>bbbb");
+}
+
+#[test]
+fn a_detached_callback_cannot_resume_a_new_hold() {
+    let mut p = with_auth(
+        r#"fn on_request_chunk(chunk, last) {
+            if chunk == "aaaa" {
+                http_get("auth", "/a", [], 100, |s| { log_info(`resume: ${resume_http_request()}`); });
+                http_get("auth", "/b", [], 100, |s| { log_info(`detached resume: ${resume_http_request()}`); });
+            } else if chunk == "bbbb" {
+                http_get("auth", "/c", [], 100, |s| { log_info("hold callback"); });
+            }
+        }"#,
+        false,
+    );
+    p.callout_delay_chunks = 1;
+    let mut request = Request::post("/", "aaaabbbbcccc");
+    request.chunk_sizes = vec![4, 4, 4];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    let log = messages(&o);
+    assert!(log.iter().any(|m| m == "detached resume: false"), "{log:?}");
+}
+
+#[test]
+fn pause_with_a_callout_holds_the_piece_for_the_trailers() {
+    let p = with_auth(
+        r#"fn on_request_chunk(chunk, last) {
+            if !last {
+                http_get("auth", "/a", [], 100, |s| { log_info("callback"); });
+                return PAUSE;
+            }
+            append_request_body("END");
+        }"#,
+        false,
+    );
+    let mut request = Request::post("/", "aaaa");
+    request.trailers = vec![("x-sum".into(), b"4".to_vec())];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert!(o.script_errors().is_empty(), "{:?}", o.script_errors());
+    assert_eq!(o.upstream.unwrap().body, b"aaaaEND");
 }

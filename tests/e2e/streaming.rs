@@ -747,6 +747,334 @@ fn a_chunk_callback_that_resumes_keeps_a_split_character_for_the_next_piece() {
     envoy.assert_healthy();
 }
 
+#[test]
+fn fail_open_a_detached_callback_that_throws_leaves_a_new_hold_alone() {
+    let envoy = Envoy::start(json!({"error_policy": {"mode": "fail_open"}, "script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/a", [], 5000, |s| {
+                    log_info(`got resume: ${resume_http_request()}`);
+                });
+                http_get("upstream", "/barrier/detached-throw/2", [], 30000, |s| {
+                    log_info("got detached throws");
+                    throw "detached boom";
+                });
+            } else if chunk == "bbbb" {
+                http_get("upstream", "/barrier/new-hold/2", [], 30000, |s| {
+                    log_info("got new hold callback");
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+        }"#}));
+    let mut request = envoy.piecewise(&chunked_head("/detached-throw", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got resume: ");
+    request.send(&piece(b"bbbb"));
+    envoy.wait_for_log("got [bbbb] false");
+    envoy.release_barrier("detached-throw");
+    envoy.wait_for_log("got detached throws");
+    envoy.release_barrier("new-hold");
+    envoy.wait_for_log("got new hold callback");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "aaaa<bbbb>");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_detached_callback_chains_a_callout_that_holds_nothing() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/a", [], 5000, |s| {
+                    log_info(`got resume: ${resume_http_request()}`);
+                });
+                http_get("upstream", "/barrier/detached-chain/2", [], 30000, |s| {
+                    log_info("got detached callback");
+                    http_get("upstream", "/barrier/chained/2", [], 30000, |s| {
+                        log_info("got chained callback");
+                        try { replace_request_body("<chained>"); } catch (e) { log_info(`got chained error`); }
+                    });
+                });
+            } else {
+                replace_request_body(chunk.to_upper());
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/detached-chain", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got resume: ");
+    envoy.release_barrier("detached-chain");
+    envoy.wait_for_log("got detached callback");
+    request.send(&piece(b"bbbb"));
+    envoy.wait_for_log("got [bbbb] false");
+    envoy.release_barrier("chained");
+    envoy.wait_for_log("got chained");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "aaaaBBBB");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_late_header_callback_chain_does_not_keep_a_chunk_waiting() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/hdr-late/2", [], 30000, |s| {
+                log_info("got late header callback");
+                http_get("upstream", "/barrier/hdr-chain/2", [], 30000, |s| {
+                    log_info("got header chain callback");
+                });
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/barrier/chunk-hold/2", [], 30000, |s| {
+                    log_info("got chunk callback");
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/hdr-chain", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got [aaaa] false");
+    envoy.release_barrier("hdr-late");
+    envoy.wait_for_log("got late header callback");
+    envoy.release_barrier("chunk-hold");
+    envoy.wait_for_log("got chunk callback");
+    request.send(b"0\r\n\r\n");
+    // Not releasing hdr-chain before the reply: the request must not wait for it.
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "<aaaa>");
+    envoy.release_barrier("hdr-chain");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_detached_callback_cannot_resume_a_new_hold() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/a", [], 5000, |s| {
+                    log_info(`got resume: ${resume_http_request()}`);
+                });
+                http_get("upstream", "/barrier/det-resume/2", [], 30000, |s| {
+                    log_info(`got detached resume: ${resume_http_request()}`);
+                });
+            } else if chunk == "bbbb" {
+                http_get("upstream", "/barrier/det-hold/2", [], 30000, |s| {
+                    log_info("got hold callback");
+                    replace_request_body("<" + get_request_body() + ">");
+                });
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/det-resume", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got resume: ");
+    request.send(&piece(b"bbbb"));
+    envoy.wait_for_log("got [bbbb] false");
+    envoy.release_barrier("det-resume");
+    envoy.wait_for_log("got detached resume: ");
+    envoy.release_barrier("det-hold");
+    envoy.wait_for_log("got hold callback");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "aaaa<bbbb>");
+    assert!(envoy
+        .wait_for_log("got detached resume: ")
+        .ends_with("got detached resume: false"));
+    envoy.assert_healthy();
+}
+
+#[test]
+fn pause_with_a_callout_holds_the_piece_for_the_trailers() {
+    let envoy = Envoy::builder(json!({"script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if !last {
+                http_get("upstream", "/barrier/pause-call/2", [], 30000, |s| { log_info("got callback"); });
+                return PAUSE;
+            }
+            try { append_request_body("END"); } catch (e) { log_info(`got error ${e}`); }
+        }"#}))
+    .enable_trailers()
+    .start();
+    let mut request = envoy.piecewise(&chunked_head("/pause-call", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got [aaaa] false");
+    envoy.release_barrier("pause-call");
+    envoy.wait_for_log("got callback");
+    request.send(b"0\r\nx-sum: 4\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "aaaaEND");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_holding_chunk_callback_chains_a_callout_that_holds_too() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/barrier/first/2", [], 30000, |s| {
+                    replace_request_body("[" + get_request_body() + "]");
+                    http_get("upstream", "/barrier/second/2", [], 30000, |s| {
+                        log_info(`got second sees ${get_request_body()}`);
+                        replace_request_body("<" + get_request_body() + ">");
+                    });
+                });
+            } else {
+                replace_request_body(chunk.to_upper());
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/chain-hold", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got [aaaa] false");
+    envoy.release_barrier("first");
+    request.send(&piece(b"bbbb"));
+    envoy.release_barrier("second");
+    envoy.wait_for_log("got [bbbb] false");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "<[aaaa]>BBBB");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn two_body_callouts_answered_in_reverse_keep_content_length_exact() {
+    let envoy = Envoy::builder(
+        json!({"allow_on_headers_stop_iteration": true, "script": r#"
+        fn on_request_body() {
+            http_get("upstream", "/barrier/b1/2", [], 30000, |s| { append_request_body("|one"); });
+            http_get("upstream", "/barrier/b2/2", [], 30000, |s| { append_request_body("|two!"); });
+        }"#}),
+    )
+    .allow_on_headers_stop_iteration(true)
+    .start();
+    let mut request = envoy.piecewise(
+        "POST /cl HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: 5\r\n\r\n",
+    );
+    request.send(b"hello");
+    envoy.release_barrier("b2");
+    envoy.release_barrier("b1");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    let echo = reply.echo();
+    assert_eq!(echo.body, "hello|two!|one");
+    assert_eq!(echo.header("content-length"), Some("14"));
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_late_header_callback_cannot_write_headers_that_went_on() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/late-write/2", [], 30000, |s| {
+                try {
+                    let v = get_request_header("x-in");
+                    log_info(`got read [${v}]`);
+                    add_request_header("x-late", "1");
+                    log_info("got write ok");
+                } catch (e) { log_info(`got error ${e}`); }
+            });
+        }
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/late-write", "x-in: v\r\n"));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got [aaaa] false");
+    envoy.release_barrier("late-write");
+    let _ = envoy.wait_for_log("got e");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().header("x-late"), None);
+    let log = logged(&envoy, "got ");
+    assert!(log.iter().any(|l| l.starts_with("error")), "{log:?}");
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_resume_counts_once_even_in_a_caught_throw() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if chunk == "aaaa" {
+                http_get("upstream", "/a", [], 5000, |s| {
+                    try { log_info(`got first ${resume_http_request()}`); throw "x"; } catch (e) {}
+                    log_info(`got second ${resume_http_request()}`);
+                    replace_request_body("A");
+                });
+                http_get("upstream", "/barrier/rt/2", [], 30000, |s| {
+                    log_info(`got late ${resume_http_request()}`);
+                });
+            } else { replace_request_body(chunk.to_upper()); }
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/rt", ""));
+    request.send(&piece(b"aaaa"));
+    envoy.wait_for_log("got second");
+    request.send(&piece(b"bbbb"));
+    envoy.wait_for_log("got [bbbb] false");
+    envoy.release_barrier("rt");
+    envoy.wait_for_log("got late");
+    request.send(b"0\r\n\r\n");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "ABBBB");
+    assert!(envoy.plugin_log_lines("resuming the").is_empty());
+    envoy.assert_healthy();
+}
+
+#[test]
+fn a_late_header_callback_chain_does_not_keep_a_body_waiting() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/hb-late/2", [], 30000, |s| {
+                log_info("got late header callback");
+                http_get("upstream", "/barrier/hb-chain/2", [], 30000, |s| {});
+            });
+        }
+        fn on_request_body() {
+            log_info(`got body [${get_request_body()}]`);
+            http_get("upstream", "/barrier/hb-body/2", [], 30000, |s| {
+                log_info("got body callback");
+                append_request_body("|B");
+            });
+        }"#,
+    );
+    let mut request = envoy.piecewise(&chunked_head("/hb", ""));
+    request.send(&piece(b"hello")).send(b"0\r\n\r\n");
+    envoy.wait_for_log("got body [hello]");
+    envoy.release_barrier("hb-late");
+    envoy.wait_for_log("got late header callback");
+    envoy.release_barrier("hb-body");
+    envoy.wait_for_log("got body callback");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "hello|B");
+    envoy.release_barrier("hb-chain");
+    envoy.assert_healthy();
+}
+
 /// Both sides wait for callouts at once: a request chunk's callout holds the whole request
 /// body while the upstream already answers and a response-header callout holds the response.
 /// Each side resumes when its own callouts are answered, whichever comes first. Ordered by
