@@ -470,6 +470,11 @@ impl<H: Host> Api<H> {
         if !(200..=599).contains(&status) {
             return err(format!("{f}(): status {status} is not in 200..=599"));
         }
+        if self.frame.borrow().stream.response_sent {
+            return err(format!(
+                "{f}(): too late: the response headers went on to the client already"
+            ));
+        }
         if self.frame.borrow().stream.local_response_sent {
             return err(format!(
                 "{f}(): a local response was already sent for this request (send_http_response() \

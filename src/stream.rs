@@ -36,6 +36,8 @@ pub(crate) struct StreamState {
     resume_asked: bool,
     /// The running callback's call holds its side (not detached, its phase's wait not over).
     callback_holds: bool,
+    /// The response headers went on to the client: a local response can't replace them.
+    pub response_sent: bool,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -480,7 +482,9 @@ impl<H: Host + 'static> HttpStream<H> {
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         self.state.response_has_body = !end_of_stream;
         let action = self.run_phase(Phase::ResponseHeaders);
-        self.prepare_body(Side::Response, end_of_stream, action)
+        let action = self.prepare_body(Side::Response, end_of_stream, action);
+        self.state.response_sent |= action == Action::Continue;
+        action
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -499,6 +503,7 @@ impl<H: Host + 'static> HttpStream<H> {
     fn let_headers_go(&mut self, side: Side, action: Action) -> Action {
         if action == Action::Continue {
             self.state.release_headers(&self.plugin.api.host, side);
+            self.state.response_sent |= side == Side::Response;
         }
         action
     }
@@ -1308,6 +1313,7 @@ impl<H: Host + 'static> HttpStream<H> {
         }
         let host = &self.plugin.api.host;
         self.state.release_headers(host, side);
+        self.state.response_sent |= side == Side::Response;
         let resumed = match side {
             Side::Request => host.resume_http_request(),
             Side::Response => host.resume_http_response(),

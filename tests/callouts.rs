@@ -671,3 +671,29 @@ fn higress_cluster_names_and_their_authority() {
         ]
     );
 }
+
+/// A late callback's local response after the response headers went to the client is a
+/// script error: the response the client got stands.
+#[test]
+fn a_late_local_response_after_the_response_headers_is_refused() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/a", [], 100, |s| { resume_http_request(); });
+        http_get("auth", "/b", [], 100, |s| {
+            try { send_http_response(403, [], "late"); } catch (e) { log_info(`${e}`); }
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(200, &[], ""),
+    );
+    assert_eq!(o.response.status, 200);
+    assert_eq!(o.response.body, b"up");
+    let lines: Vec<_> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["send_http_response(): too late: the response headers went on to the client already"]
+    );
+}

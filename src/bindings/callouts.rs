@@ -17,7 +17,7 @@ pub(super) fn register<H: Host + 'static>(reg: &mut Registrar<'_, H>) {
 
     // Local responses and resuming.
     bind!(reg, "send_http_response", In(Phases::BEFORE_RESPONSE_BODY), "()",
-        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. It doesn't stop the running function: `return` after it when nothing else should happen. Once per request: a second call, or a status out of range, is an error; so is a header HTTP does not allow (see `add_request_header`; no pseudo-header), or more than 1,024 headers or 1 MiB of them. Too late once the response body is streaming (the response headers are gone).",
+        "Answers the client locally with `status` (200..=599), `headers` (pairs or map) and `body` (string, blob or ()); the request goes no further and later phases don't run. It doesn't stop the running function: `return` after it when nothing else should happen. Once per request: a second call, or a status out of range, is an error; so is a header HTTP does not allow (see `add_request_header`; no pseudo-header), or more than 1,024 headers or 1 MiB of them. Too late once the response headers went on to the client (while the response body streams, or in a callback answered after that): an error then.",
         r#"fn on_request_headers() {
     if get_request_header("x-api-key") != config().api_key {
         send_http_response(401, #{ "www-authenticate": "ApiKey" }, "missing or wrong API key");

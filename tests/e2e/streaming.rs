@@ -1075,6 +1075,50 @@ fn a_late_header_callback_chain_does_not_keep_a_body_waiting() {
     envoy.assert_healthy();
 }
 
+/// A late request callback's `send_http_response()` after the response headers went on to
+/// the client is a script error, not a local reply that cuts the response short: the
+/// response chunk's callout keeps its hold and the response ends whole.
+#[test]
+fn a_late_local_response_after_the_response_headers_is_refused() {
+    let envoy = Envoy::with_script(
+        r#"fn on_request_headers() {
+            http_get("upstream", "/a", [], 5000, |s| { resume_http_request(); });
+            http_get("upstream", "/barrier/late-local/2", [], 30000, |s| {
+                try {
+                    send_http_response(403, [], "late forbidden");
+                    log_info("got local sent");
+                } catch (e) { log_info(`got local error: ${e}`); }
+            });
+        }
+        fn on_response_chunk(chunk, last) {
+            if get_context("asked") == () {
+                set_context("asked", true);
+                log_info("got response chunk");
+                http_get("upstream", "/barrier/resp-hold/2", [], 30000, |s| {});
+            }
+        }"#,
+    );
+    let mut request = envoy.piecewise(
+        "POST /late-local HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: 5\r\n\r\n",
+    );
+    request.send(b"hello");
+    envoy.wait_for_log("got response chunk");
+    envoy.release_barrier("late-local");
+    let line = envoy.wait_for_log("got local ");
+    assert!(
+        line.ends_with(
+            "got local error: send_http_response(): too late: the response headers went on \
+             to the client already"
+        ),
+        "{line}"
+    );
+    envoy.release_barrier("resp-hold");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "hello");
+    envoy.assert_healthy();
+}
+
 /// Both sides wait for callouts at once: a request chunk's callout holds the whole request
 /// body while the upstream already answers and a response-header callout holds the response.
 /// Each side resumes when its own callouts are answered, whichever comes first. Ordered by
