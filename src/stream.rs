@@ -697,6 +697,10 @@ impl<H: Host + 'static> HttpStream<H> {
         {
             late.detached = true;
         }
+        if asked {
+            // The script's resume comes after the chunk's `PAUSE`: it lets the pieces go.
+            self.side_mut(side).pause_after_calls = false;
+        }
         self.state.set_paused(side, None);
         self.let_go(side, call.phase);
     }
@@ -1191,7 +1195,9 @@ impl<H: Host + 'static> HttpStream<H> {
                 start,
                 len: s.done - start,
                 after: s.size.saturating_sub(s.done),
-                ..BodyView::default()
+                // As for the call that made the callouts: the trailers came, nothing held.
+                closed: s.trailers_came && s.size == 0,
+                gone: false,
             };
             *self.state.view_mut(side.buffer()) = view;
         }

@@ -753,3 +753,51 @@ fn pause_with_a_callout_holds_the_piece_for_the_trailers() {
     assert!(o.script_errors().is_empty(), "{:?}", o.script_errors());
     assert_eq!(o.upstream.unwrap().body, b"aaaaEND");
 }
+
+/// A callout from the last call, made when the trailers came with nothing held: its
+/// callback can't add data either (the same script error as in that call).
+#[test]
+fn a_last_call_callback_at_the_trailers_cannot_add_data() {
+    let p = with_auth(
+        r#"fn on_request_chunk(chunk, last) {
+            if last {
+                http_get("auth", "/", [], 100, |s| {
+                    try { append_request_body("!tail"); } catch (e) { log_info(`${e}`); }
+                });
+            }
+        }"#,
+        false,
+    );
+    let mut request = Request::post("/", "hello");
+    request.trailers = vec![("x-sum".into(), b"5".to_vec())];
+    let o = p.run_with(&request, &mut Response::ok(""), &mut answered);
+    assert!(
+        messages(&o)[0].starts_with(
+            "append_request_body(): the message ended with trailers and its data already went on"
+        ),
+        "{:?}",
+        o.log
+    );
+    assert_eq!(o.upstream.unwrap().body, b"hello");
+}
+
+/// A chunk's `PAUSE` holds its pieces past its callouts, unless a callback resumes: the
+/// script's later word lets them go.
+#[test]
+fn a_resume_in_a_callback_lets_go_pieces_a_pause_held() {
+    let p = with_auth(
+        r#"fn on_response_chunk(chunk, last) {
+            if chunk == "aaaa" {
+                http_get("auth", "/", [], 100, |s| { resume_http_response(); });
+                return PAUSE;
+            }
+        }"#,
+        false,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut response("aaaabbbb", &[4, 4]),
+        &mut answered,
+    );
+    assert_eq!(o.response.chunks, [b"aaaa".to_vec(), b"bbbb".to_vec()]);
+}

@@ -1119,6 +1119,39 @@ fn a_late_local_response_after_the_response_headers_is_refused() {
     envoy.assert_healthy();
 }
 
+/// The client's trailers end the body with nothing held; the last call makes a callout. Its
+/// callback can't add data (the data went on before the trailers): a script error, as in the
+/// last call itself, not a write lost without a word.
+#[test]
+fn a_last_call_callback_at_the_trailers_cannot_add_data() {
+    let envoy = Envoy::builder(json!({"script": r#"
+        fn on_request_chunk(chunk, last) {
+            log_info(`got [${chunk}] ${last}`);
+            if last {
+                http_get("upstream", "/barrier/last-call/2", [], 30000, |s| {
+                    try { append_request_body("!tail"); } catch (e) { log_info(`got error: ${e}`); }
+                });
+            }
+        }"#}))
+    .enable_trailers()
+    .start();
+    let mut request = envoy.piecewise(&chunked_head("/last-call", ""));
+    request.send(&piece(b"hello"));
+    envoy.wait_for_log("got [hello] false");
+    request.send(b"0\r\nx-sum: 5\r\n\r\n");
+    envoy.wait_for_log("got [] true");
+    envoy.release_barrier("last-call");
+    let reply = request.reply();
+    assert_status(&reply, 200);
+    assert_eq!(reply.echo().body, "hello");
+    let line = envoy.wait_for_log("got error: ");
+    assert!(
+        line.contains("append_request_body(): the message ended with trailers"),
+        "{line}"
+    );
+    envoy.assert_healthy();
+}
+
 /// Both sides wait for callouts at once: a request chunk's callout holds the whole request
 /// body while the upstream already answers and a response-header callout holds the response.
 /// Each side resumes when its own callouts are answered, whichever comes first. Ordered by
