@@ -38,6 +38,9 @@ pub(crate) struct StreamState {
     callback_holds: bool,
     /// The response headers went on to the client: a local response can't replace them.
     pub response_sent: bool,
+    /// The running callback's call holds nothing, so its side's headers went on: writing
+    /// them is an error (Envoy would drop the write without a word).
+    pub headers_gone: Option<Side>,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -363,7 +366,7 @@ impl Side {
         }
     }
 
-    fn headers(self) -> MapType {
+    pub(crate) fn headers(self) -> MapType {
         match self {
             Side::Request => MapType::HttpRequestHeaders,
             Side::Response => MapType::HttpResponseHeaders,
@@ -645,6 +648,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let body = chunk || call.phase == side.body_phase();
         let sent_from = self.state.calls.len();
         self.state.callback_holds = holds;
+        self.state.headers_gone = (!holds).then_some(side);
         let result = args.and_then(|args| {
             if holds && chunk {
                 self.view_paused_chunk(side);
@@ -669,6 +673,7 @@ impl<H: Host + 'static> HttpStream<H> {
             result
         });
         self.state.callback_holds = false;
+        self.state.headers_gone = None;
         let asked = std::mem::take(&mut self.state.resume_asked);
         if !holds {
             // What a callback that holds nothing sends holds nothing either (a chain from a

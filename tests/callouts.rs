@@ -697,3 +697,31 @@ fn a_late_local_response_after_the_response_headers_is_refused() {
         ["send_http_response(): too late: the response headers went on to the client already"]
     );
 }
+
+/// A late header callback (the script resumed in an earlier one) can't write the headers
+/// that went on: a script error, where Envoy would drop the write without a word.
+#[test]
+fn a_late_header_callback_cannot_write_the_headers_that_went_on() {
+    let p = plugin(
+        r#"fn on_request_headers() {
+        http_get("auth", "/a", [], 100, |s| { resume_http_request(); });
+        http_get("auth", "/b", [], 100, |s| {
+            try { replace_request_header("x-late", "1"); } catch (e) { log_info(`${e}`); }
+        });
+    }"#,
+    );
+    let o = p.run_with(
+        &Request::get("/"),
+        &mut Response::ok("up"),
+        &mut |_: &Callout| answer(200, &[], ""),
+    );
+    assert_eq!(o.upstream_header("x-late"), None);
+    let lines: Vec<_> = o.log.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "replace_request_header(): the headers went on already (the script resumed the stream \
+          in an earlier callback): write them before resuming"
+        ]
+    );
+}

@@ -287,6 +287,14 @@ impl<H: Host> Api<H> {
     /// A header write (of `added` bytes of name and value): into the call's batch for the
     /// batched maps, else to the proxy at once.
     fn write_header(&self, f: &str, map: MapType, write: Write, added: usize) -> ScriptResult<()> {
+        if let Some(side) = self.frame.borrow().stream.headers_gone {
+            if side.headers() == map {
+                return err(format!(
+                    "{f}(): the headers went on already (the script resumed the stream in an \
+                     earlier callback): write them before resuming"
+                ));
+            }
+        }
         let result = match self.frame.borrow_mut().batch(map) {
             Some(batch) => batch.write(&self.host, map, write, added),
             None => write.send(&self.host, map).map_err(WriteError::Refused),
