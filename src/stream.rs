@@ -34,13 +34,12 @@ pub(crate) struct StreamState {
     /// The running callback asked to resume its side (`resume_http_*()`): the driver lets it
     /// go once the callback returned.
     resume_asked: bool,
-    /// The running callback's call holds its side (not detached, its phase's wait not over).
-    callback_holds: bool,
+    /// The running callback's side, and whether its call holds that side (not detached, its
+    /// phase's wait not over). A call that holds nothing can't resume it, and the side's
+    /// headers went on: writing them is an error (Envoy would drop the write without a word).
+    pub callback: Option<(Side, bool)>,
     /// The response headers went on to the client: a local response can't replace them.
     pub response_sent: bool,
-    /// The running callback's call holds nothing, so its side's headers went on: writing
-    /// them is an error (Envoy would drop the write without a word).
-    pub headers_gone: Option<Side>,
     /// The part of the request body the body functions act on, kept in step with the writes.
     pub request_body: BodyView,
     pub response_body: BodyView,
@@ -122,7 +121,7 @@ impl StreamState {
     /// driver lets the side go once the callback returned, whatever callouts are still out.
     /// Returns whether it will.
     pub(crate) fn ask_resume(&mut self, host: &impl Host, side: Side, phase: Phase) -> bool {
-        if !self.callback_holds
+        if self.callback != Some((side, true))
             || self.paused_by(side) != Some(phase)
             || self.resume_asked
             || self.local_response_sent
@@ -647,8 +646,7 @@ impl<H: Host + 'static> HttpStream<H> {
         let chunk = call.phase.is_chunk();
         let body = chunk || call.phase == side.body_phase();
         let sent_from = self.state.calls.len();
-        self.state.callback_holds = holds;
-        self.state.headers_gone = (!holds).then_some(side);
+        self.state.callback = Some((side, holds));
         let result = args.and_then(|args| {
             if holds && chunk {
                 self.view_paused_chunk(side);
@@ -672,8 +670,7 @@ impl<H: Host + 'static> HttpStream<H> {
             }
             result
         });
-        self.state.callback_holds = false;
-        self.state.headers_gone = None;
+        self.state.callback = None;
         let asked = std::mem::take(&mut self.state.resume_asked);
         if !holds {
             // What a callback that holds nothing sends holds nothing either (a chain from a

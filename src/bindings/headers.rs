@@ -287,7 +287,7 @@ impl<H: Host> Api<H> {
     /// A header write (of `added` bytes of name and value): into the call's batch for the
     /// batched maps, else to the proxy at once.
     fn write_header(&self, f: &str, map: MapType, write: Write, added: usize) -> ScriptResult<()> {
-        if let Some(side) = self.frame.borrow().stream.headers_gone {
+        if let Some((side, false)) = self.frame.borrow().stream.callback {
             if side.headers() == map {
                 return err(format!(
                     "{f}(): the headers went on already (the script resumed the stream in an \
